@@ -1,0 +1,120 @@
+//! Engine configuration: every limit Eddy enforces is a named field here with a documented default.
+//!
+//! Units are the last part of a name (`commit_interval_ms`). The same names are accepted as
+//! `eddy.<name>` properties on the command line and in `SET` statements where they apply to a session.
+
+use serde::{Deserialize, Serialize};
+
+/// Limits and identities of one Eddy server. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Identity of the Eddy cluster: servers with the same service id share a command topic, and
+    /// therefore a catalog and the persistent queries. Default `eddy`.
+    pub service_id: String,
+    /// Prepended to the physical name of every Kafka topic Eddy reads or writes, user topics included.
+    /// Used by `eddy test` to give every test file its own namespace on a shared broker. Default empty.
+    pub topic_prefix: String,
+    /// Most records decoded and processed as one Arrow batch. Default 4096.
+    pub max_batch_records: usize,
+    /// Longest a partially filled batch waits for more records before it is processed. Default 20 ms.
+    pub max_batch_wait_ms: u64,
+    /// Batches queued between a query's consumer and one partition's task; when full, the consumer
+    /// stops polling (back-pressure). Default 4.
+    pub partition_queue_batches: usize,
+    /// How often a persistent query commits the offsets whose output has been acknowledged. Default 1000 ms.
+    pub commit_interval_ms: u64,
+    /// Batches of rows buffered for a push-query client before the query waits for it. Default 16.
+    pub push_query_queue_batches: usize,
+    /// Records a push query or `PRINT` may return when it has no `LIMIT`; further rows are dropped
+    /// with a notice only when the client stops reading. Default unlimited (0).
+    pub push_query_max_rows: u64,
+    /// How long a producer waits to fill a Kafka batch. Default 5 ms.
+    pub producer_linger_ms: u64,
+    /// Longest wait for a produced record to be acknowledged before the query reports a failure.
+    /// Default 30000 ms.
+    pub produce_timeout_ms: u64,
+    /// Longest wait for a Kafka admin, metadata or command-topic operation. Default 30000 ms.
+    pub kafka_request_timeout_ms: u64,
+    /// Records the processing log may hold in memory before the queries that report errors wait for
+    /// it. Default 1024.
+    pub processing_log_queue_records: usize,
+    /// Bytes of a malformed record copied into its processing-log entry. Default 1024.
+    pub processing_log_record_bytes: usize,
+    /// Partitions of topics Eddy creates when a statement does not say. Default 1.
+    pub default_partitions: i32,
+    /// Replication factor of topics Eddy creates when a statement does not say. Default 1.
+    pub default_replicas: i32,
+    /// Most rows a `SELECT ... EMIT CHANGES` without `LIMIT` buffers when the client is slow. Default 10000.
+    pub max_pending_push_rows: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            service_id: "eddy".to_owned(),
+            topic_prefix: String::new(),
+            max_batch_records: 4096,
+            max_batch_wait_ms: 20,
+            partition_queue_batches: 4,
+            commit_interval_ms: 1000,
+            push_query_queue_batches: 16,
+            push_query_max_rows: 0,
+            producer_linger_ms: 5,
+            produce_timeout_ms: 30_000,
+            kafka_request_timeout_ms: 30_000,
+            processing_log_queue_records: 1024,
+            processing_log_record_bytes: 1024,
+            default_partitions: 1,
+            default_replicas: 1,
+            max_pending_push_rows: 10_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Physical Kafka topic name of a logical topic name (applies [`EngineConfig::topic_prefix`]).
+    pub fn physical_topic(&self, logical: &str) -> String {
+        format!("{}{}", self.topic_prefix, logical)
+    }
+
+    /// Logical topic name of a physical one, or `None` when the topic is outside this namespace.
+    pub fn logical_topic<'a>(&self, physical: &'a str) -> Option<&'a str> {
+        physical.strip_prefix(self.topic_prefix.as_str())
+    }
+
+    /// The topic that records every DDL statement and persistent query, in order.
+    pub fn command_topic(&self) -> String {
+        format!("_eddy-{}-command", self.service_id)
+    }
+
+    /// The topic behind the processing-log stream.
+    pub fn processing_log_topic(&self) -> String {
+        format!("_eddy-{}-processing-log", self.service_id)
+    }
+
+    /// Consumer group of a persistent query.
+    pub fn query_group_id(&self, query_id: &str) -> String {
+        format!("_eddy-{}-query-{}", self.service_id, query_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_round_trips() {
+        let config = EngineConfig { topic_prefix: "t1_".into(), ..Default::default() };
+        assert_eq!(config.physical_topic("orders"), "t1_orders");
+        assert_eq!(config.logical_topic("t1_orders"), Some("orders"));
+        assert_eq!(config.logical_topic("other"), None);
+    }
+
+    #[test]
+    fn names_carry_the_service_id() {
+        let config = EngineConfig { service_id: "prod".into(), ..Default::default() };
+        assert_eq!(config.command_topic(), "_eddy-prod-command");
+        assert_eq!(config.query_group_id("CSAS_X_1"), "_eddy-prod-query-CSAS_X_1");
+    }
+}

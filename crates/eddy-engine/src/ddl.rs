@@ -1,0 +1,489 @@
+//! Statements that change the catalog: CREATE, CREATE ... AS SELECT, INSERT INTO ... SELECT, DROP,
+//! TERMINATE.
+
+use std::collections::BTreeMap;
+
+use eddy_catalog::{Column, ColumnRole, Command, QueryInfo, QueryKind, Source, SourceKind};
+use eddy_planner::StreamingPlan;
+use tracing::info;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::layout::{check_formats, normalize_format};
+use crate::{Session, StatementResult};
+
+/// `WITH (...)` properties: upper-cased names → literal values rendered as text.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Properties {
+    values: BTreeMap<String, String>,
+}
+
+/// Properties `CREATE STREAM/TABLE` accepts.
+const SOURCE_PROPERTIES: &[&str] = &[
+    "KAFKA_TOPIC",
+    "VALUE_FORMAT",
+    "KEY_FORMAT",
+    "FORMAT",
+    "PARTITIONS",
+    "REPLICAS",
+    "TIMESTAMP",
+    "TIMESTAMP_FORMAT",
+    "VALUE_DELIMITER",
+    "KEY_DELIMITER",
+    "WRAP_SINGLE_VALUE",
+    "RETENTION_MS",
+];
+
+impl Properties {
+    pub(crate) fn new(values: impl IntoIterator<Item = (String, String)>) -> Result<Self, EngineError> {
+        let mut map = BTreeMap::new();
+        for (name, value) in values {
+            let name = name.to_uppercase();
+            if !SOURCE_PROPERTIES.contains(&name.as_str()) {
+                return Err(EngineError::invalid_with_hint(
+                    format!("unknown property \"{name}\""),
+                    format!("valid properties are {}", SOURCE_PROPERTIES.join(", ")),
+                ));
+            }
+            if map.insert(name.clone(), value).is_some() {
+                return Err(EngineError::invalid(format!("property \"{name}\" is given twice")));
+            }
+        }
+        Ok(Self { values: map })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn int(&self, name: &str) -> Result<Option<i32>, EngineError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => text
+                .parse::<i32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| EngineError::invalid(format!("property \"{name}\" must be a positive integer, found {text}"))),
+        }
+    }
+
+    pub(crate) fn bool(&self, name: &str) -> Result<Option<bool>, EngineError> {
+        match self.get(name).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(None),
+            Some(v) if v == "true" => Ok(Some(true)),
+            Some(v) if v == "false" => Ok(Some(false)),
+            Some(v) => Err(EngineError::invalid(format!("property \"{name}\" must be true or false, found {v}"))),
+        }
+    }
+
+    /// (key format, value format) from `FORMAT`, `KEY_FORMAT` and `VALUE_FORMAT`.
+    fn formats(&self) -> Result<(Option<String>, Option<String>), EngineError> {
+        let both = self.get("FORMAT").map(normalize_format).transpose()?;
+        let key = self.get("KEY_FORMAT").map(normalize_format).transpose()?;
+        let value = self.get("VALUE_FORMAT").map(normalize_format).transpose()?;
+        if both.is_some() && (key.is_some() || value.is_some()) {
+            return Err(EngineError::invalid(
+                "FORMAT cannot be combined with KEY_FORMAT or VALUE_FORMAT",
+            ));
+        }
+        Ok((key.or_else(|| both.clone()), value.or(both)))
+    }
+
+    fn delimiter(&self) -> Result<Option<char>, EngineError> {
+        match self.get("VALUE_DELIMITER") {
+            None => Ok(None),
+            Some(text) => match text.to_uppercase().as_str() {
+                "TAB" => Ok(Some('\t')),
+                "SPACE" => Ok(Some(' ')),
+                _ => {
+                    let mut chars = text.chars();
+                    match (chars.next(), chars.next()) {
+                        (Some(c), None) => Ok(Some(c)),
+                        _ => Err(EngineError::invalid_with_hint(
+                            format!("VALUE_DELIMITER must be one character, found '{text}'"),
+                            "use a single character, 'TAB' or 'SPACE'",
+                        )),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A column as declared in `CREATE STREAM/TABLE`.
+pub(crate) struct DeclaredColumn {
+    pub name: String,
+    pub sql_type: eddy_common::types::SqlType,
+    pub role: ColumnRole,
+}
+
+impl Engine {
+    /// `CREATE [OR REPLACE] STREAM|TABLE [IF NOT EXISTS] name (columns) WITH (...)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn create_source(
+        &self,
+        kind: SourceKind,
+        name: String,
+        columns: Vec<DeclaredColumn>,
+        properties: Properties,
+        or_replace: bool,
+        if_not_exists: bool,
+        sql: &str,
+    ) -> Result<StatementResult, EngineError> {
+        if let Some(existing) = self.catalog().source(&name) {
+            if if_not_exists {
+                return Ok(StatementResult::Success {
+                    message: format!("{} \"{name}\" already exists", existing.kind.noun()),
+                    query_id: None,
+                });
+            }
+            if !or_replace {
+                return Err(eddy_catalog::CatalogError::AlreadyExists { name, existing: existing.kind }.into());
+            }
+        }
+        let columns = check_columns(kind, &name, columns)?;
+        let topic = properties.get("KAFKA_TOPIC").map(str::to_owned).ok_or_else(|| {
+            EngineError::invalid_with_hint(
+                format!("missing property KAFKA_TOPIC for {} \"{name}\"", kind.noun()),
+                format!("add WITH (KAFKA_TOPIC='{}', VALUE_FORMAT='JSON', PARTITIONS=1)", name.to_lowercase()),
+            )
+        })?;
+        let (key_format, value_format) = properties.formats()?;
+        let has_key = columns.iter().any(Column::is_key);
+        let key_format = key_format.unwrap_or_else(|| if has_key { "KAFKA".into() } else { "NONE".into() });
+        let value_format = value_format.unwrap_or_else(|| "JSON".into());
+        let mut source = Source {
+            name: name.clone(),
+            kind,
+            columns,
+            topic: topic.clone(),
+            key_format,
+            value_format,
+            value_delimiter: properties.delimiter()?,
+            wrap_single_value: properties.bool("WRAP_SINGLE_VALUE")?,
+            timestamp_column: properties.get("TIMESTAMP").map(|c| c.to_uppercase()),
+            timestamp_format: properties.get("TIMESTAMP_FORMAT").map(str::to_owned),
+            partitions: 0,
+            written_by: None,
+            sql: sql.to_owned(),
+        };
+        if let Some(column) = &source.timestamp_column {
+            if source.column(column).is_none() {
+                return Err(EngineError::invalid(format!(
+                    "TIMESTAMP column \"{column}\" is not a column of {} \"{name}\"",
+                    kind.noun()
+                )));
+            }
+        }
+        check_formats(&source)?;
+
+        let physical = self.inner.config.physical_topic(&topic);
+        let partitions = properties.int("PARTITIONS")?;
+        source.partitions = match self.inner.connection.topic(&physical).await? {
+            Some(info) => {
+                if let Some(wanted) = partitions {
+                    if wanted != info.partitions {
+                        return Err(EngineError::invalid(format!(
+                            "topic \"{topic}\" has {} partitions, but PARTITIONS={wanted} was given",
+                            info.partitions
+                        )));
+                    }
+                }
+                info.partitions
+            }
+            None => {
+                let Some(partitions) = partitions else {
+                    return Err(EngineError::invalid_with_hint(
+                        format!("topic \"{topic}\" does not exist"),
+                        "to create it, add PARTITIONS=n to the WITH clause",
+                    ));
+                };
+                let replicas = properties.int("REPLICAS")?.unwrap_or(self.inner.config.default_replicas);
+                let compact = [("cleanup.policy", "compact")];
+                let config: &[(&str, &str)] = if kind == SourceKind::Table { &compact } else { &[] };
+                self.inner.connection.create_topic(&physical, partitions, replicas, config).await?;
+                partitions
+            }
+        };
+        self.submit(Command::CreateSource { source, or_replace }).await?;
+        Ok(StatementResult::Success { message: format!("{} \"{name}\" created", kind.noun()), query_id: None })
+    }
+
+    /// `CREATE [OR REPLACE] STREAM|TABLE name [WITH (...)] AS SELECT ...`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn create_source_as(
+        &self,
+        session: &Session,
+        kind: SourceKind,
+        name: String,
+        properties: Properties,
+        if_not_exists: bool,
+        select: &crate::execute::SelectParts<'_>,
+        sql: &str,
+    ) -> Result<StatementResult, EngineError> {
+        if let Some(existing) = self.catalog().source(&name) {
+            if if_not_exists {
+                return Ok(StatementResult::Success {
+                    message: format!("{} \"{name}\" already exists", existing.kind.noun()),
+                    query_id: None,
+                });
+            }
+            return Err(eddy_catalog::CatalogError::AlreadyExists { name, existing: existing.kind }.into());
+        }
+        select.reject_final()?;
+        let catalog = self.catalog();
+        let plan = self.inner.planner.plan_query(select.query, select.partition_by, &catalog).await?;
+        if plan.limit.is_some() {
+            return Err(EngineError::invalid("LIMIT is not allowed in a persistent query"));
+        }
+        match (kind, plan.source.kind) {
+            (SourceKind::Stream, SourceKind::Table) => {
+                return Err(EngineError::invalid_with_hint(
+                    format!("cannot create stream \"{name}\" from table \"{}\"", plan.source.name),
+                    "use CREATE TABLE ... AS SELECT",
+                ));
+            }
+            (SourceKind::Table, SourceKind::Stream) => {
+                return Err(EngineError::invalid_with_hint(
+                    format!("cannot create table \"{name}\" from stream \"{}\" without GROUP BY", plan.source.name),
+                    "aggregations into tables are not supported yet; use CREATE STREAM ... AS SELECT",
+                ));
+            }
+            _ => {}
+        }
+        let (key_format, value_format) = properties.formats()?;
+        let columns = sink_columns(kind, &plan)?;
+        let has_key = columns.iter().any(Column::is_key);
+        let key_format = match key_format {
+            Some(format) => format,
+            None if !has_key => "NONE".into(),
+            None if plan.source.key_format == "NONE" => "KAFKA".into(),
+            None => plan.source.key_format.clone(),
+        };
+        let topic = properties.get("KAFKA_TOPIC").map(str::to_owned).unwrap_or_else(|| name.clone());
+        let query_kind = match kind {
+            SourceKind::Stream => QueryKind::CreateStreamAsSelect,
+            SourceKind::Table => QueryKind::CreateTableAsSelect,
+        };
+        let query_id = catalog.next_query_id(query_kind, &name);
+        let sink = Source {
+            name: name.clone(),
+            kind,
+            columns,
+            topic: topic.clone(),
+            key_format,
+            value_format: value_format.unwrap_or_else(|| plan.source.value_format.clone()),
+            value_delimiter: properties.delimiter()?.or(plan.source.value_delimiter),
+            wrap_single_value: properties.bool("WRAP_SINGLE_VALUE")?,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: properties.int("PARTITIONS")?.unwrap_or(plan.source.partitions.max(1)),
+            written_by: Some(query_id.clone()),
+            sql: sql.to_owned(),
+        };
+        check_formats(&sink)?;
+        crate::layout::sink_layout(&sink, &plan)?;
+        let physical = self.inner.config.physical_topic(&topic);
+        if self.inner.connection.topic(&physical).await?.is_none() {
+            let replicas = properties.int("REPLICAS")?.unwrap_or(self.inner.config.default_replicas);
+            self.inner.connection.create_topic(&physical, sink.partitions, replicas, &[]).await?;
+        }
+        let query = QueryInfo {
+            id: query_id.clone(),
+            kind: query_kind,
+            sql: sql.to_owned(),
+            sink: name.clone(),
+            sources: vec![plan.source.name.clone()],
+            properties: self.query_properties(session),
+        };
+        self.submit(Command::CreateSource { source: sink, or_replace: false }).await?;
+        self.submit(Command::StartQuery { query: query.clone() }).await?;
+        self.start_persistent_query(&query).await?;
+        info!(query = query_id, "persistent query created");
+        Ok(StatementResult::Success {
+            message: format!("created query with id {query_id}"),
+            query_id: Some(query_id),
+        })
+    }
+
+    /// `INSERT INTO name SELECT ...`.
+    pub(crate) async fn insert_select(
+        &self,
+        session: &Session,
+        target: &str,
+        query_id: Option<String>,
+        select: &crate::execute::SelectParts<'_>,
+        sql: &str,
+    ) -> Result<StatementResult, EngineError> {
+        select.reject_final()?;
+        let catalog = self.catalog();
+        let sink = catalog.require_source(target)?.clone();
+        if sink.kind != SourceKind::Stream {
+            return Err(EngineError::invalid(format!("INSERT INTO requires a stream; \"{target}\" is a table")));
+        }
+        let plan = self.inner.planner.plan_query(select.query, select.partition_by, &catalog).await?;
+        if plan.limit.is_some() {
+            return Err(EngineError::invalid("LIMIT is not allowed in a persistent query"));
+        }
+        if plan.source.name == sink.name {
+            return Err(EngineError::invalid(format!("INSERT INTO \"{target}\" cannot read from \"{target}\" itself")));
+        }
+        let produced = sink_columns(SourceKind::Stream, &plan)?;
+        let expected: Vec<(String, String, bool)> =
+            sink.columns.iter().map(|c| (c.name.clone(), c.sql_type.to_string(), c.is_key())).collect();
+        let actual: Vec<(String, String, bool)> =
+            produced.iter().map(|c| (c.name.clone(), c.sql_type.to_string(), c.is_key())).collect();
+        if expected != actual {
+            let render = |cols: &[(String, String, bool)]| {
+                cols.iter()
+                    .map(|(n, t, k)| format!("{n} {t}{}", if *k { " KEY" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(EngineError::invalid_with_hint(
+                format!("the query's columns do not match stream \"{target}\""),
+                format!("the stream has ({}); the query produces ({})", render(&expected), render(&actual)),
+            ));
+        }
+        let query_id = match query_id {
+            Some(id) => id.to_uppercase(),
+            None => catalog.next_query_id(QueryKind::InsertInto, target),
+        };
+        let query = QueryInfo {
+            id: query_id.clone(),
+            kind: QueryKind::InsertInto,
+            sql: sql.to_owned(),
+            sink: target.to_owned(),
+            sources: vec![plan.source.name.clone()],
+            properties: self.query_properties(session),
+        };
+        self.submit(Command::StartQuery { query: query.clone() }).await?;
+        self.start_persistent_query(&query).await?;
+        Ok(StatementResult::Success { message: format!("created query with id {query_id}"), query_id: Some(query_id) })
+    }
+
+    /// `DROP STREAM|TABLE [IF EXISTS] name [DELETE TOPIC]`.
+    pub(crate) async fn drop_source(
+        &self,
+        kind: SourceKind,
+        name: &str,
+        if_exists: bool,
+        delete_topic: bool,
+    ) -> Result<StatementResult, EngineError> {
+        let catalog = self.catalog();
+        let Some(source) = catalog.source(name).cloned() else {
+            if if_exists {
+                return Ok(StatementResult::Success { message: format!("{} \"{name}\" does not exist", kind.noun()), query_id: None });
+            }
+            return Err(catalog.require_source(name).err().map(EngineError::from).unwrap_or_else(|| EngineError::Internal("source vanished".into())));
+        };
+        if source.kind != kind {
+            return Err(EngineError::invalid_with_hint(
+                format!("\"{name}\" is a {}, not a {}", source.kind.noun(), kind.noun()),
+                format!("use DROP {} {name}", source.kind.keyword()),
+            ));
+        }
+        if name == crate::PROCESSING_LOG_STREAM {
+            return Err(EngineError::invalid("the processing log stream cannot be dropped"));
+        }
+        self.submit(Command::DropSource { name: name.to_owned() }).await?;
+        if delete_topic {
+            self.inner.connection.delete_topic(&self.physical_topic(&source)).await?;
+        }
+        Ok(StatementResult::Success {
+            message: format!(
+                "{} \"{name}\" dropped{}",
+                kind.noun(),
+                if delete_topic { format!(" and topic \"{}\" deleted", source.topic) } else { String::new() }
+            ),
+            query_id: None,
+        })
+    }
+
+    /// `TERMINATE id` / `TERMINATE ALL`.
+    pub(crate) async fn terminate(&self, id: Option<&str>) -> Result<StatementResult, EngineError> {
+        let ids: Vec<String> = match id {
+            Some(id) => vec![id.to_uppercase()],
+            None => self.catalog().queries().map(|q| q.id.clone()).collect(),
+        };
+        for id in &ids {
+            self.submit(Command::TerminateQuery { id: id.clone() }).await?;
+            self.stop_persistent_query(id).await;
+        }
+        let message = match ids.len() {
+            1 if id.is_some() => format!("query \"{}\" terminated", ids[0]),
+            n => format!("{n} queries terminated"),
+        };
+        Ok(StatementResult::Success { message, query_id: None })
+    }
+}
+
+/// Checks declared columns against ksqlDB's rules; returns key columns first.
+fn check_columns(kind: SourceKind, name: &str, declared: Vec<DeclaredColumn>) -> Result<Vec<Column>, EngineError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for column in declared {
+        if !seen.insert(column.name.clone()) {
+            return Err(EngineError::invalid(format!("column \"{}\" is declared twice", column.name)));
+        }
+        if eddy_catalog::PSEUDO_COLUMNS.contains(&column.name.as_str()) || column.name == "WINDOWSTART" || column.name == "WINDOWEND" {
+            return Err(EngineError::invalid(format!("\"{}\" is a reserved column name", column.name)));
+        }
+        match (kind, column.role) {
+            (SourceKind::Stream, ColumnRole::PrimaryKey) => {
+                return Err(EngineError::invalid_with_hint(
+                    format!("column \"{}\" is a PRIMARY KEY, but streams have no primary key", column.name),
+                    "use KEY for a stream's key column",
+                ));
+            }
+            (SourceKind::Table, ColumnRole::Key) => {
+                return Err(EngineError::invalid_with_hint(
+                    format!("column \"{}\" is a KEY, but tables need a PRIMARY KEY", column.name),
+                    "use PRIMARY KEY",
+                ));
+            }
+            _ => {}
+        }
+        let column = Column { name: column.name, sql_type: column.sql_type, role: column.role };
+        if column.is_key() { keys.push(column) } else { values.push(column) }
+    }
+    if kind == SourceKind::Table && keys.is_empty() {
+        return Err(EngineError::invalid_with_hint(
+            format!("table \"{name}\" has no PRIMARY KEY"),
+            "declare one column as PRIMARY KEY, e.g. (id STRING PRIMARY KEY, ...)",
+        ));
+    }
+    if keys.is_empty() && values.is_empty() {
+        return Err(EngineError::invalid(format!("{} \"{name}\" has no columns", kind.noun())));
+    }
+    keys.extend(values);
+    Ok(keys)
+}
+
+/// The columns of a sink written by `plan`, with the key role of `kind`.
+fn sink_columns(kind: SourceKind, plan: &StreamingPlan) -> Result<Vec<Column>, EngineError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut columns = Vec::with_capacity(plan.sink_columns.len());
+    for column in &plan.sink_columns {
+        if !seen.insert(column.name.clone()) {
+            return Err(EngineError::invalid_with_hint(
+                format!("the query produces column \"{}\" twice", column.name),
+                "give one of them another name with AS",
+            ));
+        }
+        let mut column = column.clone();
+        if column.is_key() && kind == SourceKind::Table {
+            column.role = ColumnRole::PrimaryKey;
+        }
+        columns.push(column);
+    }
+    if kind == SourceKind::Table && !columns.iter().any(Column::is_key) {
+        return Err(EngineError::invalid_with_hint(
+            "the query does not select the table's primary key",
+            "include the key column in the SELECT list",
+        ));
+    }
+    Ok(columns)
+}

@@ -1,0 +1,282 @@
+//! The engine: catalog, command topic, running queries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use eddy_catalog::{Catalog, Command, QueryInfo, Source};
+use eddy_common::config::EngineConfig;
+use eddy_planner::Planner;
+use eddy_runtime::{
+    KafkaConnection, OffsetReset, ProcessingLog, QueryHandle, QuerySpec, QueryStatus, SinkSpec, start_query,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::error::EngineError;
+use crate::layout::source_layout;
+
+/// Name of the stream over the processing log.
+pub const PROCESSING_LOG_STREAM: &str = "EDDY_PROCESSING_LOG";
+
+/// A running Eddy engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) config: EngineConfig,
+    pub(crate) connection: KafkaConnection,
+    pub(crate) producer: FutureProducer,
+    pub(crate) planner: Planner,
+    /// Never held across `.await`.
+    pub(crate) catalog: RwLock<Catalog>,
+    /// Persistent queries running on this server. Never held across `.await`.
+    pub(crate) queries: Mutex<HashMap<String, QueryHandle>>,
+    /// Serializes catalog changes so that validate → produce → apply is atomic on this server.
+    pub(crate) command_lock: tokio::sync::Mutex<()>,
+    pub(crate) processing_log: ProcessingLog,
+    processing_log_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.processing_log_task.lock() {
+            if let Some(task) = task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Connects to Kafka, rebuilds the catalog from the command topic and restarts every persistent
+    /// query from its committed offsets.
+    pub async fn start(config: EngineConfig, mut connection: KafkaConnection) -> Result<Engine, EngineError> {
+        connection.request_timeout_ms = config.kafka_request_timeout_ms;
+        connection.producer_linger_ms = config.producer_linger_ms;
+        let producer = connection.producer()?;
+        let command_topic = config.command_topic();
+        connection
+            .create_topic(&command_topic, 1, config.default_replicas, &[("cleanup.policy", "delete"), ("retention.ms", "-1")])
+            .await?;
+        let log_topic = config.processing_log_topic();
+        connection.create_topic(&log_topic, 1, config.default_replicas, &[]).await?;
+        let (processing_log, processing_log_task) = ProcessingLog::start(
+            producer.clone(),
+            log_topic,
+            config.processing_log_queue_records,
+            config.processing_log_record_bytes,
+        );
+
+        let engine = Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                connection,
+                producer,
+                planner: Planner::new(),
+                catalog: RwLock::new(Catalog::new()),
+                queries: Mutex::new(HashMap::new()),
+                command_lock: tokio::sync::Mutex::new(()),
+                processing_log,
+                processing_log_task: Mutex::new(Some(processing_log_task)),
+            }),
+        };
+        let replayed = engine.replay_commands().await?;
+        info!(commands = replayed, topic = command_topic, "catalog restored from the command topic");
+        engine.ensure_processing_log_stream().await?;
+
+        let queries: Vec<QueryInfo> = engine.catalog().queries().cloned().collect();
+        for query in queries {
+            if let Err(error) = engine.start_persistent_query(&query).await {
+                warn!(query = query.id, %error, "cannot restart persistent query");
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn connection(&self) -> &KafkaConnection {
+        &self.inner.connection
+    }
+
+    /// A snapshot of the catalog.
+    pub fn catalog(&self) -> Catalog {
+        self.inner.catalog.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Status of a persistent query running on this server.
+    pub fn query_status(&self, id: &str) -> Option<QueryStatus> {
+        self.inner.queries.lock().ok()?.get(id).map(|q| q.status())
+    }
+
+    /// (records in, records out, records skipped) of a persistent query on this server.
+    pub fn query_counts(&self, id: &str) -> Option<(u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let queries = self.inner.queries.lock().ok()?;
+        let metrics = &queries.get(id)?.metrics;
+        Some((metrics.records_in.load(Relaxed), metrics.records_out.load(Relaxed), metrics.records_skipped.load(Relaxed)))
+    }
+
+    /// Stops every query (committing their progress) and the processing log.
+    pub async fn shutdown(&self) {
+        let handles: Vec<QueryHandle> =
+            self.inner.queries.lock().map(|mut q| q.drain().map(|(_, h)| h).collect()).unwrap_or_default();
+        for handle in handles {
+            handle.stop().await;
+        }
+    }
+
+    /// Reads the command topic from the beginning to its current end and applies every command.
+    async fn replay_commands(&self) -> Result<usize, EngineError> {
+        let topic = self.inner.config.command_topic();
+        let watermarks = self.inner.connection.watermarks(&topic).await?;
+        let Some(&(low, high)) = watermarks.first() else { return Ok(0) };
+        if high <= low {
+            return Ok(0);
+        }
+        let group = format!("_eddy-{}-replay-{}", self.inner.config.service_id, uuid::Uuid::new_v4());
+        let consumer: StreamConsumer = self.inner.connection.consumer(&group, "earliest")?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, 0, Offset::Offset(low))
+            .map_err(|e| EngineError::Internal(format!("command topic assignment: {e}")))?;
+        consumer.assign(&assignment).map_err(|e| EngineError::Internal(format!("command topic assignment: {e}")))?;
+        let timeout = Duration::from_millis(self.inner.config.kafka_request_timeout_ms);
+        let mut applied = 0;
+        loop {
+            let message = tokio::time::timeout(timeout, consumer.recv()).await.map_err(|_| {
+                EngineError::Internal(format!("reading the command topic \"{topic}\" timed out"))
+            })?;
+            let message = message.map_err(|e| EngineError::Internal(format!("reading the command topic: {e}")))?;
+            let offset = message.offset();
+            if let Some(payload) = message.payload() {
+                match serde_json::from_slice::<Command>(payload) {
+                    Ok(command) => {
+                        let mut catalog = self.inner.catalog.write().map_err(|_| poisoned())?;
+                        match catalog.apply(command) {
+                            Ok(()) => applied += 1,
+                            Err(error) => warn!(offset, %error, "skipping command that no longer applies"),
+                        }
+                    }
+                    Err(error) => warn!(offset, %error, "skipping unreadable command"),
+                }
+            }
+            if offset + 1 >= high {
+                break;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Validates `command`, records it in the command topic, then applies it.
+    pub(crate) async fn submit(&self, command: Command) -> Result<(), EngineError> {
+        let _guard = self.inner.command_lock.lock().await;
+        self.inner.catalog.read().map_err(|_| poisoned())?.validate(&command)?;
+        let payload = serde_json::to_vec(&command).map_err(|e| EngineError::Internal(format!("command encoding: {e}")))?;
+        let topic = self.inner.config.command_topic();
+        self.inner
+            .connection
+            .produce_one(&self.inner.producer, &topic, Some(0), None, Some(&payload), None)
+            .await?;
+        self.inner.catalog.write().map_err(|_| poisoned())?.apply(command)?;
+        Ok(())
+    }
+
+    async fn ensure_processing_log_stream(&self) -> Result<(), EngineError> {
+        if self.catalog().source(PROCESSING_LOG_STREAM).is_some() {
+            return Ok(());
+        }
+        let source = Source {
+            name: PROCESSING_LOG_STREAM.to_owned(),
+            kind: eddy_catalog::SourceKind::Stream,
+            columns: eddy_runtime::processing_log_columns(),
+            topic: self.inner.config.processing_log_topic(),
+            key_format: "NONE".into(),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: 1,
+            written_by: None,
+            sql: String::new(),
+        };
+        self.submit(Command::CreateSource { source, or_replace: false }).await
+    }
+
+    /// Physical topic of a source; the processing log's topic is outside the user namespace.
+    pub(crate) fn physical_topic(&self, source: &Source) -> String {
+        if source.name == PROCESSING_LOG_STREAM {
+            source.topic.clone()
+        } else {
+            self.inner.config.physical_topic(&source.topic)
+        }
+    }
+
+    /// Plans and starts a persistent query recorded in the catalog.
+    pub(crate) async fn start_persistent_query(&self, query: &QueryInfo) -> Result<(), EngineError> {
+        let statements = eddy_sql::parse_statements(&query.sql)?;
+        let statement = statements
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal(format!("query {} has no statement", query.id)))?;
+        let select = crate::execute::select_of(&statement.statement)
+            .ok_or_else(|| EngineError::Internal(format!("query {} is not a SELECT", query.id)))?;
+        let catalog = self.catalog();
+        let plan = self.inner.planner.plan_query(&select.query, &select.partition_by, &catalog).await?;
+        let sink = catalog.require_source(&query.sink)?.clone();
+        let offset_reset = query
+            .properties
+            .get("auto.offset.reset")
+            .and_then(|v| OffsetReset::parse(v))
+            .unwrap_or(OffsetReset::Latest);
+        let spec = QuerySpec {
+            query_id: query.id.clone(),
+            group_id: self.inner.config.query_group_id(&query.id),
+            persistent: true,
+            source_topic: self.physical_topic(&plan.source),
+            source_layout: source_layout(&plan.source)?,
+            timestamp_column: crate::layout::timestamp_index(&plan.source),
+            sink: SinkSpec::Kafka {
+                topic: self.physical_topic(&sink),
+                producer: self.inner.producer.clone(),
+                layout: crate::layout::sink_layout(&sink, &plan)?,
+            },
+            plan: Arc::new(plan),
+            offset_reset,
+            config: self.inner.config.clone(),
+            connection: self.inner.connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let handle = start_query(spec).await?;
+        let previous = self.inner.queries.lock().map_err(|_| poisoned())?.insert(query.id.clone(), handle);
+        drop(previous);
+        Ok(())
+    }
+
+    /// Stops a persistent query on this server, committing its progress.
+    pub(crate) async fn stop_persistent_query(&self, id: &str) {
+        let handle = self.inner.queries.lock().ok().and_then(|mut q| q.remove(id));
+        if let Some(handle) = handle {
+            handle.stop().await;
+        }
+    }
+
+    /// Properties in force for a new query: the session's, over the defaults.
+    pub(crate) fn query_properties(&self, session: &crate::Session) -> BTreeMap<String, String> {
+        session.properties.clone()
+    }
+}
+
+pub(crate) fn poisoned() -> EngineError {
+    EngineError::Internal("a lock was poisoned by an earlier panic".into())
+}

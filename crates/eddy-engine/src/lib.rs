@@ -1,0 +1,47 @@
+//! Executes Eddy statements.
+//!
+//! The engine owns the catalog (rebuilt from the command topic at start), the persistent queries
+//! running on this server, and the planner. Front ends (REPL, REST server, `eddy test`) hand it SQL
+//! text with a [`Session`] and get [`StatementResult`]s back.
+//!
+//! ```text
+//!  SQL ──eddy-sql──▶ Statement ──┬─ DDL ──▶ Command ──▶ command topic ──▶ Catalog
+//!                                ├─ CSAS / INSERT INTO ──▶ plan ──▶ persistent query (Kafka → Kafka)
+//!                                ├─ SELECT ... EMIT CHANGES ──▶ plan ──▶ push query (Kafka → client)
+//!                                └─ SHOW / DESCRIBE / EXPLAIN / PRINT / SET / INSERT VALUES
+//! ```
+
+mod engine;
+mod error;
+mod execute;
+mod layout;
+mod result;
+
+use std::collections::BTreeMap;
+
+pub use engine::{Engine, PROCESSING_LOG_STREAM};
+pub use error::EngineError;
+pub use result::{
+    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StatementResult, TopicSummary,
+};
+
+/// Per-client state: properties set with `SET`.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Property name (as written, e.g. `auto.offset.reset`) → value.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `auto.offset.reset` of this session: `earliest` or `latest` (the default).
+    pub fn offset_reset(&self) -> eddy_runtime::OffsetReset {
+        self.properties
+            .get("auto.offset.reset")
+            .and_then(|v| eddy_runtime::OffsetReset::parse(v))
+            .unwrap_or(eddy_runtime::OffsetReset::Latest)
+    }
+}

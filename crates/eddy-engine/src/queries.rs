@@ -1,0 +1,308 @@
+//! Statements that read or write data without changing the catalog: push queries, INSERT VALUES,
+//! PRODUCE, PRINT, SHOW, DESCRIBE, EXPLAIN.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::util::display::FormatOptions;
+use eddy_catalog::{ROWTIME, SourceKind};
+use eddy_format::{EncodedBatch, RecordEncoder};
+use eddy_planner::ROWTIME_OUTPUT;
+use eddy_runtime::{PrintOptions, QuerySpec, SinkSpec, print_topic, start_query};
+use sqlparser::ast;
+use tokio::sync::mpsc;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::execute::SelectParts;
+use crate::layout::{source_layout, value_layout};
+use crate::result::{PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, TopicSummary};
+use crate::{Session, StatementResult};
+
+impl Engine {
+    /// `SELECT ... EMIT CHANGES [LIMIT n]`: a transient query streaming rows to the caller.
+    pub(crate) async fn push_query(&self, session: &Session, select: &SelectParts<'_>) -> Result<StatementResult, EngineError> {
+        let catalog = self.catalog();
+        let plan = self.inner.planner.plan_query(select.query, &[], &catalog).await?;
+        let limit = select.limit.or(plan.limit);
+        let visible: Vec<usize> = (0..plan.output_schema.fields().len())
+            .filter(|&i| i != plan.rowtime_column && !plan.output_schema.field(i).name().starts_with("__eddy_"))
+            .collect();
+        let schema = Arc::new(Schema::new(
+            visible.iter().map(|&i| plan.output_schema.field(i).as_ref().clone()).collect::<Vec<Field>>(),
+        ));
+        let query_id = format!("transient_{}_{}", plan.source.name, uuid::Uuid::new_v4().simple());
+        let (sender, rows) = mpsc::channel(self.inner.config.push_query_queue_batches.max(1));
+        let spec = QuerySpec {
+            query_id: query_id.clone(),
+            group_id: format!("_eddy-{}-{query_id}", self.inner.config.service_id),
+            persistent: false,
+            source_topic: self.physical_topic(&plan.source),
+            source_layout: source_layout(&plan.source)?,
+            timestamp_column: crate::layout::timestamp_index(&plan.source),
+            sink: SinkSpec::Channel { sender },
+            plan: Arc::new(plan),
+            offset_reset: session.offset_reset(),
+            config: self.inner.config.clone(),
+            connection: self.inner.connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let handle = start_query(spec).await?;
+        Ok(StatementResult::Push(PushQuery { query_id, schema, rows, visible, limit, emitted: 0, handle: Some(handle) }))
+    }
+
+    /// `INSERT INTO name [(columns)] VALUES (...)`.
+    pub(crate) async fn insert_values(
+        &self,
+        target: &str,
+        columns: &[String],
+        values: &[ast::Expr],
+    ) -> Result<StatementResult, EngineError> {
+        let source = self.catalog().require_source(target)?.clone();
+        let names: Vec<String> = if columns.is_empty() {
+            source.key_columns().chain(source.value_columns()).map(|c| c.name.clone()).collect()
+        } else {
+            columns.to_vec()
+        };
+        if names.len() != values.len() {
+            return Err(EngineError::invalid(format!(
+                "INSERT INTO \"{target}\" names {} columns but gives {} values",
+                names.len(),
+                values.len()
+            )));
+        }
+        for name in &names {
+            if name != ROWTIME && source.column(name).is_none() {
+                return Err(eddy_planner::PlanError::UnknownColumn {
+                    column: name.clone(),
+                    kind: source.kind.noun(),
+                    source_name: source.name.clone(),
+                    suggestion: None,
+                }
+                .into());
+            }
+        }
+        let row = self.inner.planner.evaluate_row(values).await?;
+        let options = CastOptions { safe: false, format_options: FormatOptions::default() };
+        // Build a one-row batch in the layout the sink encoder expects: key columns, value columns,
+        // and the event time.
+        let mut fields = Vec::new();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        for column in source.key_columns().chain(source.value_columns()) {
+            let data_type = column.sql_type.to_arrow();
+            let array = match names.iter().position(|n| *n == column.name) {
+                Some(i) => cast_with_options(row.column(i), &data_type, &options).map_err(|e| {
+                    EngineError::invalid(format!(
+                        "value for column \"{}\" cannot be converted to {}: {e}",
+                        column.name, column.sql_type
+                    ))
+                })?,
+                None => new_null_array(&data_type, 1),
+            };
+            fields.push(Field::new(&column.name, data_type, true));
+            arrays.push(array);
+        }
+        let timestamp_ms = match names.iter().position(|n| n == ROWTIME) {
+            Some(i) => {
+                let array = cast_with_options(row.column(i), &DataType::Int64, &options)
+                    .map_err(|e| EngineError::invalid(format!("ROWTIME must be epoch milliseconds: {e}")))?;
+                use datafusion::arrow::array::AsArray;
+                let values = array.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                if values.is_null(0) { None } else { Some(values.value(0)) }
+            }
+            None => None,
+        };
+        fields.push(Field::new(ROWTIME_OUTPUT, DataType::Timestamp(TimeUnit::Millisecond, None), true));
+        arrays.push(new_null_array(&DataType::Timestamp(TimeUnit::Millisecond, None), 1));
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(1)),
+        )
+        .map_err(|e| EngineError::Internal(format!("insert batch: {e}")))?;
+        let key_count = source.key_count();
+        let key_columns: Vec<usize> = (0..key_count).collect();
+        let value_columns: Vec<usize> = (key_count..source.columns.len()).collect();
+        let mut encoder = RecordEncoder::new(value_layout(&source)?)
+            .map_err(|e| EngineError::invalid(e.to_string()))?;
+        let mut encoded = EncodedBatch::default();
+        let failures = encoder.encode(&batch, &key_columns, &value_columns, &mut encoded);
+        if let Some(failure) = failures.into_iter().next() {
+            return Err(EngineError::invalid(format!("cannot encode the row for \"{target}\": {failure}")));
+        }
+        let topic = self.physical_topic(&source);
+        let (partition, offset) = self
+            .inner
+            .connection
+            .produce_one(&self.inner.producer, &topic, None, encoded.key(0), encoded.value(0), timestamp_ms)
+            .await?;
+        Ok(StatementResult::Success {
+            message: format!("inserted 1 row into \"{target}\" (partition {partition}, offset {offset})"),
+            query_id: None,
+        })
+    }
+
+    /// `PRODUCE TO 'topic' ...`: one raw record, for tests and tools.
+    pub(crate) async fn produce_raw(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<StatementResult, EngineError> {
+        let physical = self.inner.config.physical_topic(topic);
+        if self.inner.connection.topic(&physical).await?.is_none() {
+            return Err(eddy_runtime::KafkaError::UnknownTopic { topic: topic.to_owned() }.into());
+        }
+        let (partition, offset) = self
+            .inner
+            .connection
+            .produce_one(&self.inner.producer, &physical, partition, key, value, timestamp_ms)
+            .await?;
+        Ok(StatementResult::Success {
+            message: format!("produced 1 record to \"{topic}\" (partition {partition}, offset {offset})"),
+            query_id: None,
+        })
+    }
+
+    /// `PRINT topic [FROM BEGINNING] [INTERVAL n] [LIMIT n]`.
+    pub(crate) async fn print(
+        &self,
+        topic: &str,
+        from_beginning: bool,
+        interval: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<StatementResult, EngineError> {
+        let physical = if topic == self.inner.config.processing_log_topic() {
+            topic.to_owned()
+        } else {
+            self.inner.config.physical_topic(topic)
+        };
+        let stream = print_topic(
+            &self.inner.connection,
+            PrintOptions {
+                topic: physical,
+                display_topic: topic.to_owned(),
+                from_beginning,
+                interval: interval.unwrap_or(1),
+                limit,
+                queue_lines: 1024,
+                stop_at_end: false,
+            },
+        )
+        .await?;
+        Ok(StatementResult::Print(PrintResult { stream }))
+    }
+
+    /// `SHOW STREAMS` / `SHOW TABLES`.
+    pub(crate) fn show_sources(&self, kind: SourceKind) -> StatementResult {
+        let sources = self
+            .catalog()
+            .sources()
+            .filter(|s| s.kind == kind)
+            .map(|s| SourceSummary {
+                name: s.name.clone(),
+                kind: s.kind,
+                topic: s.topic.clone(),
+                key_format: s.key_format.clone(),
+                value_format: s.value_format.clone(),
+            })
+            .collect();
+        StatementResult::Sources(sources)
+    }
+
+    /// `SHOW TOPICS`: the topics of this namespace, without Eddy's internal ones.
+    pub(crate) async fn show_topics(&self) -> Result<StatementResult, EngineError> {
+        let mut topics: Vec<TopicSummary> = self
+            .inner
+            .connection
+            .topics()
+            .await?
+            .into_iter()
+            .filter_map(|t| {
+                let name = self.inner.config.logical_topic(&t.name)?.to_owned();
+                (!name.starts_with('_')).then_some(TopicSummary { name, partitions: t.partitions, replicas: t.replicas })
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(StatementResult::Topics(topics))
+    }
+
+    /// `SHOW QUERIES`.
+    pub(crate) fn show_queries(&self) -> StatementResult {
+        let queries = self
+            .catalog()
+            .queries()
+            .map(|q| QuerySummary {
+                id: q.id.clone(),
+                status: match self.query_status(&q.id) {
+                    Some(eddy_runtime::QueryStatus::Running) => "RUNNING".into(),
+                    Some(eddy_runtime::QueryStatus::Error(message)) => format!("ERROR: {message}"),
+                    Some(eddy_runtime::QueryStatus::Stopped) => "STOPPED".into(),
+                    None => "NOT RUNNING".into(),
+                },
+                sink: q.sink.clone(),
+                sources: q.sources.clone(),
+                sql: q.sql.clone(),
+            })
+            .collect();
+        StatementResult::Queries(queries)
+    }
+
+    /// `DESCRIBE [EXTENDED] name`.
+    pub(crate) fn describe(&self, name: &str, extended: bool) -> Result<StatementResult, EngineError> {
+        let catalog = self.catalog();
+        let source = catalog.require_source(name)?;
+        let written_by = catalog.writers_of(name);
+        let statistics = if extended {
+            written_by
+                .iter()
+                .filter_map(|id| self.query_counts(id).map(|(i, o, s)| (id.clone(), i, o, s)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(StatementResult::Description(SourceDescription {
+            name: source.name.clone(),
+            kind: source.kind,
+            columns: source.columns.clone(),
+            topic: source.topic.clone(),
+            key_format: source.key_format.clone(),
+            value_format: source.value_format.clone(),
+            partitions: source.partitions,
+            timestamp_column: source.timestamp_column.clone(),
+            sql: source.sql.clone(),
+            extended,
+            read_by: catalog.readers_of(name),
+            written_by,
+            statistics,
+        }))
+    }
+
+    /// `EXPLAIN SELECT ...` (the plan a query would get).
+    pub(crate) async fn explain_select(&self, select: &SelectParts<'_>) -> Result<StatementResult, EngineError> {
+        let plan = self.inner.planner.plan_query(select.query, select.partition_by, &self.catalog()).await?;
+        Ok(StatementResult::Explain { text: plan.explain() })
+    }
+
+    /// `EXPLAIN query_id`.
+    pub(crate) async fn explain_query(&self, id: &str) -> Result<StatementResult, EngineError> {
+        let catalog = self.catalog();
+        let query = catalog.query(&id.to_uppercase()).cloned().ok_or_else(|| {
+            EngineError::Catalog(eddy_catalog::CatalogError::UnknownQuery { id: id.to_owned(), suggestion: None })
+        })?;
+        let statements = eddy_sql::parse_statements(&query.sql)?;
+        let statement = statements.first().ok_or_else(|| EngineError::Internal("empty query text".into()))?;
+        let select = crate::execute::select_of(&statement.statement)
+            .ok_or_else(|| EngineError::Internal(format!("query {id} is not a SELECT")))?;
+        let mut result = self.explain_select(&SelectParts::from_select(select)).await?;
+        if let StatementResult::Explain { text } = &mut result {
+            let status = self.query_status(&query.id).map(|s| format!("{s:?}")).unwrap_or_else(|| "NOT RUNNING".into());
+            *text = format!("Query: {}\nStatus: {status}\nSQL: {}\n{text}", query.id, query.sql);
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,248 @@
+//! End-to-end tests of the engine over real Kafka.
+//!
+//! These tests need no external Kafka: each starts its own embedded broker (tansu) on a free port in a
+//! temporary directory, and uses unique topic and service names, so they can run in parallel and again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eddy_broker::{EmbeddedBroker, EmbeddedBrokerConfig};
+use eddy_common::config::EngineConfig;
+use eddy_engine::{Engine, Session, StatementResult};
+use eddy_runtime::KafkaConnection;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    broker: EmbeddedBroker,
+    service_id: String,
+    prefix: String,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = EmbeddedBroker::start(EmbeddedBrokerConfig { data_dir: dir.path().to_path_buf(), port: 0, ..Default::default() })
+            .await
+            .expect("embedded broker starts");
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        Harness { _dir: dir, broker, service_id: format!("svc{}", &run[..8]), prefix: format!("t{}_", &run[..8]) }
+    }
+
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            service_id: self.service_id.clone(),
+            topic_prefix: self.prefix.clone(),
+            commit_interval_ms: 100,
+            ..Default::default()
+        }
+    }
+
+    async fn engine(&self) -> Engine {
+        Engine::start(self.config(), KafkaConnection::new(self.broker.bootstrap_servers())).await.expect("engine starts")
+    }
+
+    fn topic(&self, logical: &str) -> String {
+        format!("{}{}", self.prefix, logical)
+    }
+
+    fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            .set("broker.address.family", "v4")
+            .create()
+            .expect("producer")
+    }
+
+    async fn produce(&self, topic: &str, key: Option<&str>, value: &str) {
+        let producer = self.producer();
+        let mut record = FutureRecord::<str, str>::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer.send(record, Duration::from_secs(30)).await.expect("produce");
+    }
+
+    /// Reads `count` records of `topic` from the beginning (all partitions), failing after WAIT.
+    async fn consume(&self, topic: &str, count: usize) -> Vec<(Option<String>, Option<String>)> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            .set("broker.address.family", "v4")
+            .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let partitions = {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+            metadata.topics()[0].partitions().len() as i32
+        };
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut records = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while records.len() < count {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {count} records arrived on {topic}: {records:?}", records.len()))
+                .expect("consume");
+            records.push((
+                message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                message.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+            ));
+        }
+        records
+    }
+
+    /// Asserts that no more than `count` records are on `topic` (waits briefly for stragglers).
+    async fn assert_exactly(&self, topic: &str, count: usize) {
+        let connection = KafkaConnection::new(self.broker.bootstrap_servers());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let total: i64 = connection.watermarks(topic).await.expect("watermarks").iter().map(|(l, h)| h - l).sum();
+        assert_eq!(total as usize, count, "records on {topic}");
+    }
+}
+
+async fn run(engine: &Engine, session: &mut Session, sql: &str) -> Vec<StatementResult> {
+    engine.execute(session, sql).await.unwrap_or_else(|e| panic!("{sql}\nfailed: {e}"))
+}
+
+fn json(text: &Option<String>) -> BTreeMap<String, Value> {
+    serde_json::from_str(text.as_deref().expect("a value")).expect("JSON value")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csas_with_filter_and_functions_writes_json_that_consumers_read() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM orders (id STRING KEY, item STRING, qty INT, price DOUBLE) \
+         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=2);",
+    )
+    .await;
+    let input = h.topic("orders");
+    h.produce(&input, Some("o1"), r#"{"item":"apple","qty":5,"price":0.5}"#).await;
+    h.produce(&input, Some("o2"), r#"{"ITEM":"pear","QTY":50,"PRICE":1.25}"#).await;
+    h.produce(&input, Some("o3"), r#"{"item":"fig","qty":20}"#).await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM big_orders AS SELECT id, UCASE(item) AS item, qty * 2 AS double_qty, \
+         COALESCE(price, 0.0) * qty AS total FROM orders WHERE qty > 10 EMIT CHANGES;",
+    )
+    .await;
+    let output = h.topic("BIG_ORDERS");
+    let mut records = h.consume(&output, 2).await;
+    records.sort();
+    assert_eq!(records[0].0.as_deref(), Some("o2"));
+    let first = json(&records[0].1);
+    assert_eq!(first["ITEM"], Value::from("PEAR"));
+    assert_eq!(first["DOUBLE_QTY"], Value::from(100));
+    assert_eq!(first["TOTAL"], Value::from(62.5));
+    assert!(!first.contains_key("ID"), "the key column is in the key, not the value: {first:?}");
+    assert_eq!(records[1].0.as_deref(), Some("o3"));
+    assert_eq!(json(&records[1].1)["TOTAL"], Value::from(0.0));
+    h.assert_exactly(&output, 2).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_are_skipped_and_reported_in_the_processing_log() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(&engine, &mut session, "CREATE STREAM readings (sensor STRING KEY, temp INT) WITH (KAFKA_TOPIC='readings', PARTITIONS=1);").await;
+    let input = h.topic("readings");
+    h.produce(&input, Some("s1"), r#"{"temp": 21}"#).await;
+    h.produce(&input, Some("s1"), r#"{"temp": "#).await; // offset 1: not JSON
+    h.produce(&input, Some("s1"), r#"{"temp": "hot"}"#).await; // offset 2: wrong type
+    h.produce(&input, Some("s2"), r#"{"temp": 23}"#).await;
+    run(&engine, &mut session, "CREATE STREAM copy AS SELECT * FROM readings;").await;
+    let records = h.consume(&h.topic("COPY"), 2).await;
+    assert_eq!(json(&records[0].1)["TEMP"], Value::from(21));
+    assert_eq!(json(&records[1].1)["TEMP"], Value::from(23));
+
+    // The processing log is a stream like any other.
+    let results = run(
+        &engine,
+        &mut session,
+        "SELECT source_topic, source_partition, source_offset, error_type FROM eddy_processing_log EMIT CHANGES LIMIT 2;",
+    )
+    .await;
+    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else { panic!("expected a push query") };
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let batch = tokio::time::timeout(WAIT, push.next_batch()).await.expect("log rows in time").expect("rows");
+        for row in 0..batch.num_rows() {
+            let cell = |c: usize| datafusion::arrow::util::display::array_value_to_string(batch.column(c), row).expect("cell");
+            rows.push((cell(0), cell(1), cell(2), cell(3)));
+        }
+    }
+    rows.sort();
+    assert_eq!(rows[0], (input.clone(), "0".into(), "1".into(), "DESERIALIZATION_ERROR".into()));
+    assert_eq!(rows[1], (input.clone(), "0".into(), "2".into(), "DESERIALIZATION_ERROR".into()));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_the_catalog_and_resumes_without_loss() {
+    let h = Harness::start().await;
+    let input = h.topic("events");
+    {
+        let engine = h.engine().await;
+        let mut session = Session::new();
+        run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+        run(&engine, &mut session, "CREATE STREAM events (id INT KEY, name STRING) WITH (KAFKA_TOPIC='events', PARTITIONS=3, KEY_FORMAT='JSON');").await;
+        for i in 0..30 {
+            h.produce(&input, Some(&i.to_string()), &format!(r#"{{"name":"e{i}"}}"#)).await;
+        }
+        run(&engine, &mut session, "CREATE STREAM named AS SELECT id, UCASE(name) AS name FROM events;").await;
+        h.consume(&h.topic("NAMED"), 30).await;
+        engine.shutdown().await;
+    }
+    // Produced while Eddy is down.
+    for i in 30..60 {
+        h.produce(&input, Some(&i.to_string()), &format!(r#"{{"name":"e{i}"}}"#)).await;
+    }
+    let engine = h.engine().await;
+    let catalog = engine.catalog();
+    assert!(catalog.source("EVENTS").is_some() && catalog.source("NAMED").is_some(), "catalog restored");
+    assert_eq!(catalog.queries().count(), 1, "the persistent query is restored");
+    let records = h.consume(&h.topic("NAMED"), 60).await;
+    let mut names: Vec<String> =
+        records.iter().map(|(_, v)| json(v)["NAME"].as_str().unwrap_or_default().to_owned()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 60, "every event is in the output after the restart");
+    // Graceful shutdown committed the offsets: nothing was emitted twice.
+    h.assert_exactly(&h.topic("NAMED"), 60).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_statement_changes_nothing() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "CREATE STREAM s (k STRING KEY, v INT) WITH (KAFKA_TOPIC='s', PARTITIONS=1);").await;
+    let before = engine.catalog();
+    let error = engine.execute(&mut session, "CREATE STREAM t AS SELECT k, vv FROM s;").await.unwrap_err();
+    assert_eq!(error.to_string(), "column \"VV\" not found in stream \"S\"; did you mean \"V\"?");
+    let error = engine.execute(&mut session, "CREATE STREAM u (x INT) WITH (KAFKA_TOPIC='missing');").await.unwrap_err();
+    assert!(error.to_string().starts_with("topic \"missing\" does not exist"), "{error}");
+    assert_eq!(engine.catalog(), before);
+    engine.shutdown().await;
+}

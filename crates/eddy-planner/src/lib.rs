@@ -1,0 +1,20 @@
+//! Plans Eddy queries.
+//!
+//! A `SELECT` arrives as a normalized sqlparser [`Query`] (see `eddy-sql`). The planner exposes the
+//! catalog's streams and tables to DataFusion as schema-only tables, lets DataFusion's SQL planner
+//! and optimizer produce a logical plan, and rewrites that plan into a [`StreamingPlan`]: a chain of
+//! [`Stage`]s of DataFusion physical expressions that the runtime applies to every Arrow batch decoded
+//! from the source topic.
+//!
+//! ```text
+//!  Query ──expand *, add hidden columns──▶ DataFusion SqlToRel ──▶ LogicalPlan ──optimize──▶
+//!        ──rewrite──▶ StreamingPlan { source, stages: [Filter, Project], key/value/rowtime columns }
+//! ```
+//!
+//! Every plan carries two hidden columns computed next to the user's projection: the new record key
+//! when the query has `PARTITION BY`, and the event time (`ROWTIME`) of the output record.
+
+mod functions;
+mod plan;
+
+pub use plan::{PlanError, Planner, Stage, StreamingPlan, ROWTIME_OUTPUT};

@@ -1,0 +1,530 @@
+//! From a normalized `SELECT` to a [`StreamingPlan`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DFSchema, DataFusionError, SchemaError, TableReference};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DfStatement;
+use eddy_catalog::{Catalog, CatalogError, Column, ColumnRole, PSEUDO_COLUMNS, ROWTIME, Source};
+use eddy_common::types::SqlType;
+use sqlparser::ast::{
+    self, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SelectItemQualifiedWildcardKind,
+    SetExpr, TableFactor,
+};
+use thiserror::Error;
+
+use crate::functions::register_ksql_functions;
+
+/// Name of the hidden output column that carries each output record's event time.
+pub const ROWTIME_OUTPUT: &str = "__eddy_rowtime";
+/// Prefix of the hidden output columns that carry the new key of a `PARTITION BY` query.
+const KEY_OUTPUT_PREFIX: &str = "__eddy_key_";
+
+/// Why a query cannot be planned. Messages are user-facing (Postgres style).
+#[derive(Debug, Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{feature} {verb} not supported yet in continuous queries{hint}", verb = if .plural { "are" } else { "is" }, hint = .hint.as_deref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Unsupported { feature: String, plural: bool, hint: Option<String> },
+    #[error("column \"{column}\" not found in {kind} \"{source_name}\"{suggestion}", suggestion = .suggestion.as_deref().map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default())]
+    UnknownColumn { column: String, kind: &'static str, source_name: String, suggestion: Option<String> },
+    #[error("column \"{column}\" has type {data_type}, which Eddy cannot write to a stream or table")]
+    UnsupportedOutputType { column: String, data_type: DataType },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}", clean_datafusion_message(.0))]
+    DataFusion(#[from] DataFusionError),
+}
+
+impl PlanError {
+    fn unsupported(feature: &str, plural: bool, hint: Option<&str>) -> Self {
+        PlanError::Unsupported { feature: feature.to_owned(), plural, hint: hint.map(str::to_owned) }
+    }
+}
+
+/// DataFusion's messages name the phase ("Error during planning: ..."); users need only the reason.
+fn clean_datafusion_message(error: &DataFusionError) -> String {
+    let message = error.strip_backtrace();
+    let message = message
+        .strip_prefix("Error during planning: ")
+        .or_else(|| message.strip_prefix("Schema error: "))
+        .or_else(|| message.strip_prefix("This feature is not implemented: "))
+        .or_else(|| message.strip_prefix("Arrow error: "))
+        .or_else(|| message.strip_prefix("Execution error: "))
+        .unwrap_or(&message);
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// One operator of a streaming plan, applied to every batch in order.
+pub enum Stage {
+    /// Keeps the columns at these indices (DataFusion's projection push-down into the scan).
+    Select { indices: Vec<usize> },
+    /// Keeps the rows for which the predicate is true.
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Computes new columns.
+    Project { exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef },
+}
+
+impl fmt::Debug for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::Select { indices } => write!(f, "Select {indices:?}"),
+            Stage::Filter(predicate) => write!(f, "Filter {predicate}"),
+            Stage::Project { exprs, schema } => {
+                write!(f, "Project ")?;
+                for (i, (expr, field)) in exprs.iter().zip(schema.fields()).enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{expr} AS {}", field.name())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Stage {
+    /// Applies this stage to one batch.
+    pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        match self {
+            Stage::Select { indices } => Ok(batch.project(indices)?),
+            Stage::Filter(predicate) => {
+                let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let mask = mask.as_boolean_opt().ok_or_else(|| {
+                    DataFusionError::Internal(format!("filter predicate returned {}", mask.data_type()))
+                })?;
+                if mask.null_count() == 0 && mask.true_count() == mask.len() {
+                    return Ok(batch);
+                }
+                Ok(filter_record_batch(&batch, mask)?)
+            }
+            Stage::Project { exprs, schema } => {
+                let rows = batch.num_rows();
+                let columns = exprs
+                    .iter()
+                    .map(|expr| expr.evaluate(&batch).and_then(|value| value.into_array(rows)))
+                    .collect::<Result<Vec<ArrayRef>, _>>()?;
+                let options = RecordBatchOptions::new().with_row_count(Some(rows));
+                Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
+            }
+        }
+    }
+}
+
+/// A continuous query over one source, ready for the runtime.
+#[derive(Debug)]
+pub struct StreamingPlan {
+    /// The stream or table read.
+    pub source: Source,
+    /// Operators applied to each decoded batch of the source, in order.
+    pub stages: Vec<Stage>,
+    /// Schema of the batches the last stage produces.
+    pub output_schema: SchemaRef,
+    /// Output columns written to the record key, in key order.
+    pub key_columns: Vec<usize>,
+    /// Output columns written to the record value, in order.
+    pub value_columns: Vec<usize>,
+    /// Output column holding the event time of each output record.
+    pub rowtime_column: usize,
+    /// The columns of the sink a `CREATE ... AS SELECT` creates: key columns, then value columns.
+    pub sink_columns: Vec<Column>,
+    /// A `LIMIT` written in the query itself.
+    pub limit: Option<u64>,
+    /// DataFusion's optimized logical plan, for `EXPLAIN`.
+    pub logical_plan: LogicalPlan,
+}
+
+impl StreamingPlan {
+    /// Runs every stage over one batch of the source.
+    pub fn process(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        self.stages.iter().try_fold(batch, |batch, stage| stage.apply(batch))
+    }
+
+    /// Text for `EXPLAIN`: the logical plan and the streaming stages.
+    pub fn explain(&self) -> String {
+        let mut text = String::from("Logical plan:\n");
+        for line in self.logical_plan.display_indent().to_string().lines() {
+            text.push_str("  ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("Streaming plan:\n");
+        text.push_str(&format!("  Source: {} (topic {})\n", self.source.name, self.source.topic));
+        for stage in &self.stages {
+            text.push_str(&format!("  {stage:?}\n"));
+        }
+        let names = |indices: &[usize]| {
+            indices.iter().map(|&i| self.output_schema.field(i).name().clone()).collect::<Vec<_>>().join(", ")
+        };
+        text.push_str(&format!("  Key: [{}]\n  Value: [{}]\n", names(&self.key_columns), names(&self.value_columns)));
+        text
+    }
+}
+
+/// Plans queries; cheap to clone and share.
+#[derive(Clone)]
+pub struct Planner {
+    state: SessionState,
+}
+
+impl Default for Planner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Planner {
+    pub fn new() -> Self {
+        let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+        let options = config.options_mut();
+        // eddy-sql already applied ksqlDB's identifier rules and quotes every identifier.
+        options.sql_parser.enable_ident_normalization = false;
+        // Formats produce and consume Utf8; keep one string type throughout.
+        options.sql_parser.map_string_types_to_utf8view = false;
+        let ctx = SessionContext::new_with_config(config);
+        register_ksql_functions(&ctx);
+        Self { state: ctx.state() }
+    }
+
+    /// Plans a continuous `SELECT` over the catalog. `partition_by` re-keys the output
+    /// (`PARTITION BY`); an empty slice keeps the source key when the projection carries it.
+    pub async fn plan_query(
+        &self,
+        query: &ast::Query,
+        partition_by: &[ast::Expr],
+        catalog: &Catalog,
+    ) -> Result<StreamingPlan, PlanError> {
+        let mut query = query.clone();
+        let limit = take_limit(&mut query)?;
+        let select = match query.body.as_mut() {
+            SetExpr::Select(select) => select,
+            SetExpr::SetOperation { op, .. } => {
+                return Err(PlanError::unsupported(&op.to_string().to_uppercase(), false, None));
+            }
+            _ => return Err(PlanError::Invalid("expected SELECT ... FROM a stream or table".into())),
+        };
+        if query.order_by.is_some() {
+            return Err(PlanError::unsupported(
+                "ORDER BY",
+                false,
+                Some("a continuous query emits rows in the order they arrive"),
+            ));
+        }
+        if select.from.len() != 1 {
+            return Err(PlanError::Invalid(if select.from.is_empty() {
+                "a continuous query must read FROM a stream or table".into()
+            } else {
+                "a comma-separated FROM list is not supported; use JOIN".into()
+            }));
+        }
+        if !select.from[0].joins.is_empty() {
+            return Err(PlanError::unsupported("joins", true, None));
+        }
+        if select.distinct.is_some() {
+            return Err(PlanError::unsupported("SELECT DISTINCT", false, Some("use GROUP BY")));
+        }
+        if !matches!(&select.group_by, GroupByExpr::Expressions(exprs, _) if exprs.is_empty()) || select.having.is_some() {
+            return Err(PlanError::unsupported("aggregations (GROUP BY)", true, None));
+        }
+        let (source_name, qualifier) = match &select.from[0].relation {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let source_name = object_name_to_string(name);
+                let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| source_name.clone());
+                (source_name, qualifier)
+            }
+            TableFactor::Derived { .. } => return Err(PlanError::unsupported("subqueries in FROM", true, None)),
+            other => return Err(PlanError::Invalid(format!("cannot read from {other}"))),
+        };
+        let source = catalog.require_source(&source_name)?.clone();
+
+        expand_wildcards(&mut select.projection, &source, &qualifier)?;
+        let mut key_names = Vec::new();
+        let mut hidden = Vec::new();
+        for (i, expr) in partition_by.iter().enumerate() {
+            if matches!(expr, ast::Expr::Value(v) if matches!(v.value, ast::Value::Null)) {
+                if partition_by.len() > 1 {
+                    return Err(PlanError::Invalid("PARTITION BY NULL cannot be combined with other expressions".into()));
+                }
+                continue;
+            }
+            key_names.push(partition_key_name(expr, i));
+            hidden.push(SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&format!("{KEY_OUTPUT_PREFIX}{i}")) });
+        }
+        let repartitioned = !partition_by.is_empty();
+        hidden.extend(std::mem::take(&mut select.projection));
+        select.projection = hidden;
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(ROWTIME)]),
+            alias: quoted(ROWTIME_OUTPUT),
+        });
+
+        let table = Arc::new(EmptyTable::new(source.arrow_schema()));
+        let ctx = SessionContext::new_with_state(self.state.clone());
+        ctx.register_table(TableReference::bare(source.name.as_str()), table)?;
+        let state = ctx.state();
+        let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
+        let logical = state.statement_to_plan(statement).await.map_err(|e| explain_error(e, &source))?;
+        let logical = state.optimize(&logical)?;
+
+        let stages = lower(&logical, &state, &source)?;
+        let output_schema = nullable_schema(logical.schema().as_arrow());
+        let index_of = |name: &str| output_schema.index_of(name).ok();
+        let rowtime_column = index_of(ROWTIME_OUTPUT)
+            .ok_or_else(|| PlanError::Invalid("internal error: the plan lost its event-time column".into()))?;
+
+        let mut key_columns = Vec::new();
+        let mut key_output_names = Vec::new();
+        if repartitioned {
+            for (i, name) in key_names.iter().enumerate() {
+                if let Some(index) = index_of(&format!("{KEY_OUTPUT_PREFIX}{i}")) {
+                    key_columns.push(index);
+                    key_output_names.push(name.clone());
+                }
+            }
+        } else if let LogicalPlan::Projection(projection) = &logical {
+            let source_keys: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+            for (i, expr) in projection.expr.iter().enumerate() {
+                let column = match expr {
+                    Expr::Column(column) => Some(column),
+                    Expr::Alias(alias) => match alias.expr.as_ref() {
+                        Expr::Column(column) => Some(column),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if column.is_some_and(|c| source_keys.contains(&c.name.as_str())) {
+                    key_columns.push(i);
+                    key_output_names.push(output_schema.field(i).name().clone());
+                }
+            }
+        }
+        let value_columns: Vec<usize> = (0..output_schema.fields().len())
+            .filter(|i| !key_columns.contains(i) && *i != rowtime_column)
+            .filter(|i| {
+                let name = output_schema.field(*i).name();
+                !name.starts_with(KEY_OUTPUT_PREFIX) && !(repartitioned && key_names.contains(name))
+            })
+            .collect();
+
+        let mut sink_columns = Vec::with_capacity(key_columns.len() + value_columns.len());
+        for (index, name) in key_columns.iter().zip(&key_output_names) {
+            sink_columns.push(sink_column(name, output_schema.field(*index).data_type(), ColumnRole::Key)?);
+        }
+        for index in &value_columns {
+            let field = output_schema.field(*index);
+            sink_columns.push(sink_column(field.name(), field.data_type(), ColumnRole::Value)?);
+        }
+
+        Ok(StreamingPlan {
+            source,
+            stages,
+            output_schema,
+            key_columns,
+            value_columns,
+            rowtime_column,
+            sink_columns,
+            limit,
+            logical_plan: logical,
+        })
+    }
+
+    /// Evaluates constant expressions (the `VALUES` of an `INSERT`) into a one-row batch.
+    pub async fn evaluate_row(&self, exprs: &[ast::Expr]) -> Result<RecordBatch, PlanError> {
+        let items = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, expr)| format!("{expr} AS \"c{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ctx = SessionContext::new_with_state(self.state.clone());
+        let frame = ctx.sql(&format!("SELECT {items}")).await?;
+        let batches = frame.collect().await?;
+        let batch = batches
+            .into_iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| PlanError::Invalid("VALUES produced no row".into()))?;
+        Ok(batch)
+    }
+}
+
+/// Removes a standard `LIMIT n` from the query and returns n.
+fn take_limit(query: &mut ast::Query) -> Result<Option<u64>, PlanError> {
+    let Some(clause) = query.limit_clause.take() else { return Ok(None) };
+    let limit = match &clause {
+        ast::LimitClause::LimitOffset { limit: Some(limit), offset: None, limit_by } if limit_by.is_empty() => limit,
+        _ => return Err(PlanError::unsupported("OFFSET", false, None)),
+    };
+    match limit {
+        ast::Expr::Value(value) => match &value.value {
+            ast::Value::Number(n, _) => n
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {n}"))),
+            other => Err(PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {other}"))),
+        },
+        other => Err(PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {other}"))),
+    }
+}
+
+fn quoted(name: &str) -> Ident {
+    Ident::with_quote('"', name)
+}
+
+fn object_name_to_string(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => ident.value.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// ksqlDB's `SELECT *` means the key and value columns, not the pseudo-columns.
+fn expand_wildcards(projection: &mut Vec<SelectItem>, source: &Source, qualifier: &str) -> Result<(), PlanError> {
+    let columns = || {
+        source
+            .key_columns()
+            .chain(source.value_columns())
+            .map(|c| SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(vec![quoted(qualifier), quoted(&c.name)])))
+            .collect::<Vec<_>>()
+    };
+    let mut expanded = Vec::with_capacity(projection.len());
+    for item in projection.drain(..) {
+        match item {
+            SelectItem::Wildcard(_) => expanded.extend(columns()),
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let name = object_name_to_string(&name);
+                if name != qualifier && name != source.name {
+                    return Err(PlanError::Invalid(format!("\"{name}\" in \"{name}.*\" is not a source of this query")));
+                }
+                expanded.extend(columns());
+            }
+            other => expanded.push(other),
+        }
+    }
+    *projection = expanded;
+    Ok(())
+}
+
+/// ksqlDB names the key column after a `PARTITION BY` column, or `KSQL_COL_n` for an expression.
+fn partition_key_name(expr: &ast::Expr, index: usize) -> String {
+    match expr {
+        ast::Expr::Identifier(ident) => ident.value.clone(),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()).unwrap_or_default(),
+        _ => format!("KSQL_COL_{index}"),
+    }
+}
+
+fn sink_column(name: &str, data_type: &DataType, role: ColumnRole) -> Result<Column, PlanError> {
+    let sql_type = SqlType::from_arrow(data_type)
+        .ok_or_else(|| PlanError::UnsupportedOutputType { column: name.to_owned(), data_type: data_type.clone() })?;
+    Ok(Column { name: name.to_owned(), sql_type, role })
+}
+
+fn nullable_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema.fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect::<Vec<_>>(),
+    ))
+}
+
+/// Turns DataFusion's unknown-column errors into Eddy's, with a suggestion.
+fn explain_error(error: DataFusionError, source: &Source) -> PlanError {
+    if let DataFusionError::SchemaError(SchemaError::FieldNotFound { field, .. }, _) = &error {
+        let column = field.name.clone();
+        let candidates = source.columns.iter().map(|c| c.name.as_str()).chain(PSEUDO_COLUMNS);
+        let suggestion = closest_name(&column, candidates);
+        return PlanError::UnknownColumn { column, kind: source.kind.noun(), source_name: source.name.clone(), suggestion };
+    }
+    PlanError::DataFusion(error)
+}
+
+fn closest_name<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    let upper = name.to_uppercase();
+    candidates
+        .map(|c| (strsim_distance(&upper, &c.to_uppercase()), c))
+        .filter(|(d, _)| *d <= (name.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.to_owned())
+}
+
+fn strsim_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            current[j + 1] = (previous[j] + usize::from(ca != *cb)).min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// Rewrites an optimized logical plan into stages over the source's batches.
+fn lower(plan: &LogicalPlan, state: &SessionState, source: &Source) -> Result<Vec<Stage>, PlanError> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if scan.table_name.table() != source.name {
+                return Err(PlanError::Invalid(format!("internal error: unexpected scan of {}", scan.table_name)));
+            }
+            let mut stages = Vec::new();
+            if let Some(indices) = &scan.projection {
+                let all: Vec<usize> = (0..source.arrow_schema().fields().len()).collect();
+                if indices != &all {
+                    stages.push(Stage::Select { indices: indices.clone() });
+                }
+            }
+            if let Some(predicate) = scan.filters.iter().cloned().reduce(Expr::and) {
+                stages.push(Stage::Filter(physical(state, predicate, &scan.projected_schema)?));
+            }
+            Ok(stages)
+        }
+        LogicalPlan::Filter(filter) => {
+            let mut stages = lower(&filter.input, state, source)?;
+            stages.push(Stage::Filter(physical(state, filter.predicate.clone(), filter.input.schema())?));
+            Ok(stages)
+        }
+        LogicalPlan::Projection(projection) => {
+            let mut stages = lower(&projection.input, state, source)?;
+            let exprs = projection
+                .expr
+                .iter()
+                .map(|expr| physical(state, expr.clone(), projection.input.schema()))
+                .collect::<Result<Vec<_>, _>>()?;
+            stages.push(Stage::Project { exprs, schema: nullable_schema(projection.schema.as_arrow()) });
+            Ok(stages)
+        }
+        LogicalPlan::SubqueryAlias(alias) => lower(&alias.input, state, source),
+        LogicalPlan::Aggregate(_) => Err(PlanError::unsupported("aggregate functions", true, None)),
+        LogicalPlan::Join(_) => Err(PlanError::unsupported("joins", true, None)),
+        LogicalPlan::Window(_) => Err(PlanError::unsupported("window functions (OVER)", true, None)),
+        LogicalPlan::Unnest(_) => Err(PlanError::unsupported("EXPLODE/UNNEST", false, None)),
+        LogicalPlan::Sort(_) => Err(PlanError::unsupported("ORDER BY", false, None)),
+        LogicalPlan::Distinct(_) => Err(PlanError::unsupported("SELECT DISTINCT", false, None)),
+        LogicalPlan::EmptyRelation(_) => Err(PlanError::Invalid("a continuous query must read FROM a stream or table".into())),
+        other => Err(PlanError::unsupported(&format!("\"{}\"", other.display()), false, None)),
+    }
+}
+
+fn physical(state: &SessionState, expr: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
+    Ok(state.create_physical_expr(expr, schema)?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
+use eddy_common::types::SqlType;
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+use super::*;
+
+fn orders() -> Source {
+    Source {
+        name: "ORDERS".into(),
+        kind: SourceKind::Stream,
+        columns: vec![
+            Column { name: "ID".into(), sql_type: SqlType::String, role: ColumnRole::Key },
+            Column { name: "ITEM".into(), sql_type: SqlType::String, role: ColumnRole::Value },
+            Column { name: "QTY".into(), sql_type: SqlType::Int, role: ColumnRole::Value },
+        ],
+        topic: "orders".into(),
+        key_format: "KAFKA".into(),
+        value_format: "JSON".into(),
+        value_delimiter: None,
+        wrap_single_value: None,
+        timestamp_column: None,
+        timestamp_format: None,
+        partitions: 1,
+        written_by: None,
+        sql: String::new(),
+    }
+}
+
+fn catalog() -> Catalog {
+    let mut catalog = Catalog::new();
+    catalog.apply(Command::CreateSource { source: orders(), or_replace: false }).unwrap();
+    catalog
+}
+
+fn query(sql: &str) -> ast::Query {
+    match Parser::parse_sql(&GenericDialect {}, sql).unwrap().remove(0) {
+        ast::Statement::Query(query) => *query,
+        other => panic!("not a query: {other}"),
+    }
+}
+
+fn expr(sql: &str) -> ast::Expr {
+    Parser::new(&GenericDialect {}).try_with_sql(sql).unwrap().parse_expr().unwrap()
+}
+
+fn input_batch() -> RecordBatch {
+    let source = orders();
+    RecordBatch::try_new(
+        source.arrow_schema(),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(vec![1000, 2000, 3000])),
+            Arc::new(Int32Array::from(vec![0, 0, 1])),
+            Arc::new(Int64Array::from(vec![10, 11, 12])),
+            Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            Arc::new(StringArray::from(vec![Some("apple"), None, Some("pear")])),
+            Arc::new(Int32Array::from(vec![Some(1), Some(5), None])),
+        ],
+    )
+    .unwrap()
+}
+
+async fn plan(sql: &str, partition_by: &[&str]) -> Result<StreamingPlan, PlanError> {
+    let partition_by: Vec<ast::Expr> = partition_by.iter().map(|e| expr(e)).collect();
+    Planner::new().plan_query(&query(sql), &partition_by, &catalog()).await
+}
+
+fn names(plan: &StreamingPlan, indices: &[usize]) -> Vec<String> {
+    indices.iter().map(|&i| plan.output_schema.field(i).name().clone()).collect()
+}
+
+#[tokio::test]
+async fn star_means_key_and_value_columns_and_keeps_the_key() {
+    let plan = plan(r#"SELECT * FROM "ORDERS""#, &[]).await.unwrap();
+    assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
+    assert_eq!(names(&plan, &plan.value_columns), ["ITEM", "QTY"]);
+    let out = plan.process(input_batch()).unwrap();
+    assert_eq!(out.num_rows(), 3);
+    let rowtime = out.column(plan.rowtime_column);
+    assert_eq!(rowtime.len(), 3);
+}
+
+#[tokio::test]
+async fn filter_and_functions_run_over_batches() {
+    let plan = plan(
+        r#"SELECT "ID", ucase("ITEM") AS "UP", "QTY" * 2 AS "DOUBLE_QTY" FROM "ORDERS" WHERE "QTY" > 1"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = plan.process(input_batch()).unwrap();
+    assert_eq!(out.num_rows(), 1, "only QTY=5 passes; NULL QTY is filtered out");
+    let up = out.column(out.schema().index_of("UP").unwrap()).as_string::<i32>();
+    assert!(up.is_null(0));
+    let doubled = out.column(out.schema().index_of("DOUBLE_QTY").unwrap());
+    assert_eq!(doubled.as_primitive::<datafusion::arrow::datatypes::Int32Type>().value(0), 10);
+    assert_eq!(plan.sink_columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["ID", "UP", "DOUBLE_QTY"]);
+    assert_eq!(plan.sink_columns[0].role, ColumnRole::Key);
+}
+
+#[tokio::test]
+async fn a_projection_without_the_key_has_no_key() {
+    let plan = plan(r#"SELECT "ITEM" FROM "ORDERS""#, &[]).await.unwrap();
+    assert!(plan.key_columns.is_empty());
+    assert_eq!(names(&plan, &plan.value_columns), ["ITEM"]);
+}
+
+#[tokio::test]
+async fn partition_by_moves_the_column_to_the_key() {
+    let plan = plan(r#"SELECT "ITEM", "QTY" FROM "ORDERS""#, &[r#""ITEM""#]).await.unwrap();
+    assert_eq!(plan.sink_columns[0].name, "ITEM");
+    assert_eq!(plan.sink_columns[0].role, ColumnRole::Key);
+    assert_eq!(names(&plan, &plan.value_columns), ["QTY"]);
+    let out = plan.process(input_batch()).unwrap();
+    let key = out.column(plan.key_columns[0]).as_string::<i32>();
+    assert_eq!(key.value(0), "apple");
+}
+
+#[tokio::test]
+async fn partition_by_an_expression_names_the_key_ksql_col() {
+    let plan = plan(r#"SELECT "QTY" FROM "ORDERS""#, &[r#"lcase("ID")"#]).await.unwrap();
+    assert_eq!(plan.sink_columns[0].name, "KSQL_COL_0");
+}
+
+#[tokio::test]
+async fn unknown_columns_suggest_the_closest() {
+    let err = plan(r#"SELECT "QTYY" FROM "ORDERS""#, &[]).await.unwrap_err();
+    assert_eq!(err.to_string(), "column \"QTYY\" not found in stream \"ORDERS\"; did you mean \"QTY\"?");
+}
+
+#[tokio::test]
+async fn unknown_sources_are_reported() {
+    let err = plan(r#"SELECT * FROM "ORDER""#, &[]).await.unwrap_err();
+    assert_eq!(err.to_string(), "stream or table \"ORDER\" does not exist; did you mean \"ORDERS\"?");
+}
+
+#[tokio::test]
+async fn aggregations_are_refused_for_now() {
+    let err = plan(r#"SELECT "ID", count(*) FROM "ORDERS" GROUP BY "ID""#, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("not supported yet"), "{err}");
+}
+
+#[tokio::test]
+async fn limit_is_taken_out_of_the_query() {
+    let plan = plan(r#"SELECT * FROM "ORDERS" LIMIT 3"#, &[]).await.unwrap();
+    assert_eq!(plan.limit, Some(3));
+}
+
+#[tokio::test]
+async fn constant_rows_evaluate() {
+    let batch = Planner::new().evaluate_row(&[expr("1 + 2"), expr("'x'"), expr("NULL")]).await.unwrap();
+    assert_eq!(batch.num_rows(), 1);
+    assert_eq!(batch.num_columns(), 3);
+}
+
+#[tokio::test]
+async fn explain_shows_both_plans() {
+    let plan = plan(r#"SELECT "ID" FROM "ORDERS" WHERE "QTY" > 1"#, &[]).await.unwrap();
+    let text = plan.explain();
+    assert!(text.contains("Logical plan:") && text.contains("Streaming plan:") && text.contains("Filter"), "{text}");
+}

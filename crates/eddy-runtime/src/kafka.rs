@@ -1,0 +1,277 @@
+//! The one place Eddy's Kafka clients are configured and its admin operations live.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use thiserror::Error;
+
+/// A Kafka failure, phrased for users.
+#[derive(Debug, Error)]
+pub enum KafkaError {
+    #[error("topic \"{topic}\" does not exist")]
+    UnknownTopic { topic: String },
+    #[error("kafka {operation} failed: {source}")]
+    Client {
+        operation: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("kafka {operation} did not finish within {timeout_ms} ms")]
+    Timeout { operation: String, timeout_ms: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl KafkaError {
+    pub(crate) fn client(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        KafkaError::Client { operation: operation.into(), source }
+    }
+}
+
+/// Partitions and name of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: i32,
+    pub replicas: i32,
+}
+
+/// How to reach Kafka: bootstrap servers plus any extra librdkafka properties (e.g. security).
+#[derive(Debug, Clone)]
+pub struct KafkaConnection {
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties applied to every client.
+    pub properties: BTreeMap<String, String>,
+    /// Longest wait for an admin or metadata request.
+    pub request_timeout_ms: u64,
+    /// Producer `linger.ms`.
+    pub producer_linger_ms: u64,
+}
+
+impl KafkaConnection {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: BTreeMap::new(),
+            request_timeout_ms: 30_000,
+            producer_linger_ms: 5,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Base configuration shared by every client.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("broker.address.family", "v4")
+            .set("socket.timeout.ms", self.request_timeout_ms.to_string())
+            .set("log_level", "4");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A producer whose partitioner matches the Java client's (murmur2 of the key bytes), so records
+    /// with the same key land in the same partition whether Eddy, ksqlDB or Kafka Streams wrote them.
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        let mut config = self.client_config();
+        config
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", self.producer_linger_ms.to_string())
+            .set("message.timeout.ms", self.request_timeout_ms.to_string())
+            .set("compression.type", "none");
+        config.create().map_err(|e| KafkaError::client("producer creation", e))
+    }
+
+    /// A consumer in `group_id`; transient readers use a group of their own and never commit.
+    pub fn consumer(&self, group_id: &str, offset_reset: &str) -> Result<StreamConsumer, KafkaError> {
+        let mut config = self.client_config();
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", offset_reset)
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000");
+        config.set("group.id", group_id);
+        config.create().map_err(|e| KafkaError::client("consumer creation", e))
+    }
+
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+        self.client_config().create().map_err(|e| KafkaError::client("admin client creation", e))
+    }
+
+    fn admin_options(&self) -> AdminOptions {
+        AdminOptions::new().request_timeout(Some(self.timeout())).operation_timeout(Some(self.timeout()))
+    }
+
+    /// Creates a topic. Returns `false` if it already existed.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replicas: i32,
+        config: &[(&str, &str)],
+    ) -> Result<bool, KafkaError> {
+        let admin = self.admin()?;
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
+        for (key, value) in config {
+            topic = topic.set(key, value);
+        }
+        let results = admin
+            .create_topics(&[topic], &self.admin_options())
+            .await
+            .map_err(|e| KafkaError::client(format!("creation of topic \"{name}\""), e))?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
+                Err((_, code)) => {
+                    return Err(KafkaError::client(
+                        format!("creation of topic \"{name}\""),
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ));
+                }
+            }
+        }
+        // Metadata propagates asynchronously; wait until the topic is visible (bounded).
+        self.wait_for_topic(name).await?;
+        Ok(true)
+    }
+
+    async fn wait_for_topic(&self, name: &str) -> Result<TopicInfo, KafkaError> {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        loop {
+            if let Some(info) = self.topic(name).await? {
+                if info.partitions > 0 {
+                    return Ok(info);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KafkaError::Timeout {
+                    operation: format!("creation of topic \"{name}\""),
+                    timeout_ms: self.request_timeout_ms,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Deletes a topic; a topic that does not exist is not an error.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), KafkaError> {
+        let admin = self.admin()?;
+        let results = admin
+            .delete_topics(&[name], &self.admin_options())
+            .await
+            .map_err(|e| KafkaError::client(format!("deletion of topic \"{name}\""), e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => {
+                    return Err(KafkaError::client(
+                        format!("deletion of topic \"{name}\""),
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All topics visible to this client.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, KafkaError> {
+        self.metadata(None).await
+    }
+
+    /// One topic, or `None` if it does not exist.
+    pub async fn topic(&self, name: &str) -> Result<Option<TopicInfo>, KafkaError> {
+        Ok(self.metadata(Some(name.to_owned())).await?.into_iter().find(|t| t.name == name && t.partitions > 0))
+    }
+
+    async fn metadata(&self, topic: Option<String>) -> Result<Vec<TopicInfo>, KafkaError> {
+        let config = self.client_config();
+        let timeout = self.timeout();
+        // librdkafka's metadata call blocks; keep it off the async workers.
+        tokio::task::spawn_blocking(move || -> Result<Vec<TopicInfo>, KafkaError> {
+            let consumer: BaseConsumer =
+                config.create().map_err(|e| KafkaError::client("metadata client creation", e))?;
+            let metadata = consumer
+                .fetch_metadata(topic.as_deref(), Timeout::After(timeout))
+                .map_err(|e| KafkaError::client("metadata request", e))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .map(|t| TopicInfo {
+                    name: t.name().to_owned(),
+                    partitions: t.partitions().len() as i32,
+                    replicas: t.partitions().first().map(|p| p.replicas().len() as i32).unwrap_or(0),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| KafkaError::Internal(format!("metadata task failed: {e}")))?
+    }
+
+    /// Low and high watermarks of every partition of `topic`, indexed by partition.
+    pub async fn watermarks(&self, topic: &str) -> Result<Vec<(i64, i64)>, KafkaError> {
+        let info = self.topic(topic).await?.ok_or_else(|| KafkaError::UnknownTopic { topic: topic.to_owned() })?;
+        let config = self.client_config();
+        let timeout = self.timeout();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>, KafkaError> {
+            let consumer: BaseConsumer =
+                config.create().map_err(|e| KafkaError::client("watermark client creation", e))?;
+            (0..info.partitions)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, Timeout::After(timeout))
+                        .map_err(|e| KafkaError::client(format!("watermarks of \"{topic}\" partition {p}"), e))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| KafkaError::Internal(format!("watermark task failed: {e}")))?
+    }
+
+    /// Produces one record and waits for its acknowledgement; returns (partition, offset).
+    pub async fn produce_one(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<(i32, i64), KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(timestamp_ms) = timestamp_ms {
+            record = record.timestamp(timestamp_ms);
+        }
+        match producer.send(record, Timeout::After(self.timeout())).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((error, _)) => Err(KafkaError::client(format!("produce to \"{topic}\""), error)),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Runs streaming plans over Kafka.
+//!
+//! A running query is one Kafka consumer and one tokio task per input partition:
+//!
+//! ```text
+//!              ┌──────────── driver task ────────────┐        ┌─ partition task (one per partition) ─┐
+//!  Kafka ─recv─▶ RawBatch per partition (bounded size) ├─mpsc──▶ decode → stages → encode → produce   │
+//!              │ commit acknowledged offsets          ◀─ack───┤ await delivery, then mark offsets    │
+//!              └─────────────────────────────────────┘        └──────────────────────────────────────┘
+//! ```
+//!
+//! Offsets are committed only after the output derived from them has been acknowledged by Kafka, so
+//! output is at-least-once. Malformed records and rows whose expressions fail are skipped, counted and
+//! written to the processing log with their topic, partition and offset; the query keeps running.
+//! Every task belongs to the query's [`QueryHandle`]: stopping or dropping the handle frees them all.
+
+mod kafka;
+mod print;
+mod processing_log;
+mod query;
+
+pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
+pub use print::{PrintOptions, PrintStream, print_topic};
+pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};
+pub use query::{OffsetReset, QueryError, QueryHandle, QueryMetrics, QuerySpec, QueryStatus, SinkSpec, start_query};

@@ -1,0 +1,667 @@
+//! A running continuous query: its driver (consumer, batching, commits) and partition tasks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use eddy_common::config::EngineConfig;
+use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, SourceLayout};
+use eddy_planner::StreamingPlan;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::kafka::{KafkaConnection, KafkaError};
+use crate::processing_log::{ErrorKind, ProcessingLog};
+
+/// Where a query starts when its consumer group has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    /// Parses `auto.offset.reset` values.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "earliest" => Some(OffsetReset::Earliest),
+            "latest" => Some(OffsetReset::Latest),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// A failure that stops a query.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("cannot produce to topic \"{topic}\": {message}")]
+    Produce { topic: String, message: String },
+    #[error("cannot set up the decoder of topic \"{topic}\": {message}")]
+    Format { topic: String, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Where the output rows go.
+pub enum SinkSpec {
+    /// A Kafka topic (persistent queries).
+    Kafka {
+        /// Physical topic name.
+        topic: String,
+        producer: FutureProducer,
+        /// Layout of the output records (the sink's formats and columns).
+        layout: SourceLayout,
+    },
+    /// A client (push queries): batches of output rows in arrival order.
+    Channel { sender: mpsc::Sender<RecordBatch> },
+}
+
+/// Everything needed to run one query.
+pub struct QuerySpec {
+    pub query_id: String,
+    /// Consumer group. Persistent queries subscribe and commit in it; transient ones only assign.
+    pub group_id: String,
+    /// Persistent queries subscribe, commit and survive restarts; transient ones read every
+    /// partition from `offset_reset` and never commit.
+    pub persistent: bool,
+    /// Physical source topic.
+    pub source_topic: String,
+    pub source_layout: SourceLayout,
+    /// Index (in the decoded source batch) of the column that holds the event time
+    /// (`TIMESTAMP='col'`); `None` keeps the Kafka record timestamp as `ROWTIME`.
+    pub timestamp_column: Option<usize>,
+    pub plan: Arc<StreamingPlan>,
+    pub sink: SinkSpec,
+    pub offset_reset: OffsetReset,
+    pub config: EngineConfig,
+    pub connection: KafkaConnection,
+    pub processing_log: ProcessingLog,
+}
+
+/// Lifecycle of a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryStatus {
+    Running,
+    /// Stopped by a failure; the message says why.
+    Error(String),
+    /// Stopped on request or because its client went away.
+    Stopped,
+}
+
+/// Counters of a running query.
+#[derive(Debug)]
+pub struct QueryMetrics {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub records_skipped: AtomicU64,
+    status: Mutex<QueryStatus>,
+}
+
+impl QueryMetrics {
+    fn new() -> Self {
+        Self {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            records_skipped: AtomicU64::new(0),
+            status: Mutex::new(QueryStatus::Running),
+        }
+    }
+
+    pub fn status(&self) -> QueryStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or(QueryStatus::Error("status lock poisoned".into()))
+    }
+
+    fn set_status(&self, status: QueryStatus) {
+        if let Ok(mut current) = self.status.lock() {
+            // The first terminal status wins: an error is not overwritten by the stop that follows it.
+            if *current == QueryStatus::Running {
+                *current = status;
+            }
+        }
+    }
+}
+
+/// Owns a running query. Dropping it stops the query and frees every task.
+pub struct QueryHandle {
+    pub query_id: String,
+    pub metrics: Arc<QueryMetrics>,
+    cancel: CancellationToken,
+    driver: Option<JoinHandle<()>>,
+}
+
+impl QueryHandle {
+    /// Stops the query gracefully: queued batches finish, acknowledged offsets are committed.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(driver) = self.driver.take() {
+            if tokio::time::timeout(Duration::from_secs(30), driver).await.is_err() {
+                warn!(query = self.query_id, "query did not stop within 30 s; aborted");
+            }
+        }
+    }
+
+    pub fn status(&self) -> QueryStatus {
+        self.metrics.status()
+    }
+
+    /// True once the query has stopped for any reason.
+    pub fn is_finished(&self) -> bool {
+        self.driver.as_ref().is_none_or(|d| d.is_finished())
+    }
+}
+
+impl Drop for QueryHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(driver) = self.driver.take() {
+            driver.abort();
+        }
+    }
+}
+
+/// Progress of one partition: the next offset whose input has been fully processed and whose
+/// output has been acknowledged.
+type Progress = Arc<AtomicI64>;
+
+/// Consumer context that commits a partition's acknowledged progress when the group takes the
+/// partition away, so that the next owner starts where this one stopped.
+struct QueryConsumerContext {
+    topic: String,
+    progress: Arc<Mutex<HashMap<i32, Progress>>>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ClientContext for QueryConsumerContext {}
+
+impl ConsumerContext for QueryConsumerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else { return };
+        let mut commit = TopicPartitionList::new();
+        let Ok(progress) = self.progress.lock() else { return };
+        let Ok(mut revoked) = self.revoked.lock() else { return };
+        for element in partitions.elements() {
+            let partition = element.partition();
+            revoked.push(partition);
+            if let Some(next) = progress.get(&partition).map(|p| p.load(Ordering::Acquire)).filter(|n| *n >= 0) {
+                let _ = commit.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+                warn!(%error, "commit on revocation failed; records may be processed again");
+            }
+        }
+    }
+}
+
+struct PartitionWorker {
+    sender: mpsc::Sender<RawBatch>,
+    progress: Progress,
+}
+
+/// Starts `spec` and returns its handle.
+pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
+    // Validate the formats before anything runs, so a bad definition fails the statement.
+    RecordDecoder::new(spec.source_layout.clone())
+        .map_err(|e| QueryError::Format { topic: spec.source_topic.clone(), message: e.to_string() })?;
+    if let SinkSpec::Kafka { topic, layout, .. } = &spec.sink {
+        RecordEncoder::new(layout.clone())
+            .map_err(|e| QueryError::Format { topic: topic.clone(), message: e.to_string() })?;
+    }
+
+    let progress: Arc<Mutex<HashMap<i32, Progress>>> = Arc::default();
+    let revoked: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let context = QueryConsumerContext {
+        topic: spec.source_topic.clone(),
+        progress: Arc::clone(&progress),
+        revoked: Arc::clone(&revoked),
+    };
+    let mut config = spec.connection.client_config();
+    config
+        .set("group.id", &spec.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", spec.offset_reset.as_str())
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("fetch.wait.max.ms", spec.config.max_batch_wait_ms.max(1).to_string());
+    let consumer: StreamConsumer<QueryConsumerContext> = config
+        .create_with_context(context)
+        .map_err(|e| KafkaError::client("consumer creation", e))?;
+
+    if spec.persistent {
+        consumer
+            .subscribe(&[&spec.source_topic])
+            .map_err(|e| KafkaError::client(format!("subscription to \"{}\"", spec.source_topic), e))?;
+    } else {
+        let info = spec
+            .connection
+            .topic(&spec.source_topic)
+            .await?
+            .ok_or_else(|| KafkaError::UnknownTopic { topic: spec.source_topic.clone() })?;
+        let offset = match spec.offset_reset {
+            OffsetReset::Earliest => Offset::Beginning,
+            OffsetReset::Latest => Offset::End,
+        };
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..info.partitions {
+            assignment
+                .add_partition_offset(&spec.source_topic, partition, offset)
+                .map_err(|e| KafkaError::client("assignment", e))?;
+        }
+        consumer.assign(&assignment).map_err(|e| KafkaError::client("assignment", e))?;
+    }
+
+    let metrics = Arc::new(QueryMetrics::new());
+    let cancel = CancellationToken::new();
+    let query_id = spec.query_id.clone();
+    let driver = Driver { spec, consumer, progress, revoked, metrics: Arc::clone(&metrics), cancel: cancel.clone() };
+    let handle = tokio::spawn(driver.run());
+    info!(query = query_id, "query started");
+    Ok(QueryHandle { query_id, metrics, cancel, driver: Some(handle) })
+}
+
+struct Driver {
+    spec: QuerySpec,
+    consumer: StreamConsumer<QueryConsumerContext>,
+    progress: Arc<Mutex<HashMap<i32, Progress>>>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+    metrics: Arc<QueryMetrics>,
+    cancel: CancellationToken,
+}
+
+impl Driver {
+    async fn run(self) {
+        let Driver { spec, consumer, progress, revoked, metrics, cancel } = self;
+        let spec = Arc::new(spec);
+        let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
+        let mut tasks: JoinSet<Result<(), QueryError>> = JoinSet::new();
+        let mut buffers: HashMap<i32, RawBatch> = HashMap::new();
+        let mut committed: HashMap<i32, i64> = HashMap::new();
+        let wait = Duration::from_millis(spec.config.max_batch_wait_ms.max(1));
+        let mut linger = tokio::time::interval(wait);
+        linger.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut commit_tick = tokio::time::interval(Duration::from_millis(spec.config.commit_interval_ms.max(10)));
+        commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let max_batch = spec.config.max_batch_records.max(1);
+        let mut consecutive_errors = 0u32;
+
+        let outcome: Result<(), QueryError> = loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Ok(()),
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                    match finished {
+                        Ok(Ok(())) => break Ok(()), // the sink went away (push query done)
+                        Ok(Err(error)) => break Err(error),
+                        Err(join_error) if join_error.is_cancelled() => {}
+                        Err(join_error) => break Err(QueryError::Internal(format!("partition task failed: {join_error}"))),
+                    }
+                }
+                message = consumer.recv() => {
+                    let message = match message {
+                        Ok(message) => { consecutive_errors = 0; message }
+                        Err(error) => {
+                            consecutive_errors += 1;
+                            warn!(query = spec.query_id, %error, "consumer error");
+                            if consecutive_errors > 100 {
+                                break Err(KafkaError::client("consume", error).into());
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let partition = message.partition();
+                    let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
+                    let buffer = buffers.entry(partition).or_insert_with(|| RawBatch::with_capacity(max_batch));
+                    buffer.push(message.key(), message.payload(), timestamp_ms, partition, message.offset());
+                    drop(message);
+                    if buffer.len() >= max_batch {
+                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch));
+                        let worker = worker_for(partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        if worker.sender.send(batch).await.is_err() {
+                            continue; // the task ended; join_next reports why
+                        }
+                    }
+                }
+                _ = linger.tick() => {
+                    for (partition, buffer) in buffers.iter_mut() {
+                        if buffer.len() == 0 { continue; }
+                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch));
+                        let worker = worker_for(*partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        let _ = worker.sender.send(batch).await;
+                    }
+                    let revoked_now: Vec<i32> = revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+                    for partition in revoked_now {
+                        debug!(query = spec.query_id, partition, "partition revoked");
+                        workers.remove(&partition);
+                        buffers.remove(&partition);
+                        committed.remove(&partition);
+                        if let Ok(mut progress) = progress.lock() { progress.remove(&partition); }
+                    }
+                }
+                _ = commit_tick.tick(), if spec.persistent => {
+                    let progress_of: HashMap<i32, Progress> =
+                        workers.iter().map(|(partition, worker)| (*partition, Arc::clone(&worker.progress))).collect();
+                    commit_progress(&consumer, &spec.source_topic, &progress_of, &mut committed, CommitMode::Async);
+                }
+            }
+        };
+
+        // Graceful end: close the partition queues, let queued batches finish, then commit what
+        // was acknowledged.
+        let progress_of: HashMap<i32, Progress> =
+            workers.drain().map(|(partition, worker)| (partition, worker.progress)).collect();
+        if outcome.is_ok() && cancel.is_cancelled() {
+            let drain = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+                warn!(query = spec.query_id, "partition tasks did not finish within 10 s");
+            }
+        }
+        tasks.abort_all();
+        if spec.persistent {
+            commit_progress(&consumer, &spec.source_topic, &progress_of, &mut committed, CommitMode::Sync);
+        }
+        match outcome {
+            Ok(()) => {
+                metrics.set_status(QueryStatus::Stopped);
+                info!(query = spec.query_id, "query stopped");
+            }
+            Err(error) => {
+                warn!(query = spec.query_id, %error, "query failed");
+                metrics.set_status(QueryStatus::Error(error.to_string()));
+            }
+        }
+    }
+}
+
+fn commit_progress(
+    consumer: &StreamConsumer<QueryConsumerContext>,
+    topic: &str,
+    progress: &HashMap<i32, Progress>,
+    committed: &mut HashMap<i32, i64>,
+    mode: CommitMode,
+) {
+    let mut list = TopicPartitionList::new();
+    let mut advanced = Vec::new();
+    for (partition, progress) in progress {
+        let next = progress.load(Ordering::Acquire);
+        if next >= 0 && committed.get(partition).is_none_or(|c| *c < next) {
+            if list.add_partition_offset(topic, *partition, Offset::Offset(next)).is_ok() {
+                advanced.push((*partition, next));
+            }
+        }
+    }
+    if list.count() == 0 {
+        return;
+    }
+    match consumer.commit(&list, mode) {
+        Ok(()) => committed.extend(advanced),
+        Err(error) => warn!(%error, topic, "offset commit failed; will retry"),
+    }
+}
+
+fn worker_for<'a>(
+    partition: i32,
+    spec: &Arc<QuerySpec>,
+    workers: &'a mut HashMap<i32, PartitionWorker>,
+    tasks: &mut JoinSet<Result<(), QueryError>>,
+    progress_registry: &Arc<Mutex<HashMap<i32, Progress>>>,
+    metrics: &Arc<QueryMetrics>,
+) -> &'a PartitionWorker {
+    workers.entry(partition).or_insert_with(|| {
+        let (sender, receiver) = mpsc::channel(spec.config.partition_queue_batches.max(1));
+        let progress: Progress = Arc::new(AtomicI64::new(-1));
+        if let Ok(mut registry) = progress_registry.lock() {
+            registry.insert(partition, Arc::clone(&progress));
+        }
+        let task = PartitionTask {
+            spec: Arc::clone(spec),
+            partition,
+            progress: Arc::clone(&progress),
+            metrics: Arc::clone(metrics),
+        };
+        tasks.spawn(task.run(receiver));
+        PartitionWorker { sender, progress }
+    })
+}
+
+struct PartitionTask {
+    spec: Arc<QuerySpec>,
+    partition: i32,
+    progress: Progress,
+    metrics: Arc<QueryMetrics>,
+}
+
+impl PartitionTask {
+    async fn run(self, mut receiver: mpsc::Receiver<RawBatch>) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let mut decoder = RecordDecoder::new(spec.source_layout.clone())
+            .map_err(|e| QueryError::Format { topic: spec.source_topic.clone(), message: e.to_string() })?;
+        let mut encoder = match &spec.sink {
+            SinkSpec::Kafka { layout, topic, .. } => Some(
+                RecordEncoder::new(layout.clone())
+                    .map_err(|e| QueryError::Format { topic: topic.clone(), message: e.to_string() })?,
+            ),
+            SinkSpec::Channel { .. } => None,
+        };
+        let mut encoded = EncodedBatch::default();
+        debug!(query = spec.query_id, partition = self.partition, "partition task started");
+
+        while let Some(raw) = receiver.recv().await {
+            let Some(last_offset) = raw.last_offset() else { continue };
+            self.metrics.records_in.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            let decoded = decoder.decode(&raw);
+            for error in &decoded.errors {
+                self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                let record = raw.find(error.partition, error.offset).and_then(|i| raw.value(i).or(raw.key(i)));
+                spec.processing_log
+                    .report(
+                        &spec.query_id,
+                        ErrorKind::DeserializationError,
+                        &spec.source_topic,
+                        error.partition,
+                        error.offset,
+                        error.to_string(),
+                        record,
+                    )
+                    .await;
+            }
+            let batch = match spec.timestamp_column {
+                Some(column) => self.apply_event_time(decoded.batch, column).await?,
+                None => decoded.batch,
+            };
+            let output = self.process(batch).await;
+            if output.num_rows() > 0 {
+                match (&spec.sink, encoder.as_mut()) {
+                    (SinkSpec::Kafka { topic, producer, .. }, Some(encoder)) => {
+                        self.produce(topic, producer, encoder, &mut encoded, &output).await?;
+                    }
+                    (SinkSpec::Channel { sender }, _) => {
+                        if sender.send(output.clone()).await.is_err() {
+                            return Ok(()); // the client went away
+                        }
+                    }
+                    _ => return Err(QueryError::Internal("sink without encoder".into())),
+                }
+                self.metrics.records_out.fetch_add(output.num_rows() as u64, Ordering::Relaxed);
+            }
+            self.progress.store(last_offset + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Makes `column` the batch's `ROWTIME`; rows without a usable timestamp are reported and skipped.
+    async fn apply_event_time(&self, batch: RecordBatch, column: usize) -> Result<RecordBatch, QueryError> {
+        use datafusion::arrow::compute::{cast, filter_record_batch, is_not_null};
+        use datafusion::arrow::datatypes::{DataType, TimeUnit};
+        let target = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let source = batch.column(column);
+        let times = match source.data_type() {
+            DataType::Timestamp(_, _) | DataType::Int64 | DataType::Int32 | DataType::Date32 => cast(source, &target),
+            other => {
+                return Err(QueryError::Internal(format!("TIMESTAMP column has unsupported type {other}")));
+            }
+        }
+        .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        let valid = is_not_null(&times).map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        let mut columns = batch.columns().to_vec();
+        columns[0] = times;
+        let batch = RecordBatch::try_new(batch.schema(), columns)
+            .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        if valid.true_count() == batch.num_rows() {
+            return Ok(batch);
+        }
+        let partitions = batch.column(1).as_primitive_opt::<Int32Type>().cloned();
+        let offsets = batch.column(2).as_primitive_opt::<Int64Type>().cloned();
+        for row in (0..batch.num_rows()).filter(|&row| !valid.value(row)) {
+            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            self.spec
+                .processing_log
+                .report(
+                    &self.spec.query_id,
+                    ErrorKind::DeserializationError,
+                    &self.spec.source_topic,
+                    partitions.as_ref().map(|p| p.value(row)).unwrap_or(self.partition),
+                    offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1),
+                    "record has no event time: its TIMESTAMP column is null".to_owned(),
+                    None,
+                )
+                .await;
+        }
+        filter_record_batch(&batch, &valid).map_err(|e| QueryError::Internal(format!("event time: {e}")))
+    }
+
+    /// Runs the plan; if a batch fails, finds the failing rows one by one, reports and skips them.
+    async fn process(&self, batch: RecordBatch) -> RecordBatch {
+        let plan = &self.spec.plan;
+        let error = match plan.process(batch.clone()) {
+            Ok(output) => return output,
+            Err(error) => error,
+        };
+        debug!(query = self.spec.query_id, %error, "batch failed; isolating rows");
+        let partitions = batch.column(1).as_primitive_opt::<Int32Type>().cloned();
+        let offsets = batch.column(2).as_primitive_opt::<Int64Type>().cloned();
+        let mut good = Vec::new();
+        for row in 0..batch.num_rows() {
+            match plan.process(batch.slice(row, 1)) {
+                Ok(output) => good.push(output),
+                Err(error) => {
+                    self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                    let partition = partitions.as_ref().map(|p| p.value(row)).unwrap_or(self.partition);
+                    let offset = offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1);
+                    self.spec
+                        .processing_log
+                        .report(
+                            &self.spec.query_id,
+                            ErrorKind::ExpressionError,
+                            &self.spec.source_topic,
+                            partition,
+                            offset,
+                            format!("expression failed: {}", error.strip_backtrace()),
+                            None,
+                        )
+                        .await;
+                }
+            }
+        }
+        concat_batches(&plan.output_schema, &good).unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(&plan.output_schema)))
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        producer: &FutureProducer,
+        encoder: &mut RecordEncoder,
+        encoded: &mut EncodedBatch,
+        output: &RecordBatch,
+    ) -> Result<(), QueryError> {
+        let plan = &self.spec.plan;
+        encoded.clear();
+        let failures = encoder.encode(output, &plan.key_columns, &plan.value_columns, encoded);
+        for failure in failures {
+            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            self.spec
+                .processing_log
+                .report(&self.spec.query_id, ErrorKind::SerializationError, topic, -1, -1, failure, None)
+                .await;
+        }
+        let rowtimes = output.column(plan.rowtime_column).as_primitive_opt::<TimestampMillisecondType>().cloned();
+        let timeout = Duration::from_millis(self.spec.config.produce_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        let mut pending: std::collections::VecDeque<DeliveryFuture> = std::collections::VecDeque::new();
+        for row in 0..encoded.len() {
+            if encoded.is_skipped(row) {
+                continue;
+            }
+            let source_row = encoded.source_row(row);
+            let timestamp = rowtimes.as_ref().filter(|r| r.is_valid(source_row)).map(|r| r.value(source_row));
+            loop {
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+                if let Some(key) = encoded.key(row) {
+                    record = record.key(key);
+                }
+                if let Some(value) = encoded.value(row) {
+                    record = record.payload(value);
+                }
+                if let Some(timestamp) = timestamp {
+                    record = record.timestamp(timestamp);
+                }
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // The producer's queue is full: wait for the oldest delivery, then retry.
+                        if Instant::now() >= deadline {
+                            return Err(QueryError::Produce { topic: topic.to_owned(), message: "producer queue stayed full".into() });
+                        }
+                        match pending.pop_front() {
+                            Some(oldest) => await_delivery(topic, oldest).await?,
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((error, _)) => {
+                        return Err(QueryError::Produce { topic: topic.to_owned(), message: error.to_string() });
+                    }
+                }
+            }
+        }
+        for delivery in pending {
+            await_delivery(topic, delivery).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<(), QueryError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(QueryError::Produce { topic: topic.to_owned(), message: error.to_string() }),
+        Err(_) => Err(QueryError::Produce { topic: topic.to_owned(), message: "the producer was closed".into() }),
+    }
+}
