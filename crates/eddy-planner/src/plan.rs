@@ -33,7 +33,7 @@ const KEY_OUTPUT_PREFIX: &str = "__eddy_key_";
 pub enum PlanError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("{feature} {verb} not supported yet in continuous queries{hint}", verb = if .plural { "are" } else { "is" }, hint = .hint.as_deref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    #[error("{feature} {verb} not supported yet in continuous queries{hint}", verb = if *.plural { "are" } else { "is" }, hint = .hint.as_deref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
     Unsupported { feature: String, plural: bool, hint: Option<String> },
     #[error("column \"{column}\" not found in {kind} \"{source_name}\"{suggestion}", suggestion = .suggestion.as_deref().map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default())]
     UnknownColumn { column: String, kind: &'static str, source_name: String, suggestion: Option<String> },
@@ -444,7 +444,9 @@ fn nullable_schema(schema: &Schema) -> SchemaRef {
 
 /// Turns DataFusion's unknown-column errors into Eddy's, with a suggestion.
 fn explain_error(error: DataFusionError, source: &Source) -> PlanError {
-    if let DataFusionError::SchemaError(SchemaError::FieldNotFound { field, .. }, _) = &error {
+    if let DataFusionError::SchemaError(schema_error, _) = error.find_root()
+        && let SchemaError::FieldNotFound { field, .. } = schema_error.as_ref()
+    {
         let column = field.name.clone();
         let candidates = source.columns.iter().map(|c| c.name.as_str()).chain(PSEUDO_COLUMNS);
         let suggestion = closest_name(&column, candidates);

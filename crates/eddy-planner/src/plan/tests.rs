@@ -96,7 +96,8 @@ async fn filter_and_functions_run_over_batches() {
     let up = out.column(out.schema().index_of("UP").unwrap()).as_string::<i32>();
     assert!(up.is_null(0));
     let doubled = out.column(out.schema().index_of("DOUBLE_QTY").unwrap());
-    assert_eq!(doubled.as_primitive::<datafusion::arrow::datatypes::Int32Type>().value(0), 10);
+    let doubled = datafusion::arrow::compute::cast(doubled, &DataType::Int64).unwrap();
+    assert_eq!(doubled.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0), 10);
     assert_eq!(plan.sink_columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["ID", "UP", "DOUBLE_QTY"]);
     assert_eq!(plan.sink_columns[0].role, ColumnRole::Key);
 }
