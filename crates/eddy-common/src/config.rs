@@ -93,6 +93,29 @@ impl EngineConfig {
         format!("_eddy-{}-processing-log", self.service_id)
     }
 
+    /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let settings: [(&str, String); 16] = [
+            ("service_id", self.service_id.clone()),
+            ("topic_prefix", self.topic_prefix.clone()),
+            ("max_batch_records", self.max_batch_records.to_string()),
+            ("max_batch_wait_ms", self.max_batch_wait_ms.to_string()),
+            ("partition_queue_batches", self.partition_queue_batches.to_string()),
+            ("commit_interval_ms", self.commit_interval_ms.to_string()),
+            ("push_query_queue_batches", self.push_query_queue_batches.to_string()),
+            ("push_query_max_rows", self.push_query_max_rows.to_string()),
+            ("producer_linger_ms", self.producer_linger_ms.to_string()),
+            ("produce_timeout_ms", self.produce_timeout_ms.to_string()),
+            ("kafka_request_timeout_ms", self.kafka_request_timeout_ms.to_string()),
+            ("processing_log_queue_records", self.processing_log_queue_records.to_string()),
+            ("processing_log_record_bytes", self.processing_log_record_bytes.to_string()),
+            ("default_partitions", self.default_partitions.to_string()),
+            ("default_replicas", self.default_replicas.to_string()),
+            ("max_pending_push_rows", self.max_pending_push_rows.to_string()),
+        ];
+        settings.into_iter().map(|(name, value)| (format!("eddy.{name}"), value)).collect()
+    }
+
     /// Consumer group of a persistent query.
     pub fn query_group_id(&self, query_id: &str) -> String {
         format!("_eddy-{}-query-{}", self.service_id, query_id)

@@ -246,6 +246,7 @@ impl Engine {
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
             timestamp_column: crate::layout::timestamp_index(&plan.source),
+            drop_tombstones: plan.source.kind == eddy_catalog::SourceKind::Stream,
             sink: SinkSpec::Kafka {
                 topic: self.physical_topic(&sink),
                 producer: self.inner.producer.clone(),

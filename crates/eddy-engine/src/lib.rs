@@ -11,10 +11,12 @@
 //!                                └─ SHOW / DESCRIBE / EXPLAIN / PRINT / SET / INSERT VALUES
 //! ```
 
+mod ddl;
 mod engine;
 mod error;
 mod execute;
 mod layout;
+mod queries;
 mod result;
 
 use std::collections::BTreeMap;

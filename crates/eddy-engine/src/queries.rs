@@ -42,6 +42,7 @@ impl Engine {
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
             timestamp_column: crate::layout::timestamp_index(&plan.source),
+            drop_tombstones: plan.source.kind == SourceKind::Stream,
             sink: SinkSpec::Channel { sender },
             plan: Arc::new(plan),
             offset_reset: session.offset_reset(),
@@ -108,7 +109,7 @@ impl Engine {
             Some(i) => {
                 let array = cast_with_options(row.column(i), &DataType::Int64, &options)
                     .map_err(|e| EngineError::invalid(format!("ROWTIME must be epoch milliseconds: {e}")))?;
-                use datafusion::arrow::array::AsArray;
+                use datafusion::arrow::array::{Array, AsArray};
                 let values = array.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
                 if values.is_null(0) { None } else { Some(values.value(0)) }
             }
@@ -125,13 +126,12 @@ impl Engine {
         let key_count = source.key_count();
         let key_columns: Vec<usize> = (0..key_count).collect();
         let value_columns: Vec<usize> = (key_count..source.columns.len()).collect();
-        let mut encoder = RecordEncoder::new(value_layout(&source)?)
+        let mut encoder = RecordEncoder::new(&value_layout(&source)?)
             .map_err(|e| EngineError::invalid(e.to_string()))?;
-        let mut encoded = EncodedBatch::default();
-        let failures = encoder.encode(&batch, &key_columns, &value_columns, &mut encoded);
-        if let Some(failure) = failures.into_iter().next() {
-            return Err(EngineError::invalid(format!("cannot encode the row for \"{target}\": {failure}")));
-        }
+        let mut encoded = EncodedBatch::new();
+        encoder
+            .encode(&batch, &key_columns, &value_columns, &mut encoded)
+            .map_err(|e| EngineError::invalid(format!("cannot encode the row for \"{target}\": {e}")))?;
         let topic = self.physical_topic(&source);
         let (partition, offset) = self
             .inner

@@ -95,7 +95,7 @@ impl ProcessingLog {
                     }
                 };
                 let record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&topic).payload(&payload).timestamp(entry.time);
+                    FutureRecord::to(&topic).payload(payload.as_slice()).timestamp(entry.time);
                 match producer.send(record, Timeout::After(std::time::Duration::from_secs(30))).await {
                     Ok(_) => {
                         written_by_task.fetch_add(1, Ordering::Relaxed);

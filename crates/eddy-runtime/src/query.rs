@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use eddy_common::config::EngineConfig;
-use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, SourceLayout};
+use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, RecordPart, SourceLayout};
 use eddy_planner::StreamingPlan;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -92,6 +92,8 @@ pub struct QuerySpec {
     /// Index (in the decoded source batch) of the column that holds the event time
     /// (`TIMESTAMP='col'`); `None` keeps the Kafka record timestamp as `ROWTIME`.
     pub timestamp_column: Option<usize>,
+    /// Skip records without a value (Kafka tombstones), as streams do.
+    pub drop_tombstones: bool,
     pub plan: Arc<StreamingPlan>,
     pub sink: SinkSpec,
     pub offset_reset: OffsetReset,
@@ -224,10 +226,10 @@ struct PartitionWorker {
 /// Starts `spec` and returns its handle.
 pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     // Validate the formats before anything runs, so a bad definition fails the statement.
-    RecordDecoder::new(spec.source_layout.clone())
+    RecordDecoder::new(&spec.source_layout)
         .map_err(|e| QueryError::Format { topic: spec.source_topic.clone(), message: e.to_string() })?;
     if let SinkSpec::Kafka { topic, layout, .. } = &spec.sink {
-        RecordEncoder::new(layout.clone())
+        RecordEncoder::new(layout)
             .map_err(|e| QueryError::Format { topic: topic.clone(), message: e.to_string() })?;
     }
 
@@ -336,11 +338,11 @@ impl Driver {
                     };
                     let partition = message.partition();
                     let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
-                    let buffer = buffers.entry(partition).or_insert_with(|| RawBatch::with_capacity(max_batch));
+                    let buffer = buffers.entry(partition).or_insert_with(|| RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
                     buffer.push(message.key(), message.payload(), timestamp_ms, partition, message.offset());
                     drop(message);
                     if buffer.len() >= max_batch {
-                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch));
+                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
                         let worker = worker_for(partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         if worker.sender.send(batch).await.is_err() {
                             continue; // the task ended; join_next reports why
@@ -350,7 +352,7 @@ impl Driver {
                 _ = linger.tick() => {
                     for (partition, buffer) in buffers.iter_mut() {
                         if buffer.len() == 0 { continue; }
-                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch));
+                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
                         let worker = worker_for(*partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         let _ = worker.sender.send(batch).await;
                     }
@@ -459,25 +461,30 @@ struct PartitionTask {
 impl PartitionTask {
     async fn run(self, mut receiver: mpsc::Receiver<RawBatch>) -> Result<(), QueryError> {
         let spec = &self.spec;
-        let mut decoder = RecordDecoder::new(spec.source_layout.clone())
+        let mut decoder = RecordDecoder::new(&spec.source_layout)
             .map_err(|e| QueryError::Format { topic: spec.source_topic.clone(), message: e.to_string() })?;
         let mut encoder = match &spec.sink {
             SinkSpec::Kafka { layout, topic, .. } => Some(
-                RecordEncoder::new(layout.clone())
+                RecordEncoder::new(layout)
                     .map_err(|e| QueryError::Format { topic: topic.clone(), message: e.to_string() })?,
             ),
             SinkSpec::Channel { .. } => None,
         };
-        let mut encoded = EncodedBatch::default();
+        let mut encoded = EncodedBatch::new();
         debug!(query = spec.query_id, partition = self.partition, "partition task started");
 
         while let Some(raw) = receiver.recv().await {
-            let Some(last_offset) = raw.last_offset() else { continue };
+            let Some(&last_offset) = raw.offsets().last() else { continue };
             self.metrics.records_in.fetch_add(raw.len() as u64, Ordering::Relaxed);
-            let decoded = decoder.decode(&raw);
+            let decoded = decoder
+                .decode(&raw)
+                .map_err(|e| QueryError::Internal(format!("decoder of \"{}\": {e}", spec.source_topic)))?;
             for error in &decoded.errors {
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-                let record = raw.find(error.partition, error.offset).and_then(|i| raw.value(i).or(raw.key(i)));
+                let record = raw.offsets().iter().position(|o| *o == error.offset).and_then(|i| match error.part {
+                    RecordPart::Key => raw.key(i),
+                    RecordPart::Value => raw.value(i),
+                });
                 spec.processing_log
                     .report(
                         &spec.query_id,
@@ -485,14 +492,18 @@ impl PartitionTask {
                         &spec.source_topic,
                         error.partition,
                         error.offset,
-                        error.to_string(),
+                        error.reason.clone(),
                         record,
                     )
                     .await;
             }
+            let mut batch = decoded.batch;
+            if spec.drop_tombstones && !decoded.tombstones.is_empty() {
+                batch = drop_rows(&batch, &decoded.tombstones)?;
+            }
             let batch = match spec.timestamp_column {
-                Some(column) => self.apply_event_time(decoded.batch, column).await?,
-                None => decoded.batch,
+                Some(column) => self.apply_event_time(batch, column).await?,
+                None => batch,
             };
             let output = self.process(batch).await;
             if output.num_rows() > 0 {
@@ -601,24 +612,15 @@ impl PartitionTask {
     ) -> Result<(), QueryError> {
         let plan = &self.spec.plan;
         encoded.clear();
-        let failures = encoder.encode(output, &plan.key_columns, &plan.value_columns, encoded);
-        for failure in failures {
-            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-            self.spec
-                .processing_log
-                .report(&self.spec.query_id, ErrorKind::SerializationError, topic, -1, -1, failure, None)
-                .await;
-        }
+        encoder
+            .encode(output, &plan.key_columns, &plan.value_columns, encoded)
+            .map_err(|e| QueryError::Internal(format!("encoder of \"{topic}\": {e}")))?;
         let rowtimes = output.column(plan.rowtime_column).as_primitive_opt::<TimestampMillisecondType>().cloned();
         let timeout = Duration::from_millis(self.spec.config.produce_timeout_ms);
         let deadline = Instant::now() + timeout;
         let mut pending: std::collections::VecDeque<DeliveryFuture> = std::collections::VecDeque::new();
         for row in 0..encoded.len() {
-            if encoded.is_skipped(row) {
-                continue;
-            }
-            let source_row = encoded.source_row(row);
-            let timestamp = rowtimes.as_ref().filter(|r| r.is_valid(source_row)).map(|r| r.value(source_row));
+            let timestamp = rowtimes.as_ref().filter(|r| r.is_valid(row)).map(|r| r.value(row));
             loop {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
                 if let Some(key) = encoded.key(row) {
@@ -656,6 +658,22 @@ impl PartitionTask {
         }
         Ok(())
     }
+}
+
+/// Bytes reserved per record when a raw batch is allocated.
+const RAW_BYTES_PER_RECORD: usize = 256;
+
+/// `batch` without the rows at `rows` (sorted ascending).
+fn drop_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch, QueryError> {
+    use datafusion::arrow::array::BooleanArray;
+    let mut keep = vec![true; batch.num_rows()];
+    for &row in rows {
+        if let Some(flag) = keep.get_mut(row) {
+            *flag = false;
+        }
+    }
+    datafusion::arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))
+        .map_err(|e| QueryError::Internal(format!("dropping tombstones: {e}")))
 }
 
 async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<(), QueryError> {

@@ -1,0 +1,96 @@
+//! Decoding and encoding throughput: 100k small JSON records (5 fields) per iteration.
+//!
+//! `cargo bench -p eddy-format --bench decode`; criterion reports elements/s = records/s.
+
+use std::hint::black_box;
+
+use arrow::datatypes::{DataType, Field, TimeUnit};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eddy_format::{EncodedBatch, Format, RawBatch, RecordDecoder, RecordEncoder, SourceLayout};
+
+const RECORDS: usize = 100_000;
+
+fn layout(value_format: Format) -> SourceLayout {
+    let values = vec![
+        Field::new("ID", DataType::Int64, true),
+        Field::new("NAME", DataType::Utf8, true),
+        Field::new("PRICE", DataType::Float64, true),
+        Field::new("QTY", DataType::Int32, true),
+        Field::new("TS", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+    ];
+    match SourceLayout::new(
+        vec![Field::new("STORE", DataType::Utf8, true)],
+        values,
+        Format::Kafka,
+        value_format,
+    ) {
+        Ok(layout) => layout,
+        Err(e) => panic!("bench layout: {e}"),
+    }
+}
+
+fn raw_batch() -> RawBatch {
+    let mut raw = RawBatch::with_capacity(RECORDS, RECORDS * 100);
+    let mut value = String::new();
+    for i in 0..RECORDS {
+        value.clear();
+        use std::fmt::Write;
+        let _ = write!(
+            value,
+            r#"{{"id":{i},"name":"item-{}","price":{}.{},"qty":{},"ts":{}}}"#,
+            i % 1000,
+            i % 100,
+            i % 10,
+            i % 50,
+            1_700_000_000_000i64 + i as i64
+        );
+        let key = format!("store-{}", i % 16);
+        raw.push(
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            i as i64,
+            0,
+            i as i64,
+        );
+    }
+    raw
+}
+
+fn bench(c: &mut Criterion) {
+    let layout = layout(Format::JSON);
+    let raw = raw_batch();
+    let mut decoder = match RecordDecoder::new(&layout) {
+        Ok(d) => d,
+        Err(e) => panic!("decoder: {e}"),
+    };
+    let mut group = c.benchmark_group("json");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    group.sample_size(20);
+    group.bench_function("decode_100k_5_fields", |b| {
+        b.iter(|| {
+            let decoded = decoder.decode(black_box(&raw));
+            black_box(decoded.map(|d| d.batch.num_rows()))
+        })
+    });
+
+    let batch = match decoder.decode(&raw) {
+        Ok(d) => d.batch,
+        Err(e) => panic!("decode: {e}"),
+    };
+    let mut encoder = match RecordEncoder::new(&layout) {
+        Ok(e) => e,
+        Err(e) => panic!("encoder: {e}"),
+    };
+    let mut out = EncodedBatch::new();
+    group.bench_function("encode_100k_5_fields", |b| {
+        b.iter(|| {
+            out.clear();
+            let r = encoder.encode(black_box(&batch), &[3], &[4, 5, 6, 7, 8], &mut out);
+            black_box((r.is_ok(), out.len()))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,295 @@
+use eddy_common::types::SqlType;
+
+use super::*;
+
+fn one(sql: &str) -> Statement {
+    let mut parsed = parse_statements(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    assert_eq!(parsed.len(), 1, "{sql}");
+    parsed.remove(0).statement
+}
+
+fn error(sql: &str) -> ParseError {
+    match parse_statements(sql) {
+        Ok(parsed) => panic!("{sql} parsed as {parsed:?}"),
+        Err(error) => error,
+    }
+}
+
+fn select(sql: &str) -> Select {
+    match one(sql) {
+        Statement::Select(select) => *select,
+        other => panic!("not a select: {other:?}"),
+    }
+}
+
+#[test]
+fn create_stream_with_every_type_and_key() {
+    let statement = one(
+        "CREATE STREAM IF NOT EXISTS orders (
+            id STRING KEY, qty INT, total BIGINT, price DOUBLE, amount DECIMAL(10, 2), ok BOOLEAN,
+            note VARCHAR, raw BYTES, day DATE, at TIME, ts TIMESTAMP,
+            tags ARRAY<STRING>, attrs MAP<STRING, INT>, `Address` STRUCT<street STRING, `Zip` INT>,
+            nested ARRAY<ARRAY<INT>>
+         ) WITH (kafka_topic='orders', VALUE_FORMAT='json', PARTITIONS=3, timestamp='ts');",
+    );
+    let Statement::CreateSource { kind, name, or_replace, if_not_exists, columns, properties } = statement else {
+        panic!("{statement:?}")
+    };
+    assert_eq!((kind, name.as_str(), or_replace, if_not_exists), (SourceKind::Stream, "ORDERS", false, true));
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ID", "QTY", "TOTAL", "PRICE", "AMOUNT", "OK", "NOTE", "RAW", "DAY", "AT", "TS", "TAGS", "ATTRS", "Address", "NESTED"]
+    );
+    assert_eq!(columns[0].key, ColumnKeyRole::Key);
+    assert!(columns[1..].iter().all(|c| c.key == ColumnKeyRole::Value));
+    let types: Vec<SqlType> = columns.iter().map(|c| c.sql_type.clone()).collect();
+    assert_eq!(
+        types,
+        vec![
+            SqlType::String,
+            SqlType::Int,
+            SqlType::BigInt,
+            SqlType::Double,
+            SqlType::Decimal { precision: 10, scale: 2 },
+            SqlType::Boolean,
+            SqlType::String,
+            SqlType::Bytes,
+            SqlType::Date,
+            SqlType::Time,
+            SqlType::Timestamp,
+            SqlType::Array(Box::new(SqlType::String)),
+            SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Int)),
+            SqlType::Struct(vec![("STREET".into(), SqlType::String), ("Zip".into(), SqlType::Int)]),
+            SqlType::Array(Box::new(SqlType::Array(Box::new(SqlType::Int)))),
+        ]
+    );
+    let properties: Vec<(&str, &str)> = properties.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect();
+    assert_eq!(properties, [("KAFKA_TOPIC", "orders"), ("VALUE_FORMAT", "json"), ("PARTITIONS", "3"), ("TIMESTAMP", "ts")]);
+}
+
+#[test]
+fn create_table_requires_primary_key_spelling() {
+    let Statement::CreateSource { kind, columns, .. } =
+        one("create or replace table users (id bigint primary key, name string) with (kafka_topic='u')")
+    else {
+        panic!()
+    };
+    assert_eq!(kind, SourceKind::Table);
+    assert_eq!(columns[0].key, ColumnKeyRole::PrimaryKey);
+    let e = error("CREATE TABLE users (id BIGINT KEY) WITH (KAFKA_TOPIC='u');");
+    assert_eq!((e.line, e.column), (1, 31));
+    assert!(e.message.contains("PRIMARY KEY"), "{e}");
+    let e = error("CREATE STREAM s (id BIGINT PRIMARY KEY) WITH (KAFKA_TOPIC='u');");
+    assert!(e.message.contains("KEY columns"), "{e}");
+}
+
+#[test]
+fn bad_type_names_position_and_alternatives() {
+    let e = error("CREATE STREAM s (\n  id INT,\n  name STRNG\n) WITH (KAFKA_TOPIC='s');");
+    assert_eq!((e.line, e.column), (3, 8));
+    assert!(e.message.contains("unknown data type \"STRNG\""), "{e}");
+    assert!(e.to_string().starts_with("syntax error at line 3, column 8: "), "{e}");
+    let e = error("CREATE STREAM s (d DECIMAL(3, 5)) WITH (KAFKA_TOPIC='s');");
+    assert!(e.message.contains("scale 5 is greater than its precision 3"), "{e}");
+    let e = error("CREATE STREAM s (a ARRAY<INT) WITH (KAFKA_TOPIC='s');");
+    assert!(e.message.contains("expected \">\""), "{e}");
+}
+
+#[test]
+fn csas_with_where_functions_and_partition_by() {
+    let Statement::CreateSourceAs { kind, name, properties, select, .. } = one(
+        "CREATE STREAM big_orders WITH (KAFKA_TOPIC='big', VALUE_FORMAT='JSON') AS
+           SELECT id, ucase(item) AS Item, qty * 2 AS double_qty, address->city
+           FROM orders o WHERE qty > 10 AND item LIKE 'a%'
+           PARTITION BY item EMIT CHANGES;",
+    ) else {
+        panic!()
+    };
+    assert_eq!((kind, name.as_str()), (SourceKind::Stream, "BIG_ORDERS"));
+    assert_eq!(properties.len(), 2);
+    assert_eq!(select.emit, Some(Emit::Changes));
+    assert_eq!(
+        select.query.to_string(),
+        r#"SELECT "ID", ucase("ITEM") AS "ITEM", "QTY" * 2 AS "DOUBLE_QTY", get_field("ADDRESS", 'CITY') FROM "ORDERS" "O" WHERE "QTY" > 10 AND "ITEM" LIKE 'a%'"#
+    );
+    assert_eq!(select.partition_by.len(), 1);
+    assert_eq!(select.partition_by[0].to_string(), r#""ITEM""#);
+}
+
+#[test]
+fn push_query_with_limit_keeps_limit_in_query() {
+    let s = select("SELECT * FROM pageviews EMIT CHANGES LIMIT 3;");
+    assert_eq!(s.emit, Some(Emit::Changes));
+    assert_eq!(s.query.to_string(), r#"SELECT * FROM "PAGEVIEWS" LIMIT 3"#);
+}
+
+#[test]
+fn nested_struct_access_array_and_map_indexing() {
+    let s = select("SELECT a->b->c, arr[1], m['k'], `MixedCase` FROM s EMIT CHANGES");
+    assert_eq!(
+        s.query.to_string(),
+        r#"SELECT get_field(get_field("A", 'B'), 'C'), "ARR"[1], "M"['k'], "MixedCase" FROM "S""#
+    );
+}
+
+#[test]
+fn keyword_named_columns_are_upper_cased() {
+    let s = select("SELECT value, key, count(*) FROM s GROUP BY value EMIT CHANGES");
+    assert_eq!(s.query.to_string(), r#"SELECT "VALUE", "KEY", count(*) FROM "S" GROUP BY "VALUE""#);
+}
+
+#[test]
+fn case_cast_and_functions() {
+    let s = select(
+        "SELECT CASE WHEN qty > 1 THEN 'many' ELSE 'one' END AS size, CAST(qty AS BIGINT), IFNULL(x, 0), \
+         COALESCE(x, y), SUBSTRING(name, 1, 2), CONCAT(a, b), LEN(name) FROM s EMIT CHANGES",
+    );
+    assert_eq!(
+        s.query.to_string(),
+        r#"SELECT CASE WHEN "QTY" > 1 THEN 'many' ELSE 'one' END AS "SIZE", CAST("QTY" AS BIGINT), ifnull("X", 0), coalesce("X", "Y"), SUBSTRING("NAME", 1, 2), concat("A", "B"), len("NAME") FROM "S""#
+    );
+}
+
+#[test]
+fn window_clause_is_taken_out() {
+    let s = select("SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT FINAL");
+    assert_eq!(s.emit, Some(Emit::Final));
+    assert_eq!(s.window.as_deref(), Some("TUMBLING ( SIZE 1 MINUTE )"));
+    assert_eq!(s.query.to_string(), r#"SELECT "K", count(*) FROM "S" GROUP BY "K""#);
+}
+
+#[test]
+fn insert_forms() {
+    let Statement::InsertValues { target, columns, values } =
+        one("INSERT INTO orders (id, qty, ROWTIME) VALUES ('a', 1 + 2, 1000);")
+    else {
+        panic!()
+    };
+    assert_eq!(target, "ORDERS");
+    assert_eq!(columns, ["ID", "QTY", "ROWTIME"]);
+    assert_eq!(values.iter().map(|v| v.to_string()).collect::<Vec<_>>(), ["'a'", "1 + 2", "1000"]);
+    let Statement::InsertValues { columns, values, .. } = one("INSERT INTO orders VALUES ('a', 1)") else { panic!() };
+    assert!(columns.is_empty());
+    assert_eq!(values.len(), 2);
+    let Statement::InsertSelect { target, properties, select } =
+        one("INSERT INTO all_orders WITH (QUERY_ID='my_q') SELECT * FROM eu_orders EMIT CHANGES")
+    else {
+        panic!()
+    };
+    assert_eq!(target, "ALL_ORDERS");
+    assert_eq!(properties[0].value, "my_q");
+    assert_eq!(select.query.to_string(), r#"SELECT * FROM "EU_ORDERS""#);
+}
+
+#[test]
+fn small_statements() {
+    assert_eq!(one("show streams"), Statement::Show { target: ShowTarget::Streams, extended: false });
+    assert_eq!(one("LIST TABLES EXTENDED"), Statement::Show { target: ShowTarget::Tables, extended: true });
+    assert_eq!(one("SHOW TOPICS;"), Statement::Show { target: ShowTarget::Topics, extended: false });
+    assert_eq!(one("SHOW QUERIES;"), Statement::Show { target: ShowTarget::Queries, extended: false });
+    assert_eq!(one("SHOW PROPERTIES;"), Statement::Show { target: ShowTarget::Properties, extended: false });
+    assert_eq!(one("DESCRIBE orders"), Statement::Describe { name: "ORDERS".into(), extended: false });
+    assert_eq!(one("DESCRIBE EXTENDED `orders`"), Statement::Describe { name: "orders".into(), extended: true });
+    assert_eq!(
+        one("DROP STREAM IF EXISTS orders DELETE TOPIC"),
+        Statement::Drop { kind: SourceKind::Stream, name: "ORDERS".into(), if_exists: true, delete_topic: true }
+    );
+    assert_eq!(
+        one("DROP TABLE t"),
+        Statement::Drop { kind: SourceKind::Table, name: "T".into(), if_exists: false, delete_topic: false }
+    );
+    assert_eq!(one("TERMINATE csas_big_orders_1"), Statement::Terminate { query_id: Some("CSAS_BIG_ORDERS_1".into()) });
+    assert_eq!(one("TERMINATE ALL"), Statement::Terminate { query_id: None });
+    assert_eq!(one("EXPLAIN CSAS_X_0"), Statement::ExplainQuery { query_id: "CSAS_X_0".into() });
+    assert!(matches!(one("EXPLAIN SELECT * FROM s EMIT CHANGES"), Statement::ExplainSelect(_)));
+    assert_eq!(
+        one("PRINT 'orders' FROM BEGINNING INTERVAL 2 LIMIT 10"),
+        Statement::Print { topic: "orders".into(), from_beginning: true, interval: Some(2), limit: Some(10) }
+    );
+    assert_eq!(
+        one("PRINT Orders"),
+        Statement::Print { topic: "Orders".into(), from_beginning: false, interval: None, limit: None }
+    );
+    assert_eq!(
+        one("SET 'auto.offset.reset' = 'earliest'"),
+        Statement::Set { name: "auto.offset.reset".into(), value: "earliest".into() }
+    );
+    assert_eq!(one("UNSET 'auto.offset.reset'"), Statement::Unset { name: "auto.offset.reset".into() });
+    assert_eq!(
+        one("PRODUCE TO 'orders' PARTITION 0 KEY 'a' VALUE '{\"qty\": 1}' TIMESTAMP 1000"),
+        Statement::Produce {
+            topic: "orders".into(),
+            partition: Some(0),
+            key: Some("a".into()),
+            value: Some("{\"qty\": 1}".into()),
+            timestamp_ms: Some(1000)
+        }
+    );
+    assert_eq!(
+        one("PRODUCE TO orders VALUE NULL"),
+        Statement::Produce { topic: "orders".into(), partition: None, key: None, value: None, timestamp_ms: None }
+    );
+}
+
+#[test]
+fn scripts_split_on_semicolons_outside_strings_and_comments() {
+    let parsed = parse_statements(
+        "-- a comment; with a semicolon\nSET 'a'='x;y';\n\n/* block; */ SHOW STREAMS ;\nSELECT 'a;b' FROM s EMIT CHANGES",
+    )
+    .unwrap();
+    assert_eq!(parsed.len(), 3);
+    assert_eq!(parsed[0].sql, "SET 'a'='x;y'");
+    assert_eq!(parsed[0].line, 2);
+    assert_eq!(parsed[1].sql, "SHOW STREAMS");
+    assert_eq!(parsed[1].line, 4);
+    assert_eq!(parsed[2].sql, "SELECT 'a;b' FROM s EMIT CHANGES");
+    assert!(parse_statements("  ;; -- nothing\n").unwrap().is_empty());
+}
+
+#[test]
+fn statement_text_is_exact_for_multibyte_input() {
+    let parsed = parse_statements("SET 'ü'='é';  SHOW TOPICS;").unwrap();
+    assert_eq!(parsed[0].sql, "SET 'ü'='é'");
+    assert_eq!(parsed[1].sql, "SHOW TOPICS");
+}
+
+#[test]
+fn errors_name_line_column_and_expectation() {
+    let e = error("SELECT id FROM orders\nWHERE EMIT CHANGES;");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("expected an expression"), "{e}");
+    let e = error("CREATE STREM s (id INT);");
+    assert_eq!((e.line, e.column), (1, 8));
+    assert_eq!(e.message, "expected STREAM or TABLE, found \"STREM\"");
+    let e = error("SELEKT * FROM s;");
+    assert_eq!((e.line, e.column), (1, 1));
+    assert!(e.message.starts_with("expected a statement"), "{e}");
+    let e = error("SHOW STREAMS EXTRA;");
+    assert_eq!((e.line, e.column), (1, 14));
+    assert_eq!(e.message, "expected end of statement, found \"EXTRA\"");
+    let e = error("SELECT 'unterminated FROM s;");
+    assert_eq!(e.line, 1);
+    assert!(e.message.contains("nterminated"), "{e}");
+    let e = error("CREATE STREAM s (id INT) WITH (KAFKA_TOPIC='a', kafka_topic='b');");
+    assert!(e.message.contains("KAFKA_TOPIC is given twice"), "{e}");
+    let e = error("SELECT * FROM s EMIT SOMETIMES;");
+    assert!(e.message.contains("CHANGES or FINAL"), "{e}");
+    let e = error("SELECT * FROM s PARTITION BY EMIT CHANGES;");
+    assert!(e.message.contains("expression after PARTITION BY"), "{e}");
+}
+
+#[test]
+fn complete_input_detection() {
+    assert!(is_complete("SELECT 1;"));
+    assert!(is_complete("SELECT 1; -- trailing comment\n"));
+    assert!(!is_complete("SELECT 1"));
+    assert!(!is_complete("SELECT ';"));
+    assert!(!is_complete("SELECT 1 /* ; */"));
+    assert!(!is_complete(""));
+}
+
+#[test]
+fn expressions_follow_the_same_rules() {
+    assert_eq!(parse_expression("ucase(name) || 'x'").unwrap().to_string(), r#"ucase("NAME") || 'x'"#);
+}
