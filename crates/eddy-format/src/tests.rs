@@ -1341,17 +1341,29 @@ fn kafka_keys_are_big_endian_bytes() {
         raw.push(Some(&vec![0; width]), Some(br#"{"v":1}"#), 0, 2, 3);
         let d = RecordDecoder::new(&l).unwrap().decode(&raw).unwrap();
         assert_eq!(d.batch.num_rows(), 1, "{t}");
-        assert_eq!(d.batch.column(2).as_primitive::<arrow::datatypes::Int64Type>().value(0), 3);
+        assert_eq!(
+            d.batch
+                .column(2)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            3
+        );
         let reasons: Vec<_> = d.errors.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(
             reasons,
             [0, width - 1, width + 1]
                 .iter()
-                .map(|n| format!("key: expected {name} ({width} bytes, big-endian), found {n} bytes"))
+                .map(|n| format!(
+                    "key: expected {name} ({width} bytes, big-endian), found {n} bytes"
+                ))
                 .collect::<Vec<_>>(),
             "{t}"
         );
-        assert!(d.errors.iter().all(|e| e.part == RecordPart::Key && e.partition == 2));
+        assert!(
+            d.errors
+                .iter()
+                .all(|e| e.part == RecordPart::Key && e.partition == 2)
+        );
     }
 }
 
@@ -1418,7 +1430,10 @@ fn delimited_custom_delimiter_with_quotes() {
                 105,
                 "value is not valid DELIMITED at byte 2: unterminated quoted field"
             ),
-            (106, r#"value field "PRICE": expected DOUBLE, found string "y""#),
+            (
+                106,
+                r#"value field "PRICE": expected DOUBLE, found string "y""#
+            ),
             (107, "value: expected 4 fields, found 3"),
         ]
     );
@@ -1516,7 +1531,10 @@ fn malformed_records_are_skipped_and_reported_in_every_format() {
     assert!(d.tombstones.is_empty());
     // The error's Display names where the record is.
     let shown = d.errors[2].to_string();
-    assert!(shown.contains("partition 3") && shown.contains("offset 400"), "{shown}");
+    assert!(
+        shown.contains("partition 3") && shown.contains("offset 400"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -1613,4 +1631,38 @@ fn tombstones_are_rows_with_null_values_and_are_listed() {
     .unwrap();
     let out = assert_round_trip(&l, &batch);
     assert_eq!((out.key(0), out.value(0)), (Some(&b"a"[..]), None));
+}
+
+#[test]
+fn nested_not_null_fields_are_record_errors_never_batch_failures() {
+    let strict_list = DataType::List(Arc::new(Field::new("item", DataType::Int32, false)));
+    let strict_struct = struct_of(vec![Field::new("X", DataType::Int32, false)]);
+    let l = json_values(vec![
+        f("L", strict_list),
+        f("S", strict_struct.clone()),
+        f("LS", list_of(strict_struct)),
+    ]);
+    let d = decode_values(
+        &l,
+        &[
+            r#"{"l":[1,null]}"#,
+            r#"{"s":{}}"#,
+            r#"{"ls":[{"x":1},{"x":null}]}"#,
+            r#"{"l":[1,2],"s":null,"ls":[null,{"x":3}]}"#,
+            r#"{"l":null,"s":{"x":4},"ls":null}"#,
+        ],
+    );
+    assert_eq!(d.batch.num_rows(), 2, "{:?}", d.errors);
+    let reasons: Vec<_> = d.errors.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            r#"value field "L"[1]: expected INT, found null (the field is NOT NULL)"#,
+            r#"value field "S".X: expected INT, found null (the field is NOT NULL)"#,
+            r#"value field "LS"[1].X: expected INT, found null (the field is NOT NULL)"#,
+        ]
+    );
+    let s = col(&d, "S").as_struct();
+    assert!(s.is_null(0) && s.is_valid(1));
+    assert_eq!(s.column(0).as_primitive::<Int32Type>().value(1), 4);
 }

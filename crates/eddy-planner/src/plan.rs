@@ -273,7 +273,9 @@ impl Planner {
         });
 
         let table = Arc::new(EmptyTable::new(source.arrow_schema()));
-        let ctx = SessionContext::new_with_state(self.state.clone());
+        // A fresh catalog per plan: SessionState clones share their catalog list, and concurrent
+        // plans of the same source must not see each other's registrations.
+        let ctx = SessionContext::new_with_state(self.isolated_state()?);
         ctx.register_table(TableReference::bare(source.name.as_str()), table)?;
         let state = ctx.state();
         let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
@@ -340,6 +342,18 @@ impl Planner {
             limit,
             logical_plan: logical,
         })
+    }
+
+    /// The planner's session state with its own empty catalog.
+    fn isolated_state(&self) -> Result<SessionState, PlanError> {
+        use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider};
+        use datafusion::execution::SessionStateBuilder;
+        let options = &self.state.config_options().catalog;
+        let catalog = MemoryCatalogProvider::new();
+        catalog.register_schema(&options.default_schema, Arc::new(MemorySchemaProvider::new()))?;
+        let catalogs = MemoryCatalogProviderList::new();
+        datafusion::catalog::CatalogProviderList::register_catalog(&catalogs, options.default_catalog.clone(), Arc::new(catalog));
+        Ok(SessionStateBuilder::new_from_existing(self.state.clone()).with_catalog_list(Arc::new(catalogs)).build())
     }
 
     /// Evaluates constant expressions (the `VALUES` of an `INSERT`) into a one-row batch.

@@ -163,3 +163,15 @@ async fn explain_shows_both_plans() {
     let text = plan.explain();
     assert!(text.contains("Logical plan:") && text.contains("Streaming plan:") && text.contains("Filter"), "{text}");
 }
+
+#[tokio::test]
+async fn one_planner_plans_the_same_source_many_times_concurrently() {
+    let planner = Planner::new();
+    let catalog = catalog();
+    let first = query(r#"SELECT "ID" FROM "ORDERS""#);
+    let second = query(r#"SELECT "ITEM" FROM "ORDERS" WHERE "QTY" > 1"#);
+    let (a, b) = tokio::join!(planner.plan_query(&first, &[], &catalog), planner.plan_query(&second, &[], &catalog));
+    a.unwrap();
+    b.unwrap();
+    planner.plan_query(&first, &[], &catalog).await.unwrap();
+}
