@@ -246,3 +246,109 @@ async fn a_bad_statement_changes_nothing() {
     assert_eq!(engine.catalog(), before);
     engine.shutdown().await;
 }
+
+/// Runs kcat with `args`, feeding `input` on stdin, and returns its stdout. kcat is installed by
+/// `scripts/env.sh`; its absence fails the test rather than skipping it.
+async fn kcat(args: &[&str], input: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kcat")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kcat must be installed (scripts/env.sh installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("kcat stdin");
+    drop(stdin);
+    let output = tokio::time::timeout(WAIT, child.wait_with_output()).await.expect("kcat finishes").expect("kcat runs");
+    assert!(output.status.success(), "kcat {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_fills_the_input_and_reads_back_the_csas_output() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    let bootstrap = h.broker.bootstrap_servers();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM pageviews (user_id STRING KEY, page STRING, ms BIGINT) \
+         WITH (KAFKA_TOPIC='pageviews', VALUE_FORMAT='JSON', PARTITIONS=1);",
+    )
+    .await;
+    let input = h.topic("pageviews");
+    kcat(
+        &["-b", &bootstrap, "-P", "-t", &input, "-K", "|"],
+        "alice|{\"page\":\"/home\",\"ms\":120}\nbob|{\"page\":\"/cart\",\"ms\":2500}\ncarol|{\"page\":\"/checkout\",\"ms\":3100}\n",
+    )
+    .await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM slow_pages WITH (VALUE_FORMAT='DELIMITED') AS \
+         SELECT user_id, CONCAT('page:', LCASE(page)) AS page, ms / 1000 AS seconds \
+         FROM pageviews WHERE ms >= 1000 AND page <> '/home';",
+    )
+    .await;
+    let output = kcat(
+        &["-b", &bootstrap, "-C", "-t", &h.topic("SLOW_PAGES"), "-o", "beginning", "-c", "2", "-f", "%k=%s\\n"],
+        "",
+    )
+    .await;
+    assert_eq!(output, "bob=page:/cart,2\ncarol=page:/checkout,3\n");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_by_rekeys_the_output() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(&engine, &mut session, "CREATE STREAM clicks (id STRING KEY, region STRING, n INT) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1);").await;
+    let input = h.topic("clicks");
+    h.produce(&input, Some("c1"), r#"{"region":"eu","n":1}"#).await;
+    h.produce(&input, Some("c2"), r#"{"region":"us","n":2}"#).await;
+    run(&engine, &mut session, "CREATE STREAM by_region WITH (PARTITIONS=2) AS SELECT id, UCASE(region) AS region, n FROM clicks PARTITION BY UCASE(region);").await;
+    let mut records = h.consume(&h.topic("BY_REGION"), 2).await;
+    records.sort();
+    assert_eq!(records[0].0.as_deref(), Some("EU"));
+    assert_eq!(records[1].0.as_deref(), Some("US"));
+    let value = json(&records[0].1);
+    assert_eq!(value["ID"], Value::from("c1"));
+    assert_eq!(value["N"], Value::from(1));
+    assert!(!value.contains_key("REGION"), "the new key column is in the key only: {value:?}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queries_start_at_the_latest_offset_by_default() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "CREATE STREAM ticks (v INT) WITH (KAFKA_TOPIC='ticks', PARTITIONS=1);").await;
+    let input = h.topic("ticks");
+    h.produce(&input, None, r#"{"v":1}"#).await;
+    let results = run(&engine, &mut session, "SELECT v FROM ticks EMIT CHANGES LIMIT 1;").await;
+    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else { panic!("expected a push query") };
+    // The query is subscribed once it has been assigned its partitions; keep producing newer
+    // records until one arrives, and check it is never the old one.
+    let mut next = 2;
+    let batch = loop {
+        h.produce(&input, None, &format!(r#"{{"v":{next}}}"#)).await;
+        next += 1;
+        if let Ok(batch) = tokio::time::timeout(Duration::from_secs(2), push.next_batch()).await {
+            break batch.expect("a row");
+        }
+        assert!(next < 30, "no row arrived");
+    };
+    let v = datafusion::arrow::util::display::array_value_to_string(batch.column(0), 0).expect("cell");
+    assert_ne!(v, "1", "a push query without auto.offset.reset=earliest must not replay old records");
+    assert!(push.next_batch().await.is_none(), "LIMIT 1 ends the query");
+    engine.shutdown().await;
+}

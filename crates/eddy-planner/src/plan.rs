@@ -261,7 +261,13 @@ impl Planner {
                 }
                 continue;
             }
-            key_names.push(partition_key_name(expr, i));
+            // ksqlDB names the new key after the projection item that selects the partitioning
+            // expression (`UCASE(region) AS region ... PARTITION BY UCASE(region)`).
+            let aliased = select.projection.iter().find_map(|item| match item {
+                SelectItem::ExprWithAlias { expr: selected, alias } if selected == expr => Some(alias.value.clone()),
+                _ => None,
+            });
+            key_names.push(aliased.unwrap_or_else(|| partition_key_name(expr, i)));
             hidden.push(SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&format!("{KEY_OUTPUT_PREFIX}{i}")) });
         }
         let repartitioned = !partition_by.is_empty();

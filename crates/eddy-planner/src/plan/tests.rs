@@ -127,6 +127,13 @@ async fn partition_by_an_expression_names_the_key_ksql_col() {
 }
 
 #[tokio::test]
+async fn partition_by_an_aliased_projection_names_the_key_after_the_alias() {
+    let plan = plan(r#"SELECT lcase("ID") AS "LID", "QTY" FROM "ORDERS""#, &[r#"lcase("ID")"#]).await.unwrap();
+    let names: Vec<(&str, bool)> = plan.sink_columns.iter().map(|c| (c.name.as_str(), c.is_key())).collect();
+    assert_eq!(names, [("LID", true), ("QTY", false)]);
+}
+
+#[tokio::test]
 async fn unknown_columns_suggest_the_closest() {
     let err = plan(r#"SELECT "QTYY" FROM "ORDERS""#, &[]).await.unwrap_err();
     assert_eq!(err.to_string(), "column \"QTYY\" not found in stream \"ORDERS\"; did you mean \"QTY\"?");
