@@ -29,14 +29,16 @@
 //!
 //! # Lifecycle
 //!
-//! [`EmbeddedBroker::start`] returns once the broker accepts TCP connections. The broker runs in a
-//! task owned by the [`EmbeddedBroker`]: [`EmbeddedBroker::shutdown`] stops it and waits, and
-//! dropping the handle aborts it. tansu 0.6 offers no graceful stop to a library user (its
-//! cancellation token is private), so stopping aborts the task; sqlite rolls back whatever
-//! transaction was open, so committed data and offsets survive. tansu's sqlite engine runs one more
-//! task of its own (its request loop), which is aborted when the last clone of the storage is dropped,
-//! so it may outlive [`EmbeddedBroker::shutdown`] by a scheduler tick; sqlite (WAL mode) lets a new
-//! broker open the same database meanwhile.
+//! [`EmbeddedBroker::start`] returns once the broker accepts TCP connections (tens of
+//! milliseconds). The broker runs in a task owned by the [`EmbeddedBroker`]. tansu 0.6 offers no
+//! graceful stop to a library user (its cancellation token is private), so stopping aborts the
+//! task; sqlite rolls back whatever transaction was open, so committed records and offsets
+//! survive. [`EmbeddedBroker::shutdown`] aborts the task and then waits until tansu's storage,
+//! whose clones the runtime drops one task after another, has closed the database, so a broker
+//! started next on the same data directory finds it unlocked. Dropping the handle aborts the task
+//! without waiting; a broker started right after on the same directory may find the database
+//! locked for a few milliseconds, which [`EmbeddedBroker::start`] rides out by trying again until
+//! its deadline.
 //!
 //! # Client settings
 //!
@@ -45,22 +47,43 @@
 //!
 //! # What tansu 0.6 does and does not do
 //!
-//! Checked by the integration tests of this crate with rdkafka (librdkafka 2.12) and kcat:
+//! The integration tests of this crate check, with rdkafka (librdkafka 2.12) and kcat:
+//! `CreateTopics`; produce with keys and values, in order; fetch; consumer groups with `subscribe`
+//! and committed offsets, also across a restart on the same data directory; records across a
+//! restart; `DeleteTopics` deleting one topic only and retention (both thanks to the workarounds
+//! below); kcat producing (`-P -K:`) and consuming (`-C -e`). A one-off probe (not kept as a test)
+//! also found:
 //!
-//! - Works: `CreateTopics` through the admin API (any partition count, replication factor 1),
-//!   metadata, produce with keys, values, headers and explicit (create-time) timestamps, fetch,
-//!   `ListOffsets` (earliest and latest, so `assign` at `Offset::Beginning`/`Offset::End` works),
-//!   consumer groups (join, sync, heartbeat, leave) with `subscribe`, committing offsets and
-//!   resuming from them in a new consumer, the same after a restart of the broker on the same data
-//!   directory; the default (`murmur2_random`/`consistent_random`) key partitioner of librdkafka
-//!   spreading keys over partitions; kcat producing (`-P -K:`) and consuming (`-C -e`).
-//! - Topics are **not** created automatically: producing to or subscribing to an unknown topic
-//!   gets `UNKNOWN_TOPIC_OR_PARTITION` until the topic is created with `CreateTopics`.
-//! - Timestamps are stored as given by the producer (create time); the broker does not stamp
-//!   log-append time.
-//! - Transactions and compaction exist in tansu's code but are not relied on, nor tested, by Eddy
-//!   (see the crate's test suite for exactly what is).
-//! - There is one broker (node 111), so replication factor is always 1.
+//! - Works: several partitions, librdkafka's default partitioner spreading keys over them;
+//!   headers; producer (create-time) timestamps, stored as given (no log-append time); null keys
+//!   and values; `ListOffsets` earliest, latest and by timestamp; `DescribeConfigs` (returns only
+//!   the configs given at creation, each flagged as a default); `DeleteGroups`. `CreateTopics`
+//!   accepts any replication factor and stores any config, such as `cleanup.policy=compact`.
+//! - Topics are **not** created automatically: producing to an unknown topic gets
+//!   `UNKNOWN_TOPIC_OR_PARTITION` until it times out; create topics with `CreateTopics`.
+//! - Not supported (not advertised in `ApiVersions`): `AlterConfigs`, `CreatePartitions`,
+//!   `EndTxn`. So transactions do not work: `init_transactions` and transactional sends succeed,
+//!   `commit_transaction` fails, and a `read_committed` consumer sees the uncommitted records.
+//! - Retention and compaction run in tansu's maintenance, when the broker starts and every 10
+//!   minutes after, only for topics created with an explicit `cleanup.policy`: `delete` deletes
+//!   records whose timestamp is older than `retention.ms` (default 7 days; tested), `compact`
+//!   keeps the last record of each key, tombstones included (read in tansu's SQL, not tested).
+//! - kcat (or any client) linked with librdkafka older than 2.2.0, such as Debian 12's kcat
+//!   (librdkafka 2.0.2), cannot connect: librdkafka before 2.2.0 misreads tagged fields
+//!   (librdkafka #4278) and tansu's `ApiVersions` v3 response carries four ("Read underflow").
+//! - There is one broker (node 111).
+//!
+//! # Workarounds of tansu bugs
+//!
+//! Before serving, [`EmbeddedBroker::start`] installs two sqlite triggers in tansu's database
+//! (`STORAGE_FIXES` in the source):
+//!
+//! - `DeleteTopics` of one topic deletes **every** topic (its final `delete from topic` matches the
+//!   whole cluster). The trigger keeps the topics that still have partitions.
+//! - `retention.ms=-1` (keep forever) with `cleanup.policy=delete` deletes **all** records of the
+//!   topic at each maintenance run (`now - timestamp > -1`). The trigger keeps the records of
+//!   topics with a negative retention; a side effect is that `DeleteRecords` on such a topic
+//!   deletes nothing.
 
 use std::{
     io::ErrorKind,
@@ -217,7 +240,15 @@ pub enum BrokerError {
     DatabaseLocked {
         path: PathBuf,
         #[source]
-        source: tansu_broker::Error,
+        source: BoxError,
+    },
+
+    /// The workarounds for tansu's storage could not be installed in the database.
+    #[error("cannot prepare the database \"{}\": {source}", path.display())]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
     },
 
     /// tansu reported an error (opening its storage, serving).
@@ -232,6 +263,9 @@ pub enum BrokerError {
     #[error("broker stopped unexpectedly")]
     StoppedUnexpectedly,
 }
+
+/// The source of some [`BrokerError`]s: an error of tansu or of sqlite.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A running tansu broker on 127.0.0.1; see the [crate documentation](crate).
 #[derive(Debug)]
@@ -265,7 +299,8 @@ impl EmbeddedBroker {
             };
             let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
 
-            let launched = match timeout_at(deadline, launch(addr, &storage)).await {
+            let launched = match timeout_at(deadline, launch(addr, &storage, &database_path)).await
+            {
                 Ok(launched) => launched,
                 Err(_elapsed) => return Err(BrokerError::StartupTimeout { addr, timeout_ms }),
             };
@@ -378,7 +413,7 @@ enum Launch {
     /// Someone else bound the port first.
     AddrInUse,
     /// sqlite reported the database busy (`SQLITE_BUSY`): another connection holds a lock.
-    DatabaseLocked(tansu_broker::Error),
+    DatabaseLocked(BoxError),
     Failed(BrokerError),
 }
 
@@ -391,19 +426,24 @@ impl From<tansu_broker::Error> for Launch {
             // tansu opens sqlite without a busy timeout, so a lock held by another connection
             // fails at once. The libsql error sits inside a type-erased deadpool error, so it is
             // recognised by its rendering: `SqliteFailure(5, "database is locked")`.
-            error if format!("{error:?}").contains("database is locked") => {
-                Launch::DatabaseLocked(error)
-            }
+            error if is_database_locked(&error) => Launch::DatabaseLocked(error.into()),
             error => Launch::Failed(BrokerError::Broker(error)),
         }
     }
 }
 
-/// Builds tansu on `addr`, spawns its serve task and waits until it accepts connections. The
-/// caller bounds how long this takes.
+/// Whether `error` is sqlite's `SQLITE_BUSY`, rendered by libsql as
+/// `SqliteFailure(5, "database is locked")`.
+fn is_database_locked(error: &dyn std::fmt::Debug) -> bool {
+    format!("{error:?}").contains("database is locked")
+}
+
+/// Builds tansu on `addr`, installs [`STORAGE_FIXES`], spawns the serve task and waits until it
+/// accepts connections. The caller bounds how long this takes.
 async fn launch(
     addr: SocketAddr,
     storage: &Url,
+    database_path: &Path,
 ) -> Result<JoinSet<Result<(), tansu_broker::Error>>, Launch> {
     let listener = Url::parse(&format!("tcp://{addr}"))
         .map_err(|error| Launch::Failed(BrokerError::Broker(error.into())))?;
@@ -420,6 +460,18 @@ async fn launch(
         .silent(true)
         .build()
         .await?;
+
+    // `build` has created tansu's tables; nothing is served yet.
+    fix_storage(database_path).await.map_err(|error| {
+        if is_database_locked(&error) {
+            Launch::DatabaseLocked(error.into())
+        } else {
+            Launch::Failed(BrokerError::Database {
+                path: database_path.to_owned(),
+                source: error.into(),
+            })
+        }
+    })?;
 
     let mut tasks = JoinSet::new();
     let started = Instant::now();
@@ -444,6 +496,54 @@ async fn launch(
         return Err(launch_error(outcome));
     }
     Ok(tasks)
+}
+
+/// SQL run on tansu's database once tansu has created its tables and before the broker serves:
+/// triggers that work around bugs of the sqlite storage of tansu 0.6. Idempotent, and harmless
+/// once tansu is fixed.
+const STORAGE_FIXES: &str = "
+-- DeleteTopics. tansu deletes the partitions (topition rows) of the topic, then runs
+-- `delete from topic where topic.cluster in (select c.id ... where t.name = $2)`, which deletes
+-- every topic of the cluster. Only the topic being deleted has lost its partitions, so keep the
+-- topics that still have some.
+create trigger if not exists eddy_delete_only_the_deleted_topic
+before delete on topic
+when exists (select 1 from topition where topition.topic = old.id)
+begin
+    select raise(ignore);
+end;
+
+-- Retention. tansu's maintenance (when the broker starts, then every 10 minutes) deletes the
+-- records of a `cleanup.policy=delete` topic with `now - timestamp > retention.ms`, so
+-- `retention.ms=-1`, keep forever, deletes them all. Keep the records of topics with a negative
+-- retention. Deleting such a topic still deletes its records: tansu deletes the configuration of
+-- the topic first.
+create trigger if not exists eddy_keep_records_of_infinite_retention
+before delete on record
+when exists (
+    select 1
+    from topition tp
+    join topic_configuration tc on tc.topic = tp.topic
+    where tp.id = old.topition
+    and tc.name = 'retention.ms'
+    and cast(tc.value as integer) < 0
+)
+begin
+    select raise(ignore);
+end;
+";
+
+/// How long [`fix_storage`] waits for a lock on the database before failing with
+/// `SQLITE_BUSY`; [`EmbeddedBroker::start`] then tries again until its deadline.
+const FIX_STORAGE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Installs [`STORAGE_FIXES`] in the database at `database_path`.
+async fn fix_storage(database_path: &Path) -> Result<(), libsql::Error> {
+    let database = libsql::Builder::new_local(database_path).build().await?;
+    let connection = database.connect()?;
+    connection.busy_timeout(FIX_STORAGE_BUSY_TIMEOUT)?;
+    connection.execute_batch(STORAGE_FIXES).await?;
+    Ok(())
 }
 
 /// Classifies how the serve task ended during startup.
@@ -494,9 +594,7 @@ async fn prepare_data_dir(data_dir: &Path) -> Result<PathBuf, BrokerError> {
         .open(&probe)
         .await
         .map_err(not_writable)?;
-    tokio::fs::remove_file(&probe)
-        .await
-        .map_err(not_writable)?;
+    tokio::fs::remove_file(&probe).await.map_err(not_writable)?;
 
     // An empty file is a valid empty sqlite database.
     let database_path = dir.join(DATABASE_FILE_NAME);
@@ -554,9 +652,7 @@ fn check_port_free(port: u16) -> Result<(), BrokerError> {
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     match StdTcpListener::bind(addr) {
         Ok(_listener) => Ok(()),
-        Err(error) if error.kind() == ErrorKind::AddrInUse => {
-            Err(BrokerError::PortInUse { port })
-        }
+        Err(error) if error.kind() == ErrorKind::AddrInUse => Err(BrokerError::PortInUse { port }),
         Err(source) => Err(BrokerError::Bind { addr, source }),
     }
 }
@@ -576,7 +672,12 @@ mod tests {
 
     #[test]
     fn storage_url_rejects_paths_a_url_would_escape() {
-        for path in ["/tmp/a b/tansu.db", "/tmp/a?b/tansu.db", "/tmp/a#b/tansu.db", "/tmp/ä/tansu.db"] {
+        for path in [
+            "/tmp/a b/tansu.db",
+            "/tmp/a?b/tansu.db",
+            "/tmp/a#b/tansu.db",
+            "/tmp/ä/tansu.db",
+        ] {
             assert!(
                 matches!(
                     storage_url(Path::new(path)),

@@ -15,7 +15,7 @@ use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer},
     producer::{FutureProducer, FutureRecord},
 };
 use tempfile::TempDir;
@@ -42,10 +42,13 @@ fn config(data_dir: &Path) -> EmbeddedBrokerConfig {
 
 async fn start(data_dir: &Path) -> EmbeddedBroker {
     let started = std::time::Instant::now();
-    let broker = timeout(STARTUP + Duration::from_secs(5), EmbeddedBroker::start(config(data_dir)))
-        .await
-        .expect("broker start timed out")
-        .expect("broker failed to start");
+    let broker = timeout(
+        STARTUP + Duration::from_secs(5),
+        EmbeddedBroker::start(config(data_dir)),
+    )
+    .await
+    .expect("broker start timed out")
+    .expect("broker failed to start");
     eprintln!(
         "broker on {} started in {} ms",
         broker.bootstrap_servers(),
@@ -111,7 +114,10 @@ async fn produce(bootstrap: &str, topic: &str, range: std::ops::Range<usize>) ->
         .create()?;
     for i in range {
         let (key, value) = (key(i), value(i));
-        let record = FutureRecord::to(topic).partition(0).key(&key).payload(&value);
+        let record = FutureRecord::to(topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value);
         let delivery = timeout(WAIT, producer.send(record, WAIT))
             .await?
             .map_err(|(error, _message)| format!("producing record {i}: {error}"))?;
@@ -131,15 +137,23 @@ fn consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer, rdkafka::err
 }
 
 /// Receives `count` records from a subscribed `consumer`: (key, value, offset).
-async fn receive(consumer: &StreamConsumer, count: usize) -> Result<Vec<(String, String, i64)>, String> {
+async fn receive(
+    consumer: &StreamConsumer,
+    count: usize,
+) -> Result<Vec<(String, String, i64)>, String> {
     let mut received = Vec::with_capacity(count);
     while received.len() < count {
         let message = timeout(WAIT, consumer.recv())
             .await
             .map_err(|_| format!("timed out after {} of {count} records", received.len()))?
             .map_err(|error| format!("consuming: {error}"))?;
-        let text = |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
-        received.push((text(message.key()), text(message.payload()), message.offset()));
+        let text =
+            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+        received.push((
+            text(message.key()),
+            text(message.payload()),
+            message.offset(),
+        ));
     }
     Ok(received)
 }
@@ -153,8 +167,14 @@ async fn rdkafka_produces_and_consumes() -> TestResult {
     let dir = TempDir::new()?;
     let broker = start(dir.path()).await;
     let bootstrap = broker.bootstrap_servers();
-    assert_eq!(bootstrap, format!("127.0.0.1:{}", broker.local_addr().port()));
-    assert_eq!(broker.database_path(), dir.path().canonicalize()?.join("tansu.db"));
+    assert_eq!(
+        bootstrap,
+        format!("127.0.0.1:{}", broker.local_addr().port())
+    );
+    assert_eq!(
+        broker.database_path(),
+        dir.path().canonicalize()?.join("tansu.db")
+    );
 
     let topic = unique("rdkafka");
     create_topic(&bootstrap, &topic, 1).await?;
@@ -173,13 +193,47 @@ async fn rdkafka_produces_and_consumes() -> TestResult {
     Ok(())
 }
 
+/// Fails unless kcat is installed and loads a librdkafka that can talk to tansu.
+///
+/// librdkafka before 2.2.0 skips one byte too few per tagged field (librdkafka #4278), and tansu
+/// 0.6 always sends four tagged fields in its ApiVersions v3 response (Apache Kafka sends none
+/// there), so such a kcat fails every connection with "ApiVersionRequest failed: Local: Read
+/// underflow". Debian 12's kcat links the system librdkafka 2.0.2. Under `cargo test` it works
+/// anyway: cargo puts the build directories of the dependencies on `LD_LIBRARY_PATH`, and among
+/// them is the librdkafka 2.12 that rdkafka-sys builds, which kcat then loads.
+async fn check_kcat() {
+    let output = match Command::new("kcat").arg("-V").output().await {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => panic!(
+            "`kcat -V` failed ({}); run scripts/env.sh to install kcat",
+            output.status
+        ),
+        Err(error) => panic!("kcat is not installed ({error}); run scripts/env.sh to install it"),
+    };
+    let banner = String::from_utf8_lossy(&output.stdout);
+    let version = banner
+        .split("librdkafka ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no librdkafka version in `kcat -V`: {banner}"));
+    let numbers: Vec<u32> = version
+        .split('.')
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("bad librdkafka version {version}"))
+        })
+        .collect();
+    assert!(
+        numbers.as_slice() >= [2, 2].as_slice(),
+        "kcat loads librdkafka {version}, which misreads tansu's ApiVersions response (librdkafka \
+         < 2.2.0, bug #4278); run this test through `cargo test`, which puts the librdkafka built \
+         by rdkafka-sys on LD_LIBRARY_PATH, or point LD_LIBRARY_PATH at a librdkafka >= 2.2"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcat_produces_and_consumes() -> TestResult {
-    match Command::new("kcat").arg("-V").output().await {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => panic!("`kcat -V` failed ({}); run scripts/env.sh to install kcat", output.status),
-        Err(error) => panic!("kcat is not installed ({error}); run scripts/env.sh to install it"),
-    }
+    check_kcat().await;
 
     let dir = TempDir::new()?;
     let broker = start(dir.path()).await;
@@ -187,7 +241,9 @@ async fn kcat_produces_and_consumes() -> TestResult {
     let topic = unique("kcat");
     create_topic(&bootstrap, &topic, 1).await?;
 
-    let input: String = (0..RECORDS).map(|i| format!("{}:{}\n", key(i), value(i))).collect();
+    let input: String = (0..RECORDS)
+        .map(|i| format!("{}:{}\n", key(i), value(i)))
+        .collect();
     let mut producer = Command::new("kcat")
         .args(["-b", &bootstrap, "-P", "-t", &topic, "-K:", "-p", "0"])
         .stdin(Stdio::piped())
@@ -208,7 +264,18 @@ async fn kcat_produces_and_consumes() -> TestResult {
     let consumed = timeout(
         WAIT,
         Command::new("kcat")
-            .args(["-b", &bootstrap, "-C", "-t", &topic, "-o", "beginning", "-e", "-f", "%k:%s\n"])
+            .args([
+                "-b",
+                &bootstrap,
+                "-C",
+                "-t",
+                &topic,
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k:%s\n",
+            ])
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),
@@ -237,7 +304,10 @@ async fn records_survive_a_restart() -> TestResult {
     let database = broker.database_path().to_owned();
     stop(broker).await;
     // shutdown returns once sqlite has closed the database, which deletes its write-ahead log.
-    assert!(!database.with_file_name("tansu.db-wal").exists(), "the database is closed");
+    assert!(
+        !database.with_file_name("tansu.db-wal").exists(),
+        "the database is closed"
+    );
 
     let broker = start(dir.path()).await;
     let bootstrap = broker.bootstrap_servers();
@@ -293,6 +363,141 @@ async fn committed_offsets_survive_a_restart() -> TestResult {
     Ok(())
 }
 
+/// Produces records `range` with `timestamp` (ms since the epoch) to partition 0 of `topic`.
+async fn produce_at(
+    bootstrap: &str,
+    topic: &str,
+    range: std::ops::Range<usize>,
+    timestamp: i64,
+) -> TestResult {
+    let producer: FutureProducer = client_config(bootstrap)
+        .set("message.timeout.ms", WAIT.as_millis().to_string())
+        .create()?;
+    for i in range {
+        let (key, value) = (key(i), value(i));
+        let record = FutureRecord::to(topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value)
+            .timestamp(timestamp);
+        timeout(WAIT, producer.send(record, WAIT))
+            .await?
+            .map_err(|(error, _message)| format!("producing record {i}: {error}"))?;
+    }
+    Ok(())
+}
+
+/// Low and high watermark of partition 0 of `topic`.
+async fn watermarks(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = client_config(bootstrap).create()?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, WAIT))
+        .await
+        .expect("fetch_watermarks panicked")
+}
+
+/// Reads all of partition 0 of `topic` from its beginning, without a consumer group.
+async fn read_all(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<Vec<(String, String, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let (low, high) = watermarks(bootstrap, topic).await?;
+    let consumer: StreamConsumer = client_config(bootstrap)
+        .set("group.id", unique("unused"))
+        .create()?;
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic, 0, Offset::Offset(low))?;
+    consumer.assign(&partitions)?;
+    Ok(receive(&consumer, usize::try_from(high - low)?).await?)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_keeps_the_others() -> TestResult {
+    let dir = TempDir::new()?;
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    let (doomed, kept) = (unique("doomed"), unique("kept"));
+    create_topic(&bootstrap, &doomed, 1).await?;
+    create_topic(&bootstrap, &kept, 1).await?;
+    produce(&bootstrap, &doomed, 0..10).await?;
+    produce(&bootstrap, &kept, 0..10).await?;
+
+    let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(WAIT));
+    for result in timeout(WAIT, admin.delete_topics(&[&doomed], &options)).await?? {
+        result.map_err(|(name, code)| format!("deleting {name}: {code}"))?;
+    }
+
+    let consumer: BaseConsumer = client_config(&bootstrap).create()?;
+    let metadata =
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, WAIT)).await??;
+    let topics: Vec<&str> = metadata.topics().iter().map(|topic| topic.name()).collect();
+    assert_eq!(topics, [kept.as_str()]);
+    assert_eq!(read_all(&bootstrap, &kept).await?, expected(0..10));
+
+    stop(broker).await;
+    Ok(())
+}
+
+/// tansu deletes expired records when the broker starts and every 10 minutes after; a topic with
+/// `retention.ms=-1` keeps its records, one with a finite retention loses the older ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_applies_only_to_finite_retention() -> TestResult {
+    let dir = TempDir::new()?;
+    let (forever, finite) = (unique("forever"), unique("finite"));
+    let an_hour_ago = now_ms() - 3_600_000;
+
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(WAIT));
+    let topics = [
+        NewTopic::new(&forever, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", "-1"),
+        NewTopic::new(&finite, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", "60000"),
+    ];
+    for result in timeout(WAIT, admin.create_topics(&topics, &options)).await?? {
+        result.map_err(|(name, code)| format!("creating {name}: {code}"))?;
+    }
+    drop(admin);
+    produce_at(&bootstrap, &forever, 0..10, an_hour_ago).await?;
+    produce_at(&bootstrap, &finite, 0..10, an_hour_ago).await?;
+    produce_at(&bootstrap, &finite, 10..11, now_ms()).await?;
+    stop(broker).await;
+
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    // Wait for the maintenance run of the new broker: the expired records of `finite` go.
+    timeout(WAIT, async {
+        loop {
+            match watermarks(&bootstrap, &finite).await {
+                Ok((10, 11)) => return,
+                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the expired records were not deleted")?;
+    assert_eq!(read_all(&bootstrap, &finite).await?, expected(10..11));
+    assert_eq!(read_all(&bootstrap, &forever).await?, expected(0..10));
+
+    stop(broker).await;
+    Ok(())
+}
+
 /// Polls until nothing accepts connections on `addr`.
 async fn wait_until_closed(addr: SocketAddr) -> TestResult {
     timeout(WAIT, async {
@@ -326,10 +531,18 @@ async fn a_taken_port_is_reported() -> TestResult {
     let dir = TempDir::new()?;
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = taken.local_addr()?.port();
-    let result = timeout(WAIT, EmbeddedBroker::start(config(dir.path()).with_port(port))).await?;
+    let result = timeout(
+        WAIT,
+        EmbeddedBroker::start(config(dir.path()).with_port(port)),
+    )
+    .await?;
     match result {
         Err(error @ BrokerError::PortInUse { .. }) => {
-            assert!(error.to_string().starts_with(&format!("port {port} on 127.0.0.1 is already in use")));
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("port {port} on 127.0.0.1 is already in use"))
+            );
         }
         other => panic!("expected PortInUse, got {other:?}"),
     }
@@ -339,8 +552,14 @@ async fn a_taken_port_is_reported() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_free_port_is_used() -> TestResult {
     let dir = TempDir::new()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let broker = timeout(WAIT, EmbeddedBroker::start(config(dir.path()).with_port(port))).await??;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let broker = timeout(
+        WAIT,
+        EmbeddedBroker::start(config(dir.path()).with_port(port)),
+    )
+    .await??;
     assert_eq!(broker.bootstrap_servers(), format!("127.0.0.1:{port}"));
     stop(broker).await;
     Ok(())
