@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use eddy_common::types::SqlType;
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +113,7 @@ impl Source {
     /// columns, then the value columns.
     pub fn arrow_schema(&self) -> SchemaRef {
         let mut fields = Vec::with_capacity(self.columns.len() + PSEUDO_COLUMNS.len());
-        fields.push(Field::new(ROWTIME, DataType::Timestamp(TimeUnit::Millisecond, None), false));
+        fields.push(Field::new(ROWTIME, DataType::Int64, false));
         fields.push(Field::new(ROWPARTITION, DataType::Int32, false));
         fields.push(Field::new(ROWOFFSET, DataType::Int64, false));
         for column in self.key_columns().chain(self.value_columns()) {

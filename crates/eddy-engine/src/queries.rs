@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::FormatOptions;
 use eddy_catalog::{ROWTIME, SourceKind};
 use eddy_format::{EncodedBatch, RecordEncoder};
@@ -115,8 +115,8 @@ impl Engine {
             }
             None => None,
         };
-        fields.push(Field::new(ROWTIME_OUTPUT, DataType::Timestamp(TimeUnit::Millisecond, None), true));
-        arrays.push(new_null_array(&DataType::Timestamp(TimeUnit::Millisecond, None), 1));
+        fields.push(Field::new(ROWTIME_OUTPUT, DataType::Int64, true));
+        arrays.push(new_null_array(&DataType::Int64, 1));
         let batch = RecordBatch::try_new_with_options(
             Arc::new(Schema::new(fields)),
             arrays,

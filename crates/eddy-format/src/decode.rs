@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 
 use crate::buffer::RawBatch;
@@ -279,7 +279,7 @@ impl RecordDecoder {
 
     fn finish_batch(&mut self) -> Result<RecordBatch, FormatError> {
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        arrays.push(Arc::new(TimestampMillisecondArray::from(std::mem::take(
+        arrays.push(Arc::new(Int64Array::from(std::mem::take(
             &mut self.rowtime,
         ))));
         arrays.push(Arc::new(Int32Array::from(std::mem::take(

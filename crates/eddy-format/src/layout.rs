@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 
 use crate::error::{FormatError, RecordPart};
 use crate::format::Format;
@@ -22,11 +22,8 @@ pub const PSEUDO_COLUMNS: usize = 3;
 /// The three pseudo-column fields, in schema order.
 pub fn pseudo_fields() -> [Field; PSEUDO_COLUMNS] {
     [
-        Field::new(
-            ROWTIME,
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
+        // BIGINT epoch milliseconds, as in ksqlDB (`WHERE ROWTIME >= 1700000000000`).
+        Field::new(ROWTIME, DataType::Int64, false),
         Field::new(ROWPARTITION, DataType::Int32, false),
         Field::new(ROWOFFSET, DataType::Int64, false),
     ]

@@ -39,6 +39,8 @@ pub enum PlanError {
     UnknownColumn { column: String, kind: &'static str, source_name: String, suggestion: Option<String> },
     #[error("column \"{column}\" has type {data_type}, which Eddy cannot write to a stream or table")]
     UnsupportedOutputType { column: String, data_type: DataType },
+    #[error("the query produces column \"{column}\" twice\nhint: give one of them another name with AS")]
+    DuplicateColumn { column: String },
     #[error("{0}")]
     Invalid(String),
     #[error("{}", clean_datafusion_message(.0))]
@@ -252,6 +254,19 @@ impl Planner {
         let source = catalog.require_source(&source_name)?.clone();
 
         expand_wildcards(&mut select.projection, &source, &qualifier)?;
+        // ksqlDB's integer literals are INT when they fit: `qty + 1` stays INT.
+        let mut partition_by = partition_by.to_vec();
+        for item in &mut select.projection {
+            if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+                type_integer_literals(expr);
+            }
+        }
+        if let Some(selection) = &mut select.selection {
+            type_integer_literals(selection);
+        }
+        partition_by.iter_mut().for_each(type_integer_literals);
+        let partition_by = partition_by.as_slice();
+        name_output_columns(&mut select.projection)?;
         let mut key_names = Vec::new();
         let mut hidden = Vec::new();
         for (i, expr) in partition_by.iter().enumerate() {
@@ -412,6 +427,91 @@ fn object_name_to_string(name: &ObjectName) -> String {
             other => other.to_string(),
         })
         .unwrap_or_default()
+}
+
+/// Makes integer literals that fit 32 bits `INT`s, as ksqlDB types them (DataFusion's are BIGINT).
+fn type_integer_literals(expr: &mut ast::Expr) {
+    let _ = ast::visit_expressions_mut(expr, |e| {
+        if let ast::Expr::Value(value) = e {
+            if let ast::Value::Number(text, _) = &value.value {
+                if text.parse::<i32>().is_ok() {
+                    *e = ast::Expr::Cast {
+                        kind: ast::CastKind::Cast,
+                        expr: Box::new(e.clone()),
+                        data_type: ast::DataType::Int(None),
+                        array: false,
+                        format: None,
+                    };
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The output name of a projection item that has one without an alias.
+fn natural_name(item: &SelectItem) -> Option<String> {
+    match item {
+        SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+        SelectItem::UnnamedExpr(ast::Expr::Identifier(ident)) => Some(ident.value.clone()),
+        SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(parts)) => parts.last().map(|p| p.value.clone()),
+        SelectItem::UnnamedExpr(expr) => struct_field_name(expr),
+        _ => None,
+    }
+}
+
+/// `get_field(s, 'CITY')` (written `s->city`) is named after its field, as in ksqlDB.
+fn struct_field_name(expr: &ast::Expr) -> Option<String> {
+    let ast::Expr::Function(function) = expr else { return None };
+    if function.name.to_string() != "get_field" {
+        return None;
+    }
+    let ast::FunctionArguments::List(list) = &function.args else { return None };
+    match list.args.get(1) {
+        Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value)))) => match &value.value {
+            ast::Value::SingleQuotedString(field) => Some(field.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Names every output column as ksqlDB does: aliases and column names as they are, struct fields
+/// after the field, any other expression `KSQL_COL_n` (n counting from 0, skipping taken names).
+/// Two columns with one name are an error.
+fn name_output_columns(projection: &mut [SelectItem]) -> Result<(), PlanError> {
+    let mut taken: Vec<String> = projection.iter().filter_map(natural_name).collect();
+    let mut next = 0;
+    for item in projection.iter_mut() {
+        if natural_name(item).is_some() {
+            continue;
+        }
+        if let SelectItem::UnnamedExpr(expr) = item {
+            let name = loop {
+                let candidate = format!("KSQL_COL_{next}");
+                next += 1;
+                if !taken.contains(&candidate) {
+                    break candidate;
+                }
+            };
+            taken.push(name.clone());
+            *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&name) };
+        }
+    }
+    for item in projection.iter_mut() {
+        if let (SelectItem::UnnamedExpr(expr), Some(name)) = (&*item, natural_name(item)) {
+            if !matches!(expr, ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)) {
+                *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&name) };
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in projection.iter().filter_map(natural_name) {
+        if !seen.insert(name.clone()) {
+            return Err(PlanError::DuplicateColumn { column: name });
+        }
+    }
+    Ok(())
 }
 
 /// ksqlDB's `SELECT *` means the key and value columns, not the pseudo-columns.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use eddy_common::config::EngineConfig;
 use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, RecordPart, SourceLayout};
 use eddy_planner::StreamingPlan;
@@ -529,10 +529,14 @@ impl PartitionTask {
     async fn apply_event_time(&self, batch: RecordBatch, column: usize) -> Result<RecordBatch, QueryError> {
         use datafusion::arrow::compute::{cast, filter_record_batch, is_not_null};
         use datafusion::arrow::datatypes::{DataType, TimeUnit};
-        let target = DataType::Timestamp(TimeUnit::Millisecond, None);
+        // ROWTIME is BIGINT epoch milliseconds: timestamps of any unit go through Timestamp(ms).
+        let millis = DataType::Timestamp(TimeUnit::Millisecond, None);
         let source = batch.column(column);
         let times = match source.data_type() {
-            DataType::Timestamp(_, _) | DataType::Int64 | DataType::Int32 | DataType::Date32 => cast(source, &target),
+            DataType::Timestamp(_, _) | DataType::Date32 => {
+                cast(source, &millis).and_then(|t| cast(&t, &DataType::Int64))
+            }
+            DataType::Int64 | DataType::Int32 => cast(source, &DataType::Int64),
             other => {
                 return Err(QueryError::Internal(format!("TIMESTAMP column has unsupported type {other}")));
             }
@@ -615,7 +619,7 @@ impl PartitionTask {
         encoder
             .encode(output, &plan.key_columns, &plan.value_columns, encoded)
             .map_err(|e| QueryError::Internal(format!("encoder of \"{topic}\": {e}")))?;
-        let rowtimes = output.column(plan.rowtime_column).as_primitive_opt::<TimestampMillisecondType>().cloned();
+        let rowtimes = output.column(plan.rowtime_column).as_primitive_opt::<Int64Type>().cloned();
         let timeout = Duration::from_millis(self.spec.config.produce_timeout_ms);
         let deadline = Instant::now() + timeout;
         let mut pending: std::collections::VecDeque<DeliveryFuture> = std::collections::VecDeque::new();

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};
 use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
 use eddy_common::types::SqlType;
 use sqlparser::dialect::GenericDialect;
@@ -52,7 +52,7 @@ fn input_batch() -> RecordBatch {
     RecordBatch::try_new(
         source.arrow_schema(),
         vec![
-            Arc::new(TimestampMillisecondArray::from(vec![1000, 2000, 3000])),
+            Arc::new(Int64Array::from(vec![1000, 2000, 3000])),
             Arc::new(Int32Array::from(vec![0, 0, 1])),
             Arc::new(Int64Array::from(vec![10, 11, 12])),
             Arc::new(StringArray::from(vec!["a", "b", "c"])),
@@ -181,4 +181,38 @@ async fn one_planner_plans_the_same_source_many_times_concurrently() {
     a.unwrap();
     b.unwrap();
     planner.plan_query(&first, &[], &catalog).await.unwrap();
+}
+
+#[tokio::test]
+async fn output_columns_are_named_as_in_ksqldb() {
+    let plan = plan(r#"SELECT "ID", "QTY" + 1, ucase("ITEM"), "QTY" AS "KSQL_COL_1", "QTY" * 2 FROM "ORDERS""#, &[])
+        .await
+        .unwrap();
+    let columns: Vec<(&str, String)> =
+        plan.sink_columns.iter().map(|c| (c.name.as_str(), c.sql_type.to_string())).collect();
+    assert_eq!(
+        columns,
+        [
+            ("ID", "STRING".to_owned()),
+            ("KSQL_COL_0", "INTEGER".to_owned()),
+            ("KSQL_COL_2", "STRING".to_owned()),
+            ("KSQL_COL_1", "INTEGER".to_owned()),
+            ("KSQL_COL_3", "INTEGER".to_owned()),
+        ],
+        "INT + 1 stays INT; generated names skip taken ones"
+    );
+}
+
+#[tokio::test]
+async fn a_column_produced_twice_is_an_error_with_a_hint() {
+    let err = plan(r#"SELECT "ITEM", "ITEM" FROM "ORDERS""#, &[]).await.unwrap_err();
+    assert_eq!(err.to_string(), "the query produces column \"ITEM\" twice\nhint: give one of them another name with AS");
+}
+
+#[tokio::test]
+async fn rowtime_is_bigint_milliseconds() {
+    let plan = plan(r#"SELECT "ID", "ROWTIME" FROM "ORDERS" WHERE "ROWTIME" >= 2000"#, &[]).await.unwrap();
+    let out = plan.process(input_batch()).unwrap();
+    assert_eq!(out.num_rows(), 2);
+    assert_eq!(plan.sink_columns[1].sql_type.to_string(), "BIGINT");
 }
