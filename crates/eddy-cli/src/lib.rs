@@ -1,0 +1,22 @@
+//! Eddy's front ends, as a library: what the `eddy` binary runs.
+//!
+//! - [`render`] turns [`StatementResult`](eddy_engine::StatementResult)s into aligned text tables
+//!   (the look of ksqlDB's CLI) and streams push queries and `PRINT` row by row until their
+//!   `LIMIT`, their end, or Ctrl-C.
+//! - [`repl`] is the interactive shell: a rustyline editor with multi-line statements and history,
+//!   on a tokio runtime that keeps running queries while the editor waits for input.
+//! - [`slt`] runs sqllogictest files (`*.slt`) against an engine, each file in its own namespace
+//!   (service id and topic prefix), so files sharing one Kafka never see each other's topics.
+//!
+//! ```text
+//!  terminal ──rustyline──▶ repl ──┐
+//!                                 ├──▶ Engine::execute ──▶ StatementResult ──▶ render ──▶ stdout
+//!  *.slt ──sqllogictest──▶ slt ───┘                                       └──▶ slt rows ──▶ compare
+//! ```
+
+mod error;
+pub mod render;
+pub mod repl;
+pub mod slt;
+
+pub use error::CliError;

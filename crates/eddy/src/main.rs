@@ -1,0 +1,340 @@
+//! `eddy`: streaming SQL over Kafka.
+//!
+//! ```text
+//! eddy [--bootstrap-servers HOST:PORT] [--data-dir DIR] [--service-id ID]   interactive shell
+//! eddy test [--bootstrap-servers HOST:PORT] FILE.slt|DIR...                 run sqllogictest files
+//! ```
+//!
+//! Without `--bootstrap-servers`, an embedded Kafka-compatible broker (feature `embedded-broker`,
+//! on by default) is started with its data under `DATA_DIR/broker` (for `eddy test`, under a
+//! temporary directory). Logs go to stderr at WARN; `EDDY_LOG` changes that (`RUST_LOG` syntax).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use eddy_cli::repl::{ReplConfig, default_history_path};
+use eddy_cli::slt::{SltConfig, run_files_with};
+use eddy_common::config::EngineConfig;
+use eddy_engine::Engine;
+use eddy_runtime::KafkaConnection;
+use tracing_subscriber::EnvFilter;
+
+/// Port of the embedded broker of the shell, Kafka's usual one so that tools find it.
+const DEFAULT_BROKER_PORT: u16 = 9092;
+
+/// Environment variable with the log filter (`RUST_LOG` syntax), default `warn`.
+const LOG_ENV: &str = "EDDY_LOG";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eddy",
+    version,
+    about = "Streaming SQL over Kafka: an interactive shell, and a test runner for .slt files"
+)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Directory of Eddy's local data: the embedded broker's storage and the shell history.
+    #[arg(long, value_name = "DIR", default_value = "./eddy-data")]
+    data_dir: PathBuf,
+    /// Port of the embedded broker on 127.0.0.1 (0 picks a free one); unused with --bootstrap-servers.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_BROKER_PORT)]
+    broker_port: u16,
+    /// Identity of the Eddy cluster: servers with the same id share a catalog and queries.
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = "eddy",
+        env = "EDDY_SERVICE_ID"
+    )]
+    service_id: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+struct KafkaArgs {
+    /// Kafka to connect to; without it, an embedded broker is started.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "EDDY_BOOTSTRAP_SERVERS",
+        global = true
+    )]
+    bootstrap_servers: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run sqllogictest files, each in a fresh namespace; exits non-zero when any fails.
+    Test {
+        /// `.slt` files, or directories whose `*.slt` files are run in name order.
+        #[arg(required = true, value_name = "FILE.slt")]
+        files: Vec<PathBuf>,
+        /// Longest a push query or PRINT of a test may take to return its LIMIT rows.
+        #[arg(long, value_name = "MS", default_value_t = eddy_cli::slt::DEFAULT_QUERY_TIMEOUT_MS)]
+        query_timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Some(Command::Test {
+            files,
+            query_timeout_ms,
+        }) => test(cli.kafka, &files, query_timeout_ms).await,
+    }
+}
+
+/// The interactive shell.
+async fn shell(
+    kafka: KafkaArgs,
+    data_dir: &Path,
+    broker_port: u16,
+    service_id: String,
+) -> Result<()> {
+    let (connection, broker) = match kafka.bootstrap_servers {
+        Some(servers) => (KafkaConnection::new(servers), None),
+        None => {
+            std::fs::create_dir_all(data_dir).with_context(|| {
+                format!("cannot create the data directory {}", data_dir.display())
+            })?;
+            let broker = embedded::start(&data_dir.join("broker"), broker_port).await?;
+            println!(
+                "Embedded Kafka broker listening on {}",
+                broker.bootstrap_servers()
+            );
+            (broker.connection(), Some(broker))
+        }
+    };
+    let config = EngineConfig {
+        service_id,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config, connection.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the engine on Kafka at {}",
+                connection.bootstrap_servers
+            )
+        })?;
+    let history_path = default_history_path(broker.as_ref().map(|_| data_dir));
+    let banner = format!(
+        "Eddy {} on Kafka at {}. Statements end with ';'; type 'exit' or press Ctrl-D to leave.",
+        env!("CARGO_PKG_VERSION"),
+        connection.bootstrap_servers
+    );
+    let outcome = eddy_cli::repl::run(
+        engine.clone(),
+        ReplConfig {
+            history_path,
+            banner: Some(banner),
+        },
+    )
+    .await;
+    engine.shutdown().await;
+    if let Some(broker) = broker {
+        broker.shutdown().await?;
+    }
+    outcome.context("the shell failed")
+}
+
+/// `eddy test`.
+async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Result<ExitCode> {
+    let files = expand_test_files(paths)?;
+    // Keeps the temporary directory alive until the broker is shut down.
+    let mut _temp_dir = None;
+    let (connection, broker) = match kafka.bootstrap_servers {
+        Some(servers) => (KafkaConnection::new(servers), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("eddy-test-")
+                .tempdir()
+                .context("cannot create a temporary directory for the embedded broker")?;
+            let broker = embedded::start(&dir.path().join("broker"), 0).await?;
+            _temp_dir = Some(dir);
+            (broker.connection(), Some(broker))
+        }
+    };
+    let config = SltConfig {
+        query_timeout_ms,
+        ..SltConfig::default()
+    };
+    let summary = run_files_with(&connection, &files, &config).await;
+    if let Some(broker) = broker {
+        broker.shutdown().await?;
+    }
+    let summary = summary?;
+    println!("{summary}");
+    Ok(if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Files as given, and the `*.slt` files of directories, in name order.
+fn expand_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read directory {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!("no .slt files in {}", path.display());
+            }
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            bail!("no such test file: {}", path.display());
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(feature = "embedded-broker")]
+mod embedded {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+    use eddy_broker::{CLIENT_SETTINGS, EmbeddedBroker, EmbeddedBrokerConfig};
+    use eddy_runtime::KafkaConnection;
+
+    /// The embedded broker, and how to connect to it.
+    pub struct Broker {
+        broker: EmbeddedBroker,
+    }
+
+    impl Broker {
+        pub fn bootstrap_servers(&self) -> String {
+            self.broker.bootstrap_servers()
+        }
+
+        /// A connection with the client settings the embedded broker needs.
+        pub fn connection(&self) -> KafkaConnection {
+            let mut connection = KafkaConnection::new(self.broker.bootstrap_servers());
+            for (key, value) in CLIENT_SETTINGS {
+                connection
+                    .properties
+                    .insert((*key).to_owned(), (*value).to_owned());
+            }
+            connection
+        }
+
+        pub async fn shutdown(self) -> Result<()> {
+            self.broker
+                .shutdown()
+                .await
+                .context("the embedded broker failed to stop")
+        }
+    }
+
+    pub async fn start(data_dir: &Path, port: u16) -> Result<Broker> {
+        let broker = EmbeddedBroker::start(EmbeddedBrokerConfig::new(data_dir).with_port(port))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot start the embedded broker on 127.0.0.1:{port} with its data in {} \
+                     (if the port is taken, try --broker-port 0 for any free port)",
+                    data_dir.display()
+                )
+            })?;
+        Ok(Broker { broker })
+    }
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+mod embedded {
+    use std::path::Path;
+
+    use anyhow::{Result, bail};
+    use eddy_runtime::KafkaConnection;
+
+    /// Never built: this binary has no embedded broker.
+    pub enum Broker {}
+
+    impl Broker {
+        pub fn bootstrap_servers(&self) -> String {
+            match *self {}
+        }
+
+        pub fn connection(&self) -> KafkaConnection {
+            match *self {}
+        }
+
+        pub async fn shutdown(self) -> Result<()> {
+            match self {}
+        }
+    }
+
+    pub async fn start(_data_dir: &Path, _port: u16) -> Result<Broker> {
+        bail!(
+            "this eddy was built without the embedded broker (cargo feature `embedded-broker`); \
+             pass --bootstrap-servers HOST:PORT to use a Kafka cluster"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bootstrap_servers_works_before_and_after_test() {
+        let cli = Cli::parse_from(["eddy", "test", "--bootstrap-servers", "k:9092", "a.slt"]);
+        assert_eq!(cli.kafka.bootstrap_servers.as_deref(), Some("k:9092"));
+        let cli = Cli::parse_from(["eddy", "--bootstrap-servers", "k:9092", "test", "a.slt"]);
+        assert_eq!(cli.kafka.bootstrap_servers.as_deref(), Some("k:9092"));
+        let cli = Cli::parse_from(["eddy"]);
+        assert_eq!(cli.data_dir, PathBuf::from("./eddy-data"));
+        assert!(cli.command.is_none());
+    }
+}
