@@ -169,6 +169,9 @@ async fn shell(
     )
     .await;
     engine.shutdown().await;
+    // Kafka clients must be gone before the broker stops, or librdkafka logs connection errors.
+    drop(engine);
+    tokio::task::yield_now().await;
     if let Some(broker) = broker {
         broker.shutdown().await?;
     }
