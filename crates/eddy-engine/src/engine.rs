@@ -133,6 +133,13 @@ impl Engine {
         for handle in handles {
             handle.stop().await;
         }
+        // The processing log's task owns a producer clone: end it now, so that no Kafka client of
+        // this engine outlives the call but the engine's own producer.
+        let task = self.inner.processing_log_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Reads the command topic from the beginning to its current end and applies every command.
