@@ -154,32 +154,39 @@ pub async fn run(engine: Engine, config: ReplConfig) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Executes `sql` and prints its results; Ctrl-C cancels it.
+/// Executes the statements of `sql` one by one, printing each result as soon as it is there (so a
+/// failing statement does not hide the results of those before it); Ctrl-C cancels the statement
+/// being executed. A syntax error anywhere executes nothing.
 async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout();
-    let outcome = tokio::select! {
-        outcome = engine.execute(session, sql) => outcome,
-        _ = tokio::signal::ctrl_c() => {
-            println!("ERROR: cancelled; the statement may have been partly applied");
-            return Ok(());
+    let io_error = |e| CliError::io("writing to the terminal", e);
+    let statements = match eddy_sql::parse_statements(sql) {
+        Ok(statements) => statements,
+        Err(error) => {
+            writeln!(stdout, "ERROR: {error}").map_err(io_error)?;
+            return stdout.flush().map_err(io_error);
         }
     };
-    match outcome {
-        Ok(results) => {
-            for result in results {
-                print_result(result, &mut stdout, tokio::signal::ctrl_c())
-                    .await
-                    .map_err(|e| CliError::io("writing to the terminal", e))?;
+    for statement in &statements {
+        let outcome = tokio::select! {
+            outcome = engine.execute_statement(session, statement) => outcome,
+            _ = tokio::signal::ctrl_c() => {
+                println!("ERROR: cancelled; the statement may have been partly applied");
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(result) => {
+                print_result(result, &mut stdout, tokio::signal::ctrl_c()).await.map_err(io_error)?;
+            }
+            Err(error) => {
+                writeln!(stdout, "ERROR: {error}").map_err(io_error)?;
+                break;
             }
         }
-        Err(error) => {
-            writeln!(stdout, "ERROR: {error}")
-                .map_err(|e| CliError::io("writing to the terminal", e))?;
-        }
+        stdout.flush().map_err(io_error)?;
     }
-    stdout
-        .flush()
-        .map_err(|e| CliError::io("writing to the terminal", e))
+    stdout.flush().map_err(io_error)
 }
 
 #[cfg(test)]
