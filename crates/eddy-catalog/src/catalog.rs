@@ -152,14 +152,13 @@ impl Catalog {
     pub fn validate(&self, command: &Command) -> Result<(), CatalogError> {
         match command {
             Command::CreateSource { source, or_replace } => {
-                if let Some(existing) = self.sources.get(&source.name) {
-                    if !*or_replace || existing.kind != source.kind {
+                if let Some(existing) = self.sources.get(&source.name)
+                    && (!*or_replace || existing.kind != source.kind) {
                         return Err(CatalogError::AlreadyExists {
                             name: source.name.clone(),
                             existing: existing.kind,
                         });
                     }
-                }
                 Ok(())
             }
             Command::DropSource { name } => {

@@ -168,28 +168,26 @@ impl Engine {
             written_by: None,
             sql: sql.to_owned(),
         };
-        if let Some(column) = &source.timestamp_column {
-            if source.column(column).is_none() {
+        if let Some(column) = &source.timestamp_column
+            && source.column(column).is_none() {
                 return Err(EngineError::invalid(format!(
                     "TIMESTAMP column \"{column}\" is not a column of {} \"{name}\"",
                     kind.noun()
                 )));
             }
-        }
         check_formats(&source)?;
 
         let physical = self.inner.config.physical_topic(&topic);
         let partitions = properties.int("PARTITIONS")?;
         source.partitions = match self.inner.connection.topic(&physical).await? {
             Some(info) => {
-                if let Some(wanted) = partitions {
-                    if wanted != info.partitions {
+                if let Some(wanted) = partitions
+                    && wanted != info.partitions {
                         return Err(EngineError::invalid(format!(
                             "topic \"{topic}\" has {} partitions, but PARTITIONS={wanted} was given",
                             info.partitions
                         )));
                     }
-                }
                 info.partitions
             }
             None => {

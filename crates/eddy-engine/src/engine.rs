@@ -46,11 +46,10 @@ pub(crate) struct EngineInner {
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
-        if let Ok(mut task) = self.processing_log_task.lock() {
-            if let Some(task) = task.take() {
+        if let Ok(mut task) = self.processing_log_task.lock()
+            && let Some(task) = task.take() {
                 task.abort();
             }
-        }
     }
 }
 

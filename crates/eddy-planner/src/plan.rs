@@ -339,7 +339,7 @@ impl Planner {
             .filter(|i| !key_columns.contains(i) && *i != rowtime_column)
             .filter(|i| {
                 let name = output_schema.field(*i).name();
-                !name.starts_with(KEY_OUTPUT_PREFIX) && !(repartitioned && key_names.contains(name))
+                !(name.starts_with(KEY_OUTPUT_PREFIX) || (repartitioned && key_names.contains(name)))
             })
             .collect();
 
@@ -432,9 +432,9 @@ fn object_name_to_string(name: &ObjectName) -> String {
 /// Makes integer literals that fit 32 bits `INT`s, as ksqlDB types them (DataFusion's are BIGINT).
 fn type_integer_literals(expr: &mut ast::Expr) {
     let _ = ast::visit_expressions_mut(expr, |e| {
-        if let ast::Expr::Value(value) = e {
-            if let ast::Value::Number(text, _) = &value.value {
-                if text.parse::<i32>().is_ok() {
+        if let ast::Expr::Value(value) = e
+            && let ast::Value::Number(text, _) = &value.value
+                && text.parse::<i32>().is_ok() {
                     *e = ast::Expr::Cast {
                         kind: ast::CastKind::Cast,
                         expr: Box::new(e.clone()),
@@ -443,8 +443,6 @@ fn type_integer_literals(expr: &mut ast::Expr) {
                         format: None,
                     };
                 }
-            }
-        }
         std::ops::ControlFlow::<()>::Continue(())
     });
 }
@@ -499,11 +497,10 @@ fn name_output_columns(projection: &mut [SelectItem]) -> Result<(), PlanError> {
         }
     }
     for item in projection.iter_mut() {
-        if let (SelectItem::UnnamedExpr(expr), Some(name)) = (&*item, natural_name(item)) {
-            if !matches!(expr, ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)) {
+        if let (SelectItem::UnnamedExpr(expr), Some(name)) = (&*item, natural_name(item))
+            && !matches!(expr, ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)) {
                 *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&name) };
             }
-        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for name in projection.iter().filter_map(natural_name) {

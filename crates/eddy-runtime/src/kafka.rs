@@ -154,11 +154,10 @@ impl KafkaConnection {
     async fn wait_for_topic(&self, name: &str) -> Result<TopicInfo, KafkaError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
         loop {
-            if let Some(info) = self.topic(name).await? {
-                if info.partitions > 0 {
+            if let Some(info) = self.topic(name).await?
+                && info.partitions > 0 {
                     return Ok(info);
                 }
-            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(KafkaError::Timeout {
                     operation: format!("creation of topic \"{name}\""),

@@ -73,11 +73,10 @@ pub async fn print_topic(connection: &KafkaConnection, options: PrintOptions) ->
             .as_ref()
             .map(|ends| ends.iter().map(|(low, high)| high > low).collect());
         loop {
-            if let Some(remaining) = &remaining {
-                if remaining.iter().all(|r| !r) {
+            if let Some(remaining) = &remaining
+                && remaining.iter().all(|r| !r) {
                     return;
                 }
-            }
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
                 message = consumer.recv() => message,
@@ -90,15 +89,13 @@ pub async fn print_topic(connection: &KafkaConnection, options: PrintOptions) ->
                 }
             };
             let partition = message.partition();
-            if let (Some(remaining), Some(ends)) = (remaining.as_mut(), end_offsets.as_ref()) {
-                if let (Some(flag), Some((_, high))) = (remaining.get_mut(partition as usize), ends.get(partition as usize)) {
-                    if message.offset() + 1 >= *high {
+            if let (Some(remaining), Some(ends)) = (remaining.as_mut(), end_offsets.as_ref())
+                && let (Some(flag), Some((_, high))) = (remaining.get_mut(partition as usize), ends.get(partition as usize))
+                    && message.offset() + 1 >= *high {
                         *flag = false;
                     }
-                }
-            }
             seen += 1;
-            if (seen - 1) % options.interval.max(1) != 0 {
+            if !(seen - 1).is_multiple_of(options.interval.max(1)) {
                 continue;
             }
             let line = format!(

@@ -157,11 +157,10 @@ impl QueryHandle {
     /// Stops the query gracefully: queued batches finish, acknowledged offsets are committed.
     pub async fn stop(mut self) {
         self.cancel.cancel();
-        if let Some(driver) = self.driver.take() {
-            if tokio::time::timeout(Duration::from_secs(30), driver).await.is_err() {
+        if let Some(driver) = self.driver.take()
+            && tokio::time::timeout(Duration::from_secs(30), driver).await.is_err() {
                 warn!(query = self.query_id, "query did not stop within 30 s; aborted");
             }
-        }
     }
 
     pub fn status(&self) -> QueryStatus {
@@ -210,11 +209,10 @@ impl ConsumerContext for QueryConsumerContext {
                 let _ = commit.add_partition_offset(&self.topic, partition, Offset::Offset(next));
             }
         }
-        if commit.count() > 0 {
-            if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+        if commit.count() > 0
+            && let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
                 warn!(%error, "commit on revocation failed; records may be processed again");
             }
-        }
     }
 }
 
@@ -351,7 +349,7 @@ impl Driver {
                 }
                 _ = linger.tick() => {
                     for (partition, buffer) in buffers.iter_mut() {
-                        if buffer.len() == 0 { continue; }
+                        if buffer.is_empty() { continue; }
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
                         let worker = worker_for(*partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         let _ = worker.sender.send(batch).await;
@@ -411,11 +409,10 @@ fn commit_progress(
     let mut advanced = Vec::new();
     for (partition, progress) in progress {
         let next = progress.load(Ordering::Acquire);
-        if next >= 0 && committed.get(partition).is_none_or(|c| *c < next) {
-            if list.add_partition_offset(topic, *partition, Offset::Offset(next)).is_ok() {
+        if next >= 0 && committed.get(partition).is_none_or(|c| *c < next)
+            && list.add_partition_offset(topic, *partition, Offset::Offset(next)).is_ok() {
                 advanced.push((*partition, next));
             }
-        }
     }
     if list.count() == 0 {
         return;
