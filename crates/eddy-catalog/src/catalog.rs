@@ -65,9 +65,15 @@ pub enum CatalogError {
     #[error("{kind} \"{name}\" already exists", kind = .existing.noun())]
     AlreadyExists { name: String, existing: SourceKind },
     #[error("stream or table \"{name}\" does not exist{hint}", hint = hint_suffix(.suggestion))]
-    UnknownSource { name: String, suggestion: Option<String> },
+    UnknownSource {
+        name: String,
+        suggestion: Option<String>,
+    },
     #[error("query \"{id}\" does not exist{hint}", hint = hint_suffix(.suggestion))]
-    UnknownQuery { id: String, suggestion: Option<String> },
+    UnknownQuery {
+        id: String,
+        suggestion: Option<String>,
+    },
     #[error("query \"{id}\" already exists")]
     QueryExists { id: String },
     #[error(
@@ -76,7 +82,11 @@ pub enum CatalogError {
         queries = quote_list(.queries),
         plural = if .queries.len() == 1 { "y" } else { "ies" }
     )]
-    SourceInUse { name: String, kind: SourceKind, queries: Vec<String> },
+    SourceInUse {
+        name: String,
+        kind: SourceKind,
+        queries: Vec<String>,
+    },
 }
 
 fn hint_suffix(suggestion: &Option<String>) -> String {
@@ -87,7 +97,11 @@ fn hint_suffix(suggestion: &Option<String>) -> String {
 }
 
 fn quote_list(items: &[String]) -> String {
-    items.iter().map(|q| format!("query \"{q}\"")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|q| format!("query \"{q}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Streams, tables and persistent queries, keyed by their normalized names.
@@ -111,10 +125,12 @@ impl Catalog {
 
     /// Looks a source up, with a "did you mean" suggestion when it does not exist.
     pub fn require_source(&self, name: &str) -> Result<&Source, CatalogError> {
-        self.sources.get(name).ok_or_else(|| CatalogError::UnknownSource {
-            name: name.to_owned(),
-            suggestion: closest(name, self.sources.keys()),
-        })
+        self.sources
+            .get(name)
+            .ok_or_else(|| CatalogError::UnknownSource {
+                name: name.to_owned(),
+                suggestion: closest(name, self.sources.keys()),
+            })
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
@@ -131,12 +147,20 @@ impl Catalog {
 
     /// Queries that read `name`.
     pub fn readers_of(&self, name: &str) -> Vec<String> {
-        self.queries.values().filter(|q| q.sources.iter().any(|s| s == name)).map(|q| q.id.clone()).collect()
+        self.queries
+            .values()
+            .filter(|q| q.sources.iter().any(|s| s == name))
+            .map(|q| q.id.clone())
+            .collect()
     }
 
     /// Queries that write `name`.
     pub fn writers_of(&self, name: &str) -> Vec<String> {
-        self.queries.values().filter(|q| q.sink == name).map(|q| q.id.clone()).collect()
+        self.queries
+            .values()
+            .filter(|q| q.sink == name)
+            .map(|q| q.id.clone())
+            .collect()
     }
 
     /// The id the next persistent query of `kind` writing `sink` would get.
@@ -153,12 +177,13 @@ impl Catalog {
         match command {
             Command::CreateSource { source, or_replace } => {
                 if let Some(existing) = self.sources.get(&source.name)
-                    && (!*or_replace || existing.kind != source.kind) {
-                        return Err(CatalogError::AlreadyExists {
-                            name: source.name.clone(),
-                            existing: existing.kind,
-                        });
-                    }
+                    && (!*or_replace || existing.kind != source.kind)
+                {
+                    return Err(CatalogError::AlreadyExists {
+                        name: source.name.clone(),
+                        existing: existing.kind,
+                    });
+                }
                 Ok(())
             }
             Command::DropSource { name } => {
@@ -178,7 +203,9 @@ impl Catalog {
             }
             Command::StartQuery { query } => {
                 if self.queries.contains_key(&query.id) {
-                    return Err(CatalogError::QueryExists { id: query.id.clone() });
+                    return Err(CatalogError::QueryExists {
+                        id: query.id.clone(),
+                    });
                 }
                 for name in query.sources.iter().chain(std::iter::once(&query.sink)) {
                     self.require_source(name)?;
@@ -210,7 +237,12 @@ impl Catalog {
                 self.sources.remove(&name);
             }
             Command::StartQuery { query } => {
-                if let Some(number) = query.id.rsplit('_').next().and_then(|n| n.parse::<u64>().ok()) {
+                if let Some(number) = query
+                    .id
+                    .rsplit('_')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
                     self.last_query_number = self.last_query_number.max(number);
                 }
                 self.queries.insert(query.id.clone(), query);
@@ -224,7 +256,10 @@ impl Catalog {
 }
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a likely typo.
-pub(crate) fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a String>) -> Option<String> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a String>,
+) -> Option<String> {
     let limit = (name.len() / 3).max(1);
     candidates
         .map(|c| (edit_distance(&name.to_uppercase(), &c.to_uppercase()), c))
@@ -259,8 +294,16 @@ mod tests {
             name: name.into(),
             kind: SourceKind::Stream,
             columns: vec![
-                Column { name: "ID".into(), sql_type: SqlType::String, role: ColumnRole::Key },
-                Column { name: "QTY".into(), sql_type: SqlType::Int, role: ColumnRole::Value },
+                Column {
+                    name: "ID".into(),
+                    sql_type: SqlType::String,
+                    role: ColumnRole::Key,
+                },
+                Column {
+                    name: "QTY".into(),
+                    sql_type: SqlType::Int,
+                    role: ColumnRole::Value,
+                },
             ],
             topic: name.to_lowercase(),
             key_format: "KAFKA".into(),
@@ -289,44 +332,113 @@ mod tests {
     #[test]
     fn duplicate_source_is_rejected_unless_replaced() {
         let mut catalog = Catalog::new();
-        catalog.apply(Command::CreateSource { source: stream("ORDERS"), or_replace: false }).unwrap();
-        let err = catalog.apply(Command::CreateSource { source: stream("ORDERS"), or_replace: false }).unwrap_err();
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("ORDERS"),
+                or_replace: false,
+            })
+            .unwrap();
+        let err = catalog
+            .apply(Command::CreateSource {
+                source: stream("ORDERS"),
+                or_replace: false,
+            })
+            .unwrap_err();
         assert_eq!(err.to_string(), "stream \"ORDERS\" already exists");
-        catalog.apply(Command::CreateSource { source: stream("ORDERS"), or_replace: true }).unwrap();
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("ORDERS"),
+                or_replace: true,
+            })
+            .unwrap();
     }
 
     #[test]
     fn unknown_source_suggests_a_close_name() {
         let mut catalog = Catalog::new();
-        catalog.apply(Command::CreateSource { source: stream("ORDERS"), or_replace: false }).unwrap();
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("ORDERS"),
+                or_replace: false,
+            })
+            .unwrap();
         let err = catalog.require_source("ORDRES").unwrap_err();
-        assert_eq!(err.to_string(), "stream or table \"ORDRES\" does not exist; did you mean \"ORDERS\"?");
+        assert_eq!(
+            err.to_string(),
+            "stream or table \"ORDRES\" does not exist; did you mean \"ORDERS\"?"
+        );
     }
 
     #[test]
     fn drop_of_a_source_in_use_names_the_queries() {
         let mut catalog = Catalog::new();
-        catalog.apply(Command::CreateSource { source: stream("A"), or_replace: false }).unwrap();
-        catalog.apply(Command::CreateSource { source: stream("B"), or_replace: false }).unwrap();
-        catalog.apply(Command::StartQuery { query: query("CSAS_B_1", "A", "B") }).unwrap();
-        let err = catalog.apply(Command::DropSource { name: "A".into() }).unwrap_err();
-        assert!(err.to_string().starts_with("cannot drop stream \"A\": it is used by query \"CSAS_B_1\""), "{err}");
-        catalog.apply(Command::TerminateQuery { id: "CSAS_B_1".into() }).unwrap();
-        catalog.apply(Command::DropSource { name: "A".into() }).unwrap();
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("A"),
+                or_replace: false,
+            })
+            .unwrap();
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("B"),
+                or_replace: false,
+            })
+            .unwrap();
+        catalog
+            .apply(Command::StartQuery {
+                query: query("CSAS_B_1", "A", "B"),
+            })
+            .unwrap();
+        let err = catalog
+            .apply(Command::DropSource { name: "A".into() })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot drop stream \"A\": it is used by query \"CSAS_B_1\""),
+            "{err}"
+        );
+        catalog
+            .apply(Command::TerminateQuery {
+                id: "CSAS_B_1".into(),
+            })
+            .unwrap();
+        catalog
+            .apply(Command::DropSource { name: "A".into() })
+            .unwrap();
     }
 
     #[test]
     fn query_numbers_continue_after_replay() {
         let mut catalog = Catalog::new();
-        catalog.apply(Command::CreateSource { source: stream("A"), or_replace: false }).unwrap();
-        catalog.apply(Command::CreateSource { source: stream("B"), or_replace: false }).unwrap();
-        catalog.apply(Command::StartQuery { query: query("CSAS_B_7", "A", "B") }).unwrap();
-        assert_eq!(catalog.next_query_id(QueryKind::CreateStreamAsSelect, "C"), "CSAS_C_8");
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("A"),
+                or_replace: false,
+            })
+            .unwrap();
+        catalog
+            .apply(Command::CreateSource {
+                source: stream("B"),
+                or_replace: false,
+            })
+            .unwrap();
+        catalog
+            .apply(Command::StartQuery {
+                query: query("CSAS_B_7", "A", "B"),
+            })
+            .unwrap();
+        assert_eq!(
+            catalog.next_query_id(QueryKind::CreateStreamAsSelect, "C"),
+            "CSAS_C_8"
+        );
     }
 
     #[test]
     fn commands_round_trip_through_json() {
-        let command = Command::CreateSource { source: stream("ORDERS"), or_replace: false };
+        let command = Command::CreateSource {
+            source: stream("ORDERS"),
+            or_replace: false,
+        };
         let json = serde_json::to_string(&command).unwrap();
         let back: Command = serde_json::from_str(&json).unwrap();
         assert_eq!(back, command);

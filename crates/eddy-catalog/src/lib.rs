@@ -12,4 +12,6 @@ mod catalog;
 mod source;
 
 pub use catalog::{Catalog, CatalogError, Command, QueryInfo, QueryKind};
-pub use source::{Column, ColumnRole, Source, SourceKind, PSEUDO_COLUMNS, ROWOFFSET, ROWPARTITION, ROWTIME};
+pub use source::{
+    Column, ColumnRole, PSEUDO_COLUMNS, ROWOFFSET, ROWPARTITION, ROWTIME, Source, SourceKind,
+};

@@ -177,7 +177,9 @@ async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<()
         };
         match outcome {
             Ok(result) => {
-                print_result(result, &mut stdout, tokio::signal::ctrl_c()).await.map_err(io_error)?;
+                print_result(result, &mut stdout, tokio::signal::ctrl_c())
+                    .await
+                    .map_err(io_error)?;
             }
             Err(error) => {
                 writeln!(stdout, "ERROR: {error}").map_err(io_error)?;

@@ -100,20 +100,41 @@ impl EngineConfig {
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
             ("max_batch_wait_ms", self.max_batch_wait_ms.to_string()),
-            ("partition_queue_batches", self.partition_queue_batches.to_string()),
+            (
+                "partition_queue_batches",
+                self.partition_queue_batches.to_string(),
+            ),
             ("commit_interval_ms", self.commit_interval_ms.to_string()),
-            ("push_query_queue_batches", self.push_query_queue_batches.to_string()),
+            (
+                "push_query_queue_batches",
+                self.push_query_queue_batches.to_string(),
+            ),
             ("push_query_max_rows", self.push_query_max_rows.to_string()),
             ("producer_linger_ms", self.producer_linger_ms.to_string()),
             ("produce_timeout_ms", self.produce_timeout_ms.to_string()),
-            ("kafka_request_timeout_ms", self.kafka_request_timeout_ms.to_string()),
-            ("processing_log_queue_records", self.processing_log_queue_records.to_string()),
-            ("processing_log_record_bytes", self.processing_log_record_bytes.to_string()),
+            (
+                "kafka_request_timeout_ms",
+                self.kafka_request_timeout_ms.to_string(),
+            ),
+            (
+                "processing_log_queue_records",
+                self.processing_log_queue_records.to_string(),
+            ),
+            (
+                "processing_log_record_bytes",
+                self.processing_log_record_bytes.to_string(),
+            ),
             ("default_partitions", self.default_partitions.to_string()),
             ("default_replicas", self.default_replicas.to_string()),
-            ("max_pending_push_rows", self.max_pending_push_rows.to_string()),
+            (
+                "max_pending_push_rows",
+                self.max_pending_push_rows.to_string(),
+            ),
         ];
-        settings.into_iter().map(|(name, value)| (format!("eddy.{name}"), value)).collect()
+        settings
+            .into_iter()
+            .map(|(name, value)| (format!("eddy.{name}"), value))
+            .collect()
     }
 
     /// Consumer group of a persistent query.
@@ -128,7 +149,10 @@ mod tests {
 
     #[test]
     fn prefix_round_trips() {
-        let config = EngineConfig { topic_prefix: "t1_".into(), ..Default::default() };
+        let config = EngineConfig {
+            topic_prefix: "t1_".into(),
+            ..Default::default()
+        };
         assert_eq!(config.physical_topic("orders"), "t1_orders");
         assert_eq!(config.logical_topic("t1_orders"), Some("orders"));
         assert_eq!(config.logical_topic("other"), None);
@@ -136,8 +160,14 @@ mod tests {
 
     #[test]
     fn names_carry_the_service_id() {
-        let config = EngineConfig { service_id: "prod".into(), ..Default::default() };
+        let config = EngineConfig {
+            service_id: "prod".into(),
+            ..Default::default()
+        };
         assert_eq!(config.command_topic(), "_eddy-prod-command");
-        assert_eq!(config.query_group_id("CSAS_X_1"), "_eddy-prod-query-CSAS_X_1");
+        assert_eq!(
+            config.query_group_id("CSAS_X_1"),
+            "_eddy-prod-query-CSAS_X_1"
+        );
     }
 }

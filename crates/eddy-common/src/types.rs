@@ -38,7 +38,9 @@ impl SqlType {
             SqlType::Date => DataType::Date32,
             SqlType::Time => DataType::Time32(TimeUnit::Millisecond),
             SqlType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
-            SqlType::Array(item) => DataType::List(Arc::new(Field::new("item", item.to_arrow(), true))),
+            SqlType::Array(item) => {
+                DataType::List(Arc::new(Field::new("item", item.to_arrow(), true)))
+            }
             SqlType::Map(key, value) => DataType::Map(
                 Arc::new(Field::new(
                     "entries",
@@ -51,7 +53,10 @@ impl SqlType {
                 false,
             ),
             SqlType::Struct(fields) => DataType::Struct(Fields::from(
-                fields.iter().map(|(name, t)| Field::new(name, t.to_arrow(), true)).collect::<Vec<_>>(),
+                fields
+                    .iter()
+                    .map(|(name, t)| Field::new(name, t.to_arrow(), true))
+                    .collect::<Vec<_>>(),
             )),
         }
     }
@@ -59,16 +64,25 @@ impl SqlType {
     pub fn from_arrow(data_type: &DataType) -> Option<SqlType> {
         Some(match data_type {
             DataType::Boolean => SqlType::Boolean,
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => SqlType::Int,
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::UInt8
+            | DataType::UInt16 => SqlType::Int,
             DataType::Int64 | DataType::UInt32 => SqlType::BigInt,
             DataType::Float16 | DataType::Float32 | DataType::Float64 => SqlType::Double,
-            DataType::Decimal128(p, s) => SqlType::Decimal { precision: *p, scale: *s },
+            DataType::Decimal128(p, s) => SqlType::Decimal {
+                precision: *p,
+                scale: *s,
+            },
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => SqlType::String,
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView => SqlType::Bytes,
             DataType::Date32 | DataType::Date64 => SqlType::Date,
             DataType::Time32(_) | DataType::Time64(_) => SqlType::Time,
             DataType::Timestamp(_, _) => SqlType::Timestamp,
-            DataType::List(f) | DataType::LargeList(f) => SqlType::Array(Box::new(SqlType::from_arrow(f.data_type())?)),
+            DataType::List(f) | DataType::LargeList(f) => {
+                SqlType::Array(Box::new(SqlType::from_arrow(f.data_type())?))
+            }
             DataType::Map(entries, _) => match entries.data_type() {
                 DataType::Struct(fields) if fields.len() == 2 => SqlType::Map(
                     Box::new(SqlType::from_arrow(fields[0].data_type())?),

@@ -35,7 +35,9 @@ const SOURCE_PROPERTIES: &[&str] = &[
 ];
 
 impl Properties {
-    pub(crate) fn new(values: impl IntoIterator<Item = (String, String)>) -> Result<Self, EngineError> {
+    pub(crate) fn new(
+        values: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, EngineError> {
         let mut map = BTreeMap::new();
         for (name, value) in values {
             let name = name.to_uppercase();
@@ -46,7 +48,9 @@ impl Properties {
                 ));
             }
             if map.insert(name.clone(), value).is_some() {
-                return Err(EngineError::invalid(format!("property \"{name}\" is given twice")));
+                return Err(EngineError::invalid(format!(
+                    "property \"{name}\" is given twice"
+                )));
             }
         }
         Ok(Self { values: map })
@@ -64,7 +68,11 @@ impl Properties {
                 .ok()
                 .filter(|n| *n > 0)
                 .map(Some)
-                .ok_or_else(|| EngineError::invalid(format!("property \"{name}\" must be a positive integer, found {text}"))),
+                .ok_or_else(|| {
+                    EngineError::invalid(format!(
+                        "property \"{name}\" must be a positive integer, found {text}"
+                    ))
+                }),
         }
     }
 
@@ -73,7 +81,9 @@ impl Properties {
             None => Ok(None),
             Some(v) if v == "true" => Ok(Some(true)),
             Some(v) if v == "false" => Ok(Some(false)),
-            Some(v) => Err(EngineError::invalid(format!("property \"{name}\" must be true or false, found {v}"))),
+            Some(v) => Err(EngineError::invalid(format!(
+                "property \"{name}\" must be true or false, found {v}"
+            ))),
         }
     }
 
@@ -139,19 +149,38 @@ impl Engine {
                 });
             }
             if !or_replace {
-                return Err(eddy_catalog::CatalogError::AlreadyExists { name, existing: existing.kind }.into());
+                return Err(eddy_catalog::CatalogError::AlreadyExists {
+                    name,
+                    existing: existing.kind,
+                }
+                .into());
             }
         }
         let columns = check_columns(kind, &name, columns)?;
-        let topic = properties.get("KAFKA_TOPIC").map(str::to_owned).ok_or_else(|| {
-            EngineError::invalid_with_hint(
-                format!("missing property KAFKA_TOPIC for {} \"{name}\"", kind.noun()),
-                format!("add WITH (KAFKA_TOPIC='{}', VALUE_FORMAT='JSON', PARTITIONS=1)", name.to_lowercase()),
-            )
-        })?;
+        let topic = properties
+            .get("KAFKA_TOPIC")
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                EngineError::invalid_with_hint(
+                    format!(
+                        "missing property KAFKA_TOPIC for {} \"{name}\"",
+                        kind.noun()
+                    ),
+                    format!(
+                        "add WITH (KAFKA_TOPIC='{}', VALUE_FORMAT='JSON', PARTITIONS=1)",
+                        name.to_lowercase()
+                    ),
+                )
+            })?;
         let (key_format, value_format) = properties.formats()?;
         let has_key = columns.iter().any(Column::is_key);
-        let key_format = key_format.unwrap_or_else(|| if has_key { "KAFKA".into() } else { "NONE".into() });
+        let key_format = key_format.unwrap_or_else(|| {
+            if has_key {
+                "KAFKA".into()
+            } else {
+                "NONE".into()
+            }
+        });
         let value_format = value_format.unwrap_or_else(|| "JSON".into());
         let mut source = Source {
             name: name.clone(),
@@ -169,12 +198,13 @@ impl Engine {
             sql: sql.to_owned(),
         };
         if let Some(column) = &source.timestamp_column
-            && source.column(column).is_none() {
-                return Err(EngineError::invalid(format!(
-                    "TIMESTAMP column \"{column}\" is not a column of {} \"{name}\"",
-                    kind.noun()
-                )));
-            }
+            && source.column(column).is_none()
+        {
+            return Err(EngineError::invalid(format!(
+                "TIMESTAMP column \"{column}\" is not a column of {} \"{name}\"",
+                kind.noun()
+            )));
+        }
         check_formats(&source)?;
 
         let physical = self.inner.config.physical_topic(&topic);
@@ -182,12 +212,13 @@ impl Engine {
         source.partitions = match self.inner.connection.topic(&physical).await? {
             Some(info) => {
                 if let Some(wanted) = partitions
-                    && wanted != info.partitions {
-                        return Err(EngineError::invalid(format!(
-                            "topic \"{topic}\" has {} partitions, but PARTITIONS={wanted} was given",
-                            info.partitions
-                        )));
-                    }
+                    && wanted != info.partitions
+                {
+                    return Err(EngineError::invalid(format!(
+                        "topic \"{topic}\" has {} partitions, but PARTITIONS={wanted} was given",
+                        info.partitions
+                    )));
+                }
                 info.partitions
             }
             None => {
@@ -197,15 +228,28 @@ impl Engine {
                         "to create it, add PARTITIONS=n to the WITH clause",
                     ));
                 };
-                let replicas = properties.int("REPLICAS")?.unwrap_or(self.inner.config.default_replicas);
+                let replicas = properties
+                    .int("REPLICAS")?
+                    .unwrap_or(self.inner.config.default_replicas);
                 let compact = [("cleanup.policy", "compact")];
-                let config: &[(&str, &str)] = if kind == SourceKind::Table { &compact } else { &[] };
-                self.inner.connection.create_topic(&physical, partitions, replicas, config).await?;
+                let config: &[(&str, &str)] = if kind == SourceKind::Table {
+                    &compact
+                } else {
+                    &[]
+                };
+                self.inner
+                    .connection
+                    .create_topic(&physical, partitions, replicas, config)
+                    .await?;
                 partitions
             }
         };
-        self.submit(Command::CreateSource { source, or_replace }).await?;
-        Ok(StatementResult::Success { message: format!("{} \"{name}\" created", kind.noun()), query_id: None })
+        self.submit(Command::CreateSource { source, or_replace })
+            .await?;
+        Ok(StatementResult::Success {
+            message: format!("{} \"{name}\" created", kind.noun()),
+            query_id: None,
+        })
     }
 
     /// `CREATE [OR REPLACE] STREAM|TABLE name [WITH (...)] AS SELECT ...`.
@@ -227,24 +271,40 @@ impl Engine {
                     query_id: None,
                 });
             }
-            return Err(eddy_catalog::CatalogError::AlreadyExists { name, existing: existing.kind }.into());
+            return Err(eddy_catalog::CatalogError::AlreadyExists {
+                name,
+                existing: existing.kind,
+            }
+            .into());
         }
         select.reject_final()?;
         let catalog = self.catalog();
-        let plan = self.inner.planner.plan_query(select.query, select.partition_by, &catalog).await?;
+        let plan = self
+            .inner
+            .planner
+            .plan_query(select.query, select.partition_by, &catalog)
+            .await?;
         if plan.limit.is_some() {
-            return Err(EngineError::invalid("LIMIT is not allowed in a persistent query"));
+            return Err(EngineError::invalid(
+                "LIMIT is not allowed in a persistent query",
+            ));
         }
         match (kind, plan.source.kind) {
             (SourceKind::Stream, SourceKind::Table) => {
                 return Err(EngineError::invalid_with_hint(
-                    format!("cannot create stream \"{name}\" from table \"{}\"", plan.source.name),
+                    format!(
+                        "cannot create stream \"{name}\" from table \"{}\"",
+                        plan.source.name
+                    ),
                     "use CREATE TABLE ... AS SELECT",
                 ));
             }
             (SourceKind::Table, SourceKind::Stream) => {
                 return Err(EngineError::invalid_with_hint(
-                    format!("cannot create table \"{name}\" from stream \"{}\" without GROUP BY", plan.source.name),
+                    format!(
+                        "cannot create table \"{name}\" from stream \"{}\" without GROUP BY",
+                        plan.source.name
+                    ),
                     "aggregations into tables are not supported yet; use CREATE STREAM ... AS SELECT",
                 ));
             }
@@ -259,7 +319,10 @@ impl Engine {
             None if plan.source.key_format == "NONE" => "KAFKA".into(),
             None => plan.source.key_format.clone(),
         };
-        let topic = properties.get("KAFKA_TOPIC").map(str::to_owned).unwrap_or_else(|| name.clone());
+        let topic = properties
+            .get("KAFKA_TOPIC")
+            .map(str::to_owned)
+            .unwrap_or_else(|| name.clone());
         let query_kind = match kind {
             SourceKind::Stream => QueryKind::CreateStreamAsSelect,
             SourceKind::Table => QueryKind::CreateTableAsSelect,
@@ -276,7 +339,9 @@ impl Engine {
             wrap_single_value: properties.bool("WRAP_SINGLE_VALUE")?,
             timestamp_column: None,
             timestamp_format: None,
-            partitions: properties.int("PARTITIONS")?.unwrap_or(plan.source.partitions.max(1)),
+            partitions: properties
+                .int("PARTITIONS")?
+                .unwrap_or(plan.source.partitions.max(1)),
             written_by: Some(query_id.clone()),
             sql: sql.to_owned(),
         };
@@ -284,8 +349,13 @@ impl Engine {
         crate::layout::sink_layout(&sink, &plan)?;
         let physical = self.inner.config.physical_topic(&topic);
         if self.inner.connection.topic(&physical).await?.is_none() {
-            let replicas = properties.int("REPLICAS")?.unwrap_or(self.inner.config.default_replicas);
-            self.inner.connection.create_topic(&physical, sink.partitions, replicas, &[]).await?;
+            let replicas = properties
+                .int("REPLICAS")?
+                .unwrap_or(self.inner.config.default_replicas);
+            self.inner
+                .connection
+                .create_topic(&physical, sink.partitions, replicas, &[])
+                .await?;
         }
         let query = QueryInfo {
             id: query_id.clone(),
@@ -295,8 +365,15 @@ impl Engine {
             sources: vec![plan.source.name.clone()],
             properties: self.query_properties(session),
         };
-        self.submit(Command::CreateSource { source: sink, or_replace: false }).await?;
-        self.submit(Command::StartQuery { query: query.clone() }).await?;
+        self.submit(Command::CreateSource {
+            source: sink,
+            or_replace: false,
+        })
+        .await?;
+        self.submit(Command::StartQuery {
+            query: query.clone(),
+        })
+        .await?;
         self.start_persistent_query(&query).await?;
         info!(query = query_id, "persistent query created");
         Ok(StatementResult::Success {
@@ -318,20 +395,35 @@ impl Engine {
         let catalog = self.catalog();
         let sink = catalog.require_source(target)?.clone();
         if sink.kind != SourceKind::Stream {
-            return Err(EngineError::invalid(format!("INSERT INTO requires a stream; \"{target}\" is a table")));
+            return Err(EngineError::invalid(format!(
+                "INSERT INTO requires a stream; \"{target}\" is a table"
+            )));
         }
-        let plan = self.inner.planner.plan_query(select.query, select.partition_by, &catalog).await?;
+        let plan = self
+            .inner
+            .planner
+            .plan_query(select.query, select.partition_by, &catalog)
+            .await?;
         if plan.limit.is_some() {
-            return Err(EngineError::invalid("LIMIT is not allowed in a persistent query"));
+            return Err(EngineError::invalid(
+                "LIMIT is not allowed in a persistent query",
+            ));
         }
         if plan.source.name == sink.name {
-            return Err(EngineError::invalid(format!("INSERT INTO \"{target}\" cannot read from \"{target}\" itself")));
+            return Err(EngineError::invalid(format!(
+                "INSERT INTO \"{target}\" cannot read from \"{target}\" itself"
+            )));
         }
         let produced = sink_columns(SourceKind::Stream, &plan)?;
-        let expected: Vec<(String, String, bool)> =
-            sink.columns.iter().map(|c| (c.name.clone(), c.sql_type.to_string(), c.is_key())).collect();
-        let actual: Vec<(String, String, bool)> =
-            produced.iter().map(|c| (c.name.clone(), c.sql_type.to_string(), c.is_key())).collect();
+        let expected: Vec<(String, String, bool)> = sink
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.sql_type.to_string(), c.is_key()))
+            .collect();
+        let actual: Vec<(String, String, bool)> = produced
+            .iter()
+            .map(|c| (c.name.clone(), c.sql_type.to_string(), c.is_key()))
+            .collect();
         if expected != actual {
             let render = |cols: &[(String, String, bool)]| {
                 cols.iter()
@@ -341,7 +433,11 @@ impl Engine {
             };
             return Err(EngineError::invalid_with_hint(
                 format!("the query's columns do not match stream \"{target}\""),
-                format!("the stream has ({}); the query produces ({})", render(&expected), render(&actual)),
+                format!(
+                    "the stream has ({}); the query produces ({})",
+                    render(&expected),
+                    render(&actual)
+                ),
             ));
         }
         let query_id = match query_id {
@@ -356,9 +452,15 @@ impl Engine {
             sources: vec![plan.source.name.clone()],
             properties: self.query_properties(session),
         };
-        self.submit(Command::StartQuery { query: query.clone() }).await?;
+        self.submit(Command::StartQuery {
+            query: query.clone(),
+        })
+        .await?;
         self.start_persistent_query(&query).await?;
-        Ok(StatementResult::Success { message: format!("created query with id {query_id}"), query_id: Some(query_id) })
+        Ok(StatementResult::Success {
+            message: format!("created query with id {query_id}"),
+            query_id: Some(query_id),
+        })
     }
 
     /// `DROP STREAM|TABLE [IF EXISTS] name [DELETE TOPIC]`.
@@ -372,28 +474,51 @@ impl Engine {
         let catalog = self.catalog();
         let Some(source) = catalog.source(name).cloned() else {
             if if_exists {
-                return Ok(StatementResult::Success { message: format!("{} \"{name}\" does not exist", kind.noun()), query_id: None });
+                return Ok(StatementResult::Success {
+                    message: format!("{} \"{name}\" does not exist", kind.noun()),
+                    query_id: None,
+                });
             }
-            return Err(catalog.require_source(name).err().map(EngineError::from).unwrap_or_else(|| EngineError::Internal("source vanished".into())));
+            return Err(catalog
+                .require_source(name)
+                .err()
+                .map(EngineError::from)
+                .unwrap_or_else(|| EngineError::Internal("source vanished".into())));
         };
         if source.kind != kind {
             return Err(EngineError::invalid_with_hint(
-                format!("\"{name}\" is a {}, not a {}", source.kind.noun(), kind.noun()),
+                format!(
+                    "\"{name}\" is a {}, not a {}",
+                    source.kind.noun(),
+                    kind.noun()
+                ),
                 format!("use DROP {} {name}", source.kind.keyword()),
             ));
         }
         if name == crate::PROCESSING_LOG_STREAM {
-            return Err(EngineError::invalid("the processing log stream cannot be dropped"));
+            return Err(EngineError::invalid(
+                "the processing log stream cannot be dropped",
+            ));
         }
-        self.submit(Command::DropSource { name: name.to_owned() }).await?;
+        self.submit(Command::DropSource {
+            name: name.to_owned(),
+        })
+        .await?;
         if delete_topic {
-            self.inner.connection.delete_topic(&self.physical_topic(&source)).await?;
+            self.inner
+                .connection
+                .delete_topic(&self.physical_topic(&source))
+                .await?;
         }
         Ok(StatementResult::Success {
             message: format!(
                 "{} \"{name}\" dropped{}",
                 kind.noun(),
-                if delete_topic { format!(" and topic \"{}\" deleted", source.topic) } else { String::new() }
+                if delete_topic {
+                    format!(" and topic \"{}\" deleted", source.topic)
+                } else {
+                    String::new()
+                }
             ),
             query_id: None,
         })
@@ -406,46 +531,77 @@ impl Engine {
             None => self.catalog().queries().map(|q| q.id.clone()).collect(),
         };
         for id in &ids {
-            self.submit(Command::TerminateQuery { id: id.clone() }).await?;
+            self.submit(Command::TerminateQuery { id: id.clone() })
+                .await?;
             self.stop_persistent_query(id).await;
         }
         let message = match ids.len() {
             1 if id.is_some() => format!("query \"{}\" terminated", ids[0]),
             n => format!("{n} queries terminated"),
         };
-        Ok(StatementResult::Success { message, query_id: None })
+        Ok(StatementResult::Success {
+            message,
+            query_id: None,
+        })
     }
 }
 
 /// Checks declared columns against ksqlDB's rules; returns key columns first.
-fn check_columns(kind: SourceKind, name: &str, declared: Vec<DeclaredColumn>) -> Result<Vec<Column>, EngineError> {
+fn check_columns(
+    kind: SourceKind,
+    name: &str,
+    declared: Vec<DeclaredColumn>,
+) -> Result<Vec<Column>, EngineError> {
     let mut seen = std::collections::BTreeSet::new();
     let mut keys = Vec::new();
     let mut values = Vec::new();
     for column in declared {
         if !seen.insert(column.name.clone()) {
-            return Err(EngineError::invalid(format!("column \"{}\" is declared twice", column.name)));
+            return Err(EngineError::invalid(format!(
+                "column \"{}\" is declared twice",
+                column.name
+            )));
         }
-        if eddy_catalog::PSEUDO_COLUMNS.contains(&column.name.as_str()) || column.name == "WINDOWSTART" || column.name == "WINDOWEND" {
-            return Err(EngineError::invalid(format!("\"{}\" is a reserved column name", column.name)));
+        if eddy_catalog::PSEUDO_COLUMNS.contains(&column.name.as_str())
+            || column.name == "WINDOWSTART"
+            || column.name == "WINDOWEND"
+        {
+            return Err(EngineError::invalid(format!(
+                "\"{}\" is a reserved column name",
+                column.name
+            )));
         }
         match (kind, column.role) {
             (SourceKind::Stream, ColumnRole::PrimaryKey) => {
                 return Err(EngineError::invalid_with_hint(
-                    format!("column \"{}\" is a PRIMARY KEY, but streams have no primary key", column.name),
+                    format!(
+                        "column \"{}\" is a PRIMARY KEY, but streams have no primary key",
+                        column.name
+                    ),
                     "use KEY for a stream's key column",
                 ));
             }
             (SourceKind::Table, ColumnRole::Key) => {
                 return Err(EngineError::invalid_with_hint(
-                    format!("column \"{}\" is a KEY, but tables need a PRIMARY KEY", column.name),
+                    format!(
+                        "column \"{}\" is a KEY, but tables need a PRIMARY KEY",
+                        column.name
+                    ),
                     "use PRIMARY KEY",
                 ));
             }
             _ => {}
         }
-        let column = Column { name: column.name, sql_type: column.sql_type, role: column.role };
-        if column.is_key() { keys.push(column) } else { values.push(column) }
+        let column = Column {
+            name: column.name,
+            sql_type: column.sql_type,
+            role: column.role,
+        };
+        if column.is_key() {
+            keys.push(column)
+        } else {
+            values.push(column)
+        }
     }
     if kind == SourceKind::Table && keys.is_empty() {
         return Err(EngineError::invalid_with_hint(
@@ -454,7 +610,10 @@ fn check_columns(kind: SourceKind, name: &str, declared: Vec<DeclaredColumn>) ->
         ));
     }
     if keys.is_empty() && values.is_empty() {
-        return Err(EngineError::invalid(format!("{} \"{name}\" has no columns", kind.noun())));
+        return Err(EngineError::invalid(format!(
+            "{} \"{name}\" has no columns",
+            kind.noun()
+        )));
     }
     keys.extend(values);
     Ok(keys)

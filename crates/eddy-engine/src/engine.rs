@@ -8,7 +8,8 @@ use eddy_catalog::{Catalog, Command, QueryInfo, Source};
 use eddy_common::config::EngineConfig;
 use eddy_planner::Planner;
 use eddy_runtime::{
-    KafkaConnection, OffsetReset, ProcessingLog, QueryHandle, QuerySpec, QueryStatus, SinkSpec, start_query,
+    KafkaConnection, OffsetReset, ProcessingLog, QueryHandle, QuerySpec, QueryStatus, SinkSpec,
+    start_query,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -47,25 +48,36 @@ pub(crate) struct EngineInner {
 impl Drop for EngineInner {
     fn drop(&mut self) {
         if let Ok(mut task) = self.processing_log_task.lock()
-            && let Some(task) = task.take() {
-                task.abort();
-            }
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
     }
 }
 
 impl Engine {
     /// Connects to Kafka, rebuilds the catalog from the command topic and restarts every persistent
     /// query from its committed offsets.
-    pub async fn start(config: EngineConfig, mut connection: KafkaConnection) -> Result<Engine, EngineError> {
+    pub async fn start(
+        config: EngineConfig,
+        mut connection: KafkaConnection,
+    ) -> Result<Engine, EngineError> {
         connection.request_timeout_ms = config.kafka_request_timeout_ms;
         connection.producer_linger_ms = config.producer_linger_ms;
         let producer = connection.producer()?;
         let command_topic = config.command_topic();
         connection
-            .create_topic(&command_topic, 1, config.default_replicas, &[("cleanup.policy", "delete"), ("retention.ms", "-1")])
+            .create_topic(
+                &command_topic,
+                1,
+                config.default_replicas,
+                &[("cleanup.policy", "delete"), ("retention.ms", "-1")],
+            )
             .await?;
         let log_topic = config.processing_log_topic();
-        connection.create_topic(&log_topic, 1, config.default_replicas, &[]).await?;
+        connection
+            .create_topic(&log_topic, 1, config.default_replicas, &[])
+            .await?;
         let (processing_log, processing_log_task) = ProcessingLog::start(
             producer.clone(),
             log_topic,
@@ -87,7 +99,11 @@ impl Engine {
             }),
         };
         let replayed = engine.replay_commands().await?;
-        info!(commands = replayed, topic = command_topic, "catalog restored from the command topic");
+        info!(
+            commands = replayed,
+            topic = command_topic,
+            "catalog restored from the command topic"
+        );
         engine.ensure_processing_log_stream().await?;
 
         let queries: Vec<QueryInfo> = engine.catalog().queries().cloned().collect();
@@ -109,7 +125,11 @@ impl Engine {
 
     /// A snapshot of the catalog.
     pub fn catalog(&self) -> Catalog {
-        self.inner.catalog.read().map(|c| c.clone()).unwrap_or_default()
+        self.inner
+            .catalog
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// Status of a persistent query running on this server.
@@ -122,19 +142,32 @@ impl Engine {
         use std::sync::atomic::Ordering::Relaxed;
         let queries = self.inner.queries.lock().ok()?;
         let metrics = &queries.get(id)?.metrics;
-        Some((metrics.records_in.load(Relaxed), metrics.records_out.load(Relaxed), metrics.records_skipped.load(Relaxed)))
+        Some((
+            metrics.records_in.load(Relaxed),
+            metrics.records_out.load(Relaxed),
+            metrics.records_skipped.load(Relaxed),
+        ))
     }
 
     /// Stops every query (committing their progress) and the processing log.
     pub async fn shutdown(&self) {
-        let handles: Vec<QueryHandle> =
-            self.inner.queries.lock().map(|mut q| q.drain().map(|(_, h)| h).collect()).unwrap_or_default();
+        let handles: Vec<QueryHandle> = self
+            .inner
+            .queries
+            .lock()
+            .map(|mut q| q.drain().map(|(_, h)| h).collect())
+            .unwrap_or_default();
         for handle in handles {
             handle.stop().await;
         }
         // The processing log's task owns a producer clone: end it now, so that no Kafka client of
         // this engine outlives the call but the engine's own producer.
-        let task = self.inner.processing_log_task.lock().ok().and_then(|mut t| t.take());
+        let task = self
+            .inner
+            .processing_log_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -145,24 +178,37 @@ impl Engine {
     async fn replay_commands(&self) -> Result<usize, EngineError> {
         let topic = self.inner.config.command_topic();
         let watermarks = self.inner.connection.watermarks(&topic).await?;
-        let Some(&(low, high)) = watermarks.first() else { return Ok(0) };
+        let Some(&(low, high)) = watermarks.first() else {
+            return Ok(0);
+        };
         if high <= low {
             return Ok(0);
         }
-        let group = format!("_eddy-{}-replay-{}", self.inner.config.service_id, uuid::Uuid::new_v4());
+        let group = format!(
+            "_eddy-{}-replay-{}",
+            self.inner.config.service_id,
+            uuid::Uuid::new_v4()
+        );
         let consumer: StreamConsumer = self.inner.connection.consumer(&group, "earliest")?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&topic, 0, Offset::Offset(low))
             .map_err(|e| EngineError::Internal(format!("command topic assignment: {e}")))?;
-        consumer.assign(&assignment).map_err(|e| EngineError::Internal(format!("command topic assignment: {e}")))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| EngineError::Internal(format!("command topic assignment: {e}")))?;
         let timeout = Duration::from_millis(self.inner.config.kafka_request_timeout_ms);
         let mut applied = 0;
         loop {
-            let message = tokio::time::timeout(timeout, consumer.recv()).await.map_err(|_| {
-                EngineError::Internal(format!("reading the command topic \"{topic}\" timed out"))
-            })?;
-            let message = message.map_err(|e| EngineError::Internal(format!("reading the command topic: {e}")))?;
+            let message = tokio::time::timeout(timeout, consumer.recv())
+                .await
+                .map_err(|_| {
+                    EngineError::Internal(format!(
+                        "reading the command topic \"{topic}\" timed out"
+                    ))
+                })?;
+            let message = message
+                .map_err(|e| EngineError::Internal(format!("reading the command topic: {e}")))?;
             let offset = message.offset();
             if let Some(payload) = message.payload() {
                 match serde_json::from_slice::<Command>(payload) {
@@ -170,7 +216,9 @@ impl Engine {
                         let mut catalog = self.inner.catalog.write().map_err(|_| poisoned())?;
                         match catalog.apply(command) {
                             Ok(()) => applied += 1,
-                            Err(error) => warn!(offset, %error, "skipping command that no longer applies"),
+                            Err(error) => {
+                                warn!(offset, %error, "skipping command that no longer applies")
+                            }
                         }
                     }
                     Err(error) => warn!(offset, %error, "skipping unreadable command"),
@@ -186,14 +234,30 @@ impl Engine {
     /// Validates `command`, records it in the command topic, then applies it.
     pub(crate) async fn submit(&self, command: Command) -> Result<(), EngineError> {
         let _guard = self.inner.command_lock.lock().await;
-        self.inner.catalog.read().map_err(|_| poisoned())?.validate(&command)?;
-        let payload = serde_json::to_vec(&command).map_err(|e| EngineError::Internal(format!("command encoding: {e}")))?;
+        self.inner
+            .catalog
+            .read()
+            .map_err(|_| poisoned())?
+            .validate(&command)?;
+        let payload = serde_json::to_vec(&command)
+            .map_err(|e| EngineError::Internal(format!("command encoding: {e}")))?;
         let topic = self.inner.config.command_topic();
         self.inner
             .connection
-            .produce_one(&self.inner.producer, &topic, Some(0), None, Some(&payload), None)
+            .produce_one(
+                &self.inner.producer,
+                &topic,
+                Some(0),
+                None,
+                Some(&payload),
+                None,
+            )
             .await?;
-        self.inner.catalog.write().map_err(|_| poisoned())?.apply(command)?;
+        self.inner
+            .catalog
+            .write()
+            .map_err(|_| poisoned())?
+            .apply(command)?;
         Ok(())
     }
 
@@ -216,7 +280,11 @@ impl Engine {
             written_by: None,
             sql: String::new(),
         };
-        self.submit(Command::CreateSource { source, or_replace: false }).await
+        self.submit(Command::CreateSource {
+            source,
+            or_replace: false,
+        })
+        .await
     }
 
     /// Physical topic of a source; the processing log's topic is outside the user namespace.
@@ -229,7 +297,10 @@ impl Engine {
     }
 
     /// Plans and starts a persistent query recorded in the catalog.
-    pub(crate) async fn start_persistent_query(&self, query: &QueryInfo) -> Result<(), EngineError> {
+    pub(crate) async fn start_persistent_query(
+        &self,
+        query: &QueryInfo,
+    ) -> Result<(), EngineError> {
         let statements = eddy_sql::parse_statements(&query.sql)?;
         let statement = statements
             .into_iter()
@@ -238,7 +309,11 @@ impl Engine {
         let select = crate::execute::select_of(&statement.statement)
             .ok_or_else(|| EngineError::Internal(format!("query {} is not a SELECT", query.id)))?;
         let catalog = self.catalog();
-        let plan = self.inner.planner.plan_query(&select.query, &select.partition_by, &catalog).await?;
+        let plan = self
+            .inner
+            .planner
+            .plan_query(&select.query, &select.partition_by, &catalog)
+            .await?;
         let sink = catalog.require_source(&query.sink)?.clone();
         let offset_reset = query
             .properties
@@ -265,14 +340,24 @@ impl Engine {
             processing_log: self.inner.processing_log.clone(),
         };
         let handle = start_query(spec).await?;
-        let previous = self.inner.queries.lock().map_err(|_| poisoned())?.insert(query.id.clone(), handle);
+        let previous = self
+            .inner
+            .queries
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(query.id.clone(), handle);
         drop(previous);
         Ok(())
     }
 
     /// Stops a persistent query on this server, committing its progress.
     pub(crate) async fn stop_persistent_query(&self, id: &str) {
-        let handle = self.inner.queries.lock().ok().and_then(|mut q| q.remove(id));
+        let handle = self
+            .inner
+            .queries
+            .lock()
+            .ok()
+            .and_then(|mut q| q.remove(id));
         if let Some(handle) = handle {
             handle.stop().await;
         }

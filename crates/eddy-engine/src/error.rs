@@ -20,7 +20,10 @@ pub enum EngineError {
     Catalog(#[from] CatalogError),
     /// The statement is wrong in a way the parser cannot see (bad property, wrong format...).
     #[error("{message}{}", .hint.as_deref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
-    Invalid { message: String, hint: Option<String> },
+    Invalid {
+        message: String,
+        hint: Option<String>,
+    },
     /// Kafka failed or refused.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
@@ -34,15 +37,27 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        EngineError::Invalid { message: message.into(), hint: None }
+        EngineError::Invalid {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn invalid_with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        EngineError::Invalid { message: message.into(), hint: Some(hint.into()) }
+        EngineError::Invalid {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     /// True when the statement itself is at fault (HTTP 400), false for server-side failures.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, EngineError::Parse(_) | EngineError::Plan(_) | EngineError::Catalog(_) | EngineError::Invalid { .. })
+        matches!(
+            self,
+            EngineError::Parse(_)
+                | EngineError::Plan(_)
+                | EngineError::Catalog(_)
+                | EngineError::Invalid { .. }
+        )
     }
 }

@@ -10,7 +10,8 @@ use crate::error::EngineError;
 use crate::{Session, StatementResult};
 
 /// Session properties `SET` understands, with the values they accept (`None`: any value).
-const SESSION_PROPERTIES: &[(&str, Option<&[&str]>)] = &[("auto.offset.reset", Some(&["earliest", "latest"]))];
+const SESSION_PROPERTIES: &[(&str, Option<&[&str]>)] =
+    &[("auto.offset.reset", Some(&["earliest", "latest"]))];
 
 /// The parts of a KSQL `SELECT` the engine needs, borrowed from the statement.
 pub(crate) struct SelectParts<'a> {
@@ -36,7 +37,9 @@ impl<'a> SelectParts<'a> {
     /// Refuses what continuous queries cannot do yet: `EMIT FINAL` and windows.
     pub(crate) fn reject_final(&self) -> Result<(), EngineError> {
         if let Some(window) = self.window {
-            return Err(EngineError::invalid(format!("windowed queries (WINDOW {window}) are not supported yet")));
+            return Err(EngineError::invalid(format!(
+                "windowed queries (WINDOW {window}) are not supported yet"
+            )));
         }
         if self.emit == Some(Emit::Final) {
             return Err(EngineError::invalid_with_hint(
@@ -63,7 +66,11 @@ fn kind_of(kind: eddy_sql::SourceKind) -> SourceKind {
 impl Engine {
     /// Parses `sql` and executes its statements in order, stopping at the first error. A syntax
     /// error anywhere in the script executes nothing.
-    pub async fn execute(&self, session: &mut Session, sql: &str) -> Result<Vec<StatementResult>, EngineError> {
+    pub async fn execute(
+        &self,
+        session: &mut Session,
+        sql: &str,
+    ) -> Result<Vec<StatementResult>, EngineError> {
         let statements = eddy_sql::parse_statements(sql)?;
         let mut results = Vec::with_capacity(statements.len());
         for statement in &statements {
@@ -80,7 +87,14 @@ impl Engine {
     ) -> Result<StatementResult, EngineError> {
         let sql = parsed.sql.as_str();
         match &parsed.statement {
-            Statement::CreateSource { kind, name, or_replace, if_not_exists, columns, properties } => {
+            Statement::CreateSource {
+                kind,
+                name,
+                or_replace,
+                if_not_exists,
+                columns,
+                properties,
+            } => {
                 let kind = kind_of(*kind);
                 let columns = columns
                     .iter()
@@ -94,19 +108,51 @@ impl Engine {
                         },
                     })
                     .collect();
-                let properties = Properties::new(properties.iter().map(|p| (p.name.clone(), p.value.clone())))?;
-                self.create_source(kind, name.clone(), columns, properties, *or_replace, *if_not_exists, sql).await
+                let properties =
+                    Properties::new(properties.iter().map(|p| (p.name.clone(), p.value.clone())))?;
+                self.create_source(
+                    kind,
+                    name.clone(),
+                    columns,
+                    properties,
+                    *or_replace,
+                    *if_not_exists,
+                    sql,
+                )
+                .await
             }
-            Statement::CreateSourceAs { kind, name, or_replace, if_not_exists, properties, select } => {
+            Statement::CreateSourceAs {
+                kind,
+                name,
+                or_replace,
+                if_not_exists,
+                properties,
+                select,
+            } => {
                 if *or_replace {
-                    return Err(EngineError::invalid("CREATE OR REPLACE ... AS SELECT is not supported yet"));
+                    return Err(EngineError::invalid(
+                        "CREATE OR REPLACE ... AS SELECT is not supported yet",
+                    ));
                 }
-                let properties = Properties::new(properties.iter().map(|p| (p.name.clone(), p.value.clone())))?;
+                let properties =
+                    Properties::new(properties.iter().map(|p| (p.name.clone(), p.value.clone())))?;
                 let select = SelectParts::from_select(select);
-                self.create_source_as(session, kind_of(*kind), name.clone(), properties, *if_not_exists, &select, sql)
-                    .await
+                self.create_source_as(
+                    session,
+                    kind_of(*kind),
+                    name.clone(),
+                    properties,
+                    *if_not_exists,
+                    &select,
+                    sql,
+                )
+                .await
             }
-            Statement::InsertSelect { target, properties, select } => {
+            Statement::InsertSelect {
+                target,
+                properties,
+                select,
+            } => {
                 let mut query_id = None;
                 for property in properties {
                     if property.name == "QUERY_ID" {
@@ -118,14 +164,27 @@ impl Engine {
                         ));
                     }
                 }
-                self.insert_select(session, target, query_id, &SelectParts::from_select(select), sql).await
+                self.insert_select(
+                    session,
+                    target,
+                    query_id,
+                    &SelectParts::from_select(select),
+                    sql,
+                )
+                .await
             }
-            Statement::InsertValues { target, columns, values } => self.insert_values(target, columns, values).await,
+            Statement::InsertValues {
+                target,
+                columns,
+                values,
+            } => self.insert_values(target, columns, values).await,
             Statement::Select(select) => {
                 let parts = SelectParts::from_select(select);
                 parts.reject_final()?;
                 if !select.partition_by.is_empty() {
-                    return Err(EngineError::invalid("PARTITION BY is allowed only in CREATE STREAM ... AS SELECT"));
+                    return Err(EngineError::invalid(
+                        "PARTITION BY is allowed only in CREATE STREAM ... AS SELECT",
+                    ));
                 }
                 if parts.emit.is_none() {
                     return Err(EngineError::invalid_with_hint(
@@ -143,8 +202,14 @@ impl Engine {
                 ShowTarget::Properties => Ok(self.show_properties(session)),
             },
             Statement::Describe { name, extended } => self.describe(name, *extended),
-            Statement::Drop { kind, name, if_exists, delete_topic } => {
-                self.drop_source(kind_of(*kind), name, *if_exists, *delete_topic).await
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                delete_topic,
+            } => {
+                self.drop_source(kind_of(*kind), name, *if_exists, *delete_topic)
+                    .await
             }
             Statement::Terminate { query_id } => self.terminate(query_id.as_deref()).await,
             Statement::ExplainSelect(select) => {
@@ -153,12 +218,17 @@ impl Engine {
                 self.explain_select(&parts).await
             }
             Statement::ExplainQuery { query_id } => self.explain_query(query_id).await,
-            Statement::Print { topic, from_beginning, interval, limit } => {
-                self.print(topic, *from_beginning, *interval, *limit).await
-            }
+            Statement::Print {
+                topic,
+                from_beginning,
+                interval,
+                limit,
+            } => self.print(topic, *from_beginning, *interval, *limit).await,
             Statement::Set { name, value } => {
                 let name = name.trim().to_owned();
-                if let Some((_, Some(allowed))) = SESSION_PROPERTIES.iter().find(|(n, _)| *n == name) {
+                if let Some((_, Some(allowed))) =
+                    SESSION_PROPERTIES.iter().find(|(n, _)| *n == name)
+                {
                     let value = value.trim().to_lowercase();
                     if !allowed.contains(&value.as_str()) {
                         return Err(EngineError::invalid(format!(
@@ -167,19 +237,34 @@ impl Engine {
                         )));
                     }
                     session.properties.insert(name.clone(), value.clone());
-                    return Ok(StatementResult::Success { message: format!("'{name}' set to '{value}'"), query_id: None });
+                    return Ok(StatementResult::Success {
+                        message: format!("'{name}' set to '{value}'"),
+                        query_id: None,
+                    });
                 }
                 session.properties.insert(name.clone(), value.clone());
-                Ok(StatementResult::Success { message: format!("'{name}' set to '{value}'"), query_id: None })
+                Ok(StatementResult::Success {
+                    message: format!("'{name}' set to '{value}'"),
+                    query_id: None,
+                })
             }
             Statement::Unset { name } => {
                 let message = match session.properties.remove(name.trim()) {
                     Some(_) => format!("'{name}' unset"),
                     None => format!("'{name}' was not set"),
                 };
-                Ok(StatementResult::Success { message, query_id: None })
+                Ok(StatementResult::Success {
+                    message,
+                    query_id: None,
+                })
             }
-            Statement::Produce { topic, partition, key, value, timestamp_ms } => {
+            Statement::Produce {
+                topic,
+                partition,
+                key,
+                value,
+                timestamp_ms,
+            } => {
                 self.produce_raw(
                     topic,
                     *partition,
@@ -194,10 +279,17 @@ impl Engine {
 
     /// `SHOW PROPERTIES`: the session's properties, then the server's limits.
     fn show_properties(&self, session: &Session) -> StatementResult {
-        let mut rows: Vec<(String, String, String)> =
-            session.properties.iter().map(|(k, v)| (k.clone(), "SESSION".to_owned(), v.clone())).collect();
+        let mut rows: Vec<(String, String, String)> = session
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), "SESSION".to_owned(), v.clone()))
+            .collect();
         if !session.properties.contains_key("auto.offset.reset") {
-            rows.push(("auto.offset.reset".into(), "DEFAULT".into(), "latest".into()));
+            rows.push((
+                "auto.offset.reset".into(),
+                "DEFAULT".into(),
+                "latest".into(),
+            ));
         }
         for (name, value) in self.inner.config.describe() {
             rows.push((name, "SERVER".into(), value));

@@ -2,7 +2,9 @@
 
 use datafusion::arrow::datatypes::Field;
 use eddy_catalog::Source;
-use eddy_format::{Format, FormatProperties, RecordDecoder, RecordEncoder, RecordPart, SourceLayout};
+use eddy_format::{
+    Format, FormatProperties, RecordDecoder, RecordEncoder, RecordPart, SourceLayout,
+};
 use eddy_planner::StreamingPlan;
 
 use crate::error::EngineError;
@@ -30,7 +32,10 @@ fn format_of(
     wrap_single_value: Option<bool>,
 ) -> Result<Format, EngineError> {
     let delimiter = delimiter.map(|c| c.to_string());
-    let properties = FormatProperties { delimiter: delimiter.as_deref(), wrap_single_value };
+    let properties = FormatProperties {
+        delimiter: delimiter.as_deref(),
+        wrap_single_value,
+    };
     Format::parse(part, name, &properties).map_err(|e| EngineError::invalid(e.to_string()))
 }
 
@@ -43,37 +48,56 @@ fn layout(
         key_fields,
         value_fields,
         format_of(RecordPart::Key, &source.key_format, None, None)?,
-        format_of(RecordPart::Value, &source.value_format, source.value_delimiter, source.wrap_single_value)?,
+        format_of(
+            RecordPart::Value,
+            &source.value_format,
+            source.value_delimiter,
+            source.wrap_single_value,
+        )?,
     )
     .map_err(|e| EngineError::invalid(format!("{} \"{}\": {e}", source.kind.noun(), source.name)))
 }
 
 fn fields<'a>(columns: impl Iterator<Item = &'a eddy_catalog::Column>) -> Vec<Field> {
-    columns.map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect()
+    columns
+        .map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true))
+        .collect()
 }
 
 /// The layout records of `source` decode into: pseudo-columns, key columns, value columns.
 pub(crate) fn source_layout(source: &Source) -> Result<SourceLayout, EngineError> {
-    layout(source, fields(source.key_columns()), fields(source.value_columns()))
+    layout(
+        source,
+        fields(source.key_columns()),
+        fields(source.value_columns()),
+    )
 }
 
 /// Checks that the formats of `source` can represent its columns.
 pub(crate) fn check_formats(source: &Source) -> Result<(), EngineError> {
     let layout = source_layout(source)?;
-    RecordDecoder::new(&layout)
-        .map_err(|e| EngineError::invalid(format!("{} \"{}\": {e}", source.kind.noun(), source.name)))?;
+    RecordDecoder::new(&layout).map_err(|e| {
+        EngineError::invalid(format!("{} \"{}\": {e}", source.kind.noun(), source.name))
+    })?;
     Ok(())
 }
 
 /// The layout of output records written by `plan` to `sink`; the encoder picks the plan's key and
 /// value columns by index.
-pub(crate) fn sink_layout(sink: &Source, plan: &StreamingPlan) -> Result<SourceLayout, EngineError> {
+pub(crate) fn sink_layout(
+    sink: &Source,
+    plan: &StreamingPlan,
+) -> Result<SourceLayout, EngineError> {
     let pick = |indices: &[usize]| -> Vec<Field> {
-        indices.iter().map(|&i| plan.output_schema.field(i).as_ref().clone()).collect()
+        indices
+            .iter()
+            .map(|&i| plan.output_schema.field(i).as_ref().clone())
+            .collect()
     };
     let layout = layout(sink, pick(&plan.key_columns), pick(&plan.value_columns))?;
-    RecordEncoder::new(&layout)
-        .map_err(|e| EngineError::invalid(format!("{} \"{}\": {e}", sink.kind.noun(), sink.name)))?;
+    RecordEncoder::new(&layout).map_err(|e| {
+        EngineError::invalid(format!("{} \"{}\": {e}", sink.kind.noun(), sink.name))
+    })?;
     Ok(layout)
 }
 

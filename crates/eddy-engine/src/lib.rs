@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 pub use engine::{Engine, PROCESSING_LOG_STREAM};
 pub use error::EngineError;
 pub use result::{
-    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StatementResult, TopicSummary,
+    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StatementResult,
+    TopicSummary,
 };
 
 /// Per-client state: properties set with `SET`.

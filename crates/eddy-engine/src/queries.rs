@@ -18,22 +18,42 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::execute::SelectParts;
 use crate::layout::{source_layout, value_layout};
-use crate::result::{PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, TopicSummary};
+use crate::result::{
+    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, TopicSummary,
+};
 use crate::{Session, StatementResult};
 
 impl Engine {
     /// `SELECT ... EMIT CHANGES [LIMIT n]`: a transient query streaming rows to the caller.
-    pub(crate) async fn push_query(&self, session: &Session, select: &SelectParts<'_>) -> Result<StatementResult, EngineError> {
+    pub(crate) async fn push_query(
+        &self,
+        session: &Session,
+        select: &SelectParts<'_>,
+    ) -> Result<StatementResult, EngineError> {
         let catalog = self.catalog();
-        let plan = self.inner.planner.plan_query(select.query, &[], &catalog).await?;
+        let plan = self
+            .inner
+            .planner
+            .plan_query(select.query, &[], &catalog)
+            .await?;
         let limit = select.limit.or(plan.limit);
         let visible: Vec<usize> = (0..plan.output_schema.fields().len())
-            .filter(|&i| i != plan.rowtime_column && !plan.output_schema.field(i).name().starts_with("__eddy_"))
+            .filter(|&i| {
+                i != plan.rowtime_column
+                    && !plan.output_schema.field(i).name().starts_with("__eddy_")
+            })
             .collect();
         let schema = Arc::new(Schema::new(
-            visible.iter().map(|&i| plan.output_schema.field(i).as_ref().clone()).collect::<Vec<Field>>(),
+            visible
+                .iter()
+                .map(|&i| plan.output_schema.field(i).as_ref().clone())
+                .collect::<Vec<Field>>(),
         ));
-        let query_id = format!("transient_{}_{}", plan.source.name, uuid::Uuid::new_v4().simple());
+        let query_id = format!(
+            "transient_{}_{}",
+            plan.source.name,
+            uuid::Uuid::new_v4().simple()
+        );
         let (sender, rows) = mpsc::channel(self.inner.config.push_query_queue_batches.max(1));
         let spec = QuerySpec {
             query_id: query_id.clone(),
@@ -51,7 +71,15 @@ impl Engine {
             processing_log: self.inner.processing_log.clone(),
         };
         let handle = start_query(spec).await?;
-        Ok(StatementResult::Push(PushQuery { query_id, schema, rows, visible, limit, emitted: 0, handle: Some(handle) }))
+        Ok(StatementResult::Push(PushQuery {
+            query_id,
+            schema,
+            rows,
+            visible,
+            limit,
+            emitted: 0,
+            handle: Some(handle),
+        }))
     }
 
     /// `INSERT INTO name [(columns)] VALUES (...)`.
@@ -63,7 +91,11 @@ impl Engine {
     ) -> Result<StatementResult, EngineError> {
         let source = self.catalog().require_source(target)?.clone();
         let names: Vec<String> = if columns.is_empty() {
-            source.key_columns().chain(source.value_columns()).map(|c| c.name.clone()).collect()
+            source
+                .key_columns()
+                .chain(source.value_columns())
+                .map(|c| c.name.clone())
+                .collect()
         } else {
             columns.to_vec()
         };
@@ -86,7 +118,10 @@ impl Engine {
             }
         }
         let row = self.inner.planner.evaluate_row(values).await?;
-        let options = CastOptions { safe: false, format_options: FormatOptions::default() };
+        let options = CastOptions {
+            safe: false,
+            format_options: FormatOptions::default(),
+        };
         // Build a one-row batch in the layout the sink encoder expects: key columns, value columns,
         // and the event time.
         let mut fields = Vec::new();
@@ -107,11 +142,17 @@ impl Engine {
         }
         let timestamp_ms = match names.iter().position(|n| n == ROWTIME) {
             Some(i) => {
-                let array = cast_with_options(row.column(i), &DataType::Int64, &options)
-                    .map_err(|e| EngineError::invalid(format!("ROWTIME must be epoch milliseconds: {e}")))?;
+                let array =
+                    cast_with_options(row.column(i), &DataType::Int64, &options).map_err(|e| {
+                        EngineError::invalid(format!("ROWTIME must be epoch milliseconds: {e}"))
+                    })?;
                 use datafusion::arrow::array::{Array, AsArray};
                 let values = array.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                if values.is_null(0) { None } else { Some(values.value(0)) }
+                if values.is_null(0) {
+                    None
+                } else {
+                    Some(values.value(0))
+                }
             }
             None => None,
         };
@@ -131,15 +172,26 @@ impl Engine {
         let mut encoded = EncodedBatch::new();
         encoder
             .encode(&batch, &key_columns, &value_columns, &mut encoded)
-            .map_err(|e| EngineError::invalid(format!("cannot encode the row for \"{target}\": {e}")))?;
+            .map_err(|e| {
+                EngineError::invalid(format!("cannot encode the row for \"{target}\": {e}"))
+            })?;
         let topic = self.physical_topic(&source);
         let (partition, offset) = self
             .inner
             .connection
-            .produce_one(&self.inner.producer, &topic, None, encoded.key(0), encoded.value(0), timestamp_ms)
+            .produce_one(
+                &self.inner.producer,
+                &topic,
+                None,
+                encoded.key(0),
+                encoded.value(0),
+                timestamp_ms,
+            )
             .await?;
         Ok(StatementResult::Success {
-            message: format!("inserted 1 row into \"{target}\" (partition {partition}, offset {offset})"),
+            message: format!(
+                "inserted 1 row into \"{target}\" (partition {partition}, offset {offset})"
+            ),
             query_id: None,
         })
     }
@@ -155,15 +207,27 @@ impl Engine {
     ) -> Result<StatementResult, EngineError> {
         let physical = self.inner.config.physical_topic(topic);
         if self.inner.connection.topic(&physical).await?.is_none() {
-            return Err(eddy_runtime::KafkaError::UnknownTopic { topic: topic.to_owned() }.into());
+            return Err(eddy_runtime::KafkaError::UnknownTopic {
+                topic: topic.to_owned(),
+            }
+            .into());
         }
         let (partition, offset) = self
             .inner
             .connection
-            .produce_one(&self.inner.producer, &physical, partition, key, value, timestamp_ms)
+            .produce_one(
+                &self.inner.producer,
+                &physical,
+                partition,
+                key,
+                value,
+                timestamp_ms,
+            )
             .await?;
         Ok(StatementResult::Success {
-            message: format!("produced 1 record to \"{topic}\" (partition {partition}, offset {offset})"),
+            message: format!(
+                "produced 1 record to \"{topic}\" (partition {partition}, offset {offset})"
+            ),
             query_id: None,
         })
     }
@@ -224,7 +288,11 @@ impl Engine {
             .into_iter()
             .filter_map(|t| {
                 let name = self.inner.config.logical_topic(&t.name)?.to_owned();
-                (!name.starts_with('_')).then_some(TopicSummary { name, partitions: t.partitions, replicas: t.replicas })
+                (!name.starts_with('_')).then_some(TopicSummary {
+                    name,
+                    partitions: t.partitions,
+                    replicas: t.replicas,
+                })
             })
             .collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));
@@ -253,7 +321,11 @@ impl Engine {
     }
 
     /// `DESCRIBE [EXTENDED] name`.
-    pub(crate) fn describe(&self, name: &str, extended: bool) -> Result<StatementResult, EngineError> {
+    pub(crate) fn describe(
+        &self,
+        name: &str,
+        extended: bool,
+    ) -> Result<StatementResult, EngineError> {
         let catalog = self.catalog();
         let source = catalog.require_source(name)?;
         let written_by = catalog.writers_of(name);
@@ -283,25 +355,47 @@ impl Engine {
     }
 
     /// `EXPLAIN SELECT ...` (the plan a query would get).
-    pub(crate) async fn explain_select(&self, select: &SelectParts<'_>) -> Result<StatementResult, EngineError> {
-        let plan = self.inner.planner.plan_query(select.query, select.partition_by, &self.catalog()).await?;
-        Ok(StatementResult::Explain { text: plan.explain() })
+    pub(crate) async fn explain_select(
+        &self,
+        select: &SelectParts<'_>,
+    ) -> Result<StatementResult, EngineError> {
+        let plan = self
+            .inner
+            .planner
+            .plan_query(select.query, select.partition_by, &self.catalog())
+            .await?;
+        Ok(StatementResult::Explain {
+            text: plan.explain(),
+        })
     }
 
     /// `EXPLAIN query_id`.
     pub(crate) async fn explain_query(&self, id: &str) -> Result<StatementResult, EngineError> {
         let catalog = self.catalog();
         let query = catalog.query(&id.to_uppercase()).cloned().ok_or_else(|| {
-            EngineError::Catalog(eddy_catalog::CatalogError::UnknownQuery { id: id.to_owned(), suggestion: None })
+            EngineError::Catalog(eddy_catalog::CatalogError::UnknownQuery {
+                id: id.to_owned(),
+                suggestion: None,
+            })
         })?;
         let statements = eddy_sql::parse_statements(&query.sql)?;
-        let statement = statements.first().ok_or_else(|| EngineError::Internal("empty query text".into()))?;
+        let statement = statements
+            .first()
+            .ok_or_else(|| EngineError::Internal("empty query text".into()))?;
         let select = crate::execute::select_of(&statement.statement)
             .ok_or_else(|| EngineError::Internal(format!("query {id} is not a SELECT")))?;
-        let mut result = self.explain_select(&SelectParts::from_select(select)).await?;
+        let mut result = self
+            .explain_select(&SelectParts::from_select(select))
+            .await?;
         if let StatementResult::Explain { text } = &mut result {
-            let status = self.query_status(&query.id).map(|s| format!("{s:?}")).unwrap_or_else(|| "NOT RUNNING".into());
-            *text = format!("Query: {}\nStatus: {status}\nSQL: {}\n{text}", query.id, query.sql);
+            let status = self
+                .query_status(&query.id)
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "NOT RUNNING".into());
+            *text = format!(
+                "Query: {}\nStatus: {status}\nSQL: {}\n{text}",
+                query.id, query.sql
+            );
         }
         Ok(result)
     }

@@ -27,7 +27,10 @@ pub enum StatementResult {
     /// `EXPLAIN`.
     Explain { text: String },
     /// A finite table of rows (pull queries, `SHOW FUNCTIONS`...).
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
     /// A push query: rows keep arriving until its `LIMIT`, or until the result is dropped.
     Push(PushQuery),
     /// `PRINT topic`: text lines until its `LIMIT`, or until the result is dropped.
@@ -37,17 +40,27 @@ pub enum StatementResult {
 impl std::fmt::Debug for StatementResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StatementResult::Success { message, query_id } => {
-                f.debug_struct("Success").field("message", message).field("query_id", query_id).finish()
-            }
+            StatementResult::Success { message, query_id } => f
+                .debug_struct("Success")
+                .field("message", message)
+                .field("query_id", query_id)
+                .finish(),
             StatementResult::Sources(s) => f.debug_tuple("Sources").field(s).finish(),
             StatementResult::Topics(t) => f.debug_tuple("Topics").field(t).finish(),
             StatementResult::Queries(q) => f.debug_tuple("Queries").field(q).finish(),
             StatementResult::Properties(p) => f.debug_tuple("Properties").field(p).finish(),
             StatementResult::Description(d) => f.debug_tuple("Description").field(d).finish(),
-            StatementResult::Explain { text } => f.debug_struct("Explain").field("text", text).finish(),
-            StatementResult::Rows { batches, .. } => f.debug_struct("Rows").field("batches", &batches.len()).finish(),
-            StatementResult::Push(p) => f.debug_struct("Push").field("query_id", &p.query_id).finish(),
+            StatementResult::Explain { text } => {
+                f.debug_struct("Explain").field("text", text).finish()
+            }
+            StatementResult::Rows { batches, .. } => f
+                .debug_struct("Rows")
+                .field("batches", &batches.len())
+                .finish(),
+            StatementResult::Push(p) => f
+                .debug_struct("Push")
+                .field("query_id", &p.query_id)
+                .finish(),
             StatementResult::Print(_) => f.debug_struct("Print").finish(),
         }
     }
@@ -129,7 +142,8 @@ impl PushQuery {
             Ok(batch) => batch,
             Err(_) => return None,
         };
-        batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()).unwrap_or(batch);
+        batch =
+            RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()).unwrap_or(batch);
         if let Some(limit) = self.limit {
             let room = (limit - self.emitted) as usize;
             if batch.num_rows() > room {

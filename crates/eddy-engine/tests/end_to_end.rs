@@ -28,11 +28,20 @@ struct Harness {
 impl Harness {
     async fn start() -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
-        let broker = EmbeddedBroker::start(EmbeddedBrokerConfig { data_dir: dir.path().to_path_buf(), port: 0, ..Default::default() })
-            .await
-            .expect("embedded broker starts");
+        let broker = EmbeddedBroker::start(EmbeddedBrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            port: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("embedded broker starts");
         let run = uuid::Uuid::new_v4().simple().to_string();
-        Harness { _dir: dir, broker, service_id: format!("svc{}", &run[..8]), prefix: format!("t{}_", &run[..8]) }
+        Harness {
+            _dir: dir,
+            broker,
+            service_id: format!("svc{}", &run[..8]),
+            prefix: format!("t{}_", &run[..8]),
+        }
     }
 
     fn config(&self) -> EngineConfig {
@@ -45,7 +54,12 @@ impl Harness {
     }
 
     async fn engine(&self) -> Engine {
-        Engine::start(self.config(), KafkaConnection::new(self.broker.bootstrap_servers())).await.expect("engine starts")
+        Engine::start(
+            self.config(),
+            KafkaConnection::new(self.broker.bootstrap_servers()),
+        )
+        .await
+        .expect("engine starts")
     }
 
     fn topic(&self, logical: &str) -> String {
@@ -66,7 +80,10 @@ impl Harness {
         if let Some(key) = key {
             record = record.key(key);
         }
-        producer.send(record, Duration::from_secs(30)).await.expect("produce");
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .expect("produce");
     }
 
     /// Reads `count` records of `topic` from the beginning (all partitions), failing after WAIT.
@@ -79,12 +96,16 @@ impl Harness {
             .create()
             .expect("consumer");
         let partitions = {
-            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("metadata");
             metadata.topics()[0].partitions().len() as i32
         };
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
-            assignment.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assign");
         }
         consumer.assign(&assignment).expect("assign");
         let mut records = Vec::new();
@@ -92,11 +113,20 @@ impl Harness {
         while records.len() < count {
             let message = tokio::time::timeout_at(deadline, consumer.recv())
                 .await
-                .unwrap_or_else(|_| panic!("only {} of {count} records arrived on {topic}: {records:?}", records.len()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {count} records arrived on {topic}: {records:?}",
+                        records.len()
+                    )
+                })
                 .expect("consume");
             records.push((
-                message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                message.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                message
+                    .payload()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
             ));
         }
         records
@@ -106,13 +136,22 @@ impl Harness {
     async fn assert_exactly(&self, topic: &str, count: usize) {
         let connection = KafkaConnection::new(self.broker.bootstrap_servers());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let total: i64 = connection.watermarks(topic).await.expect("watermarks").iter().map(|(l, h)| h - l).sum();
+        let total: i64 = connection
+            .watermarks(topic)
+            .await
+            .expect("watermarks")
+            .iter()
+            .map(|(l, h)| h - l)
+            .sum();
         assert_eq!(total as usize, count, "records on {topic}");
     }
 }
 
 async fn run(engine: &Engine, session: &mut Session, sql: &str) -> Vec<StatementResult> {
-    engine.execute(session, sql).await.unwrap_or_else(|e| panic!("{sql}\nfailed: {e}"))
+    engine
+        .execute(session, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}\nfailed: {e}"))
 }
 
 fn json(text: &Option<String>) -> BTreeMap<String, Value> {
@@ -133,9 +172,20 @@ async fn csas_with_filter_and_functions_writes_json_that_consumers_read() {
     )
     .await;
     let input = h.topic("orders");
-    h.produce(&input, Some("o1"), r#"{"item":"apple","qty":5,"price":0.5}"#).await;
-    h.produce(&input, Some("o2"), r#"{"ITEM":"pear","QTY":50,"PRICE":1.25}"#).await;
-    h.produce(&input, Some("o3"), r#"{"item":"fig","qty":20}"#).await;
+    h.produce(
+        &input,
+        Some("o1"),
+        r#"{"item":"apple","qty":5,"price":0.5}"#,
+    )
+    .await;
+    h.produce(
+        &input,
+        Some("o2"),
+        r#"{"ITEM":"pear","QTY":50,"PRICE":1.25}"#,
+    )
+    .await;
+    h.produce(&input, Some("o3"), r#"{"item":"fig","qty":20}"#)
+        .await;
     run(
         &engine,
         &mut session,
@@ -151,7 +201,10 @@ async fn csas_with_filter_and_functions_writes_json_that_consumers_read() {
     assert_eq!(first["ITEM"], Value::from("PEAR"));
     assert_eq!(first["DOUBLE_QTY"], Value::from(100));
     assert_eq!(first["TOTAL"], Value::from(62.5));
-    assert!(!first.contains_key("ID"), "the key column is in the key, not the value: {first:?}");
+    assert!(
+        !first.contains_key("ID"),
+        "the key column is in the key, not the value: {first:?}"
+    );
     assert_eq!(records[1].0.as_deref(), Some("o3"));
     assert_eq!(json(&records[1].1)["TOTAL"], Value::from(0.0));
     h.assert_exactly(&output, 2).await;
@@ -170,7 +223,12 @@ async fn malformed_records_are_skipped_and_reported_in_the_processing_log() {
     h.produce(&input, Some("s1"), r#"{"temp": "#).await; // offset 1: not JSON
     h.produce(&input, Some("s1"), r#"{"temp": "hot"}"#).await; // offset 2: wrong type
     h.produce(&input, Some("s2"), r#"{"temp": 23}"#).await;
-    run(&engine, &mut session, "CREATE STREAM copy AS SELECT * FROM readings;").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM copy AS SELECT * FROM readings;",
+    )
+    .await;
     let records = h.consume(&h.topic("COPY"), 2).await;
     assert_eq!(json(&records[0].1)["TEMP"], Value::from(21));
     assert_eq!(json(&records[1].1)["TEMP"], Value::from(23));
@@ -182,18 +240,42 @@ async fn malformed_records_are_skipped_and_reported_in_the_processing_log() {
         "SELECT source_topic, source_partition, source_offset, error_type FROM eddy_processing_log EMIT CHANGES LIMIT 2;",
     )
     .await;
-    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else { panic!("expected a push query") };
+    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
+        panic!("expected a push query")
+    };
     let mut rows = Vec::new();
     while rows.len() < 2 {
-        let batch = tokio::time::timeout(WAIT, push.next_batch()).await.expect("log rows in time").expect("rows");
+        let batch = tokio::time::timeout(WAIT, push.next_batch())
+            .await
+            .expect("log rows in time")
+            .expect("rows");
         for row in 0..batch.num_rows() {
-            let cell = |c: usize| datafusion::arrow::util::display::array_value_to_string(batch.column(c), row).expect("cell");
+            let cell = |c: usize| {
+                datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
+                    .expect("cell")
+            };
             rows.push((cell(0), cell(1), cell(2), cell(3)));
         }
     }
     rows.sort();
-    assert_eq!(rows[0], (input.clone(), "0".into(), "1".into(), "DESERIALIZATION_ERROR".into()));
-    assert_eq!(rows[1], (input.clone(), "0".into(), "2".into(), "DESERIALIZATION_ERROR".into()));
+    assert_eq!(
+        rows[0],
+        (
+            input.clone(),
+            "0".into(),
+            "1".into(),
+            "DESERIALIZATION_ERROR".into()
+        )
+    );
+    assert_eq!(
+        rows[1],
+        (
+            input.clone(),
+            "0".into(),
+            "2".into(),
+            "DESERIALIZATION_ERROR".into()
+        )
+    );
     engine.shutdown().await;
 }
 
@@ -207,26 +289,54 @@ async fn restart_restores_the_catalog_and_resumes_without_loss() {
         run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
         run(&engine, &mut session, "CREATE STREAM events (id INT KEY, name STRING) WITH (KAFKA_TOPIC='events', PARTITIONS=3, KEY_FORMAT='JSON');").await;
         for i in 0..30 {
-            h.produce(&input, Some(&i.to_string()), &format!(r#"{{"name":"e{i}"}}"#)).await;
+            h.produce(
+                &input,
+                Some(&i.to_string()),
+                &format!(r#"{{"name":"e{i}"}}"#),
+            )
+            .await;
         }
-        run(&engine, &mut session, "CREATE STREAM named AS SELECT id, UCASE(name) AS name FROM events;").await;
+        run(
+            &engine,
+            &mut session,
+            "CREATE STREAM named AS SELECT id, UCASE(name) AS name FROM events;",
+        )
+        .await;
         h.consume(&h.topic("NAMED"), 30).await;
         engine.shutdown().await;
     }
     // Produced while Eddy is down.
     for i in 30..60 {
-        h.produce(&input, Some(&i.to_string()), &format!(r#"{{"name":"e{i}"}}"#)).await;
+        h.produce(
+            &input,
+            Some(&i.to_string()),
+            &format!(r#"{{"name":"e{i}"}}"#),
+        )
+        .await;
     }
     let engine = h.engine().await;
     let catalog = engine.catalog();
-    assert!(catalog.source("EVENTS").is_some() && catalog.source("NAMED").is_some(), "catalog restored");
-    assert_eq!(catalog.queries().count(), 1, "the persistent query is restored");
+    assert!(
+        catalog.source("EVENTS").is_some() && catalog.source("NAMED").is_some(),
+        "catalog restored"
+    );
+    assert_eq!(
+        catalog.queries().count(),
+        1,
+        "the persistent query is restored"
+    );
     let records = h.consume(&h.topic("NAMED"), 60).await;
-    let mut names: Vec<String> =
-        records.iter().map(|(_, v)| json(v)["NAME"].as_str().unwrap_or_default().to_owned()).collect();
+    let mut names: Vec<String> = records
+        .iter()
+        .map(|(_, v)| json(v)["NAME"].as_str().unwrap_or_default().to_owned())
+        .collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), 60, "every event is in the output after the restart");
+    assert_eq!(
+        names.len(),
+        60,
+        "every event is in the output after the restart"
+    );
     // Graceful shutdown committed the offsets: nothing was emitted twice.
     h.assert_exactly(&h.topic("NAMED"), 60).await;
     engine.shutdown().await;
@@ -237,12 +347,34 @@ async fn a_bad_statement_changes_nothing() {
     let h = Harness::start().await;
     let engine = h.engine().await;
     let mut session = Session::new();
-    run(&engine, &mut session, "CREATE STREAM s (k STRING KEY, v INT) WITH (KAFKA_TOPIC='s', PARTITIONS=1);").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM s (k STRING KEY, v INT) WITH (KAFKA_TOPIC='s', PARTITIONS=1);",
+    )
+    .await;
     let before = engine.catalog();
-    let error = engine.execute(&mut session, "CREATE STREAM t AS SELECT k, vv FROM s;").await.unwrap_err();
-    assert_eq!(error.to_string(), "column \"VV\" not found in stream \"S\"; did you mean \"V\"?");
-    let error = engine.execute(&mut session, "CREATE STREAM u (x INT) WITH (KAFKA_TOPIC='missing');").await.unwrap_err();
-    assert!(error.to_string().starts_with("topic \"missing\" does not exist"), "{error}");
+    let error = engine
+        .execute(&mut session, "CREATE STREAM t AS SELECT k, vv FROM s;")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "column \"VV\" not found in stream \"S\"; did you mean \"V\"?"
+    );
+    let error = engine
+        .execute(
+            &mut session,
+            "CREATE STREAM u (x INT) WITH (KAFKA_TOPIC='missing');",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("topic \"missing\" does not exist"),
+        "{error}"
+    );
     assert_eq!(engine.catalog(), before);
     engine.shutdown().await;
 }
@@ -262,8 +394,15 @@ async fn kcat(args: &[&str], input: &str) -> String {
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(input.as_bytes()).await.expect("kcat stdin");
     drop(stdin);
-    let output = tokio::time::timeout(WAIT, child.wait_with_output()).await.expect("kcat finishes").expect("kcat runs");
-    assert!(output.status.success(), "kcat {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("kcat finishes")
+        .expect("kcat runs");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
@@ -296,7 +435,19 @@ async fn kcat_fills_the_input_and_reads_back_the_csas_output() {
     )
     .await;
     let output = kcat(
-        &["-b", &bootstrap, "-C", "-t", &h.topic("SLOW_PAGES"), "-o", "beginning", "-c", "2", "-f", "%k=%s\\n"],
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            &h.topic("SLOW_PAGES"),
+            "-o",
+            "beginning",
+            "-c",
+            "2",
+            "-f",
+            "%k=%s\\n",
+        ],
         "",
     )
     .await;
@@ -312,8 +463,10 @@ async fn partition_by_rekeys_the_output() {
     run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
     run(&engine, &mut session, "CREATE STREAM clicks (id STRING KEY, region STRING, n INT) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1);").await;
     let input = h.topic("clicks");
-    h.produce(&input, Some("c1"), r#"{"region":"eu","n":1}"#).await;
-    h.produce(&input, Some("c2"), r#"{"region":"us","n":2}"#).await;
+    h.produce(&input, Some("c1"), r#"{"region":"eu","n":1}"#)
+        .await;
+    h.produce(&input, Some("c2"), r#"{"region":"us","n":2}"#)
+        .await;
     run(&engine, &mut session, "CREATE STREAM by_region WITH (PARTITIONS=2) AS SELECT id, UCASE(region) AS region, n FROM clicks PARTITION BY UCASE(region);").await;
     let mut records = h.consume(&h.topic("BY_REGION"), 2).await;
     records.sort();
@@ -322,7 +475,10 @@ async fn partition_by_rekeys_the_output() {
     let value = json(&records[0].1);
     assert_eq!(value["ID"], Value::from("c1"));
     assert_eq!(value["N"], Value::from(1));
-    assert!(!value.contains_key("REGION"), "the new key column is in the key only: {value:?}");
+    assert!(
+        !value.contains_key("REGION"),
+        "the new key column is in the key only: {value:?}"
+    );
     engine.shutdown().await;
 }
 
@@ -331,11 +487,23 @@ async fn push_queries_start_at_the_latest_offset_by_default() {
     let h = Harness::start().await;
     let engine = h.engine().await;
     let mut session = Session::new();
-    run(&engine, &mut session, "CREATE STREAM ticks (v INT) WITH (KAFKA_TOPIC='ticks', PARTITIONS=1);").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM ticks (v INT) WITH (KAFKA_TOPIC='ticks', PARTITIONS=1);",
+    )
+    .await;
     let input = h.topic("ticks");
     h.produce(&input, None, r#"{"v":1}"#).await;
-    let results = run(&engine, &mut session, "SELECT v FROM ticks EMIT CHANGES LIMIT 1;").await;
-    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else { panic!("expected a push query") };
+    let results = run(
+        &engine,
+        &mut session,
+        "SELECT v FROM ticks EMIT CHANGES LIMIT 1;",
+    )
+    .await;
+    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
+        panic!("expected a push query")
+    };
     // The query is subscribed once it has been assigned its partitions; keep producing newer
     // records until one arrives, and check it is never the old one.
     let mut next = 2;
@@ -347,8 +515,12 @@ async fn push_queries_start_at_the_latest_offset_by_default() {
         }
         assert!(next < 30, "no row arrived");
     };
-    let v = datafusion::arrow::util::display::array_value_to_string(batch.column(0), 0).expect("cell");
-    assert_ne!(v, "1", "a push query without auto.offset.reset=earliest must not replay old records");
+    let v =
+        datafusion::arrow::util::display::array_value_to_string(batch.column(0), 0).expect("cell");
+    assert_ne!(
+        v, "1",
+        "a push query without auto.offset.reset=earliest must not replay old records"
+    );
     assert!(push.next_batch().await.is_none(), "LIMIT 1 ends the query");
     engine.shutdown().await;
 }

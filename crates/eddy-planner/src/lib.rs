@@ -17,4 +17,4 @@
 mod functions;
 mod plan;
 
-pub use plan::{PlanError, Planner, Stage, StreamingPlan, ROWTIME_OUTPUT};
+pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

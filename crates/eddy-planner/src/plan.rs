@@ -16,8 +16,8 @@ use datafusion::sql::parser::Statement as DfStatement;
 use eddy_catalog::{Catalog, CatalogError, Column, ColumnRole, PSEUDO_COLUMNS, ROWTIME, Source};
 use eddy_common::types::SqlType;
 use sqlparser::ast::{
-    self, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SelectItemQualifiedWildcardKind,
-    SetExpr, TableFactor,
+    self, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, TableFactor,
 };
 use thiserror::Error;
 
@@ -34,12 +34,25 @@ pub enum PlanError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("{feature} {verb} not supported yet in continuous queries{hint}", verb = if *.plural { "are" } else { "is" }, hint = .hint.as_deref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
-    Unsupported { feature: String, plural: bool, hint: Option<String> },
+    Unsupported {
+        feature: String,
+        plural: bool,
+        hint: Option<String>,
+    },
     #[error("column \"{column}\" not found in {kind} \"{source_name}\"{suggestion}", suggestion = .suggestion.as_deref().map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default())]
-    UnknownColumn { column: String, kind: &'static str, source_name: String, suggestion: Option<String> },
-    #[error("column \"{column}\" has type {data_type}, which Eddy cannot write to a stream or table")]
+    UnknownColumn {
+        column: String,
+        kind: &'static str,
+        source_name: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "column \"{column}\" has type {data_type}, which Eddy cannot write to a stream or table"
+    )]
     UnsupportedOutputType { column: String, data_type: DataType },
-    #[error("the query produces column \"{column}\" twice\nhint: give one of them another name with AS")]
+    #[error(
+        "the query produces column \"{column}\" twice\nhint: give one of them another name with AS"
+    )]
     DuplicateColumn { column: String },
     #[error("{0}")]
     Invalid(String),
@@ -49,7 +62,11 @@ pub enum PlanError {
 
 impl PlanError {
     fn unsupported(feature: &str, plural: bool, hint: Option<&str>) -> Self {
-        PlanError::Unsupported { feature: feature.to_owned(), plural, hint: hint.map(str::to_owned) }
+        PlanError::Unsupported {
+            feature: feature.to_owned(),
+            plural,
+            hint: hint.map(str::to_owned),
+        }
     }
 }
 
@@ -77,7 +94,10 @@ pub enum Stage {
     /// Keeps the rows for which the predicate is true.
     Filter(Arc<dyn PhysicalExpr>),
     /// Computes new columns.
-    Project { exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef },
+    Project {
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        schema: SchemaRef,
+    },
 }
 
 impl fmt::Debug for Stage {
@@ -107,7 +127,10 @@ impl Stage {
             Stage::Filter(predicate) => {
                 let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
                 let mask = mask.as_boolean_opt().ok_or_else(|| {
-                    DataFusionError::Internal(format!("filter predicate returned {}", mask.data_type()))
+                    DataFusionError::Internal(format!(
+                        "filter predicate returned {}",
+                        mask.data_type()
+                    ))
                 })?;
                 if mask.null_count() == 0 && mask.true_count() == mask.len() {
                     return Ok(batch);
@@ -118,10 +141,17 @@ impl Stage {
                 let rows = batch.num_rows();
                 let columns = exprs
                     .iter()
-                    .map(|expr| expr.evaluate(&batch).and_then(|value| value.into_array(rows)))
+                    .map(|expr| {
+                        expr.evaluate(&batch)
+                            .and_then(|value| value.into_array(rows))
+                    })
                     .collect::<Result<Vec<ArrayRef>, _>>()?;
                 let options = RecordBatchOptions::new().with_row_count(Some(rows));
-                Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
+                Ok(RecordBatch::try_new_with_options(
+                    Arc::clone(schema),
+                    columns,
+                    &options,
+                )?)
             }
         }
     }
@@ -153,7 +183,9 @@ pub struct StreamingPlan {
 impl StreamingPlan {
     /// Runs every stage over one batch of the source.
     pub fn process(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
-        self.stages.iter().try_fold(batch, |batch, stage| stage.apply(batch))
+        self.stages
+            .iter()
+            .try_fold(batch, |batch, stage| stage.apply(batch))
     }
 
     /// Text for `EXPLAIN`: the logical plan and the streaming stages.
@@ -165,14 +197,25 @@ impl StreamingPlan {
             text.push('\n');
         }
         text.push_str("Streaming plan:\n");
-        text.push_str(&format!("  Source: {} (topic {})\n", self.source.name, self.source.topic));
+        text.push_str(&format!(
+            "  Source: {} (topic {})\n",
+            self.source.name, self.source.topic
+        ));
         for stage in &self.stages {
             text.push_str(&format!("  {stage:?}\n"));
         }
         let names = |indices: &[usize]| {
-            indices.iter().map(|&i| self.output_schema.field(i).name().clone()).collect::<Vec<_>>().join(", ")
+            indices
+                .iter()
+                .map(|&i| self.output_schema.field(i).name().clone())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        text.push_str(&format!("  Key: [{}]\n  Value: [{}]\n", names(&self.key_columns), names(&self.value_columns)));
+        text.push_str(&format!(
+            "  Key: [{}]\n  Value: [{}]\n",
+            names(&self.key_columns),
+            names(&self.value_columns)
+        ));
         text
     }
 }
@@ -191,7 +234,9 @@ impl Default for Planner {
 
 impl Planner {
     pub fn new() -> Self {
-        let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+        let mut config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_information_schema(false);
         let options = config.options_mut();
         // eddy-sql already applied ksqlDB's identifier rules and quotes every identifier.
         options.sql_parser.enable_ident_normalization = false;
@@ -215,9 +260,17 @@ impl Planner {
         let select = match query.body.as_mut() {
             SetExpr::Select(select) => select,
             SetExpr::SetOperation { op, .. } => {
-                return Err(PlanError::unsupported(&op.to_string().to_uppercase(), false, None));
+                return Err(PlanError::unsupported(
+                    &op.to_string().to_uppercase(),
+                    false,
+                    None,
+                ));
             }
-            _ => return Err(PlanError::Invalid("expected SELECT ... FROM a stream or table".into())),
+            _ => {
+                return Err(PlanError::Invalid(
+                    "expected SELECT ... FROM a stream or table".into(),
+                ));
+            }
         };
         if query.order_by.is_some() {
             return Err(PlanError::unsupported(
@@ -237,18 +290,38 @@ impl Planner {
             return Err(PlanError::unsupported("joins", true, None));
         }
         if select.distinct.is_some() {
-            return Err(PlanError::unsupported("SELECT DISTINCT", false, Some("use GROUP BY")));
+            return Err(PlanError::unsupported(
+                "SELECT DISTINCT",
+                false,
+                Some("use GROUP BY"),
+            ));
         }
-        if !matches!(&select.group_by, GroupByExpr::Expressions(exprs, _) if exprs.is_empty()) || select.having.is_some() {
-            return Err(PlanError::unsupported("aggregations (GROUP BY)", true, None));
+        if !matches!(&select.group_by, GroupByExpr::Expressions(exprs, _) if exprs.is_empty())
+            || select.having.is_some()
+        {
+            return Err(PlanError::unsupported(
+                "aggregations (GROUP BY)",
+                true,
+                None,
+            ));
         }
         let (source_name, qualifier) = match &select.from[0].relation {
-            TableFactor::Table { name, alias, args: None, .. } => {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
                 let source_name = object_name_to_string(name);
-                let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| source_name.clone());
+                let qualifier = alias
+                    .as_ref()
+                    .map(|a| a.name.value.clone())
+                    .unwrap_or_else(|| source_name.clone());
                 (source_name, qualifier)
             }
-            TableFactor::Derived { .. } => return Err(PlanError::unsupported("subqueries in FROM", true, None)),
+            TableFactor::Derived { .. } => {
+                return Err(PlanError::unsupported("subqueries in FROM", true, None));
+            }
             other => return Err(PlanError::Invalid(format!("cannot read from {other}"))),
         };
         let source = catalog.require_source(&source_name)?.clone();
@@ -272,18 +345,26 @@ impl Planner {
         for (i, expr) in partition_by.iter().enumerate() {
             if matches!(expr, ast::Expr::Value(v) if matches!(v.value, ast::Value::Null)) {
                 if partition_by.len() > 1 {
-                    return Err(PlanError::Invalid("PARTITION BY NULL cannot be combined with other expressions".into()));
+                    return Err(PlanError::Invalid(
+                        "PARTITION BY NULL cannot be combined with other expressions".into(),
+                    ));
                 }
                 continue;
             }
             // ksqlDB names the new key after the projection item that selects the partitioning
             // expression (`UCASE(region) AS region ... PARTITION BY UCASE(region)`).
             let aliased = select.projection.iter().find_map(|item| match item {
-                SelectItem::ExprWithAlias { expr: selected, alias } if selected == expr => Some(alias.value.clone()),
+                SelectItem::ExprWithAlias {
+                    expr: selected,
+                    alias,
+                } if selected == expr => Some(alias.value.clone()),
                 _ => None,
             });
             key_names.push(aliased.unwrap_or_else(|| partition_key_name(expr, i)));
-            hidden.push(SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&format!("{KEY_OUTPUT_PREFIX}{i}")) });
+            hidden.push(SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: quoted(&format!("{KEY_OUTPUT_PREFIX}{i}")),
+            });
         }
         let repartitioned = !partition_by.is_empty();
         hidden.extend(std::mem::take(&mut select.projection));
@@ -300,14 +381,18 @@ impl Planner {
         ctx.register_table(TableReference::bare(source.name.as_str()), table)?;
         let state = ctx.state();
         let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
-        let logical = state.statement_to_plan(statement).await.map_err(|e| explain_error(e, &source))?;
+        let logical = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| explain_error(e, &source))?;
         let logical = state.optimize(&logical)?;
 
         let stages = lower(&logical, &state, &source)?;
         let output_schema = nullable_schema(logical.schema().as_arrow());
         let index_of = |name: &str| output_schema.index_of(name).ok();
-        let rowtime_column = index_of(ROWTIME_OUTPUT)
-            .ok_or_else(|| PlanError::Invalid("internal error: the plan lost its event-time column".into()))?;
+        let rowtime_column = index_of(ROWTIME_OUTPUT).ok_or_else(|| {
+            PlanError::Invalid("internal error: the plan lost its event-time column".into())
+        })?;
 
         let mut key_columns = Vec::new();
         let mut key_output_names = Vec::new();
@@ -339,17 +424,26 @@ impl Planner {
             .filter(|i| !key_columns.contains(i) && *i != rowtime_column)
             .filter(|i| {
                 let name = output_schema.field(*i).name();
-                !(name.starts_with(KEY_OUTPUT_PREFIX) || (repartitioned && key_names.contains(name)))
+                !(name.starts_with(KEY_OUTPUT_PREFIX)
+                    || (repartitioned && key_names.contains(name)))
             })
             .collect();
 
         let mut sink_columns = Vec::with_capacity(key_columns.len() + value_columns.len());
         for (index, name) in key_columns.iter().zip(&key_output_names) {
-            sink_columns.push(sink_column(name, output_schema.field(*index).data_type(), ColumnRole::Key)?);
+            sink_columns.push(sink_column(
+                name,
+                output_schema.field(*index).data_type(),
+                ColumnRole::Key,
+            )?);
         }
         for index in &value_columns {
             let field = output_schema.field(*index);
-            sink_columns.push(sink_column(field.name(), field.data_type(), ColumnRole::Value)?);
+            sink_columns.push(sink_column(
+                field.name(),
+                field.data_type(),
+                ColumnRole::Value,
+            )?);
         }
 
         Ok(StreamingPlan {
@@ -367,14 +461,25 @@ impl Planner {
 
     /// The planner's session state with its own empty catalog.
     fn isolated_state(&self) -> Result<SessionState, PlanError> {
-        use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider};
+        use datafusion::catalog::{
+            CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+        };
         use datafusion::execution::SessionStateBuilder;
         let options = &self.state.config_options().catalog;
         let catalog = MemoryCatalogProvider::new();
-        catalog.register_schema(&options.default_schema, Arc::new(MemorySchemaProvider::new()))?;
+        catalog.register_schema(
+            &options.default_schema,
+            Arc::new(MemorySchemaProvider::new()),
+        )?;
         let catalogs = MemoryCatalogProviderList::new();
-        datafusion::catalog::CatalogProviderList::register_catalog(&catalogs, options.default_catalog.clone(), Arc::new(catalog));
-        Ok(SessionStateBuilder::new_from_existing(self.state.clone()).with_catalog_list(Arc::new(catalogs)).build())
+        datafusion::catalog::CatalogProviderList::register_catalog(
+            &catalogs,
+            options.default_catalog.clone(),
+            Arc::new(catalog),
+        );
+        Ok(SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_catalog_list(Arc::new(catalogs))
+            .build())
     }
 
     /// Evaluates constant expressions (the `VALUES` of an `INSERT`) into a one-row batch.
@@ -398,20 +503,29 @@ impl Planner {
 
 /// Removes a standard `LIMIT n` from the query and returns n.
 fn take_limit(query: &mut ast::Query) -> Result<Option<u64>, PlanError> {
-    let Some(clause) = query.limit_clause.take() else { return Ok(None) };
+    let Some(clause) = query.limit_clause.take() else {
+        return Ok(None);
+    };
     let limit = match &clause {
-        ast::LimitClause::LimitOffset { limit: Some(limit), offset: None, limit_by } if limit_by.is_empty() => limit,
+        ast::LimitClause::LimitOffset {
+            limit: Some(limit),
+            offset: None,
+            limit_by,
+        } if limit_by.is_empty() => limit,
         _ => return Err(PlanError::unsupported("OFFSET", false, None)),
     };
     match limit {
         ast::Expr::Value(value) => match &value.value {
-            ast::Value::Number(n, _) => n
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {n}"))),
-            other => Err(PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {other}"))),
+            ast::Value::Number(n, _) => n.parse::<u64>().map(Some).map_err(|_| {
+                PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {n}"))
+            }),
+            other => Err(PlanError::Invalid(format!(
+                "LIMIT must be a non-negative integer, found {other}"
+            ))),
         },
-        other => Err(PlanError::Invalid(format!("LIMIT must be a non-negative integer, found {other}"))),
+        other => Err(PlanError::Invalid(format!(
+            "LIMIT must be a non-negative integer, found {other}"
+        ))),
     }
 }
 
@@ -434,15 +548,16 @@ fn type_integer_literals(expr: &mut ast::Expr) {
     let _ = ast::visit_expressions_mut(expr, |e| {
         if let ast::Expr::Value(value) = e
             && let ast::Value::Number(text, _) = &value.value
-                && text.parse::<i32>().is_ok() {
-                    *e = ast::Expr::Cast {
-                        kind: ast::CastKind::Cast,
-                        expr: Box::new(e.clone()),
-                        data_type: ast::DataType::Int(None),
-                        array: false,
-                        format: None,
-                    };
-                }
+            && text.parse::<i32>().is_ok()
+        {
+            *e = ast::Expr::Cast {
+                kind: ast::CastKind::Cast,
+                expr: Box::new(e.clone()),
+                data_type: ast::DataType::Int(None),
+                array: false,
+                format: None,
+            };
+        }
         std::ops::ControlFlow::<()>::Continue(())
     });
 }
@@ -452,7 +567,9 @@ fn natural_name(item: &SelectItem) -> Option<String> {
     match item {
         SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
         SelectItem::UnnamedExpr(ast::Expr::Identifier(ident)) => Some(ident.value.clone()),
-        SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(parts)) => parts.last().map(|p| p.value.clone()),
+        SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(parts)) => {
+            parts.last().map(|p| p.value.clone())
+        }
         SelectItem::UnnamedExpr(expr) => struct_field_name(expr),
         _ => None,
     }
@@ -460,16 +577,22 @@ fn natural_name(item: &SelectItem) -> Option<String> {
 
 /// `get_field(s, 'CITY')` (written `s->city`) is named after its field, as in ksqlDB.
 fn struct_field_name(expr: &ast::Expr) -> Option<String> {
-    let ast::Expr::Function(function) = expr else { return None };
+    let ast::Expr::Function(function) = expr else {
+        return None;
+    };
     if function.name.to_string() != "get_field" {
         return None;
     }
-    let ast::FunctionArguments::List(list) = &function.args else { return None };
+    let ast::FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
     match list.args.get(1) {
-        Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value)))) => match &value.value {
-            ast::Value::SingleQuotedString(field) => Some(field.clone()),
-            _ => None,
-        },
+        Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(value)))) => {
+            match &value.value {
+                ast::Value::SingleQuotedString(field) => Some(field.clone()),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -493,14 +616,24 @@ fn name_output_columns(projection: &mut [SelectItem]) -> Result<(), PlanError> {
                 }
             };
             taken.push(name.clone());
-            *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&name) };
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: quoted(&name),
+            };
         }
     }
     for item in projection.iter_mut() {
         if let (SelectItem::UnnamedExpr(expr), Some(name)) = (&*item, natural_name(item))
-            && !matches!(expr, ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)) {
-                *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias: quoted(&name) };
-            }
+            && !matches!(
+                expr,
+                ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)
+            )
+        {
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: quoted(&name),
+            };
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for name in projection.iter().filter_map(natural_name) {
@@ -512,12 +645,21 @@ fn name_output_columns(projection: &mut [SelectItem]) -> Result<(), PlanError> {
 }
 
 /// ksqlDB's `SELECT *` means the key and value columns, not the pseudo-columns.
-fn expand_wildcards(projection: &mut Vec<SelectItem>, source: &Source, qualifier: &str) -> Result<(), PlanError> {
+fn expand_wildcards(
+    projection: &mut Vec<SelectItem>,
+    source: &Source,
+    qualifier: &str,
+) -> Result<(), PlanError> {
     let columns = || {
         source
             .key_columns()
             .chain(source.value_columns())
-            .map(|c| SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(vec![quoted(qualifier), quoted(&c.name)])))
+            .map(|c| {
+                SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(vec![
+                    quoted(qualifier),
+                    quoted(&c.name),
+                ]))
+            })
             .collect::<Vec<_>>()
     };
     let mut expanded = Vec::with_capacity(projection.len());
@@ -527,7 +669,9 @@ fn expand_wildcards(projection: &mut Vec<SelectItem>, source: &Source, qualifier
             SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
                 let name = object_name_to_string(&name);
                 if name != qualifier && name != source.name {
-                    return Err(PlanError::Invalid(format!("\"{name}\" in \"{name}.*\" is not a source of this query")));
+                    return Err(PlanError::Invalid(format!(
+                        "\"{name}\" in \"{name}.*\" is not a source of this query"
+                    )));
                 }
                 expanded.extend(columns());
             }
@@ -542,20 +686,33 @@ fn expand_wildcards(projection: &mut Vec<SelectItem>, source: &Source, qualifier
 fn partition_key_name(expr: &ast::Expr, index: usize) -> String {
     match expr {
         ast::Expr::Identifier(ident) => ident.value.clone(),
-        ast::Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()).unwrap_or_default(),
+        ast::Expr::CompoundIdentifier(parts) => {
+            parts.last().map(|p| p.value.clone()).unwrap_or_default()
+        }
         _ => format!("KSQL_COL_{index}"),
     }
 }
 
 fn sink_column(name: &str, data_type: &DataType, role: ColumnRole) -> Result<Column, PlanError> {
-    let sql_type = SqlType::from_arrow(data_type)
-        .ok_or_else(|| PlanError::UnsupportedOutputType { column: name.to_owned(), data_type: data_type.clone() })?;
-    Ok(Column { name: name.to_owned(), sql_type, role })
+    let sql_type =
+        SqlType::from_arrow(data_type).ok_or_else(|| PlanError::UnsupportedOutputType {
+            column: name.to_owned(),
+            data_type: data_type.clone(),
+        })?;
+    Ok(Column {
+        name: name.to_owned(),
+        sql_type,
+        role,
+    })
 }
 
 fn nullable_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
-        schema.fields().iter().map(|f| Field::new(f.name(), f.data_type().clone(), true)).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -565,9 +722,18 @@ fn explain_error(error: DataFusionError, source: &Source) -> PlanError {
         && let SchemaError::FieldNotFound { field, .. } = schema_error.as_ref()
     {
         let column = field.name.clone();
-        let candidates = source.columns.iter().map(|c| c.name.as_str()).chain(PSEUDO_COLUMNS);
+        let candidates = source
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(PSEUDO_COLUMNS);
         let suggestion = closest_name(&column, candidates);
-        return PlanError::UnknownColumn { column, kind: source.kind.noun(), source_name: source.name.clone(), suggestion };
+        return PlanError::UnknownColumn {
+            column,
+            kind: source.kind.noun(),
+            source_name: source.name.clone(),
+            suggestion,
+        };
     }
     PlanError::DataFusion(error)
 }
@@ -588,7 +754,9 @@ fn strsim_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         current[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
-            current[j + 1] = (previous[j] + usize::from(ca != *cb)).min(previous[j + 1] + 1).min(current[j] + 1);
+            current[j + 1] = (previous[j] + usize::from(ca != *cb))
+                .min(previous[j + 1] + 1)
+                .min(current[j] + 1);
         }
         std::mem::swap(&mut previous, &mut current);
     }
@@ -596,27 +764,44 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 }
 
 /// Rewrites an optimized logical plan into stages over the source's batches.
-fn lower(plan: &LogicalPlan, state: &SessionState, source: &Source) -> Result<Vec<Stage>, PlanError> {
+fn lower(
+    plan: &LogicalPlan,
+    state: &SessionState,
+    source: &Source,
+) -> Result<Vec<Stage>, PlanError> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             if scan.table_name.table() != source.name {
-                return Err(PlanError::Invalid(format!("internal error: unexpected scan of {}", scan.table_name)));
+                return Err(PlanError::Invalid(format!(
+                    "internal error: unexpected scan of {}",
+                    scan.table_name
+                )));
             }
             let mut stages = Vec::new();
             if let Some(indices) = &scan.projection {
                 let all: Vec<usize> = (0..source.arrow_schema().fields().len()).collect();
                 if indices != &all {
-                    stages.push(Stage::Select { indices: indices.clone() });
+                    stages.push(Stage::Select {
+                        indices: indices.clone(),
+                    });
                 }
             }
             if let Some(predicate) = scan.filters.iter().cloned().reduce(Expr::and) {
-                stages.push(Stage::Filter(physical(state, predicate, &scan.projected_schema)?));
+                stages.push(Stage::Filter(physical(
+                    state,
+                    predicate,
+                    &scan.projected_schema,
+                )?));
             }
             Ok(stages)
         }
         LogicalPlan::Filter(filter) => {
             let mut stages = lower(&filter.input, state, source)?;
-            stages.push(Stage::Filter(physical(state, filter.predicate.clone(), filter.input.schema())?));
+            stages.push(Stage::Filter(physical(
+                state,
+                filter.predicate.clone(),
+                filter.input.schema(),
+            )?));
             Ok(stages)
         }
         LogicalPlan::Projection(projection) => {
@@ -626,22 +811,39 @@ fn lower(plan: &LogicalPlan, state: &SessionState, source: &Source) -> Result<Ve
                 .iter()
                 .map(|expr| physical(state, expr.clone(), projection.input.schema()))
                 .collect::<Result<Vec<_>, _>>()?;
-            stages.push(Stage::Project { exprs, schema: nullable_schema(projection.schema.as_arrow()) });
+            stages.push(Stage::Project {
+                exprs,
+                schema: nullable_schema(projection.schema.as_arrow()),
+            });
             Ok(stages)
         }
         LogicalPlan::SubqueryAlias(alias) => lower(&alias.input, state, source),
         LogicalPlan::Aggregate(_) => Err(PlanError::unsupported("aggregate functions", true, None)),
         LogicalPlan::Join(_) => Err(PlanError::unsupported("joins", true, None)),
-        LogicalPlan::Window(_) => Err(PlanError::unsupported("window functions (OVER)", true, None)),
+        LogicalPlan::Window(_) => Err(PlanError::unsupported(
+            "window functions (OVER)",
+            true,
+            None,
+        )),
         LogicalPlan::Unnest(_) => Err(PlanError::unsupported("EXPLODE/UNNEST", false, None)),
         LogicalPlan::Sort(_) => Err(PlanError::unsupported("ORDER BY", false, None)),
         LogicalPlan::Distinct(_) => Err(PlanError::unsupported("SELECT DISTINCT", false, None)),
-        LogicalPlan::EmptyRelation(_) => Err(PlanError::Invalid("a continuous query must read FROM a stream or table".into())),
-        other => Err(PlanError::unsupported(&format!("\"{}\"", other.display()), false, None)),
+        LogicalPlan::EmptyRelation(_) => Err(PlanError::Invalid(
+            "a continuous query must read FROM a stream or table".into(),
+        )),
+        other => Err(PlanError::unsupported(
+            &format!("\"{}\"", other.display()),
+            false,
+            None,
+        )),
     }
 }
 
-fn physical(state: &SessionState, expr: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
+fn physical(
+    state: &SessionState,
+    expr: Expr,
+    schema: &DFSchema,
+) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
     Ok(state.create_physical_expr(expr, schema)?)
 }
 

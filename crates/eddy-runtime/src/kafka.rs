@@ -31,7 +31,10 @@ pub enum KafkaError {
 
 impl KafkaError {
     pub(crate) fn client(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        KafkaError::Client { operation: operation.into(), source }
+        KafkaError::Client {
+            operation: operation.into(),
+            source,
+        }
     }
 }
 
@@ -92,11 +95,17 @@ impl KafkaConnection {
             .set("linger.ms", self.producer_linger_ms.to_string())
             .set("message.timeout.ms", self.request_timeout_ms.to_string())
             .set("compression.type", "none");
-        config.create().map_err(|e| KafkaError::client("producer creation", e))
+        config
+            .create()
+            .map_err(|e| KafkaError::client("producer creation", e))
     }
 
     /// A consumer in `group_id`; transient readers use a group of their own and never commit.
-    pub fn consumer(&self, group_id: &str, offset_reset: &str) -> Result<StreamConsumer, KafkaError> {
+    pub fn consumer(
+        &self,
+        group_id: &str,
+        offset_reset: &str,
+    ) -> Result<StreamConsumer, KafkaError> {
         let mut config = self.client_config();
         config
             .set("enable.auto.commit", "false")
@@ -106,15 +115,21 @@ impl KafkaConnection {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000");
         config.set("group.id", group_id);
-        config.create().map_err(|e| KafkaError::client("consumer creation", e))
+        config
+            .create()
+            .map_err(|e| KafkaError::client("consumer creation", e))
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-        self.client_config().create().map_err(|e| KafkaError::client("admin client creation", e))
+        self.client_config()
+            .create()
+            .map_err(|e| KafkaError::client("admin client creation", e))
     }
 
     fn admin_options(&self) -> AdminOptions {
-        AdminOptions::new().request_timeout(Some(self.timeout())).operation_timeout(Some(self.timeout()))
+        AdminOptions::new()
+            .request_timeout(Some(self.timeout()))
+            .operation_timeout(Some(self.timeout()))
     }
 
     /// Creates a topic. Returns `false` if it already existed.
@@ -155,9 +170,10 @@ impl KafkaConnection {
         let deadline = tokio::time::Instant::now() + self.timeout();
         loop {
             if let Some(info) = self.topic(name).await?
-                && info.partitions > 0 {
-                    return Ok(info);
-                }
+                && info.partitions > 0
+            {
+                return Ok(info);
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(KafkaError::Timeout {
                     operation: format!("creation of topic \"{name}\""),
@@ -196,7 +212,11 @@ impl KafkaConnection {
 
     /// One topic, or `None` if it does not exist.
     pub async fn topic(&self, name: &str) -> Result<Option<TopicInfo>, KafkaError> {
-        Ok(self.metadata(Some(name.to_owned())).await?.into_iter().find(|t| t.name == name && t.partitions > 0))
+        Ok(self
+            .metadata(Some(name.to_owned()))
+            .await?
+            .into_iter()
+            .find(|t| t.name == name && t.partitions > 0))
     }
 
     async fn metadata(&self, topic: Option<String>) -> Result<Vec<TopicInfo>, KafkaError> {
@@ -204,8 +224,9 @@ impl KafkaConnection {
         let timeout = self.timeout();
         // librdkafka's metadata call blocks; keep it off the async workers.
         tokio::task::spawn_blocking(move || -> Result<Vec<TopicInfo>, KafkaError> {
-            let consumer: BaseConsumer =
-                config.create().map_err(|e| KafkaError::client("metadata client creation", e))?;
+            let consumer: BaseConsumer = config
+                .create()
+                .map_err(|e| KafkaError::client("metadata client creation", e))?;
             let metadata = consumer
                 .fetch_metadata(topic.as_deref(), Timeout::After(timeout))
                 .map_err(|e| KafkaError::client("metadata request", e))?;
@@ -216,7 +237,11 @@ impl KafkaConnection {
                 .map(|t| TopicInfo {
                     name: t.name().to_owned(),
                     partitions: t.partitions().len() as i32,
-                    replicas: t.partitions().first().map(|p| p.replicas().len() as i32).unwrap_or(0),
+                    replicas: t
+                        .partitions()
+                        .first()
+                        .map(|p| p.replicas().len() as i32)
+                        .unwrap_or(0),
                 })
                 .collect())
         })
@@ -226,18 +251,29 @@ impl KafkaConnection {
 
     /// Low and high watermarks of every partition of `topic`, indexed by partition.
     pub async fn watermarks(&self, topic: &str) -> Result<Vec<(i64, i64)>, KafkaError> {
-        let info = self.topic(topic).await?.ok_or_else(|| KafkaError::UnknownTopic { topic: topic.to_owned() })?;
+        let info = self
+            .topic(topic)
+            .await?
+            .ok_or_else(|| KafkaError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
         let config = self.client_config();
         let timeout = self.timeout();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>, KafkaError> {
-            let consumer: BaseConsumer =
-                config.create().map_err(|e| KafkaError::client("watermark client creation", e))?;
+            let consumer: BaseConsumer = config
+                .create()
+                .map_err(|e| KafkaError::client("watermark client creation", e))?;
             (0..info.partitions)
                 .map(|p| {
                     consumer
                         .fetch_watermarks(&topic, p, Timeout::After(timeout))
-                        .map_err(|e| KafkaError::client(format!("watermarks of \"{topic}\" partition {p}"), e))
+                        .map_err(|e| {
+                            KafkaError::client(
+                                format!("watermarks of \"{topic}\" partition {p}"),
+                                e,
+                            )
+                        })
                 })
                 .collect()
         })

@@ -22,4 +22,7 @@ mod query;
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};
-pub use query::{OffsetReset, QueryError, QueryHandle, QueryMetrics, QuerySpec, QueryStatus, SinkSpec, start_query};
+pub use query::{
+    OffsetReset, QueryError, QueryHandle, QueryMetrics, QuerySpec, QueryStatus, SinkSpec,
+    start_query,
+};

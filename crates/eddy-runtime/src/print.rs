@@ -43,27 +43,46 @@ impl Drop for PrintStream {
 }
 
 /// Starts printing `options.topic`.
-pub async fn print_topic(connection: &KafkaConnection, options: PrintOptions) -> Result<PrintStream, KafkaError> {
+pub async fn print_topic(
+    connection: &KafkaConnection,
+    options: PrintOptions,
+) -> Result<PrintStream, KafkaError> {
     let info = connection
         .topic(&options.topic)
         .await?
-        .ok_or_else(|| KafkaError::UnknownTopic { topic: options.display_topic.clone() })?;
-    let end_offsets = if options.stop_at_end { Some(connection.watermarks(&options.topic).await?) } else { None };
-    let consumer: StreamConsumer = connection.consumer(&format!("_eddy-print-{}", std::process::id()), "earliest")?;
+        .ok_or_else(|| KafkaError::UnknownTopic {
+            topic: options.display_topic.clone(),
+        })?;
+    let end_offsets = if options.stop_at_end {
+        Some(connection.watermarks(&options.topic).await?)
+    } else {
+        None
+    };
+    let consumer: StreamConsumer =
+        connection.consumer(&format!("_eddy-print-{}", std::process::id()), "earliest")?;
     let mut assignment = TopicPartitionList::new();
-    let start = if options.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if options.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     for partition in 0..info.partitions {
         assignment
             .add_partition_offset(&options.topic, partition, start)
             .map_err(|e| KafkaError::client("assignment", e))?;
     }
-    consumer.assign(&assignment).map_err(|e| KafkaError::client("assignment", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| KafkaError::client("assignment", e))?;
 
     let (sender, lines) = mpsc::channel(options.queue_lines.max(1));
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
-        let header = format!("Topic: {}, partitions: {}", options.display_topic, info.partitions);
+        let header = format!(
+            "Topic: {}, partitions: {}",
+            options.display_topic, info.partitions
+        );
         if sender.send(header).await.is_err() {
             return;
         }
@@ -74,9 +93,10 @@ pub async fn print_topic(connection: &KafkaConnection, options: PrintOptions) ->
             .map(|ends| ends.iter().map(|(low, high)| high > low).collect());
         loop {
             if let Some(remaining) = &remaining
-                && remaining.iter().all(|r| !r) {
-                    return;
-                }
+                && remaining.iter().all(|r| !r)
+            {
+                return;
+            }
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
                 message = consumer.recv() => message,
@@ -90,10 +110,14 @@ pub async fn print_topic(connection: &KafkaConnection, options: PrintOptions) ->
             };
             let partition = message.partition();
             if let (Some(remaining), Some(ends)) = (remaining.as_mut(), end_offsets.as_ref())
-                && let (Some(flag), Some((_, high))) = (remaining.get_mut(partition as usize), ends.get(partition as usize))
-                    && message.offset() + 1 >= *high {
-                        *flag = false;
-                    }
+                && let (Some(flag), Some((_, high))) = (
+                    remaining.get_mut(partition as usize),
+                    ends.get(partition as usize),
+                )
+                && message.offset() + 1 >= *high
+            {
+                *flag = false;
+            }
             seen += 1;
             if !(seen - 1).is_multiple_of(options.interval.max(1)) {
                 continue;
@@ -116,15 +140,29 @@ pub async fn print_topic(connection: &KafkaConnection, options: PrintOptions) ->
             }
         }
     });
-    Ok(PrintStream { lines, cancel, task })
+    Ok(PrintStream {
+        lines,
+        cancel,
+        task,
+    })
 }
 
 fn show_bytes(bytes: Option<&[u8]>) -> String {
     match bytes {
         None => "<null>".to_owned(),
         Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => text.to_owned(),
-            _ => bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+            Ok(text)
+                if !text
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t') =>
+            {
+                text.to_owned()
+            }
+            _ => bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         },
     }
 }
@@ -173,7 +211,10 @@ mod tests {
     #[test]
     fn rowtime_formats_like_ksqldb() {
         assert_eq!(format_rowtime(Some(0)), "1970/01/01 00:00:00.000 Z");
-        assert_eq!(format_rowtime(Some(1_589_385_200_123)), "2020/05/13 15:53:20.123 Z");
+        assert_eq!(
+            format_rowtime(Some(1_589_385_200_123)),
+            "2020/05/13 15:53:20.123 Z"
+        );
         assert_eq!(format_rowtime(None), "N/A");
     }
 

@@ -48,7 +48,11 @@ pub struct ProcessingLogEntry {
 
 /// The value columns of the `EDDY_PROCESSING_LOG` stream, in the order of [`ProcessingLogEntry`].
 pub fn processing_log_columns() -> Vec<Column> {
-    let column = |name: &str, sql_type: SqlType| Column { name: name.to_owned(), sql_type, role: ColumnRole::Value };
+    let column = |name: &str, sql_type: SqlType| Column {
+        name: name.to_owned(),
+        sql_type,
+        role: ColumnRole::Value,
+    };
     vec![
         column("QUERY_ID", SqlType::String),
         column("LEVEL", SqlType::String),
@@ -94,9 +98,13 @@ impl ProcessingLog {
                         continue;
                     }
                 };
-                let record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&topic).payload(payload.as_slice()).timestamp(entry.time);
-                match producer.send(record, Timeout::After(std::time::Duration::from_secs(30))).await {
+                let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+                    .payload(payload.as_slice())
+                    .timestamp(entry.time);
+                match producer
+                    .send(record, Timeout::After(std::time::Duration::from_secs(30)))
+                    .await
+                {
                     Ok(_) => {
                         written_by_task.fetch_add(1, Ordering::Relaxed);
                     }
@@ -108,7 +116,15 @@ impl ProcessingLog {
             }
             debug!("processing log writer stopped");
         });
-        (Self { sender, record_bytes, written, failed }, task)
+        (
+            Self {
+                sender,
+                record_bytes,
+                written,
+                failed,
+            },
+            task,
+        )
     }
 
     /// Reports one skipped record. Waits when the log is behind.
@@ -156,5 +172,8 @@ impl ProcessingLog {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -11,7 +11,9 @@ use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use eddy_common::config::EngineConfig;
 use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, RecordPart, SourceLayout};
 use eddy_planner::StreamingPlan;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -132,7 +134,10 @@ impl QueryMetrics {
     }
 
     pub fn status(&self) -> QueryStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or(QueryStatus::Error("status lock poisoned".into()))
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(QueryStatus::Error("status lock poisoned".into()))
     }
 
     fn set_status(&self, status: QueryStatus) {
@@ -158,9 +163,15 @@ impl QueryHandle {
     pub async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(driver) = self.driver.take()
-            && tokio::time::timeout(Duration::from_secs(30), driver).await.is_err() {
-                warn!(query = self.query_id, "query did not stop within 30 s; aborted");
-            }
+            && tokio::time::timeout(Duration::from_secs(30), driver)
+                .await
+                .is_err()
+        {
+            warn!(
+                query = self.query_id,
+                "query did not stop within 30 s; aborted"
+            );
+        }
     }
 
     pub fn status(&self) -> QueryStatus {
@@ -198,21 +209,32 @@ impl ClientContext for QueryConsumerContext {}
 
 impl ConsumerContext for QueryConsumerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(partitions) = rebalance else { return };
+        let Rebalance::Revoke(partitions) = rebalance else {
+            return;
+        };
         let mut commit = TopicPartitionList::new();
-        let Ok(progress) = self.progress.lock() else { return };
-        let Ok(mut revoked) = self.revoked.lock() else { return };
+        let Ok(progress) = self.progress.lock() else {
+            return;
+        };
+        let Ok(mut revoked) = self.revoked.lock() else {
+            return;
+        };
         for element in partitions.elements() {
             let partition = element.partition();
             revoked.push(partition);
-            if let Some(next) = progress.get(&partition).map(|p| p.load(Ordering::Acquire)).filter(|n| *n >= 0) {
+            if let Some(next) = progress
+                .get(&partition)
+                .map(|p| p.load(Ordering::Acquire))
+                .filter(|n| *n >= 0)
+            {
                 let _ = commit.add_partition_offset(&self.topic, partition, Offset::Offset(next));
             }
         }
         if commit.count() > 0
-            && let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
-                warn!(%error, "commit on revocation failed; records may be processed again");
-            }
+            && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            warn!(%error, "commit on revocation failed; records may be processed again");
+        }
     }
 }
 
@@ -224,11 +246,15 @@ struct PartitionWorker {
 /// Starts `spec` and returns its handle.
 pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     // Validate the formats before anything runs, so a bad definition fails the statement.
-    RecordDecoder::new(&spec.source_layout)
-        .map_err(|e| QueryError::Format { topic: spec.source_topic.clone(), message: e.to_string() })?;
+    RecordDecoder::new(&spec.source_layout).map_err(|e| QueryError::Format {
+        topic: spec.source_topic.clone(),
+        message: e.to_string(),
+    })?;
     if let SinkSpec::Kafka { topic, layout, .. } = &spec.sink {
-        RecordEncoder::new(layout)
-            .map_err(|e| QueryError::Format { topic: topic.clone(), message: e.to_string() })?;
+        RecordEncoder::new(layout).map_err(|e| QueryError::Format {
+            topic: topic.clone(),
+            message: e.to_string(),
+        })?;
     }
 
     let progress: Arc<Mutex<HashMap<i32, Progress>>> = Arc::default();
@@ -247,21 +273,26 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
-        .set("fetch.wait.max.ms", spec.config.max_batch_wait_ms.max(1).to_string());
+        .set(
+            "fetch.wait.max.ms",
+            spec.config.max_batch_wait_ms.max(1).to_string(),
+        );
     let consumer: StreamConsumer<QueryConsumerContext> = config
         .create_with_context(context)
         .map_err(|e| KafkaError::client("consumer creation", e))?;
 
     if spec.persistent {
-        consumer
-            .subscribe(&[&spec.source_topic])
-            .map_err(|e| KafkaError::client(format!("subscription to \"{}\"", spec.source_topic), e))?;
+        consumer.subscribe(&[&spec.source_topic]).map_err(|e| {
+            KafkaError::client(format!("subscription to \"{}\"", spec.source_topic), e)
+        })?;
     } else {
         let info = spec
             .connection
             .topic(&spec.source_topic)
             .await?
-            .ok_or_else(|| KafkaError::UnknownTopic { topic: spec.source_topic.clone() })?;
+            .ok_or_else(|| KafkaError::UnknownTopic {
+                topic: spec.source_topic.clone(),
+            })?;
         let offset = match spec.offset_reset {
             OffsetReset::Earliest => Offset::Beginning,
             OffsetReset::Latest => Offset::End,
@@ -272,16 +303,30 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
                 .add_partition_offset(&spec.source_topic, partition, offset)
                 .map_err(|e| KafkaError::client("assignment", e))?;
         }
-        consumer.assign(&assignment).map_err(|e| KafkaError::client("assignment", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| KafkaError::client("assignment", e))?;
     }
 
     let metrics = Arc::new(QueryMetrics::new());
     let cancel = CancellationToken::new();
     let query_id = spec.query_id.clone();
-    let driver = Driver { spec, consumer, progress, revoked, metrics: Arc::clone(&metrics), cancel: cancel.clone() };
+    let driver = Driver {
+        spec,
+        consumer,
+        progress,
+        revoked,
+        metrics: Arc::clone(&metrics),
+        cancel: cancel.clone(),
+    };
     let handle = tokio::spawn(driver.run());
     info!(query = query_id, "query started");
-    Ok(QueryHandle { query_id, metrics, cancel, driver: Some(handle) })
+    Ok(QueryHandle {
+        query_id,
+        metrics,
+        cancel,
+        driver: Some(handle),
+    })
 }
 
 struct Driver {
@@ -295,7 +340,14 @@ struct Driver {
 
 impl Driver {
     async fn run(self) {
-        let Driver { spec, consumer, progress, revoked, metrics, cancel } = self;
+        let Driver {
+            spec,
+            consumer,
+            progress,
+            revoked,
+            metrics,
+            cancel,
+        } = self;
         let spec = Arc::new(spec);
         let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
         let mut tasks: JoinSet<Result<(), QueryError>> = JoinSet::new();
@@ -304,7 +356,9 @@ impl Driver {
         let wait = Duration::from_millis(spec.config.max_batch_wait_ms.max(1));
         let mut linger = tokio::time::interval(wait);
         linger.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut commit_tick = tokio::time::interval(Duration::from_millis(spec.config.commit_interval_ms.max(10)));
+        let mut commit_tick = tokio::time::interval(Duration::from_millis(
+            spec.config.commit_interval_ms.max(10),
+        ));
         commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let max_batch = spec.config.max_batch_records.max(1);
         let mut consecutive_errors = 0u32;
@@ -373,17 +427,31 @@ impl Driver {
 
         // Graceful end: close the partition queues, let queued batches finish, then commit what
         // was acknowledged.
-        let progress_of: HashMap<i32, Progress> =
-            workers.drain().map(|(partition, worker)| (partition, worker.progress)).collect();
+        let progress_of: HashMap<i32, Progress> = workers
+            .drain()
+            .map(|(partition, worker)| (partition, worker.progress))
+            .collect();
         if outcome.is_ok() && cancel.is_cancelled() {
             let drain = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
-                warn!(query = spec.query_id, "partition tasks did not finish within 10 s");
+            if tokio::time::timeout(Duration::from_secs(10), drain)
+                .await
+                .is_err()
+            {
+                warn!(
+                    query = spec.query_id,
+                    "partition tasks did not finish within 10 s"
+                );
             }
         }
         tasks.abort_all();
         if spec.persistent {
-            commit_progress(&consumer, &spec.source_topic, &progress_of, &mut committed, CommitMode::Sync);
+            commit_progress(
+                &consumer,
+                &spec.source_topic,
+                &progress_of,
+                &mut committed,
+                CommitMode::Sync,
+            );
         }
         match outcome {
             Ok(()) => {
@@ -409,10 +477,14 @@ fn commit_progress(
     let mut advanced = Vec::new();
     for (partition, progress) in progress {
         let next = progress.load(Ordering::Acquire);
-        if next >= 0 && committed.get(partition).is_none_or(|c| *c < next)
-            && list.add_partition_offset(topic, *partition, Offset::Offset(next)).is_ok() {
-                advanced.push((*partition, next));
-            }
+        if next >= 0
+            && committed.get(partition).is_none_or(|c| *c < next)
+            && list
+                .add_partition_offset(topic, *partition, Offset::Offset(next))
+                .is_ok()
+        {
+            advanced.push((*partition, next));
+        }
     }
     if list.count() == 0 {
         return;
@@ -458,30 +530,47 @@ struct PartitionTask {
 impl PartitionTask {
     async fn run(self, mut receiver: mpsc::Receiver<RawBatch>) -> Result<(), QueryError> {
         let spec = &self.spec;
-        let mut decoder = RecordDecoder::new(&spec.source_layout)
-            .map_err(|e| QueryError::Format { topic: spec.source_topic.clone(), message: e.to_string() })?;
+        let mut decoder =
+            RecordDecoder::new(&spec.source_layout).map_err(|e| QueryError::Format {
+                topic: spec.source_topic.clone(),
+                message: e.to_string(),
+            })?;
         let mut encoder = match &spec.sink {
-            SinkSpec::Kafka { layout, topic, .. } => Some(
-                RecordEncoder::new(layout)
-                    .map_err(|e| QueryError::Format { topic: topic.clone(), message: e.to_string() })?,
-            ),
+            SinkSpec::Kafka { layout, topic, .. } => {
+                Some(RecordEncoder::new(layout).map_err(|e| QueryError::Format {
+                    topic: topic.clone(),
+                    message: e.to_string(),
+                })?)
+            }
             SinkSpec::Channel { .. } => None,
         };
         let mut encoded = EncodedBatch::new();
-        debug!(query = spec.query_id, partition = self.partition, "partition task started");
+        debug!(
+            query = spec.query_id,
+            partition = self.partition,
+            "partition task started"
+        );
 
         while let Some(raw) = receiver.recv().await {
-            let Some(&last_offset) = raw.offsets().last() else { continue };
-            self.metrics.records_in.fetch_add(raw.len() as u64, Ordering::Relaxed);
-            let decoded = decoder
-                .decode(&raw)
-                .map_err(|e| QueryError::Internal(format!("decoder of \"{}\": {e}", spec.source_topic)))?;
+            let Some(&last_offset) = raw.offsets().last() else {
+                continue;
+            };
+            self.metrics
+                .records_in
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            let decoded = decoder.decode(&raw).map_err(|e| {
+                QueryError::Internal(format!("decoder of \"{}\": {e}", spec.source_topic))
+            })?;
             for error in &decoded.errors {
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-                let record = raw.offsets().iter().position(|o| *o == error.offset).and_then(|i| match error.part {
-                    RecordPart::Key => raw.key(i),
-                    RecordPart::Value => raw.value(i),
-                });
+                let record = raw
+                    .offsets()
+                    .iter()
+                    .position(|o| *o == error.offset)
+                    .and_then(|i| match error.part {
+                        RecordPart::Key => raw.key(i),
+                        RecordPart::Value => raw.value(i),
+                    });
                 spec.processing_log
                     .report(
                         &spec.query_id,
@@ -505,8 +594,14 @@ impl PartitionTask {
             let output = self.process(batch).await;
             if output.num_rows() > 0 {
                 match (&spec.sink, encoder.as_mut()) {
-                    (SinkSpec::Kafka { topic, producer, .. }, Some(encoder)) => {
-                        self.produce(topic, producer, encoder, &mut encoded, &output).await?;
+                    (
+                        SinkSpec::Kafka {
+                            topic, producer, ..
+                        },
+                        Some(encoder),
+                    ) => {
+                        self.produce(topic, producer, encoder, &mut encoded, &output)
+                            .await?;
                     }
                     (SinkSpec::Channel { sender }, _) => {
                         if sender.send(output.clone()).await.is_err() {
@@ -515,7 +610,9 @@ impl PartitionTask {
                     }
                     _ => return Err(QueryError::Internal("sink without encoder".into())),
                 }
-                self.metrics.records_out.fetch_add(output.num_rows() as u64, Ordering::Relaxed);
+                self.metrics
+                    .records_out
+                    .fetch_add(output.num_rows() as u64, Ordering::Relaxed);
             }
             self.progress.store(last_offset + 1, Ordering::Release);
         }
@@ -523,7 +620,11 @@ impl PartitionTask {
     }
 
     /// Makes `column` the batch's `ROWTIME`; rows without a usable timestamp are reported and skipped.
-    async fn apply_event_time(&self, batch: RecordBatch, column: usize) -> Result<RecordBatch, QueryError> {
+    async fn apply_event_time(
+        &self,
+        batch: RecordBatch,
+        column: usize,
+    ) -> Result<RecordBatch, QueryError> {
         use datafusion::arrow::compute::{cast, filter_record_batch, is_not_null};
         use datafusion::arrow::datatypes::{DataType, TimeUnit};
         // ROWTIME is BIGINT epoch milliseconds: timestamps of any unit go through Timestamp(ms).
@@ -535,11 +636,14 @@ impl PartitionTask {
             }
             DataType::Int64 | DataType::Int32 => cast(source, &DataType::Int64),
             other => {
-                return Err(QueryError::Internal(format!("TIMESTAMP column has unsupported type {other}")));
+                return Err(QueryError::Internal(format!(
+                    "TIMESTAMP column has unsupported type {other}"
+                )));
             }
         }
         .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
-        let valid = is_not_null(&times).map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        let valid =
+            is_not_null(&times).map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
         let mut columns = batch.columns().to_vec();
         columns[0] = times;
         let batch = RecordBatch::try_new(batch.schema(), columns)
@@ -557,14 +661,18 @@ impl PartitionTask {
                     &self.spec.query_id,
                     ErrorKind::DeserializationError,
                     &self.spec.source_topic,
-                    partitions.as_ref().map(|p| p.value(row)).unwrap_or(self.partition),
+                    partitions
+                        .as_ref()
+                        .map(|p| p.value(row))
+                        .unwrap_or(self.partition),
                     offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1),
                     "record has no event time: its TIMESTAMP column is null".to_owned(),
                     None,
                 )
                 .await;
         }
-        filter_record_batch(&batch, &valid).map_err(|e| QueryError::Internal(format!("event time: {e}")))
+        filter_record_batch(&batch, &valid)
+            .map_err(|e| QueryError::Internal(format!("event time: {e}")))
     }
 
     /// Runs the plan; if a batch fails, finds the failing rows one by one, reports and skips them.
@@ -583,7 +691,10 @@ impl PartitionTask {
                 Ok(output) => good.push(output),
                 Err(error) => {
                     self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-                    let partition = partitions.as_ref().map(|p| p.value(row)).unwrap_or(self.partition);
+                    let partition = partitions
+                        .as_ref()
+                        .map(|p| p.value(row))
+                        .unwrap_or(self.partition);
                     let offset = offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1);
                     self.spec
                         .processing_log
@@ -600,7 +711,8 @@ impl PartitionTask {
                 }
             }
         }
-        concat_batches(&plan.output_schema, &good).unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(&plan.output_schema)))
+        concat_batches(&plan.output_schema, &good)
+            .unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(&plan.output_schema)))
     }
 
     async fn produce(
@@ -616,12 +728,19 @@ impl PartitionTask {
         encoder
             .encode(output, &plan.key_columns, &plan.value_columns, encoded)
             .map_err(|e| QueryError::Internal(format!("encoder of \"{topic}\": {e}")))?;
-        let rowtimes = output.column(plan.rowtime_column).as_primitive_opt::<Int64Type>().cloned();
+        let rowtimes = output
+            .column(plan.rowtime_column)
+            .as_primitive_opt::<Int64Type>()
+            .cloned();
         let timeout = Duration::from_millis(self.spec.config.produce_timeout_ms);
         let deadline = Instant::now() + timeout;
-        let mut pending: std::collections::VecDeque<DeliveryFuture> = std::collections::VecDeque::new();
+        let mut pending: std::collections::VecDeque<DeliveryFuture> =
+            std::collections::VecDeque::new();
         for row in 0..encoded.len() {
-            let timestamp = rowtimes.as_ref().filter(|r| r.is_valid(row)).map(|r| r.value(row));
+            let timestamp = rowtimes
+                .as_ref()
+                .filter(|r| r.is_valid(row))
+                .map(|r| r.value(row));
             loop {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
                 if let Some(key) = encoded.key(row) {
@@ -638,10 +757,16 @@ impl PartitionTask {
                         pending.push_back(delivery);
                         break;
                     }
-                    Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        _,
+                    )) => {
                         // The producer's queue is full: wait for the oldest delivery, then retry.
                         if Instant::now() >= deadline {
-                            return Err(QueryError::Produce { topic: topic.to_owned(), message: "producer queue stayed full".into() });
+                            return Err(QueryError::Produce {
+                                topic: topic.to_owned(),
+                                message: "producer queue stayed full".into(),
+                            });
                         }
                         match pending.pop_front() {
                             Some(oldest) => await_delivery(topic, oldest).await?,
@@ -649,7 +774,10 @@ impl PartitionTask {
                         }
                     }
                     Err((error, _)) => {
-                        return Err(QueryError::Produce { topic: topic.to_owned(), message: error.to_string() });
+                        return Err(QueryError::Produce {
+                            topic: topic.to_owned(),
+                            message: error.to_string(),
+                        });
                     }
                 }
             }
@@ -680,7 +808,13 @@ fn drop_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch, QueryEr
 async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<(), QueryError> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _))) => Err(QueryError::Produce { topic: topic.to_owned(), message: error.to_string() }),
-        Err(_) => Err(QueryError::Produce { topic: topic.to_owned(), message: "the producer was closed".into() }),
+        Ok(Err((error, _))) => Err(QueryError::Produce {
+            topic: topic.to_owned(),
+            message: error.to_string(),
+        }),
+        Err(_) => Err(QueryError::Produce {
+            topic: topic.to_owned(),
+            message: "the producer was closed".into(),
+        }),
     }
 }

@@ -103,9 +103,17 @@ pub enum Statement {
         select: Box<Select>,
     },
     /// `INSERT INTO name [WITH (QUERY_ID='id')] SELECT ...`.
-    InsertSelect { target: String, properties: Vec<Property>, select: Box<Select> },
+    InsertSelect {
+        target: String,
+        properties: Vec<Property>,
+        select: Box<Select>,
+    },
     /// `INSERT INTO name [(columns)] VALUES (...)`.
-    InsertValues { target: String, columns: Vec<String>, values: Vec<ast::Expr> },
+    InsertValues {
+        target: String,
+        columns: Vec<String>,
+        values: Vec<ast::Expr>,
+    },
     /// `SELECT ...` (a push query with `EMIT CHANGES`).
     Select(Box<Select>),
     /// `SHOW|LIST STREAMS|TABLES|TOPICS|QUERIES|PROPERTIES [EXTENDED]`.
@@ -113,7 +121,12 @@ pub enum Statement {
     /// `DESCRIBE [EXTENDED] name`.
     Describe { name: String, extended: bool },
     /// `DROP STREAM|TABLE [IF EXISTS] name [DELETE TOPIC]`.
-    Drop { kind: SourceKind, name: String, if_exists: bool, delete_topic: bool },
+    Drop {
+        kind: SourceKind,
+        name: String,
+        if_exists: bool,
+        delete_topic: bool,
+    },
     /// `TERMINATE query_id` or `TERMINATE ALL` (`query_id` is `None`).
     Terminate { query_id: Option<String> },
     /// `EXPLAIN SELECT ...`.
@@ -122,7 +135,12 @@ pub enum Statement {
     ExplainQuery { query_id: String },
     /// `PRINT topic [FROM BEGINNING] [INTERVAL n] [LIMIT n]`. The topic is as written (topic names
     /// are case-sensitive).
-    Print { topic: String, from_beginning: bool, interval: Option<u64>, limit: Option<u64> },
+    Print {
+        topic: String,
+        from_beginning: bool,
+        interval: Option<u64>,
+        limit: Option<u64>,
+    },
     /// `SET 'name' = 'value'`.
     Set { name: String, value: String },
     /// `UNSET 'name'`.

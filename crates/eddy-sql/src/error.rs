@@ -18,16 +18,25 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn at(location: Location, message: impl Into<String>) -> Self {
-        Self { message: message.into(), line: location.line, column: location.column }
+        Self {
+            message: message.into(),
+            line: location.line,
+            column: location.column,
+        }
     }
 
     /// Converts sqlparser's error, whose message ends with ` at Line: l, Column: c` when it knows the
     /// position. `fallback` is used when it does not (e.g. at the end of the input).
-    pub(crate) fn from_sqlparser(error: sqlparser::parser::ParserError, fallback: Location) -> Self {
+    pub(crate) fn from_sqlparser(
+        error: sqlparser::parser::ParserError,
+        fallback: Location,
+    ) -> Self {
         use sqlparser::parser::ParserError as E;
         let text = match error {
             E::TokenizerError(text) | E::ParserError(text) => text,
-            E::RecursionLimitExceeded => return Self::at(fallback, "the statement is nested too deeply"),
+            E::RecursionLimitExceeded => {
+                return Self::at(fallback, "the statement is nested too deeply");
+            }
         };
         let (message, location) = match text.rfind(" at Line: ") {
             Some(at) => {
@@ -36,7 +45,9 @@ impl ParseError {
                 let line = parts.next().and_then(|l| l.trim().parse().ok());
                 let column = parts.next().and_then(|c| c.trim().parse().ok());
                 match (line, column) {
-                    (Some(line), Some(column)) => (text[..at].to_owned(), Location { line, column }),
+                    (Some(line), Some(column)) => {
+                        (text[..at].to_owned(), Location { line, column })
+                    }
                     _ => (text.clone(), fallback),
                 }
             }
@@ -48,8 +59,12 @@ impl ParseError {
 
 /// sqlparser says `Expected: an expression, found: EOF`; users read `expected an expression, found end of input`.
 fn humanize(message: &str) -> String {
-    let message = message.strip_prefix("sql parser error: ").unwrap_or(message);
-    let mut message = message.replace("Expected: ", "expected ").replace(", found: ", ", found ");
+    let message = message
+        .strip_prefix("sql parser error: ")
+        .unwrap_or(message);
+    let mut message = message
+        .replace("Expected: ", "expected ")
+        .replace(", found: ", ", found ");
     if message.ends_with("found EOF") {
         message.truncate(message.len() - "EOF".len());
         message.push_str("end of input");

@@ -40,7 +40,12 @@ pub(crate) fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, ParseE
             Token::Whitespace(_) => {}
             Token::SemiColon => {
                 if !current.is_empty() {
-                    statements.push(finish(sql, &offsets, std::mem::take(&mut current), token.span.start));
+                    statements.push(finish(
+                        sql,
+                        &offsets,
+                        std::mem::take(&mut current),
+                        token.span.start,
+                    ));
                 }
             }
             _ => current.push(token),
@@ -53,17 +58,29 @@ pub(crate) fn split_statements(sql: &str) -> Result<Vec<StatementTokens>, ParseE
     Ok(statements)
 }
 
-fn finish(sql: &str, offsets: &LineOffsets, tokens: Vec<TokenWithSpan>, end: Location) -> StatementTokens {
+fn finish(
+    sql: &str,
+    offsets: &LineOffsets,
+    tokens: Vec<TokenWithSpan>,
+    end: Location,
+) -> StatementTokens {
     let start = tokens.first().map(|t| t.span.start).unwrap_or(end);
     let from = offsets.byte_offset(sql, start);
     let to = offsets.byte_offset(sql, end).max(from);
-    StatementTokens { sql: sql[from..to].trim().to_owned(), tokens, start, end }
+    StatementTokens {
+        sql: sql[from..to].trim().to_owned(),
+        tokens,
+        start,
+        end,
+    }
 }
 
 /// True when `text` holds at least one statement and ends with a `;` outside strings and comments:
 /// the REPL reads more lines until then.
 pub fn is_complete(text: &str) -> bool {
-    let Ok(tokens) = tokenize(text) else { return false };
+    let Ok(tokens) = tokenize(text) else {
+        return false;
+    };
     tokens
         .iter()
         .rev()
@@ -84,19 +101,30 @@ impl LineOffsets {
     }
 
     fn byte_offset(&self, sql: &str, location: Location) -> usize {
-        let Some(&line_start) = usize::try_from(location.line).ok().and_then(|l| self.starts.get(l.saturating_sub(1)))
+        let Some(&line_start) = usize::try_from(location.line)
+            .ok()
+            .and_then(|l| self.starts.get(l.saturating_sub(1)))
         else {
             return sql.len();
         };
-        let column = usize::try_from(location.column).unwrap_or(usize::MAX).saturating_sub(1);
-        sql[line_start..].char_indices().nth(column).map(|(i, _)| line_start + i).unwrap_or(sql.len())
+        let column = usize::try_from(location.column)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(1);
+        sql[line_start..]
+            .char_indices()
+            .nth(column)
+            .map(|(i, _)| line_start + i)
+            .unwrap_or(sql.len())
     }
 
     fn end_location(&self, sql: &str) -> Location {
         let line = self.starts.len();
         let last_start = self.starts[line - 1];
         let column = sql[last_start..].chars().count() + 1;
-        Location { line: line as u64, column: column as u64 }
+        Location {
+            line: line as u64,
+            column: column as u64,
+        }
     }
 }
 
@@ -113,16 +141,27 @@ pub(crate) fn normalize_tokens(tokens: &[TokenWithSpan]) -> Vec<TokenWithSpan> {
         let token = match &token.token {
             Token::Word(word) => {
                 let word = match word.quote_style {
-                    Some(_) => Word { value: word.value.clone(), quote_style: Some('"'), keyword: Keyword::NoKeyword },
-                    None if next_is_paren && !previous_is_period => {
-                        Word { value: word.value.to_lowercase(), quote_style: None, keyword: word.keyword }
-                    }
-                    None if word.keyword == Keyword::NoKeyword => {
-                        Word { value: word.value.to_uppercase(), quote_style: Some('"'), keyword: Keyword::NoKeyword }
-                    }
+                    Some(_) => Word {
+                        value: word.value.clone(),
+                        quote_style: Some('"'),
+                        keyword: Keyword::NoKeyword,
+                    },
+                    None if next_is_paren && !previous_is_period => Word {
+                        value: word.value.to_lowercase(),
+                        quote_style: None,
+                        keyword: word.keyword,
+                    },
+                    None if word.keyword == Keyword::NoKeyword => Word {
+                        value: word.value.to_uppercase(),
+                        quote_style: Some('"'),
+                        keyword: Keyword::NoKeyword,
+                    },
                     None => word.clone(),
                 };
-                TokenWithSpan { token: Token::Word(word), span: token.span }
+                TokenWithSpan {
+                    token: Token::Word(word),
+                    span: token.span,
+                }
             }
             _ => token.clone(),
         };

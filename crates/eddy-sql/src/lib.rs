@@ -28,7 +28,8 @@ mod normalize;
 mod parser;
 
 pub use ast::{
-    ColumnDef, ColumnKeyRole, Emit, ParsedStatement, Property, Select, ShowTarget, SourceKind, Statement,
+    ColumnDef, ColumnKeyRole, Emit, ParsedStatement, Property, Select, ShowTarget, SourceKind,
+    Statement,
 };
 pub use error::ParseError;
 pub use lexer::is_complete;

@@ -4,7 +4,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Ident, ObjectName, ObjectNamePart, Select, SelectItem, TableFactor, VisitMut, VisitorMut,
+    BinaryOperator, Expr, Ident, ObjectName, ObjectNamePart, Select, SelectItem, TableFactor,
+    VisitMut, VisitorMut,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserError};
@@ -64,15 +65,25 @@ impl VisitorMut for Normalizer {
         match expr {
             Expr::Identifier(ident) => normalize_ident(ident),
             Expr::CompoundIdentifier(idents) => idents.iter_mut().for_each(normalize_ident),
-            Expr::BinaryOp { left, op: BinaryOperator::Arrow, right } => {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Arrow,
+                right,
+            } => {
                 let field = match right.as_ref() {
                     Expr::Identifier(ident) => ident.value.clone(),
-                    other => return ControlFlow::Break(format!("expected a field name after ->, found {other}")),
+                    other => {
+                        return ControlFlow::Break(format!(
+                            "expected a field name after ->, found {other}"
+                        ));
+                    }
                 };
                 let text = format!("get_field({left}, '{}')", field.replace('\'', "''"));
                 match parse_expr(&text) {
                     Ok(rewritten) => *expr = rewritten,
-                    Err(error) => return ControlFlow::Break(format!("cannot rewrite {text}: {error}")),
+                    Err(error) => {
+                        return ControlFlow::Break(format!("cannot rewrite {text}: {error}"));
+                    }
                 }
             }
             _ => {}
@@ -82,5 +93,7 @@ impl VisitorMut for Normalizer {
 }
 
 fn parse_expr(text: &str) -> Result<Expr, ParserError> {
-    Parser::new(&GenericDialect {}).try_with_sql(text)?.parse_expr()
+    Parser::new(&GenericDialect {})
+        .try_with_sql(text)?
+        .parse_expr()
 }

@@ -8,7 +8,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Word};
 
 use crate::ast::{
-    ColumnDef, ColumnKeyRole, Emit, ParsedStatement, Property, Select, ShowTarget, SourceKind, Statement,
+    ColumnDef, ColumnKeyRole, Emit, ParsedStatement, Property, Select, ShowTarget, SourceKind,
+    Statement,
 };
 use crate::error::ParseError;
 use crate::lexer::{identifier, normalize_tokens, split_statements};
@@ -24,7 +25,11 @@ pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>, ParseError> {
         .map(|statement| {
             let mut cursor = Cursor::new(statement.tokens, statement.end);
             let parsed = cursor.statement()?;
-            Ok(ParsedStatement { statement: parsed, sql: statement.sql, line: statement.start.line })
+            Ok(ParsedStatement {
+                statement: parsed,
+                sql: statement.sql,
+                line: statement.start.line,
+            })
         })
         .collect()
 }
@@ -35,7 +40,10 @@ pub fn parse_expression(sql: &str) -> Result<ast::Expr, ParseError> {
         .into_iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
         .collect::<Vec<_>>();
-    let end = tokens.last().map(|t| t.span.end).unwrap_or(Location { line: 1, column: 1 });
+    let end = tokens
+        .last()
+        .map(|t| t.span.end)
+        .unwrap_or(Location { line: 1, column: 1 });
     let mut cursor = Cursor::new(tokens, end);
     let mut expr = cursor.sqlparser(cursor.tokens.len(), |p| p.parse_expr())?;
     cursor.expect_end()?;
@@ -55,7 +63,12 @@ struct Cursor {
 impl Cursor {
     fn new(tokens: Vec<TokenWithSpan>, end: Location) -> Self {
         let normalized = normalize_tokens(&tokens);
-        Self { tokens, normalized, position: 0, end }
+        Self {
+            tokens,
+            normalized,
+            position: 0,
+            end,
+        }
     }
 
     // ---- token helpers ----
@@ -69,7 +82,10 @@ impl Cursor {
     }
 
     fn location(&self) -> Location {
-        self.tokens.get(self.position).map(|t| t.span.start).unwrap_or(self.end)
+        self.tokens
+            .get(self.position)
+            .map(|t| t.span.start)
+            .unwrap_or(self.end)
     }
 
     fn found(&self) -> String {
@@ -81,7 +97,10 @@ impl Cursor {
     }
 
     fn error(&self, expected: &str) -> ParseError {
-        ParseError::at(self.location(), format!("expected {expected}, found {}", self.found()))
+        ParseError::at(
+            self.location(),
+            format!("expected {expected}, found {}", self.found()),
+        )
     }
 
     /// True when the next token is the unquoted word `keyword` (any case).
@@ -102,7 +121,10 @@ impl Cursor {
     }
 
     fn eat_keywords(&mut self, keywords: &[&str]) -> bool {
-        let all = keywords.iter().enumerate().all(|(i, k)| self.peek_keyword_at(i, k));
+        let all = keywords
+            .iter()
+            .enumerate()
+            .all(|(i, k)| self.peek_keyword_at(i, k));
         if all {
             self.position += keywords.len();
         }
@@ -110,7 +132,11 @@ impl Cursor {
     }
 
     fn expect_keyword(&mut self, keyword: &str) -> Result<(), ParseError> {
-        if self.eat_keyword(keyword) { Ok(()) } else { Err(self.error(keyword)) }
+        if self.eat_keyword(keyword) {
+            Ok(())
+        } else {
+            Err(self.error(keyword))
+        }
     }
 
     fn eat_token(&mut self, token: &Token) -> bool {
@@ -122,7 +148,11 @@ impl Cursor {
     }
 
     fn expect_token(&mut self, token: &Token) -> Result<(), ParseError> {
-        if self.eat_token(token) { Ok(()) } else { Err(self.error(&format!("\"{token}\""))) }
+        if self.eat_token(token) {
+            Ok(())
+        } else {
+            Err(self.error(&format!("\"{token}\"")))
+        }
     }
 
     fn expect_end(&self) -> Result<(), ParseError> {
@@ -172,9 +202,9 @@ impl Cursor {
         match self.peek() {
             Some(Token::Number(text, _)) => {
                 let location = self.location();
-                let value: i64 = text
-                    .parse()
-                    .map_err(|_| ParseError::at(location, format!("expected {what}, found \"{text}\"")))?;
+                let value: i64 = text.parse().map_err(|_| {
+                    ParseError::at(location, format!("expected {what}, found \"{text}\""))
+                })?;
                 self.position += 1;
                 Ok(if negative { -value } else { value })
             }
@@ -185,7 +215,8 @@ impl Cursor {
     fn unsigned(&mut self, what: &str) -> Result<u64, ParseError> {
         let location = self.location();
         let value = self.integer(what)?;
-        u64::try_from(value).map_err(|_| ParseError::at(location, format!("expected {what}, found {value}")))
+        u64::try_from(value)
+            .map_err(|_| ParseError::at(location, format!("expected {what}, found {value}")))
     }
 
     /// Runs a sqlparser function over the normalized tokens from here to `end`, then continues after
@@ -204,7 +235,11 @@ impl Cursor {
         end: usize,
         parse: impl FnOnce(&mut Parser) -> Result<T, sqlparser::parser::ParserError>,
     ) -> Result<T, ParseError> {
-        let end_location = self.tokens.get(end).map(|t| t.span.start).unwrap_or(self.end);
+        let end_location = self
+            .tokens
+            .get(end)
+            .map(|t| t.span.start)
+            .unwrap_or(self.end);
         let dialect = GenericDialect {};
         let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
         let value = parse(&mut parser).map_err(|e| ParseError::from_sqlparser(e, end_location))?;
@@ -226,7 +261,10 @@ impl Cursor {
     fn statement(&mut self) -> Result<Statement, ParseError> {
         let statement = if self.peek_keyword("CREATE") {
             self.create()?
-        } else if self.peek_keyword("SELECT") || self.peek_keyword("WITH") || self.peek() == Some(&Token::LParen) {
+        } else if self.peek_keyword("SELECT")
+            || self.peek_keyword("WITH")
+            || self.peek() == Some(&Token::LParen)
+        {
             Statement::Select(Box::new(self.select(self.tokens.len())?))
         } else if self.eat_keyword("INSERT") {
             self.insert()?
@@ -234,11 +272,25 @@ impl Cursor {
             self.show()?
         } else if self.eat_keyword("DESCRIBE") || self.eat_keyword("DESC") {
             let extended = self.eat_keyword("EXTENDED");
-            if !extended && (self.peek_keyword("STREAMS") || self.peek_keyword("TABLES")) && self.peek_nth(1).is_none() {
-                let target = if self.eat_keyword("STREAMS") { ShowTarget::Streams } else { self.position += 1; ShowTarget::Tables };
-                Statement::Show { target, extended: true }
+            if !extended
+                && (self.peek_keyword("STREAMS") || self.peek_keyword("TABLES"))
+                && self.peek_nth(1).is_none()
+            {
+                let target = if self.eat_keyword("STREAMS") {
+                    ShowTarget::Streams
+                } else {
+                    self.position += 1;
+                    ShowTarget::Tables
+                };
+                Statement::Show {
+                    target,
+                    extended: true,
+                }
             } else {
-                Statement::Describe { name: self.identifier("a stream or table name")?, extended }
+                Statement::Describe {
+                    name: self.identifier("a stream or table name")?,
+                    extended,
+                }
             }
         } else if self.eat_keyword("DROP") {
             self.drop()?
@@ -246,23 +298,31 @@ impl Cursor {
             if self.eat_keyword("ALL") {
                 Statement::Terminate { query_id: None }
             } else {
-                Statement::Terminate { query_id: Some(self.identifier("a query id")?) }
+                Statement::Terminate {
+                    query_id: Some(self.identifier("a query id")?),
+                }
             }
         } else if self.eat_keyword("EXPLAIN") {
             if self.peek_keyword("SELECT") || self.peek_keyword("WITH") {
                 Statement::ExplainSelect(Box::new(self.select(self.tokens.len())?))
             } else {
-                Statement::ExplainQuery { query_id: self.identifier("a query id or SELECT")? }
+                Statement::ExplainQuery {
+                    query_id: self.identifier("a query id or SELECT")?,
+                }
             }
         } else if self.eat_keyword("PRINT") {
             self.print()?
         } else if self.eat_keyword("SET") {
-            let name = self.string_literal("a quoted property name, as in SET 'auto.offset.reset' = 'earliest'")?;
+            let name = self.string_literal(
+                "a quoted property name, as in SET 'auto.offset.reset' = 'earliest'",
+            )?;
             self.expect_token(&Token::Eq)?;
             let value = self.string_literal("a quoted property value")?;
             Statement::Set { name, value }
         } else if self.eat_keyword("UNSET") {
-            Statement::Unset { name: self.string_literal("a quoted property name")? }
+            Statement::Unset {
+                name: self.string_literal("a quoted property name")?,
+            }
         } else if self.eat_keyword("PRODUCE") {
             self.produce()?
         } else {
@@ -279,18 +339,49 @@ impl Cursor {
         let or_replace = self.eat_keywords(&["OR", "REPLACE"]);
         let kind = self.source_kind()?;
         let if_not_exists = self.eat_keywords(&["IF", "NOT", "EXISTS"]);
-        let name = self.identifier(&format!("a {} name", if kind == SourceKind::Stream { "stream" } else { "table" }))?;
-        let columns = if self.peek() == Some(&Token::LParen) { Some(self.column_defs(kind)?) } else { None };
-        let properties = if self.eat_keyword("WITH") { self.properties()? } else { Vec::new() };
+        let name = self.identifier(&format!(
+            "a {} name",
+            if kind == SourceKind::Stream {
+                "stream"
+            } else {
+                "table"
+            }
+        ))?;
+        let columns = if self.peek() == Some(&Token::LParen) {
+            Some(self.column_defs(kind)?)
+        } else {
+            None
+        };
+        let properties = if self.eat_keyword("WITH") {
+            self.properties()?
+        } else {
+            Vec::new()
+        };
         if self.eat_keyword("AS") {
             if let Some(_columns) = columns {
-                return Err(self.error("no column list in CREATE ... AS SELECT (the query defines the columns)"));
+                return Err(self.error(
+                    "no column list in CREATE ... AS SELECT (the query defines the columns)",
+                ));
             }
             let select = self.select(self.tokens.len())?;
-            return Ok(Statement::CreateSourceAs { kind, name, or_replace, if_not_exists, properties, select: Box::new(select) });
+            return Ok(Statement::CreateSourceAs {
+                kind,
+                name,
+                or_replace,
+                if_not_exists,
+                properties,
+                select: Box::new(select),
+            });
         }
         let columns = columns.unwrap_or_default();
-        Ok(Statement::CreateSource { kind, name, or_replace, if_not_exists, columns, properties })
+        Ok(Statement::CreateSource {
+            kind,
+            name,
+            or_replace,
+            if_not_exists,
+            columns,
+            properties,
+        })
     }
 
     fn source_kind(&mut self) -> Result<SourceKind, ParseError> {
@@ -312,18 +403,28 @@ impl Cursor {
             let location = self.location();
             let key = if self.eat_keywords(&["PRIMARY", "KEY"]) {
                 if kind == SourceKind::Stream {
-                    return Err(ParseError::at(location, "a stream has KEY columns, not PRIMARY KEY columns"));
+                    return Err(ParseError::at(
+                        location,
+                        "a stream has KEY columns, not PRIMARY KEY columns",
+                    ));
                 }
                 ColumnKeyRole::PrimaryKey
             } else if self.eat_keyword("KEY") {
                 if kind == SourceKind::Table {
-                    return Err(ParseError::at(location, "a table has PRIMARY KEY columns, not KEY columns"));
+                    return Err(ParseError::at(
+                        location,
+                        "a table has PRIMARY KEY columns, not KEY columns",
+                    ));
                 }
                 ColumnKeyRole::Key
             } else {
                 ColumnKeyRole::Value
             };
-            columns.push(ColumnDef { name, sql_type, key });
+            columns.push(ColumnDef {
+                name,
+                sql_type,
+                key,
+            });
             if !self.eat_token(&Token::Comma) {
                 break;
             }
@@ -335,7 +436,10 @@ impl Cursor {
     /// A ksqlDB type. `>>` closing two nested types is split into two `>`.
     fn data_type(&mut self, depth: usize) -> Result<SqlType, ParseError> {
         if depth > MAX_TYPE_DEPTH {
-            return Err(ParseError::at(self.location(), format!("types nest deeper than {MAX_TYPE_DEPTH} levels")));
+            return Err(ParseError::at(
+                self.location(),
+                format!("types nest deeper than {MAX_TYPE_DEPTH} levels"),
+            ));
         }
         let location = self.location();
         let name = match self.peek() {
@@ -360,12 +464,21 @@ impl Cursor {
                 let scale = self.unsigned("the scale of DECIMAL")?;
                 self.expect_token(&Token::RParen)?;
                 if !(1..=38).contains(&precision) {
-                    return Err(ParseError::at(precision_location, format!("DECIMAL precision must be between 1 and 38, found {precision}")));
+                    return Err(ParseError::at(
+                        precision_location,
+                        format!("DECIMAL precision must be between 1 and 38, found {precision}"),
+                    ));
                 }
                 if scale > precision {
-                    return Err(ParseError::at(scale_location, format!("DECIMAL scale {scale} is greater than its precision {precision}")));
+                    return Err(ParseError::at(
+                        scale_location,
+                        format!("DECIMAL scale {scale} is greater than its precision {precision}"),
+                    ));
                 }
-                SqlType::Decimal { precision: precision as u8, scale: scale as i8 }
+                SqlType::Decimal {
+                    precision: precision as u8,
+                    scale: scale as i8,
+                }
             }
             "STRING" | "VARCHAR" => {
                 if self.eat_token(&Token::LParen) {
@@ -400,7 +513,10 @@ impl Cursor {
                         let field_location = self.location();
                         let field = self.identifier("a field name")?;
                         if fields.iter().any(|(f, _)| *f == field) {
-                            return Err(ParseError::at(field_location, format!("field \"{field}\" appears twice in STRUCT")));
+                            return Err(ParseError::at(
+                                field_location,
+                                format!("field \"{field}\" appears twice in STRUCT"),
+                            ));
                         }
                         let field_type = self.data_type(depth + 1)?;
                         fields.push((field, field_type));
@@ -437,8 +553,17 @@ impl Cursor {
             Some(Token::ShiftRight) => {
                 // `>>` closes this type and the enclosing one: leave one `>` for the caller.
                 let span = self.tokens[self.position].span;
-                let second = Location { line: span.start.line, column: span.start.column + 1 };
-                let replacement = TokenWithSpan { token: Token::Gt, span: Span { start: second, end: span.end } };
+                let second = Location {
+                    line: span.start.line,
+                    column: span.start.column + 1,
+                };
+                let replacement = TokenWithSpan {
+                    token: Token::Gt,
+                    span: Span {
+                        start: second,
+                        end: span.end,
+                    },
+                };
                 self.tokens[self.position] = replacement.clone();
                 self.normalized[self.position] = replacement;
                 Ok(())
@@ -462,14 +587,25 @@ impl Cursor {
             let value = match self.peek() {
                 Some(Token::SingleQuotedString(s)) => s.clone(),
                 Some(Token::Number(n, _)) => n.clone(),
-                Some(Token::Word(w)) if w.quote_style.is_none() && (w.value.eq_ignore_ascii_case("true") || w.value.eq_ignore_ascii_case("false")) => {
+                Some(Token::Word(w))
+                    if w.quote_style.is_none()
+                        && (w.value.eq_ignore_ascii_case("true")
+                            || w.value.eq_ignore_ascii_case("false")) =>
+                {
                     w.value.to_lowercase()
                 }
-                _ => return Err(self.error(&format!("a value for property {name} (a quoted string, number, TRUE or FALSE)"))),
+                _ => {
+                    return Err(self.error(&format!(
+                        "a value for property {name} (a quoted string, number, TRUE or FALSE)"
+                    )));
+                }
             };
             self.position += 1;
             if properties.iter().any(|p| p.name == name) {
-                return Err(ParseError::at(location, format!("property {name} is given twice")));
+                return Err(ParseError::at(
+                    location,
+                    format!("property {name} is given twice"),
+                ));
             }
             properties.push(Property { name, value });
             if !self.eat_token(&Token::Comma) {
@@ -483,10 +619,20 @@ impl Cursor {
     fn insert(&mut self) -> Result<Statement, ParseError> {
         self.expect_keyword("INTO")?;
         let target = self.identifier("a stream name")?;
-        if self.peek_keyword("SELECT") || self.peek_keyword("WITH") && self.peek_nth(1) == Some(&Token::LParen) {
-            let properties = if self.eat_keyword("WITH") { self.properties()? } else { Vec::new() };
+        if self.peek_keyword("SELECT")
+            || self.peek_keyword("WITH") && self.peek_nth(1) == Some(&Token::LParen)
+        {
+            let properties = if self.eat_keyword("WITH") {
+                self.properties()?
+            } else {
+                Vec::new()
+            };
             let select = self.select(self.tokens.len())?;
-            return Ok(Statement::InsertSelect { target, properties, select: Box::new(select) });
+            return Ok(Statement::InsertSelect {
+                target,
+                properties,
+                select: Box::new(select),
+            });
         }
         let mut columns = Vec::new();
         if self.eat_token(&Token::LParen) {
@@ -511,7 +657,11 @@ impl Cursor {
         for value in &mut values {
             normalize(value).map_err(|m| ParseError::at(self.location(), m))?;
         }
-        Ok(Statement::InsertValues { target, columns, values })
+        Ok(Statement::InsertValues {
+            target,
+            columns,
+            values,
+        })
     }
 
     /// Index of the `)` matching the `(` at `open`.
@@ -529,7 +679,10 @@ impl Cursor {
                 _ => {}
             }
         }
-        Err(ParseError::at(self.end, "expected \")\", found end of input"))
+        Err(ParseError::at(
+            self.end,
+            "expected \")\", found end of input",
+        ))
     }
 
     fn show(&mut self) -> Result<Statement, ParseError> {
@@ -555,7 +708,12 @@ impl Cursor {
         let if_exists = self.eat_keywords(&["IF", "EXISTS"]);
         let name = self.identifier("a stream or table name")?;
         let delete_topic = self.eat_keywords(&["DELETE", "TOPIC"]);
-        Ok(Statement::Drop { kind, name, if_exists, delete_topic })
+        Ok(Statement::Drop {
+            kind,
+            name,
+            if_exists,
+            delete_topic,
+        })
     }
 
     fn print(&mut self) -> Result<Statement, ParseError> {
@@ -567,14 +725,22 @@ impl Cursor {
             if self.eat_keywords(&["FROM", "BEGINNING"]) {
                 from_beginning = true;
             } else if self.eat_keyword("INTERVAL") || self.eat_keyword("SAMPLE") {
-                interval = Some(self.unsigned("an interval (print every n-th record)")?.max(1));
+                interval = Some(
+                    self.unsigned("an interval (print every n-th record)")?
+                        .max(1),
+                );
             } else if self.eat_keyword("LIMIT") {
                 limit = Some(self.unsigned("a row count")?);
             } else {
                 break;
             }
         }
-        Ok(Statement::Print { topic, from_beginning, interval, limit })
+        Ok(Statement::Print {
+            topic,
+            from_beginning,
+            interval,
+            limit,
+        })
     }
 
     fn produce(&mut self) -> Result<Statement, ParseError> {
@@ -583,21 +749,47 @@ impl Cursor {
         let partition = if self.eat_keyword("PARTITION") {
             let location = self.location();
             let partition = self.integer("a partition number")?;
-            Some(i32::try_from(partition).ok().filter(|p| *p >= 0).ok_or_else(|| {
-                ParseError::at(location, format!("expected a partition number, found {partition}"))
-            })?)
+            Some(
+                i32::try_from(partition)
+                    .ok()
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| {
+                        ParseError::at(
+                            location,
+                            format!("expected a partition number, found {partition}"),
+                        )
+                    })?,
+            )
         } else {
             None
         };
-        let key = if self.eat_keyword("KEY") { self.optional_string("a quoted key or NULL")? } else { None };
+        let key = if self.eat_keyword("KEY") {
+            self.optional_string("a quoted key or NULL")?
+        } else {
+            None
+        };
         self.expect_keyword("VALUE")?;
         let value = self.optional_string("a quoted value or NULL")?;
-        let timestamp_ms = if self.eat_keyword("TIMESTAMP") { Some(self.integer("epoch milliseconds")?) } else { None };
-        Ok(Statement::Produce { topic, partition, key, value, timestamp_ms })
+        let timestamp_ms = if self.eat_keyword("TIMESTAMP") {
+            Some(self.integer("epoch milliseconds")?)
+        } else {
+            None
+        };
+        Ok(Statement::Produce {
+            topic,
+            partition,
+            key,
+            value,
+            timestamp_ms,
+        })
     }
 
     fn optional_string(&mut self, what: &str) -> Result<Option<String>, ParseError> {
-        if self.eat_keyword("NULL") { Ok(None) } else { self.string_literal(what).map(Some) }
+        if self.eat_keyword("NULL") {
+            Ok(None)
+        } else {
+            self.string_literal(what).map(Some)
+        }
     }
 
     /// A KSQL SELECT from here to `end`: `PARTITION BY`, `WINDOW` and `EMIT` are taken out at the top
@@ -610,11 +802,11 @@ impl Cursor {
         let mut emit = None;
         let mut depth = 0usize;
         let mut i = start;
-        let is_word = |tokens: &[TokenWithSpan], i: usize, keyword: &str| {
-            matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword))
-        };
+        let is_word = |tokens: &[TokenWithSpan], i: usize, keyword: &str| matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword));
         let clause_starts = |tokens: &[TokenWithSpan], i: usize| {
-            ["GROUP", "HAVING", "EMIT", "LIMIT", "ORDER", "WINDOW"].iter().any(|k| is_word(tokens, i, k))
+            ["GROUP", "HAVING", "EMIT", "LIMIT", "ORDER", "WINDOW"]
+                .iter()
+                .any(|k| is_word(tokens, i, k))
                 || (is_word(tokens, i, "PARTITION") && is_word(tokens, i + 1, "BY"))
         };
         while i < end {
@@ -625,7 +817,10 @@ impl Cursor {
             }
             if depth == 0 && is_word(&self.tokens, i, "EMIT") {
                 if emit.is_some() {
-                    return Err(ParseError::at(self.tokens[i].span.start, "EMIT is given twice"));
+                    return Err(ParseError::at(
+                        self.tokens[i].span.start,
+                        "EMIT is given twice",
+                    ));
                 }
                 emit = Some(if is_word(&self.tokens, i + 1, "CHANGES") {
                     Emit::Changes
@@ -638,9 +833,15 @@ impl Cursor {
                 i += 2;
                 continue;
             }
-            if depth == 0 && is_word(&self.tokens, i, "PARTITION") && is_word(&self.tokens, i + 1, "BY") {
+            if depth == 0
+                && is_word(&self.tokens, i, "PARTITION")
+                && is_word(&self.tokens, i + 1, "BY")
+            {
                 if partition_by.is_some() {
-                    return Err(ParseError::at(self.tokens[i].span.start, "PARTITION BY is given twice"));
+                    return Err(ParseError::at(
+                        self.tokens[i].span.start,
+                        "PARTITION BY is given twice",
+                    ));
                 }
                 let from = i + 2;
                 let mut j = from;
@@ -662,7 +863,9 @@ impl Cursor {
             }
             if depth == 0
                 && is_word(&self.tokens, i, "WINDOW")
-                && ["TUMBLING", "HOPPING", "SESSION"].iter().any(|k| is_word(&self.tokens, i + 1, k))
+                && ["TUMBLING", "HOPPING", "SESSION"]
+                    .iter()
+                    .any(|k| is_word(&self.tokens, i + 1, k))
             {
                 let open = i + 2;
                 if self.tokens.get(open).map(|t| &t.token) != Some(&Token::LParen) {
@@ -670,7 +873,11 @@ impl Cursor {
                     return Err(self.error("\"(\" after the window type"));
                 }
                 let close = self.matching_paren(open)?;
-                let text = self.tokens[i + 1..=close].iter().map(|t| t.token.to_string()).collect::<Vec<_>>().join(" ");
+                let text = self.tokens[i + 1..=close]
+                    .iter()
+                    .map(|t| t.token.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 window = Some(text);
                 i = close + 1;
                 continue;
@@ -704,12 +911,21 @@ impl Cursor {
             Ok(query)
         })?;
         self.position = end;
-        let location = self.tokens.get(start).map(|t| t.span.start).unwrap_or(self.end);
+        let location = self
+            .tokens
+            .get(start)
+            .map(|t| t.span.start)
+            .unwrap_or(self.end);
         normalize(query.as_mut()).map_err(|m| ParseError::at(location, m))?;
         let mut partition_by = partition_exprs;
         for expr in &mut partition_by {
             normalize(expr).map_err(|m| ParseError::at(location, m))?;
         }
-        Ok(Select { query: *query, partition_by, window, emit })
+        Ok(Select {
+            query: *query,
+            partition_by,
+            window,
+            emit,
+        })
     }
 }

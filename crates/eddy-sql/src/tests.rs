@@ -24,22 +24,34 @@ fn select(sql: &str) -> Select {
 
 #[test]
 fn create_stream_with_every_type_and_key() {
-    let statement = one(
-        "CREATE STREAM IF NOT EXISTS orders (
+    let statement = one("CREATE STREAM IF NOT EXISTS orders (
             id STRING KEY, qty INT, total BIGINT, price DOUBLE, amount DECIMAL(10, 2), ok BOOLEAN,
             note VARCHAR, raw BYTES, day DATE, at TIME, ts TIMESTAMP,
             tags ARRAY<STRING>, attrs MAP<STRING, INT>, `Address` STRUCT<street STRING, `Zip` INT>,
             nested ARRAY<ARRAY<INT>>
-         ) WITH (kafka_topic='orders', VALUE_FORMAT='json', PARTITIONS=3, timestamp='ts');",
-    );
-    let Statement::CreateSource { kind, name, or_replace, if_not_exists, columns, properties } = statement else {
+         ) WITH (kafka_topic='orders', VALUE_FORMAT='json', PARTITIONS=3, timestamp='ts');");
+    let Statement::CreateSource {
+        kind,
+        name,
+        or_replace,
+        if_not_exists,
+        columns,
+        properties,
+    } = statement
+    else {
         panic!("{statement:?}")
     };
-    assert_eq!((kind, name.as_str(), or_replace, if_not_exists), (SourceKind::Stream, "ORDERS", false, true));
+    assert_eq!(
+        (kind, name.as_str(), or_replace, if_not_exists),
+        (SourceKind::Stream, "ORDERS", false, true)
+    );
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["ID", "QTY", "TOTAL", "PRICE", "AMOUNT", "OK", "NOTE", "RAW", "DAY", "AT", "TS", "TAGS", "ATTRS", "Address", "NESTED"]
+        [
+            "ID", "QTY", "TOTAL", "PRICE", "AMOUNT", "OK", "NOTE", "RAW", "DAY", "AT", "TS",
+            "TAGS", "ATTRS", "Address", "NESTED"
+        ]
     );
     assert_eq!(columns[0].key, ColumnKeyRole::Key);
     assert!(columns[1..].iter().all(|c| c.key == ColumnKeyRole::Value));
@@ -51,7 +63,10 @@ fn create_stream_with_every_type_and_key() {
             SqlType::Int,
             SqlType::BigInt,
             SqlType::Double,
-            SqlType::Decimal { precision: 10, scale: 2 },
+            SqlType::Decimal {
+                precision: 10,
+                scale: 2
+            },
             SqlType::Boolean,
             SqlType::String,
             SqlType::Bytes,
@@ -60,19 +75,33 @@ fn create_stream_with_every_type_and_key() {
             SqlType::Timestamp,
             SqlType::Array(Box::new(SqlType::String)),
             SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Int)),
-            SqlType::Struct(vec![("STREET".into(), SqlType::String), ("Zip".into(), SqlType::Int)]),
+            SqlType::Struct(vec![
+                ("STREET".into(), SqlType::String),
+                ("Zip".into(), SqlType::Int)
+            ]),
             SqlType::Array(Box::new(SqlType::Array(Box::new(SqlType::Int)))),
         ]
     );
-    let properties: Vec<(&str, &str)> = properties.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect();
-    assert_eq!(properties, [("KAFKA_TOPIC", "orders"), ("VALUE_FORMAT", "json"), ("PARTITIONS", "3"), ("TIMESTAMP", "ts")]);
+    let properties: Vec<(&str, &str)> = properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.value.as_str()))
+        .collect();
+    assert_eq!(
+        properties,
+        [
+            ("KAFKA_TOPIC", "orders"),
+            ("VALUE_FORMAT", "json"),
+            ("PARTITIONS", "3"),
+            ("TIMESTAMP", "ts")
+        ]
+    );
 }
 
 #[test]
 fn create_table_requires_primary_key_spelling() {
-    let Statement::CreateSource { kind, columns, .. } =
-        one("create or replace table users (id bigint primary key, name string) with (kafka_topic='u')")
-    else {
+    let Statement::CreateSource { kind, columns, .. } = one(
+        "create or replace table users (id bigint primary key, name string) with (kafka_topic='u')",
+    ) else {
         panic!()
     };
     assert_eq!(kind, SourceKind::Table);
@@ -89,21 +118,36 @@ fn bad_type_names_position_and_alternatives() {
     let e = error("CREATE STREAM s (\n  id INT,\n  name STRNG\n) WITH (KAFKA_TOPIC='s');");
     assert_eq!((e.line, e.column), (3, 8));
     assert!(e.message.contains("unknown data type \"STRNG\""), "{e}");
-    assert!(e.to_string().starts_with("syntax error at line 3, column 8: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("syntax error at line 3, column 8: "),
+        "{e}"
+    );
     let e = error("CREATE STREAM s (d DECIMAL(3, 5)) WITH (KAFKA_TOPIC='s');");
-    assert!(e.message.contains("scale 5 is greater than its precision 3"), "{e}");
+    assert!(
+        e.message
+            .contains("scale 5 is greater than its precision 3"),
+        "{e}"
+    );
     let e = error("CREATE STREAM s (a ARRAY<INT) WITH (KAFKA_TOPIC='s');");
     assert!(e.message.contains("expected \">\""), "{e}");
 }
 
 #[test]
 fn csas_with_where_functions_and_partition_by() {
-    let Statement::CreateSourceAs { kind, name, properties, select, .. } = one(
+    let Statement::CreateSourceAs {
+        kind,
+        name,
+        properties,
+        select,
+        ..
+    } = one(
         "CREATE STREAM big_orders WITH (KAFKA_TOPIC='big', VALUE_FORMAT='JSON') AS
            SELECT id, ucase(item) AS Item, qty * 2 AS double_qty, address->city
            FROM orders o WHERE qty > 10 AND item LIKE 'a%'
            PARTITION BY item EMIT CHANGES;",
-    ) else {
+    )
+    else {
         panic!()
     };
     assert_eq!((kind, name.as_str()), (SourceKind::Stream, "BIG_ORDERS"));
@@ -136,7 +180,10 @@ fn nested_struct_access_array_and_map_indexing() {
 #[test]
 fn keyword_named_columns_are_upper_cased() {
     let s = select("SELECT value, key, count(*) FROM s GROUP BY value EMIT CHANGES");
-    assert_eq!(s.query.to_string(), r#"SELECT "VALUE", "KEY", count(*) FROM "S" GROUP BY "VALUE""#);
+    assert_eq!(
+        s.query.to_string(),
+        r#"SELECT "VALUE", "KEY", count(*) FROM "S" GROUP BY "VALUE""#
+    );
 }
 
 #[test]
@@ -153,27 +200,45 @@ fn case_cast_and_functions() {
 
 #[test]
 fn window_clause_is_taken_out() {
-    let s = select("SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT FINAL");
+    let s =
+        select("SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT FINAL");
     assert_eq!(s.emit, Some(Emit::Final));
     assert_eq!(s.window.as_deref(), Some("TUMBLING ( SIZE 1 MINUTE )"));
-    assert_eq!(s.query.to_string(), r#"SELECT "K", count(*) FROM "S" GROUP BY "K""#);
+    assert_eq!(
+        s.query.to_string(),
+        r#"SELECT "K", count(*) FROM "S" GROUP BY "K""#
+    );
 }
 
 #[test]
 fn insert_forms() {
-    let Statement::InsertValues { target, columns, values } =
-        one("INSERT INTO orders (id, qty, ROWTIME) VALUES ('a', 1 + 2, 1000);")
+    let Statement::InsertValues {
+        target,
+        columns,
+        values,
+    } = one("INSERT INTO orders (id, qty, ROWTIME) VALUES ('a', 1 + 2, 1000);")
     else {
         panic!()
     };
     assert_eq!(target, "ORDERS");
     assert_eq!(columns, ["ID", "QTY", "ROWTIME"]);
-    assert_eq!(values.iter().map(|v| v.to_string()).collect::<Vec<_>>(), ["'a'", "1 + 2", "1000"]);
-    let Statement::InsertValues { columns, values, .. } = one("INSERT INTO orders VALUES ('a', 1)") else { panic!() };
+    assert_eq!(
+        values.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        ["'a'", "1 + 2", "1000"]
+    );
+    let Statement::InsertValues {
+        columns, values, ..
+    } = one("INSERT INTO orders VALUES ('a', 1)")
+    else {
+        panic!()
+    };
     assert!(columns.is_empty());
     assert_eq!(values.len(), 2);
-    let Statement::InsertSelect { target, properties, select } =
-        one("INSERT INTO all_orders WITH (QUERY_ID='my_q') SELECT * FROM eu_orders EMIT CHANGES")
+    let Statement::InsertSelect {
+        target,
+        properties,
+        select,
+    } = one("INSERT INTO all_orders WITH (QUERY_ID='my_q') SELECT * FROM eu_orders EMIT CHANGES")
     else {
         panic!()
     };
@@ -184,38 +249,124 @@ fn insert_forms() {
 
 #[test]
 fn small_statements() {
-    assert_eq!(one("show streams"), Statement::Show { target: ShowTarget::Streams, extended: false });
-    assert_eq!(one("LIST TABLES EXTENDED"), Statement::Show { target: ShowTarget::Tables, extended: true });
-    assert_eq!(one("SHOW TOPICS;"), Statement::Show { target: ShowTarget::Topics, extended: false });
-    assert_eq!(one("SHOW QUERIES;"), Statement::Show { target: ShowTarget::Queries, extended: false });
-    assert_eq!(one("SHOW PROPERTIES;"), Statement::Show { target: ShowTarget::Properties, extended: false });
-    assert_eq!(one("DESCRIBE orders"), Statement::Describe { name: "ORDERS".into(), extended: false });
-    assert_eq!(one("DESCRIBE EXTENDED `orders`"), Statement::Describe { name: "orders".into(), extended: true });
+    assert_eq!(
+        one("show streams"),
+        Statement::Show {
+            target: ShowTarget::Streams,
+            extended: false
+        }
+    );
+    assert_eq!(
+        one("LIST TABLES EXTENDED"),
+        Statement::Show {
+            target: ShowTarget::Tables,
+            extended: true
+        }
+    );
+    assert_eq!(
+        one("SHOW TOPICS;"),
+        Statement::Show {
+            target: ShowTarget::Topics,
+            extended: false
+        }
+    );
+    assert_eq!(
+        one("SHOW QUERIES;"),
+        Statement::Show {
+            target: ShowTarget::Queries,
+            extended: false
+        }
+    );
+    assert_eq!(
+        one("SHOW PROPERTIES;"),
+        Statement::Show {
+            target: ShowTarget::Properties,
+            extended: false
+        }
+    );
+    assert_eq!(
+        one("DESCRIBE orders"),
+        Statement::Describe {
+            name: "ORDERS".into(),
+            extended: false
+        }
+    );
+    assert_eq!(
+        one("DESCRIBE EXTENDED `orders`"),
+        Statement::Describe {
+            name: "orders".into(),
+            extended: true
+        }
+    );
     assert_eq!(
         one("DROP STREAM IF EXISTS orders DELETE TOPIC"),
-        Statement::Drop { kind: SourceKind::Stream, name: "ORDERS".into(), if_exists: true, delete_topic: true }
+        Statement::Drop {
+            kind: SourceKind::Stream,
+            name: "ORDERS".into(),
+            if_exists: true,
+            delete_topic: true
+        }
     );
     assert_eq!(
         one("DROP TABLE t"),
-        Statement::Drop { kind: SourceKind::Table, name: "T".into(), if_exists: false, delete_topic: false }
+        Statement::Drop {
+            kind: SourceKind::Table,
+            name: "T".into(),
+            if_exists: false,
+            delete_topic: false
+        }
     );
-    assert_eq!(one("TERMINATE csas_big_orders_1"), Statement::Terminate { query_id: Some("CSAS_BIG_ORDERS_1".into()) });
-    assert_eq!(one("TERMINATE ALL"), Statement::Terminate { query_id: None });
-    assert_eq!(one("EXPLAIN CSAS_X_0"), Statement::ExplainQuery { query_id: "CSAS_X_0".into() });
-    assert!(matches!(one("EXPLAIN SELECT * FROM s EMIT CHANGES"), Statement::ExplainSelect(_)));
+    assert_eq!(
+        one("TERMINATE csas_big_orders_1"),
+        Statement::Terminate {
+            query_id: Some("CSAS_BIG_ORDERS_1".into())
+        }
+    );
+    assert_eq!(
+        one("TERMINATE ALL"),
+        Statement::Terminate { query_id: None }
+    );
+    assert_eq!(
+        one("EXPLAIN CSAS_X_0"),
+        Statement::ExplainQuery {
+            query_id: "CSAS_X_0".into()
+        }
+    );
+    assert!(matches!(
+        one("EXPLAIN SELECT * FROM s EMIT CHANGES"),
+        Statement::ExplainSelect(_)
+    ));
     assert_eq!(
         one("PRINT 'orders' FROM BEGINNING INTERVAL 2 LIMIT 10"),
-        Statement::Print { topic: "orders".into(), from_beginning: true, interval: Some(2), limit: Some(10) }
+        Statement::Print {
+            topic: "orders".into(),
+            from_beginning: true,
+            interval: Some(2),
+            limit: Some(10)
+        }
     );
     assert_eq!(
         one("PRINT Orders"),
-        Statement::Print { topic: "Orders".into(), from_beginning: false, interval: None, limit: None }
+        Statement::Print {
+            topic: "Orders".into(),
+            from_beginning: false,
+            interval: None,
+            limit: None
+        }
     );
     assert_eq!(
         one("SET 'auto.offset.reset' = 'earliest'"),
-        Statement::Set { name: "auto.offset.reset".into(), value: "earliest".into() }
+        Statement::Set {
+            name: "auto.offset.reset".into(),
+            value: "earliest".into()
+        }
     );
-    assert_eq!(one("UNSET 'auto.offset.reset'"), Statement::Unset { name: "auto.offset.reset".into() });
+    assert_eq!(
+        one("UNSET 'auto.offset.reset'"),
+        Statement::Unset {
+            name: "auto.offset.reset".into()
+        }
+    );
     assert_eq!(
         one("PRODUCE TO 'orders' PARTITION 0 KEY 'a' VALUE '{\"qty\": 1}' TIMESTAMP 1000"),
         Statement::Produce {
@@ -228,7 +379,13 @@ fn small_statements() {
     );
     assert_eq!(
         one("PRODUCE TO orders VALUE NULL"),
-        Statement::Produce { topic: "orders".into(), partition: None, key: None, value: None, timestamp_ms: None }
+        Statement::Produce {
+            topic: "orders".into(),
+            partition: None,
+            key: None,
+            value: None,
+            timestamp_ms: None
+        }
     );
 }
 
@@ -291,5 +448,8 @@ fn complete_input_detection() {
 
 #[test]
 fn expressions_follow_the_same_rules() {
-    assert_eq!(parse_expression("ucase(name) || 'x'").unwrap().to_string(), r#"ucase("NAME") || 'x'"#);
+    assert_eq!(
+        parse_expression("ucase(name) || 'x'").unwrap().to_string(),
+        r#"ucase("NAME") || 'x'"#
+    );
 }

@@ -13,9 +13,21 @@ fn orders() -> Source {
         name: "ORDERS".into(),
         kind: SourceKind::Stream,
         columns: vec![
-            Column { name: "ID".into(), sql_type: SqlType::String, role: ColumnRole::Key },
-            Column { name: "ITEM".into(), sql_type: SqlType::String, role: ColumnRole::Value },
-            Column { name: "QTY".into(), sql_type: SqlType::Int, role: ColumnRole::Value },
+            Column {
+                name: "ID".into(),
+                sql_type: SqlType::String,
+                role: ColumnRole::Key,
+            },
+            Column {
+                name: "ITEM".into(),
+                sql_type: SqlType::String,
+                role: ColumnRole::Value,
+            },
+            Column {
+                name: "QTY".into(),
+                sql_type: SqlType::Int,
+                role: ColumnRole::Value,
+            },
         ],
         topic: "orders".into(),
         key_format: "KAFKA".into(),
@@ -32,19 +44,31 @@ fn orders() -> Source {
 
 fn catalog() -> Catalog {
     let mut catalog = Catalog::new();
-    catalog.apply(Command::CreateSource { source: orders(), or_replace: false }).unwrap();
+    catalog
+        .apply(Command::CreateSource {
+            source: orders(),
+            or_replace: false,
+        })
+        .unwrap();
     catalog
 }
 
 fn query(sql: &str) -> ast::Query {
-    match Parser::parse_sql(&GenericDialect {}, sql).unwrap().remove(0) {
+    match Parser::parse_sql(&GenericDialect {}, sql)
+        .unwrap()
+        .remove(0)
+    {
         ast::Statement::Query(query) => *query,
         other => panic!("not a query: {other}"),
     }
 }
 
 fn expr(sql: &str) -> ast::Expr {
-    Parser::new(&GenericDialect {}).try_with_sql(sql).unwrap().parse_expr().unwrap()
+    Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .unwrap()
+        .parse_expr()
+        .unwrap()
 }
 
 fn input_batch() -> RecordBatch {
@@ -65,11 +89,16 @@ fn input_batch() -> RecordBatch {
 
 async fn plan(sql: &str, partition_by: &[&str]) -> Result<StreamingPlan, PlanError> {
     let partition_by: Vec<ast::Expr> = partition_by.iter().map(|e| expr(e)).collect();
-    Planner::new().plan_query(&query(sql), &partition_by, &catalog()).await
+    Planner::new()
+        .plan_query(&query(sql), &partition_by, &catalog())
+        .await
 }
 
 fn names(plan: &StreamingPlan, indices: &[usize]) -> Vec<String> {
-    indices.iter().map(|&i| plan.output_schema.field(i).name().clone()).collect()
+    indices
+        .iter()
+        .map(|&i| plan.output_schema.field(i).name().clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -92,13 +121,30 @@ async fn filter_and_functions_run_over_batches() {
     .await
     .unwrap();
     let out = plan.process(input_batch()).unwrap();
-    assert_eq!(out.num_rows(), 1, "only QTY=5 passes; NULL QTY is filtered out");
-    let up = out.column(out.schema().index_of("UP").unwrap()).as_string::<i32>();
+    assert_eq!(
+        out.num_rows(),
+        1,
+        "only QTY=5 passes; NULL QTY is filtered out"
+    );
+    let up = out
+        .column(out.schema().index_of("UP").unwrap())
+        .as_string::<i32>();
     assert!(up.is_null(0));
     let doubled = out.column(out.schema().index_of("DOUBLE_QTY").unwrap());
     let doubled = datafusion::arrow::compute::cast(doubled, &DataType::Int64).unwrap();
-    assert_eq!(doubled.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0), 10);
-    assert_eq!(plan.sink_columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["ID", "UP", "DOUBLE_QTY"]);
+    assert_eq!(
+        doubled
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0),
+        10
+    );
+    assert_eq!(
+        plan.sink_columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["ID", "UP", "DOUBLE_QTY"]
+    );
     assert_eq!(plan.sink_columns[0].role, ColumnRole::Key);
 }
 
@@ -111,7 +157,9 @@ async fn a_projection_without_the_key_has_no_key() {
 
 #[tokio::test]
 async fn partition_by_moves_the_column_to_the_key() {
-    let plan = plan(r#"SELECT "ITEM", "QTY" FROM "ORDERS""#, &[r#""ITEM""#]).await.unwrap();
+    let plan = plan(r#"SELECT "ITEM", "QTY" FROM "ORDERS""#, &[r#""ITEM""#])
+        .await
+        .unwrap();
     assert_eq!(plan.sink_columns[0].name, "ITEM");
     assert_eq!(plan.sink_columns[0].role, ColumnRole::Key);
     assert_eq!(names(&plan, &plan.value_columns), ["QTY"]);
@@ -122,53 +170,86 @@ async fn partition_by_moves_the_column_to_the_key() {
 
 #[tokio::test]
 async fn partition_by_an_expression_names_the_key_ksql_col() {
-    let plan = plan(r#"SELECT "QTY" FROM "ORDERS""#, &[r#"lcase("ID")"#]).await.unwrap();
+    let plan = plan(r#"SELECT "QTY" FROM "ORDERS""#, &[r#"lcase("ID")"#])
+        .await
+        .unwrap();
     assert_eq!(plan.sink_columns[0].name, "KSQL_COL_0");
 }
 
 #[tokio::test]
 async fn partition_by_an_aliased_projection_names_the_key_after_the_alias() {
-    let plan = plan(r#"SELECT lcase("ID") AS "LID", "QTY" FROM "ORDERS""#, &[r#"lcase("ID")"#]).await.unwrap();
-    let names: Vec<(&str, bool)> = plan.sink_columns.iter().map(|c| (c.name.as_str(), c.is_key())).collect();
+    let plan = plan(
+        r#"SELECT lcase("ID") AS "LID", "QTY" FROM "ORDERS""#,
+        &[r#"lcase("ID")"#],
+    )
+    .await
+    .unwrap();
+    let names: Vec<(&str, bool)> = plan
+        .sink_columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.is_key()))
+        .collect();
     assert_eq!(names, [("LID", true), ("QTY", false)]);
 }
 
 #[tokio::test]
 async fn unknown_columns_suggest_the_closest() {
-    let err = plan(r#"SELECT "QTYY" FROM "ORDERS""#, &[]).await.unwrap_err();
-    assert_eq!(err.to_string(), "column \"QTYY\" not found in stream \"ORDERS\"; did you mean \"QTY\"?");
+    let err = plan(r#"SELECT "QTYY" FROM "ORDERS""#, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "column \"QTYY\" not found in stream \"ORDERS\"; did you mean \"QTY\"?"
+    );
 }
 
 #[tokio::test]
 async fn unknown_sources_are_reported() {
     let err = plan(r#"SELECT * FROM "ORDER""#, &[]).await.unwrap_err();
-    assert_eq!(err.to_string(), "stream or table \"ORDER\" does not exist; did you mean \"ORDERS\"?");
+    assert_eq!(
+        err.to_string(),
+        "stream or table \"ORDER\" does not exist; did you mean \"ORDERS\"?"
+    );
 }
 
 #[tokio::test]
 async fn aggregations_are_refused_for_now() {
-    let err = plan(r#"SELECT "ID", count(*) FROM "ORDERS" GROUP BY "ID""#, &[]).await.unwrap_err();
+    let err = plan(r#"SELECT "ID", count(*) FROM "ORDERS" GROUP BY "ID""#, &[])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not supported yet"), "{err}");
 }
 
 #[tokio::test]
 async fn limit_is_taken_out_of_the_query() {
-    let plan = plan(r#"SELECT * FROM "ORDERS" LIMIT 3"#, &[]).await.unwrap();
+    let plan = plan(r#"SELECT * FROM "ORDERS" LIMIT 3"#, &[])
+        .await
+        .unwrap();
     assert_eq!(plan.limit, Some(3));
 }
 
 #[tokio::test]
 async fn constant_rows_evaluate() {
-    let batch = Planner::new().evaluate_row(&[expr("1 + 2"), expr("'x'"), expr("NULL")]).await.unwrap();
+    let batch = Planner::new()
+        .evaluate_row(&[expr("1 + 2"), expr("'x'"), expr("NULL")])
+        .await
+        .unwrap();
     assert_eq!(batch.num_rows(), 1);
     assert_eq!(batch.num_columns(), 3);
 }
 
 #[tokio::test]
 async fn explain_shows_both_plans() {
-    let plan = plan(r#"SELECT "ID" FROM "ORDERS" WHERE "QTY" > 1"#, &[]).await.unwrap();
+    let plan = plan(r#"SELECT "ID" FROM "ORDERS" WHERE "QTY" > 1"#, &[])
+        .await
+        .unwrap();
     let text = plan.explain();
-    assert!(text.contains("Logical plan:") && text.contains("Streaming plan:") && text.contains("Filter"), "{text}");
+    assert!(
+        text.contains("Logical plan:")
+            && text.contains("Streaming plan:")
+            && text.contains("Filter"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +258,10 @@ async fn one_planner_plans_the_same_source_many_times_concurrently() {
     let catalog = catalog();
     let first = query(r#"SELECT "ID" FROM "ORDERS""#);
     let second = query(r#"SELECT "ITEM" FROM "ORDERS" WHERE "QTY" > 1"#);
-    let (a, b) = tokio::join!(planner.plan_query(&first, &[], &catalog), planner.plan_query(&second, &[], &catalog));
+    let (a, b) = tokio::join!(
+        planner.plan_query(&first, &[], &catalog),
+        planner.plan_query(&second, &[], &catalog)
+    );
     a.unwrap();
     b.unwrap();
     planner.plan_query(&first, &[], &catalog).await.unwrap();
@@ -185,11 +269,17 @@ async fn one_planner_plans_the_same_source_many_times_concurrently() {
 
 #[tokio::test]
 async fn output_columns_are_named_as_in_ksqldb() {
-    let plan = plan(r#"SELECT "ID", "QTY" + 1, ucase("ITEM"), "QTY" AS "KSQL_COL_1", "QTY" * 2 FROM "ORDERS""#, &[])
-        .await
-        .unwrap();
-    let columns: Vec<(&str, String)> =
-        plan.sink_columns.iter().map(|c| (c.name.as_str(), c.sql_type.to_string())).collect();
+    let plan = plan(
+        r#"SELECT "ID", "QTY" + 1, ucase("ITEM"), "QTY" AS "KSQL_COL_1", "QTY" * 2 FROM "ORDERS""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let columns: Vec<(&str, String)> = plan
+        .sink_columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.sql_type.to_string()))
+        .collect();
     assert_eq!(
         columns,
         [
@@ -205,13 +295,23 @@ async fn output_columns_are_named_as_in_ksqldb() {
 
 #[tokio::test]
 async fn a_column_produced_twice_is_an_error_with_a_hint() {
-    let err = plan(r#"SELECT "ITEM", "ITEM" FROM "ORDERS""#, &[]).await.unwrap_err();
-    assert_eq!(err.to_string(), "the query produces column \"ITEM\" twice\nhint: give one of them another name with AS");
+    let err = plan(r#"SELECT "ITEM", "ITEM" FROM "ORDERS""#, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the query produces column \"ITEM\" twice\nhint: give one of them another name with AS"
+    );
 }
 
 #[tokio::test]
 async fn rowtime_is_bigint_milliseconds() {
-    let plan = plan(r#"SELECT "ID", "ROWTIME" FROM "ORDERS" WHERE "ROWTIME" >= 2000"#, &[]).await.unwrap();
+    let plan = plan(
+        r#"SELECT "ID", "ROWTIME" FROM "ORDERS" WHERE "ROWTIME" >= 2000"#,
+        &[],
+    )
+    .await
+    .unwrap();
     let out = plan.process(input_batch()).unwrap();
     assert_eq!(out.num_rows(), 2);
     assert_eq!(plan.sink_columns[1].sql_type.to_string(), "BIGINT");
