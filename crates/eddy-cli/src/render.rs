@@ -49,13 +49,26 @@ pub fn column_strings(array: &dyn Array) -> Vec<String> {
 
 /// The rows of `batch` as display text, row by row.
 pub fn batch_rows(batch: &RecordBatch) -> Vec<Vec<String>> {
-    let columns: Vec<Vec<String>> = batch
+    rows_with(batch, column_strings)
+}
+
+/// The rows of `batch`, each column turned into text by `column_text`.
+pub fn rows_with(
+    batch: &RecordBatch,
+    column_text: impl Fn(&dyn Array) -> Vec<String>,
+) -> Vec<Vec<String>> {
+    let mut columns: Vec<std::vec::IntoIter<String>> = batch
         .columns()
         .iter()
-        .map(|c| column_strings(c.as_ref()))
+        .map(|c| column_text(c.as_ref()).into_iter())
         .collect();
     (0..batch.num_rows())
-        .map(|row| columns.iter().map(|c| c[row].clone()).collect())
+        .map(|_| {
+            columns
+                .iter_mut()
+                .map(|c| c.next().unwrap_or_default())
+                .collect()
+        })
         .collect()
 }
 

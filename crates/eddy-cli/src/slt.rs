@@ -388,14 +388,7 @@ pub fn slt_values(array: &dyn Array) -> Vec<String> {
 
 /// The rows of `batch` as sqllogictest text.
 pub fn slt_rows(batch: &RecordBatch) -> Vec<Vec<String>> {
-    let columns: Vec<Vec<String>> = batch
-        .columns()
-        .iter()
-        .map(|c| slt_values(c.as_ref()))
-        .collect();
-    (0..batch.num_rows())
-        .map(|row| columns.iter().map(|c| c[row].clone()).collect())
-        .collect()
+    crate::render::rows_with(batch, slt_values)
 }
 
 /// The outcome of one file.
