@@ -152,7 +152,7 @@ pub(crate) fn normalize_tokens(tokens: &[TokenWithSpan]) -> Vec<TokenWithSpan> {
                         keyword: word.keyword,
                     },
                     None if word.keyword == Keyword::NoKeyword => Word {
-                        value: word.value.to_uppercase(),
+                        value: ksql_identifier(&word.value, false),
                         quote_style: Some('"'),
                         keyword: Keyword::NoKeyword,
                     },
@@ -172,8 +172,14 @@ pub(crate) fn normalize_tokens(tokens: &[TokenWithSpan]) -> Vec<TokenWithSpan> {
 
 /// The normalized spelling of an identifier token: upper-cased unless quoted.
 pub(crate) fn identifier(word: &Word) -> String {
-    match word.quote_style {
-        Some(_) => word.value.clone(),
-        None => word.value.to_uppercase(),
+    ksql_identifier(&word.value, word.quote_style.is_some())
+}
+
+/// ksqlDB's identifier rule, the one place it is written: upper-cased unless quoted.
+pub(crate) fn ksql_identifier(value: &str, quoted: bool) -> String {
+    if quoted {
+        value.to_owned()
+    } else {
+        value.to_uppercase()
     }
 }

@@ -21,9 +21,7 @@ pub(crate) fn normalize<T: VisitMut>(node: &mut T) -> Result<(), String> {
 }
 
 fn normalize_ident(ident: &mut Ident) {
-    if ident.quote_style.is_none() {
-        ident.value = ident.value.to_uppercase();
-    }
+    ident.value = crate::lexer::ksql_identifier(&ident.value, ident.quote_style.is_some());
     ident.quote_style = Some('"');
 }
 
