@@ -11,7 +11,12 @@ use eddy_cli::slt::{SltConfig, run_files_with};
 use eddy_runtime::KafkaConnection;
 
 fn slt_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sql-tests");
+    // The runtime variable (set by cargo and nextest) names this checkout; the compile-time one
+    // names wherever the cached test binary was built, which is another clone when clones share
+    // one CARGO_TARGET_DIR and this one's sources are older than the build.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let dir = PathBuf::from(manifest_dir).join("../../sql-tests");
     let dir = dir.canonicalize().unwrap_or(dir);
     let filter = std::env::var("EDDY_SLT").ok();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
