@@ -13,7 +13,7 @@ eddy_missing_packages() {
   command -v make >/dev/null 2>&1 || missing+=(make)
   command -v cmake >/dev/null 2>&1 || missing+=(cmake)
   [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
-  ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang-*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
   echo "${missing[@]:-}"
 }
