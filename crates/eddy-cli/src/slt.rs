@@ -490,9 +490,12 @@ pub async fn run_file(
 ) -> FileOutcome {
     let started = Instant::now();
     let id = uuid::Uuid::new_v4().simple().to_string();
+    // Each file's tables keep their state in a directory of their own, deleted afterwards.
+    let state_dir = std::env::temp_dir().join(format!("eddy-slt-{id}"));
     let engine_config = EngineConfig {
         service_id: format!("slt-{id}"),
         topic_prefix: format!("slt-{id}-"),
+        state_dir: state_dir.clone(),
         ..config.engine.clone()
     };
     let service_id = engine_config.service_id.clone();
@@ -522,6 +525,8 @@ pub async fn run_file(
     runner.shutdown_async().await;
     drop(runner);
     engine.shutdown().await;
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&state_dir);
     let error = result.err().map(|e| e.display(false).to_string());
     if error.is_none() {
         delete_namespace_topics(connection, &engine_config).await;

@@ -47,6 +47,20 @@ pub struct EngineConfig {
     pub default_replicas: i32,
     /// Most rows a `SELECT ... EMIT CHANGES` without `LIMIT` buffers when the client is slow. Default 10000.
     pub max_pending_push_rows: usize,
+    /// Directory of this server's RocksDB state (materialized tables). The binary puts it under its
+    /// data directory. Default `eddy-data/state`.
+    pub state_dir: std::path::PathBuf,
+    /// RocksDB block cache shared by every store of the server. Default 64 MiB.
+    pub state_block_cache_bytes: usize,
+    /// Entries `COLLECT_LIST`, `COLLECT_SET` and `HISTOGRAM` keep per group (ksqlDB's default limit).
+    /// Default 1000.
+    pub collection_max_entries: usize,
+    /// Most rows a pull query (a `SELECT` over a table without `EMIT CHANGES`) reads from a table's
+    /// state before it fails with a hint to filter on the key. Default 1000000.
+    pub pull_query_max_rows: usize,
+    /// Longest a read-your-writes pull query waits for the table to catch up with its inputs.
+    /// Default 10000 ms.
+    pub read_your_writes_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +82,11 @@ impl Default for EngineConfig {
             default_partitions: 1,
             default_replicas: 1,
             max_pending_push_rows: 10_000,
+            state_dir: std::path::PathBuf::from("eddy-data/state"),
+            state_block_cache_bytes: 64 << 20,
+            collection_max_entries: 1000,
+            pull_query_max_rows: 1_000_000,
+            read_your_writes_timeout_ms: 10_000,
         }
     }
 }
@@ -95,7 +114,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 16] = [
+        let settings: [(&str, String); 21] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -130,11 +149,30 @@ impl EngineConfig {
                 "max_pending_push_rows",
                 self.max_pending_push_rows.to_string(),
             ),
+            ("state_dir", self.state_dir.display().to_string()),
+            (
+                "state_block_cache_bytes",
+                self.state_block_cache_bytes.to_string(),
+            ),
+            (
+                "collection_max_entries",
+                self.collection_max_entries.to_string(),
+            ),
+            ("pull_query_max_rows", self.pull_query_max_rows.to_string()),
+            (
+                "read_your_writes_timeout_ms",
+                self.read_your_writes_timeout_ms.to_string(),
+            ),
         ];
         settings
             .into_iter()
             .map(|(name, value)| (format!("eddy.{name}"), value))
             .collect()
+    }
+
+    /// Logical name of an internal topic of a persistent query (`changelog`, `repartition`).
+    pub fn query_topic(&self, query_id: &str, role: &str) -> String {
+        format!("_eddy-{}-query-{query_id}-{role}", self.service_id)
     }
 
     /// Consumer group of a persistent query.

@@ -289,7 +289,24 @@ impl Engine {
                 "LIMIT is not allowed in a persistent query",
             ));
         }
+        let aggregates = plan.aggregation.is_some();
+        if aggregates && kind == SourceKind::Stream {
+            return Err(EngineError::invalid_with_hint(
+                format!("cannot create stream \"{name}\" from a GROUP BY query"),
+                "an aggregation produces a table: use CREATE TABLE ... AS SELECT",
+            ));
+        }
+        if aggregates && plan.source.kind == SourceKind::Table {
+            return Err(EngineError::invalid_with_hint(
+                format!(
+                    "aggregations over table \"{}\" are not supported yet",
+                    plan.source.name
+                ),
+                "aggregate the stream the table is built from",
+            ));
+        }
         match (kind, plan.source.kind) {
+            (SourceKind::Table, SourceKind::Stream) if aggregates => {}
             (SourceKind::Stream, SourceKind::Table) => {
                 return Err(EngineError::invalid_with_hint(
                     format!(
@@ -305,7 +322,7 @@ impl Engine {
                         "cannot create table \"{name}\" from stream \"{}\" without GROUP BY",
                         plan.source.name
                     ),
-                    "aggregations into tables are not supported yet; use CREATE STREAM ... AS SELECT",
+                    "add GROUP BY to aggregate the stream, or use CREATE STREAM ... AS SELECT",
                 ));
             }
             _ => {}
@@ -313,9 +330,12 @@ impl Engine {
         let (key_format, value_format) = properties.formats()?;
         let columns = sink_columns(kind, &plan)?;
         let has_key = columns.iter().any(Column::is_key);
+        let key_count = columns.iter().filter(|c| c.is_key()).count();
         let key_format = match key_format {
             Some(format) => format,
             None if !has_key => "NONE".into(),
+            // KAFKA keys hold one column; a multi-column key (GROUP BY a, b) needs JSON.
+            None if key_count > 1 => "JSON".into(),
             None if plan.source.key_format == "NONE" => "KAFKA".into(),
             None => plan.source.key_format.clone(),
         };
@@ -531,9 +551,13 @@ impl Engine {
             None => self.catalog().queries().map(|q| q.id.clone()).collect(),
         };
         for id in &ids {
+            let sink = self.catalog().query(id).map(|q| q.sink.clone());
             self.submit(Command::TerminateQuery { id: id.clone() })
                 .await?;
             self.stop_persistent_query(id).await;
+            if let Some(sink) = sink {
+                self.drop_view(&sink, id);
+            }
         }
         let message = match ids.len() {
             1 if id.is_some() => format!("query \"{}\" terminated", ids[0]),

@@ -43,6 +43,11 @@ pub(crate) struct EngineInner {
     pub(crate) command_lock: tokio::sync::Mutex<()>,
     pub(crate) processing_log: ProcessingLog,
     processing_log_task: Mutex<Option<JoinHandle<()>>>,
+    /// This server's RocksDB: one store per aggregation query.
+    pub(crate) state: eddy_state::StateStore,
+    /// Table name → the materialization a running query keeps of it, for pull queries. Never held
+    /// across `.await`.
+    pub(crate) views: Mutex<HashMap<String, Arc<eddy_runtime::MaterializedView>>>,
 }
 
 impl Drop for EngineInner {
@@ -85,6 +90,14 @@ impl Engine {
             config.processing_log_record_bytes,
         );
 
+        let state = eddy_state::StateStore::open(
+            &config.state_dir,
+            &eddy_state::StateConfig {
+                block_cache_bytes: config.state_block_cache_bytes,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| EngineError::invalid(e.to_string()))?;
         let engine = Engine {
             inner: Arc::new(EngineInner {
                 config,
@@ -96,6 +109,8 @@ impl Engine {
                 command_lock: tokio::sync::Mutex::new(()),
                 processing_log,
                 processing_log_task: Mutex::new(Some(processing_log_task)),
+                state,
+                views: Mutex::new(HashMap::new()),
             }),
         };
         let replayed = engine.replay_commands().await?;
@@ -139,14 +154,8 @@ impl Engine {
 
     /// (records in, records out, records skipped) of a persistent query on this server.
     pub fn query_counts(&self, id: &str) -> Option<(u64, u64, u64)> {
-        use std::sync::atomic::Ordering::Relaxed;
         let queries = self.inner.queries.lock().ok()?;
-        let metrics = &queries.get(id)?.metrics;
-        Some((
-            metrics.records_in.load(Relaxed),
-            metrics.records_out.load(Relaxed),
-            metrics.records_skipped.load(Relaxed),
-        ))
+        Some(queries.get(id)?.counts())
     }
 
     /// Stops every query (committing their progress) and the processing log.
@@ -320,6 +329,19 @@ impl Engine {
             .get("auto.offset.reset")
             .and_then(|v| OffsetReset::parse(v))
             .unwrap_or(OffsetReset::Latest);
+        if plan.aggregation.is_some() {
+            let handle = self
+                .start_aggregation(query, plan, &sink, offset_reset)
+                .await?;
+            let previous = self
+                .inner
+                .queries
+                .lock()
+                .map_err(|_| poisoned())?
+                .insert(query.id.clone(), handle);
+            drop(previous);
+            return Ok(());
+        }
         let spec = QuerySpec {
             query_id: query.id.clone(),
             group_id: self.inner.config.query_group_id(&query.id),
@@ -334,6 +356,8 @@ impl Engine {
                 layout: crate::layout::sink_layout(&sink, &plan)?,
             },
             plan: Arc::new(plan),
+            state: None,
+            single_task: false,
             offset_reset,
             config: self.inner.config.clone(),
             connection: self.inner.connection.clone(),

@@ -10,8 +10,10 @@ use crate::error::EngineError;
 use crate::{Session, StatementResult};
 
 /// Session properties `SET` understands, with the values they accept (`None`: any value).
-const SESSION_PROPERTIES: &[(&str, Option<&[&str]>)] =
-    &[("auto.offset.reset", Some(&["earliest", "latest"]))];
+const SESSION_PROPERTIES: &[(&str, Option<&[&str]>)] = &[
+    ("auto.offset.reset", Some(&["earliest", "latest"])),
+    (crate::pull::READ_YOUR_WRITES, Some(&["true", "false"])),
+];
 
 /// The parts of a KSQL `SELECT` the engine needs, borrowed from the statement.
 pub(crate) struct SelectParts<'a> {
@@ -187,10 +189,7 @@ impl Engine {
                     ));
                 }
                 if parts.emit.is_none() {
-                    return Err(EngineError::invalid_with_hint(
-                        "pull queries (SELECT without EMIT CHANGES) are not supported yet",
-                        "add EMIT CHANGES to run a push query that streams rows as they arrive",
-                    ));
+                    return self.pull_query(session, &parts).await;
                 }
                 self.push_query(session, &parts).await
             }

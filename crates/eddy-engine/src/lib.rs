@@ -16,6 +16,8 @@ mod engine;
 mod error;
 mod execute;
 mod layout;
+mod materialize;
+mod pull;
 mod queries;
 mod result;
 

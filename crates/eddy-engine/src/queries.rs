@@ -23,6 +23,9 @@ use crate::result::{
 };
 use crate::{Session, StatementResult};
 
+/// Stores of transient aggregations are named with this prefix; a server deletes them at start.
+pub(crate) const TRANSIENT_STORE_PREFIX: &str = "transient-";
+
 impl Engine {
     /// `SELECT ... EMIT CHANGES [LIMIT n]`: a transient query streaming rows to the caller.
     pub(crate) async fn push_query(
@@ -55,6 +58,20 @@ impl Engine {
             uuid::Uuid::new_v4().simple()
         );
         let (sender, rows) = mpsc::channel(self.inner.config.push_query_queue_batches.max(1));
+        // A transient aggregation keeps its state in a store of its own, without changelog, and
+        // runs every partition in one task so that each key has one state.
+        let state = match &plan.aggregation {
+            Some(_) => Some(eddy_runtime::StateSpec {
+                store: self
+                    .inner
+                    .state
+                    .store(&format!("{TRANSIENT_STORE_PREFIX}{query_id}"))
+                    .map_err(|e| EngineError::Internal(e.to_string()))?,
+                changelog_topic: None,
+                limits: self.aggregate_limits(),
+            }),
+            None => None,
+        };
         let spec = QuerySpec {
             query_id: query_id.clone(),
             group_id: format!("_eddy-{}-{query_id}", self.inner.config.service_id),
@@ -64,6 +81,8 @@ impl Engine {
             timestamp_column: crate::layout::timestamp_index(&plan.source),
             drop_tombstones: plan.source.kind == SourceKind::Stream,
             sink: SinkSpec::Channel { sender },
+            single_task: state.is_some(),
+            state,
             plan: Arc::new(plan),
             offset_reset: session.offset_reset(),
             config: self.inner.config.clone(),

@@ -49,6 +49,7 @@ impl Harness {
             service_id: self.service_id.clone(),
             topic_prefix: self.prefix.clone(),
             commit_interval_ms: 100,
+            state_dir: self._dir.path().join("state"),
             ..Default::default()
         }
     }

@@ -11,10 +11,16 @@
 //!        ──rewrite──▶ StreamingPlan { source, stages: [Filter, Project], key/value/rowtime columns }
 //! ```
 //!
+//! A `GROUP BY` query is split around its aggregate: stages produce `[group key..., arguments...]`,
+//! the runtime folds them into per-key state with `eddy-aggregate`, and post stages (`HAVING`, the
+//! projection) turn the aggregate values into table rows (see `aggregate`).
+//!
 //! Every plan carries two hidden columns computed next to the user's projection: the new record key
 //! when the query has `PARTITION BY`, and the event time (`ROWTIME`) of the output record.
 
+mod aggregate;
 mod functions;
 mod plan;
 
+pub use aggregate::{AggregateCall, AggregationPlan, PostOutput, ROWTIME_AGGREGATE};
 pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

@@ -21,6 +21,9 @@ use sqlparser::ast::{
 };
 use thiserror::Error;
 
+use crate::aggregate::{
+    AggregationPlan, ROWTIME_AGGREGATE, key_columns_of_aggregate, lower_aggregate_query,
+};
 use crate::functions::register_ksql_functions;
 
 /// Name of the hidden output column that carries each output record's event time.
@@ -61,7 +64,7 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    fn unsupported(feature: &str, plural: bool, hint: Option<&str>) -> Self {
+    pub(crate) fn unsupported(feature: &str, plural: bool, hint: Option<&str>) -> Self {
         PlanError::Unsupported {
             feature: feature.to_owned(),
             plural,
@@ -88,6 +91,7 @@ fn clean_datafusion_message(error: &DataFusionError) -> String {
 }
 
 /// One operator of a streaming plan, applied to every batch in order.
+#[derive(Clone)]
 pub enum Stage {
     /// Keeps the columns at these indices (DataFusion's projection push-down into the scan).
     Select { indices: Vec<usize> },
@@ -176,6 +180,9 @@ pub struct StreamingPlan {
     pub sink_columns: Vec<Column>,
     /// A `LIMIT` written in the query itself.
     pub limit: Option<u64>,
+    /// The aggregation of a `GROUP BY` query: `stages` produce its input, and `output_schema`,
+    /// `key_columns`, `value_columns` and `rowtime_column` describe its post stages' output.
+    pub aggregation: Option<AggregationPlan>,
     /// DataFusion's optimized logical plan, for `EXPLAIN`.
     pub logical_plan: LogicalPlan,
 }
@@ -204,6 +211,36 @@ impl StreamingPlan {
         for stage in &self.stages {
             text.push_str(&format!("  {stage:?}\n"));
         }
+        if let Some(aggregation) = &self.aggregation {
+            let groups: Vec<&str> = aggregation.input_schema.fields()[..aggregation.group_count]
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            let calls: Vec<String> = aggregation
+                .calls
+                .iter()
+                .filter(|c| !c.is_rowtime())
+                .map(|c| format!("{} AS {}", c.function.to_uppercase(), c.output.name()))
+                .collect();
+            text.push_str(&format!(
+                "  Aggregate: GROUP BY [{}] COMPUTE [{}]{}{}\n",
+                groups.join(", "),
+                calls.join(", "),
+                if aggregation.repartition {
+                    "; repartitioned by the group key"
+                } else {
+                    ""
+                },
+                if aggregation.retractable {
+                    "; retracts changed table rows"
+                } else {
+                    ""
+                },
+            ));
+            for stage in &aggregation.post_stages {
+                text.push_str(&format!("  {stage:?}\n"));
+            }
+        }
         let names = |indices: &[usize]| {
             indices
                 .iter()
@@ -224,6 +261,8 @@ impl StreamingPlan {
 #[derive(Clone)]
 pub struct Planner {
     state: SessionState,
+    /// `state` with Eddy's aggregate functions in place of DataFusion's (planning only).
+    aggregate_state: SessionState,
 }
 
 impl Default for Planner {
@@ -244,7 +283,13 @@ impl Planner {
         options.sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
         register_ksql_functions(&ctx);
-        Self { state: ctx.state() }
+        let state = ctx.state();
+        let aggregate_ctx = SessionContext::new_with_state(state.clone());
+        crate::aggregate::register_aggregate_stubs(&aggregate_ctx);
+        Self {
+            state,
+            aggregate_state: aggregate_ctx.state(),
+        }
     }
 
     /// Plans a continuous `SELECT` over the catalog. `partition_by` re-keys the output
@@ -296,14 +341,41 @@ impl Planner {
                 Some("use GROUP BY"),
             ));
         }
-        if !matches!(&select.group_by, GroupByExpr::Expressions(exprs, _) if exprs.is_empty())
-            || select.having.is_some()
-        {
-            return Err(PlanError::unsupported(
-                "aggregations (GROUP BY)",
-                true,
-                None,
+        let grouped = match &select.group_by {
+            GroupByExpr::Expressions(exprs, modifiers) => {
+                if !modifiers.is_empty() {
+                    return Err(PlanError::unsupported(
+                        "GROUPING SETS, CUBE and ROLLUP",
+                        true,
+                        None,
+                    ));
+                }
+                !exprs.is_empty()
+            }
+            GroupByExpr::All(_) => {
+                return Err(PlanError::unsupported("GROUP BY ALL", false, None));
+            }
+        };
+        if select.having.is_some() && !grouped {
+            return Err(PlanError::Invalid("HAVING requires GROUP BY".into()));
+        }
+        if !grouped && let Some(function) = first_aggregate_call(&select.projection) {
+            return Err(PlanError::Invalid(format!(
+                "aggregate function {} in a continuous query needs GROUP BY",
+                function.to_uppercase()
+            )));
+        }
+        if grouped && !partition_by.is_empty() {
+            return Err(PlanError::Invalid(
+                "PARTITION BY cannot be combined with GROUP BY: a table is keyed by its GROUP BY"
+                    .into(),
             ));
+        }
+        if grouped {
+            rewrite_count_distinct(&mut select.projection);
+            if let Some(having) = &mut select.having {
+                rewrite_count_distinct_expr(having);
+            }
         }
         let (source_name, qualifier) = match &select.from[0].relation {
             TableFactor::Table {
@@ -369,15 +441,31 @@ impl Planner {
         let repartitioned = !partition_by.is_empty();
         hidden.extend(std::mem::take(&mut select.projection));
         select.projection = hidden;
+        let rowtime = ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(ROWTIME)]);
         select.projection.push(SelectItem::ExprWithAlias {
-            expr: ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(ROWTIME)]),
+            expr: if grouped {
+                rowtime_aggregate(rowtime)
+            } else {
+                rowtime
+            },
             alias: quoted(ROWTIME_OUTPUT),
         });
+        if let Some(having) = &mut select.having {
+            type_integer_literals(having);
+        }
+        if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+            exprs.iter_mut().for_each(type_integer_literals);
+        }
 
         let table = Arc::new(EmptyTable::new(source.arrow_schema()));
         // A fresh catalog per plan: SessionState clones share their catalog list, and concurrent
         // plans of the same source must not see each other's registrations.
-        let ctx = SessionContext::new_with_state(self.isolated_state()?);
+        let base = if grouped {
+            &self.aggregate_state
+        } else {
+            &self.state
+        };
+        let ctx = SessionContext::new_with_state(self.isolated_state(base)?);
         ctx.register_table(TableReference::bare(source.name.as_str()), table)?;
         let state = ctx.state();
         let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
@@ -387,7 +475,15 @@ impl Planner {
             .map_err(|e| explain_error(e, &source))?;
         let logical = state.optimize(&logical)?;
 
-        let stages = lower(&logical, &state, &source)?;
+        let (stages, aggregation) = if grouped {
+            let (stages, aggregation) =
+                lower_aggregate_query(&logical, &state, &source, &|input| {
+                    lower(input, &state, &source)
+                })?;
+            (stages, Some(aggregation))
+        } else {
+            (lower(&logical, &state, &source)?, None)
+        };
         let output_schema = nullable_schema(logical.schema().as_arrow());
         let index_of = |name: &str| output_schema.index_of(name).ok();
         let rowtime_column = index_of(ROWTIME_OUTPUT).ok_or_else(|| {
@@ -396,7 +492,23 @@ impl Planner {
 
         let mut key_columns = Vec::new();
         let mut key_output_names = Vec::new();
-        if repartitioned {
+        if let Some(aggregation) = &aggregation {
+            let keys = key_columns_of_aggregate(&logical, aggregation.group_count)?;
+            for (i, key) in keys.into_iter().enumerate() {
+                let Some(index) = key else {
+                    let expr = match &select_group_by(&logical) {
+                        Some(exprs) => exprs.get(i).map(|e| e.to_string()).unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    return Err(PlanError::Invalid(format!(
+                        "the query must select its GROUP BY expression {expr}: it becomes the \
+                         table's key\nhint: add it to the SELECT list"
+                    )));
+                };
+                key_columns.push(index);
+                key_output_names.push(output_schema.field(index).name().clone());
+            }
+        } else if repartitioned {
             for (i, name) in key_names.iter().enumerate() {
                 if let Some(index) = index_of(&format!("{KEY_OUTPUT_PREFIX}{i}")) {
                     key_columns.push(index);
@@ -455,17 +567,18 @@ impl Planner {
             rowtime_column,
             sink_columns,
             limit,
+            aggregation,
             logical_plan: logical,
         })
     }
 
     /// The planner's session state with its own empty catalog.
-    fn isolated_state(&self) -> Result<SessionState, PlanError> {
+    fn isolated_state(&self, base: &SessionState) -> Result<SessionState, PlanError> {
         use datafusion::catalog::{
             CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
         };
         use datafusion::execution::SessionStateBuilder;
-        let options = &self.state.config_options().catalog;
+        let options = &base.config_options().catalog;
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(
             &options.default_schema,
@@ -477,9 +590,15 @@ impl Planner {
             options.default_catalog.clone(),
             Arc::new(catalog),
         );
-        Ok(SessionStateBuilder::new_from_existing(self.state.clone())
+        Ok(SessionStateBuilder::new_from_existing(base.clone())
             .with_catalog_list(Arc::new(catalogs))
             .build())
+    }
+
+    /// A session state with DataFusion's own functions and an empty catalog of its own, for
+    /// pull queries: full SQL executed by DataFusion over tables the caller registers.
+    pub fn pull_state(&self) -> Result<SessionState, PlanError> {
+        self.isolated_state(&self.state)
     }
 
     /// Evaluates constant expressions (the `VALUES` of an `INSERT`) into a one-row batch.
@@ -499,6 +618,88 @@ impl Planner {
             .ok_or_else(|| PlanError::Invalid("VALUES produced no row".into()))?;
         Ok(batch)
     }
+}
+
+/// The group expressions of the `Aggregate` under an aggregate query's projection, for messages.
+fn select_group_by(plan: &LogicalPlan) -> Option<Vec<Expr>> {
+    match plan {
+        LogicalPlan::Aggregate(aggregate) => Some(aggregate.group_expr.clone()),
+        other => other
+            .inputs()
+            .first()
+            .and_then(|input| select_group_by(input)),
+    }
+}
+
+/// `eddy_rowtime(ROWTIME)`: the hidden aggregate that gives each group its event time.
+fn rowtime_aggregate(rowtime: ast::Expr) -> ast::Expr {
+    ast::Expr::Function(ast::Function {
+        name: ObjectName::from(vec![Ident::new(ROWTIME_AGGREGATE)]),
+        uses_odbc_syntax: false,
+        parameters: ast::FunctionArguments::None,
+        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+            duplicate_treatment: None,
+            args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                rowtime,
+            ))],
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// The name of the first aggregate function called in `projection`, if any.
+fn first_aggregate_call(projection: &[SelectItem]) -> Option<String> {
+    let names = eddy_aggregate::AggregateSpec::function_names();
+    let mut found = None;
+    for item in projection {
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            let _ = ast::visit_expressions(expr, |e| {
+                if let ast::Expr::Function(function) = e {
+                    let name = function.name.to_string().to_lowercase();
+                    if names.contains(&name.as_str()) {
+                        found = Some(name);
+                        return std::ops::ControlFlow::Break(());
+                    }
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    found
+}
+
+/// `COUNT(DISTINCT x)` is `COUNT_DISTINCT(x)` (DataFusion would rewrite it into a nested
+/// aggregation, which cannot run continuously).
+fn rewrite_count_distinct(projection: &mut [SelectItem]) {
+    for item in projection {
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            rewrite_count_distinct_expr(expr);
+        }
+    }
+}
+
+fn rewrite_count_distinct_expr(expr: &mut ast::Expr) {
+    let _ = ast::visit_expressions_mut(expr, |e| {
+        if let ast::Expr::Function(function) = e
+            && function.name.to_string().eq_ignore_ascii_case("count")
+            && let ast::FunctionArguments::List(list) = &mut function.args
+            && matches!(
+                list.duplicate_treatment,
+                Some(ast::DuplicateTreatment::Distinct)
+            )
+        {
+            list.duplicate_treatment = None;
+            function.name = ObjectName::from(vec![Ident::new("count_distinct")]);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Removes a standard `LIMIT n` from the query and returns n.
@@ -706,7 +907,7 @@ fn sink_column(name: &str, data_type: &DataType, role: ColumnRole) -> Result<Col
     })
 }
 
-fn nullable_schema(schema: &Schema) -> SchemaRef {
+pub(crate) fn nullable_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
@@ -839,7 +1040,7 @@ fn lower(
     }
 }
 
-fn physical(
+pub(crate) fn physical(
     state: &SessionState,
     expr: Expr,
     schema: &DFSchema,

@@ -14,15 +14,17 @@
 //! written to the processing log with their topic, partition and offset; the query keeps running.
 //! Every task belongs to the query's [`QueryHandle`]: stopping or dropping the handle frees them all.
 
+mod aggregate;
 mod kafka;
 mod print;
 mod processing_log;
 mod query;
 
+pub use aggregate::{MaterializedView, StateSpec};
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};
 pub use query::{
-    OffsetReset, QueryError, QueryHandle, QueryMetrics, QuerySpec, QueryStatus, SinkSpec,
-    start_query,
+    OffsetReset, QueryError, QueryHandle, QueryMetrics, QueryProgress, QuerySpec, QueryStatus,
+    SinkSpec, start_query,
 };

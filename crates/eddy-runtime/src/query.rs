@@ -25,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::aggregate::{MaterializedView, PartitionAggregate, StateSpec, split_rows};
 use crate::kafka::{KafkaConnection, KafkaError};
 use crate::processing_log::{ErrorKind, ProcessingLog};
 
@@ -62,6 +63,12 @@ pub enum QueryError {
     Produce { topic: String, message: String },
     #[error("cannot set up the decoder of topic \"{topic}\": {message}")]
     Format { topic: String, message: String },
+    #[error("{0}")]
+    Plan(String),
+    #[error("expression failed: {0}")]
+    Expression(String),
+    #[error("state store: {0}")]
+    State(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,6 +104,11 @@ pub struct QuerySpec {
     /// Skip records without a value (Kafka tombstones), as streams do.
     pub drop_tombstones: bool,
     pub plan: Arc<StreamingPlan>,
+    /// Where an aggregation keeps its state; required when the plan aggregates.
+    pub state: Option<StateSpec>,
+    /// Run every input partition in one task (partition 0's): a transient aggregation reads all
+    /// partitions without repartitioning, so one task must see every key.
+    pub single_task: bool,
     pub sink: SinkSpec,
     pub offset_reset: OffsetReset,
     pub config: EngineConfig,
@@ -120,6 +132,10 @@ pub struct QueryMetrics {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub records_skipped: AtomicU64,
+    /// Changelog records to replay before the query's partitions resume (grows as tasks start).
+    pub restore_records_total: AtomicU64,
+    /// Changelog records replayed so far.
+    pub restore_records_done: AtomicU64,
     status: Mutex<QueryStatus>,
 }
 
@@ -129,6 +145,8 @@ impl QueryMetrics {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             records_skipped: AtomicU64::new(0),
+            restore_records_total: AtomicU64::new(0),
+            restore_records_done: AtomicU64::new(0),
             status: Mutex::new(QueryStatus::Running),
         }
     }
@@ -156,11 +174,34 @@ pub struct QueryHandle {
     pub metrics: Arc<QueryMetrics>,
     cancel: CancellationToken,
     driver: Option<JoinHandle<()>>,
+    progress: QueryProgress,
+    /// Queries that feed this one (the repartitioning half of an aggregation), owned by it.
+    upstream: Vec<QueryHandle>,
 }
 
 impl QueryHandle {
+    /// How far each query of the chain (upstream first, this one last) has processed its input.
+    pub fn progress_chain(&self) -> Vec<QueryProgress> {
+        let mut chain: Vec<QueryProgress> = self
+            .upstream
+            .iter()
+            .flat_map(QueryHandle::progress_chain)
+            .collect();
+        chain.push(self.progress.clone());
+        chain
+    }
+
+    /// Makes `upstream` part of this query: it stops, fails and is dropped with it.
+    pub fn with_upstream(mut self, upstream: QueryHandle) -> Self {
+        self.upstream.push(upstream);
+        self
+    }
+
     /// Stops the query gracefully: queued batches finish, acknowledged offsets are committed.
     pub async fn stop(mut self) {
+        for upstream in std::mem::take(&mut self.upstream) {
+            Box::pin(upstream.stop()).await;
+        }
         self.cancel.cancel();
         if let Some(driver) = self.driver.take()
             && tokio::time::timeout(Duration::from_secs(30), driver)
@@ -175,12 +216,39 @@ impl QueryHandle {
     }
 
     pub fn status(&self) -> QueryStatus {
+        for upstream in &self.upstream {
+            if let status @ QueryStatus::Error(_) = upstream.status() {
+                return status;
+            }
+        }
         self.metrics.status()
     }
 
     /// True once the query has stopped for any reason.
     pub fn is_finished(&self) -> bool {
         self.driver.as_ref().is_none_or(|d| d.is_finished())
+            || self.upstream.iter().any(QueryHandle::is_finished)
+    }
+
+    /// Counters of the query and of the queries feeding it (records in are counted where they
+    /// enter: at the first query of the chain).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let first = self
+            .upstream
+            .first()
+            .map(|u| &u.metrics)
+            .unwrap_or(&self.metrics);
+        let skipped = self.metrics.records_skipped.load(Ordering::Relaxed)
+            + self
+                .upstream
+                .iter()
+                .map(|u| u.metrics.records_skipped.load(Ordering::Relaxed))
+                .sum::<u64>();
+        (
+            first.records_in.load(Ordering::Relaxed),
+            self.metrics.records_out.load(Ordering::Relaxed),
+            skipped,
+        )
     }
 }
 
@@ -196,6 +264,26 @@ impl Drop for QueryHandle {
 /// Progress of one partition: the next offset whose input has been fully processed and whose
 /// output has been acknowledged.
 type Progress = Arc<AtomicI64>;
+
+/// A read-only view of how far a query has processed each partition of its source topic.
+#[derive(Clone)]
+pub struct QueryProgress {
+    /// Physical source topic.
+    pub topic: String,
+    partitions: Arc<Mutex<HashMap<i32, Progress>>>,
+}
+
+impl QueryProgress {
+    /// The next offset of `partition` whose effects are visible (output acknowledged, state
+    /// written); `None` before the query has processed anything there.
+    pub fn processed(&self, partition: i32) -> Option<i64> {
+        let partitions = self.partitions.lock().ok()?;
+        partitions
+            .get(&partition)
+            .map(|p| p.load(Ordering::Acquire))
+            .filter(|next| *next >= 0)
+    }
+}
 
 /// Consumer context that commits a partition's acknowledged progress when the group takes the
 /// partition away, so that the next owner starts where this one stopped.
@@ -311,6 +399,10 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     let metrics = Arc::new(QueryMetrics::new());
     let cancel = CancellationToken::new();
     let query_id = spec.query_id.clone();
+    let query_progress = QueryProgress {
+        topic: spec.source_topic.clone(),
+        partitions: Arc::clone(&progress),
+    };
     let driver = Driver {
         spec,
         consumer,
@@ -326,6 +418,8 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         metrics,
         cancel,
         driver: Some(handle),
+        progress: query_progress,
+        upstream: Vec::new(),
     })
 }
 
@@ -395,7 +489,8 @@ impl Driver {
                     drop(message);
                     if buffer.len() >= max_batch {
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
-                        let worker = worker_for(partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        let task = if spec.single_task { 0 } else { partition };
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         if worker.sender.send(batch).await.is_err() {
                             continue; // the task ended; join_next reports why
                         }
@@ -405,7 +500,8 @@ impl Driver {
                     for (partition, buffer) in buffers.iter_mut() {
                         if buffer.is_empty() { continue; }
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
-                        let worker = worker_for(*partition, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        let task = if spec.single_task { 0 } else { *partition };
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         let _ = worker.sender.send(batch).await;
                     }
                     let revoked_now: Vec<i32> = revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
@@ -551,14 +647,145 @@ impl PartitionTask {
             "partition task started"
         );
 
+        if spec.plan.aggregation.is_some() {
+            return self
+                .run_aggregate(receiver, decoder, encoder, encoded)
+                .await;
+        }
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
                 continue;
             };
+            let batch = self.decode_input(&mut decoder, &raw).await?;
+            let output = self.process(batch).await;
+            if output.num_rows() > 0 {
+                match (&spec.sink, encoder.as_mut()) {
+                    (
+                        SinkSpec::Kafka {
+                            topic, producer, ..
+                        },
+                        Some(encoder),
+                    ) => {
+                        self.produce(topic, producer, encoder, &mut encoded, &output, false)
+                            .await?;
+                    }
+                    (SinkSpec::Channel { sender }, _) => {
+                        if sender.send(output.clone()).await.is_err() {
+                            return Ok(()); // the client went away
+                        }
+                    }
+                    _ => return Err(QueryError::Internal("sink without encoder".into())),
+                }
+                self.metrics
+                    .records_out
+                    .fetch_add(output.num_rows() as u64, Ordering::Relaxed);
+            }
+            self.progress.store(last_offset + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Runs an aggregation: restores the partition's state, then folds every batch into it.
+    async fn run_aggregate(
+        &self,
+        mut receiver: mpsc::Receiver<RawBatch>,
+        mut decoder: RecordDecoder,
+        mut encoder: Option<RecordEncoder>,
+        mut encoded: EncodedBatch,
+    ) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let state = spec.state.as_ref().ok_or_else(|| {
+            QueryError::Internal("an aggregation started without a state store".into())
+        })?;
+        let view =
+            MaterializedView::new(Arc::clone(&spec.plan), state.store.clone(), &state.limits)?;
+        let mut aggregate = PartitionAggregate::new(view, self.partition);
+        aggregate
+            .restore(state, &spec.connection, &self.metrics, &spec.query_id)
+            .await?;
+        let changelog_producer = match &spec.sink {
+            SinkSpec::Kafka { producer, .. } => Some(producer.clone()),
+            SinkSpec::Channel { .. } => None,
+        };
+        let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
+        while let Some(raw) = receiver.recv().await {
+            let Some(&last_offset) = raw.offsets().last() else {
+                continue;
+            };
+            let batch = self.decode_input(&mut decoder, &raw).await?;
+            // Records below the restored source offset are already counted in the state.
+            let batch = skip_before(batch, aggregate.next_source_offset())?;
+            let input = self.process(batch).await;
+            let applied = aggregate.apply(&input, None)?;
+            if applied.null_keys > 0 {
+                self.metrics
+                    .records_skipped
+                    .fetch_add(applied.null_keys as u64, Ordering::Relaxed);
+            }
+            let (rows, tombstones) = split_rows(&applied)?;
+            debug!(
+                query = spec.query_id,
+                partition = self.partition,
+                input = input.num_rows(),
+                groups = applied.writes.len(),
+                rows = rows.num_rows(),
+                tombstones = tombstones.num_rows(),
+                "aggregated a batch"
+            );
+            match (&spec.sink, encoder.as_mut()) {
+                (
+                    SinkSpec::Kafka {
+                        topic, producer, ..
+                    },
+                    Some(encoder),
+                ) => {
+                    if rows.num_rows() > 0 {
+                        self.produce(topic, producer, encoder, &mut encoded, &rows, false)
+                            .await?;
+                    }
+                    if tombstones.num_rows() > 0 {
+                        self.produce(topic, producer, encoder, &mut encoded, &tombstones, true)
+                            .await?;
+                    }
+                }
+                (SinkSpec::Channel { sender }, _) => {
+                    if rows.num_rows() > 0 && sender.send(rows.clone()).await.is_err() {
+                        return Ok(()); // the client went away
+                    }
+                }
+                _ => return Err(QueryError::Internal("sink without encoder".into())),
+            }
+            self.metrics.records_out.fetch_add(
+                (rows.num_rows() + tombstones.num_rows()) as u64,
+                Ordering::Relaxed,
+            );
+            aggregate
+                .commit(
+                    state,
+                    changelog_producer.as_ref(),
+                    applied.writes,
+                    last_offset + 1,
+                    timeout,
+                )
+                .await?;
+            self.progress.store(last_offset + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Decodes a raw batch, reporting malformed records, dropping stream tombstones and applying
+    /// the event-time column.
+    async fn decode_input(
+        &self,
+        decoder: &mut RecordDecoder,
+        raw: &RawBatch,
+    ) -> Result<RecordBatch, QueryError> {
+        let spec = &self.spec;
+        {
             self.metrics
                 .records_in
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            let decoded = decoder.decode(&raw).map_err(|e| {
+            let decoded = decoder.decode(raw).map_err(|e| {
                 QueryError::Internal(format!("decoder of \"{}\": {e}", spec.source_topic))
             })?;
             for error in &decoded.errors {
@@ -587,36 +814,11 @@ impl PartitionTask {
             if spec.drop_tombstones && !decoded.tombstones.is_empty() {
                 batch = drop_rows(&batch, &decoded.tombstones)?;
             }
-            let batch = match spec.timestamp_column {
-                Some(column) => self.apply_event_time(batch, column).await?,
-                None => batch,
-            };
-            let output = self.process(batch).await;
-            if output.num_rows() > 0 {
-                match (&spec.sink, encoder.as_mut()) {
-                    (
-                        SinkSpec::Kafka {
-                            topic, producer, ..
-                        },
-                        Some(encoder),
-                    ) => {
-                        self.produce(topic, producer, encoder, &mut encoded, &output)
-                            .await?;
-                    }
-                    (SinkSpec::Channel { sender }, _) => {
-                        if sender.send(output.clone()).await.is_err() {
-                            return Ok(()); // the client went away
-                        }
-                    }
-                    _ => return Err(QueryError::Internal("sink without encoder".into())),
-                }
-                self.metrics
-                    .records_out
-                    .fetch_add(output.num_rows() as u64, Ordering::Relaxed);
+            match spec.timestamp_column {
+                Some(column) => self.apply_event_time(batch, column).await,
+                None => Ok(batch),
             }
-            self.progress.store(last_offset + 1, Ordering::Release);
         }
-        Ok(())
     }
 
     /// Makes `column` the batch's `ROWTIME`; rows without a usable timestamp are reported and skipped.
@@ -722,6 +924,7 @@ impl PartitionTask {
         encoder: &mut RecordEncoder,
         encoded: &mut EncodedBatch,
         output: &RecordBatch,
+        tombstones: bool,
     ) -> Result<(), QueryError> {
         let plan = &self.spec.plan;
         encoded.clear();
@@ -746,7 +949,7 @@ impl PartitionTask {
                 if let Some(key) = encoded.key(row) {
                     record = record.key(key);
                 }
-                if let Some(value) = encoded.value(row) {
+                if let Some(value) = encoded.value(row).filter(|_| !tombstones) {
                     record = record.payload(value);
                 }
                 if let Some(timestamp) = timestamp {
@@ -787,6 +990,19 @@ impl PartitionTask {
         }
         Ok(())
     }
+}
+
+/// `batch` without the rows whose offset (column 2, `ROWOFFSET`) is below `next_offset`.
+fn skip_before(batch: RecordBatch, next_offset: i64) -> Result<RecordBatch, QueryError> {
+    let Some(offsets) = batch.column(2).as_primitive_opt::<Int64Type>() else {
+        return Err(QueryError::Internal("decoded batch has no offsets".into()));
+    };
+    if offsets.len() == 0 || offsets.value(0) >= next_offset {
+        return Ok(batch);
+    }
+    let keep = datafusion::arrow::array::BooleanArray::from_unary(offsets, |o| o >= next_offset);
+    datafusion::arrow::compute::filter_record_batch(&batch, &keep)
+        .map_err(|e| QueryError::Internal(format!("skipping restored records: {e}")))
 }
 
 /// Bytes reserved per record when a raw batch is allocated.

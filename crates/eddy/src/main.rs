@@ -144,6 +144,7 @@ async fn shell(
     };
     let config = EngineConfig {
         service_id,
+        state_dir: data_dir.join("state"),
         ..EngineConfig::default()
     };
     let engine = Engine::start(config, connection.clone())

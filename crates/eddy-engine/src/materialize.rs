@@ -1,0 +1,207 @@
+//! Materialized tables: starting aggregation queries with their state, changelog and repartition
+//! topics, and answering pull queries from that state.
+
+use std::sync::Arc;
+
+use eddy_catalog::{QueryInfo, Source, SourceKind};
+use eddy_planner::StreamingPlan;
+use eddy_runtime::{
+    MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec, start_query,
+};
+use tracing::info;
+
+use crate::engine::{Engine, poisoned};
+use crate::error::EngineError;
+use crate::layout::{sink_layout, source_layout, timestamp_index};
+
+impl Engine {
+    /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog.
+    pub(crate) async fn start_aggregation(
+        &self,
+        query: &QueryInfo,
+        plan: StreamingPlan,
+        sink: &Source,
+        offset_reset: OffsetReset,
+    ) -> Result<QueryHandle, EngineError> {
+        let config = &self.inner.config;
+        let connection = &self.inner.connection;
+        let aggregation = plan
+            .aggregation
+            .as_ref()
+            .ok_or_else(|| EngineError::Internal("not an aggregation".into()))?;
+        let source_topic = self.physical_topic(&plan.source);
+        let source_partitions = connection
+            .topic(&source_topic)
+            .await?
+            .map(|t| t.partitions)
+            .ok_or_else(|| eddy_runtime::KafkaError::UnknownTopic {
+                topic: plan.source.topic.clone(),
+            })?;
+        let sink_spec = |plan: &StreamingPlan| -> Result<SinkSpec, EngineError> {
+            Ok(SinkSpec::Kafka {
+                topic: self.physical_topic(sink),
+                producer: self.inner.producer.clone(),
+                layout: sink_layout(sink, plan)?,
+            })
+        };
+        let store = self
+            .inner
+            .state
+            .store(&query.id)
+            .map_err(|e| EngineError::Internal(format!("state store of {}: {e}", query.id)))?;
+        let changelog_logical = config.query_topic(&query.id, "changelog");
+        let changelog = config.physical_topic(&changelog_logical);
+        connection
+            .create_topic(
+                &changelog,
+                source_partitions,
+                config.default_replicas,
+                &[("cleanup.policy", "compact")],
+            )
+            .await?;
+        let state = StateSpec {
+            store: store.clone(),
+            changelog_topic: Some(changelog),
+            limits: self.aggregate_limits(),
+        };
+        let group_id = config.query_group_id(&query.id);
+        if !aggregation.repartition {
+            let view_plan = Arc::new(plan);
+            let sink_spec = sink_spec(&view_plan)?;
+            let spec = QuerySpec {
+                query_id: query.id.clone(),
+                group_id,
+                persistent: true,
+                source_topic,
+                source_layout: source_layout(&view_plan.source)?,
+                timestamp_column: timestamp_index(&view_plan.source),
+                drop_tombstones: view_plan.source.kind == SourceKind::Stream,
+                plan: Arc::clone(&view_plan),
+                state: Some(state.clone()),
+                single_task: false,
+                sink: sink_spec,
+                offset_reset,
+                config: config.clone(),
+                connection: connection.clone(),
+                processing_log: self.inner.processing_log.clone(),
+            };
+            let handle = start_query(spec).await?;
+            self.register_view(sink, view_plan, &state)?;
+            return Ok(handle);
+        }
+
+        // The group key is not the source key: write the aggregation input to an internal topic
+        // keyed by the group key, so each key's state lives in exactly one partition task.
+        let repartition_logical = config.query_topic(&query.id, "repartition");
+        let internal = Source {
+            name: format!("{}_REPARTITION", query.id),
+            kind: SourceKind::Stream,
+            columns: plan.repartition_columns()?,
+            topic: repartition_logical.clone(),
+            key_format: "JSON".into(),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: source_partitions,
+            written_by: Some(query.id.clone()),
+            sql: String::new(),
+        };
+        let repartition_topic = config.physical_topic(&repartition_logical);
+        connection
+            .create_topic(
+                &repartition_topic,
+                source_partitions,
+                config.default_replicas,
+                &[],
+            )
+            .await?;
+        let (writer, reader) = plan.split_for_repartition(internal.clone())?;
+        let writer_spec = QuerySpec {
+            query_id: format!("{}-repartition", query.id),
+            group_id: format!("{group_id}-repartition"),
+            persistent: true,
+            source_topic,
+            source_layout: source_layout(&writer.source)?,
+            timestamp_column: timestamp_index(&writer.source),
+            drop_tombstones: writer.source.kind == SourceKind::Stream,
+            sink: SinkSpec::Kafka {
+                topic: repartition_topic.clone(),
+                producer: self.inner.producer.clone(),
+                layout: sink_layout(&internal, &writer)?,
+            },
+            plan: Arc::new(writer),
+            state: None,
+            single_task: false,
+            offset_reset,
+            config: config.clone(),
+            connection: connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let reader = Arc::new(reader);
+        let reader_spec = QuerySpec {
+            query_id: query.id.clone(),
+            group_id,
+            persistent: true,
+            source_topic: repartition_topic,
+            source_layout: source_layout(&internal)?,
+            timestamp_column: None,
+            drop_tombstones: true,
+            plan: Arc::clone(&reader),
+            state: Some(state.clone()),
+            single_task: false,
+            sink: sink_spec(&reader)?,
+            // Everything written to the internal topic belongs to this query.
+            offset_reset: OffsetReset::Earliest,
+            config: config.clone(),
+            connection: connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let upstream = start_query(writer_spec).await?;
+        let handle = start_query(reader_spec).await?.with_upstream(upstream);
+        self.register_view(sink, reader, &state)?;
+        info!(
+            query = query.id,
+            "aggregation started with a repartition topic"
+        );
+        Ok(handle)
+    }
+
+    fn register_view(
+        &self,
+        sink: &Source,
+        plan: Arc<StreamingPlan>,
+        state: &StateSpec,
+    ) -> Result<(), EngineError> {
+        let view = MaterializedView::new(plan, state.store.clone(), &state.limits)?;
+        self.inner
+            .views
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(sink.name.clone(), Arc::new(view));
+        Ok(())
+    }
+
+    /// Forgets the materialization of `table` and deletes its local state.
+    pub(crate) fn drop_view(&self, table: &str, query_id: &str) {
+        if let Ok(mut views) = self.inner.views.lock() {
+            views.remove(table);
+        }
+        if let Err(error) = self.inner.state.drop_store(query_id) {
+            tracing::warn!(query = query_id, %error, "cannot delete the query's local state");
+        }
+    }
+
+    pub(crate) fn aggregate_limits(&self) -> eddy_aggregate::AggregateLimits {
+        eddy_aggregate::AggregateLimits {
+            collection_max_entries: self.inner.config.collection_max_entries,
+            ..Default::default()
+        }
+    }
+
+    /// The materialization of `table` on this server, if a running query keeps one.
+    pub(crate) fn view(&self, table: &str) -> Option<Arc<MaterializedView>> {
+        self.inner.views.lock().ok()?.get(table).cloned()
+    }
+}

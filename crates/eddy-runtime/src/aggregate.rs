@@ -1,0 +1,679 @@
+//! The aggregate operator of a partition task: per-key state in RocksDB, a changelog in Kafka.
+//!
+//! For every batch of aggregation input (`[group key..., arguments...]`, see `eddy-planner`):
+//!
+//! ```text
+//!  group keys ─RowConverter─▶ key bytes ─multi_get─▶ states ─eddy-aggregate update─▶ new states
+//!     │                                                                  │
+//!     └──────── evaluate ─▶ post stages (HAVING, projection) ─▶ rows and tombstones
+//!
+//!  1. produce the rows to the sink and wait for every acknowledgement
+//!  2. produce the new states and the source offset to the changelog, wait
+//!  3. write states + source offset + changelog offset in one RocksDB batch
+//!  4. advance the partition's progress (committed to the consumer group later)
+//! ```
+//!
+//! A crash between 1 and 2 repeats the batch's output (identical upserts); between 2 and 3 the
+//! restore at start replays the changelog tail. Either way the state counts every input record
+//! exactly once: records below the restored source offset are skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch,
+};
+use datafusion::arrow::compute::{filter_record_batch, not};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use eddy_aggregate::{AggregateLimits, AggregateSpec, Aggregator, GroupState, LiteralArg};
+use eddy_planner::{AggregationPlan, StreamingPlan};
+use eddy_state::{Checkpoint, Store, StoreBatch};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::kafka::{KafkaConnection, KafkaError};
+use crate::query::{QueryError, QueryMetrics};
+
+/// Key of the changelog record that carries the source offset a partition's state has reached.
+/// Group keys are arrow-row encoded and never start with 0xFF.
+pub(crate) const SOURCE_OFFSET_KEY: &[u8] = b"\xffsource_offset";
+
+/// Format version of a stored group: `[version][event time i64 BE][eddy-aggregate state]`.
+const STATE_FORMAT_VERSION: u8 = 1;
+
+/// Where a query's aggregation state lives.
+#[derive(Clone)]
+pub struct StateSpec {
+    pub store: Store,
+    /// Physical name of the compacted changelog topic; it has at least as many partitions as the
+    /// aggregation's input topic, and partition p holds the state of input partition p. `None` for
+    /// transient queries, whose state dies with them.
+    pub changelog_topic: Option<String>,
+    pub limits: AggregateLimits,
+}
+
+/// Everything a pull query needs to turn stored states into table rows.
+pub struct MaterializedView {
+    plan: Arc<StreamingPlan>,
+    aggregator: Aggregator,
+    slots: Vec<Slot>,
+    key_converter: RowConverter,
+    store: Store,
+}
+
+/// Where each aggregate call of the plan gets its value.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// The i-th aggregate of the `Aggregator`.
+    Aggregate(usize),
+    /// The group's event time, from this input column.
+    Rowtime(usize),
+}
+
+impl MaterializedView {
+    pub fn new(
+        plan: Arc<StreamingPlan>,
+        store: Store,
+        limits: &AggregateLimits,
+    ) -> Result<Self, QueryError> {
+        let aggregation = aggregation_of(&plan)?;
+        let mut specs = Vec::new();
+        let mut slots = Vec::new();
+        for call in &aggregation.calls {
+            if call.is_rowtime() {
+                let column = call.arg_columns.first().copied().ok_or_else(|| {
+                    QueryError::Internal("event-time aggregate without argument".into())
+                })?;
+                slots.push(Slot::Rowtime(column));
+                continue;
+            }
+            let arg_types: Vec<DataType> = call
+                .arg_columns
+                .iter()
+                .map(|&c| aggregation.input_schema.field(c).data_type().clone())
+                .collect();
+            let literals = call
+                .literal_args
+                .iter()
+                .map(literal_arg)
+                .collect::<Result<Vec<_>, _>>()?;
+            let spec = AggregateSpec::new(
+                &call.function,
+                &arg_types,
+                &literals,
+                aggregation.retractable,
+                limits,
+            )
+            .map_err(|e| QueryError::Plan(e.to_string()))?;
+            slots.push(Slot::Aggregate(specs.len()));
+            specs.push(spec);
+        }
+        let aggregator = Aggregator::new(specs).map_err(|e| QueryError::Plan(e.to_string()))?;
+        let key_converter = RowConverter::new(
+            aggregation.input_schema.fields()[..aggregation.group_count]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
+        Ok(Self {
+            plan,
+            aggregator,
+            slots,
+            key_converter,
+            store,
+        })
+    }
+
+    pub fn plan(&self) -> &Arc<StreamingPlan> {
+        &self.plan
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Encodes group key values (one array per key column, in key order) into store keys.
+    pub fn encode_keys(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>, QueryError> {
+        let rows = self
+            .key_converter
+            .convert_columns(columns)
+            .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
+        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+
+    /// Table rows of stored groups: the post stages' output for groups that pass `HAVING`.
+    pub fn rows(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<RecordBatch, QueryError> {
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut states = Vec::with_capacity(entries.len());
+        let mut rowtimes = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let (rowtime, state) = self.decode(value)?;
+            keys.push(key.as_slice());
+            states.push(state);
+            rowtimes.push(rowtime);
+        }
+        let deleted = vec![false; states.len()];
+        let (batch, keep) = self.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        filter_record_batch(&batch, &keep).map_err(internal)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<(i64, GroupState), QueryError> {
+        if bytes.len() < 9 || bytes[0] != STATE_FORMAT_VERSION {
+            return Err(QueryError::Internal(format!(
+                "stored group state has unknown format {}",
+                bytes.first().copied().unwrap_or(0)
+            )));
+        }
+        let mut rowtime = [0u8; 8];
+        rowtime.copy_from_slice(&bytes[1..9]);
+        let state = self
+            .aggregator
+            .decode_state(&bytes[9..])
+            .map_err(|e| QueryError::Internal(format!("stored group state: {e}")))?;
+        Ok((i64::from_be_bytes(rowtime), state))
+    }
+
+    fn encode(&self, rowtime: i64, state: &GroupState, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(STATE_FORMAT_VERSION);
+        out.extend_from_slice(&rowtime.to_be_bytes());
+        self.aggregator.encode_state(state, out);
+    }
+
+    /// Aggregate values of `states` run through the post stages. Returns every group's output row
+    /// and whether it is a row (true) or a tombstone (false: deleted, or filtered by `HAVING`).
+    fn evaluate(
+        &self,
+        keys: &[&[u8]],
+        states: &[GroupState],
+        rowtimes: &[i64],
+        deleted: &[bool],
+    ) -> Result<(RecordBatch, BooleanArray), QueryError> {
+        let aggregation = aggregation_of(&self.plan)?;
+        let parser = self.key_converter.parser();
+        let mut columns = self
+            .key_converter
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))
+            .map_err(|e| QueryError::Internal(format!("group key decoding: {e}")))?;
+        let refs: Vec<&GroupState> = states.iter().collect();
+        let mut values = self
+            .aggregator
+            .evaluate(&refs)
+            .map_err(|e| QueryError::Internal(format!("aggregate evaluation: {e}")))?
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>();
+        for slot in &self.slots {
+            match slot {
+                Slot::Aggregate(i) => columns.push(
+                    values[*i]
+                        .take()
+                        .ok_or_else(|| QueryError::Internal("aggregate evaluated twice".into()))?,
+                ),
+                Slot::Rowtime(_) => columns.push(Arc::new(Int64Array::from(rowtimes.to_vec()))),
+            }
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&aggregation.aggregate_schema), columns)
+            .map_err(internal)?;
+        let post = aggregation
+            .post_process(batch)
+            .map_err(|e| QueryError::Expression(e.strip_backtrace()))?;
+        let alive = BooleanArray::from(deleted.iter().map(|d| !d).collect::<Vec<_>>());
+        let keep = datafusion::arrow::compute::and(&post.keep, &alive).map_err(internal)?;
+        Ok((post.batch, keep))
+    }
+}
+
+/// What one batch of input did to a partition's state.
+pub(crate) struct Applied {
+    /// One row per touched group, in the plan's output schema.
+    pub rows: RecordBatch,
+    /// Which rows are table rows; the others are tombstones.
+    pub keep: BooleanArray,
+    /// Store key → new stored state (`None`: the group is gone).
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Input rows dropped because a group key column was NULL.
+    pub null_keys: usize,
+}
+
+/// The aggregate operator of one partition task.
+pub(crate) struct PartitionAggregate {
+    view: MaterializedView,
+    partition: i32,
+    /// Input offsets below this are already counted in the state.
+    next_source_offset: i64,
+}
+
+impl PartitionAggregate {
+    pub(crate) fn new(view: MaterializedView, partition: i32) -> Self {
+        Self {
+            view,
+            partition,
+            next_source_offset: 0,
+        }
+    }
+
+    /// Input offsets below the returned one are already in the state and must be skipped.
+    pub(crate) fn next_source_offset(&self) -> i64 {
+        self.next_source_offset
+    }
+
+    /// Brings the local store up to the end of the changelog partition and loads the checkpoint.
+    pub(crate) async fn restore(
+        &mut self,
+        spec: &StateSpec,
+        connection: &KafkaConnection,
+        metrics: &QueryMetrics,
+        query_id: &str,
+    ) -> Result<(), QueryError> {
+        let store = &self.view.store;
+        let partition = self.partition;
+        let checkpoint = store.checkpoint(partition).map_err(state_error)?;
+        let Some(changelog_topic) = spec.changelog_topic.as_deref() else {
+            self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
+            return Ok(());
+        };
+        let watermarks = connection.watermarks(changelog_topic).await?;
+        let (low, high) = watermarks.get(partition as usize).copied().ok_or_else(|| {
+            QueryError::Internal(format!(
+                "changelog \"{}\" has no partition {partition}",
+                changelog_topic
+            ))
+        })?;
+        let start = checkpoint.changelog_offset.unwrap_or(low).max(low);
+        if start >= high {
+            self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
+            return Ok(());
+        }
+        let total = (high - start) as u64;
+        metrics
+            .restore_records_total
+            .fetch_add(total, Ordering::Relaxed);
+        info!(
+            query = query_id,
+            partition,
+            from = start,
+            to = high,
+            local = checkpoint.changelog_offset.is_some(),
+            "restoring state from the changelog"
+        );
+        let consumer: StreamConsumer = connection
+            .client_config()
+            .set("group.id", format!("{query_id}-restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|e| KafkaError::client("restore consumer creation", e))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(changelog_topic, partition, Offset::Offset(start))
+            .map_err(|e| KafkaError::client("restore assignment", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| KafkaError::client("restore assignment", e))?;
+        let mut batch = StoreBatch::default();
+        let mut applied = 0u64;
+        let mut last_log = tokio::time::Instant::now();
+        let idle = Duration::from_millis(connection.request_timeout_ms.max(1000));
+        let mut next = start;
+        while next < high {
+            let message = match tokio::time::timeout(idle, consumer.recv()).await {
+                Ok(Ok(message)) => message,
+                Ok(Err(error)) => return Err(KafkaError::client("changelog restore", error).into()),
+                Err(_) => {
+                    return Err(QueryError::Internal(format!(
+                        "changelog \"{}\" partition {partition} stopped at offset {next} of {high} during restore",
+                        changelog_topic
+                    )));
+                }
+            };
+            next = message.offset() + 1;
+            match (message.key(), message.payload()) {
+                (Some(SOURCE_OFFSET_KEY), Some(value)) if value.len() == 8 => {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(value);
+                    batch.set_source_offset(i64::from_be_bytes(bytes));
+                }
+                (Some(key), Some(value)) => batch.put(key, value),
+                (Some(key), None) => batch.delete(key),
+                (None, _) => warn!(
+                    query = query_id,
+                    partition,
+                    offset = message.offset(),
+                    "changelog record without key skipped"
+                ),
+            }
+            applied += 1;
+            metrics.restore_records_done.fetch_add(1, Ordering::Relaxed);
+            if batch.len() >= RESTORE_BATCH_RECORDS || next >= high {
+                batch.set_changelog_offset(next);
+                store
+                    .write(partition, std::mem::take(&mut batch))
+                    .map_err(state_error)?;
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = tokio::time::Instant::now();
+                info!(
+                    query = query_id,
+                    partition, applied, total, "restoring state"
+                );
+            }
+        }
+        if !batch.is_empty() {
+            batch.set_changelog_offset(next);
+            store.write(partition, batch).map_err(state_error)?;
+        }
+        let Checkpoint { source_offset, .. } = store.checkpoint(partition).map_err(state_error)?;
+        self.next_source_offset = source_offset.unwrap_or(0);
+        info!(
+            query = query_id,
+            partition,
+            applied,
+            next_source_offset = self.next_source_offset,
+            "state restored"
+        );
+        Ok(())
+    }
+
+    /// Folds one batch of aggregation input into the state (in memory; nothing is written yet).
+    /// `signs[row]` is +1 to add a row, -1 to retract it (table input); `None` adds every row.
+    pub(crate) fn apply(
+        &mut self,
+        input: &RecordBatch,
+        signs: Option<&Int8Array>,
+    ) -> Result<Applied, QueryError> {
+        let view = &self.view;
+        let aggregation = aggregation_of(&view.plan)?;
+        let group_count = aggregation.group_count;
+        // Rows whose group key has a NULL belong to no group (as in ksqlDB): dropped and counted.
+        let mut valid: Option<BooleanArray> = None;
+        for column in &input.columns()[..group_count] {
+            if column.null_count() > 0 {
+                let present = datafusion::arrow::compute::is_not_null(column).map_err(internal)?;
+                valid = Some(match valid {
+                    Some(v) => datafusion::arrow::compute::and(&v, &present).map_err(internal)?,
+                    None => present,
+                });
+            }
+        }
+        let (input, signs, null_keys) = match valid {
+            Some(valid) => {
+                let dropped = valid.len() - valid.true_count();
+                let input = filter_record_batch(input, &valid).map_err(internal)?;
+                let signs = signs
+                    .map(|s| datafusion::arrow::compute::filter(s, &valid))
+                    .transpose()
+                    .map_err(internal)?
+                    .map(|a| {
+                        a.as_primitive::<datafusion::arrow::datatypes::Int8Type>()
+                            .clone()
+                    });
+                (input, signs, dropped)
+            }
+            None => (input.clone(), signs.cloned(), 0),
+        };
+        let rows = view
+            .key_converter
+            .convert_columns(&input.columns()[..group_count])
+            .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
+        let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(input.num_rows().min(1024));
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut groups: Vec<u32> = Vec::with_capacity(input.num_rows());
+        for row in rows.iter() {
+            let key = row.data();
+            let next = keys.len() as u32;
+            let group = *index.entry(key).or_insert_with(|| {
+                keys.push(key);
+                next
+            });
+            groups.push(group);
+        }
+        let stored = view
+            .store
+            .multi_get(self.partition, &keys)
+            .map_err(state_error)?;
+        let mut states = Vec::with_capacity(keys.len());
+        let mut rowtimes = Vec::with_capacity(keys.len());
+        for value in stored {
+            match value {
+                Some(bytes) => {
+                    let (rowtime, state) = view.decode(&bytes)?;
+                    rowtimes.push(rowtime);
+                    states.push(state);
+                }
+                None => {
+                    rowtimes.push(i64::MIN);
+                    states.push(view.aggregator.new_state());
+                }
+            }
+        }
+        let mut args: Vec<Vec<ArrayRef>> = Vec::new();
+        for (call, slot) in aggregation.calls.iter().zip(&view.slots) {
+            match slot {
+                Slot::Aggregate(_) => args.push(
+                    call.arg_columns
+                        .iter()
+                        .map(|&c| Arc::clone(input.column(c)))
+                        .collect(),
+                ),
+                Slot::Rowtime(column) => {
+                    if let Some(times) = input.column(*column).as_primitive_opt::<Int64Type>() {
+                        for (row, &group) in groups.iter().enumerate() {
+                            if times.is_valid(row) {
+                                let time = &mut rowtimes[group as usize];
+                                *time = (*time).max(times.value(row));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let sign_values: Option<&[i8]> = signs.as_ref().map(|s| s.values().as_ref());
+        view.aggregator
+            .update(&mut states, &groups, &args, sign_values)
+            .map_err(|e| QueryError::Expression(e.to_string()))?;
+        for time in &mut rowtimes {
+            if *time == i64::MIN {
+                *time = 0;
+            }
+        }
+        let deleted: Vec<bool> = states.iter().map(|s| s.rows <= 0).collect();
+        let (rows_out, keep) = view.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        let mut writes = Vec::with_capacity(keys.len());
+        let mut buffer = Vec::new();
+        for ((key, state), (&rowtime, &gone)) in
+            keys.iter().zip(&states).zip(rowtimes.iter().zip(&deleted))
+        {
+            if gone {
+                writes.push((key.to_vec(), None));
+            } else {
+                view.encode(rowtime, state, &mut buffer);
+                writes.push((key.to_vec(), Some(buffer.clone())));
+            }
+        }
+        Ok(Applied {
+            rows: rows_out,
+            keep,
+            writes,
+            null_keys,
+        })
+    }
+
+    /// Sends the batch's new states and source offset to the changelog, waits for them, then
+    /// writes them to the store in one batch with the changelog position.
+    pub(crate) async fn commit(
+        &mut self,
+        spec: &StateSpec,
+        producer: Option<&FutureProducer>,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        next_source_offset: i64,
+        timeout: Duration,
+    ) -> Result<(), QueryError> {
+        let mut last_offset = None;
+        if let (Some(topic), Some(producer)) = (spec.changelog_topic.as_deref(), producer) {
+            let mut deliveries = Deliveries::new(topic, timeout);
+            let offset_bytes = next_source_offset.to_be_bytes();
+            for (key, value) in &writes {
+                deliveries
+                    .send(producer, self.partition, key, value.as_deref())
+                    .await?;
+            }
+            deliveries
+                .send(
+                    producer,
+                    self.partition,
+                    SOURCE_OFFSET_KEY,
+                    Some(&offset_bytes),
+                )
+                .await?;
+            last_offset = deliveries.finish().await?;
+        }
+        let mut batch = StoreBatch::default();
+        for (key, value) in &writes {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+        }
+        batch.set_source_offset(next_source_offset);
+        if let Some(last) = last_offset {
+            batch.set_changelog_offset(last + 1);
+        }
+        self.view
+            .store
+            .write(self.partition, batch)
+            .map_err(state_error)?;
+        self.next_source_offset = next_source_offset;
+        Ok(())
+    }
+}
+
+/// Records sent to one topic whose acknowledgements are awaited together, with back-pressure
+/// when the producer's queue is full.
+pub(crate) struct Deliveries<'a> {
+    topic: &'a str,
+    pending: std::collections::VecDeque<DeliveryFuture>,
+    deadline: tokio::time::Instant,
+    last_offset: Option<i64>,
+}
+
+impl<'a> Deliveries<'a> {
+    pub(crate) fn new(topic: &'a str, timeout: Duration) -> Self {
+        Self {
+            topic,
+            pending: std::collections::VecDeque::new(),
+            deadline: tokio::time::Instant::now() + timeout,
+            last_offset: None,
+        }
+    }
+
+    pub(crate) async fn send(
+        &mut self,
+        producer: &FutureProducer,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), QueryError> {
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(self.topic).key(key).partition(partition);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    self.pending.push_back(delivery);
+                    return Ok(());
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    if tokio::time::Instant::now() >= self.deadline {
+                        return Err(QueryError::Produce {
+                            topic: self.topic.to_owned(),
+                            message: "producer queue stayed full".into(),
+                        });
+                    }
+                    match self.pending.pop_front() {
+                        Some(oldest) => self.await_one(oldest).await?,
+                        None => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                Err((error, _)) => {
+                    return Err(QueryError::Produce {
+                        topic: self.topic.to_owned(),
+                        message: error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn await_one(&mut self, delivery: DeliveryFuture) -> Result<(), QueryError> {
+        match delivery.await {
+            Ok(Ok(delivered)) => {
+                self.last_offset = Some(self.last_offset.unwrap_or(-1).max(delivered.offset));
+                Ok(())
+            }
+            Ok(Err((error, _))) => Err(QueryError::Produce {
+                topic: self.topic.to_owned(),
+                message: error.to_string(),
+            }),
+            Err(_) => Err(QueryError::Produce {
+                topic: self.topic.to_owned(),
+                message: "the producer was closed".into(),
+            }),
+        }
+    }
+
+    /// Waits for every acknowledgement; returns the largest offset written.
+    pub(crate) async fn finish(mut self) -> Result<Option<i64>, QueryError> {
+        while let Some(delivery) = self.pending.pop_front() {
+            self.await_one(delivery).await?;
+        }
+        Ok(self.last_offset)
+    }
+}
+
+/// Changelog records applied to the store per write during a restore.
+const RESTORE_BATCH_RECORDS: usize = 1024;
+
+/// Rows of an applied batch split into table rows and tombstones.
+pub(crate) fn split_rows(applied: &Applied) -> Result<(RecordBatch, RecordBatch), QueryError> {
+    let rows = filter_record_batch(&applied.rows, &applied.keep).map_err(internal)?;
+    let gone = not(&applied.keep).map_err(internal)?;
+    let tombstones = filter_record_batch(&applied.rows, &gone).map_err(internal)?;
+    Ok((rows, tombstones))
+}
+
+fn aggregation_of(plan: &StreamingPlan) -> Result<&AggregationPlan, QueryError> {
+    plan.aggregation
+        .as_ref()
+        .ok_or_else(|| QueryError::Internal("plan has no aggregation".into()))
+}
+
+fn literal_arg(value: &ScalarValue) -> Result<LiteralArg, QueryError> {
+    let array = value
+        .to_array()
+        .map_err(|e| QueryError::Plan(e.strip_backtrace()))?;
+    LiteralArg::try_from_array(array.as_ref()).map_err(|e| QueryError::Plan(e.to_string()))
+}
+
+fn internal(error: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(error.to_string())
+}
+
+fn state_error(error: eddy_state::StateError) -> QueryError {
+    QueryError::State(error.to_string())
+}
