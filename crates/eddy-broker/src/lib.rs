@@ -75,7 +75,7 @@
 //!
 //! # Workarounds of tansu bugs
 //!
-//! Before serving, [`EmbeddedBroker::start`] installs two sqlite triggers in tansu's database
+//! Before serving, [`EmbeddedBroker::start`] installs three sqlite triggers in tansu's database
 //! (`STORAGE_FIXES` in the source):
 //!
 //! - `DeleteTopics` of one topic deletes **every** topic (its final `delete from topic` matches the
@@ -84,6 +84,15 @@
 //!   topic at each maintenance run (`now - timestamp > -1`). The trigger keeps the records of
 //!   topics with a negative retention; a side effect is that `DeleteRecords` on such a topic
 //!   deletes nothing.
+//! - A consumer group whose leader died (`kill -9`, no `LeaveGroup`) while another member was
+//!   joining stays with **no partitions assigned** for good. The new member joins as a follower of
+//!   the dead leader; when the leader's session expires, tansu drops it just before handling the
+//!   follower's `SyncGroup`, then lets that follower complete the generation with its empty list
+//!   of assignments, so every member is assigned nothing and, heartbeats being fine, no rebalance
+//!   ever follows. The trigger turns such a group (formed, with no assignment at all, which a
+//!   leader never sends) back into a forming one of the next generation without a leader: the
+//!   members' next heartbeat gets `REBALANCE_IN_PROGRESS`, they join again, one of them leads and
+//!   assigns the partitions, a couple of seconds after the dead leader's session expired.
 
 use std::{
     io::ErrorKind,
@@ -499,8 +508,8 @@ async fn launch(
 }
 
 /// SQL run on tansu's database once tansu has created its tables and before the broker serves:
-/// triggers that work around bugs of the sqlite storage of tansu 0.6. Idempotent, and harmless
-/// once tansu is fixed.
+/// triggers that work around bugs of tansu 0.6 (of its sqlite storage and its group coordinator).
+/// Idempotent, and harmless once tansu is fixed.
 const STORAGE_FIXES: &str = "
 -- DeleteTopics. tansu deletes the partitions (topition rows) of the topic, then runs
 -- `delete from topic where topic.cluster in (select c.id ... where t.name = $2)`, which deletes
@@ -530,6 +539,41 @@ when exists (
 )
 begin
     select raise(ignore);
+end;
+
+-- Consumer groups. tansu's group coordinator keeps each group in memory and writes it here as
+-- JSON after every request, with `e_tag` a hash of the JSON, and `where e_tag = <the e_tag it last
+-- wrote>`. When a member joins while the leader is dead but not yet expired, it joins as a
+-- follower; when the dead leader's session expires, tansu drops it right before handling the
+-- follower's SyncGroup, and, with no leader left, lets that follower form the group with the
+-- follower's (empty) assignments: every member gets no partitions, forever. A leader always sends
+-- an assignment for every member, so a formed group without any assignment comes from a follower.
+-- Make it a forming group of the next generation without a leader, under a new `e_tag`. tansu's
+-- next write of the group finds its `e_tag` outdated (RETURNING reports the row before this
+-- trigger ran) and reloads the group from here; the members' heartbeats then get
+-- REBALANCE_IN_PROGRESS for their older generation, they join again, and the first of them leads.
+create trigger if not exists eddy_reform_group_formed_without_assignments
+after update of detail on consumer_group_detail
+when json_type(new.detail, '$.state.Formed') = 'object'
+and not exists (select 1 from json_each(new.detail, '$.state.Formed.assignments'))
+begin
+    update consumer_group_detail
+    set detail = json_set(
+            new.detail,
+            '$.generation_id', json_extract(new.detail, '$.generation_id') + 1,
+            '$.state', json_object('Forming', json_object(
+                'protocol_type', json_extract(new.detail, '$.state.Formed.protocol_type'),
+                'protocol_name', json_extract(new.detail, '$.state.Formed.protocol_name'),
+                'leader', null
+            ))
+        ),
+        -- A random UUID, hyphenated as tansu writes and compares it.
+        e_tag = (
+            select substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-'
+                || substr(h, 17, 4) || '-' || substr(h, 21, 12)
+            from (select lower(hex(randomblob(16))) as h)
+        )
+    where id = new.id;
 end;
 ";
 

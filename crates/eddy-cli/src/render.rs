@@ -224,6 +224,19 @@ fn describe(description: &SourceDescription) -> String {
                 &format!("{query}: {records_in} records in, {records_out} out, {skipped} skipped"),
             );
         }
+        if let Some(state) = &description.state {
+            line(
+                &mut out,
+                "State",
+                &format!(
+                    "about {} keys, {} bytes in RocksDB; restored {} of {} changelog records",
+                    state.approximate_keys,
+                    state.approximate_bytes,
+                    state.restored_records,
+                    state.records_to_restore
+                ),
+            );
+        }
         out.truncate(out.trim_end().len());
     }
     out
@@ -555,6 +568,7 @@ mod tests {
             read_by: vec![],
             written_by: vec!["CTAS_USERS_0".into()],
             statistics: vec![("CTAS_USERS_0".into(), 3, 2, 1)],
+            state: None,
         }
     }
 

@@ -267,6 +267,16 @@ pub async fn result_rows(
                         format!("{query}: in {records_in}, out {records_out}, skipped {skipped}"),
                     );
                 }
+                // RocksDB's size estimates vary from run to run; restore progress does not.
+                if let Some(state) = &d.state {
+                    add(
+                        "State",
+                        format!(
+                            "restored {} of {} changelog records",
+                            state.restored_records, state.records_to_restore
+                        ),
+                    );
+                }
             }
             (vec![Text; 2], rows)
         }

@@ -23,11 +23,13 @@ mod result;
 
 use std::collections::BTreeMap;
 
+/// The Arrow of the engine's results (DataFusion's), for callers that read `StatementResult::Rows`.
+pub use datafusion::arrow;
 pub use engine::{Engine, PROCESSING_LOG_STREAM};
 pub use error::EngineError;
 pub use result::{
-    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StatementResult,
-    TopicSummary,
+    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StateStatistics,
+    StatementResult, TopicSummary,
 };
 
 /// Per-client state: properties set with `SET`.

@@ -35,6 +35,12 @@ use crate::{Session, StatementResult};
 /// everything their inputs held when the query arrived.
 pub(crate) const READ_YOUR_WRITES: &str = "eddy.read_your_writes";
 
+/// Session property that overrides `EngineConfig::read_your_writes_timeout_ms`.
+pub(crate) const READ_YOUR_WRITES_TIMEOUT_MS: &str = "eddy.read_your_writes_timeout_ms";
+
+/// Longest read-your-writes wait a session may ask for.
+const MAX_READ_YOUR_WRITES_TIMEOUT_MS: u64 = 600_000;
+
 impl Engine {
     /// Runs a pull query.
     pub(crate) async fn pull_query(
@@ -99,8 +105,23 @@ impl Engine {
             .get(READ_YOUR_WRITES)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
         {
+            let timeout_ms = match session.properties.get(READ_YOUR_WRITES_TIMEOUT_MS) {
+                Some(value) => value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms <= MAX_READ_YOUR_WRITES_TIMEOUT_MS)
+                    .ok_or_else(|| {
+                        EngineError::invalid(format!(
+                            "invalid value '{value}' for property '{READ_YOUR_WRITES_TIMEOUT_MS}'; \
+                             expected milliseconds from 0 to {MAX_READ_YOUR_WRITES_TIMEOUT_MS}"
+                        ))
+                    })?,
+                None => self.inner.config.read_your_writes_timeout_ms,
+            };
             for (name, _) in &views {
-                self.wait_for_inputs(name).await?;
+                self.wait_for_inputs(name, Duration::from_millis(timeout_ms))
+                    .await?;
             }
         }
         let ctx = SessionContext::new_with_state(self.inner.planner.pull_state()?);
@@ -135,7 +156,7 @@ impl Engine {
 
     /// Waits until the query that materializes `table` has processed every record its inputs held
     /// when this was called (each query of a repartitioned chain in turn).
-    async fn wait_for_inputs(&self, table: &str) -> Result<(), EngineError> {
+    async fn wait_for_inputs(&self, table: &str, timeout: Duration) -> Result<(), EngineError> {
         let writer = self
             .catalog()
             .writers_of(table)
@@ -150,13 +171,19 @@ impl Engine {
             .get(&writer)
             .map(|q| q.progress_chain())
             .unwrap_or_default();
-        let timeout = Duration::from_millis(self.inner.config.read_your_writes_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
+        let connection = &self.inner.connection;
         for progress in chain {
-            let watermarks = self.inner.connection.watermarks(&progress.topic).await?;
+            let watermarks = connection.watermarks(&progress.topic).await?;
+            // A partition with nothing new since the last commit gets no batch, hence no progress
+            // in memory: what the group committed counts too (it is only committed once processed).
+            let committed = connection
+                .committed_offsets(&progress.group_id, &progress.topic, watermarks.len() as i32)
+                .await?;
             for (partition, (low, high)) in watermarks.into_iter().enumerate() {
+                let committed = committed.get(partition).copied().flatten();
                 let partition = partition as i32;
-                if high <= low {
+                if high <= low || committed.is_some_and(|c| c >= high) {
                     continue;
                 }
                 while progress.processed(partition).is_none_or(|next| next < high) {
@@ -166,7 +193,7 @@ impl Engine {
                                 "table \"{table}\" did not catch up with its input within {} ms",
                                 timeout.as_millis()
                             ),
-                            "the query may be failing or far behind; see DESCRIBE EXTENDED, or raise eddy.read_your_writes_timeout_ms",
+                            "the query may be failing or far behind; see DESCRIBE EXTENDED, or SET 'eddy.read_your_writes_timeout_ms'",
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -446,7 +473,7 @@ impl StateTable {
     }
 
     /// Reads the selected entries of every partition.
-    fn read(&self, selection: Selection) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DataFusionError> {
+    fn read(&self, selection: Selection) -> Result<Vec<Entry>, DataFusionError> {
         let store = self.view.store();
         let partitions = store.partitions().map_err(external)?;
         let mut entries = Vec::new();
@@ -488,9 +515,14 @@ impl StateTable {
             }
             Selection::All => (Bound::Unbounded, Bound::Unbounded),
         };
+        // Eddy's own bookkeeping entries sort after every group key.
+        let reserved = [eddy_runtime::RESERVED_KEY_BYTE];
         for partition in partitions {
             let lower = as_ref_bound(&lower);
-            let upper = as_ref_bound(&upper);
+            let upper = match &upper {
+                Bound::Unbounded => Bound::Excluded(&reserved[..]),
+                other => as_ref_bound(other),
+            };
             for entry in store
                 .scan_range(partition, lower, upper)
                 .map_err(external)?
@@ -503,6 +535,9 @@ impl StateTable {
         Ok(entries)
     }
 }
+
+/// A stored (key, state) pair.
+type Entry = (Vec<u8>, Vec<u8>);
 
 enum KeyConstraint {
     Points(Vec<ScalarValue>),

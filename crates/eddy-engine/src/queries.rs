@@ -368,9 +368,35 @@ impl Engine {
             sql: source.sql.clone(),
             extended,
             read_by: catalog.readers_of(name),
+            state: if extended {
+                self.state_statistics(name)
+            } else {
+                None
+            },
             written_by,
             statistics,
         }))
+    }
+
+    /// Size and restore progress of the local state of table `name`, if this server keeps one.
+    fn state_statistics(&self, name: &str) -> Option<crate::result::StateStatistics> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = self.view(name)?;
+        let writer = self.catalog().writers_of(name).first().cloned()?;
+        let (restored_records, records_to_restore) = {
+            let queries = self.inner.queries.lock().ok()?;
+            let metrics = &queries.get(&writer)?.metrics;
+            (
+                metrics.restore_records_done.load(Relaxed),
+                metrics.restore_records_total.load(Relaxed),
+            )
+        };
+        Some(crate::result::StateStatistics {
+            approximate_keys: view.store().approximate_entries(),
+            approximate_bytes: view.store().approximate_size_bytes(),
+            restored_records,
+            records_to_restore,
+        })
     }
 
     /// `EXPLAIN SELECT ...` (the plan a query would get).

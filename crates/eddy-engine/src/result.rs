@@ -114,6 +114,21 @@ pub struct SourceDescription {
     pub written_by: Vec<String>,
     /// (records in, records out, records skipped) of the writing queries, when extended.
     pub statistics: Vec<(String, u64, u64, u64)>,
+    /// The local state of a materialized table, when extended.
+    pub state: Option<StateStatistics>,
+}
+
+/// What `DESCRIBE EXTENDED` shows of a materialized table's local state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateStatistics {
+    /// RocksDB's estimate of the keys held (groups and bookkeeping entries).
+    pub approximate_keys: u64,
+    /// RocksDB's estimate of the live data size.
+    pub approximate_bytes: u64,
+    /// Changelog records replayed into the store since the query started, and how many there were
+    /// to replay.
+    pub restored_records: u64,
+    pub records_to_restore: u64,
 }
 
 /// A running push query. Rows arrive in batches through [`PushQuery::next_batch`]; dropping the

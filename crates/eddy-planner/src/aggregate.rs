@@ -34,6 +34,14 @@ use crate::plan::{PlanError, Stage, StreamingPlan, nullable_schema, physical};
 /// (Kafka Streams' rule for the timestamp of an aggregation's result).
 pub const ROWTIME_AGGREGATE: &str = "eddy_rowtime";
 
+/// The hidden aggregate over `(ROWPARTITION, ROWOFFSET)` that tells the runtime where each input
+/// row came from, so that rows a repartition topic holds twice are counted once. Its value is
+/// never shown.
+pub const ORIGIN_AGGREGATE: &str = "eddy_origin";
+
+/// Output name of [`ORIGIN_AGGREGATE`].
+pub const ORIGIN_OUTPUT: &str = "__eddy_origin";
+
 /// A DataFusion aggregate function that only plans: it has the name and return type of an
 /// `eddy-aggregate` function but cannot execute.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -52,7 +60,7 @@ impl AggregateUDFImpl for PlanningStub {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
-        if self.name == ROWTIME_AGGREGATE {
+        if self.name == ROWTIME_AGGREGATE || self.name == ORIGIN_AGGREGATE {
             return Ok(DataType::Int64);
         }
         // COUNT(*) arrives as count(1): it counts rows whatever its argument.
@@ -77,7 +85,7 @@ pub(crate) fn register_aggregate_stubs(ctx: &SessionContext) {
     let names = AggregateSpec::function_names()
         .iter()
         .copied()
-        .chain([ROWTIME_AGGREGATE]);
+        .chain([ROWTIME_AGGREGATE, ORIGIN_AGGREGATE]);
     for name in names {
         if name == "count_star" {
             continue;
@@ -106,6 +114,10 @@ impl AggregateCall {
     pub fn is_rowtime(&self) -> bool {
         self.function == ROWTIME_AGGREGATE
     }
+
+    pub fn is_origin(&self) -> bool {
+        self.function == ORIGIN_AGGREGATE
+    }
 }
 
 /// The stateful part of an aggregate query.
@@ -115,7 +127,8 @@ pub struct AggregationPlan {
     pub input_schema: SchemaRef,
     /// The first `group_count` input columns are the group key.
     pub group_count: usize,
-    /// Aggregate calls in output order; exactly one is the hidden [`ROWTIME_AGGREGATE`].
+    /// Aggregate calls in output order; one is the hidden [`ROWTIME_AGGREGATE`], one the hidden
+    /// [`ORIGIN_AGGREGATE`].
     pub calls: Vec<AggregateCall>,
     /// Schema of the aggregate's result: the group key columns, then one column per call.
     pub aggregate_schema: SchemaRef,

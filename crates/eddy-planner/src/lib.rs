@@ -22,5 +22,7 @@ mod aggregate;
 mod functions;
 mod plan;
 
-pub use aggregate::{AggregateCall, AggregationPlan, PostOutput, ROWTIME_AGGREGATE};
+pub use aggregate::{
+    AggregateCall, AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, PostOutput, ROWTIME_AGGREGATE,
+};
 pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

@@ -22,7 +22,8 @@ use sqlparser::ast::{
 use thiserror::Error;
 
 use crate::aggregate::{
-    AggregationPlan, ROWTIME_AGGREGATE, key_columns_of_aggregate, lower_aggregate_query,
+    AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, ROWTIME_AGGREGATE, key_columns_of_aggregate,
+    lower_aggregate_query,
 };
 use crate::functions::register_ksql_functions;
 
@@ -219,7 +220,7 @@ impl StreamingPlan {
             let calls: Vec<String> = aggregation
                 .calls
                 .iter()
-                .filter(|c| !c.is_rowtime())
+                .filter(|c| !c.is_rowtime() && !c.is_origin())
                 .map(|c| format!("{} AS {}", c.function.to_uppercase(), c.output.name()))
                 .collect();
             text.push_str(&format!(
@@ -450,6 +451,22 @@ impl Planner {
             },
             alias: quoted(ROWTIME_OUTPUT),
         });
+        if grouped {
+            // Where each input row came from: an aggregation skips rows it has already counted
+            // when a repartition topic holds them twice (its writer is at-least-once).
+            let pseudo =
+                |name: &str| ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(name)]);
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: hidden_aggregate(
+                    ORIGIN_AGGREGATE,
+                    vec![
+                        pseudo(eddy_catalog::ROWPARTITION),
+                        pseudo(eddy_catalog::ROWOFFSET),
+                    ],
+                ),
+                alias: quoted(ORIGIN_OUTPUT),
+            });
+        }
         if let Some(having) = &mut select.having {
             type_integer_literals(having);
         }
@@ -537,6 +554,7 @@ impl Planner {
             .filter(|i| {
                 let name = output_schema.field(*i).name();
                 !(name.starts_with(KEY_OUTPUT_PREFIX)
+                    || name == ORIGIN_OUTPUT
                     || (repartitioned && key_names.contains(name)))
             })
             .collect();
@@ -633,15 +651,21 @@ fn select_group_by(plan: &LogicalPlan) -> Option<Vec<Expr>> {
 
 /// `eddy_rowtime(ROWTIME)`: the hidden aggregate that gives each group its event time.
 fn rowtime_aggregate(rowtime: ast::Expr) -> ast::Expr {
+    hidden_aggregate(ROWTIME_AGGREGATE, vec![rowtime])
+}
+
+/// A call of one of the planner's hidden aggregates.
+fn hidden_aggregate(name: &str, args: Vec<ast::Expr>) -> ast::Expr {
     ast::Expr::Function(ast::Function {
-        name: ObjectName::from(vec![Ident::new(ROWTIME_AGGREGATE)]),
+        name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,
         parameters: ast::FunctionArguments::None,
         args: ast::FunctionArguments::List(ast::FunctionArgumentList {
             duplicate_treatment: None,
-            args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
-                rowtime,
-            ))],
+            args: args
+                .into_iter()
+                .map(|arg| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(arg)))
+                .collect(),
             clauses: vec![],
         }),
         filter: None,

@@ -45,6 +45,14 @@ use crate::query::{QueryError, QueryMetrics};
 /// Group keys are arrow-row encoded and never start with 0xFF.
 pub(crate) const SOURCE_OFFSET_KEY: &[u8] = b"\xffsource_offset";
 
+/// Prefix of the store keys (and changelog records) that hold, per origin partition (the
+/// partition of the query's source a row came from), the next origin offset not yet counted.
+/// Followed by the origin partition as i32 big-endian.
+const ORIGIN_KEY_PREFIX: &[u8] = b"\xffo:";
+
+/// Group keys are arrow-row encoded and start below this byte; Eddy's own keys start with it.
+pub const RESERVED_KEY_BYTE: u8 = 0xFF;
+
 /// Format version of a stored group: `[version][event time i64 BE][eddy-aggregate state]`.
 const STATE_FORMAT_VERSION: u8 = 1;
 
@@ -75,6 +83,8 @@ enum Slot {
     Aggregate(usize),
     /// The group's event time, from this input column.
     Rowtime(usize),
+    /// Where each row came from: (origin partition column, origin offset column).
+    Origin(usize, usize),
 }
 
 impl MaterializedView {
@@ -92,6 +102,15 @@ impl MaterializedView {
                     QueryError::Internal("event-time aggregate without argument".into())
                 })?;
                 slots.push(Slot::Rowtime(column));
+                continue;
+            }
+            if call.is_origin() {
+                let [partition, offset] = call.arg_columns[..] else {
+                    return Err(QueryError::Internal(
+                        "origin aggregate needs a partition and an offset".into(),
+                    ));
+                };
+                slots.push(Slot::Origin(partition, offset));
                 continue;
             }
             let arg_types: Vec<DataType> = call
@@ -219,6 +238,12 @@ impl MaterializedView {
                         .ok_or_else(|| QueryError::Internal("aggregate evaluated twice".into()))?,
                 ),
                 Slot::Rowtime(_) => columns.push(Arc::new(Int64Array::from(rowtimes.to_vec()))),
+                Slot::Origin(..) => {
+                    columns.push(datafusion::arrow::array::new_null_array(
+                        &DataType::Int64,
+                        keys.len(),
+                    ));
+                }
             }
         }
         let batch = RecordBatch::try_new(Arc::clone(&aggregation.aggregate_schema), columns)
@@ -250,6 +275,9 @@ pub(crate) struct PartitionAggregate {
     partition: i32,
     /// Input offsets below this are already counted in the state.
     next_source_offset: i64,
+    /// Origin partition → next origin offset not yet counted. A repartition topic may hold a
+    /// row twice (its writer is at-least-once); the copy has an origin offset already counted.
+    origins: HashMap<i32, i64>,
 }
 
 impl PartitionAggregate {
@@ -258,7 +286,30 @@ impl PartitionAggregate {
             view,
             partition,
             next_source_offset: 0,
+            origins: HashMap::new(),
         }
+    }
+
+    /// Loads the origin offsets of the partition from the store.
+    fn load_origins(&mut self) -> Result<(), QueryError> {
+        self.origins.clear();
+        let entries = self
+            .view
+            .store
+            .scan_prefix(self.partition, ORIGIN_KEY_PREFIX)
+            .map_err(state_error)?;
+        for entry in entries {
+            let (key, value) = entry.map_err(state_error)?;
+            let origin = key
+                .get(ORIGIN_KEY_PREFIX.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(i32::from_be_bytes);
+            let next = <[u8; 8]>::try_from(&value[..]).ok().map(i64::from_be_bytes);
+            if let (Some(origin), Some(next)) = (origin, next) {
+                self.origins.insert(origin, next);
+            }
+        }
+        Ok(())
     }
 
     /// Input offsets below the returned one are already in the state and must be skipped.
@@ -279,7 +330,7 @@ impl PartitionAggregate {
         let checkpoint = store.checkpoint(partition).map_err(state_error)?;
         let Some(changelog_topic) = spec.changelog_topic.as_deref() else {
             self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
-            return Ok(());
+            return self.load_origins();
         };
         let watermarks = connection.watermarks(changelog_topic).await?;
         let (low, high) = watermarks.get(partition as usize).copied().ok_or_else(|| {
@@ -291,7 +342,7 @@ impl PartitionAggregate {
         let start = checkpoint.changelog_offset.unwrap_or(low).max(low);
         if start >= high {
             self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
-            return Ok(());
+            return self.load_origins();
         }
         let total = (high - start) as u64;
         metrics
@@ -373,6 +424,7 @@ impl PartitionAggregate {
         }
         let Checkpoint { source_offset, .. } = store.checkpoint(partition).map_err(state_error)?;
         self.next_source_offset = source_offset.unwrap_or(0);
+        self.load_origins()?;
         info!(
             query = query_id,
             partition,
@@ -390,6 +442,9 @@ impl PartitionAggregate {
         input: &RecordBatch,
         signs: Option<&Int8Array>,
     ) -> Result<Applied, QueryError> {
+        let (input, signs, origin_writes) = self.skip_counted(input, signs)?;
+        let signs = signs.as_ref();
+        let input = &input;
         let view = &self.view;
         let aggregation = aggregation_of(&view.plan)?;
         let group_count = aggregation.group_count;
@@ -474,6 +529,7 @@ impl PartitionAggregate {
                         }
                     }
                 }
+                Slot::Origin(..) => {}
             }
         }
         let sign_values: Option<&[i8]> = signs.as_ref().map(|s| s.values().as_ref());
@@ -499,12 +555,87 @@ impl PartitionAggregate {
                 writes.push((key.to_vec(), Some(buffer.clone())));
             }
         }
+        writes.extend(origin_writes);
         Ok(Applied {
             rows: rows_out,
             keep,
             writes,
             null_keys,
         })
+    }
+
+    /// Drops rows whose origin offset was already counted, advances the origin offsets, and
+    /// returns the store writes that record them.
+    #[allow(clippy::type_complexity)]
+    fn skip_counted(
+        &mut self,
+        input: &RecordBatch,
+        signs: Option<&Int8Array>,
+    ) -> Result<
+        (
+            RecordBatch,
+            Option<Int8Array>,
+            Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ),
+        QueryError,
+    > {
+        let origin = self.view.slots.iter().find_map(|slot| match slot {
+            Slot::Origin(partition, offset) => Some((*partition, *offset)),
+            _ => None,
+        });
+        let Some((partition_column, offset_column)) = origin else {
+            return Ok((input.clone(), signs.cloned(), Vec::new()));
+        };
+        let partitions = input
+            .column(partition_column)
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int32Type>()
+            .ok_or_else(|| QueryError::Internal("origin partition is not an INT".into()))?;
+        let offsets = input
+            .column(offset_column)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| QueryError::Internal("origin offset is not a BIGINT".into()))?;
+        let mut keep = Vec::with_capacity(input.num_rows());
+        let mut changed: Vec<i32> = Vec::new();
+        for row in 0..input.num_rows() {
+            if partitions.is_null(row) || offsets.is_null(row) {
+                keep.push(true);
+                continue;
+            }
+            let (origin, offset) = (partitions.value(row), offsets.value(row));
+            let next = self.origins.entry(origin).or_insert(0);
+            if offset < *next {
+                keep.push(false);
+            } else {
+                *next = offset + 1;
+                if !changed.contains(&origin) {
+                    changed.push(origin);
+                }
+                keep.push(true);
+            }
+        }
+        let writes = changed
+            .into_iter()
+            .map(|origin| {
+                let mut key = ORIGIN_KEY_PREFIX.to_vec();
+                key.extend_from_slice(&origin.to_be_bytes());
+                let next = self.origins.get(&origin).copied().unwrap_or(0);
+                (key, Some(next.to_be_bytes().to_vec()))
+            })
+            .collect();
+        if keep.iter().all(|k| *k) {
+            return Ok((input.clone(), signs.cloned(), writes));
+        }
+        let keep = BooleanArray::from(keep);
+        let input = filter_record_batch(input, &keep).map_err(internal)?;
+        let signs = signs
+            .map(|s| datafusion::arrow::compute::filter(s, &keep))
+            .transpose()
+            .map_err(internal)?
+            .map(|a| {
+                a.as_primitive::<datafusion::arrow::datatypes::Int8Type>()
+                    .clone()
+            });
+        Ok((input, signs, writes))
     }
 
     /// Sends the batch's new states and source offset to the changelog, waits for them, then

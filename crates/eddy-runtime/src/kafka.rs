@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use thiserror::Error;
 
 /// A Kafka failure, phrased for users.
@@ -279,6 +279,46 @@ impl KafkaConnection {
         })
         .await
         .map_err(|e| KafkaError::Internal(format!("watermark task failed: {e}")))?
+    }
+
+    /// The offsets `group` has committed on each of `partitions` of `topic` (`None`: nothing
+    /// committed). Reads them without joining the group.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<Option<i64>>, KafkaError> {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let timeout = self.timeout();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Option<i64>>, KafkaError> {
+            let consumer: BaseConsumer = config
+                .create()
+                .map_err(|e| KafkaError::client("offset client creation", e))?;
+            let mut list = TopicPartitionList::new();
+            for partition in 0..partitions {
+                list.add_partition(&topic, partition);
+            }
+            let committed = consumer
+                .committed_offsets(list, Timeout::After(timeout))
+                .map_err(|e| KafkaError::client(format!("committed offsets of \"{topic}\""), e))?;
+            Ok((0..partitions)
+                .map(|partition| {
+                    committed
+                        .find_partition(&topic, partition)
+                        .and_then(|element| match element.offset() {
+                            Offset::Offset(offset) => Some(offset),
+                            _ => None,
+                        })
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| KafkaError::Internal(format!("offset task failed: {e}")))?
     }
 
     /// Produces one record and waits for its acknowledgement; returns (partition, offset).

@@ -20,7 +20,7 @@ mod print;
 mod processing_log;
 mod query;
 
-pub use aggregate::{MaterializedView, StateSpec};
+pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};

@@ -270,6 +270,9 @@ type Progress = Arc<AtomicI64>;
 pub struct QueryProgress {
     /// Physical source topic.
     pub topic: String,
+    /// Consumer group whose committed offsets tell how far the query got before this process
+    /// (a partition with nothing new to process has no progress in memory).
+    pub group_id: String,
     partitions: Arc<Mutex<HashMap<i32, Progress>>>,
 }
 
@@ -361,6 +364,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
+        .set("max.poll.interval.ms", "20000")
         .set(
             "fetch.wait.max.ms",
             spec.config.max_batch_wait_ms.max(1).to_string(),
@@ -401,6 +405,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     let query_id = spec.query_id.clone();
     let query_progress = QueryProgress {
         topic: spec.source_topic.clone(),
+        group_id: spec.group_id.clone(),
         partitions: Arc::clone(&progress),
     };
     let driver = Driver {
@@ -997,7 +1002,7 @@ fn skip_before(batch: RecordBatch, next_offset: i64) -> Result<RecordBatch, Quer
     let Some(offsets) = batch.column(2).as_primitive_opt::<Int64Type>() else {
         return Err(QueryError::Internal("decoded batch has no offsets".into()));
     };
-    if offsets.len() == 0 || offsets.value(0) >= next_offset {
+    if offsets.is_empty() || offsets.value(0) >= next_offset {
         return Ok(batch);
     }
     let keep = datafusion::arrow::array::BooleanArray::from_unary(offsets, |o| o >= next_offset);

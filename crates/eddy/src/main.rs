@@ -77,6 +77,30 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = eddy_cli::slt::DEFAULT_QUERY_TIMEOUT_MS)]
         query_timeout_ms: u64,
     },
+    /// Measure Eddy (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Build a materialized table from N events, then time pull queries on it.
+    Table {
+        /// Events in the input stream.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Distinct group keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// Pull queries by key to time.
+        #[arg(long, default_value_t = 1_000)]
+        lookups: usize,
+        /// Partitions of the input topic.
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +142,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             files,
             query_timeout_ms,
         }) => test(cli.kafka, &files, query_timeout_ms).await,
+        Some(Command::Bench { which }) => bench(cli.kafka, which).await.map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -213,6 +238,46 @@ async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Res
     })
 }
 
+/// `eddy bench ...`, on the given Kafka or on an embedded broker in a temporary directory.
+async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
+    let mut _temp_dir = None;
+    let (connection, broker) = match kafka.bootstrap_servers {
+        Some(servers) => (KafkaConnection::new(servers), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("eddy-bench-")
+                .tempdir()
+                .context("cannot create a temporary directory for the embedded broker")?;
+            let broker = embedded::start(&dir.path().join("broker"), 0).await?;
+            _temp_dir = Some(dir);
+            (broker.connection(), Some(broker))
+        }
+    };
+    let outcome = match which {
+        BenchCommand::Table {
+            events,
+            keys,
+            lookups,
+            partitions,
+        } => {
+            bench::run(
+                &connection,
+                bench::TableBench {
+                    events,
+                    keys,
+                    lookups,
+                    partitions,
+                },
+            )
+            .await
+        }
+    };
+    if let Some(broker) = broker {
+        broker.shutdown().await?;
+    }
+    outcome
+}
+
 /// Files as given, and the `*.slt` files of directories, in name order.
 fn expand_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -236,6 +301,8 @@ fn expand_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     Ok(files)
 }
+
+mod bench;
 
 #[cfg(feature = "embedded-broker")]
 mod embedded {
