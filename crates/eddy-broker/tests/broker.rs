@@ -4,6 +4,7 @@
 //! is bounded by [`WAIT`] (or [`STARTUP`]) so a broken broker fails a test instead of hanging it.
 
 use std::{
+    io::Write,
     net::{SocketAddr, TcpStream as StdTcpStream},
     path::Path,
     process::Stdio,
@@ -19,7 +20,11 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use tempfile::TempDir;
-use tokio::{io::AsyncWriteExt, process::Command, time::timeout};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::Command,
+    time::timeout,
+};
 use uuid::Uuid;
 
 /// Bound of any single wait on the broker or a client.
@@ -358,6 +363,99 @@ async fn committed_offsets_survive_a_restart() -> TestResult {
         receive(&consumer, RECORDS - COMMITTED).await?,
         expected(COMMITTED..RECORDS)
     );
+    drop(consumer);
+    stop(broker).await;
+    Ok(())
+}
+
+/// Environment variable that makes [`group_member_to_kill`] run, in a child process of
+/// [`a_killed_group_leader_is_replaced`]: `<bootstrap servers> <topic> <group>`.
+const MEMBER_TO_KILL: &str = "EDDY_BROKER_TEST_MEMBER_TO_KILL";
+
+/// What [`group_member_to_kill`] prints once it has partitions.
+const MEMBER_ASSIGNED: &str = "member to kill: assigned";
+
+/// Not a test of its own: the group member that [`a_killed_group_leader_is_replaced`] runs in a
+/// child process (this test binary, running only this test) and kills. Consumes one record, so it
+/// has partitions, says so and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of a_killed_group_leader_is_replaced"]
+async fn group_member_to_kill() -> TestResult {
+    let Ok(spec) = std::env::var(MEMBER_TO_KILL) else {
+        return Ok(());
+    };
+    let [bootstrap, topic, group] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(
+            format!("{MEMBER_TO_KILL} is not `<bootstrap> <topic> <group>`: {spec}").into(),
+        );
+    };
+    let consumer = consumer(bootstrap, group)?;
+    consumer.subscribe(&[topic])?;
+    receive(&consumer, 1).await?;
+    println!("{MEMBER_ASSIGNED}");
+    std::io::stdout().flush()?;
+    tokio::time::sleep(4 * WAIT).await;
+    Err("the member was not killed".into())
+}
+
+/// A consumer that joins the group of a consumer killed a moment before (`kill -9`, so no
+/// LeaveGroup) gets the partitions once the dead one's session expires.
+///
+/// The new member joins as a follower of the dead leader, which is still in the group. tansu 0.6
+/// drops the dead leader, once its session has expired, right before handling the follower's
+/// SyncGroup, and then lets the follower form the group with its empty assignments: no partitions
+/// for anyone, for good. The embedded broker's `eddy_reform_group_formed_without_assignments`
+/// trigger makes the group rebalance instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_group_leader_is_replaced() -> TestResult {
+    let dir = TempDir::new()?;
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    let topic = unique("killed-leader");
+    let group = unique("group");
+    create_topic(&bootstrap, &topic, 1).await?;
+    produce(&bootstrap, &topic, 0..RECORDS).await?;
+
+    let mut member = Command::new(std::env::current_exe()?)
+        .args([
+            "group_member_to_kill",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(MEMBER_TO_KILL, format!("{bootstrap} {topic} {group}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(member.stdout.take().expect("piped stdout")).lines();
+    timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            if line == MEMBER_ASSIGNED {
+                return Ok(());
+            }
+        }
+        Err::<(), Box<dyn std::error::Error + Send + Sync>>(
+            "the member to kill ended before it had partitions".into(),
+        )
+    })
+    .await
+    .map_err(|_| "the member to kill got no partitions in time")??;
+    member.start_kill()?; // SIGKILL
+    member.wait().await?;
+
+    // Joins at once, while the dead member still leads the group.
+    let started = std::time::Instant::now();
+    let consumer = consumer(&bootstrap, &group)?;
+    consumer.subscribe(&[&topic])?;
+    let first = receive(&consumer, 1)
+        .await
+        .map_err(|error| format!("the new member got no partitions: {error}"))?;
+    eprintln!(
+        "the new member got its first record {} ms after the old one was killed",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(first, expected(0..1));
     drop(consumer);
     stop(broker).await;
     Ok(())

@@ -718,8 +718,14 @@ impl PartitionTask {
                 continue;
             };
             let batch = self.decode_input(&mut decoder, &raw).await?;
-            // Records below the restored source offset are already counted in the state.
-            let batch = skip_before(batch, aggregate.next_source_offset())?;
+            // Records below the restored source offset are already counted in the state. (A
+            // single task reads several partitions: its offsets are not one sequence, and the
+            // origin offsets alone tell what was counted.)
+            let batch = if spec.single_task {
+                batch
+            } else {
+                skip_before(batch, aggregate.next_source_offset())?
+            };
             let input = self.process(batch).await;
             let applied = aggregate.apply(&input, None)?;
             if applied.null_keys > 0 {

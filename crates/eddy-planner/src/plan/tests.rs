@@ -213,10 +213,13 @@ async fn unknown_sources_are_reported() {
 }
 
 #[tokio::test]
-async fn aggregations_are_refused_for_now() {
-    let err = plan(r#"SELECT "ID", count(*) FROM "ORDERS" GROUP BY "ID""#, &[])
-        .await
-        .unwrap_err();
+async fn joins_are_refused_for_now() {
+    let err = plan(
+        r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ID" = b."ID""#,
+        &[],
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("not supported yet"), "{err}");
 }
 
@@ -315,4 +318,102 @@ async fn rowtime_is_bigint_milliseconds() {
     let out = plan.process(input_batch()).unwrap();
     assert_eq!(out.num_rows(), 2);
     assert_eq!(plan.sink_columns[1].sql_type.to_string(), "BIGINT");
+}
+
+#[tokio::test]
+async fn group_by_a_value_column_is_repartitioned_and_keyed_by_it() {
+    let plan = plan(
+        r#"SELECT "ITEM", count(*) AS "N", sum("QTY") AS "TOTAL", avg("QTY") AS "MEAN" FROM "ORDERS" GROUP BY "ITEM""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let aggregation = plan.aggregation.as_ref().expect("an aggregation");
+    assert!(aggregation.repartition, "ITEM is not the source key");
+    assert!(!aggregation.retractable, "a stream is never retracted");
+    assert_eq!(aggregation.group_count, 1);
+    assert_eq!(names(&plan, &plan.key_columns), ["ITEM"]);
+    assert_eq!(names(&plan, &plan.value_columns), ["N", "TOTAL", "MEAN"]);
+    // ksqlDB's result types: COUNT is BIGINT, SUM(INT) stays INT, AVG is DOUBLE.
+    let types: Vec<String> = plan
+        .sink_columns
+        .iter()
+        .map(|c| c.sql_type.to_string())
+        .collect();
+    assert_eq!(types, ["STRING", "BIGINT", "INTEGER", "DOUBLE"]);
+    let functions: Vec<&str> = aggregation
+        .calls
+        .iter()
+        .map(|c| c.function.as_str())
+        .collect();
+    assert!(functions.contains(&"count_star"), "{functions:?}");
+    // The stages produce the aggregation input: the group key first.
+    let input = plan.process(input_batch()).unwrap();
+    assert_eq!(input.schema(), aggregation.input_schema);
+    assert_eq!(input.num_rows(), 3);
+}
+
+#[tokio::test]
+async fn group_by_the_source_key_is_not_repartitioned() {
+    let plan = plan(
+        r#"SELECT "ID", max("QTY") AS "BIGGEST" FROM "ORDERS" GROUP BY "ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(!plan.aggregation.as_ref().unwrap().repartition);
+}
+
+#[tokio::test]
+async fn having_is_a_post_stage_filter_and_count_distinct_is_rewritten() {
+    let plan = plan(
+        r#"SELECT "ITEM", count(DISTINCT "ID") AS "IDS" FROM "ORDERS" GROUP BY "ITEM" HAVING count(*) > 1"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let aggregation = plan.aggregation.as_ref().unwrap();
+    assert!(
+        aggregation
+            .post_stages
+            .iter()
+            .any(|s| matches!(s, Stage::Filter(_)))
+    );
+    assert!(
+        aggregation
+            .calls
+            .iter()
+            .any(|c| c.function == "count_distinct")
+    );
+}
+
+#[tokio::test]
+async fn aggregate_errors_say_what_to_do() {
+    let missing_key = plan(
+        r#"SELECT count(*) AS "N" FROM "ORDERS" GROUP BY "ITEM""#,
+        &[],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        missing_key.contains("must select its GROUP BY expression"),
+        "{missing_key}"
+    );
+    let no_group = plan(r#"SELECT count(*) AS "N" FROM "ORDERS""#, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(no_group.contains("needs GROUP BY"), "{no_group}");
+    let wrong_type = plan(
+        r#"SELECT "ID", sum("ITEM") AS "S" FROM "ORDERS" GROUP BY "ID""#,
+        &[],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        wrong_type.contains("SUM does not accept STRING"),
+        "{wrong_type}"
+    );
 }
