@@ -35,6 +35,11 @@ use crate::{Session, StatementResult};
 /// everything their inputs held when the query arrived.
 pub(crate) const READ_YOUR_WRITES: &str = "eddy.read_your_writes";
 
+/// Session property holding a token returned by `INSERT ... VALUES` (`topic@partition:offset`):
+/// pull queries wait until the tables they read have processed that record, so one client can
+/// read what another wrote.
+pub(crate) const READ_AFTER: &str = "eddy.read_after";
+
 /// Session property that overrides `EngineConfig::read_your_writes_timeout_ms`.
 pub(crate) const READ_YOUR_WRITES_TIMEOUT_MS: &str = "eddy.read_your_writes_timeout_ms";
 
@@ -100,11 +105,19 @@ impl Engine {
                 "a pull query must read FROM a materialized table",
             ));
         }
-        if session
+        let read_after = session
+            .properties
+            .get(READ_AFTER)
+            .map(|token| parse_token(token))
+            .transpose()?
+            .map(|(topic, partition, offset)| {
+                (self.inner.config.physical_topic(&topic), partition, offset)
+            });
+        let read_your_writes = session
             .properties
             .get(READ_YOUR_WRITES)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        {
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if read_your_writes || read_after.is_some() {
             let timeout_ms = match session.properties.get(READ_YOUR_WRITES_TIMEOUT_MS) {
                 Some(value) => value
                     .trim()
@@ -120,7 +133,12 @@ impl Engine {
                 None => self.inner.config.read_your_writes_timeout_ms,
             };
             for (name, _) in &views {
-                self.wait_for_inputs(name, Duration::from_millis(timeout_ms))
+                let target = if read_your_writes {
+                    None
+                } else {
+                    read_after.clone()
+                };
+                self.wait_for_inputs(name, Duration::from_millis(timeout_ms), target)
                     .await?;
             }
         }
@@ -155,8 +173,14 @@ impl Engine {
     }
 
     /// Waits until the query that materializes `table` has processed every record its inputs held
-    /// when this was called (each query of a repartitioned chain in turn).
-    async fn wait_for_inputs(&self, table: &str, timeout: Duration) -> Result<(), EngineError> {
+    /// when this was called (each query of a repartitioned chain in turn). With `target` (a
+    /// physical topic, partition and offset), the first query only waits for that record.
+    async fn wait_for_inputs(
+        &self,
+        table: &str,
+        timeout: Duration,
+        target: Option<(String, i32, i64)>,
+    ) -> Result<(), EngineError> {
         let writer = self
             .catalog()
             .writers_of(table)
@@ -173,8 +197,25 @@ impl Engine {
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + timeout;
         let connection = &self.inner.connection;
-        for progress in chain {
-            let watermarks = connection.watermarks(&progress.topic).await?;
+        for (stage, progress) in chain.into_iter().enumerate() {
+            let mut watermarks = connection.watermarks(&progress.topic).await?;
+            if let (0, Some((topic, partition, offset))) = (stage, &target) {
+                if *topic != progress.topic {
+                    return Err(EngineError::invalid(format!(
+                        "the read-after token is for topic \"{}\", which table \"{table}\" does not read",
+                        self.inner.config.logical_topic(topic).unwrap_or(topic)
+                    )));
+                }
+                // Wait for the token's record only: every other partition counts as caught up.
+                for (p, (low, high)) in watermarks.iter_mut().enumerate() {
+                    if p as i32 == *partition {
+                        *low = 0;
+                        *high = offset + 1;
+                    } else {
+                        *high = *low;
+                    }
+                }
+            }
             // A partition with nothing new since the last commit gets no batch, hence no progress
             // in memory: what the group committed counts too (it is only committed once processed).
             let committed = connection
@@ -202,6 +243,31 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Parses a read-after token `topic@partition:offset` (as `INSERT ... VALUES` returns it).
+fn parse_token(token: &str) -> Result<(String, i32, i64), EngineError> {
+    let parsed = token.rsplit_once('@').and_then(|(topic, position)| {
+        let (partition, offset) = position.split_once(':')?;
+        Some((
+            topic.to_owned(),
+            partition.trim().parse::<i32>().ok()?,
+            offset.trim().parse::<i64>().ok()?,
+        ))
+    });
+    parsed
+        .filter(|(topic, _, _)| !topic.is_empty())
+        .ok_or_else(|| {
+            EngineError::invalid_with_hint(
+                format!("invalid read-after token '{token}'"),
+                "use the token INSERT ... VALUES returned, such as 'orders@0:42'",
+            )
+        })
+}
+
+/// The read-after token of a record: `topic@partition:offset`.
+pub(crate) fn read_after_token(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}@{partition}:{offset}")
 }
 
 /// ksqlDB's `SELECT *` means the key and value columns, not `ROWTIME`: expands `*` and `t.*` of the

@@ -209,7 +209,9 @@ impl Engine {
             .await?;
         Ok(StatementResult::Success {
             message: format!(
-                "inserted 1 row into \"{target}\" (partition {partition}, offset {offset})"
+                "inserted 1 row into \"{target}\" (partition {partition}, offset {offset}); \
+                 read-after token '{}'",
+                crate::pull::read_after_token(&source.topic, partition, offset)
             ),
             query_id: None,
         })

@@ -525,3 +525,67 @@ async fn push_queries_start_at_the_latest_offset_by_default() {
     assert!(push.next_batch().await.is_none(), "LIMIT 1 ends the query");
     engine.shutdown().await;
 }
+
+/// The count in the one-row result of `SELECT COUNT(*) ...`.
+fn count_of(results: &[StatementResult]) -> i64 {
+    use eddy_engine::arrow::array::AsArray;
+    use eddy_engine::arrow::datatypes::Int64Type;
+    match results.last() {
+        Some(StatementResult::Rows { batches, .. }) => batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| b.column(0).as_primitive::<Int64Type>().value(0))
+            .unwrap_or(0),
+        other => panic!("expected rows, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_token_lets_another_session_read_what_one_wrote() {
+    let harness = Harness::start().await;
+    let engine = harness.engine().await;
+    let mut writer = Session::new();
+    run(
+        &engine,
+        &mut writer,
+        "CREATE STREAM clicks (user_id STRING KEY, page STRING) \
+         WITH (KAFKA_TOPIC='clicks', VALUE_FORMAT='JSON', PARTITIONS=2); \
+         SET 'auto.offset.reset'='earliest'; \
+         CREATE TABLE per_page AS SELECT page, COUNT(*) AS n FROM clicks GROUP BY page EMIT CHANGES;",
+    )
+    .await;
+    let mut reader = Session::new();
+    // Each round: one session writes, another reads at once with the writer's token and must see
+    // the row. Without the token the read races the aggregation (through a repartition topic).
+    for round in 1..=5 {
+        let results = run(
+            &engine,
+            &mut writer,
+            &format!("INSERT INTO clicks (user_id, page) VALUES ('u{round}', '/home');"),
+        )
+        .await;
+        let Some(StatementResult::Success { message, .. }) = results.last() else {
+            panic!("INSERT gave {results:?}");
+        };
+        let token = message
+            .split("read-after token '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap_or_else(|| panic!("no token in {message:?}"));
+        let results = run(
+            &engine,
+            &mut reader,
+            &format!(
+                "SET 'eddy.read_after'='{token}'; \
+                 SELECT COUNT(*) FROM per_page WHERE page = '/home' AND n >= {round};"
+            ),
+        )
+        .await;
+        assert_eq!(
+            count_of(&results),
+            1,
+            "round {round}: the row is not visible"
+        );
+    }
+    engine.shutdown().await;
+}
