@@ -63,6 +63,7 @@ impl Engine {
             store: store.clone(),
             changelog_topic: Some(changelog),
             limits: self.aggregate_limits(),
+            origin_topic: source_topic.clone(),
         };
         let group_id = config.query_group_id(&query.id);
         if !aggregation.repartition {

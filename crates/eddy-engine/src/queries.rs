@@ -69,6 +69,7 @@ impl Engine {
                     .map_err(|e| EngineError::Internal(e.to_string()))?,
                 changelog_topic: None,
                 limits: self.aggregate_limits(),
+                origin_topic: self.physical_topic(&plan.source),
             }),
             None => None,
         };

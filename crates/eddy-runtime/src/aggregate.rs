@@ -65,6 +65,9 @@ pub struct StateSpec {
     /// transient queries, whose state dies with them.
     pub changelog_topic: Option<String>,
     pub limits: AggregateLimits,
+    /// Physical topic of the query's source (before any repartition topic), named in the
+    /// processing-log entries of rows the aggregation skips.
+    pub origin_topic: String,
 }
 
 /// Everything a pull query needs to turn stored states into table rows.
@@ -265,8 +268,9 @@ pub(crate) struct Applied {
     pub keep: BooleanArray,
     /// Store key → new stored state (`None`: the group is gone).
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Input rows dropped because a group key column was NULL.
-    pub null_keys: usize,
+    /// (origin partition, origin offset) of the input rows dropped because a group key column
+    /// was NULL.
+    pub null_keys: Vec<(i32, i64)>,
 }
 
 /// The aggregate operator of one partition task.
@@ -461,7 +465,7 @@ impl PartitionAggregate {
         }
         let (input, signs, null_keys) = match valid {
             Some(valid) => {
-                let dropped = valid.len() - valid.true_count();
+                let dropped = self.origins_of(input, &valid);
                 let input = filter_record_batch(input, &valid).map_err(internal)?;
                 let signs = signs
                     .map(|s| datafusion::arrow::compute::filter(s, &valid))
@@ -473,7 +477,7 @@ impl PartitionAggregate {
                     });
                 (input, signs, dropped)
             }
-            None => (input.clone(), signs.cloned(), 0),
+            None => (input.clone(), signs.cloned(), Vec::new()),
         };
         let rows = view
             .key_converter
@@ -562,6 +566,29 @@ impl PartitionAggregate {
             writes,
             null_keys,
         })
+    }
+
+    /// (origin partition, origin offset) of the rows `valid` marks false; -1 when unknown.
+    fn origins_of(&self, input: &RecordBatch, valid: &BooleanArray) -> Vec<(i32, i64)> {
+        let origin = self.view.slots.iter().find_map(|slot| match slot {
+            Slot::Origin(partition, offset) => Some((*partition, *offset)),
+            _ => None,
+        });
+        let columns = origin.and_then(|(p, o)| {
+            Some((
+                input
+                    .column(p)
+                    .as_primitive_opt::<datafusion::arrow::datatypes::Int32Type>()?,
+                input.column(o).as_primitive_opt::<Int64Type>()?,
+            ))
+        });
+        (0..valid.len())
+            .filter(|&row| !valid.value(row))
+            .map(|row| match columns {
+                Some((partitions, offsets)) => (partitions.value(row), offsets.value(row)),
+                None => (-1, -1),
+            })
+            .collect()
     }
 
     /// Drops rows whose origin offset was already counted, advances the origin offsets, and

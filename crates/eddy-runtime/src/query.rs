@@ -728,10 +728,20 @@ impl PartitionTask {
             };
             let input = self.process(batch).await;
             let applied = aggregate.apply(&input, None)?;
-            if applied.null_keys > 0 {
-                self.metrics
-                    .records_skipped
-                    .fetch_add(applied.null_keys as u64, Ordering::Relaxed);
+            for &(partition, offset) in &applied.null_keys {
+                self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                spec.processing_log
+                    .report(
+                        &spec.query_id,
+                        ErrorKind::ExpressionError,
+                        &state.origin_topic,
+                        partition,
+                        offset,
+                        "a GROUP BY expression is NULL: the row belongs to no group and is skipped"
+                            .to_owned(),
+                        None,
+                    )
+                    .await;
             }
             let (rows, tombstones) = split_rows(&applied)?;
             debug!(
@@ -739,6 +749,7 @@ impl PartitionTask {
                 partition = self.partition,
                 input = input.num_rows(),
                 groups = applied.writes.len(),
+                null_keys = applied.null_keys.len(),
                 rows = rows.num_rows(),
                 tombstones = tombstones.num_rows(),
                 "aggregated a batch"
