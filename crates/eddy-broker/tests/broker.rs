@@ -377,7 +377,7 @@ const MEMBER_ASSIGNED: &str = "member to kill: assigned";
 
 /// Not a test of its own: the group member that [`a_killed_group_leader_is_replaced`] runs in a
 /// child process (this test binary, running only this test) and kills. Consumes one record, so it
-/// has partitions, says so and waits to be killed.
+/// leads the group and has its partition, says so and waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of a_killed_group_leader_is_replaced"]
 async fn group_member_to_kill() -> TestResult {
@@ -389,7 +389,14 @@ async fn group_member_to_kill() -> TestResult {
             format!("{MEMBER_TO_KILL} is not `<bootstrap> <topic> <group>`: {spec}").into(),
         );
     };
-    let consumer = consumer(bootstrap, group)?;
+    let consumer: StreamConsumer = client_config(bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "10000")
+        // Its last contact with the broker is at most this long before it is killed.
+        .set("heartbeat.interval.ms", "500")
+        .create()?;
     consumer.subscribe(&[topic])?;
     receive(&consumer, 1).await?;
     println!("{MEMBER_ASSIGNED}");
@@ -406,6 +413,16 @@ async fn group_member_to_kill() -> TestResult {
 /// SyncGroup, and then lets the follower form the group with its empty assignments: no partitions
 /// for anyone, for good. The embedded broker's `eddy_reform_group_formed_without_assignments`
 /// trigger makes the group rebalance instead.
+///
+/// The timing makes tansu notice the expiry in a SyncGroup of the new member while the new member
+/// has not expired itself (tansu does not count a JoinGroup of a forming group as contact, so the
+/// new member's last contact is its first JoinGroup). The new member's first JoinGroup is at `J`,
+/// 2 s after the kill; the old one last heartbeated at most 0.5 s before the kill. tansu holds
+/// every JoinGroup of a follower for 3 s and checks the sessions when a request arrives; a follower
+/// sends SyncGroup as soon as its JoinGroup returns, and JoinGroup again as soon as the SyncGroup
+/// fails. So sessions are checked at `J`, `J + 3 s`, `J + 6 s` (the old member is still alive)
+/// and `J + 9 s`: the old member's session (10 s) has expired by 1 s or more, the new member's has
+/// 1 s to go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_group_leader_is_replaced() -> TestResult {
     let dir = TempDir::new()?;
@@ -443,9 +460,10 @@ async fn a_killed_group_leader_is_replaced() -> TestResult {
     .map_err(|_| "the member to kill got no partitions in time")??;
     member.start_kill()?; // SIGKILL
     member.wait().await?;
-
-    // Joins at once, while the dead member still leads the group.
     let started = std::time::Instant::now();
+
+    // Joins while the dead member still leads the group.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let consumer = consumer(&bootstrap, &group)?;
     consumer.subscribe(&[&topic])?;
     let first = receive(&consumer, 1)

@@ -181,6 +181,7 @@ impl Engine {
             task.abort();
             let _ = task.await;
         }
+        self.inner.connection.close_clients();
     }
 
     /// Reads the command topic from the beginning to its current end and applies every command.

@@ -1,6 +1,7 @@
 //! The one place Eddy's Kafka clients are configured and its admin operations live.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -47,7 +48,7 @@ pub struct TopicInfo {
 }
 
 /// How to reach Kafka: bootstrap servers plus any extra librdkafka properties (e.g. security).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConnection {
     pub bootstrap_servers: String,
     /// Extra librdkafka properties applied to every client.
@@ -56,7 +57,24 @@ pub struct KafkaConnection {
     pub request_timeout_ms: u64,
     /// Producer `linger.ms`.
     pub producer_linger_ms: u64,
+    /// Long-lived clients for watermark and committed-offset lookups, by consumer group (`""`
+    /// for none): creating a client per lookup costs about 100 ms. Shared by clones.
+    offset_clients: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
 }
+
+impl std::fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConnection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.properties)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("producer_linger_ms", &self.producer_linger_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most cached offset clients; the cache is emptied when it would grow beyond.
+const MAX_OFFSET_CLIENTS: usize = 64;
 
 impl KafkaConnection {
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
@@ -65,7 +83,43 @@ impl KafkaConnection {
             properties: BTreeMap::new(),
             request_timeout_ms: 30_000,
             producer_linger_ms: 5,
+            offset_clients: Arc::default(),
         }
+    }
+
+    /// Closes the cached offset clients (shared by every clone of this connection); later lookups
+    /// open new ones.
+    pub fn close_clients(&self) {
+        if let Ok(mut clients) = self.offset_clients.lock() {
+            clients.clear();
+        }
+    }
+
+    /// The cached offset client of `group` (`""`: no group), created on first use.
+    fn offset_client(&self, group: &str) -> Result<Arc<BaseConsumer>, KafkaError> {
+        let mut clients = self
+            .offset_clients
+            .lock()
+            .map_err(|_| KafkaError::Internal("offset client cache poisoned".into()))?;
+        if let Some(client) = clients.get(group) {
+            return Ok(Arc::clone(client));
+        }
+        let mut config = self.client_config();
+        if !group.is_empty() {
+            config
+                .set("group.id", group)
+                .set("enable.auto.commit", "false");
+        }
+        let client: Arc<BaseConsumer> = Arc::new(
+            config
+                .create()
+                .map_err(|e| KafkaError::client("offset client creation", e))?,
+        );
+        if clients.len() >= MAX_OFFSET_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(group.to_owned(), Arc::clone(&client));
+        Ok(client)
     }
 
     fn timeout(&self) -> Duration {
@@ -220,13 +274,10 @@ impl KafkaConnection {
     }
 
     async fn metadata(&self, topic: Option<String>) -> Result<Vec<TopicInfo>, KafkaError> {
-        let config = self.client_config();
+        let consumer = self.offset_client("")?;
         let timeout = self.timeout();
         // librdkafka's metadata call blocks; keep it off the async workers.
         tokio::task::spawn_blocking(move || -> Result<Vec<TopicInfo>, KafkaError> {
-            let consumer: BaseConsumer = config
-                .create()
-                .map_err(|e| KafkaError::client("metadata client creation", e))?;
             let metadata = consumer
                 .fetch_metadata(topic.as_deref(), Timeout::After(timeout))
                 .map_err(|e| KafkaError::client("metadata request", e))?;
@@ -257,13 +308,10 @@ impl KafkaConnection {
             .ok_or_else(|| KafkaError::UnknownTopic {
                 topic: topic.to_owned(),
             })?;
-        let config = self.client_config();
+        let consumer = self.offset_client("")?;
         let timeout = self.timeout();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>, KafkaError> {
-            let consumer: BaseConsumer = config
-                .create()
-                .map_err(|e| KafkaError::client("watermark client creation", e))?;
             (0..info.partitions)
                 .map(|p| {
                     consumer
@@ -289,16 +337,10 @@ impl KafkaConnection {
         topic: &str,
         partitions: i32,
     ) -> Result<Vec<Option<i64>>, KafkaError> {
-        let mut config = self.client_config();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false");
+        let consumer = self.offset_client(group)?;
         let timeout = self.timeout();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || -> Result<Vec<Option<i64>>, KafkaError> {
-            let consumer: BaseConsumer = config
-                .create()
-                .map_err(|e| KafkaError::client("offset client creation", e))?;
             let mut list = TopicPartitionList::new();
             for partition in 0..partitions {
                 list.add_partition(&topic, partition);
