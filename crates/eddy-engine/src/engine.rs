@@ -330,19 +330,30 @@ impl Engine {
             .get("auto.offset.reset")
             .and_then(|v| OffsetReset::parse(v))
             .unwrap_or(OffsetReset::Latest);
-        if plan.aggregation.is_some() {
-            let handle = self
-                .start_aggregation(query, plan, &sink, offset_reset)
-                .await?;
-            let previous = self
-                .inner
-                .queries
-                .lock()
-                .map_err(|_| poisoned())?
-                .insert(query.id.clone(), handle);
-            drop(previous);
-            return Ok(());
-        }
+        let handle = if plan.aggregation.is_some() {
+            self.start_aggregation(query, plan, &sink, offset_reset)
+                .await?
+        } else {
+            self.start_stateless(query, plan, &sink, offset_reset)
+                .await?
+        };
+        let previous = self
+            .inner
+            .queries
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(query.id.clone(), handle);
+        drop(previous);
+        Ok(())
+    }
+
+    async fn start_stateless(
+        &self,
+        query: &QueryInfo,
+        plan: eddy_planner::StreamingPlan,
+        sink: &Source,
+        offset_reset: OffsetReset,
+    ) -> Result<QueryHandle, EngineError> {
         let spec = QuerySpec {
             query_id: query.id.clone(),
             group_id: self.inner.config.query_group_id(&query.id),
@@ -352,9 +363,9 @@ impl Engine {
             timestamp_column: crate::layout::timestamp_index(&plan.source),
             drop_tombstones: plan.source.kind == eddy_catalog::SourceKind::Stream,
             sink: SinkSpec::Kafka {
-                topic: self.physical_topic(&sink),
+                topic: self.physical_topic(sink),
                 producer: self.inner.producer.clone(),
-                layout: crate::layout::sink_layout(&sink, &plan)?,
+                layout: crate::layout::sink_layout(sink, &plan)?,
             },
             plan: Arc::new(plan),
             state: None,
@@ -364,15 +375,7 @@ impl Engine {
             connection: self.inner.connection.clone(),
             processing_log: self.inner.processing_log.clone(),
         };
-        let handle = start_query(spec).await?;
-        let previous = self
-            .inner
-            .queries
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(query.id.clone(), handle);
-        drop(previous);
-        Ok(())
+        Ok(start_query(spec).await?)
     }
 
     /// Stops a persistent query on this server, committing its progress.

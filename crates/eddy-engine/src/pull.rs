@@ -57,14 +57,7 @@ impl Engine {
         let mut tables = Vec::new();
         let mut unknown = None;
         let _ = ast::visit_relations(select.query, |relation| {
-            let name = relation
-                .0
-                .last()
-                .map(|part| match part {
-                    ast::ObjectNamePart::Identifier(ident) => ident.value.clone(),
-                    other => other.to_string(),
-                })
-                .unwrap_or_default();
+            let name = relation_name(relation);
             if !tables.contains(&name) {
                 tables.push(name);
             }
@@ -245,6 +238,17 @@ impl Engine {
     }
 }
 
+/// The table a (possibly qualified) name refers to: its last part.
+fn relation_name(name: &ast::ObjectName) -> String {
+    name.0
+        .last()
+        .map(|part| match part {
+            ast::ObjectNamePart::Identifier(ident) => ident.value.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
 /// Parses a read-after token `topic@partition:offset` (as `INSERT ... VALUES` returns it).
 fn parse_token(token: &str) -> Result<(String, i32, i64), EngineError> {
     let parsed = token.rsplit_once('@').and_then(|(topic, position)| {
@@ -282,14 +286,7 @@ fn expand_wildcards(query: &mut ast::Query, catalog: &eddy_catalog::Catalog) {
             std::iter::once(&table.relation).chain(table.joins.iter().map(|j| &j.relation));
         for factor in factors {
             if let ast::TableFactor::Table { name, alias, .. } = factor {
-                let table_name = name
-                    .0
-                    .last()
-                    .map(|part| match part {
-                        ast::ObjectNamePart::Identifier(ident) => ident.value.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_default();
+                let table_name = relation_name(name);
                 let qualifier = alias
                     .as_ref()
                     .map(|a| a.name.value.clone())

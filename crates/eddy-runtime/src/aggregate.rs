@@ -466,15 +466,7 @@ impl PartitionAggregate {
         let (input, signs, null_keys) = match valid {
             Some(valid) => {
                 let dropped = self.origins_of(input, &valid);
-                let input = filter_record_batch(input, &valid).map_err(internal)?;
-                let signs = signs
-                    .map(|s| datafusion::arrow::compute::filter(s, &valid))
-                    .transpose()
-                    .map_err(internal)?
-                    .map(|a| {
-                        a.as_primitive::<datafusion::arrow::datatypes::Int8Type>()
-                            .clone()
-                    });
+                let (input, signs) = filter_rows(input, signs, &valid)?;
                 (input, signs, dropped)
             }
             None => (input.clone(), signs.cloned(), Vec::new()),
@@ -652,16 +644,7 @@ impl PartitionAggregate {
         if keep.iter().all(|k| *k) {
             return Ok((input.clone(), signs.cloned(), writes));
         }
-        let keep = BooleanArray::from(keep);
-        let input = filter_record_batch(input, &keep).map_err(internal)?;
-        let signs = signs
-            .map(|s| datafusion::arrow::compute::filter(s, &keep))
-            .transpose()
-            .map_err(internal)?
-            .map(|a| {
-                a.as_primitive::<datafusion::arrow::datatypes::Int8Type>()
-                    .clone()
-            });
+        let (input, signs) = filter_rows(input, signs, &BooleanArray::from(keep))?;
         Ok((input, signs, writes))
     }
 
@@ -813,6 +796,24 @@ pub(crate) fn split_rows(applied: &Applied) -> Result<(RecordBatch, RecordBatch)
     let gone = not(&applied.keep).map_err(internal)?;
     let tombstones = filter_record_batch(&applied.rows, &gone).map_err(internal)?;
     Ok((rows, tombstones))
+}
+
+/// The rows of `input` (and their signs) where `keep` is true.
+fn filter_rows(
+    input: &RecordBatch,
+    signs: Option<&Int8Array>,
+    keep: &BooleanArray,
+) -> Result<(RecordBatch, Option<Int8Array>), QueryError> {
+    let input = filter_record_batch(input, keep).map_err(internal)?;
+    let signs = signs
+        .map(|s| datafusion::arrow::compute::filter(s, keep))
+        .transpose()
+        .map_err(internal)?
+        .map(|a| {
+            a.as_primitive::<datafusion::arrow::datatypes::Int8Type>()
+                .clone()
+        });
+    Ok((input, signs))
 }
 
 fn aggregation_of(plan: &StreamingPlan) -> Result<&AggregationPlan, QueryError> {

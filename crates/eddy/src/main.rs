@@ -204,23 +204,34 @@ async fn shell(
     outcome.context("the shell failed")
 }
 
-/// `eddy test`.
-async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Result<ExitCode> {
-    let files = expand_test_files(paths)?;
-    // Keeps the temporary directory alive until the broker is shut down.
-    let mut _temp_dir = None;
-    let (connection, broker) = match kafka.bootstrap_servers {
-        Some(servers) => (KafkaConnection::new(servers), None),
+/// The given Kafka, or an embedded broker on a free port in a temporary directory (returned so
+/// that it outlives the broker).
+async fn kafka_or_temporary_broker(
+    kafka: KafkaArgs,
+    prefix: &str,
+) -> Result<(
+    KafkaConnection,
+    Option<embedded::Broker>,
+    Option<tempfile::TempDir>,
+)> {
+    match kafka.bootstrap_servers {
+        Some(servers) => Ok((KafkaConnection::new(servers), None, None)),
         None => {
             let dir = tempfile::Builder::new()
-                .prefix("eddy-test-")
+                .prefix(prefix)
                 .tempdir()
                 .context("cannot create a temporary directory for the embedded broker")?;
             let broker = embedded::start(&dir.path().join("broker"), 0).await?;
-            _temp_dir = Some(dir);
-            (broker.connection(), Some(broker))
+            Ok((broker.connection(), Some(broker), Some(dir)))
         }
-    };
+    }
+}
+
+/// `eddy test`.
+async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Result<ExitCode> {
+    let files = expand_test_files(paths)?;
+    // The guard keeps the temporary directory alive until the broker is shut down.
+    let (connection, broker, _temp_dir) = kafka_or_temporary_broker(kafka, "eddy-test-").await?;
     let config = SltConfig {
         query_timeout_ms,
         ..SltConfig::default()
@@ -240,19 +251,7 @@ async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Res
 
 /// `eddy bench ...`, on the given Kafka or on an embedded broker in a temporary directory.
 async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
-    let mut _temp_dir = None;
-    let (connection, broker) = match kafka.bootstrap_servers {
-        Some(servers) => (KafkaConnection::new(servers), None),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("eddy-bench-")
-                .tempdir()
-                .context("cannot create a temporary directory for the embedded broker")?;
-            let broker = embedded::start(&dir.path().join("broker"), 0).await?;
-            _temp_dir = Some(dir);
-            (broker.connection(), Some(broker))
-        }
-    };
+    let (connection, broker, _temp_dir) = kafka_or_temporary_broker(kafka, "eddy-bench-").await?;
     let outcome = match which {
         BenchCommand::Table {
             events,
