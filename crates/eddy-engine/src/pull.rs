@@ -217,6 +217,9 @@ impl Engine {
             for (partition, (low, high)) in watermarks.into_iter().enumerate() {
                 let committed = committed.get(partition).copied().flatten();
                 let partition = partition as i32;
+                // An aggregation's progress appears once its state is restored; before, what the
+                // group committed does not mean the state holds it.
+                let committed = committed.filter(|_| !progress.stateful);
                 if high <= low || committed.is_some_and(|c| c >= high) {
                     continue;
                 }

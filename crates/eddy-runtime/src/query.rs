@@ -273,6 +273,9 @@ pub struct QueryProgress {
     /// Consumer group whose committed offsets tell how far the query got before this process
     /// (a partition with nothing new to process has no progress in memory).
     pub group_id: String,
+    /// True for an aggregation: its progress is set once its state is restored, and committed
+    /// offsets say nothing about a state still being restored.
+    pub stateful: bool,
     partitions: Arc<Mutex<HashMap<i32, Progress>>>,
 }
 
@@ -294,11 +297,28 @@ struct QueryConsumerContext {
     topic: String,
     progress: Arc<Mutex<HashMap<i32, Progress>>>,
     revoked: Arc<Mutex<Vec<i32>>>,
+    /// Partitions the group gave this consumer, for the driver to start their tasks at once (an
+    /// aggregation restores its state before records arrive, even when none do).
+    assigned: Arc<Mutex<Vec<i32>>>,
 }
 
 impl ClientContext for QueryConsumerContext {}
 
 impl ConsumerContext for QueryConsumerContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance
+            && let Ok(mut assigned) = self.assigned.lock()
+        {
+            assigned.extend(
+                partitions
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| e.partition()),
+            );
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
@@ -350,10 +370,12 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
 
     let progress: Arc<Mutex<HashMap<i32, Progress>>> = Arc::default();
     let revoked: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let assigned: Arc<Mutex<Vec<i32>>> = Arc::default();
     let context = QueryConsumerContext {
         topic: spec.source_topic.clone(),
         progress: Arc::clone(&progress),
         revoked: Arc::clone(&revoked),
+        assigned: Arc::clone(&assigned),
     };
     let mut config = spec.connection.client_config();
     config
@@ -406,6 +428,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     let query_progress = QueryProgress {
         topic: spec.source_topic.clone(),
         group_id: spec.group_id.clone(),
+        stateful: spec.state.is_some(),
         partitions: Arc::clone(&progress),
     };
     let driver = Driver {
@@ -413,6 +436,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         consumer,
         progress,
         revoked,
+        assigned,
         metrics: Arc::clone(&metrics),
         cancel: cancel.clone(),
     };
@@ -433,6 +457,7 @@ struct Driver {
     consumer: StreamConsumer<QueryConsumerContext>,
     progress: Arc<Mutex<HashMap<i32, Progress>>>,
     revoked: Arc<Mutex<Vec<i32>>>,
+    assigned: Arc<Mutex<Vec<i32>>>,
     metrics: Arc<QueryMetrics>,
     cancel: CancellationToken,
 }
@@ -444,6 +469,7 @@ impl Driver {
             consumer,
             progress,
             revoked,
+            assigned,
             metrics,
             cancel,
         } = self;
@@ -516,6 +542,12 @@ impl Driver {
                         buffers.remove(&partition);
                         committed.remove(&partition);
                         if let Ok(mut progress) = progress.lock() { progress.remove(&partition); }
+                    }
+                    let assigned_now: Vec<i32> = assigned.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
+                    for partition in assigned_now {
+                        debug!(query = spec.query_id, partition, "partition assigned");
+                        let task = if spec.single_task { 0 } else { partition };
+                        worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
                     }
                 }
                 _ = commit_tick.tick(), if spec.persistent => {
@@ -708,6 +740,9 @@ impl PartitionTask {
         aggregate
             .restore(state, &spec.connection, &self.metrics, &spec.query_id)
             .await?;
+        // The restored state covers the input below its source offset: that much is processed.
+        self.progress
+            .fetch_max(aggregate.next_source_offset(), Ordering::AcqRel);
         let changelog_producer = match &spec.sink {
             SinkSpec::Kafka { producer, .. } => Some(producer.clone()),
             SinkSpec::Channel { .. } => None,
