@@ -386,7 +386,6 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
-        .set("max.poll.interval.ms", "20000")
         .set(
             "fetch.wait.max.ms",
             spec.config.max_batch_wait_ms.max(1).to_string(),
