@@ -183,7 +183,16 @@ impl MaterializedView {
             rowtimes.push(rowtime);
         }
         let deleted = vec![false; states.len()];
-        let (batch, keep) = self.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        let (batch, keep, failed) = self.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        // As in the table's topic, a group whose row cannot be computed has no row (the query that
+        // keeps the table logged why to the processing log).
+        if let Some((_, reason)) = failed.first() {
+            warn!(
+                store = self.store.name(),
+                groups = failed.len(),
+                "pull query: rows left out: {reason}"
+            );
+        }
         filter_record_batch(&batch, &keep).map_err(internal)
     }
 
@@ -212,7 +221,46 @@ impl MaterializedView {
 
     /// Aggregate values of `states` run through the post stages. Returns every group's output row
     /// and whether it is a row (true) or a tombstone (false: deleted, or filtered by `HAVING`).
+    /// Like [`Self::evaluate_all`], but a group whose value or projection fails (a DECIMAL sum
+    /// out of range, a division by zero in the projection) does not fail the others: it is left
+    /// out of the output and returned with the reason, in the third element.
     fn evaluate(
+        &self,
+        keys: &[&[u8]],
+        states: &[GroupState],
+        rowtimes: &[i64],
+        deleted: &[bool],
+    ) -> Result<(RecordBatch, BooleanArray, Vec<(usize, String)>), QueryError> {
+        match self.evaluate_all(keys, states, rowtimes, deleted) {
+            Ok((batch, keep)) => return Ok((batch, keep, Vec::new())),
+            Err(QueryError::Expression(_)) => {}
+            Err(other) => return Err(other),
+        }
+        let mut batches = Vec::new();
+        let mut keeps = Vec::new();
+        let mut failed = Vec::new();
+        for i in 0..keys.len() {
+            let one = i..i + 1;
+            match self.evaluate_all(
+                &keys[one.clone()],
+                &states[one.clone()],
+                &rowtimes[one.clone()],
+                &deleted[one],
+            ) {
+                Ok((batch, keep)) => {
+                    batches.push(batch);
+                    keeps.push(keep.value(0));
+                }
+                Err(QueryError::Expression(reason)) => failed.push((i, reason)),
+                Err(other) => return Err(other),
+            }
+        }
+        let batch = datafusion::arrow::compute::concat_batches(&self.plan.output_schema, &batches)
+            .map_err(internal)?;
+        Ok((batch, BooleanArray::from(keeps), failed))
+    }
+
+    fn evaluate_all(
         &self,
         keys: &[&[u8]],
         states: &[GroupState],
@@ -229,7 +277,7 @@ impl MaterializedView {
         let mut values = self
             .aggregator
             .evaluate(&refs)
-            .map_err(|e| QueryError::Internal(format!("aggregate evaluation: {e}")))?
+            .map_err(|e| QueryError::Expression(e.to_string()))?
             .into_iter()
             .map(Some)
             .collect::<Vec<_>>();
@@ -271,6 +319,9 @@ pub(crate) struct Applied {
     /// (origin partition, origin offset) of the input rows dropped because a group key column
     /// was NULL.
     pub null_keys: Vec<(i32, i64)>,
+    /// Groups whose output row could not be computed, with the reason: their state is updated,
+    /// their row is not written.
+    pub failed_groups: Vec<String>,
 }
 
 /// The aggregate operator of one partition task.
@@ -538,7 +589,7 @@ impl PartitionAggregate {
             }
         }
         let deleted: Vec<bool> = states.iter().map(|s| s.rows <= 0).collect();
-        let (rows_out, keep) = view.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        let (rows_out, keep, failed) = view.evaluate(&keys, &states, &rowtimes, &deleted)?;
         let mut writes = Vec::with_capacity(keys.len());
         let mut buffer = Vec::new();
         for ((key, state), (&rowtime, &gone)) in
@@ -557,6 +608,7 @@ impl PartitionAggregate {
             keep,
             writes,
             null_keys,
+            failed_groups: failed.into_iter().map(|(_, reason)| reason).collect(),
         })
     }
 

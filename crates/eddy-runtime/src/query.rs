@@ -777,6 +777,20 @@ impl PartitionTask {
                     )
                     .await;
             }
+            for reason in &applied.failed_groups {
+                self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                spec.processing_log
+                    .report(
+                        &spec.query_id,
+                        ErrorKind::ExpressionError,
+                        &spec.source_topic,
+                        self.partition,
+                        last_offset,
+                        format!("the table row of a group could not be computed: {reason}"),
+                        None,
+                    )
+                    .await;
+            }
             let (rows, tombstones) = split_rows(&applied)?;
             debug!(
                 query = spec.query_id,
