@@ -183,7 +183,11 @@ impl MaterializedView {
             rowtimes.push(rowtime);
         }
         let deleted = vec![false; states.len()];
-        let (batch, keep, failed) = self.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        let Evaluated {
+            batch,
+            keep,
+            failed,
+        } = self.evaluate(&keys, &states, &rowtimes, &deleted)?;
         // As in the table's topic, a group whose row cannot be computed has no row (the query that
         // keeps the table logged why to the processing log).
         if let Some((_, reason)) = failed.first() {
@@ -230,9 +234,15 @@ impl MaterializedView {
         states: &[GroupState],
         rowtimes: &[i64],
         deleted: &[bool],
-    ) -> Result<(RecordBatch, BooleanArray, Vec<(usize, String)>), QueryError> {
+    ) -> Result<Evaluated, QueryError> {
         match self.evaluate_all(keys, states, rowtimes, deleted) {
-            Ok((batch, keep)) => return Ok((batch, keep, Vec::new())),
+            Ok((batch, keep)) => {
+                return Ok(Evaluated {
+                    batch,
+                    keep,
+                    failed: Vec::new(),
+                });
+            }
             Err(QueryError::Expression(_)) => {}
             Err(other) => return Err(other),
         }
@@ -257,7 +267,11 @@ impl MaterializedView {
         }
         let batch = datafusion::arrow::compute::concat_batches(&self.plan.output_schema, &batches)
             .map_err(internal)?;
-        Ok((batch, BooleanArray::from(keeps), failed))
+        Ok(Evaluated {
+            batch,
+            keep: BooleanArray::from(keeps),
+            failed,
+        })
     }
 
     fn evaluate_all(
@@ -306,6 +320,16 @@ impl MaterializedView {
         let keep = datafusion::arrow::compute::and(&post.keep, &alive).map_err(internal)?;
         Ok((post.batch, keep))
     }
+}
+
+/// Output rows of a set of groups.
+struct Evaluated {
+    /// The rows that could be computed, in the plan's output schema.
+    batch: RecordBatch,
+    /// Which of them are table rows; the others are tombstones.
+    keep: BooleanArray,
+    /// (group index, reason) of the groups whose row could not be computed.
+    failed: Vec<(usize, String)>,
 }
 
 /// What one batch of input did to a partition's state.
@@ -589,7 +613,11 @@ impl PartitionAggregate {
             }
         }
         let deleted: Vec<bool> = states.iter().map(|s| s.rows <= 0).collect();
-        let (rows_out, keep, failed) = view.evaluate(&keys, &states, &rowtimes, &deleted)?;
+        let Evaluated {
+            batch: rows_out,
+            keep,
+            failed,
+        } = view.evaluate(&keys, &states, &rowtimes, &deleted)?;
         let mut writes = Vec::with_capacity(keys.len());
         let mut buffer = Vec::new();
         for ((key, state), (&rowtime, &gone)) in
