@@ -98,6 +98,14 @@ impl Engine {
             },
         )
         .map_err(|e| EngineError::invalid(e.to_string()))?;
+        // The state of push queries that ran before a restart is of no use.
+        for name in state.store_names() {
+            if name.starts_with(crate::queries::TRANSIENT_STORE_PREFIX)
+                && let Err(error) = state.drop_store(&name)
+            {
+                warn!(store = name, %error, "cannot delete a push query's leftover state");
+            }
+        }
         let engine = Engine {
             inner: Arc::new(EngineInner {
                 config,
