@@ -296,15 +296,6 @@ impl Engine {
                 "an aggregation produces a table: use CREATE TABLE ... AS SELECT",
             ));
         }
-        if aggregates && plan.source.kind == SourceKind::Table {
-            return Err(EngineError::invalid_with_hint(
-                format!(
-                    "aggregations over table \"{}\" are not supported yet",
-                    plan.source.name
-                ),
-                "aggregate the stream the table is built from",
-            ));
-        }
         match (kind, plan.source.kind) {
             (SourceKind::Table, SourceKind::Stream) if aggregates => {}
             (SourceKind::Stream, SourceKind::Table) => {

@@ -378,6 +378,7 @@ impl Engine {
             plan: Arc::new(plan),
             state: None,
             single_task: false,
+            upsert: None,
             offset_reset,
             config: self.inner.config.clone(),
             connection: self.inner.connection.clone(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use eddy_catalog::{QueryInfo, Source, SourceKind};
 use eddy_planner::StreamingPlan;
 use eddy_runtime::{
-    MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec, start_query,
+    MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec, UpsertSpec,
+    start_query,
 };
 use tracing::info;
 
@@ -80,6 +81,7 @@ impl Engine {
                 plan: Arc::clone(&view_plan),
                 state: Some(state.clone()),
                 single_task: false,
+                upsert: None,
                 sink: sink_spec,
                 offset_reset,
                 config: config.clone(),
@@ -118,6 +120,28 @@ impl Engine {
                 &[],
             )
             .await?;
+        // Over a table, the writer remembers each key's contribution to retract it when the row
+        // changes or is deleted; that memory is state too, with its own changelog.
+        let upsert = if aggregation.retractable {
+            let store = self
+                .inner
+                .state
+                .store(&upsert_store_name(&query.id))
+                .map_err(|e| EngineError::Internal(format!("state store of {}: {e}", query.id)))?;
+            let changelog =
+                config.physical_topic(&config.query_topic(&query.id, "upsert-changelog"));
+            connection
+                .create_topic(
+                    &changelog,
+                    source_partitions,
+                    config.default_replicas,
+                    &[("cleanup.policy", "compact")],
+                )
+                .await?;
+            Some(UpsertSpec::new(store, Some(changelog), aggregation, true)?)
+        } else {
+            None
+        };
         let (writer, reader) = plan.split_for_repartition(internal.clone())?;
         let writer_spec = QuerySpec {
             query_id: format!("{}-repartition", query.id),
@@ -126,7 +150,8 @@ impl Engine {
             source_topic,
             source_layout: source_layout(&writer.source)?,
             timestamp_column: timestamp_index(&writer.source),
-            drop_tombstones: writer.source.kind == SourceKind::Stream,
+            // The upsert writer sees tombstones in the raw records; the stages never do.
+            drop_tombstones: true,
             sink: SinkSpec::Kafka {
                 topic: repartition_topic.clone(),
                 producer: self.inner.producer.clone(),
@@ -135,6 +160,7 @@ impl Engine {
             plan: Arc::new(writer),
             state: None,
             single_task: false,
+            upsert,
             offset_reset,
             config: config.clone(),
             connection: connection.clone(),
@@ -152,6 +178,7 @@ impl Engine {
             plan: Arc::clone(&reader),
             state: Some(state.clone()),
             single_task: false,
+            upsert: None,
             sink: sink_spec(&reader)?,
             // Everything written to the internal topic belongs to this query.
             offset_reset: OffsetReset::Earliest,
@@ -189,8 +216,10 @@ impl Engine {
         if let Ok(mut views) = self.inner.views.lock() {
             views.remove(table);
         }
-        if let Err(error) = self.inner.state.drop_store(query_id) {
-            tracing::warn!(query = query_id, %error, "cannot delete the query's local state");
+        for store in [query_id.to_owned(), upsert_store_name(query_id)] {
+            if let Err(error) = self.inner.state.drop_store(&store) {
+                tracing::warn!(query = query_id, %error, "cannot delete the query's local state");
+            }
         }
     }
 
@@ -205,4 +234,10 @@ impl Engine {
     pub(crate) fn view(&self, table: &str) -> Option<Arc<MaterializedView>> {
         self.inner.views.lock().ok()?.get(table).cloned()
     }
+}
+
+/// Name of the store where the upsert writer of query `query_id` (an aggregation over a table)
+/// keeps each source key's contribution.
+pub(crate) fn upsert_store_name(query_id: &str) -> String {
+    format!("{query_id}-upsert")
 }

@@ -73,6 +73,20 @@ impl Engine {
             }),
             None => None,
         };
+        // Over a table, changed and deleted rows are retracted: the query remembers each key's
+        // contribution in a second transient store.
+        let upsert = match &plan.aggregation {
+            Some(aggregation) if aggregation.retractable => Some(eddy_runtime::UpsertSpec::new(
+                self.inner
+                    .state
+                    .store(&format!("{TRANSIENT_STORE_PREFIX}{query_id}-upsert"))
+                    .map_err(|e| EngineError::Internal(e.to_string()))?,
+                None,
+                aggregation,
+                false,
+            )?),
+            _ => None,
+        };
         let spec = QuerySpec {
             query_id: query_id.clone(),
             group_id: format!("_eddy-{}-{query_id}", self.inner.config.service_id),
@@ -80,9 +94,11 @@ impl Engine {
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
             timestamp_column: crate::layout::timestamp_index(&plan.source),
-            drop_tombstones: plan.source.kind == SourceKind::Stream,
+            // An aggregation over a table sees tombstones through its upsert writer.
+            drop_tombstones: plan.source.kind == SourceKind::Stream || upsert.is_some(),
             sink: SinkSpec::Channel { sender },
             single_task: state.is_some(),
+            upsert,
             state,
             plan: Arc::new(plan),
             offset_reset: session.offset_reset(),

@@ -97,6 +97,9 @@ pub(crate) fn register_aggregate_stubs(ctx: &SessionContext) {
     }
 }
 
+/// Name of the sign column that the repartition topic of an aggregation over a table carries.
+pub const SIGN_COLUMN: &str = "SIGN";
+
 /// One aggregate function call of a query.
 #[derive(Debug, Clone)]
 pub struct AggregateCall {
@@ -135,10 +138,14 @@ pub struct AggregationPlan {
     /// `HAVING` and the projection, applied to the aggregate's result. A `Filter` here does not
     /// drop rows: it marks them, and the runtime turns them into tombstones.
     pub post_stages: Vec<Stage>,
-    /// True when the group key is not the source key: records go through a repartition topic first.
+    /// True when the group key is not the source key, or the input is a table: records go
+    /// through a repartition topic first.
     pub repartition: bool,
     /// True when the input is a table: changed and deleted rows are retracted.
     pub retractable: bool,
+    /// Column of the aggregation's decoded source batch holding each row's sign (+1 adds the row,
+    /// -1 retracts it): set on the aggregating half of a repartitioned aggregation over a table.
+    pub sign_column: Option<usize>,
 }
 
 /// Output of the post stages for a batch of groups.
@@ -300,7 +307,10 @@ pub(crate) fn lower_aggregate_query(
                 exprs,
                 schema: Arc::clone(&schema),
             });
-            let repartition = !groups_by_source_key(&aggregate.group_expr, source);
+            // A table's rows change: its aggregation always goes through the repartition writer,
+            // which remembers each row's last contribution to retract it.
+            let retractable = source.kind == eddy_catalog::SourceKind::Table;
+            let repartition = retractable || !groups_by_source_key(&aggregate.group_expr, source);
             Ok((
                 stages,
                 AggregationPlan {
@@ -310,7 +320,8 @@ pub(crate) fn lower_aggregate_query(
                     aggregate_schema: nullable_schema(aggregate.schema.as_arrow()),
                     post_stages: Vec::new(),
                     repartition,
-                    retractable: source.kind == eddy_catalog::SourceKind::Table,
+                    retractable,
+                    sign_column: None,
                 },
             ))
         }
@@ -410,12 +421,13 @@ pub(crate) fn key_columns_of_aggregate(
 
 impl StreamingPlan {
     /// Columns of the internal topic an aggregation is repartitioned through: the group key
-    /// columns (`K0`, `K1`, ...) as the record key, the arguments (`A0`, ...) as the value.
+    /// columns (`K0`, `K1`, ...) as the record key, the arguments (`A0`, ...) as the value, and
+    /// for a table input the row's sign ([`SIGN_COLUMN`]) last.
     pub fn repartition_columns(&self) -> Result<Vec<Column>, PlanError> {
         let aggregation = self.aggregation.as_ref().ok_or_else(|| {
             PlanError::Invalid("internal error: only aggregations are repartitioned".into())
         })?;
-        aggregation
+        let mut columns = aggregation
             .input_schema
             .fields()
             .iter()
@@ -437,7 +449,15 @@ impl StreamingPlan {
                     },
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, PlanError>>()?;
+        if aggregation.retractable {
+            columns.push(Column {
+                name: SIGN_COLUMN.to_owned(),
+                sql_type: SqlType::Int,
+                role: ColumnRole::Value,
+            });
+        }
+        Ok(columns)
     }
 
     /// Splits an aggregation whose group key is not the source key into the query that writes
@@ -460,12 +480,44 @@ impl StreamingPlan {
             .ok_or_else(|| {
                 PlanError::Invalid("internal error: the aggregation lost its event time".into())
             })?;
+        // Over a table, the writer's rows carry a sign: a stage appends SIGN = +1, and the
+        // runtime's upsert writer turns the rows it retracts into -1.
+        let mut writer_stages = self.stages.clone();
+        let mut writer_schema = Arc::clone(&aggregation.input_schema);
+        if aggregation.retractable {
+            let mut exprs: Vec<Arc<dyn PhysicalExpr>> = writer_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, field)| {
+                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                        field.name(),
+                        i,
+                    )) as Arc<dyn PhysicalExpr>
+                })
+                .collect();
+            exprs.push(Arc::new(
+                datafusion::physical_expr::expressions::Literal::new(ScalarValue::Int32(Some(1))),
+            ));
+            let mut fields: Vec<FieldRef> = writer_schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+                SIGN_COLUMN,
+                DataType::Int32,
+                false,
+            )));
+            writer_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+            writer_stages.push(Stage::Project {
+                exprs,
+                schema: Arc::clone(&writer_schema),
+            });
+        }
+        let writer_width = writer_schema.fields().len();
         let writer = StreamingPlan {
             source: self.source.clone(),
-            stages: self.stages.clone(),
-            output_schema: Arc::clone(&aggregation.input_schema),
+            stages: writer_stages,
+            output_schema: writer_schema,
             key_columns: (0..group_count).collect(),
-            value_columns: (group_count..width).collect(),
+            value_columns: (group_count..writer_width).collect(),
             rowtime_column,
             sink_columns: self.repartition_columns()?,
             limit: None,
@@ -486,6 +538,7 @@ impl StreamingPlan {
             limit: self.limit,
             aggregation: Some(AggregationPlan {
                 repartition: false,
+                sign_column: aggregation.retractable.then_some(first + width),
                 ..aggregation.clone()
             }),
             logical_plan: self.logical_plan.clone(),

@@ -24,5 +24,6 @@ mod plan;
 
 pub use aggregate::{
     AggregateCall, AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, PostOutput, ROWTIME_AGGREGATE,
+    SIGN_COLUMN,
 };
 pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

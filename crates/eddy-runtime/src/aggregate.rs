@@ -404,114 +404,17 @@ impl PartitionAggregate {
         metrics: &QueryMetrics,
         query_id: &str,
     ) -> Result<(), QueryError> {
-        let store = &self.view.store;
-        let partition = self.partition;
-        let checkpoint = store.checkpoint(partition).map_err(state_error)?;
-        let Some(changelog_topic) = spec.changelog_topic.as_deref() else {
-            self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
-            return self.load_origins();
-        };
-        let watermarks = connection.watermarks(changelog_topic).await?;
-        let (low, high) = watermarks.get(partition as usize).copied().ok_or_else(|| {
-            QueryError::Internal(format!(
-                "changelog \"{}\" has no partition {partition}",
-                changelog_topic
-            ))
-        })?;
-        let start = checkpoint.changelog_offset.unwrap_or(low).max(low);
-        if start >= high {
-            self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
-            return self.load_origins();
-        }
-        let total = (high - start) as u64;
-        metrics
-            .restore_records_total
-            .fetch_add(total, Ordering::Relaxed);
-        info!(
-            query = query_id,
-            partition,
-            from = start,
-            to = high,
-            local = checkpoint.changelog_offset.is_some(),
-            "restoring state from the changelog"
-        );
-        let consumer: StreamConsumer = connection
-            .client_config()
-            .set("group.id", format!("{query_id}-restore"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(|e| KafkaError::client("restore consumer creation", e))?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(changelog_topic, partition, Offset::Offset(start))
-            .map_err(|e| KafkaError::client("restore assignment", e))?;
-        consumer
-            .assign(&assignment)
-            .map_err(|e| KafkaError::client("restore assignment", e))?;
-        let mut batch = StoreBatch::default();
-        let mut applied = 0u64;
-        let mut last_log = tokio::time::Instant::now();
-        let idle = Duration::from_millis(connection.request_timeout_ms.max(1000));
-        let mut next = start;
-        while next < high {
-            let message = match tokio::time::timeout(idle, consumer.recv()).await {
-                Ok(Ok(message)) => message,
-                Ok(Err(error)) => return Err(KafkaError::client("changelog restore", error).into()),
-                Err(_) => {
-                    return Err(QueryError::Internal(format!(
-                        "changelog \"{}\" partition {partition} stopped at offset {next} of {high} during restore",
-                        changelog_topic
-                    )));
-                }
-            };
-            next = message.offset() + 1;
-            match (message.key(), message.payload()) {
-                (Some(SOURCE_OFFSET_KEY), Some(value)) if value.len() == 8 => {
-                    let mut bytes = [0u8; 8];
-                    bytes.copy_from_slice(value);
-                    batch.set_source_offset(i64::from_be_bytes(bytes));
-                }
-                (Some(key), Some(value)) => batch.put(key, value),
-                (Some(key), None) => batch.delete(key),
-                (None, _) => warn!(
-                    query = query_id,
-                    partition,
-                    offset = message.offset(),
-                    "changelog record without key skipped"
-                ),
-            }
-            applied += 1;
-            metrics.restore_records_done.fetch_add(1, Ordering::Relaxed);
-            if batch.len() >= RESTORE_BATCH_RECORDS || next >= high {
-                batch.set_changelog_offset(next);
-                store
-                    .write(partition, std::mem::take(&mut batch))
-                    .map_err(state_error)?;
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                last_log = tokio::time::Instant::now();
-                info!(
-                    query = query_id,
-                    partition, applied, total, "restoring state"
-                );
-            }
-        }
-        if !batch.is_empty() {
-            batch.set_changelog_offset(next);
-            store.write(partition, batch).map_err(state_error)?;
-        }
-        let Checkpoint { source_offset, .. } = store.checkpoint(partition).map_err(state_error)?;
-        self.next_source_offset = source_offset.unwrap_or(0);
-        self.load_origins()?;
-        info!(
-            query = query_id,
-            partition,
-            applied,
-            next_source_offset = self.next_source_offset,
-            "state restored"
-        );
-        Ok(())
+        let checkpoint = restore_partition(
+            &self.view.store,
+            self.partition,
+            spec.changelog_topic.as_deref(),
+            connection,
+            metrics,
+            query_id,
+        )
+        .await?;
+        self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
+        self.load_origins()
     }
 
     /// Folds one batch of aggregation input into the state (in memory; nothing is written yet).
@@ -738,43 +641,173 @@ impl PartitionAggregate {
         next_source_offset: i64,
         timeout: Duration,
     ) -> Result<(), QueryError> {
-        let mut last_offset = None;
-        if let (Some(topic), Some(producer)) = (spec.changelog_topic.as_deref(), producer) {
-            let mut deliveries = Deliveries::new(topic, timeout);
-            let offset_bytes = next_source_offset.to_be_bytes();
-            for (key, value) in &writes {
-                deliveries
-                    .send(producer, self.partition, key, value.as_deref())
-                    .await?;
-            }
-            deliveries
-                .send(
-                    producer,
-                    self.partition,
-                    SOURCE_OFFSET_KEY,
-                    Some(&offset_bytes),
-                )
-                .await?;
-            last_offset = deliveries.finish().await?;
-        }
-        let mut batch = StoreBatch::default();
-        for (key, value) in &writes {
-            match value {
-                Some(value) => batch.put(key, value),
-                None => batch.delete(key),
-            }
-        }
-        batch.set_source_offset(next_source_offset);
-        if let Some(last) = last_offset {
-            batch.set_changelog_offset(last + 1);
-        }
-        self.view
-            .store
-            .write(self.partition, batch)
-            .map_err(state_error)?;
+        commit_partition(
+            &self.view.store,
+            self.partition,
+            spec.changelog_topic.as_deref(),
+            producer,
+            &writes,
+            next_source_offset,
+            timeout,
+        )
+        .await?;
         self.next_source_offset = next_source_offset;
         Ok(())
     }
+}
+
+/// Sends `writes` and the source offset they reach to the changelog partition, waits for every
+/// acknowledgement, then writes them to the store in one batch with the changelog position.
+pub(crate) async fn commit_partition(
+    store: &Store,
+    partition: i32,
+    changelog_topic: Option<&str>,
+    producer: Option<&FutureProducer>,
+    writes: &[(Vec<u8>, Option<Vec<u8>>)],
+    next_source_offset: i64,
+    timeout: Duration,
+) -> Result<(), QueryError> {
+    let mut last_offset = None;
+    if let (Some(topic), Some(producer)) = (changelog_topic, producer) {
+        let mut deliveries = Deliveries::new(topic, timeout);
+        let offset_bytes = next_source_offset.to_be_bytes();
+        for (key, value) in writes {
+            deliveries
+                .send(producer, partition, key, value.as_deref())
+                .await?;
+        }
+        deliveries
+            .send(producer, partition, SOURCE_OFFSET_KEY, Some(&offset_bytes))
+            .await?;
+        last_offset = deliveries.finish().await?;
+    }
+    let mut batch = StoreBatch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.put(key, value),
+            None => batch.delete(key),
+        }
+    }
+    batch.set_source_offset(next_source_offset);
+    if let Some(last) = last_offset {
+        batch.set_changelog_offset(last + 1);
+    }
+    store.write(partition, batch).map_err(state_error)
+}
+
+/// Brings partition `partition` of `store` up to the end of its changelog partition (from the
+/// position the store last applied, or from the beginning when the local state is gone) and
+/// returns its checkpoint. Progress goes to the query's restore metrics and the log.
+pub(crate) async fn restore_partition(
+    store: &Store,
+    partition: i32,
+    changelog_topic: Option<&str>,
+    connection: &KafkaConnection,
+    metrics: &QueryMetrics,
+    query_id: &str,
+) -> Result<Checkpoint, QueryError> {
+    let checkpoint = store.checkpoint(partition).map_err(state_error)?;
+    let Some(changelog_topic) = changelog_topic else {
+        return Ok(checkpoint);
+    };
+    let watermarks = connection.watermarks(changelog_topic).await?;
+    let (low, high) = watermarks.get(partition as usize).copied().ok_or_else(|| {
+        QueryError::Internal(format!(
+            "changelog \"{}\" has no partition {partition}",
+            changelog_topic
+        ))
+    })?;
+    let start = checkpoint.changelog_offset.unwrap_or(low).max(low);
+    if start >= high {
+        return Ok(checkpoint);
+    }
+    let total = (high - start) as u64;
+    metrics
+        .restore_records_total
+        .fetch_add(total, Ordering::Relaxed);
+    info!(
+        query = query_id,
+        partition,
+        from = start,
+        to = high,
+        local = checkpoint.changelog_offset.is_some(),
+        "restoring state from the changelog"
+    );
+    let consumer: StreamConsumer = connection
+        .client_config()
+        .set("group.id", format!("{query_id}-restore"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| KafkaError::client("restore consumer creation", e))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(changelog_topic, partition, Offset::Offset(start))
+        .map_err(|e| KafkaError::client("restore assignment", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| KafkaError::client("restore assignment", e))?;
+    let mut batch = StoreBatch::default();
+    let mut applied = 0u64;
+    let mut last_log = tokio::time::Instant::now();
+    let idle = Duration::from_millis(connection.request_timeout_ms.max(1000));
+    let mut next = start;
+    while next < high {
+        let message = match tokio::time::timeout(idle, consumer.recv()).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(error)) => return Err(KafkaError::client("changelog restore", error).into()),
+            Err(_) => {
+                return Err(QueryError::Internal(format!(
+                    "changelog \"{}\" partition {partition} stopped at offset {next} of {high} during restore",
+                    changelog_topic
+                )));
+            }
+        };
+        next = message.offset() + 1;
+        match (message.key(), message.payload()) {
+            (Some(SOURCE_OFFSET_KEY), Some(value)) if value.len() == 8 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(value);
+                batch.set_source_offset(i64::from_be_bytes(bytes));
+            }
+            (Some(key), Some(value)) => batch.put(key, value),
+            (Some(key), None) => batch.delete(key),
+            (None, _) => warn!(
+                query = query_id,
+                partition,
+                offset = message.offset(),
+                "changelog record without key skipped"
+            ),
+        }
+        applied += 1;
+        metrics.restore_records_done.fetch_add(1, Ordering::Relaxed);
+        if batch.len() >= RESTORE_BATCH_RECORDS || next >= high {
+            batch.set_changelog_offset(next);
+            store
+                .write(partition, std::mem::take(&mut batch))
+                .map_err(state_error)?;
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            last_log = tokio::time::Instant::now();
+            info!(
+                query = query_id,
+                partition, applied, total, "restoring state"
+            );
+        }
+    }
+    if !batch.is_empty() {
+        batch.set_changelog_offset(next);
+        store.write(partition, batch).map_err(state_error)?;
+    }
+    let checkpoint = store.checkpoint(partition).map_err(state_error)?;
+    info!(
+        query = query_id,
+        partition,
+        applied,
+        next_source_offset = checkpoint.source_offset.unwrap_or(0),
+        "state restored"
+    );
+    Ok(checkpoint)
 }
 
 /// Records sent to one topic whose acknowledgements are awaited together, with back-pressure

@@ -19,6 +19,7 @@ mod kafka;
 mod print;
 mod processing_log;
 mod query;
+mod upsert;
 
 pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
@@ -28,3 +29,4 @@ pub use query::{
     OffsetReset, QueryError, QueryHandle, QueryMetrics, QueryProgress, QuerySpec, QueryStatus,
     SinkSpec, start_query,
 };
+pub use upsert::UpsertSpec;

@@ -25,9 +25,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::aggregate::{MaterializedView, PartitionAggregate, StateSpec, split_rows};
+use crate::aggregate::{
+    MaterializedView, PartitionAggregate, StateSpec, commit_partition, restore_partition,
+    split_rows,
+};
 use crate::kafka::{KafkaConnection, KafkaError};
 use crate::processing_log::{ErrorKind, ProcessingLog};
+use crate::upsert::{UpsertSpec, Upserter};
 
 /// Where a query starts when its consumer group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +110,10 @@ pub struct QuerySpec {
     pub plan: Arc<StreamingPlan>,
     /// Where an aggregation keeps its state; required when the plan aggregates.
     pub state: Option<StateSpec>,
+    /// The source is a table whose changes must be retracted: the query keeps each key's last
+    /// contribution here. On a query without aggregation (the writer of a repartition topic) the
+    /// output rows carry their sign; on an aggregation (transient, one task) they are folded in.
+    pub upsert: Option<UpsertSpec>,
     /// Run every input partition in one task (partition 0's): a transient aggregation reads all
     /// partitions without repartitioning, so one task must see every key.
     pub single_task: bool,
@@ -688,12 +696,19 @@ impl PartitionTask {
                 .run_aggregate(receiver, decoder, encoder, encoded)
                 .await;
         }
+        if spec.upsert.is_some() {
+            return self
+                .run_upsert_writer(receiver, decoder, encoder, encoded)
+                .await;
+        }
+        let mut skipped = Vec::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
                 continue;
             };
-            let batch = self.decode_input(&mut decoder, &raw).await?;
-            let output = self.process(batch).await;
+            skipped.clear();
+            let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
+            let output = self.process(batch, &mut skipped).await;
             if output.num_rows() > 0 {
                 match (&spec.sink, encoder.as_mut()) {
                     (
@@ -747,11 +762,28 @@ impl PartitionTask {
             SinkSpec::Channel { .. } => None,
         };
         let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
+        let aggregation = spec
+            .plan
+            .aggregation
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("an aggregation without aggregation".into()))?;
+        // A transient aggregation over a table turns the table's changes into signed rows itself.
+        let upserter = match &spec.upsert {
+            Some(upsert) => Some((
+                upsert,
+                Upserter::new(upsert, Arc::clone(&aggregation.input_schema))?,
+            )),
+            None => None,
+        };
+        // Over a table, origin offsets are doubled (see `upsert`): halve them in reports.
+        let origin_offset_divisor = if aggregation.retractable { 2 } else { 1 };
+        let mut skipped = Vec::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
                 continue;
             };
-            let batch = self.decode_input(&mut decoder, &raw).await?;
+            skipped.clear();
+            let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
             // Records below the restored source offset are already counted in the state. (A
             // single task reads several partitions: its offsets are not one sequence, and the
             // origin offsets alone tell what was counted.)
@@ -760,9 +792,39 @@ impl PartitionTask {
             } else {
                 skip_before(batch, aggregate.next_source_offset())?
             };
-            let input = self.process(batch).await;
-            let applied = aggregate.apply(&input, None)?;
+            let signs = match aggregation.sign_column {
+                Some(column) => Some(sign_array(&batch, column)?),
+                None => None,
+            };
+            let mut input = self.process(batch, &mut skipped).await;
+            let mut signs = match signs {
+                Some(signs) if signs.len() == input.num_rows() => Some(signs),
+                Some(_) => {
+                    return Err(QueryError::Internal(
+                        "the signs of an aggregation's input rows were lost".into(),
+                    ));
+                }
+                None => None,
+            };
+            if let Some((upsert, upserter)) = &upserter {
+                let upserted = upserter.apply(&upsert.store, &raw, &input, &skipped, None)?;
+                self.report_keyless(&upserted.keyless).await;
+                commit_partition(
+                    &upsert.store,
+                    upserted.partition,
+                    None,
+                    None,
+                    &upserted.writes,
+                    last_offset + 1,
+                    timeout,
+                )
+                .await?;
+                input = upserted.rows;
+                signs = Some(upserted.signs);
+            }
+            let applied = aggregate.apply(&input, signs.as_ref())?;
             for &(partition, offset) in &applied.null_keys {
+                let offset = offset / origin_offset_divisor;
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
                 spec.processing_log
                     .report(
@@ -843,12 +905,119 @@ impl PartitionTask {
         Ok(())
     }
 
+    /// Runs the writer of an aggregation over a table: restores the partition's contributions,
+    /// then turns every batch of table records into signed rows for the repartition topic.
+    async fn run_upsert_writer(
+        &self,
+        mut receiver: mpsc::Receiver<RawBatch>,
+        mut decoder: RecordDecoder,
+        mut encoder: Option<RecordEncoder>,
+        mut encoded: EncodedBatch,
+    ) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let upsert = spec
+            .upsert
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("an upsert writer without its store".into()))?;
+        let upserter = Upserter::new(upsert, Arc::clone(&spec.plan.output_schema))?;
+        let checkpoint = restore_partition(
+            &upsert.store,
+            self.partition,
+            upsert.changelog_topic.as_deref(),
+            &spec.connection,
+            &self.metrics,
+            &spec.query_id,
+        )
+        .await?;
+        let mut next_source_offset = checkpoint.source_offset.unwrap_or(0);
+        self.progress
+            .fetch_max(next_source_offset, Ordering::AcqRel);
+        let SinkSpec::Kafka {
+            topic, producer, ..
+        } = &spec.sink
+        else {
+            return Err(QueryError::Internal(
+                "an upsert writer must write to a topic".into(),
+            ));
+        };
+        let encoder = encoder
+            .as_mut()
+            .ok_or_else(|| QueryError::Internal("sink without encoder".into()))?;
+        let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
+        let mut skipped = Vec::new();
+        while let Some(raw) = receiver.recv().await {
+            let Some(&last_offset) = raw.offsets().last() else {
+                continue;
+            };
+            skipped.clear();
+            let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
+            let batch = skip_before(batch, next_source_offset)?;
+            let output = self.process(batch, &mut skipped).await;
+            let upserted = upserter.apply(
+                &upsert.store,
+                &raw,
+                &output,
+                &skipped,
+                Some(next_source_offset),
+            )?;
+            self.report_keyless(&upserted.keyless).await;
+            if upserted.rows.num_rows() > 0 {
+                self.produce(
+                    topic,
+                    producer,
+                    encoder,
+                    &mut encoded,
+                    &upserted.rows,
+                    false,
+                )
+                .await?;
+                self.metrics
+                    .records_out
+                    .fetch_add(upserted.rows.num_rows() as u64, Ordering::Relaxed);
+            }
+            commit_partition(
+                &upsert.store,
+                self.partition,
+                upsert.changelog_topic.as_deref(),
+                Some(producer),
+                &upserted.writes,
+                last_offset + 1,
+                timeout,
+            )
+            .await?;
+            next_source_offset = last_offset + 1;
+            self.progress.store(last_offset + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Reports table records without a key: a table row needs one, so they are skipped.
+    async fn report_keyless(&self, keyless: &[(i32, i64)]) {
+        for &(partition, offset) in keyless {
+            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            self.spec
+                .processing_log
+                .report(
+                    &self.spec.query_id,
+                    ErrorKind::DeserializationError,
+                    &self.spec.source_topic,
+                    partition,
+                    offset,
+                    "a table record has no key: it updates no row and is skipped".to_owned(),
+                    None,
+                )
+                .await;
+        }
+    }
+
     /// Decodes a raw batch, reporting malformed records, dropping stream tombstones and applying
-    /// the event-time column.
+    /// the event-time column. The (partition, offset) of every record skipped is added to
+    /// `skipped`.
     async fn decode_input(
         &self,
         decoder: &mut RecordDecoder,
         raw: &RawBatch,
+        skipped: &mut Vec<(i32, i64)>,
     ) -> Result<RecordBatch, QueryError> {
         let spec = &self.spec;
         {
@@ -860,6 +1029,7 @@ impl PartitionTask {
             })?;
             for error in &decoded.errors {
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                skipped.push((error.partition, error.offset));
                 let record = raw
                     .offsets()
                     .iter()
@@ -885,7 +1055,7 @@ impl PartitionTask {
                 batch = drop_rows(&batch, &decoded.tombstones)?;
             }
             match spec.timestamp_column {
-                Some(column) => self.apply_event_time(batch, column).await,
+                Some(column) => self.apply_event_time(batch, column, skipped).await,
                 None => Ok(batch),
             }
         }
@@ -896,6 +1066,7 @@ impl PartitionTask {
         &self,
         batch: RecordBatch,
         column: usize,
+        skipped: &mut Vec<(i32, i64)>,
     ) -> Result<RecordBatch, QueryError> {
         use datafusion::arrow::compute::{cast, filter_record_batch, is_not_null};
         use datafusion::arrow::datatypes::{DataType, TimeUnit};
@@ -927,17 +1098,20 @@ impl PartitionTask {
         let offsets = batch.column(2).as_primitive_opt::<Int64Type>().cloned();
         for row in (0..batch.num_rows()).filter(|&row| !valid.value(row)) {
             self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            let partition = partitions
+                .as_ref()
+                .map(|p| p.value(row))
+                .unwrap_or(self.partition);
+            let offset = offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1);
+            skipped.push((partition, offset));
             self.spec
                 .processing_log
                 .report(
                     &self.spec.query_id,
                     ErrorKind::DeserializationError,
                     &self.spec.source_topic,
-                    partitions
-                        .as_ref()
-                        .map(|p| p.value(row))
-                        .unwrap_or(self.partition),
-                    offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1),
+                    partition,
+                    offset,
                     "record has no event time: its TIMESTAMP column is null".to_owned(),
                     None,
                 )
@@ -947,8 +1121,9 @@ impl PartitionTask {
             .map_err(|e| QueryError::Internal(format!("event time: {e}")))
     }
 
-    /// Runs the plan; if a batch fails, finds the failing rows one by one, reports and skips them.
-    async fn process(&self, batch: RecordBatch) -> RecordBatch {
+    /// Runs the plan; if a batch fails, finds the failing rows one by one, reports and skips them
+    /// (adding their partition and offset to `skipped`).
+    async fn process(&self, batch: RecordBatch, skipped: &mut Vec<(i32, i64)>) -> RecordBatch {
         let plan = &self.spec.plan;
         let error = match plan.process(batch.clone()) {
             Ok(output) => return output,
@@ -968,6 +1143,7 @@ impl PartitionTask {
                         .map(|p| p.value(row))
                         .unwrap_or(self.partition);
                     let offset = offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1);
+                    skipped.push((partition, offset));
                     self.spec
                         .processing_log
                         .report(
@@ -1073,6 +1249,28 @@ fn skip_before(batch: RecordBatch, next_offset: i64) -> Result<RecordBatch, Quer
     let keep = datafusion::arrow::array::BooleanArray::from_unary(offsets, |o| o >= next_offset);
     datafusion::arrow::compute::filter_record_batch(&batch, &keep)
         .map_err(|e| QueryError::Internal(format!("skipping restored records: {e}")))
+}
+
+/// The signs (+1 add, -1 retract) in column `column` of a decoded repartition batch.
+fn sign_array(
+    batch: &RecordBatch,
+    column: usize,
+) -> Result<datafusion::arrow::array::Int8Array, QueryError> {
+    let signs = datafusion::arrow::compute::cast(
+        batch.column(column),
+        &datafusion::arrow::datatypes::DataType::Int8,
+    )
+    .map_err(|e| QueryError::Internal(format!("sign column: {e}")))?;
+    let signs = signs
+        .as_primitive_opt::<datafusion::arrow::datatypes::Int8Type>()
+        .cloned()
+        .ok_or_else(|| QueryError::Internal("sign column is not an integer".into()))?;
+    if signs.null_count() > 0 {
+        return Err(QueryError::Internal(
+            "a repartitioned row has no sign".into(),
+        ));
+    }
+    Ok(signs)
 }
 
 /// Bytes reserved per record when a raw batch is allocated.

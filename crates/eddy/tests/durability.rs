@@ -1,7 +1,8 @@
 //! Durability of materialized tables, with real processes: `kill -9` of the `eddy` binary in the
 //! middle of a stream, then a restart, must leave the table equal to a batch recomputation of
 //! the input (nothing lost, nothing counted twice); deleting the local state directory must
-//! restore the table from its changelog.
+//! restore the table from its changelog. The same holds for an aggregation over a table, whose
+//! input rows change and are deleted while the server is killed.
 //!
 //! Needs a broker: the test starts its own embedded one in a temporary directory, and runs the
 //! `eddy` binary against it with `--bootstrap-servers`.
@@ -82,12 +83,39 @@ fn parse_totals(stdout: &str) -> BTreeMap<String, (i64, i64)> {
     rows
 }
 
-fn expected_totals() -> BTreeMap<String, (i64, i64)> {
+/// Key of input record `i` (the same for both topics).
+fn user(i: usize) -> String {
+    format!("user-{}", i % 97)
+}
+
+/// Value of record `i` of the `accounts` table: the user's current region and amount, or a
+/// tombstone (`None`) that deletes the user.
+fn account(i: usize) -> Option<(String, i64)> {
+    (i % 11 != 5).then(|| (format!("t{}", (i / 97) % REGIONS), (i % 13) as i64))
+}
+
+/// The user the third server moves with INSERT VALUES after its state was deleted.
+const MOVED_USER: &str = "user-1";
+
+fn expected_totals(moved: bool) -> BTreeMap<String, (i64, i64)> {
     let mut totals = BTreeMap::new();
     for i in 0..RECORDS {
         let entry = totals.entry(format!("r{}", i % REGIONS)).or_insert((0, 0));
         entry.0 += 1;
         entry.1 += (i % 13) as i64;
+    }
+    // The table over `accounts` counts each user's last row; deleted users not at all.
+    let mut accounts = BTreeMap::new();
+    for i in 0..RECORDS {
+        accounts.insert(user(i), account(i));
+    }
+    if moved {
+        accounts.insert(MOVED_USER.to_owned(), Some(("t0".to_owned(), 100)));
+    }
+    for (region, amount) in accounts.into_values().flatten() {
+        let entry = totals.entry(region).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += amount;
     }
     totals
 }
@@ -104,12 +132,22 @@ async fn produce_all(bootstrap: String) {
     let producer: FutureProducer = config.create().expect("producer");
     let mut pending = Vec::new();
     for i in 0..RECORDS {
-        let key = format!("user-{}", i % 97);
+        let key = user(i);
         let value = format!("{{\"region\":\"r{}\",\"amount\":{}}}", i % REGIONS, i % 13);
         let record = FutureRecord::to("events").key(&key).payload(&value);
         match producer.send_result(record) {
             Ok(delivery) => pending.push(delivery),
             Err((error, _)) => panic!("cannot queue record {i}: {error}"),
+        }
+        let value = account(i)
+            .map(|(region, amount)| format!("{{\"region\":\"{region}\",\"amount\":{amount}}}"));
+        let mut record = FutureRecord::to("accounts").key(&key);
+        if let Some(value) = &value {
+            record = record.payload(value);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((error, _)) => panic!("cannot queue account record {i}: {error}"),
         }
         if pending.len() >= 500 {
             for delivery in pending.drain(..) {
@@ -138,7 +176,8 @@ async fn kill_9(child: &mut Child) {
 
 const QUERY: &str = "SET 'eddy.read_your_writes'='true';\n\
                      SET 'eddy.read_your_writes_timeout_ms'='60000';\n\
-                     SELECT region, n, total FROM totals ORDER BY region;\n";
+                     SELECT region, n, total FROM totals ORDER BY region;\n\
+                     SELECT region, n, total FROM current_totals ORDER BY region;\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_survives_kill_9_and_the_loss_of_its_local_state() {
@@ -164,33 +203,47 @@ async fn a_table_survives_kill_9_and_the_loss_of_its_local_state() {
               WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON', PARTITIONS=4);\n\
               SET 'auto.offset.reset'='earliest';\n\
               CREATE TABLE totals AS SELECT region, COUNT(*) AS n, SUM(amount) AS total \
-              FROM events GROUP BY region EMIT CHANGES;\n",
+              FROM events GROUP BY region EMIT CHANGES;\n\
+              CREATE TABLE accounts (user_id STRING PRIMARY KEY, region STRING, amount INT) \
+              WITH (KAFKA_TOPIC='accounts', VALUE_FORMAT='JSON', PARTITIONS=4);\n\
+              CREATE TABLE current_totals AS SELECT region, COUNT(*) AS n, SUM(amount) AS total \
+              FROM accounts GROUP BY region EMIT CHANGES;\n",
         )
         .await
         .expect("statements written");
     let connection = KafkaConnection::new(bootstrap.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while connection.topic("events").await.ok().flatten().is_none() {
+    while connection
+        .topic("CURRENT_TOTALS")
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the stream was not created"
+            "the tables were not created"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let producer = tokio::spawn(produce_all(bootstrap.clone()));
-    // Kill once the table has written some output but the input is not complete.
+    // Kill once both tables have written some output but the input is not complete.
     loop {
-        let written: i64 = connection
-            .watermarks("TOTALS")
-            .await
-            .map(|w| w.iter().map(|(low, high)| high - low).sum())
-            .unwrap_or(0);
-        if written > 0 {
+        let mut written = Vec::new();
+        for table in ["TOTALS", "CURRENT_TOTALS"] {
+            let records: i64 = connection
+                .watermarks(table)
+                .await
+                .map(|w| w.iter().map(|(low, high)| high - low).sum())
+                .unwrap_or(0);
+            written.push(records);
+        }
+        if written.iter().all(|records| *records > 0) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the table wrote nothing within 60 s"
+            "the tables wrote nothing within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -204,21 +257,26 @@ async fn a_table_survives_kill_9_and_the_loss_of_its_local_state() {
 
     // A new server resumes the query from the command topic; the table must match the input.
     let (stdout, stderr) = run_statements(&bootstrap, &data_dir, QUERY).await;
-    let expected = expected_totals();
     assert_eq!(
         parse_totals(&stdout),
-        expected,
+        expected_totals(false),
         "after kill -9 and restart\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
 
-    // Without its local state, the server restores the table from the changelog.
+    // Without its local state, the server restores the tables from their changelogs: the
+    // aggregates, and which row each key of `accounts` contributed (moving a user must take back
+    // its restored contribution).
     std::fs::remove_dir_all(data_dir.join("state")).expect("state directory removed");
     let (stdout, stderr) = run_statements(
         &bootstrap,
         &data_dir,
-        &format!("{QUERY}DESCRIBE EXTENDED totals;\n"),
+        &format!(
+            "INSERT INTO accounts (user_id, region, amount) VALUES ('{MOVED_USER}', 't0', 100);\n\
+             {QUERY}DESCRIBE EXTENDED totals;\n"
+        ),
     )
     .await;
+    let expected = expected_totals(true);
     assert!(
         stderr.contains("restoring state from the changelog"),
         "no restore was logged:\n{stderr}"

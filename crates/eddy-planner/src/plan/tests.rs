@@ -42,14 +42,26 @@ fn orders() -> Source {
     }
 }
 
+/// `ORDER_STATE`: the same columns as `ORDERS`, as a table keyed by `ID`.
+fn order_state() -> Source {
+    Source {
+        name: "ORDER_STATE".into(),
+        kind: SourceKind::Table,
+        topic: "order_state".into(),
+        ..orders()
+    }
+}
+
 fn catalog() -> Catalog {
     let mut catalog = Catalog::new();
-    catalog
-        .apply(Command::CreateSource {
-            source: orders(),
-            or_replace: false,
-        })
-        .unwrap();
+    for source in [orders(), order_state()] {
+        catalog
+            .apply(Command::CreateSource {
+                source,
+                or_replace: false,
+            })
+            .unwrap();
+    }
     catalog
 }
 
@@ -362,6 +374,43 @@ async fn group_by_the_source_key_is_not_repartitioned() {
     .await
     .unwrap();
     assert!(!plan.aggregation.as_ref().unwrap().repartition);
+}
+
+#[tokio::test]
+async fn an_aggregation_over_a_table_is_split_with_signed_rows() {
+    // Even grouped by the table's own key: the writer must remember each key's row.
+    let plan = plan(
+        r#"SELECT "ID", sum("QTY") AS "TOTAL" FROM "ORDER_STATE" GROUP BY "ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let aggregation = plan.aggregation.as_ref().expect("an aggregation");
+    assert!(aggregation.retractable && aggregation.repartition);
+    let columns = plan.repartition_columns().unwrap();
+    let last = columns.last().unwrap();
+    assert_eq!(last.name, crate::SIGN_COLUMN);
+    assert_eq!(last.role, ColumnRole::Value);
+    let mut internal = orders();
+    internal.columns = columns;
+    let (writer, reader) = plan.split_for_repartition(internal.clone()).unwrap();
+    // The writer's rows are the aggregation input plus SIGN = +1.
+    let written = writer.process(input_batch()).unwrap();
+    let width = aggregation.input_schema.fields().len();
+    assert_eq!(written.num_columns(), width + 1);
+    assert_eq!(
+        written
+            .column(width)
+            .as_primitive::<datafusion::arrow::datatypes::Int32Type>()
+            .values()
+            .to_vec(),
+        vec![1, 1, 1]
+    );
+    assert_eq!(*writer.value_columns.last().unwrap(), width);
+    // The reader finds the sign after the aggregation input in its decoded batch.
+    let read = reader.aggregation.as_ref().unwrap();
+    assert_eq!(read.sign_column, Some(internal.first_key_index() + width));
+    assert!(!read.repartition);
 }
 
 #[tokio::test]
