@@ -514,7 +514,14 @@ impl Planner {
             for (i, key) in keys.into_iter().enumerate() {
                 let Some(index) = key else {
                     let expr = match &select_group_by(&logical) {
-                        Some(exprs) => exprs.get(i).map(|e| e.to_string()).unwrap_or_default(),
+                        Some(exprs) => exprs
+                            .get(i)
+                            .map(|e| {
+                                datafusion::logical_expr::expr_rewriter::unnormalize_col(e.clone())
+                                    .human_display()
+                                    .to_string()
+                            })
+                            .unwrap_or_default(),
                         None => String::new(),
                     };
                     return Err(PlanError::Invalid(format!(

@@ -445,8 +445,9 @@ async fn aggregate_errors_say_what_to_do() {
     .await
     .unwrap_err()
     .to_string();
+    // The expression as the user wrote it, without DataFusion's qualifier.
     assert!(
-        missing_key.contains("must select its GROUP BY expression"),
+        missing_key.contains("must select its GROUP BY expression ITEM:"),
         "{missing_key}"
     );
     let no_group = plan(r#"SELECT count(*) AS "N" FROM "ORDERS""#, &[])
