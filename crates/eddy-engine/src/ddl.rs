@@ -635,7 +635,10 @@ fn check_columns(
 }
 
 /// The columns of a sink written by `plan`, with the key role of `kind`.
-fn sink_columns(kind: SourceKind, plan: &StreamingPlan) -> Result<Vec<Column>, EngineError> {
+pub(crate) fn sink_columns(
+    kind: SourceKind,
+    plan: &StreamingPlan,
+) -> Result<Vec<Column>, EngineError> {
     let mut seen = std::collections::BTreeSet::new();
     let mut columns = Vec::with_capacity(plan.sink_columns.len());
     for column in &plan.sink_columns {

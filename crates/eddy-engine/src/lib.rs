@@ -17,6 +17,7 @@ mod error;
 mod execute;
 mod layout;
 mod materialize;
+mod offline;
 mod pull;
 mod queries;
 mod result;
@@ -25,8 +26,10 @@ use std::collections::BTreeMap;
 
 /// The Arrow of the engine's results (DataFusion's), for callers that read `StatementResult::Rows`.
 pub use datafusion::arrow;
+pub use eddy_format::RawBatch;
 pub use engine::{Engine, PROCESSING_LOG_STREAM};
 pub use error::EngineError;
+pub use offline::OfflineQuery;
 pub use result::{
     PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StateStatistics,
     StatementResult, TopicSummary,

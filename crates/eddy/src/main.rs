@@ -101,6 +101,31 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         partitions: i32,
     },
+    /// Run the Nexmark queries Eddy supports: DataFusion batch, engine only, end to end through
+    /// Kafka, and the raw consume rate of the same topic.
+    Nexmark {
+        /// Bids to generate and process.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Partitions of the bid topic.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Queries to run, comma-separated (default: every query Eddy supports).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<String>,
+    },
+    /// Fill Kafka topics with Nexmark events as JSON (for Eddy and for peers to read).
+    LoadNexmark {
+        /// Events to generate (persons, auctions and bids in Nexmark's proportions).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Partitions of each topic.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Topic names are this prefix followed by person, auction and bid.
+        #[arg(long, default_value = "nexmark_")]
+        topic_prefix: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -270,6 +295,36 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
             )
             .await
         }
+        BenchCommand::Nexmark {
+            events,
+            partitions,
+            queries,
+        } => {
+            nexmark::run(
+                &connection,
+                nexmark::NexmarkBench {
+                    bids: events,
+                    partitions,
+                    queries,
+                },
+            )
+            .await
+        }
+        BenchCommand::LoadNexmark {
+            events,
+            partitions,
+            topic_prefix,
+        } => {
+            nexmark::load(
+                &connection,
+                nexmark::LoadNexmark {
+                    events,
+                    partitions,
+                    topic_prefix,
+                },
+            )
+            .await
+        }
     };
     if let Some(broker) = broker {
         broker.shutdown().await?;
@@ -302,6 +357,7 @@ fn expand_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 mod bench;
+mod nexmark;
 
 #[cfg(feature = "embedded-broker")]
 mod embedded {
