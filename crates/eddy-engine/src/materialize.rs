@@ -50,16 +50,8 @@ impl Engine {
             .state
             .store(&query.id)
             .map_err(|e| EngineError::Internal(format!("state store of {}: {e}", query.id)))?;
-        let changelog_logical = config.query_topic(&query.id, "changelog");
-        let changelog = config.physical_topic(&changelog_logical);
-        connection
-            .create_topic(
-                &changelog,
-                source_partitions,
-                config.default_replicas,
-                &[("cleanup.policy", "compact")],
-            )
-            .await?;
+        let changelog = config.physical_topic(&config.query_topic(&query.id, "changelog"));
+        self.create_changelog(&changelog, source_partitions).await?;
         let state = StateSpec {
             store: store.clone(),
             changelog_topic: Some(changelog),
@@ -130,14 +122,7 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(format!("state store of {}: {e}", query.id)))?;
             let changelog =
                 config.physical_topic(&config.query_topic(&query.id, "upsert-changelog"));
-            connection
-                .create_topic(
-                    &changelog,
-                    source_partitions,
-                    config.default_replicas,
-                    &[("cleanup.policy", "compact")],
-                )
-                .await?;
+            self.create_changelog(&changelog, source_partitions).await?;
             Some(UpsertSpec::new(store, Some(changelog), aggregation, true)?)
         } else {
             None
@@ -194,6 +179,21 @@ impl Engine {
             "aggregation started with a repartition topic"
         );
         Ok(handle)
+    }
+
+    /// Creates the compacted changelog topic `topic` (physical name) of a query's state.
+    async fn create_changelog(&self, topic: &str, partitions: i32) -> Result<(), EngineError> {
+        let config = &self.inner.config;
+        self.inner
+            .connection
+            .create_topic(
+                topic,
+                partitions,
+                config.default_replicas,
+                &[("cleanup.policy", "compact")],
+            )
+            .await?;
+        Ok(())
     }
 
     fn register_view(

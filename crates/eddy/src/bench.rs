@@ -28,20 +28,11 @@ pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> 
     if bench.keys == 0 || bench.events == 0 {
         bail!("--events and --keys must be positive");
     }
-    let id = uuid_like();
-    let state_dir = tempfile::Builder::new()
-        .prefix("eddy-bench-")
-        .tempdir()
-        .context("cannot create a temporary state directory")?;
-    let config = EngineConfig {
-        service_id: format!("bench-{id}"),
-        topic_prefix: format!("bench-{id}-"),
-        state_dir: state_dir.path().to_path_buf(),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(config.clone(), connection.clone())
-        .await
-        .context("cannot start the engine")?;
+    let BenchEngine {
+        engine,
+        config,
+        _state_dir,
+    } = BenchEngine::start(connection).await?;
     let mut session = Session::new();
     execute(
         &engine,
@@ -157,7 +148,43 @@ pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> 
     Ok(())
 }
 
-async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<StatementResult> {
+/// An engine of its own for one bench run: a fresh service id and topic prefix, so runs never see
+/// each other's topics, and a temporary state directory that goes with it.
+pub(crate) struct BenchEngine {
+    pub engine: Engine,
+    pub config: EngineConfig,
+    pub _state_dir: tempfile::TempDir,
+}
+
+impl BenchEngine {
+    pub(crate) async fn start(connection: &KafkaConnection) -> Result<Self> {
+        let id = uuid_like();
+        let state_dir = tempfile::Builder::new()
+            .prefix("eddy-bench-")
+            .tempdir()
+            .context("cannot create a temporary state directory")?;
+        let config = EngineConfig {
+            service_id: format!("bench-{id}"),
+            topic_prefix: format!("bench-{id}-"),
+            state_dir: state_dir.path().to_path_buf(),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(config.clone(), connection.clone())
+            .await
+            .context("cannot start the engine")?;
+        Ok(Self {
+            engine,
+            config,
+            _state_dir: state_dir,
+        })
+    }
+}
+
+pub(crate) async fn execute(
+    engine: &Engine,
+    session: &mut Session,
+    sql: &str,
+) -> Result<StatementResult> {
     let mut results = engine
         .execute(session, sql)
         .await

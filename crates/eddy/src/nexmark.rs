@@ -26,6 +26,8 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use eddy_common::config::EngineConfig;
 use eddy_engine::{Engine, RawBatch, Session};
+
+use crate::bench::BenchEngine;
 use eddy_runtime::KafkaConnection;
 use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
@@ -241,20 +243,11 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         .context("cannot encode a bid")?;
     let input_bytes: usize = payloads.iter().map(Vec::len).sum();
 
-    let id = format!("{:x}", std::process::id() as u64 ^ now_nanos());
-    let state_dir = tempfile::Builder::new()
-        .prefix("eddy-bench-")
-        .tempdir()
-        .context("cannot create a temporary state directory")?;
-    let config = EngineConfig {
-        service_id: format!("bench-{id}"),
-        topic_prefix: format!("bench-{id}-"),
-        state_dir: state_dir.path().to_path_buf(),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(config.clone(), connection.clone())
-        .await
-        .context("cannot start the engine")?;
+    let BenchEngine {
+        engine,
+        config,
+        _state_dir,
+    } = BenchEngine::start(connection).await?;
     let mut session = Session::new();
     execute(
         &engine,
@@ -393,11 +386,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
 }
 
 async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<()> {
-    engine
-        .execute(session, sql)
-        .await
-        .with_context(|| format!("statement failed: {sql}"))?;
-    Ok(())
+    crate::bench::execute(engine, session, sql).await.map(drop)
 }
 
 /// The bids as one Arrow batch with the stream's columns.
@@ -541,11 +530,4 @@ fn peak_rss_kb() -> Option<u64> {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
-}
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
