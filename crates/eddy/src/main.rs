@@ -113,6 +113,12 @@ enum BenchCommand {
         /// Queries to run, comma-separated (default: every query Eddy supports).
         #[arg(long, value_delimiter = ',')]
         queries: Vec<String>,
+        /// Bids per second sent while q0's end-to-end latency is measured.
+        #[arg(long, default_value_t = 2_000)]
+        latency_rate: u32,
+        /// How long the latency run sends bids.
+        #[arg(long, default_value_t = 10)]
+        latency_seconds: u32,
     },
     /// Fill Kafka topics with Nexmark events as JSON (for Eddy and for peers to read).
     LoadNexmark {
@@ -299,6 +305,8 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
             events,
             partitions,
             queries,
+            latency_rate,
+            latency_seconds,
         } => {
             nexmark::run(
                 &connection,
@@ -306,6 +314,8 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
                     bids: events,
                     partitions,
                     queries,
+                    latency_rate,
+                    latency_seconds,
                 },
             )
             .await

@@ -11,7 +11,9 @@
 //! - **end to end**: `CREATE STREAM ... AS SELECT` from the Kafka topic to a Kafka topic, timed
 //!   until the output topic holds every output row; with the CPU time the process spent;
 //! - **raw consume**: librdkafka reading the input topic and doing nothing else — the ceiling of
-//!   any consumer on this broker.
+//!   any consumer on this broker;
+//! - **latency**: q0 running while bids arrive at a steady rate, each stamped with the wall-clock
+//!   time it was sent (`date_time`); a consumer of the output takes the difference on arrival.
 //!
 //! Output row counts of the engine and of DataFusion must agree, so every run also checks results.
 
@@ -79,6 +81,10 @@ pub struct NexmarkBench {
     pub bids: usize,
     pub partitions: i32,
     pub queries: Vec<String>,
+    /// Bids per second sent during the latency run.
+    pub latency_rate: u32,
+    /// How long the latency run sends.
+    pub latency_seconds: u32,
 }
 
 /// Generates `events` Nexmark events (persons, auctions and bids in Nexmark's proportions) and
@@ -338,6 +344,17 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             end_to_end_cpu_seconds,
         });
     }
+    let latency = measure_latency(
+        &engine,
+        &mut session,
+        connection,
+        &config,
+        bench.partitions,
+        bench.latency_rate,
+        bench.latency_seconds,
+    )
+    .await
+    .context("latency run")?;
     engine.shutdown().await;
 
     let events = bids.len() as f64;
@@ -379,6 +396,15 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     }
     println!("{table}");
     println!(
+        "latency of q0 end to end at {} bids/s for {} s ({} bids): p50 {} ms, p99 {} ms, max {} ms",
+        bench.latency_rate,
+        bench.latency_seconds,
+        latency.samples,
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.max_ms
+    );
+    println!(
         "peak RSS of this process (engine, and the embedded broker when no Kafka was given): {} MB",
         peak_rss_kb().map_or("?".to_owned(), |kb| (kb / 1024).to_string())
     );
@@ -387,6 +413,131 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
 
 async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<()> {
     crate::bench::execute(engine, session, sql).await.map(drop)
+}
+
+/// End-to-end latencies of one run, in milliseconds.
+struct Latency {
+    samples: usize,
+    p50_ms: i64,
+    p99_ms: i64,
+    max_ms: i64,
+}
+
+/// Runs q0 over a new bid stream while bids arrive at `rate` per second for `seconds`, each with
+/// `date_time` = the wall-clock time it was sent; the latency of an output row is its arrival time
+/// at a consumer of the output topic minus that `date_time`.
+async fn measure_latency(
+    engine: &Engine,
+    session: &mut Session,
+    connection: &KafkaConnection,
+    config: &EngineConfig,
+    partitions: i32,
+    rate: u32,
+    seconds: u32,
+) -> Result<Latency> {
+    if rate == 0 || seconds == 0 {
+        bail!("--latency-rate and --latency-seconds must be positive");
+    }
+    execute(
+        engine,
+        session,
+        &bid_stream("nexmark_bid_live", partitions).replacen("STREAM bid ", "STREAM bid_live ", 1),
+    )
+    .await?;
+    execute(
+        engine,
+        session,
+        "CREATE STREAM q0_live AS SELECT auction, bidder, price, date_time, extra FROM bid_live;",
+    )
+    .await?;
+    let input = config.physical_topic("nexmark_bid_live");
+    let output = config.physical_topic("Q0_LIVE");
+    // The query starts from the end of its (empty) input: wait until its consumer has joined,
+    // or the first bids would be missed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let consumer: BaseConsumer = connection
+        .client_config()
+        .set("group.id", format!("{output}-latency"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .context("cannot create the latency consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(&output, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let expected = rate as usize * seconds as usize;
+    let collector = tokio::task::spawn_blocking(move || -> Result<Vec<i64>> {
+        let mut latencies = Vec::with_capacity(expected);
+        let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 120);
+        while latencies.len() < expected && Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let message = message.context("latency consume")?;
+            let arrived = wall_clock_ms();
+            let sent = message
+                .payload()
+                .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok())
+                .and_then(|row| row.get("DATE_TIME").and_then(serde_json::Value::as_i64));
+            if let Some(sent) = sent {
+                latencies.push(arrived - sent);
+            }
+        }
+        Ok(latencies)
+    });
+
+    let template: Vec<Bid> = EventGenerator::new(NexmarkConfig::default())
+        .with_type_filter(EventType::Bid)
+        .take(1000)
+        .filter_map(|event| match event {
+            Event::Bid(bid) => Some(bid),
+            _ => None,
+        })
+        .collect();
+    let producer = connection.producer()?;
+    let mut sender = Sender::new(&producer);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = tokio::time::Instant::now();
+    for i in 0..expected {
+        tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+        let mut bid = template[i % template.len()].clone();
+        bid.date_time = wall_clock_ms() as u64;
+        let value = serde_json::to_vec(&bid).context("cannot encode a bid")?;
+        sender
+            .send(
+                &input,
+                &bid.auction.to_string(),
+                &value,
+                bid.date_time as i64,
+            )
+            .await?;
+    }
+    sender.finish().await?;
+    let mut latencies = collector.await.context("latency consumer")??;
+    if latencies.len() < expected {
+        bail!(
+            "q0 delivered {} of {expected} bids within 120 s after the last was sent",
+            latencies.len()
+        );
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok(Latency {
+        samples: latencies.len(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    })
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The bids as one Arrow batch with the stream's columns.

@@ -9,7 +9,16 @@ use std::process::Command;
 fn a_small_nexmark_run_agrees_with_datafusion_on_every_query() {
     let data = tempfile::tempdir().expect("temporary directory");
     let output = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["bench", "nexmark", "--events", "5000"])
+        .args([
+            "bench",
+            "nexmark",
+            "--events",
+            "5000",
+            "--latency-rate",
+            "500",
+            "--latency-seconds",
+            "2",
+        ])
         .env("HOME", data.path())
         .env("NO_COLOR", "1")
         .current_dir(data.path())
@@ -34,4 +43,9 @@ fn a_small_nexmark_run_agrees_with_datafusion_on_every_query() {
             _ => assert_eq!(rows, 5000, "{query}"),
         }
     }
+    // Every bid of the latency run came out (the bench fails otherwise) and was timed.
+    assert!(
+        stdout.contains("(1000 bids): p50 "),
+        "no latency line:\n{stdout}"
+    );
 }
