@@ -314,6 +314,7 @@ mod tests {
             timestamp_format: None,
             partitions: 1,
             written_by: None,
+            generator: None,
             sql: String::new(),
         }
     }

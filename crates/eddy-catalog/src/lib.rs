@@ -13,5 +13,6 @@ mod source;
 
 pub use catalog::{Catalog, CatalogError, Command, QueryInfo, QueryKind};
 pub use source::{
-    Column, ColumnRole, PSEUDO_COLUMNS, ROWOFFSET, ROWPARTITION, ROWTIME, Source, SourceKind,
+    Column, ColumnRole, Generator, PSEUDO_COLUMNS, ROWOFFSET, ROWPARTITION, ROWTIME, Source,
+    SourceKind,
 };

@@ -93,6 +93,23 @@ pub struct Source {
     pub written_by: Option<String>,
     /// The statement that created the source.
     pub sql: String,
+    /// A stream whose records a built-in connector generates instead of a Kafka topic
+    /// (`CONNECTOR='nexmark'`); it has no topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Generator>,
+}
+
+/// A built-in source of generated records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generator {
+    /// The connector: `nexmark`.
+    pub connector: String,
+    /// Which events: `bid`, `auction` or `person`.
+    pub event_type: String,
+    /// Events generated per second; `None` generates as fast as the query takes them.
+    pub events_per_second: Option<u64>,
+    /// Events generated in all; `None` generates without end.
+    pub max_events: Option<u64>,
 }
 
 impl Source {

@@ -32,7 +32,15 @@ const SOURCE_PROPERTIES: &[&str] = &[
     "KEY_DELIMITER",
     "WRAP_SINGLE_VALUE",
     "RETENTION_MS",
+    "CONNECTOR",
+    "EVENT_TYPE",
+    "EVENTS_PER_SECOND",
+    "MAX_EVENTS",
 ];
+
+/// Properties of a generated stream (`CONNECTOR=...`); the others describe a topic.
+const GENERATOR_PROPERTIES: &[&str] =
+    &["CONNECTOR", "EVENT_TYPE", "EVENTS_PER_SECOND", "MAX_EVENTS"];
 
 impl Properties {
     pub(crate) fn new(
@@ -156,6 +164,19 @@ impl Engine {
                 .into());
             }
         }
+        if properties.get("CONNECTOR").is_some() {
+            return self
+                .create_generated_source(kind, name, columns, properties, or_replace, sql)
+                .await;
+        }
+        for property in GENERATOR_PROPERTIES {
+            if properties.get(property).is_some() {
+                return Err(EngineError::invalid_with_hint(
+                    format!("property \"{property}\" belongs to generated streams"),
+                    "add CONNECTOR='nexmark' to generate the stream's records",
+                ));
+            }
+        }
         let columns = check_columns(kind, &name, columns)?;
         let topic = properties
             .get("KAFKA_TOPIC")
@@ -195,6 +216,7 @@ impl Engine {
             timestamp_format: properties.get("TIMESTAMP_FORMAT").map(str::to_owned),
             partitions: 0,
             written_by: None,
+            generator: None,
             sql: sql.to_owned(),
         };
         if let Some(column) = &source.timestamp_column
@@ -248,6 +270,101 @@ impl Engine {
             .await?;
         Ok(StatementResult::Success {
             message: format!("{} \"{name}\" created", kind.noun()),
+            query_id: None,
+        })
+    }
+
+    /// `CREATE STREAM name WITH (CONNECTOR='nexmark', EVENT_TYPE='bid' [, EVENTS_PER_SECOND=n]
+    /// [, MAX_EVENTS=n])`: a stream whose records a built-in connector generates.
+    async fn create_generated_source(
+        &self,
+        kind: SourceKind,
+        name: String,
+        columns: Vec<DeclaredColumn>,
+        properties: Properties,
+        or_replace: bool,
+        sql: &str,
+    ) -> Result<StatementResult, EngineError> {
+        if kind == SourceKind::Table {
+            return Err(EngineError::invalid_with_hint(
+                format!("table \"{name}\" cannot have a CONNECTOR"),
+                "generated records are events: use CREATE STREAM",
+            ));
+        }
+        if !columns.is_empty() {
+            return Err(EngineError::invalid_with_hint(
+                format!("generated stream \"{name}\" has the columns of its events"),
+                "remove the column list; DESCRIBE shows the columns",
+            ));
+        }
+        for property in [
+            "KAFKA_TOPIC",
+            "PARTITIONS",
+            "REPLICAS",
+            "KEY_FORMAT",
+            "VALUE_FORMAT",
+            "FORMAT",
+            "TIMESTAMP",
+        ] {
+            if properties.get(property).is_some() {
+                return Err(EngineError::invalid(format!(
+                    "property \"{property}\" does not apply to a generated stream: it has no topic"
+                )));
+            }
+        }
+        let positive = |property: &str| -> Result<Option<u64>, EngineError> {
+            match properties.get(property) {
+                None => Ok(None),
+                Some(text) => match text.trim().parse::<u64>() {
+                    Ok(value) if value > 0 => Ok(Some(value)),
+                    _ => Err(EngineError::invalid(format!(
+                        "property \"{property}\" must be a positive whole number, not '{text}'"
+                    ))),
+                },
+            }
+        };
+        let generator = eddy_catalog::Generator {
+            connector: properties
+                .get("CONNECTOR")
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            event_type: properties
+                .get("EVENT_TYPE")
+                .ok_or_else(|| {
+                    EngineError::invalid_with_hint(
+                        format!("missing property EVENT_TYPE for generated stream \"{name}\""),
+                        format!(
+                            "EVENT_TYPE is one of {}",
+                            eddy_runtime::NEXMARK_EVENT_TYPES.join(", ")
+                        ),
+                    )
+                })?
+                .to_ascii_lowercase(),
+            events_per_second: positive("EVENTS_PER_SECOND")?,
+            max_events: positive("MAX_EVENTS")?,
+        };
+        let columns = eddy_runtime::generator_columns(&generator)
+            .map_err(|e| EngineError::invalid(e.to_string()))?;
+        let source = Source {
+            name: name.clone(),
+            kind,
+            columns,
+            topic: String::new(),
+            key_format: "NONE".into(),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: 1,
+            written_by: None,
+            sql: sql.to_owned(),
+            generator: Some(generator),
+        };
+        self.submit(Command::CreateSource { source, or_replace })
+            .await?;
+        Ok(StatementResult::Success {
+            message: format!("stream \"{name}\" created"),
             query_id: None,
         })
     }
@@ -354,6 +471,7 @@ impl Engine {
                 .int("PARTITIONS")?
                 .unwrap_or(plan.source.partitions.max(1)),
             written_by: Some(query_id.clone()),
+            generator: None,
             sql: sql.to_owned(),
         };
         check_formats(&sink)?;
@@ -405,6 +523,7 @@ impl Engine {
         select.reject_final()?;
         let catalog = self.catalog();
         let sink = catalog.require_source(target)?.clone();
+        refuse_generated_target(&sink)?;
         if sink.kind != SourceKind::Stream {
             return Err(EngineError::invalid(format!(
                 "INSERT INTO requires a stream; \"{target}\" is a table"
@@ -515,6 +634,7 @@ impl Engine {
             name: name.to_owned(),
         })
         .await?;
+        let delete_topic = delete_topic && source.generator.is_none();
         if delete_topic {
             self.inner
                 .connection
@@ -661,4 +781,15 @@ pub(crate) fn sink_columns(
         ));
     }
     Ok(columns)
+}
+
+/// Rows cannot be written into a generated stream: it has no topic.
+pub(crate) fn refuse_generated_target(source: &Source) -> Result<(), EngineError> {
+    match &source.generator {
+        Some(generator) => Err(EngineError::invalid(format!(
+            "stream \"{}\" is generated by the {} connector: it has no topic to write into",
+            source.name, generator.connector
+        ))),
+        None => Ok(()),
+    }
 }

@@ -296,6 +296,7 @@ impl Engine {
             timestamp_format: None,
             partitions: 1,
             written_by: None,
+            generator: None,
             sql: String::new(),
         };
         self.submit(Command::CreateSource {
@@ -362,6 +363,7 @@ impl Engine {
         sink: &Source,
         offset_reset: OffsetReset,
     ) -> Result<QueryHandle, EngineError> {
+        let generator = plan.source.generator.clone();
         let spec = QuerySpec {
             query_id: query.id.clone(),
             group_id: self.inner.config.query_group_id(&query.id),
@@ -379,6 +381,7 @@ impl Engine {
             state: None,
             single_task: false,
             upsert: None,
+            generator,
             offset_reset,
             config: self.inner.config.clone(),
             connection: self.inner.connection.clone(),

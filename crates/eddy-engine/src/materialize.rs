@@ -31,13 +31,17 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| EngineError::Internal("not an aggregation".into()))?;
         let source_topic = self.physical_topic(&plan.source);
-        let source_partitions = connection
-            .topic(&source_topic)
-            .await?
-            .map(|t| t.partitions)
-            .ok_or_else(|| eddy_runtime::KafkaError::UnknownTopic {
-                topic: plan.source.topic.clone(),
-            })?;
+        // A generated source is one partition.
+        let source_partitions = match &plan.source.generator {
+            Some(_) => 1,
+            None => connection
+                .topic(&source_topic)
+                .await?
+                .map(|t| t.partitions)
+                .ok_or_else(|| eddy_runtime::KafkaError::UnknownTopic {
+                    topic: plan.source.topic.clone(),
+                })?,
+        };
         let sink_spec = |plan: &StreamingPlan| -> Result<SinkSpec, EngineError> {
             Ok(SinkSpec::Kafka {
                 topic: self.physical_topic(sink),
@@ -74,6 +78,7 @@ impl Engine {
                 state: Some(state.clone()),
                 single_task: false,
                 upsert: None,
+                generator: view_plan.source.generator.clone(),
                 sink: sink_spec,
                 offset_reset,
                 config: config.clone(),
@@ -101,6 +106,7 @@ impl Engine {
             timestamp_format: None,
             partitions: source_partitions,
             written_by: Some(query.id.clone()),
+            generator: None,
             sql: String::new(),
         };
         let repartition_topic = config.physical_topic(&repartition_logical);
@@ -146,6 +152,7 @@ impl Engine {
             state: None,
             single_task: false,
             upsert,
+            generator: plan.source.generator.clone(),
             offset_reset,
             config: config.clone(),
             connection: connection.clone(),
@@ -164,6 +171,7 @@ impl Engine {
             state: Some(state.clone()),
             single_task: false,
             upsert: None,
+            generator: None,
             sink: sink_spec(&reader)?,
             // Everything written to the internal topic belongs to this query.
             offset_reset: OffsetReset::Earliest,

@@ -60,6 +60,7 @@ impl Engine {
             timestamp_format: None,
             partitions: 1,
             written_by: None,
+            generator: None,
             sql: String::new(),
         };
         let decoder = RecordDecoder::new(&source_layout(&plan.source)?)

@@ -191,6 +191,10 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + timeout;
         let connection = &self.inner.connection;
         for (stage, progress) in chain.into_iter().enumerate() {
+            // A generated source has no topic and nothing "written before": nothing to wait for.
+            if progress.topic.is_empty() {
+                continue;
+            }
             let mut watermarks = connection.watermarks(&progress.topic).await?;
             if let (0, Some((topic, partition, offset))) = (stage, &target) {
                 if *topic != progress.topic {

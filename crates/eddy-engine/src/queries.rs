@@ -99,6 +99,7 @@ impl Engine {
             sink: SinkSpec::Channel { sender },
             single_task: state.is_some(),
             upsert,
+            generator: plan.source.generator.clone(),
             state,
             plan: Arc::new(plan),
             offset_reset: session.offset_reset(),
@@ -126,6 +127,7 @@ impl Engine {
         values: &[ast::Expr],
     ) -> Result<StatementResult, EngineError> {
         let source = self.catalog().require_source(target)?.clone();
+        crate::ddl::refuse_generated_target(&source)?;
         let names: Vec<String> = if columns.is_empty() {
             source
                 .key_columns()

@@ -15,6 +15,7 @@
 //! Every task belongs to the query's [`QueryHandle`]: stopping or dropping the handle frees them all.
 
 mod aggregate;
+mod generator;
 mod kafka;
 mod print;
 mod processing_log;
@@ -22,6 +23,7 @@ mod query;
 mod upsert;
 
 pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
+pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, generator_columns};
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};

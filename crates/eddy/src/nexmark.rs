@@ -8,6 +8,9 @@
 //!   bound on what the SQL itself costs;
 //! - **engine only**: Eddy's per-batch work (JSON decode → stages → JSON encode) in memory, one
 //!   thread, no broker;
+//! - **generator → engine**: the query as a push query over a generated stream
+//!   (`CONNECTOR='nexmark'`): generating and JSON-encoding the events, the partition task's
+//!   decode and stages, rows handed to the client; the runtime without Kafka;
 //! - **end to end**: `CREATE STREAM ... AS SELECT` from the Kafka topic to a Kafka topic, timed
 //!   until the output topic holds every output row; with the CPU time the process spent;
 //! - **raw consume**: librdkafka reading the input topic and doing nothing else — the ceiling of
@@ -204,6 +207,7 @@ struct QueryResult {
     output_rows: usize,
     datafusion_seconds: f64,
     engine_seconds: f64,
+    generated_seconds: f64,
     end_to_end_seconds: f64,
     end_to_end_cpu_seconds: f64,
 }
@@ -262,6 +266,15 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     )
     .await?;
     execute(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await?;
+    execute(
+        &engine,
+        &mut session,
+        &format!(
+            "CREATE STREAM bid_generated WITH (CONNECTOR='nexmark', EVENT_TYPE='bid', MAX_EVENTS={});",
+            bench.bids
+        ),
+    )
+    .await?;
     let bid_topic = config.physical_topic("nexmark_bid");
 
     let producer = connection.producer()?;
@@ -316,6 +329,17 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             bail!("{name}: the engine produced {produced} rows, DataFusion {expected}");
         }
 
+        // The runtime without Kafka: a push query over a generated stream of the same bids.
+        let generated_sql = sql.replacen("FROM bid", "FROM bid_generated", 1);
+        let started = Instant::now();
+        let generated_rows = push_rows(&engine, &mut session, &generated_sql).await?;
+        let generated_seconds = started.elapsed().as_secs_f64();
+        if generated_rows != expected {
+            bail!(
+                "{name}: over the generator the engine produced {generated_rows} rows, DataFusion {expected}"
+            );
+        }
+
         // End to end, Kafka to Kafka.
         let cpu_before = process_cpu_seconds();
         let started = Instant::now();
@@ -340,6 +364,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             output_rows: expected,
             datafusion_seconds,
             engine_seconds,
+            generated_seconds,
             end_to_end_seconds,
             end_to_end_cpu_seconds,
         });
@@ -373,6 +398,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         "output rows",
         "DataFusion batch (events/s)",
         "engine only, 1 thread (events/s)",
+        "generator → engine (events/s)",
         "end to end (events/s)",
         "end to end (events per CPU-second)",
         "end to end / raw consume",
@@ -383,6 +409,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             result.output_rows.to_string(),
             format!("{:.0}", events / result.datafusion_seconds),
             format!("{:.0}", events / result.engine_seconds),
+            format!("{:.0}", events / result.generated_seconds),
             format!("{:.0}", events / result.end_to_end_seconds),
             format!(
                 "{:.0}",
@@ -413,6 +440,23 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
 
 async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<()> {
     crate::bench::execute(engine, session, sql).await.map(drop)
+}
+
+/// Runs `select` as a push query to its end (a generated stream with MAX_EVENTS ends); returns the
+/// rows it produced.
+async fn push_rows(engine: &Engine, session: &mut Session, select: &str) -> Result<usize> {
+    let mut results = engine
+        .execute(session, &format!("{select} EMIT CHANGES;"))
+        .await
+        .with_context(|| format!("statement failed: {select}"))?;
+    let Some(eddy_engine::StatementResult::Push(mut push)) = results.pop() else {
+        bail!("not a push query: {select}");
+    };
+    let mut rows = 0;
+    while let Some(batch) = push.next_batch().await {
+        rows += batch.num_rows();
+    }
+    Ok(rows)
 }
 
 /// End-to-end latencies of one run, in milliseconds.

@@ -38,6 +38,7 @@ fn orders() -> Source {
         timestamp_format: None,
         partitions: 1,
         written_by: None,
+        generator: None,
         sql: String::new(),
     }
 }

@@ -1,0 +1,252 @@
+//! Generated sources: records made by a built-in connector instead of read from Kafka.
+//!
+//! `CREATE STREAM bids WITH (CONNECTOR='nexmark', EVENT_TYPE='bid')` is a stream whose records
+//! the `nexmark` crate's generator makes: the same events, in the same order, every time. The
+//! generator encodes each event as the JSON record a Kafka topic would hold and hands batches to
+//! the same partition task a Kafka source feeds, so a query over a generator runs exactly the code
+//! it would run over Kafka, without the broker: `eddy bench nexmark` uses it to measure the engine
+//! alone. A query over a generator has one partition (0); offsets count events from 0, and the
+//! record timestamp is the event's `date_time`. A restarted query starts again from event 0.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use eddy_catalog::{Column, ColumnRole, Generator};
+use eddy_common::types::SqlType;
+use eddy_format::RawBatch;
+use nexmark::EventGenerator;
+use nexmark::config::NexmarkConfig;
+use nexmark::event::{Event, EventType};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::query::QueryError;
+
+/// Connectors Eddy has built in.
+pub const CONNECTORS: &[&str] = &["nexmark"];
+
+/// Nexmark event types, as `EVENT_TYPE` names them.
+pub const NEXMARK_EVENT_TYPES: &[&str] = &["bid", "auction", "person"];
+
+/// The columns of a generated stream: what each record's JSON value holds.
+pub fn generator_columns(generator: &Generator) -> Result<Vec<Column>, QueryError> {
+    use SqlType::{BigInt, String as Text};
+    let columns: &[(&str, SqlType)] = match event_type(generator)? {
+        EventType::Bid => &[
+            ("AUCTION", BigInt),
+            ("BIDDER", BigInt),
+            ("PRICE", BigInt),
+            ("CHANNEL", Text),
+            ("URL", Text),
+            ("DATE_TIME", BigInt),
+            ("EXTRA", Text),
+        ],
+        EventType::Auction => &[
+            ("ID", BigInt),
+            ("ITEM_NAME", Text),
+            ("DESCRIPTION", Text),
+            ("INITIAL_BID", BigInt),
+            ("RESERVE", BigInt),
+            ("DATE_TIME", BigInt),
+            ("EXPIRES", BigInt),
+            ("SELLER", BigInt),
+            ("CATEGORY", BigInt),
+            ("EXTRA", Text),
+        ],
+        EventType::Person => &[
+            ("ID", BigInt),
+            ("NAME", Text),
+            ("EMAIL_ADDRESS", Text),
+            ("CREDIT_CARD", Text),
+            ("CITY", Text),
+            ("STATE", Text),
+            ("DATE_TIME", BigInt),
+            ("EXTRA", Text),
+        ],
+    };
+    Ok(columns
+        .iter()
+        .map(|(name, sql_type)| Column {
+            name: (*name).to_owned(),
+            sql_type: sql_type.clone(),
+            role: ColumnRole::Value,
+        })
+        .collect())
+}
+
+fn event_type(generator: &Generator) -> Result<EventType, QueryError> {
+    if !generator.connector.eq_ignore_ascii_case("nexmark") {
+        return Err(QueryError::Plan(format!(
+            "unknown connector \"{}\"; Eddy has {}",
+            generator.connector,
+            CONNECTORS.join(", ")
+        )));
+    }
+    match generator.event_type.to_ascii_lowercase().as_str() {
+        "bid" => Ok(EventType::Bid),
+        "auction" => Ok(EventType::Auction),
+        "person" => Ok(EventType::Person),
+        other => Err(QueryError::Plan(format!(
+            "unknown nexmark EVENT_TYPE \"{other}\"; it is one of {}",
+            NEXMARK_EVENT_TYPES.join(", ")
+        ))),
+    }
+}
+
+/// Generates the records of `generator` in batches of at most `batch_records`, at its rate, and
+/// sends them to a partition task until `max_events` are sent, the task goes away, or the query
+/// is cancelled. Returns the number of events sent.
+pub(crate) async fn run_generator(
+    generator: Generator,
+    batch_records: usize,
+    sender: mpsc::Sender<RawBatch>,
+    generated: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<u64, QueryError> {
+    let event_type = event_type(&generator)?;
+    let mut events = EventGenerator::new(NexmarkConfig::default()).with_type_filter(event_type);
+    let max_events = generator.max_events.unwrap_or(u64::MAX);
+    let batch_records = batch_records.max(1) as u64;
+    let started = Instant::now();
+    let mut next: u64 = 0;
+    let mut value = Vec::with_capacity(512);
+    let mut key = Vec::with_capacity(32);
+    while next < max_events {
+        let mut count = batch_records.min(max_events - next);
+        if let Some(rate) = generator.events_per_second.filter(|r| *r > 0) {
+            // Send what is due now (at least one event), then wait for the next one's time.
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            if due <= next {
+                let at = started + Duration::from_secs_f64((next + 1) as f64 / rate as f64);
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
+            count = count.min(due - next);
+        }
+        let mut raw = RawBatch::with_capacity(count as usize, count as usize * 256);
+        for offset in next..next + count {
+            let Some(event) = events.next() else {
+                break;
+            };
+            value.clear();
+            key.clear();
+            let (id, timestamp) = match &event {
+                Event::Bid(bid) => (bid.auction, bid.date_time),
+                Event::Auction(auction) => (auction.id, auction.date_time),
+                Event::Person(person) => (person.id, person.date_time),
+            };
+            let encoded = match &event {
+                Event::Bid(bid) => serde_json::to_writer(&mut value, bid),
+                Event::Auction(auction) => serde_json::to_writer(&mut value, auction),
+                Event::Person(person) => serde_json::to_writer(&mut value, person),
+            };
+            encoded.map_err(|e| QueryError::Internal(format!("nexmark event encoding: {e}")))?;
+            let _ = write!(key, "{id}");
+            raw.push(Some(&key), Some(&value), timestamp as i64, 0, offset as i64);
+        }
+        next += count;
+        if sender.send(raw).await.is_err() {
+            break; // the partition task ended (its client went away, or it failed)
+        }
+        generated.store(next, Ordering::Relaxed);
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bids(max_events: u64, events_per_second: Option<u64>) -> Generator {
+        Generator {
+            connector: "nexmark".into(),
+            event_type: "bid".into(),
+            events_per_second,
+            max_events: Some(max_events),
+        }
+    }
+
+    async fn collect(generator: Generator, batch: usize) -> Vec<RawBatch> {
+        let (sender, mut receiver) = mpsc::channel(4);
+        let task = tokio::spawn(run_generator(generator, batch, sender, Arc::default()));
+        let mut batches = Vec::new();
+        while let Some(raw) = receiver.recv().await {
+            batches.push(raw);
+        }
+        task.await.unwrap().unwrap();
+        batches
+    }
+
+    #[tokio::test]
+    async fn a_generator_sends_max_events_in_batches_with_offsets_from_zero() {
+        let batches = collect(bids(25, None), 10).await;
+        let sizes: Vec<usize> = batches.iter().map(RawBatch::len).collect();
+        assert_eq!(sizes, vec![10, 10, 5]);
+        let offsets: Vec<i64> = batches.iter().flat_map(|b| b.offsets().to_vec()).collect();
+        assert_eq!(offsets, (0..25).collect::<Vec<i64>>());
+        let value: serde_json::Value =
+            serde_json::from_slice(batches[0].value(0).unwrap()).unwrap();
+        for field in [
+            "auction",
+            "bidder",
+            "price",
+            "channel",
+            "url",
+            "date_time",
+            "extra",
+        ] {
+            assert!(value.get(field).is_some(), "{field} missing in {value}");
+        }
+        assert_eq!(
+            batches[0].key(0).unwrap(),
+            value["auction"].to_string().as_bytes()
+        );
+        assert_eq!(
+            batches[0].timestamps_ms()[0],
+            value["date_time"].as_i64().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_generator_makes_the_same_events() {
+        let first = collect(bids(5, None), 5).await;
+        let second = collect(bids(5, None), 5).await;
+        assert_eq!(first[0].value(4), second[0].value(4));
+    }
+
+    #[tokio::test]
+    async fn a_rate_spreads_events_over_time() {
+        let started = Instant::now();
+        let batches = collect(bids(50, Some(250)), 1000).await;
+        assert_eq!(batches.iter().map(RawBatch::len).sum::<usize>(), 50);
+        // 50 events at 250 per second cannot be sent in less than 0.2 s (the last is due then).
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(195), "{elapsed:?}");
+        assert!(batches.len() > 1, "a rate must not send everything at once");
+    }
+
+    #[test]
+    fn columns_match_the_event_type_and_bad_names_are_refused() {
+        let columns = generator_columns(&bids(1, None)).unwrap();
+        assert_eq!(columns[0].name, "AUCTION");
+        let mut auction = bids(1, None);
+        auction.event_type = "AUCTION".into();
+        assert_eq!(generator_columns(&auction).unwrap().len(), 10);
+        let mut bad = bids(1, None);
+        bad.event_type = "bids".into();
+        assert!(
+            generator_columns(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("bid, auction, person")
+        );
+        bad.connector = "datagen".into();
+        assert!(
+            generator_columns(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown connector")
+        );
+    }
+}
