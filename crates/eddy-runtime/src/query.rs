@@ -541,13 +541,18 @@ async fn run_generated(
         }
     };
     tasks.abort_all();
+    record_outcome(&metrics, &spec.query_id, outcome);
+}
+
+/// Sets a finished query's status and logs how it ended.
+fn record_outcome(metrics: &QueryMetrics, query_id: &str, outcome: Result<(), QueryError>) {
     match outcome {
         Ok(()) => {
             metrics.set_status(QueryStatus::Stopped);
-            info!(query = spec.query_id, "query stopped");
+            info!(query = query_id, "query stopped");
         }
         Err(error) => {
-            warn!(query = spec.query_id, %error, "query failed");
+            warn!(query = query_id, %error, "query failed");
             metrics.set_status(QueryStatus::Error(error.to_string()));
         }
     }
@@ -687,16 +692,7 @@ impl Driver {
                 CommitMode::Sync,
             );
         }
-        match outcome {
-            Ok(()) => {
-                metrics.set_status(QueryStatus::Stopped);
-                info!(query = spec.query_id, "query stopped");
-            }
-            Err(error) => {
-                warn!(query = spec.query_id, %error, "query failed");
-                metrics.set_status(QueryStatus::Error(error.to_string()));
-            }
-        }
+        record_outcome(&metrics, &spec.query_id, outcome);
     }
 }
 
