@@ -275,7 +275,8 @@ impl Engine {
     }
 
     /// `CREATE STREAM name WITH (CONNECTOR='nexmark', EVENT_TYPE='bid' [, EVENTS_PER_SECOND=n]
-    /// [, MAX_EVENTS=n])`: a stream whose records a built-in connector generates.
+    /// [, MAX_EVENTS=n])` or `CREATE STREAM name (columns) WITH (CONNECTOR='datagen', ...)`: a
+    /// stream whose records a built-in connector generates.
     async fn create_generated_source(
         &self,
         kind: SourceKind,
@@ -289,12 +290,6 @@ impl Engine {
             return Err(EngineError::invalid_with_hint(
                 format!("table \"{name}\" cannot have a CONNECTOR"),
                 "generated records are events: use CREATE STREAM",
-            ));
-        }
-        if !columns.is_empty() {
-            return Err(EngineError::invalid_with_hint(
-                format!("generated stream \"{name}\" has the columns of its events"),
-                "remove the column list; DESCRIBE shows the columns",
             ));
         }
         for property in [
@@ -323,34 +318,62 @@ impl Engine {
                 },
             }
         };
-        let generator = eddy_catalog::Generator {
-            connector: properties
-                .get("CONNECTOR")
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
-            event_type: properties
-                .get("EVENT_TYPE")
-                .ok_or_else(|| {
-                    EngineError::invalid_with_hint(
-                        format!("missing property EVENT_TYPE for generated stream \"{name}\""),
-                        format!(
-                            "EVENT_TYPE is one of {}",
-                            eddy_runtime::NEXMARK_EVENT_TYPES.join(", ")
-                        ),
-                    )
-                })?
-                .to_ascii_lowercase(),
+        let connector = properties
+            .get("CONNECTOR")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mut generator = eddy_catalog::Generator {
+            connector: connector.clone(),
+            event_type: String::new(),
             events_per_second: positive("EVENTS_PER_SECOND")?,
             max_events: positive("MAX_EVENTS")?,
         };
-        let columns = eddy_runtime::generator_columns(&generator)
-            .map_err(|e| EngineError::invalid(e.to_string()))?;
+        let columns = match connector.as_str() {
+            "datagen" => {
+                if properties.get("EVENT_TYPE").is_some() {
+                    return Err(EngineError::invalid(
+                        "EVENT_TYPE is for CONNECTOR='nexmark'; datagen fills the declared columns",
+                    ));
+                }
+                let columns = check_columns(kind, &name, columns)?;
+                eddy_runtime::check_datagen_columns(&columns)
+                    .map_err(|e| EngineError::invalid(e.to_string()))?;
+                columns
+            }
+            _ => {
+                if !columns.is_empty() {
+                    return Err(EngineError::invalid_with_hint(
+                        format!("generated stream \"{name}\" has the columns of its events"),
+                        "remove the column list; DESCRIBE shows the columns",
+                    ));
+                }
+                generator.event_type = properties
+                    .get("EVENT_TYPE")
+                    .ok_or_else(|| {
+                        EngineError::invalid_with_hint(
+                            format!("missing property EVENT_TYPE for generated stream \"{name}\""),
+                            format!(
+                                "EVENT_TYPE is one of {}",
+                                eddy_runtime::NEXMARK_EVENT_TYPES.join(", ")
+                            ),
+                        )
+                    })?
+                    .to_ascii_lowercase();
+                eddy_runtime::generator_columns(&generator)
+                    .map_err(|e| EngineError::invalid(e.to_string()))?
+            }
+        };
+        let key_format = if columns.iter().any(Column::is_key) {
+            "KAFKA"
+        } else {
+            "NONE"
+        };
         let source = Source {
             name: name.clone(),
             kind,
             columns,
             topic: String::new(),
-            key_format: "NONE".into(),
+            key_format: key_format.into(),
             value_format: "JSON".into(),
             value_delimiter: None,
             wrap_single_value: None,

@@ -8,6 +8,10 @@
 //! it would run over Kafka, without the broker: `eddy bench nexmark` uses it to measure the engine
 //! alone. A query over a generator has one partition (0); offsets count events from 0, and the
 //! record timestamp is the event's `date_time`. A restarted query starts again from event 0.
+//!
+//! `CONNECTOR='datagen'` fills the columns a stream declares instead, with values derived from
+//! (event number, column) by a hash: varied, and the same on every run; its timestamps are the
+//! wall-clock time of generation.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -26,7 +30,82 @@ use tokio::time::Instant;
 use crate::query::QueryError;
 
 /// Connectors Eddy has built in.
-pub const CONNECTORS: &[&str] = &["nexmark"];
+pub const CONNECTORS: &[&str] = &["nexmark", "datagen"];
+
+/// Column types `datagen` fills.
+const DATAGEN_TYPES: &str = "BOOLEAN, INT, BIGINT, DOUBLE, STRING";
+
+/// Checks that `datagen` can fill `columns`: scalar types, and a key it can write in the KAFKA
+/// format (one column, not BOOLEAN).
+pub fn check_datagen_columns(columns: &[Column]) -> Result<(), QueryError> {
+    if columns.is_empty() {
+        return Err(QueryError::Plan(
+            "a datagen stream needs a column list: datagen fills the columns it is given".into(),
+        ));
+    }
+    for column in columns {
+        if !matches!(
+            column.sql_type,
+            SqlType::Boolean | SqlType::Int | SqlType::BigInt | SqlType::Double | SqlType::String
+        ) {
+            return Err(QueryError::Plan(format!(
+                "datagen cannot fill column {} of type {}: it fills {DATAGEN_TYPES}",
+                column.name, column.sql_type
+            )));
+        }
+    }
+    let keys: Vec<&Column> = columns.iter().filter(|c| c.is_key()).collect();
+    if keys.len() > 1 || keys.iter().any(|c| c.sql_type == SqlType::Boolean) {
+        return Err(QueryError::Plan(
+            "datagen writes at most one KEY column, of type INT, BIGINT, DOUBLE or STRING".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A well-mixed 64-bit hash of (event, column): datagen's values, the same on every run.
+fn mix(event: u64, column: u64) -> u64 {
+    let mut z = event
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(column.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(0x94D0_49BB_1331_11EB);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Writes datagen's value of `column` for `event`: INT/BIGINT in 0..1000, DOUBLE in [0, 1000),
+/// STRING `<column>_<0..100>`, BOOLEAN either.
+fn datagen_json(out: &mut Vec<u8>, column: &Column, index: usize, event: u64) {
+    let h = mix(event, index as u64);
+    match column.sql_type {
+        SqlType::Boolean => out.extend_from_slice(if h & 1 == 1 { b"true" } else { b"false" }),
+        SqlType::Int | SqlType::BigInt => {
+            let _ = write!(out, "{}", h % 1000);
+        }
+        SqlType::Double => {
+            let _ = write!(out, "{}", (h >> 11) as f64 / (1u64 << 53) as f64 * 1000.0);
+        }
+        _ => {
+            let _ = write!(out, "\"{}_{}\"", column.name.to_ascii_lowercase(), h % 100);
+        }
+    }
+}
+
+/// Writes datagen's key for `event` in the KAFKA format.
+fn datagen_key(out: &mut Vec<u8>, column: &Column, index: usize, event: u64) {
+    let h = mix(event, index as u64);
+    match column.sql_type {
+        SqlType::Int => out.extend_from_slice(&((h % 1000) as i32).to_be_bytes()),
+        SqlType::BigInt => out.extend_from_slice(&((h % 1000) as i64).to_be_bytes()),
+        SqlType::Double => {
+            out.extend_from_slice(&((h >> 11) as f64 / (1u64 << 53) as f64 * 1000.0).to_be_bytes())
+        }
+        _ => {
+            let _ = write!(out, "{}_{}", column.name.to_ascii_lowercase(), h % 100);
+        }
+    }
+}
 
 /// Nexmark event types, as `EVENT_TYPE` names them.
 pub const NEXMARK_EVENT_TYPES: &[&str] = &["bid", "auction", "person"];
@@ -78,6 +157,11 @@ pub fn generator_columns(generator: &Generator) -> Result<Vec<Column>, QueryErro
 }
 
 fn event_type(generator: &Generator) -> Result<EventType, QueryError> {
+    if generator.connector.eq_ignore_ascii_case("datagen") {
+        return Err(QueryError::Plan(
+            "datagen streams have the columns they declare, not event types".into(),
+        ));
+    }
     if !generator.connector.eq_ignore_ascii_case("nexmark") {
         return Err(QueryError::Plan(format!(
             "unknown connector \"{}\"; Eddy has {}",
@@ -101,12 +185,20 @@ fn event_type(generator: &Generator) -> Result<EventType, QueryError> {
 /// is cancelled. Returns the number of events sent.
 pub(crate) async fn run_generator(
     generator: Generator,
+    columns: Vec<Column>,
     batch_records: usize,
     sender: mpsc::Sender<RawBatch>,
     generated: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<u64, QueryError> {
-    let event_type = event_type(&generator)?;
-    let mut events = EventGenerator::new(NexmarkConfig::default()).with_type_filter(event_type);
+    let datagen = generator.connector.eq_ignore_ascii_case("datagen");
+    let mut events = if datagen {
+        check_datagen_columns(&columns)?;
+        None
+    } else {
+        Some(
+            EventGenerator::new(NexmarkConfig::default()).with_type_filter(event_type(&generator)?),
+        )
+    };
     let max_events = generator.max_events.unwrap_or(u64::MAX);
     let batch_records = batch_records.max(1) as u64;
     let started = Instant::now();
@@ -127,11 +219,43 @@ pub(crate) async fn run_generator(
         }
         let mut raw = RawBatch::with_capacity(count as usize, count as usize * 256);
         for offset in next..next + count {
+            value.clear();
+            key.clear();
+            let Some(events) = events.as_mut() else {
+                // datagen: a JSON object of the value columns, the key column as the key.
+                value.push(b'{');
+                let mut first = true;
+                let mut has_key = false;
+                for (index, column) in columns.iter().enumerate() {
+                    if column.is_key() {
+                        datagen_key(&mut key, column, index, offset);
+                        has_key = true;
+                        continue;
+                    }
+                    if !first {
+                        value.push(b',');
+                    }
+                    first = false;
+                    let _ = write!(value, "\"{}\":", column.name);
+                    datagen_json(&mut value, column, index, offset);
+                }
+                value.push(b'}');
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                raw.push(
+                    has_key.then_some(&key[..]),
+                    Some(&value),
+                    now_ms,
+                    0,
+                    offset as i64,
+                );
+                continue;
+            };
             let Some(event) = events.next() else {
                 break;
             };
-            value.clear();
-            key.clear();
             let (id, timestamp) = match &event {
                 Event::Bid(bid) => (bid.auction, bid.date_time),
                 Event::Auction(auction) => (auction.id, auction.date_time),
@@ -170,7 +294,13 @@ mod tests {
 
     async fn collect(generator: Generator, batch: usize) -> Vec<RawBatch> {
         let (sender, mut receiver) = mpsc::channel(4);
-        let task = tokio::spawn(run_generator(generator, batch, sender, Arc::default()));
+        let task = tokio::spawn(run_generator(
+            generator,
+            Vec::new(),
+            batch,
+            sender,
+            Arc::default(),
+        ));
         let mut batches = Vec::new();
         while let Some(raw) = receiver.recv().await {
             batches.push(raw);
@@ -236,6 +366,87 @@ mod tests {
         assert!(batches.len() > 1, "a rate must not send everything at once");
     }
 
+    fn column(name: &str, sql_type: SqlType, role: ColumnRole) -> Column {
+        Column {
+            name: name.into(),
+            sql_type,
+            role,
+        }
+    }
+
+    #[tokio::test]
+    async fn datagen_fills_the_declared_columns_the_same_way_every_time() {
+        let columns = vec![
+            column("ID", SqlType::String, ColumnRole::Key),
+            column("N", SqlType::BigInt, ColumnRole::Value),
+            column("X", SqlType::Double, ColumnRole::Value),
+            column("OK", SqlType::Boolean, ColumnRole::Value),
+        ];
+        let generator = Generator {
+            connector: "datagen".into(),
+            event_type: String::new(),
+            events_per_second: None,
+            max_events: Some(3),
+        };
+        let run = || {
+            let (sender, mut receiver) = mpsc::channel(4);
+            let task = tokio::spawn(run_generator(
+                generator.clone(),
+                columns.clone(),
+                10,
+                sender,
+                Arc::default(),
+            ));
+            async move {
+                let mut batches = Vec::new();
+                while let Some(raw) = receiver.recv().await {
+                    batches.push(raw);
+                }
+                task.await.unwrap().unwrap();
+                batches
+            }
+        };
+        let first = run().await;
+        let second = run().await;
+        assert_eq!(first[0].len(), 3);
+        let value: serde_json::Value = serde_json::from_slice(first[0].value(1).unwrap()).unwrap();
+        let n = value["N"].as_i64().unwrap();
+        assert!((0..1000).contains(&n), "{value}");
+        let x = value["X"].as_f64().unwrap();
+        assert!((0.0..1000.0).contains(&x), "{value}");
+        assert!(
+            value["OK"].is_boolean() && value.get("ID").is_none(),
+            "{value}"
+        );
+        assert!(
+            std::str::from_utf8(first[0].key(1).unwrap())
+                .unwrap()
+                .starts_with("id_")
+        );
+        for i in 0..3 {
+            assert_eq!(first[0].value(i), second[0].value(i));
+            assert_eq!(first[0].key(i), second[0].key(i));
+        }
+        assert_ne!(first[0].value(0), first[0].value(1), "events differ");
+    }
+
+    #[test]
+    fn datagen_refuses_what_it_cannot_fill() {
+        assert!(check_datagen_columns(&[]).is_err());
+        let date = column("D", SqlType::Date, ColumnRole::Value);
+        assert!(
+            check_datagen_columns(&[date])
+                .unwrap_err()
+                .to_string()
+                .contains("cannot fill column D")
+        );
+        let keys = [
+            column("A", SqlType::Int, ColumnRole::Key),
+            column("B", SqlType::Int, ColumnRole::Key),
+        ];
+        assert!(check_datagen_columns(&keys).is_err());
+    }
+
     #[test]
     fn columns_match_the_event_type_and_bad_names_are_refused() {
         let columns = generator_columns(&bids(1, None)).unwrap();
@@ -251,7 +462,7 @@ mod tests {
                 .to_string()
                 .contains("bid, auction, person")
         );
-        bad.connector = "datagen".into();
+        bad.connector = "kinesis".into();
         assert!(
             generator_columns(&bad)
                 .unwrap_err()

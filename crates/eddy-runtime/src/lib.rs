@@ -23,7 +23,7 @@ mod query;
 mod upsert;
 
 pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
-pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, generator_columns};
+pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, check_datagen_columns, generator_columns};
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};

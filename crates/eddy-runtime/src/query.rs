@@ -514,6 +514,7 @@ async fn run_generated(
     // The generator owns the only sender: when it is done, the task drains its queue and ends.
     let generation = crate::generator::run_generator(
         generator,
+        spec.plan.source.columns.clone(),
         spec.config.max_batch_records,
         worker.sender,
         Arc::default(),
