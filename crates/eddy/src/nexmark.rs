@@ -15,6 +15,8 @@
 //!   until the output topic holds every output row; with the CPU time the process spent;
 //! - **raw consume**: librdkafka reading the input topic and doing nothing else — the ceiling of
 //!   any consumer on this broker;
+//! - **raw pipe**: librdkafka reading the input topic and producing every record unchanged to
+//!   another topic — the ceiling of a query that writes every row (q0, q1) on this broker;
 //! - **latency**: q0 running while bids arrive at a steady rate, each stamped with the wall-clock
 //!   time it was sent (`date_time`); a consumer of the output takes the difference on arrival.
 //!
@@ -294,6 +296,12 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     let produce_seconds = started.elapsed().as_secs_f64();
 
     let raw_consume_seconds = raw_consume(connection, &bid_topic, bids.len()).await?;
+    let pipe_topic = config.physical_topic("nexmark_raw_pipe");
+    connection
+        .create_topic(&pipe_topic, bench.partitions, 1, &[])
+        .await
+        .context("cannot create the raw pipe's topic")?;
+    let raw_pipe_seconds = raw_pipe(connection, &bid_topic, &pipe_topic, bids.len()).await?;
 
     let arrow_bids = bids_batch(&bids)?;
     let raw_batches = raw_batches(&bids, &payloads);
@@ -385,12 +393,13 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     let events = bids.len() as f64;
     println!(
         "{} bids ({:.1} MB of JSON), {} partitions; produced at {:.0} events/s; \
-         raw librdkafka consume {:.0} events/s",
+         raw librdkafka consume {:.0} events/s; raw pipe (consume + produce) {:.0} events/s",
         bids.len(),
         input_bytes as f64 / 1e6,
         bench.partitions,
         events / produce_seconds,
-        events / raw_consume_seconds
+        events / raw_consume_seconds,
+        events / raw_pipe_seconds
     );
     let mut table = comfy_table::Table::new();
     table.set_header(vec![
@@ -402,6 +411,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         "end to end (events/s)",
         "end to end (events per CPU-second)",
         "end to end / raw consume",
+        "end to end / raw pipe",
     ]);
     for result in &results {
         table.add_row(vec![
@@ -418,6 +428,10 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             format!(
                 "{:.0}%",
                 100.0 * raw_consume_seconds / result.end_to_end_seconds
+            ),
+            format!(
+                "{:.0}%",
+                100.0 * raw_pipe_seconds / result.end_to_end_seconds
             ),
         ]);
     }
@@ -670,6 +684,54 @@ async fn raw_consume(connection: &KafkaConnection, topic: &str, records: usize) 
         }
     }
     std::hint::black_box(bytes);
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Seconds librdkafka takes to copy `records` records of `input` (from the beginning) to `output`,
+/// every delivery acknowledged.
+async fn raw_pipe(
+    connection: &KafkaConnection,
+    input: &str,
+    output: &str,
+    records: usize,
+) -> Result<f64> {
+    let consumer: rdkafka::consumer::StreamConsumer = connection
+        .client_config()
+        .set("group.id", format!("{input}-raw-pipe"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("cannot create the raw pipe's consumer")?;
+    let partitions = connection
+        .topic(input)
+        .await?
+        .context("the bid topic is gone")?
+        .partitions;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(input, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let producer = connection.producer()?;
+    let mut sender = Sender::new(&producer);
+    let started = Instant::now();
+    for _ in 0..records {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("the raw pipe waited 60 s for a record")?
+            .context("raw pipe consume")?;
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let timestamp = message.timestamp().to_millis().unwrap_or(0);
+        sender
+            .send(
+                output,
+                &key,
+                message.payload().unwrap_or_default(),
+                timestamp,
+            )
+            .await?;
+    }
+    sender.finish().await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
