@@ -381,7 +381,17 @@ impl Engine {
             name: source.name.clone(),
             kind: source.kind,
             columns: source.columns.clone(),
-            topic: source.topic.clone(),
+            // A generated stream has no topic: say what makes its records instead.
+            topic: match &source.generator {
+                Some(generator) if generator.event_type.is_empty() => {
+                    format!("none (CONNECTOR='{}')", generator.connector)
+                }
+                Some(generator) => format!(
+                    "none (CONNECTOR='{}', EVENT_TYPE='{}')",
+                    generator.connector, generator.event_type
+                ),
+                None => source.topic.clone(),
+            },
             key_format: source.key_format.clone(),
             value_format: source.value_format.clone(),
             partitions: source.partitions,
