@@ -543,8 +543,13 @@ impl PartitionAggregate {
         })
     }
 
-    /// (origin partition, origin offset) of the rows `valid` marks false; -1 when unknown.
+    /// (origin partition, source offset) of the rows `valid` marks false; -1 when unknown. Over
+    /// a table the origin offsets are doubled (see `upsert`): the source offset is their half.
     fn origins_of(&self, input: &RecordBatch, valid: &BooleanArray) -> Vec<(i32, i64)> {
+        let divisor = match aggregation_of(&self.view.plan) {
+            Ok(aggregation) if aggregation.retractable => 2,
+            _ => 1,
+        };
         let origin = self.view.slots.iter().find_map(|slot| match slot {
             Slot::Origin(partition, offset) => Some((*partition, *offset)),
             _ => None,
@@ -560,7 +565,9 @@ impl PartitionAggregate {
         (0..valid.len())
             .filter(|&row| !valid.value(row))
             .map(|row| match columns {
-                Some((partitions, offsets)) => (partitions.value(row), offsets.value(row)),
+                Some((partitions, offsets)) => {
+                    (partitions.value(row), offsets.value(row) / divisor)
+                }
                 None => (-1, -1),
             })
             .collect()

@@ -14,8 +14,6 @@
 //! wall-clock time of generation.
 
 use std::io::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use eddy_catalog::{Column, ColumnRole, Generator};
@@ -74,36 +72,47 @@ fn mix(event: u64, column: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Writes datagen's value of `column` for `event`: INT/BIGINT in 0..1000, DOUBLE in [0, 1000),
-/// STRING `<column>_<0..100>`, BOOLEAN either.
+/// Datagen's numbers for a hash: INT/BIGINT in 0..1000, DOUBLE in [0, 1000).
+fn datagen_int(h: u64) -> i64 {
+    (h % 1000) as i64
+}
+
+fn datagen_double(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64 * 1000.0
+}
+
+/// Writes datagen's text of `column` for hash `h`: `<column>_<0..100>`.
+fn datagen_text(out: &mut Vec<u8>, column: &Column, h: u64) {
+    let _ = write!(out, "{}_{}", column.name.to_ascii_lowercase(), h % 100);
+}
+
+/// Writes datagen's JSON value of `column` for `event`.
 fn datagen_json(out: &mut Vec<u8>, column: &Column, index: usize, event: u64) {
     let h = mix(event, index as u64);
     match column.sql_type {
         SqlType::Boolean => out.extend_from_slice(if h & 1 == 1 { b"true" } else { b"false" }),
         SqlType::Int | SqlType::BigInt => {
-            let _ = write!(out, "{}", h % 1000);
+            let _ = write!(out, "{}", datagen_int(h));
         }
         SqlType::Double => {
-            let _ = write!(out, "{}", (h >> 11) as f64 / (1u64 << 53) as f64 * 1000.0);
+            let _ = write!(out, "{}", datagen_double(h));
         }
         _ => {
-            let _ = write!(out, "\"{}_{}\"", column.name.to_ascii_lowercase(), h % 100);
+            out.push(b'"');
+            datagen_text(out, column, h);
+            out.push(b'"');
         }
     }
 }
 
-/// Writes datagen's key for `event` in the KAFKA format.
+/// Writes datagen's key for `event` in the KAFKA format: the same values as in a value.
 fn datagen_key(out: &mut Vec<u8>, column: &Column, index: usize, event: u64) {
     let h = mix(event, index as u64);
     match column.sql_type {
-        SqlType::Int => out.extend_from_slice(&((h % 1000) as i32).to_be_bytes()),
-        SqlType::BigInt => out.extend_from_slice(&((h % 1000) as i64).to_be_bytes()),
-        SqlType::Double => {
-            out.extend_from_slice(&((h >> 11) as f64 / (1u64 << 53) as f64 * 1000.0).to_be_bytes())
-        }
-        _ => {
-            let _ = write!(out, "{}_{}", column.name.to_ascii_lowercase(), h % 100);
-        }
+        SqlType::Int => out.extend_from_slice(&(datagen_int(h) as i32).to_be_bytes()),
+        SqlType::BigInt => out.extend_from_slice(&datagen_int(h).to_be_bytes()),
+        SqlType::Double => out.extend_from_slice(&datagen_double(h).to_be_bytes()),
+        _ => datagen_text(out, column, h),
     }
 }
 
@@ -188,7 +197,6 @@ pub(crate) async fn run_generator(
     columns: Vec<Column>,
     batch_records: usize,
     sender: mpsc::Sender<RawBatch>,
-    generated: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<u64, QueryError> {
     let datagen = generator.connector.eq_ignore_ascii_case("datagen");
     let mut events = if datagen {
@@ -274,7 +282,6 @@ pub(crate) async fn run_generator(
         if sender.send(raw).await.is_err() {
             break; // the partition task ended (its client went away, or it failed)
         }
-        generated.store(next, Ordering::Relaxed);
     }
     Ok(next)
 }
@@ -294,13 +301,7 @@ mod tests {
 
     async fn collect(generator: Generator, batch: usize) -> Vec<RawBatch> {
         let (sender, mut receiver) = mpsc::channel(4);
-        let task = tokio::spawn(run_generator(
-            generator,
-            Vec::new(),
-            batch,
-            sender,
-            Arc::default(),
-        ));
+        let task = tokio::spawn(run_generator(generator, Vec::new(), batch, sender));
         let mut batches = Vec::new();
         while let Some(raw) = receiver.recv().await {
             batches.push(raw);
@@ -395,7 +396,6 @@ mod tests {
                 columns.clone(),
                 10,
                 sender,
-                Arc::default(),
             ));
             async move {
                 let mut batches = Vec::new();

@@ -517,7 +517,6 @@ async fn run_generated(
         spec.plan.source.columns.clone(),
         spec.config.max_batch_records,
         worker.sender,
-        Arc::default(),
     );
     tokio::pin!(generation);
     let mut generating = true;
@@ -866,8 +865,6 @@ impl PartitionTask {
             )),
             None => None,
         };
-        // Over a table, origin offsets are doubled (see `upsert`): halve them in reports.
-        let origin_offset_divisor = if aggregation.retractable { 2 } else { 1 };
         let mut skipped = Vec::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
@@ -915,7 +912,6 @@ impl PartitionTask {
             }
             let applied = aggregate.apply(&input, signs.as_ref())?;
             for &(partition, offset) in &applied.null_keys {
-                let offset = offset / origin_offset_divisor;
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
                 spec.processing_log
                     .report(

@@ -222,7 +222,9 @@ impl Upserter {
         let mut touched = vec![false; keys.len()];
 
         // Walk the records in order: retract the key's contribution, add the record's rows.
-        let mut retracted_rows: Vec<Vec<u8>> = Vec::new();
+        // The retracted rows' bytes, back to back, and where each row is in them.
+        let mut retracted_bytes: Vec<u8> = Vec::new();
+        let mut retracted_rows: Vec<std::ops::Range<usize>> = Vec::new();
         let mut emitted: Vec<Emitted> = Vec::new();
         let mut emitted_offsets: Vec<i64> = Vec::new();
         let mut emitted_rowtimes: Vec<Option<i64>> = Vec::new();
@@ -235,13 +237,15 @@ impl Upserter {
             let offset = raw.offsets()[i];
             let timestamp = raw.timestamps_ms()[i];
             if let Some(contribution) = current[k].take() {
-                for row in decode_contribution(&contribution)? {
+                for_each_row(&contribution, |row| {
                     emitted.push(Emitted::Retracted(retracted_rows.len()));
-                    retracted_rows.push(row.to_vec());
+                    let start = retracted_bytes.len();
+                    retracted_bytes.extend_from_slice(row);
+                    retracted_rows.push(start..retracted_bytes.len());
                     emitted_offsets.push(2 * offset);
                     emitted_rowtimes.push(Some(timestamp));
                     signs.push(-1);
-                }
+                })?;
             }
             let mut contribution = vec![CONTRIBUTION_FORMAT_VERSION];
             let mut contributes = false;
@@ -264,7 +268,7 @@ impl Upserter {
             touched[k] = true;
         }
 
-        let retracted = self.decode_rows(&retracted_rows)?;
+        let retracted = self.decode_rows(&retracted_bytes, &retracted_rows)?;
         let indices: Vec<(usize, usize)> = emitted
             .iter()
             .map(|e| match *e {
@@ -291,15 +295,19 @@ impl Upserter {
         })
     }
 
-    /// Stored contribution rows back to Arrow, in the writer's output schema.
-    fn decode_rows(&self, rows: &[Vec<u8>]) -> Result<RecordBatch, QueryError> {
+    /// Stored contribution rows (`bytes[range]` each) back to Arrow, in the writer's output schema.
+    fn decode_rows(
+        &self,
+        bytes: &[u8],
+        rows: &[std::ops::Range<usize>],
+    ) -> Result<RecordBatch, QueryError> {
         if rows.is_empty() {
             return Ok(RecordBatch::new_empty(Arc::clone(&self.schema)));
         }
         let parser = self.converter.parser();
         let columns = self
             .converter
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))
+            .convert_rows(rows.iter().map(|r| parser.parse(&bytes[r.clone()])))
             .map_err(|e| QueryError::Internal(format!("stored contribution: {e}")))?;
         RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .map_err(|e| QueryError::Internal(format!("stored contribution: {e}")))
@@ -340,8 +348,8 @@ impl Upserter {
     }
 }
 
-/// The arrow-row encoded rows of a stored contribution.
-fn decode_contribution(bytes: &[u8]) -> Result<Vec<&[u8]>, QueryError> {
+/// Calls `row` with each arrow-row encoded row of a stored contribution, in order.
+fn for_each_row(bytes: &[u8], mut row: impl FnMut(&[u8])) -> Result<(), QueryError> {
     let corrupt = || QueryError::Internal("stored contribution is corrupt".into());
     let Some((&version, mut rest)) = bytes.split_first() else {
         return Err(corrupt());
@@ -351,18 +359,17 @@ fn decode_contribution(bytes: &[u8]) -> Result<Vec<&[u8]>, QueryError> {
             "stored contribution has unknown format {version}"
         )));
     }
-    let mut rows = Vec::new();
     while !rest.is_empty() {
         let (length, tail) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
         let length = u32::from_be_bytes(*length) as usize;
         if tail.len() < length {
             return Err(corrupt());
         }
-        let (row, tail) = tail.split_at(length);
-        rows.push(row);
+        let (bytes, tail) = tail.split_at(length);
+        row(bytes);
         rest = tail;
     }
-    Ok(rows)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -476,6 +483,17 @@ mod tests {
             .collect()
     }
 
+    impl Fixture {
+        /// Applies a first batch and commits it, as the writer does.
+        fn apply_committed(&self, raw: &RawBatch, output: &RecordBatch) {
+            let upserted = self
+                .upserter
+                .apply(&self.store, raw, output, &[], None)
+                .unwrap();
+            commit(&self.store, &upserted);
+        }
+    }
+
     fn commit(store: &Store, upserted: &Upserted) {
         let mut batch = StoreBatch::default();
         for (key, value) in &upserted.writes {
@@ -530,17 +548,10 @@ mod tests {
     #[test]
     fn a_stored_contribution_is_retracted_by_a_later_batch() {
         let f = fixture();
-        let first = f
-            .upserter
-            .apply(
-                &f.store,
-                &raw(&[(Some("k1"), true, 0)]),
-                &output(&[(Some("a"), 7, 0)]),
-                &[],
-                None,
-            )
-            .unwrap();
-        commit(&f.store, &first);
+        f.apply_committed(
+            &raw(&[(Some("k1"), true, 0)]),
+            &output(&[(Some("a"), 7, 0)]),
+        );
         let second = f
             .upserter
             .apply(
@@ -560,17 +571,10 @@ mod tests {
     #[test]
     fn skipped_keyless_and_already_applied_records_change_nothing() {
         let f = fixture();
-        let first = f
-            .upserter
-            .apply(
-                &f.store,
-                &raw(&[(Some("k1"), true, 0)]),
-                &output(&[(Some("a"), 1, 0)]),
-                &[],
-                None,
-            )
-            .unwrap();
-        commit(&f.store, &first);
+        f.apply_committed(
+            &raw(&[(Some("k1"), true, 0)]),
+            &output(&[(Some("a"), 1, 0)]),
+        );
         // Offset 1 is below the restored source offset, 2 failed to decode, 3 has no key.
         let raw = raw(&[
             (Some("k1"), true, 1),
@@ -617,17 +621,10 @@ mod tests {
     #[test]
     fn one_record_may_contribute_several_rows() {
         let f = fixture();
-        let first = f
-            .upserter
-            .apply(
-                &f.store,
-                &raw(&[(Some("k1"), true, 0)]),
-                &output(&[(Some("a"), 1, 0), (Some("b"), 2, 0)]),
-                &[],
-                None,
-            )
-            .unwrap();
-        commit(&f.store, &first);
+        f.apply_committed(
+            &raw(&[(Some("k1"), true, 0)]),
+            &output(&[(Some("a"), 1, 0), (Some("b"), 2, 0)]),
+        );
         let second = f
             .upserter
             .apply(
