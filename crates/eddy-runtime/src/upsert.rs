@@ -170,31 +170,31 @@ impl Upserter {
             .filter(|(p, _)| *p == partition)
             .map(|(_, o)| *o)
             .collect();
-        // The stages' output rows of each record (one record may yield several rows, or none).
+        // The stages' output rows of a record are contiguous and in record order (stages filter
+        // and project, keeping order), so a cursor finds them as the records are walked.
         let origin_offsets = output
             .column(columns.origin_offset)
             .as_primitive_opt::<Int64Type>()
             .ok_or_else(|| QueryError::Internal("origin offset is not a BIGINT".into()))?;
-        let mut rows_of: HashMap<i64, Vec<usize>> = HashMap::with_capacity(output.num_rows());
-        for row in 0..output.num_rows() {
-            if origin_offsets.is_valid(row) {
-                rows_of
-                    .entry(origin_offsets.value(row))
-                    .or_default()
-                    .push(row);
-            }
+        if origin_offsets.null_count() > 0 {
+            return Err(QueryError::Internal(
+                "an output row lost its origin offset".into(),
+            ));
         }
+        let origin_offsets = origin_offsets.values();
+        let mut cursor = 0usize;
         let new_rows = self
             .converter
             .convert_columns(output.columns())
             .map_err(|e| QueryError::Internal(format!("contribution encoding: {e}")))?;
-        let has_null_key: Vec<bool> = (0..output.num_rows())
-            .map(|row| {
-                output.columns()[..columns.group_count]
-                    .iter()
-                    .any(|c| c.is_null(row))
-            })
-            .collect();
+        let key_columns = &output.columns()[..columns.group_count];
+        let has_null_key: Vec<bool> = if key_columns.iter().any(|c| c.null_count() > 0) {
+            (0..output.num_rows())
+                .map(|row| key_columns.iter().any(|c| c.is_null(row)))
+                .collect()
+        } else {
+            vec![false; output.num_rows()]
+        };
 
         // The records to apply, and the stored contributions of their keys.
         let applies = |i: usize| {
@@ -249,7 +249,14 @@ impl Upserter {
             }
             let mut contribution = vec![CONTRIBUTION_FORMAT_VERSION];
             let mut contributes = false;
-            for &row in rows_of.get(&offset).map(Vec::as_slice).unwrap_or_default() {
+            while cursor < origin_offsets.len() && origin_offsets[cursor] < offset {
+                cursor += 1;
+            }
+            let first = cursor;
+            while cursor < origin_offsets.len() && origin_offsets[cursor] == offset {
+                cursor += 1;
+            }
+            for row in first..cursor {
                 emitted.push(Emitted::Added(row));
                 emitted_offsets.push(2 * offset + 1);
                 emitted_rowtimes.push(None);
