@@ -256,14 +256,14 @@ impl Upserter {
             while cursor < origin_offsets.len() && origin_offsets[cursor] == offset {
                 cursor += 1;
             }
-            for row in first..cursor {
+            for (row, &null_key) in has_null_key.iter().enumerate().take(cursor).skip(first) {
                 emitted.push(Emitted::Added(row));
                 emitted_offsets.push(2 * offset + 1);
                 emitted_rowtimes.push(None);
                 signs.push(1);
                 // A row without a group key belongs to no group: the aggregation reports it,
                 // and there is nothing to take back later.
-                if !has_null_key[row] {
+                if !null_key {
                     let bytes = new_rows.row(row);
                     let bytes = bytes.as_ref();
                     contribution.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
