@@ -79,7 +79,9 @@ impl Engine {
             Some(aggregation) if aggregation.retractable => Some(eddy_runtime::UpsertSpec::new(
                 self.inner
                     .state
-                    .store(&format!("{TRANSIENT_STORE_PREFIX}{query_id}-upsert"))
+                    .store(&crate::materialize::upsert_store_name(&format!(
+                        "{TRANSIENT_STORE_PREFIX}{query_id}"
+                    )))
                     .map_err(|e| EngineError::Internal(e.to_string()))?,
                 None,
                 aggregation,
