@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::compute::{and_kleene, is_not_null};
 use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use datafusion::common::{DataFusionError, ScalarValue, not_impl_err};
@@ -41,6 +42,84 @@ pub const ORIGIN_AGGREGATE: &str = "eddy_origin";
 
 /// Output name of [`ORIGIN_AGGREGATE`].
 pub const ORIGIN_OUTPUT: &str = "__eddy_origin";
+
+/// Low bits of an origin offset that number the rows one input record gave, when an aggregation's
+/// input explodes records into several rows (`EXPLODE`): the origin offset is then
+/// `offset << ORIGIN_ROW_BITS | row`, so each row has an origin of its own and the duplicate check
+/// (an origin below the next one not yet counted is a copy) stays exact. It bounds the rows one
+/// record may contribute to such an aggregation to [`MAX_ROWS_PER_RECORD`] (more is reported and the
+/// record skipped) and its source offsets to 2^46 (2^45 over tables).
+pub const ORIGIN_ROW_BITS: u32 = 16;
+
+/// Most rows one input record may contribute to an aggregation whose input explodes records.
+pub const MAX_ROWS_PER_RECORD: usize = 1 << ORIGIN_ROW_BITS;
+
+/// Where a plan's stages put each row's origin, and how many low bits number the rows of one
+/// record (see [`ORIGIN_ROW_BITS`]). Set on plans whose stages explode records and whose origin
+/// offsets the stages produce (over a table the upsert writer numbers them itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginNumbering {
+    pub partition_column: usize,
+    pub offset_column: usize,
+}
+
+impl OriginNumbering {
+    /// Replaces each row's origin offset `o` by `o << ORIGIN_ROW_BITS | n`, where `n` counts the
+    /// earlier rows of the same record (same origin partition and offset; a record's rows are
+    /// adjacent). Fails when a record has more than [`MAX_ROWS_PER_RECORD`] rows or an offset is too
+    /// large to shift.
+    pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        let partitions = batch
+            .column(self.partition_column)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| DataFusionError::Internal("origin partition is not an INT".into()))?;
+        let offsets = batch
+            .column(self.offset_column)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| DataFusionError::Internal("origin offset is not a BIGINT".into()))?;
+        let numbered = number_origin_rows(
+            (0..batch.num_rows()).map(|row| (partitions.value(row), offsets.value(row))),
+            batch.num_rows(),
+        )?;
+        let mut columns = batch.columns().to_vec();
+        columns[self.offset_column] = Arc::new(Int64Array::from(numbered));
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    }
+}
+
+/// Numbers the rows of each record: `(partition, origin offset)` pairs in row order, adjacent
+/// when of the same record, to `origin << ORIGIN_ROW_BITS | row within the record`.
+pub fn number_origin_rows(
+    origins: impl Iterator<Item = (i32, i64)>,
+    rows: usize,
+) -> Result<Vec<i64>, DataFusionError> {
+    let limit = i64::MAX >> ORIGIN_ROW_BITS;
+    let mut numbered = Vec::with_capacity(rows);
+    let mut previous: Option<(i32, i64)> = None;
+    let mut row_in_record = 0i64;
+    for origin in origins {
+        let (_, offset) = origin;
+        if !(0..=limit).contains(&offset) {
+            return Err(DataFusionError::Execution(format!(
+                "offset {offset} is too large for an aggregation over EXPLODE (at most {limit})"
+            )));
+        }
+        row_in_record = if previous == Some(origin) {
+            row_in_record + 1
+        } else {
+            0
+        };
+        if row_in_record >= MAX_ROWS_PER_RECORD as i64 {
+            return Err(DataFusionError::Execution(format!(
+                "the record exploded into more than {MAX_ROWS_PER_RECORD} rows, the most one \
+                 record may add to an aggregation"
+            )));
+        }
+        previous = Some(origin);
+        numbered.push(offset << ORIGIN_ROW_BITS | row_in_record);
+    }
+    Ok(numbered)
+}
 
 /// A DataFusion aggregate function that only plans: it has the name and return type of an
 /// `eddy-aggregate` function but cannot execute.
@@ -146,6 +225,9 @@ pub struct AggregationPlan {
     /// Column of the aggregation's decoded source batch holding each row's sign (+1 adds the row,
     /// -1 retracts it): set on the aggregating half of a repartitioned aggregation over a table.
     pub sign_column: Option<usize>,
+    /// The stages explode records (`EXPLODE`): origin offsets number the rows of each record
+    /// (see [`ORIGIN_ROW_BITS`]).
+    pub explodes: bool,
 }
 
 /// Output of the post stages for a batch of groups.
@@ -157,6 +239,29 @@ pub struct PostOutput {
 }
 
 impl AggregationPlan {
+    /// Where the input stages put each row's origin (partition, offset).
+    pub fn origin_columns(&self) -> Option<OriginNumbering> {
+        let call = self.calls.iter().find(|c| c.is_origin())?;
+        match call.arg_columns.as_slice() {
+            &[partition_column, offset_column] => Some(OriginNumbering {
+                partition_column,
+                offset_column,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The source offset an origin offset stands for: the row number of an exploding input is
+    /// shifted out, and over a table the doubling of the upsert writer is halved.
+    pub fn source_offset_of_origin(&self, origin: i64) -> i64 {
+        let origin = if self.explodes {
+            origin >> ORIGIN_ROW_BITS
+        } else {
+            origin
+        };
+        if self.retractable { origin / 2 } else { origin }
+    }
+
     /// Applies `HAVING` and the projection to a batch of aggregate results.
     pub fn post_process(&self, batch: RecordBatch) -> Result<PostOutput, DataFusionError> {
         let rows = batch.num_rows();
@@ -310,6 +415,7 @@ pub(crate) fn lower_aggregate_query(
             // A table's rows change: its aggregation always goes through the repartition writer,
             // which remembers each row's last contribution to retract it.
             let retractable = source.kind == eddy_catalog::SourceKind::Table;
+            let explodes = stages.iter().any(|s| matches!(s, Stage::Unnest { .. }));
             let repartition = retractable || !groups_by_source_key(&aggregate.group_expr, source);
             Ok((
                 stages,
@@ -322,6 +428,7 @@ pub(crate) fn lower_aggregate_query(
                     repartition,
                     retractable,
                     sign_column: None,
+                    explodes,
                 },
             ))
         }
@@ -522,6 +629,7 @@ impl StreamingPlan {
             sink_columns: self.repartition_columns()?,
             limit: None,
             aggregation: None,
+            origin_numbering: self.origin_numbering,
             logical_plan: self.logical_plan.clone(),
         };
         let first = internal.first_key_index();
@@ -541,6 +649,7 @@ impl StreamingPlan {
                 sign_column: aggregation.retractable.then_some(first + width),
                 ..aggregation.clone()
             }),
+            origin_numbering: None,
             logical_plan: self.logical_plan.clone(),
         };
         Ok((writer, reader))

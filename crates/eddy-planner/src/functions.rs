@@ -2,7 +2,8 @@
 //!
 //! ksqlDB users expect `UCASE`, `LCASE`, `LEN` and friends. Where DataFusion has the same function
 //! under another name, Eddy registers the ksqlDB name as an alias of DataFusion's implementation, so
-//! both run the same vectorized kernel.
+//! both run the same vectorized kernel. ksqlDB functions DataFusion lacks are Eddy's own
+//! (`split`). `EXPLODE` is DataFusion's `UNNEST` under ksqlDB's name (the planner renames it).
 
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SessionContext;
@@ -28,5 +29,7 @@ pub(crate) fn register_ksql_functions(ctx: &SessionContext) {
         let udf: ScalarUDF = base.as_ref().clone().with_aliases(aliases.iter().copied());
         ctx.register_udf(udf);
     }
+    ctx.register_udf(crate::split::split());
+    ctx.register_udf(crate::split::regexp_split_to_array());
     debug_assert!(ctx.udf("ucase").is_ok());
 }

@@ -21,9 +21,11 @@
 mod aggregate;
 mod functions;
 mod plan;
+mod split;
 
 pub use aggregate::{
-    AggregateCall, AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, PostOutput, ROWTIME_AGGREGATE,
-    SIGN_COLUMN,
+    AggregateCall, AggregationPlan, MAX_ROWS_PER_RECORD, ORIGIN_AGGREGATE, ORIGIN_OUTPUT,
+    ORIGIN_ROW_BITS, OriginNumbering, PostOutput, ROWTIME_AGGREGATE, SIGN_COLUMN,
+    number_origin_rows,
 };
 pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{UInt32Array, UInt32Builder};
+use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, DataFusionError, SchemaError, TableReference};
 use datafusion::datasource::empty::EmptyTable;
@@ -22,7 +23,7 @@ use sqlparser::ast::{
 use thiserror::Error;
 
 use crate::aggregate::{
-    AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, ROWTIME_AGGREGATE, key_columns_of_aggregate,
+    AggregationPlan, ORIGIN_AGGREGATE, OriginNumbering, ORIGIN_OUTPUT, ROWTIME_AGGREGATE, key_columns_of_aggregate,
     lower_aggregate_query,
 };
 use crate::functions::register_ksql_functions;
@@ -103,6 +104,17 @@ pub enum Stage {
         exprs: Vec<Arc<dyn PhysicalExpr>>,
         schema: SchemaRef,
     },
+    /// `EXPLODE` (DataFusion's `UNNEST`): each input row becomes one row per element of its list
+    /// columns (as many as the longest; shorter lists give NULLs), other columns repeated. A row
+    /// whose lists are all NULL or empty gives no row, as in ksqlDB. Rows of one input row stay
+    /// together and in input order.
+    Unnest {
+        /// Input columns holding the lists to explode.
+        lists: Vec<usize>,
+        /// For each output column, the input column it comes from.
+        sources: Vec<usize>,
+        schema: SchemaRef,
+    },
 }
 
 impl fmt::Debug for Stage {
@@ -119,6 +131,11 @@ impl fmt::Debug for Stage {
                     write!(f, "{expr} AS {}", field.name())?;
                 }
                 Ok(())
+            }
+            Stage::Unnest { lists, schema, .. } => {
+                write!(f, "Unnest lists {lists:?} into [")?;
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                write!(f, "{}]", names.join(", "))
             }
         }
     }
@@ -158,8 +175,95 @@ impl Stage {
                     &options,
                 )?)
             }
+            Stage::Unnest {
+                lists,
+                sources,
+                schema,
+            } => unnest(&batch, lists, sources, schema),
         }
     }
+}
+
+/// The [`Stage::Unnest`] kernel: one pass to count output rows, then `take` per column.
+fn unnest(
+    batch: &RecordBatch,
+    lists: &[usize],
+    sources: &[usize],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
+    let list_arrays = lists
+        .iter()
+        .map(|&i| {
+            batch.column(i).as_list_opt::<i32>().ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "EXPLODE of {} (not an ARRAY)",
+                    batch.column(i).data_type()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let length = |list: &datafusion::arrow::array::ListArray, row: usize| {
+        if list.is_null(row) {
+            0
+        } else {
+            let offsets = list.value_offsets();
+            (offsets[row + 1] - offsets[row]) as usize
+        }
+    };
+    let rows = batch.num_rows();
+    // Output rows per input row: the longest of its lists.
+    let mut counts = Vec::with_capacity(rows);
+    let mut total = 0usize;
+    for row in 0..rows {
+        let count = list_arrays
+            .iter()
+            .map(|list| length(list, row))
+            .max()
+            .unwrap_or(0);
+        counts.push(count);
+        total += count;
+    }
+    if total > u32::MAX as usize {
+        return Err(DataFusionError::Execution(format!(
+            "EXPLODE would produce {total} rows from one batch"
+        )));
+    }
+    let mut repeat = Vec::with_capacity(total);
+    for (row, &count) in counts.iter().enumerate() {
+        repeat.extend(std::iter::repeat_n(row as u32, count));
+    }
+    let repeat = UInt32Array::from(repeat);
+    // Element indices into each list's values; NULL past the end of a shorter list.
+    let mut elements: Vec<ArrayRef> = Vec::with_capacity(list_arrays.len());
+    for list in &list_arrays {
+        let offsets = list.value_offsets();
+        let mut indices = UInt32Builder::with_capacity(total);
+        for (row, &count) in counts.iter().enumerate() {
+            let own = length(list, row);
+            let start = offsets[row] as u32;
+            for i in 0..count {
+                if i < own {
+                    indices.append_value(start + i as u32);
+                } else {
+                    indices.append_null();
+                }
+            }
+        }
+        elements.push(take(list.values().as_ref(), &indices.finish(), None)?);
+    }
+    let columns = sources
+        .iter()
+        .map(|source| match lists.iter().position(|l| l == source) {
+            Some(k) => Ok(Arc::clone(&elements[k])),
+            None => Ok(take(batch.column(*source).as_ref(), &repeat, None)?),
+        })
+        .collect::<Result<Vec<ArrayRef>, DataFusionError>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(total));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
 }
 
 /// A continuous query over one source, ready for the runtime.
@@ -184,6 +288,9 @@ pub struct StreamingPlan {
     /// The aggregation of a `GROUP BY` query: `stages` produce its input, and `output_schema`,
     /// `key_columns`, `value_columns` and `rowtime_column` describe its post stages' output.
     pub aggregation: Option<AggregationPlan>,
+    /// Set when the stages explode records into an aggregation's input: [`Self::process`] numbers
+    /// the rows of each record in their origin offsets (see [`crate::ORIGIN_ROW_BITS`]).
+    pub origin_numbering: Option<OriginNumbering>,
     /// DataFusion's optimized logical plan, for `EXPLAIN`.
     pub logical_plan: LogicalPlan,
 }
@@ -191,9 +298,14 @@ pub struct StreamingPlan {
 impl StreamingPlan {
     /// Runs every stage over one batch of the source.
     pub fn process(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
-        self.stages
+        let output = self
+            .stages
             .iter()
-            .try_fold(batch, |batch, stage| stage.apply(batch))
+            .try_fold(batch, |batch, stage| stage.apply(batch))?;
+        match &self.origin_numbering {
+            Some(numbering) => numbering.apply(output),
+            None => Ok(output),
+        }
     }
 
     /// Text for `EXPLAIN`: the logical plan and the streaming stages.
@@ -372,13 +484,14 @@ impl Planner {
                     .into(),
             ));
         }
+        rename_explode(&mut select.projection);
         if grouped {
             rewrite_count_distinct(&mut select.projection);
             if let Some(having) = &mut select.having {
                 rewrite_count_distinct_expr(having);
             }
         }
-        let (source_name, qualifier) = match &select.from[0].relation {
+        let (source_name, qualifier) = match &mut select.from[0].relation {
             TableFactor::Table {
                 name,
                 alias,
@@ -392,8 +505,38 @@ impl Planner {
                     .unwrap_or_else(|| source_name.clone());
                 (source_name, qualifier)
             }
-            TableFactor::Derived { .. } => {
-                return Err(PlanError::unsupported("subqueries in FROM", true, None));
+            TableFactor::Derived {
+                lateral: false,
+                subquery,
+                alias,
+                ..
+            } => {
+                let qualifier = alias
+                    .as_ref()
+                    .map(|a| a.name.value.clone())
+                    .unwrap_or_else(|| SUBQUERY_ALIAS.to_owned());
+                if alias.is_none() {
+                    *alias = Some(ast::TableAlias {
+                        explicit: true,
+                        name: quoted(SUBQUERY_ALIAS),
+                        columns: Vec::new(),
+                        at: None,
+                    });
+                }
+                let source_name = prepare_subquery(subquery, catalog)?;
+                if select.projection.iter().any(|item| {
+                    matches!(
+                        item,
+                        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                    )
+                }) {
+                    return Err(PlanError::unsupported(
+                        "* over a subquery",
+                        false,
+                        Some("name the subquery's columns"),
+                    ));
+                }
+                (source_name, qualifier)
             }
             other => return Err(PlanError::Invalid(format!("cannot read from {other}"))),
         };
@@ -583,9 +726,15 @@ impl Planner {
             )?);
         }
 
+        // Over a table the upsert writer numbers origins after its retractions.
+        let origin_numbering = aggregation
+            .as_ref()
+            .filter(|a| a.explodes && !a.retractable)
+            .and_then(|a| a.origin_columns());
         Ok(StreamingPlan {
             source,
             stages,
+            origin_numbering,
             output_schema,
             key_columns,
             value_columns,
@@ -712,6 +861,92 @@ fn rewrite_count_distinct(projection: &mut [SelectItem]) {
     for item in projection {
         if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
             rewrite_count_distinct_expr(expr);
+        }
+    }
+}
+
+/// Alias given to a subquery in `FROM` that has none, so hidden columns can name it.
+const SUBQUERY_ALIAS: &str = "__eddy_subquery";
+
+/// Prepares a subquery in `FROM` (`SELECT ... FROM (SELECT ... FROM s WHERE ...) GROUP BY ...`):
+/// one `SELECT` over one stream or table, without `GROUP BY`, `LIMIT`, joins or further nesting.
+/// Its projection is expanded and named like a top-level one, and it passes the source's
+/// `ROWTIME`, `ROWPARTITION` and `ROWOFFSET` through so the outer query's hidden columns find them.
+/// Returns the source's name.
+fn prepare_subquery(subquery: &mut ast::Query, catalog: &Catalog) -> Result<String, PlanError> {
+    let nested = || PlanError::unsupported(
+        "subqueries in FROM other than one SELECT over one stream or table",
+        true,
+        Some("write the inner query as its own CREATE STREAM ... AS SELECT"),
+    );
+    if subquery.limit_clause.is_some() || subquery.order_by.is_some() || subquery.with.is_some() {
+        return Err(nested());
+    }
+    let SetExpr::Select(select) = subquery.body.as_mut() else {
+        return Err(nested());
+    };
+    if select.from.len() != 1
+        || !select.from[0].joins.is_empty()
+        || select.distinct.is_some()
+        || select.having.is_some()
+        || !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+    {
+        return Err(nested());
+    }
+    let (source_name, qualifier) = match &select.from[0].relation {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => {
+            let source_name = object_name_to_string(name);
+            let qualifier = alias
+                .as_ref()
+                .map(|a| a.name.value.clone())
+                .unwrap_or_else(|| source_name.clone());
+            (source_name, qualifier)
+        }
+        _ => return Err(nested()),
+    };
+    let source = catalog.require_source(&source_name)?;
+    expand_wildcards(&mut select.projection, source, &qualifier)?;
+    rename_explode(&mut select.projection);
+    for item in &mut select.projection {
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            type_integer_literals(expr);
+        }
+    }
+    if let Some(selection) = &mut select.selection {
+        type_integer_literals(selection);
+    }
+    name_output_columns(&mut select.projection)?;
+    for pseudo in [ROWTIME, eddy_catalog::ROWPARTITION, eddy_catalog::ROWOFFSET] {
+        let selected = select.projection.iter().any(|item| {
+            matches!(item, SelectItem::ExprWithAlias { alias, .. } if alias.value == pseudo)
+        });
+        if !selected {
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(pseudo)]),
+                alias: quoted(pseudo),
+            });
+        }
+    }
+    Ok(source_name)
+}
+
+/// ksqlDB's table function `EXPLODE(array)` is DataFusion's `UNNEST(array)`.
+fn rename_explode(projection: &mut [SelectItem]) {
+    for item in projection {
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            let _ = ast::visit_expressions_mut(expr, |e| {
+                if let ast::Expr::Function(function) = e
+                    && function.name.to_string().eq_ignore_ascii_case("explode")
+                {
+                    function.name = ObjectName::from(vec![Ident::new("unnest")]);
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
         }
     }
 }
@@ -967,6 +1202,10 @@ fn explain_error(error: DataFusionError, source: &Source) -> PlanError {
             suggestion,
         };
     }
+    // EXPLODE is DataFusion's UNNEST under ksqlDB's name: speak of what the user wrote.
+    if error.to_string().contains("unnest() can only be applied to") {
+        return PlanError::Invalid("EXPLODE takes an ARRAY".into());
+    }
     PlanError::DataFusion(error)
 }
 
@@ -1057,7 +1296,36 @@ fn lower(
             true,
             None,
         )),
-        LogicalPlan::Unnest(_) => Err(PlanError::unsupported("EXPLODE/UNNEST", false, None)),
+        LogicalPlan::Unnest(unnest) => {
+            if !unnest.struct_type_columns.is_empty() {
+                return Err(PlanError::unsupported(
+                    "EXPLODE of a STRUCT",
+                    false,
+                    Some("EXPLODE takes an ARRAY"),
+                ));
+            }
+            if unnest.list_type_columns.iter().any(|(_, l)| l.depth != 1) {
+                return Err(PlanError::unsupported("nested EXPLODE", false, None));
+            }
+            let input_schema = unnest.input.schema();
+            let lists: Vec<usize> = unnest.list_type_columns.iter().map(|(i, _)| *i).collect();
+            if let Some(&i) = lists
+                .iter()
+                .find(|&&i| !matches!(input_schema.field(i).data_type(), DataType::List(_)))
+            {
+                return Err(PlanError::Invalid(format!(
+                    "EXPLODE takes an ARRAY, not {}",
+                    input_schema.field(i).data_type()
+                )));
+            }
+            let mut stages = lower(&unnest.input, state, source)?;
+            stages.push(Stage::Unnest {
+                lists,
+                sources: unnest.dependency_indices.clone(),
+                schema: nullable_schema(unnest.schema.as_arrow()),
+            });
+            Ok(stages)
+        }
         LogicalPlan::Sort(_) => Err(PlanError::unsupported("ORDER BY", false, None)),
         LogicalPlan::Distinct(_) => Err(PlanError::unsupported("SELECT DISTINCT", false, None)),
         LogicalPlan::EmptyRelation(_) => Err(PlanError::Invalid(

@@ -543,13 +543,10 @@ impl PartitionAggregate {
         })
     }
 
-    /// (origin partition, source offset) of the rows `valid` marks false; -1 when unknown. Over
-    /// a table the origin offsets are doubled (see `upsert`): the source offset is their half.
+    /// (origin partition, source offset) of the rows `valid` marks false; -1 when unknown (see
+    /// `AggregationPlan::source_offset_of_origin` for how origins encode source offsets).
     fn origins_of(&self, input: &RecordBatch, valid: &BooleanArray) -> Vec<(i32, i64)> {
-        let divisor = match aggregation_of(&self.view.plan) {
-            Ok(aggregation) if aggregation.retractable => 2,
-            _ => 1,
-        };
+        let aggregation = aggregation_of(&self.view.plan).ok();
         let origin = self.view.slots.iter().find_map(|slot| match slot {
             Slot::Origin(partition, offset) => Some((*partition, *offset)),
             _ => None,
@@ -564,11 +561,12 @@ impl PartitionAggregate {
         });
         (0..valid.len())
             .filter(|&row| !valid.value(row))
-            .map(|row| match columns {
-                Some((partitions, offsets)) => {
-                    (partitions.value(row), offsets.value(row) / divisor)
-                }
-                None => (-1, -1),
+            .map(|row| match (columns, aggregation) {
+                (Some((partitions, offsets)), Some(aggregation)) => (
+                    partitions.value(row),
+                    aggregation.source_offset_of_origin(offsets.value(row)),
+                ),
+                _ => (-1, -1),
             })
             .collect()
     }

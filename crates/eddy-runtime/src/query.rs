@@ -10,7 +10,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use eddy_common::config::EngineConfig;
 use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, RecordPart, SourceLayout};
-use eddy_planner::StreamingPlan;
+use eddy_planner::{MAX_ROWS_PER_RECORD, StreamingPlan};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -31,7 +31,7 @@ use crate::aggregate::{
 };
 use crate::kafka::{KafkaConnection, KafkaError};
 use crate::processing_log::{ErrorKind, ProcessingLog};
-use crate::upsert::{UpsertSpec, Upserter};
+use crate::upsert::{Rejected, Rejection, UpsertSpec, Upserter};
 
 /// Where a query starts when its consumer group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -896,7 +896,7 @@ impl PartitionTask {
             };
             if let Some((upsert, upserter)) = &upserter {
                 let upserted = upserter.apply(&upsert.store, &raw, &input, &skipped, None)?;
-                self.report_keyless(&upserted.keyless).await;
+                self.report_rejected(&upserted.rejected).await;
                 commit_partition(
                     &upsert.store,
                     upserted.partition,
@@ -1047,7 +1047,7 @@ impl PartitionTask {
                 &skipped,
                 Some(next_source_offset),
             )?;
-            self.report_keyless(&upserted.keyless).await;
+            self.report_rejected(&upserted.rejected).await;
             if upserted.rows.num_rows() > 0 {
                 self.produce(
                     topic,
@@ -1078,19 +1078,32 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// Reports table records without a key: a table row needs one, so they are skipped.
-    async fn report_keyless(&self, keyless: &[(i32, i64)]) {
-        for &(partition, offset) in keyless {
+    /// Reports table records the upsert writer skipped.
+    async fn report_rejected(&self, rejected: &[Rejected]) {
+        for record in rejected {
             self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            let (kind, message) = match record.reason {
+                Rejection::NoKey => (
+                    ErrorKind::DeserializationError,
+                    "a table record has no key: it updates no row and is skipped".to_owned(),
+                ),
+                Rejection::TooManyRows => (
+                    ErrorKind::ExpressionError,
+                    format!(
+                        "the record exploded into more than {MAX_ROWS_PER_RECORD} rows, the most \
+                         one record may add to an aggregation: it is skipped"
+                    ),
+                ),
+            };
             self.spec
                 .processing_log
                 .report(
                     &self.spec.query_id,
-                    ErrorKind::DeserializationError,
+                    kind,
                     &self.spec.source_topic,
-                    partition,
-                    offset,
-                    "a table record has no key: it updates no row and is skipped".to_owned(),
+                    record.partition,
+                    record.offset,
+                    message,
                     None,
                 )
                 .await;

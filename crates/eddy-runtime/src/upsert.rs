@@ -25,7 +25,7 @@ use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use eddy_format::RawBatch;
-use eddy_planner::AggregationPlan;
+use eddy_planner::{AggregationPlan, MAX_ROWS_PER_RECORD, number_origin_rows};
 use eddy_state::Store;
 
 use crate::query::QueryError;
@@ -54,6 +54,8 @@ struct UpsertColumns {
     rowtime: usize,
     /// The `SIGN` column the writer's stages append when its rows go to a repartition topic.
     sign: Option<usize>,
+    /// The stages explode records: origin offsets number each record's rows.
+    explodes: bool,
 }
 
 impl UpsertSpec {
@@ -91,6 +93,7 @@ impl UpsertSpec {
                 origin_offset,
                 rowtime,
                 sign: signed_output.then(|| aggregation.input_schema.fields().len()),
+                explodes: aggregation.explodes,
             },
         })
     }
@@ -106,8 +109,24 @@ pub(crate) struct Upserted {
     pub signs: Int8Array,
     /// Source key → new contribution (`None`: the key has none any more).
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// (partition, offset) of the records skipped because they have no key.
-    pub keyless: Vec<(i32, i64)>,
+    /// Records skipped: they change nothing.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A table record the upsert writer skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejected {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: Rejection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// A table row needs a key.
+    NoKey,
+    /// The record exploded into more than `MAX_ROWS_PER_RECORD` rows.
+    TooManyRows,
 }
 
 /// Turns batches of table records into signed aggregation input.
@@ -201,7 +220,7 @@ impl Upserter {
             let offset = raw.offsets()[i];
             from_offset.is_none_or(|from| offset >= from) && !skipped.contains(&offset)
         };
-        let mut keyless = Vec::new();
+        let mut rejected = Vec::new();
         let mut keys: Vec<&[u8]> = Vec::new();
         let mut key_index: HashMap<&[u8], usize> = HashMap::new();
         for i in (0..raw.len()).filter(|&i| applies(i)) {
@@ -212,7 +231,11 @@ impl Upserter {
                         keys.len() - 1
                     });
                 }
-                None => keyless.push((partition, raw.offsets()[i])),
+                None => rejected.push(Rejected {
+                    partition,
+                    offset: raw.offsets()[i],
+                    reason: Rejection::NoKey,
+                }),
             }
         }
         let stored = store
@@ -236,6 +259,22 @@ impl Upserter {
             };
             let offset = raw.offsets()[i];
             let timestamp = raw.timestamps_ms()[i];
+            while cursor < origin_offsets.len() && origin_offsets[cursor] < offset {
+                cursor += 1;
+            }
+            let first = cursor;
+            while cursor < origin_offsets.len() && origin_offsets[cursor] == offset {
+                cursor += 1;
+            }
+            if columns.explodes && cursor - first > MAX_ROWS_PER_RECORD {
+                // Its rows cannot each have an origin of their own: the record changes nothing.
+                rejected.push(Rejected {
+                    partition,
+                    offset,
+                    reason: Rejection::TooManyRows,
+                });
+                continue;
+            }
             if let Some(contribution) = current[k].take() {
                 for_each_row(&contribution, |row| {
                     emitted.push(Emitted::Retracted(retracted_rows.len()));
@@ -249,13 +288,6 @@ impl Upserter {
             }
             let mut contribution = vec![CONTRIBUTION_FORMAT_VERSION];
             let mut contributes = false;
-            while cursor < origin_offsets.len() && origin_offsets[cursor] < offset {
-                cursor += 1;
-            }
-            let first = cursor;
-            while cursor < origin_offsets.len() && origin_offsets[cursor] == offset {
-                cursor += 1;
-            }
             for (row, &null_key) in has_null_key.iter().enumerate().take(cursor).skip(first) {
                 emitted.push(Emitted::Added(row));
                 emitted_offsets.push(2 * offset + 1);
@@ -298,7 +330,7 @@ impl Upserter {
             rows,
             signs: Int8Array::from(signs),
             writes,
-            keyless,
+            rejected,
         })
     }
 
@@ -334,7 +366,12 @@ impl Upserter {
         let mut arrays: Vec<ArrayRef> = rows.columns().to_vec();
         arrays[columns.origin_partition] =
             Arc::new(Int32Array::from(vec![partition; rows.num_rows()]));
-        arrays[columns.origin_offset] = Arc::new(Int64Array::from(offsets.to_vec()));
+        arrays[columns.origin_offset] = Arc::new(Int64Array::from(if columns.explodes {
+            number_origin_rows(offsets.iter().map(|&o| (partition, o)), offsets.len())
+                .map_err(|e| QueryError::Internal(e.to_string()))?
+        } else {
+            offsets.to_vec()
+        }));
         let current = rows
             .column(columns.rowtime)
             .as_primitive_opt::<Int64Type>()
@@ -419,6 +456,7 @@ mod tests {
                 origin_offset: 4,
                 rowtime: 2,
                 sign: Some(5),
+                explodes: false,
             },
         };
         let upserter = Upserter::new(&spec, schema()).unwrap();
@@ -595,7 +633,14 @@ mod tests {
             .unwrap();
         assert!(emitted(&upserted).is_empty());
         assert!(upserted.writes.is_empty());
-        assert_eq!(upserted.keyless, vec![(0, 3)]);
+        assert_eq!(
+            upserted.rejected,
+            vec![Rejected {
+                partition: 0,
+                offset: 3,
+                reason: Rejection::NoKey
+            }]
+        );
     }
 
     #[test]

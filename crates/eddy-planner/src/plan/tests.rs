@@ -468,3 +468,96 @@ async fn aggregate_errors_say_what_to_do() {
         "{wrong_type}"
     );
 }
+
+#[tokio::test]
+async fn explode_gives_a_row_per_element_and_repeats_the_other_columns() {
+    let plan = plan(
+        r#"SELECT "ID", explode(split("ITEM", 'p')) AS "PIECE", explode(split('x y', ' ')) AS "XY" FROM "ORDERS""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(plan.stages.iter().any(|s| matches!(s, Stage::Unnest { .. })));
+    assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
+    let out = plan.process(input_batch()).unwrap();
+    let column = |name: &str| {
+        let array = out.column(plan.output_schema.index_of(name).unwrap());
+        let strings = array.as_string::<i32>();
+        (0..strings.len())
+            .map(|i| strings.is_valid(i).then(|| strings.value(i).to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let some = |items: &[&str]| items.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    // apple → [a, "", le]; NULL → [x, y] padded; pear → ["", ear, NULL].
+    assert_eq!(column("ID"), some(&["a", "a", "a", "b", "b", "c", "c"]));
+    let mut pieces = some(&["a", "", "le"]);
+    pieces.extend([None, None, Some(String::new()), Some("ear".into())]);
+    assert_eq!(column("PIECE"), pieces);
+    assert_eq!(
+        column("XY"),
+        vec![
+            Some("x".into()),
+            Some("y".into()),
+            None,
+            Some("x".into()),
+            Some("y".into()),
+            Some("x".into()),
+            Some("y".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_exploding_aggregation_numbers_the_rows_of_each_record() {
+    let plan = plan(
+        r#"SELECT "W", count(*) AS "N" FROM (SELECT explode(split("ITEM", 'p')) AS "W" FROM "ORDERS") GROUP BY "W""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let aggregation = plan.aggregation.as_ref().unwrap();
+    assert!(aggregation.explodes);
+    let numbering = plan.origin_numbering.expect("origins are numbered");
+    let input = plan.process(input_batch()).unwrap();
+    let origins = input
+        .column(numbering.offset_column)
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    let shifted = |offset: i64, row: i64| offset << crate::ORIGIN_ROW_BITS | row;
+    // apple (offset 10) gives three rows, the NULL item (11) none, pear (12) two.
+    assert_eq!(
+        origins.values().to_vec(),
+        vec![shifted(10, 0), shifted(10, 1), shifted(10, 2), shifted(12, 0), shifted(12, 1)]
+    );
+    assert_eq!(aggregation.source_offset_of_origin(shifted(12, 1)), 12);
+    // The repartition writer numbers them too; the reader only reads them.
+    let internal = Source {
+        name: "INTERNAL".into(),
+        columns: plan.repartition_columns().unwrap(),
+        ..orders()
+    };
+    let (writer, reader) = plan.split_for_repartition(internal).unwrap();
+    assert_eq!(writer.origin_numbering, Some(numbering));
+    assert_eq!(reader.origin_numbering, None);
+
+    // Over a table the upsert writer numbers them after its retractions.
+    let plan = self::plan(
+        r#"SELECT "W", count(*) AS "N" FROM (SELECT explode(split("ITEM", 'p')) AS "W" FROM "ORDER_STATE") GROUP BY "W""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let aggregation = plan.aggregation.as_ref().unwrap();
+    assert!(aggregation.explodes && aggregation.retractable);
+    assert_eq!(plan.origin_numbering, None);
+    assert_eq!(aggregation.source_offset_of_origin(shifted(2 * 7 + 1, 3)), 7);
+}
+
+#[test]
+fn origin_numbering_bounds_rows_per_record_and_offsets() {
+    let rows = |n: usize| std::iter::repeat_n((0, 5i64), n);
+    let numbered = crate::number_origin_rows(rows(3).chain([(1, 5), (0, 6)]), 5).unwrap();
+    assert_eq!(numbered, vec![5 << 16, 5 << 16 | 1, 5 << 16 | 2, 5 << 16, 6 << 16]);
+    let error = crate::number_origin_rows(rows(crate::MAX_ROWS_PER_RECORD + 1), 0).unwrap_err();
+    assert!(error.to_string().contains("more than 65536 rows"), "{error}");
+    assert!(crate::number_origin_rows([(0, i64::MAX >> 10)].into_iter(), 1).is_err());
+}
