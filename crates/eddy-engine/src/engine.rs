@@ -364,6 +364,7 @@ impl Engine {
         offset_reset: OffsetReset,
     ) -> Result<QueryHandle, EngineError> {
         let generator = plan.source.generator.clone();
+        let join = self.join_spec(&plan, &crate::materialize::join_store_name(&query.id))?;
         let spec = QuerySpec {
             query_id: query.id.clone(),
             group_id: self.inner.config.query_group_id(&query.id),
@@ -381,6 +382,7 @@ impl Engine {
             state: None,
             single_task: false,
             upsert: None,
+            join,
             generator,
             offset_reset,
             config: self.inner.config.clone(),

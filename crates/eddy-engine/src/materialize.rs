@@ -78,6 +78,7 @@ impl Engine {
                 state: Some(state.clone()),
                 single_task: false,
                 upsert: None,
+                join: None,
                 generator: view_plan.source.generator.clone(),
                 sink: sink_spec,
                 offset_reset,
@@ -152,6 +153,7 @@ impl Engine {
             state: None,
             single_task: false,
             upsert,
+            join: None,
             generator: plan.source.generator.clone(),
             offset_reset,
             config: config.clone(),
@@ -171,6 +173,7 @@ impl Engine {
             state: Some(state.clone()),
             single_task: false,
             upsert: None,
+            join: None,
             generator: None,
             sink: sink_spec(&reader)?,
             // Everything written to the internal topic belongs to this query.
@@ -224,11 +227,35 @@ impl Engine {
         if let Ok(mut views) = self.inner.views.lock() {
             views.remove(table);
         }
-        for store in [query_id.to_owned(), upsert_store_name(query_id)] {
+        for store in [
+            query_id.to_owned(),
+            upsert_store_name(query_id),
+            join_store_name(query_id),
+        ] {
             if let Err(error) = self.inner.state.drop_store(&store) {
                 tracing::warn!(query = query_id, %error, "cannot delete the query's local state");
             }
         }
+    }
+
+    /// The joined table of a stream-table join plan, with its store `store_name`.
+    pub(crate) fn join_spec(
+        &self,
+        plan: &eddy_planner::StreamingPlan,
+        store_name: &str,
+    ) -> Result<Option<eddy_runtime::JoinSpec>, EngineError> {
+        let Some(join) = &plan.join else {
+            return Ok(None);
+        };
+        Ok(Some(eddy_runtime::JoinSpec {
+            table_topic: self.physical_topic(&join.table),
+            table_layout: crate::layout::source_layout(&join.table)?,
+            store: self
+                .inner
+                .state
+                .store(store_name)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+        }))
     }
 
     pub(crate) fn aggregate_limits(&self) -> eddy_aggregate::AggregateLimits {
@@ -248,4 +275,9 @@ impl Engine {
 /// keeps each source key's contribution.
 pub(crate) fn upsert_store_name(query_id: &str) -> String {
     format!("{query_id}-upsert")
+}
+
+/// The store of a stream-table join query's table rows.
+pub(crate) fn join_store_name(query_id: &str) -> String {
+    format!("{query_id}-join")
 }

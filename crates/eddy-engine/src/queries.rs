@@ -89,6 +89,10 @@ impl Engine {
             )?),
             _ => None,
         };
+        let join = self.join_spec(
+            &plan,
+            &crate::materialize::join_store_name(&format!("{TRANSIENT_STORE_PREFIX}{query_id}")),
+        )?;
         let spec = QuerySpec {
             query_id: query_id.clone(),
             group_id: format!("_eddy-{}-{query_id}", self.inner.config.service_id),
@@ -101,6 +105,7 @@ impl Engine {
             sink: SinkSpec::Channel { sender },
             single_task: state.is_some(),
             upsert,
+            join,
             generator: plan.source.generator.clone(),
             state,
             plan: Arc::new(plan),

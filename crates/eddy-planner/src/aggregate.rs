@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::compute::{and_kleene, is_not_null};
 use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue, not_impl_err};
 use datafusion::execution::context::{SessionContext, SessionState};
 use datafusion::logical_expr::function::AccumulatorArgs;
@@ -629,6 +629,7 @@ impl StreamingPlan {
             sink_columns: self.repartition_columns()?,
             limit: None,
             aggregation: None,
+            join: None,
             origin_numbering: self.origin_numbering,
             logical_plan: self.logical_plan.clone(),
         };
@@ -649,6 +650,7 @@ impl StreamingPlan {
                 sign_column: aggregation.retractable.then_some(first + width),
                 ..aggregation.clone()
             }),
+            join: None,
             origin_numbering: None,
             logical_plan: self.logical_plan.clone(),
         };

@@ -20,6 +20,7 @@
 
 mod aggregate;
 mod functions;
+mod join;
 mod plan;
 mod split;
 
@@ -28,4 +29,5 @@ pub use aggregate::{
     ORIGIN_ROW_BITS, OriginNumbering, PostOutput, ROWTIME_AGGREGATE, SIGN_COLUMN,
     number_origin_rows,
 };
+pub use join::{JoinKind, JoinPlan};
 pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

@@ -23,10 +23,11 @@ use sqlparser::ast::{
 use thiserror::Error;
 
 use crate::aggregate::{
-    AggregationPlan, ORIGIN_AGGREGATE, OriginNumbering, ORIGIN_OUTPUT, ROWTIME_AGGREGATE, key_columns_of_aggregate,
-    lower_aggregate_query,
+    AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, OriginNumbering, ROWTIME_AGGREGATE,
+    key_columns_of_aggregate, lower_aggregate_query,
 };
 use crate::functions::register_ksql_functions;
+use crate::join::{JoinPlan, lower_join_query};
 
 /// Name of the hidden output column that carries each output record's event time.
 pub const ROWTIME_OUTPUT: &str = "__eddy_rowtime";
@@ -288,6 +289,9 @@ pub struct StreamingPlan {
     /// The aggregation of a `GROUP BY` query: `stages` produce its input, and `output_schema`,
     /// `key_columns`, `value_columns` and `rowtime_column` describe its post stages' output.
     pub aggregation: Option<AggregationPlan>,
+    /// The join of a stream-table join: `stages` produce the stream side, the runtime looks up
+    /// the table and runs [`JoinPlan::join`], whose output is `output_schema`.
+    pub join: Option<JoinPlan>,
     /// Set when the stages explode records into an aggregation's input: [`Self::process`] numbers
     /// the rows of each record in their origin offsets (see [`crate::ORIGIN_ROW_BITS`]).
     pub origin_numbering: Option<OriginNumbering>,
@@ -444,9 +448,18 @@ impl Planner {
                 "a comma-separated FROM list is not supported; use JOIN".into()
             }));
         }
-        if !select.from[0].joins.is_empty() {
-            return Err(PlanError::unsupported("joins", true, None));
-        }
+        // The joined table, and its name in the query.
+        let joined: Option<(Source, String)> = match select.from[0].joins.as_slice() {
+            [] => None,
+            [join] => Some(joined_table(join, catalog)?),
+            _ => {
+                return Err(PlanError::unsupported(
+                    "joins of more than two sources",
+                    true,
+                    Some("join two at a time with CREATE STREAM ... AS SELECT"),
+                ));
+            }
+        };
         if select.distinct.is_some() {
             return Err(PlanError::unsupported(
                 "SELECT DISTINCT",
@@ -542,6 +555,38 @@ impl Planner {
         };
         let source = catalog.require_source(&source_name)?.clone();
 
+        if let Some((table, table_qualifier)) = &joined {
+            if grouped {
+                return Err(PlanError::unsupported(
+                    "aggregations over joins",
+                    true,
+                    Some(
+                        "write the join to a stream with CREATE STREAM ... AS SELECT, then aggregate it",
+                    ),
+                ));
+            }
+            if source.kind != eddy_catalog::SourceKind::Stream {
+                return Err(PlanError::unsupported(
+                    "joins of two tables",
+                    true,
+                    Some("a stream joins a table: FROM stream [LEFT] JOIN table ON ..."),
+                ));
+            }
+            if source.generator.is_some() {
+                return Err(PlanError::unsupported(
+                    "joins of a generated stream",
+                    true,
+                    None,
+                ));
+            }
+            expand_join_wildcards(
+                &mut select.projection,
+                &[
+                    (&source, qualifier.as_str()),
+                    (table, table_qualifier.as_str()),
+                ],
+            )?;
+        }
         expand_wildcards(&mut select.projection, &source, &qualifier)?;
         // ksqlDB's integer literals are INT when they fit: `qty + 1` stays INT.
         let mut partition_by = partition_by.to_vec();
@@ -627,6 +672,14 @@ impl Planner {
         };
         let ctx = SessionContext::new_with_state(self.isolated_state(base)?);
         ctx.register_table(TableReference::bare(source.name.as_str()), table)?;
+        if let Some((table, _)) = &joined
+            && table.name != source.name
+        {
+            ctx.register_table(
+                TableReference::bare(table.name.as_str()),
+                Arc::new(EmptyTable::new(table.arrow_schema())),
+            )?;
+        }
         let state = ctx.state();
         let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
         let logical = state
@@ -635,14 +688,20 @@ impl Planner {
             .map_err(|e| explain_error(e, &source))?;
         let logical = state.optimize(&logical)?;
 
-        let (stages, aggregation) = if grouped {
+        let (stages, aggregation, join) = if let Some((table, _)) = &joined {
+            let (stages, join) =
+                lower_join_query(&logical, &state, &source, table, &|input, side| {
+                    lower(input, &state, side)
+                })?;
+            (stages, None, Some(join))
+        } else if grouped {
             let (stages, aggregation) =
                 lower_aggregate_query(&logical, &state, &source, &|input| {
                     lower(input, &state, &source)
                 })?;
-            (stages, Some(aggregation))
+            (stages, Some(aggregation), None)
         } else {
-            (lower(&logical, &state, &source)?, None)
+            (lower(&logical, &state, &source)?, None, None)
         };
         let output_schema = nullable_schema(logical.schema().as_arrow());
         let index_of = |name: &str| output_schema.index_of(name).ok();
@@ -734,6 +793,7 @@ impl Planner {
         Ok(StreamingPlan {
             source,
             stages,
+            join,
             origin_numbering,
             output_schema,
             key_columns,
@@ -865,6 +925,109 @@ fn rewrite_count_distinct(projection: &mut [SelectItem]) {
     }
 }
 
+/// The table of `JOIN table [AS alias] ON ...` and its name in the query.
+fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String), PlanError> {
+    use ast::JoinOperator as Op;
+    match &join.join_operator {
+        Op::Join(ast::JoinConstraint::On(_))
+        | Op::Inner(ast::JoinConstraint::On(_))
+        | Op::Left(ast::JoinConstraint::On(_))
+        | Op::LeftOuter(ast::JoinConstraint::On(_)) => {}
+        Op::Join(_) | Op::Inner(_) | Op::Left(_) | Op::LeftOuter(_) => {
+            return Err(PlanError::Invalid(
+                "a join needs an ON condition (USING and NATURAL are not supported)".into(),
+            ));
+        }
+        Op::Right(_) | Op::RightOuter(_) | Op::FullOuter(_) => {
+            return Err(PlanError::unsupported(
+                "RIGHT and FULL OUTER joins of a stream and a table",
+                true,
+                Some("a stream joins a table with [INNER] JOIN or LEFT JOIN"),
+            ));
+        }
+        _ => {
+            // `join` displays as `<OPERATOR> JOIN <relation> ...`: name the operator.
+            let text = join.to_string();
+            let operator = text.split(" JOIN").next().unwrap_or("this kind of").trim();
+            return Err(PlanError::unsupported(
+                &format!("{operator} joins"),
+                true,
+                None,
+            ));
+        }
+    }
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = &join.relation
+    else {
+        return Err(PlanError::unsupported(
+            "joins of subqueries",
+            true,
+            Some("join a stream or a table by name"),
+        ));
+    };
+    let name = object_name_to_string(name);
+    let table = catalog.require_source(&name)?.clone();
+    if table.kind != eddy_catalog::SourceKind::Table {
+        return Err(PlanError::unsupported(
+            "stream-stream joins (WITHIN)",
+            true,
+            Some("a stream joins a table: FROM stream [LEFT] JOIN table ON ..."),
+        ));
+    }
+    let qualifier = alias
+        .as_ref()
+        .map(|a| a.name.value.clone())
+        .unwrap_or_else(|| name.clone());
+    Ok((table, qualifier))
+}
+
+/// `*` over a join means every key and value column of both sources, named as ksqlDB names
+/// them: `<ALIAS>_<COLUMN>`; `alias.*` the columns of one source.
+fn expand_join_wildcards(
+    projection: &mut Vec<SelectItem>,
+    sources: &[(&Source, &str)],
+) -> Result<(), PlanError> {
+    let columns = |source: &Source, qualifier: &str| {
+        source
+            .key_columns()
+            .chain(source.value_columns())
+            .map(|c| SelectItem::ExprWithAlias {
+                expr: ast::Expr::CompoundIdentifier(vec![quoted(qualifier), quoted(&c.name)]),
+                alias: quoted(&format!("{qualifier}_{}", c.name)),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut expanded = Vec::with_capacity(projection.len());
+    for item in projection.drain(..) {
+        match item {
+            SelectItem::Wildcard(_) => {
+                for (source, qualifier) in sources {
+                    expanded.extend(columns(source, qualifier));
+                }
+            }
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let name = object_name_to_string(&name);
+                let Some((source, qualifier)) = sources
+                    .iter()
+                    .find(|(source, qualifier)| *qualifier == name || source.name == name)
+                else {
+                    return Err(PlanError::Invalid(format!(
+                        "\"{name}\" in \"{name}.*\" is not a source of this query"
+                    )));
+                };
+                expanded.extend(columns(source, qualifier));
+            }
+            other => expanded.push(other),
+        }
+    }
+    *projection = expanded;
+    Ok(())
+}
+
 /// Alias given to a subquery in `FROM` that has none, so hidden columns can name it.
 const SUBQUERY_ALIAS: &str = "__eddy_subquery";
 
@@ -874,11 +1037,13 @@ const SUBQUERY_ALIAS: &str = "__eddy_subquery";
 /// `ROWTIME`, `ROWPARTITION` and `ROWOFFSET` through so the outer query's hidden columns find them.
 /// Returns the source's name.
 fn prepare_subquery(subquery: &mut ast::Query, catalog: &Catalog) -> Result<String, PlanError> {
-    let nested = || PlanError::unsupported(
-        "subqueries in FROM other than one SELECT over one stream or table",
-        true,
-        Some("write the inner query as its own CREATE STREAM ... AS SELECT"),
-    );
+    let nested = || {
+        PlanError::unsupported(
+            "subqueries in FROM other than one SELECT over one stream or table",
+            true,
+            Some("write the inner query as its own CREATE STREAM ... AS SELECT"),
+        )
+    };
     if subquery.limit_clause.is_some() || subquery.order_by.is_some() || subquery.with.is_some() {
         return Err(nested());
     }
@@ -922,9 +1087,9 @@ fn prepare_subquery(subquery: &mut ast::Query, catalog: &Catalog) -> Result<Stri
     }
     name_output_columns(&mut select.projection)?;
     for pseudo in [ROWTIME, eddy_catalog::ROWPARTITION, eddy_catalog::ROWOFFSET] {
-        let selected = select.projection.iter().any(|item| {
-            matches!(item, SelectItem::ExprWithAlias { alias, .. } if alias.value == pseudo)
-        });
+        let selected = select.projection.iter().any(
+            |item| matches!(item, SelectItem::ExprWithAlias { alias, .. } if alias.value == pseudo),
+        );
         if !selected {
             select.projection.push(SelectItem::ExprWithAlias {
                 expr: ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(pseudo)]),
@@ -1203,7 +1368,10 @@ fn explain_error(error: DataFusionError, source: &Source) -> PlanError {
         };
     }
     // EXPLODE is DataFusion's UNNEST under ksqlDB's name: speak of what the user wrote.
-    if error.to_string().contains("unnest() can only be applied to") {
+    if error
+        .to_string()
+        .contains("unnest() can only be applied to")
+    {
         return PlanError::Invalid("EXPLODE takes an ARRAY".into());
     }
     PlanError::DataFusion(error)

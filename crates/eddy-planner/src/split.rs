@@ -68,15 +68,17 @@ impl SplitFunction {
     fn compile(&self, delimiter: &str) -> Result<Compiled> {
         match self.delimiter {
             Delimiter::Literal => Ok(Compiled::Literal(delimiter.to_owned())),
-            Delimiter::Regex => regex::Regex::new(delimiter).map(Compiled::Regex).map_err(|e| {
-                // The regex crate's message spans lines (pattern, caret, reason): keep the reason.
-                let reason = e.to_string();
-                let reason = reason.lines().last().unwrap_or_default().trim().to_owned();
-                DataFusionError::Execution(format!(
-                    "{}: invalid regular expression {delimiter:?}: {reason}",
-                    self.name.to_uppercase()
-                ))
-            }),
+            Delimiter::Regex => regex::Regex::new(delimiter)
+                .map(Compiled::Regex)
+                .map_err(|e| {
+                    // The regex crate's message spans lines (pattern, caret, reason): keep the reason.
+                    let reason = e.to_string();
+                    let reason = reason.lines().last().unwrap_or_default().trim().to_owned();
+                    DataFusionError::Execution(format!(
+                        "{}: invalid regular expression {delimiter:?}: {reason}",
+                        self.name.to_uppercase()
+                    ))
+                }),
         }
     }
 }
@@ -212,7 +214,11 @@ mod tests {
     use datafusion::arrow::array::StringArray;
     use datafusion::config::ConfigOptions;
 
-    fn run(function: ScalarUDF, texts: Vec<Option<&str>>, delimiter: ColumnarValue) -> Vec<Option<Vec<String>>> {
+    fn run(
+        function: ScalarUDF,
+        texts: Vec<Option<&str>>,
+        delimiter: ColumnarValue,
+    ) -> Vec<Option<Vec<String>>> {
         let rows = texts.len();
         let args = ScalarFunctionArgs {
             args: vec![
@@ -227,14 +233,21 @@ mod tests {
             return_field: Arc::new(Field::new("r", list_of_strings(), true)),
             config_options: Arc::new(ConfigOptions::default()),
         };
-        let result = function.invoke_with_args(args).unwrap().to_array(rows).unwrap();
+        let result = function
+            .invoke_with_args(args)
+            .unwrap()
+            .to_array(rows)
+            .unwrap();
         let lists = result.as_list::<i32>();
         (0..rows)
             .map(|row| {
                 lists.is_valid(row).then(|| {
                     let items = lists.value(row);
                     let items = items.as_string::<i32>();
-                    items.iter().map(|s| s.unwrap_or_default().to_owned()).collect()
+                    items
+                        .iter()
+                        .map(|s| s.unwrap_or_default().to_owned())
+                        .collect()
                 })
             })
             .collect()
@@ -264,7 +277,10 @@ mod tests {
                 strings(&[""]),
             ]
         );
-        assert_eq!(run(split(), vec![Some("héj")], literal("")), vec![strings(&["h", "é", "j"])]);
+        assert_eq!(
+            run(split(), vec![Some("héj")], literal("")),
+            vec![strings(&["h", "é", "j"])]
+        );
         let null_delimiter = ColumnarValue::Scalar(ScalarValue::Utf8(None));
         assert_eq!(run(split(), vec![Some("a,b")], null_delimiter), vec![None]);
     }
@@ -278,7 +294,10 @@ mod tests {
         );
         assert_eq!(
             got,
-            vec![strings(&["The", "cat", "the", "hat", ""]), strings(&["word"])]
+            vec![
+                strings(&["The", "cat", "the", "hat", ""]),
+                strings(&["word"])
+            ]
         );
     }
 
@@ -289,7 +308,11 @@ mod tests {
             Some(";"),
             None,
         ])));
-        let got = run(split(), vec![Some("a,b"), Some("c;d"), Some("e")], delimiters);
+        let got = run(
+            split(),
+            vec![Some("a,b"), Some("c;d"), Some("e")],
+            delimiters,
+        );
         assert_eq!(got, vec![strings(&["a", "b"]), strings(&["c", "d"]), None]);
 
         let rows = 1;
@@ -304,6 +327,9 @@ mod tests {
             config_options: Arc::new(ConfigOptions::default()),
         };
         let error = regexp_split_to_array().invoke_with_args(args).unwrap_err();
-        assert!(error.to_string().contains("invalid regular expression"), "{error}");
+        assert!(
+            error.to_string().contains("invalid regular expression"),
+            "{error}"
+        );
     }
 }

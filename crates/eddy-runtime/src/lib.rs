@@ -16,6 +16,7 @@
 
 mod aggregate;
 mod generator;
+mod join;
 mod kafka;
 mod print;
 mod processing_log;
@@ -24,6 +25,7 @@ mod upsert;
 
 pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
 pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, check_datagen_columns, generator_columns};
+pub use join::JoinSpec;
 pub use kafka::{KafkaConnection, KafkaError, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};

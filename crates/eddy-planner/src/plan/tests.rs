@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array};
 use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
 use eddy_common::types::SqlType;
 use sqlparser::dialect::GenericDialect;
@@ -226,14 +226,87 @@ async fn unknown_sources_are_reported() {
 }
 
 #[tokio::test]
-async fn joins_are_refused_for_now() {
+async fn stream_stream_joins_are_refused_for_now() {
     let err = plan(
         r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ID" = b."ID""#,
         &[],
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("stream-stream joins (WITHIN) are not supported yet"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_table_join_looks_up_the_table_by_key_and_projects_both_sides() {
+    let plan = plan(
+        r#"SELECT o."ID", o."QTY", s."ITEM" AS "CURRENT_ITEM" FROM "ORDERS" o LEFT JOIN "ORDER_STATE" s ON o."ID" = s."ID" WHERE s."QTY" IS NULL OR s."QTY" > 1"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let join = plan.join.as_ref().expect("a join");
+    assert_eq!(join.kind, crate::JoinKind::Left);
+    assert_eq!(join.table.name, "ORDER_STATE");
+    assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
+    assert_eq!(names(&plan, &plan.value_columns), ["QTY", "CURRENT_ITEM"]);
+
+    // The table side: rows as the store keeps them (the table stages' output).
+    let (table_rows, present) = join.table_rows(input_batch()).unwrap();
+    assert_eq!(table_rows.schema(), join.table_row_schema);
+    assert_eq!(
+        present.true_count(),
+        3,
+        "no table-side filter in a LEFT JOIN"
+    );
+
+    // Stream rows a, b, c; a joins table row 2, b none, c table row 0.
+    let stream = plan.process(input_batch()).unwrap();
+    let keys = join.stream_keys(&stream).unwrap();
+    assert_eq!(keys.len(), 1);
+    let matches = UInt32Array::from(vec![Some(2), None, Some(0)]);
+    let out = join.join(&stream, &table_rows, &matches).unwrap();
+    let item = out
+        .column(plan.output_schema.index_of("CURRENT_ITEM").unwrap())
+        .as_string::<i32>();
+    // a meets "pear" (QTY NULL passes), b meets nothing (NULL passes), c meets "apple" whose
+    // QTY 1 fails the WHERE over the joined row.
+    assert_eq!(out.num_rows(), 2);
+    assert_eq!(item.value(0), "pear");
+    assert!(item.is_null(1));
+
+    // An inner join drops the unmatched row.
+    let inner = self::plan(
+        r#"SELECT o."ID", s."ITEM" FROM "ORDERS" o JOIN "ORDER_STATE" s ON o."ID" = s."ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let join = inner.join.as_ref().unwrap();
+    let stream = inner.process(input_batch()).unwrap();
+    let (table_rows, _) = join.table_rows(input_batch()).unwrap();
+    let out = join.join(&stream, &table_rows, &matches).unwrap();
+    assert_eq!(out.num_rows(), 2);
+}
+
+#[tokio::test]
+async fn an_inner_join_filter_on_the_table_marks_table_rows_absent() {
+    let plan = plan(
+        r#"SELECT o."ID", s."ITEM" FROM "ORDERS" o JOIN "ORDER_STATE" s ON o."ID" = s."ID" WHERE s."QTY" > 1"#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let join = plan.join.as_ref().unwrap();
+    let (rows, present) = join.table_rows(input_batch()).unwrap();
+    assert_eq!(rows.num_rows(), 3, "rows are kept, marked");
+    let present: Vec<bool> = (0..3)
+        .map(|i| present.is_valid(i) && present.value(i))
+        .collect();
+    assert_eq!(present, [false, true, false]);
 }
 
 #[tokio::test]
@@ -477,7 +550,11 @@ async fn explode_gives_a_row_per_element_and_repeats_the_other_columns() {
     )
     .await
     .unwrap();
-    assert!(plan.stages.iter().any(|s| matches!(s, Stage::Unnest { .. })));
+    assert!(
+        plan.stages
+            .iter()
+            .any(|s| matches!(s, Stage::Unnest { .. }))
+    );
     assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
     let out = plan.process(input_batch()).unwrap();
     let column = |name: &str| {
@@ -487,7 +564,12 @@ async fn explode_gives_a_row_per_element_and_repeats_the_other_columns() {
             .map(|i| strings.is_valid(i).then(|| strings.value(i).to_owned()))
             .collect::<Vec<_>>()
     };
-    let some = |items: &[&str]| items.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    let some = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| Some(s.to_string()))
+            .collect::<Vec<_>>()
+    };
     // apple → [a, "", le]; NULL → [x, y] padded; pear → ["", ear, NULL].
     assert_eq!(column("ID"), some(&["a", "a", "a", "b", "b", "c", "c"]));
     let mut pieces = some(&["a", "", "le"]);
@@ -526,7 +608,13 @@ async fn an_exploding_aggregation_numbers_the_rows_of_each_record() {
     // apple (offset 10) gives three rows, the NULL item (11) none, pear (12) two.
     assert_eq!(
         origins.values().to_vec(),
-        vec![shifted(10, 0), shifted(10, 1), shifted(10, 2), shifted(12, 0), shifted(12, 1)]
+        vec![
+            shifted(10, 0),
+            shifted(10, 1),
+            shifted(10, 2),
+            shifted(12, 0),
+            shifted(12, 1)
+        ]
     );
     assert_eq!(aggregation.source_offset_of_origin(shifted(12, 1)), 12);
     // The repartition writer numbers them too; the reader only reads them.
@@ -549,15 +637,24 @@ async fn an_exploding_aggregation_numbers_the_rows_of_each_record() {
     let aggregation = plan.aggregation.as_ref().unwrap();
     assert!(aggregation.explodes && aggregation.retractable);
     assert_eq!(plan.origin_numbering, None);
-    assert_eq!(aggregation.source_offset_of_origin(shifted(2 * 7 + 1, 3)), 7);
+    assert_eq!(
+        aggregation.source_offset_of_origin(shifted(2 * 7 + 1, 3)),
+        7
+    );
 }
 
 #[test]
 fn origin_numbering_bounds_rows_per_record_and_offsets() {
     let rows = |n: usize| std::iter::repeat_n((0, 5i64), n);
     let numbered = crate::number_origin_rows(rows(3).chain([(1, 5), (0, 6)]), 5).unwrap();
-    assert_eq!(numbered, vec![5 << 16, 5 << 16 | 1, 5 << 16 | 2, 5 << 16, 6 << 16]);
+    assert_eq!(
+        numbered,
+        vec![5 << 16, 5 << 16 | 1, 5 << 16 | 2, 5 << 16, 6 << 16]
+    );
     let error = crate::number_origin_rows(rows(crate::MAX_ROWS_PER_RECORD + 1), 0).unwrap_err();
-    assert!(error.to_string().contains("more than 65536 rows"), "{error}");
+    assert!(
+        error.to_string().contains("more than 65536 rows"),
+        "{error}"
+    );
     assert!(crate::number_origin_rows([(0, i64::MAX >> 10)].into_iter(), 1).is_err());
 }

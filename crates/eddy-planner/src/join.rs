@@ -1,0 +1,323 @@
+//! Stream-table joins: `SELECT ... FROM stream [LEFT] JOIN table ON stream.col = table.key`.
+//!
+//! DataFusion plans the whole query; the optimized plan is cut at its `Join` node into three
+//! parts that the runtime drives around a per-partition table store:
+//!
+//! ```text
+//!  table record batch ─▶ table stages (filters mark rows absent) ─▶ store: table key → row
+//!  stream batch ─▶ stream stages ─▶ join key ─▶ look up the store ─▶ [stream columns, table columns]
+//!      ─▶ post stages (projection, filters over both sides) ─▶ output
+//! ```
+//!
+//! The inputs must be co-partitioned, as in ksqlDB: the stream's key is the join column, with the
+//! table key's type and format, and both have the same number of partitions. Then a stream
+//! record's table row lives in the same partition number, and one task per partition holds it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use datafusion::arrow::compute::{and_kleene, cast, filter_record_batch, is_not_null, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::DataFusionError;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use eddy_catalog::{Source, SourceKind};
+
+use crate::plan::{PlanError, Stage, nullable_schema, physical};
+
+/// How unmatched stream rows are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// `[INNER] JOIN`: a stream row without a table row gives no output.
+    Inner,
+    /// `LEFT [OUTER] JOIN`: a stream row without a table row gives one with NULL table columns.
+    Left,
+}
+
+/// The join of a stream-table join query.
+#[derive(Debug, Clone)]
+pub struct JoinPlan {
+    /// The table side.
+    pub table: Source,
+    pub kind: JoinKind,
+    /// Computes the join key from the stream stages' output, one expression per table key column
+    /// (in the table's key order); [`JoinPlan::stream_keys`] casts them to the table key types.
+    pub stream_key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Types of the table's key columns.
+    pub table_key_types: Vec<DataType>,
+    /// Stages over decoded table batches. A `Filter` here marks rows absent (their key gets no
+    /// row) instead of dropping them, see [`JoinPlan::table_rows`].
+    pub table_stages: Vec<Stage>,
+    /// Schema of the table rows the store holds (the table stages' output).
+    pub table_row_schema: SchemaRef,
+    /// Schema of a joined batch: stream stage output columns, then table row columns.
+    pub joined_schema: SchemaRef,
+    /// Stages over joined batches (the projection, filters that read both sides).
+    pub post_stages: Vec<Stage>,
+}
+
+impl JoinPlan {
+    /// The join key of each stream row, as the table's key columns (same types).
+    pub fn stream_keys(&self, stream: &RecordBatch) -> Result<Vec<ArrayRef>, DataFusionError> {
+        self.stream_key_exprs
+            .iter()
+            .zip(&self.table_key_types)
+            .map(|(expr, data_type)| {
+                let key = expr.evaluate(stream)?.into_array(stream.num_rows())?;
+                if key.data_type() == data_type {
+                    Ok(key)
+                } else {
+                    Ok(cast(&key, data_type)?)
+                }
+            })
+            .collect()
+    }
+
+    /// Runs the table stages over a decoded table batch. Returns the rows (one per input row,
+    /// in order) and whether each row is present: a row a table-side filter rejects (or whose
+    /// filter is NULL) is absent, i.e. its key has no row for the join.
+    pub fn table_rows(
+        &self,
+        batch: RecordBatch,
+    ) -> Result<(RecordBatch, BooleanArray), DataFusionError> {
+        let rows = batch.num_rows();
+        let mut present = BooleanArray::from(vec![true; rows]);
+        let mut batch = batch;
+        for stage in &self.table_stages {
+            match stage {
+                Stage::Filter(predicate) => {
+                    let mask = predicate.evaluate(&batch)?.into_array(rows)?;
+                    let mask = mask
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .ok_or_else(|| {
+                            DataFusionError::Internal("join filter is not BOOLEAN".into())
+                        })?;
+                    let known = is_not_null(mask)?;
+                    present = and_kleene(&and_kleene(&present, mask)?, &known)?;
+                }
+                other => batch = other.apply(batch)?,
+            }
+        }
+        Ok((batch, present))
+    }
+
+    /// Puts each stream row next to its table row: `matches[i]` is the row of `table_rows` that
+    /// stream row `i` joins, or NULL. An inner join drops unmatched rows; a left join keeps them
+    /// with NULL table columns. Then the post stages run.
+    pub fn join(
+        &self,
+        stream: &RecordBatch,
+        table_rows: &RecordBatch,
+        matches: &UInt32Array,
+    ) -> Result<RecordBatch, DataFusionError> {
+        let mut columns: Vec<ArrayRef> = stream.columns().to_vec();
+        for column in table_rows.columns() {
+            columns.push(take(column.as_ref(), matches, None)?);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(stream.num_rows()));
+        let mut joined =
+            RecordBatch::try_new_with_options(Arc::clone(&self.joined_schema), columns, &options)?;
+        if self.kind == JoinKind::Inner && matches.null_count() > 0 {
+            joined = filter_record_batch(&joined, &is_not_null(matches)?)?;
+        }
+        self.post_stages
+            .iter()
+            .try_fold(joined, |batch, stage| stage.apply(batch))
+    }
+}
+
+/// Lowers one side of a join (its plan, over its source) into stages.
+pub(crate) type LowerSide<'a> = dyn Fn(&LogicalPlan, &Source) -> Result<Vec<Stage>, PlanError> + 'a;
+
+/// Lowers a join query's optimized plan: the stages above the `Join` (post stages), the stream
+/// side's stages, and the join itself. `lower` lowers one side over its source.
+pub(crate) fn lower_join_query(
+    plan: &LogicalPlan,
+    state: &SessionState,
+    stream: &Source,
+    table: &Source,
+    lower: &LowerSide<'_>,
+) -> Result<(Vec<Stage>, JoinPlan), PlanError> {
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            let (stages, mut join) =
+                lower_join_query(&projection.input, state, stream, table, lower)?;
+            let exprs = projection
+                .expr
+                .iter()
+                .map(|expr| physical(state, expr.clone(), projection.input.schema()))
+                .collect::<Result<Vec<_>, _>>()?;
+            join.post_stages.push(Stage::Project {
+                exprs,
+                schema: nullable_schema(projection.schema.as_arrow()),
+            });
+            Ok((stages, join))
+        }
+        LogicalPlan::Filter(filter) => {
+            let (stages, mut join) = lower_join_query(&filter.input, state, stream, table, lower)?;
+            join.post_stages.push(Stage::Filter(physical(
+                state,
+                filter.predicate.clone(),
+                filter.input.schema(),
+            )?));
+            Ok((stages, join))
+        }
+        LogicalPlan::SubqueryAlias(alias) => {
+            lower_join_query(&alias.input, state, stream, table, lower)
+        }
+        LogicalPlan::Join(join) => {
+            let kind = match join.join_type {
+                JoinType::Inner => JoinKind::Inner,
+                JoinType::Left => JoinKind::Left,
+                other => {
+                    return Err(PlanError::unsupported(
+                        &format!("{} joins of a stream and a table", join_type_name(other)),
+                        true,
+                        Some("a stream joins a table with [INNER] JOIN or LEFT JOIN"),
+                    ));
+                }
+            };
+            if join.filter.is_some() {
+                return Err(PlanError::unsupported(
+                    "join conditions other than equality of the stream's join column and the \
+                     table's key",
+                    true,
+                    Some("move other conditions to WHERE"),
+                ));
+            }
+            let stream_stages = lower(&join.left, stream)?;
+            let table_stages = lower(&join.right, table)?;
+            if table_stages
+                .iter()
+                .any(|s| matches!(s, Stage::Unnest { .. }))
+            {
+                return Err(PlanError::unsupported(
+                    "EXPLODE of a joined table",
+                    false,
+                    None,
+                ));
+            }
+            // Each table key column must be equal to one stream expression.
+            let table_keys: Vec<&str> = table.key_columns().map(|c| c.name.as_str()).collect();
+            let mut stream_exprs: Vec<Option<Expr>> = vec![None; table_keys.len()];
+            for (left, right) in &join.on {
+                let Some(key) =
+                    key_column(right).and_then(|name| table_keys.iter().position(|k| *k == name))
+                else {
+                    return Err(not_on_the_key(table));
+                };
+                stream_exprs[key] = Some(left.clone());
+            }
+            let Some(stream_exprs) = stream_exprs.into_iter().collect::<Option<Vec<_>>>() else {
+                return Err(not_on_the_key(table));
+            };
+            check_co_partitioned(&stream_exprs, stream, table)?;
+            let stream_key_exprs = stream_exprs
+                .into_iter()
+                .map(|expr| physical(state, expr, join.left.schema()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((
+                stream_stages,
+                JoinPlan {
+                    table: table.clone(),
+                    kind,
+                    stream_key_exprs,
+                    table_key_types: table.key_columns().map(|c| c.sql_type.to_arrow()).collect(),
+                    table_stages,
+                    table_row_schema: nullable_schema(join.right.schema().as_arrow()),
+                    joined_schema: nullable_schema(join.schema.as_arrow()),
+                    post_stages: Vec::new(),
+                },
+            ))
+        }
+        other => Err(PlanError::unsupported(
+            &format!("\"{}\" in a join query", other.display()),
+            false,
+            None,
+        )),
+    }
+}
+
+fn join_type_name(join_type: JoinType) -> &'static str {
+    match join_type {
+        JoinType::Right => "RIGHT",
+        JoinType::Full => "FULL OUTER",
+        _ => "SEMI and ANTI",
+    }
+}
+
+/// The table column an `ON` operand names, through the casts type coercion adds.
+fn key_column(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Column(column) => Some(column.name.as_str()),
+        Expr::Cast(cast) => key_column(&cast.expr),
+        Expr::TryCast(cast) => key_column(&cast.expr),
+        _ => None,
+    }
+}
+
+fn not_on_the_key(table: &Source) -> PlanError {
+    let keys: Vec<&str> = table.key_columns().map(|c| c.name.as_str()).collect();
+    PlanError::Invalid(format!(
+        "a stream joins table \"{}\" on its PRIMARY KEY ({}): the ON condition must be \
+         stream_expression = {}.{}",
+        table.name,
+        keys.join(", "),
+        table.name,
+        keys.first().copied().unwrap_or("key"),
+    ))
+}
+
+/// ksqlDB's co-partitioning rule: the stream's key is the join column, stored like the table's
+/// key, and both topics have the same number of partitions.
+fn check_co_partitioned(
+    stream_exprs: &[Expr],
+    stream: &Source,
+    table: &Source,
+) -> Result<(), PlanError> {
+    let stream_keys: Vec<&eddy_catalog::Column> = stream.key_columns().collect();
+    let table_keys: Vec<&eddy_catalog::Column> = table.key_columns().collect();
+    let keyed_by_join = stream_keys.len() == stream_exprs.len()
+        && stream_exprs.iter().zip(&stream_keys).zip(&table_keys).all(
+            |((expr, stream_key), table_key)| {
+                matches!(expr, Expr::Column(c) if c.name == stream_key.name)
+                    && stream_key.sql_type == table_key.sql_type
+            },
+        );
+    let joined = stream_exprs
+        .iter()
+        .map(|e| e.human_display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !keyed_by_join {
+        return Err(PlanError::Invalid(format!(
+            "stream \"{}\" is not keyed by the join expression {joined}: a stream-table join needs \
+             the stream partitioned like the table\nhint: repartition it first: CREATE STREAM \
+             {}_BY_KEY AS SELECT * FROM {} PARTITION BY {joined};",
+            stream.name, stream.name, stream.name
+        )));
+    }
+    if stream.key_format != table.key_format {
+        return Err(PlanError::Invalid(format!(
+            "stream \"{}\" has key format {} and table \"{}\" {}: joined keys must be stored alike",
+            stream.name, stream.key_format, table.name, table.key_format
+        )));
+    }
+    if stream.partitions != table.partitions {
+        return Err(PlanError::Invalid(format!(
+            "stream \"{}\" has {} partitions and table \"{}\" {}: a stream-table join needs \
+             both with the same number",
+            stream.name, stream.partitions, table.name, table.partitions
+        )));
+    }
+    if stream.kind != SourceKind::Stream || table.kind != SourceKind::Table {
+        return Err(PlanError::Invalid(
+            "internal error: join sides swapped".into(),
+        ));
+    }
+    Ok(())
+}

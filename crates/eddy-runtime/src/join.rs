@@ -1,0 +1,361 @@
+//! The table side of a stream-table join: per partition, the table's current rows in RocksDB.
+//!
+//! Each partition task of a join query owns partition p of the table: a consumer assigned to
+//! partition p of the table's topic (the stream and the table are co-partitioned, see
+//! `eddy-planner`'s `join`), and partition p of the query's store, which maps the table key
+//! (arrow-row bytes of the key columns) to the row the table stages produce (arrow-row bytes).
+//! The topic is the store's changelog: each write batch records the next table offset, so after a
+//! restart the task reads on from there, and from the beginning when the local state is gone.
+//!
+//! Before each batch of stream records the task *catches up*: it reads the table partition up to
+//! the high watermark it has at that moment. A stream record therefore joins every table change
+//! written before the record was processed (more than Kafka Streams promises without
+//! `max.task.idle.ms`), at the cost of one offsets request per stream batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
+use datafusion::arrow::row::{RowConverter, SortField};
+use eddy_format::{RawBatch, RecordDecoder, SourceLayout};
+use eddy_planner::JoinPlan;
+use eddy_state::{Store, StoreBatch};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info};
+
+use crate::kafka::{KafkaConnection, KafkaError};
+use crate::processing_log::{ErrorKind, ProcessingLog};
+use crate::query::QueryError;
+
+/// What a join query needs besides its plan: where the table's records are and where its rows go.
+pub struct JoinSpec {
+    /// Physical topic of the table.
+    pub table_topic: String,
+    pub table_layout: SourceLayout,
+    /// The query's table store (one per query; keys prefixed by partition).
+    pub store: Store,
+}
+
+/// Partition p of a join's table: its consumer, decoder and store.
+pub(crate) struct TableSide {
+    topic: String,
+    partition: i32,
+    store: Store,
+    plan: JoinPlan,
+    decoder: RecordDecoder,
+    key_converter: RowConverter,
+    row_converter: RowConverter,
+    consumer: StreamConsumer,
+    /// Next table offset to apply.
+    next_offset: i64,
+    /// The decoded table batch's key columns.
+    key_indices: Vec<usize>,
+    max_batch_records: usize,
+    idle: Duration,
+}
+
+impl TableSide {
+    /// Opens partition `partition` of the table: reads where the store left off.
+    pub(crate) fn open(
+        spec: &JoinSpec,
+        plan: &JoinPlan,
+        partition: i32,
+        group_id: &str,
+        connection: &KafkaConnection,
+        max_batch_records: usize,
+    ) -> Result<Self, QueryError> {
+        let decoder = RecordDecoder::new(&spec.table_layout).map_err(|e| QueryError::Format {
+            topic: spec.table_topic.clone(),
+            message: e.to_string(),
+        })?;
+        let converter = |types: Vec<SortField>| {
+            RowConverter::new(types).map_err(|e| {
+                QueryError::Plan(format!("the joined table's rows cannot be stored: {e}"))
+            })
+        };
+        let key_converter = converter(
+            plan.table_key_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let row_converter = converter(
+            plan.table_row_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let first_key = plan.table.first_key_index();
+        let key_indices = (first_key..first_key + plan.table.key_count()).collect();
+        let checkpoint = spec
+            .store
+            .checkpoint(partition)
+            .map_err(|e| QueryError::State(e.to_string()))?;
+        let next_offset = checkpoint.source_offset.unwrap_or(0);
+        let consumer: StreamConsumer = connection
+            .client_config()
+            .set("group.id", format!("{group_id}-table"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| KafkaError::client("join table consumer creation", e))?;
+        let mut assignment = TopicPartitionList::new();
+        let start = match checkpoint.source_offset {
+            Some(offset) => Offset::Offset(offset),
+            None => Offset::Beginning,
+        };
+        assignment
+            .add_partition_offset(&spec.table_topic, partition, start)
+            .map_err(|e| KafkaError::client("join table assignment", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| KafkaError::client("join table assignment", e))?;
+        Ok(Self {
+            topic: spec.table_topic.clone(),
+            partition,
+            store: spec.store.clone(),
+            plan: plan.clone(),
+            decoder,
+            key_converter,
+            row_converter,
+            consumer,
+            next_offset,
+            key_indices,
+            max_batch_records: max_batch_records.max(1),
+            idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),
+        })
+    }
+
+    /// Applies the table partition's records up to its current high watermark.
+    pub(crate) async fn catch_up(
+        &mut self,
+        connection: &KafkaConnection,
+        log: &ProcessingLog,
+        query_id: &str,
+    ) -> Result<(), QueryError> {
+        let watermarks = connection.watermarks(&self.topic).await?;
+        let Some(&(_, high)) = watermarks.get(self.partition as usize) else {
+            return Err(QueryError::Internal(format!(
+                "table topic \"{}\" has no partition {}",
+                self.topic, self.partition
+            )));
+        };
+        if self.next_offset >= high {
+            return Ok(());
+        }
+        debug!(
+            query = query_id,
+            partition = self.partition,
+            from = self.next_offset,
+            to = high,
+            "catching up with the joined table"
+        );
+        let mut raw = RawBatch::with_capacity(self.max_batch_records, 64 * 1024);
+        while self.next_offset < high {
+            let message = match tokio::time::timeout(self.idle, self.consumer.recv()).await {
+                Ok(Ok(message)) => Some(message),
+                Ok(Err(error)) => {
+                    return Err(KafkaError::client("joined table read", error).into());
+                }
+                Err(_) => None,
+            };
+            match message {
+                Some(message) => {
+                    raw.push(
+                        message.key(),
+                        message.payload(),
+                        message.timestamp().to_millis().unwrap_or(0),
+                        self.partition,
+                        message.offset(),
+                    );
+                    self.next_offset = message.offset() + 1;
+                }
+                None => {
+                    // Offsets without records (transaction markers) end below the watermark.
+                    let position = self.consumer.position().ok().and_then(|list| {
+                        list.find_partition(&self.topic, self.partition)
+                            .and_then(|p| p.offset().to_raw())
+                    });
+                    match position {
+                        Some(position) if position >= high => self.next_offset = position,
+                        _ => {
+                            return Err(QueryError::Internal(format!(
+                                "joined table \"{}\" partition {} stopped at offset {} of {high}",
+                                self.topic, self.partition, self.next_offset
+                            )));
+                        }
+                    }
+                }
+            }
+            if raw.len() >= self.max_batch_records || self.next_offset >= high {
+                self.apply(&raw, log, query_id).await?;
+                raw.clear();
+            }
+        }
+        if !raw.is_empty() {
+            self.apply(&raw, log, query_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch of table records to the store: rows for present records, deletes for
+    /// tombstones and rows the table stages reject, the next offset in the same write.
+    async fn apply(
+        &mut self,
+        raw: &RawBatch,
+        log: &ProcessingLog,
+        query_id: &str,
+    ) -> Result<(), QueryError> {
+        let mut batch = StoreBatch::default();
+        batch.set_source_offset(self.next_offset);
+        if raw.is_empty() {
+            return self.write(batch);
+        }
+        let decoded = self
+            .decoder
+            .decode(raw)
+            .map_err(|e| QueryError::Internal(format!("decoder of \"{}\": {e}", self.topic)))?;
+        for error in &decoded.errors {
+            log.report(
+                query_id,
+                ErrorKind::DeserializationError,
+                &self.topic,
+                error.partition,
+                error.offset,
+                format!("joined table record skipped: {}", error.reason),
+                None,
+            )
+            .await;
+        }
+        let table = decoded.batch;
+        let key_columns: Vec<_> = self
+            .key_indices
+            .iter()
+            .map(|&i| Arc::clone(table.column(i)))
+            .collect();
+        let keys = self
+            .key_converter
+            .convert_columns(&key_columns)
+            .map_err(|e| QueryError::Internal(format!("joined table key: {e}")))?;
+        let (rows, present) = self
+            .plan
+            .table_rows(table.clone())
+            .map_err(|e| QueryError::Expression(e.to_string()))?;
+        let values = self
+            .row_converter
+            .convert_columns(rows.columns())
+            .map_err(|e| QueryError::Internal(format!("joined table row: {e}")))?;
+        // Tombstones are listed in row order.
+        let mut tombstones = decoded.tombstones.iter().peekable();
+        let offsets = table
+            .column(eddy_catalog::PSEUDO_COLUMNS.len() - 1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .cloned();
+        for row in 0..table.num_rows() {
+            let tombstone = tombstones.next_if(|&&t| t == row).is_some();
+            if key_columns.iter().any(|k| k.is_null(row)) {
+                let offset = offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1);
+                log.report(
+                    query_id,
+                    ErrorKind::DeserializationError,
+                    &self.topic,
+                    self.partition,
+                    offset,
+                    "a joined table record has no key: it is skipped".to_owned(),
+                    None,
+                )
+                .await;
+                continue;
+            }
+            let key = keys.row(row);
+            if tombstone || !present.value(row) || present.is_null(row) {
+                batch.delete(key.as_ref());
+            } else {
+                batch.put(key.as_ref(), values.row(row).as_ref());
+            }
+        }
+        self.write(batch)
+    }
+
+    fn write(&self, batch: StoreBatch) -> Result<(), QueryError> {
+        self.store
+            .write(self.partition, batch)
+            .map_err(|e| QueryError::State(e.to_string()))
+    }
+
+    /// Looks up the table row of each stream row: the table rows found and, per stream row, the
+    /// index of its row among them (NULL: none, or a NULL join key).
+    pub(crate) fn lookup(
+        &self,
+        stream: &RecordBatch,
+    ) -> Result<(RecordBatch, UInt32Array), QueryError> {
+        let keys = self
+            .plan
+            .stream_keys(stream)
+            .map_err(|e| QueryError::Expression(e.to_string()))?;
+        let key_rows = self
+            .key_converter
+            .convert_columns(&keys)
+            .map_err(|e| QueryError::Internal(format!("join key: {e}")))?;
+        let rows = stream.num_rows();
+        let mut wanted: Vec<&[u8]> = Vec::with_capacity(rows);
+        let mut wanted_by: Vec<Option<usize>> = Vec::with_capacity(rows);
+        for row in 0..rows {
+            if keys.iter().any(|k| k.is_null(row)) {
+                wanted_by.push(None);
+            } else {
+                wanted_by.push(Some(wanted.len()));
+                wanted.push(key_rows.row(row).data());
+            }
+        }
+        let found = self
+            .store
+            .multi_get(self.partition, &wanted)
+            .map_err(|e| QueryError::State(e.to_string()))?;
+        // Index among the found rows of each wanted key.
+        let mut found_rows: Vec<&[u8]> = Vec::new();
+        let mut found_index: Vec<Option<u32>> = Vec::with_capacity(found.len());
+        for value in &found {
+            match value {
+                Some(bytes) => {
+                    found_index.push(Some(found_rows.len() as u32));
+                    found_rows.push(bytes);
+                }
+                None => found_index.push(None),
+            }
+        }
+        let parser = self.row_converter.parser();
+        let columns = self
+            .row_converter
+            .convert_rows(found_rows.iter().map(|bytes| parser.parse(bytes)))
+            .map_err(|e| QueryError::Internal(format!("stored table row: {e}")))?;
+        let table_rows = RecordBatch::try_new_with_options(
+            Arc::clone(&self.plan.table_row_schema),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(found_rows.len())),
+        )
+        .map_err(|e| QueryError::Internal(format!("stored table rows: {e}")))?;
+        let matches = UInt32Array::from(
+            wanted_by
+                .iter()
+                .map(|w| w.and_then(|i| found_index[i]))
+                .collect::<Vec<_>>(),
+        );
+        Ok((table_rows, matches))
+    }
+
+    pub(crate) fn log_ready(&self, query_id: &str) {
+        info!(
+            query = query_id,
+            partition = self.partition,
+            next_offset = self.next_offset,
+            "joined table ready"
+        );
+    }
+}
