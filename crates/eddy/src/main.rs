@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! eddy [--bootstrap-servers HOST:PORT] [--data-dir DIR] [--service-id ID]   interactive shell
+//! eddy server [--listen 127.0.0.1:8088] [...same options]                   ksqlDB-compatible REST API
 //! eddy test [--bootstrap-servers HOST:PORT] FILE.slt|DIR...                 run sqllogictest files
 //! ```
 //!
@@ -9,6 +10,7 @@
 //! on by default) is started with its data under `DATA_DIR/broker` (for `eddy test`, under a
 //! temporary directory). Logs go to stderr at WARN; `EDDY_LOG` changes that (`RUST_LOG` syntax).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -24,6 +26,9 @@ use tracing_subscriber::EnvFilter;
 /// Port of the embedded broker of the shell, Kafka's usual one so that tools find it.
 const DEFAULT_BROKER_PORT: u16 = 9092;
 
+/// Address of `eddy server`: ksqlDB's usual port, on the loopback interface only.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
+
 /// Environment variable with the log filter (`RUST_LOG` syntax), default `warn`.
 const LOG_ENV: &str = "EDDY_LOG";
 
@@ -31,23 +36,25 @@ const LOG_ENV: &str = "EDDY_LOG";
 #[command(
     name = "eddy",
     version,
-    about = "Streaming SQL over Kafka: an interactive shell, and a test runner for .slt files"
+    about = "Streaming SQL over Kafka: an interactive shell, a ksqlDB-compatible REST server, and a \
+             test runner for .slt files"
 )]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Directory of Eddy's local data: the embedded broker's storage and the shell history.
-    #[arg(long, value_name = "DIR", default_value = "./eddy-data")]
+    /// Directory of Eddy's local data: the embedded broker's storage, state and the shell history.
+    #[arg(long, value_name = "DIR", default_value = "./eddy-data", global = true)]
     data_dir: PathBuf,
     /// Port of the embedded broker on 127.0.0.1 (0 picks a free one); unused with --bootstrap-servers.
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_BROKER_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_BROKER_PORT, global = true)]
     broker_port: u16,
     /// Identity of the Eddy cluster: servers with the same id share a catalog and queries.
     #[arg(
         long,
         value_name = "ID",
         default_value = "eddy",
-        env = "EDDY_SERVICE_ID"
+        env = "EDDY_SERVICE_ID",
+        global = true
     )]
     service_id: String,
     #[command(subcommand)]
@@ -68,6 +75,13 @@ struct KafkaArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the ksqlDB-compatible REST API (/ksql, /query, /info, /healthcheck) until Ctrl-C or
+    /// SIGTERM.
+    Server {
+        /// Address to listen on.
+        #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
     /// Run sqllogictest files, each in a fresh namespace; exits non-zero when any fails.
     Test {
         /// `.slt` files, or directories whose `*.slt` files are run in name order.
@@ -169,6 +183,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::Server { listen }) => server(
+            cli.kafka,
+            &cli.data_dir,
+            cli.broker_port,
+            cli.service_id,
+            listen,
+        )
+        .await
+        .map(|()| ExitCode::SUCCESS),
         Some(Command::Test {
             files,
             query_timeout_ms,
@@ -177,13 +200,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The interactive shell.
-async fn shell(
+/// The engine of the shell and the server, on the given Kafka or on an embedded broker whose data
+/// is under `data_dir` (returned so that it is shut down after the engine).
+async fn start_engine(
     kafka: KafkaArgs,
     data_dir: &Path,
     broker_port: u16,
     service_id: String,
-) -> Result<()> {
+) -> Result<(Engine, KafkaConnection, Option<embedded::Broker>)> {
     let (connection, broker) = match kafka.bootstrap_servers {
         Some(servers) => (KafkaConnection::new(servers), None),
         None => {
@@ -211,6 +235,30 @@ async fn shell(
                 connection.bootstrap_servers
             )
         })?;
+    Ok((engine, connection, broker))
+}
+
+/// Stops the engine (committing its queries' progress), then the embedded broker, if any.
+async fn stop_engine(engine: Engine, broker: Option<embedded::Broker>) -> Result<()> {
+    engine.shutdown().await;
+    // Kafka clients must be gone before the broker stops, or librdkafka logs connection errors.
+    drop(engine);
+    tokio::task::yield_now().await;
+    if let Some(broker) = broker {
+        broker.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// The interactive shell.
+async fn shell(
+    kafka: KafkaArgs,
+    data_dir: &Path,
+    broker_port: u16,
+    service_id: String,
+) -> Result<()> {
+    let (engine, connection, broker) =
+        start_engine(kafka, data_dir, broker_port, service_id).await?;
     let history_path = default_history_path(broker.as_ref().map(|_| data_dir));
     let banner = format!(
         "Eddy {} on Kafka at {}. Statements end with ';'; type 'exit' or press Ctrl-D to leave.",
@@ -225,14 +273,71 @@ async fn shell(
         },
     )
     .await;
-    engine.shutdown().await;
-    // Kafka clients must be gone before the broker stops, or librdkafka logs connection errors.
-    drop(engine);
-    tokio::task::yield_now().await;
-    if let Some(broker) = broker {
-        broker.shutdown().await?;
-    }
+    stop_engine(engine, broker).await?;
     outcome.context("the shell failed")
+}
+
+/// `eddy server`: the REST API until Ctrl-C or SIGTERM, then a graceful stop (open push queries
+/// end, in-flight requests finish, the engine commits its queries' progress).
+async fn server(
+    kafka: KafkaArgs,
+    data_dir: &Path,
+    broker_port: u16,
+    service_id: String,
+    listen: SocketAddr,
+) -> Result<()> {
+    let (engine, connection, broker) =
+        start_engine(kafka, data_dir, broker_port, service_id).await?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            stop_engine(engine, broker).await?;
+            return Err(error).with_context(|| {
+                format!(
+                    "cannot listen on {listen} (another server there? try --listen 127.0.0.1:0)"
+                )
+            });
+        }
+    };
+    let address = listener
+        .local_addr()
+        .context("cannot read the address listened on")?;
+    println!("Eddy REST API listening on http://{address}");
+    println!(
+        "Eddy {} on Kafka at {}; Ctrl-C or SIGTERM stops it.",
+        env!("CARGO_PKG_VERSION"),
+        connection.bootstrap_servers
+    );
+    let state =
+        eddy_server::AppState::for_engine(engine.clone(), eddy_server::ServerConfig::default());
+    let outcome = eddy_server::serve(listener, state, shutdown_signal()).await;
+    stop_engine(engine, broker).await?;
+    outcome.context("the REST server failed")
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No Ctrl-C handler can be installed: rely on SIGTERM alone.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }
 
 /// The given Kafka, or an embedded broker on a free port in a temporary directory (returned so
@@ -472,5 +577,30 @@ mod tests {
         let cli = Cli::parse_from(["eddy"]);
         assert_eq!(cli.data_dir, PathBuf::from("./eddy-data"));
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn server_listens_on_8088_by_default_and_takes_the_global_options() {
+        let cli = Cli::parse_from(["eddy", "server"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Server { listen }) if listen == DEFAULT_LISTEN.parse().expect("address")
+        ));
+        let cli = Cli::parse_from([
+            "eddy",
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d",
+            "--service-id",
+            "s",
+        ]);
+        assert_eq!(cli.data_dir, PathBuf::from("d"));
+        assert_eq!(cli.service_id, "s");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Server { listen }) if listen.port() == 0
+        ));
     }
 }

@@ -1,0 +1,59 @@
+//! `GET /info`, `GET /healthcheck`, and the answer to unknown paths.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::request::{MediaType, json_response};
+
+/// `{"KsqlServerInfo":{"version":..,"kafkaClusterId":..,"ksqlServiceId":..,"serverStatus":"RUNNING"}}`.
+/// The version is Eddy's; the cluster id is empty when Kafka does not answer in time.
+pub async fn info(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let timeout = Duration::from_millis(state.config().kafka_check_timeout_ms);
+    let backend = state.backend();
+    let cluster_id = backend.kafka_cluster_id(timeout).await.unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        MediaType::negotiate(&headers),
+        &json!({"KsqlServerInfo": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "kafkaClusterId": cluster_id,
+            "ksqlServiceId": backend.service_id(),
+            "serverStatus": "RUNNING",
+        }}),
+    )
+}
+
+/// `{"isHealthy":..,"details":{"metastore":{"isHealthy":..},"kafka":{"isHealthy":..}}}`: 200
+/// when healthy, 503 otherwise (as ksqlDB). The metastore is the in-memory catalog, always there;
+/// Kafka is healthy when it answers for the command topic in time.
+pub async fn healthcheck(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let timeout = Duration::from_millis(state.config().kafka_check_timeout_ms);
+    let metastore = true;
+    let kafka = state.backend().kafka_is_healthy(timeout).await;
+    let healthy = metastore && kafka;
+    json_response(
+        if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        MediaType::negotiate(&headers),
+        &json!({
+            "isHealthy": healthy,
+            "details": {
+                "metastore": {"isHealthy": metastore},
+                "kafka": {"isHealthy": kafka},
+            },
+        }),
+    )
+}
+
+pub async fn not_found(uri: Uri, headers: HeaderMap) -> Response {
+    ApiError::not_found(uri.path()).into_response_as(MediaType::negotiate(&headers))
+}

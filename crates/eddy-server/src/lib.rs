@@ -1,0 +1,174 @@
+//! Eddy's REST API, compatible with ksqlDB's, so that existing ksqlDB clients work unmodified.
+//!
+//! ```text
+//!  POST /ksql   {"ksql": "CREATE ...; SHOW STREAMS;", "streamsProperties": {...}}
+//!       └─ eddy-sql splits and parses ─▶ Engine::execute_statement per statement
+//!            ─▶ [ {"@type":"currentStatus",...}, {"@type":"streams",...} ]   (one entity each)
+//!  POST /query  {"ksql": "SELECT ...;", "streamsProperties": {...}}
+//!       └─ pull query ─▶ [{"header":...},\n{"row":...},\n{"row":...}]            (then closes)
+//!       └─ push query ─▶ [{"header":...},\n{"row":...},\n ... {"finalMessage":"Limit Reached"}]\n
+//!                         rows stream as they arrive (chunked); a newline every keepalive
+//!                         interval while idle; the query stops when the client goes away
+//!  GET  /info, GET /healthcheck
+//! ```
+//!
+//! Field names, `@type` tags, error codes and the `/query` framing are ksqlDB's. Requests are JSON
+//! whatever their `Content-Type` (as ksqlDB, which takes curl's default form type too); unknown
+//! fields are ignored. Responses are `application/vnd.ksql.v1+json`, or `application/json` when
+//! the `Accept` header asks for that and not for the ksqlDB type. Bodies larger than
+//! [`ServerConfig::max_request_bytes`] are refused with 413.
+//!
+//! `SET` in a request (and `streamsProperties`) lasts for that request only, as in ksqlDB.
+//! [`app`] builds the router over any [`Backend`] (the engine, or a fake in tests); [`serve`] runs
+//! it on a listener until a shutdown signal, ending open push-query responses first.
+
+mod backend;
+mod entity;
+mod error;
+mod info;
+mod ksql;
+mod query;
+mod request;
+mod rows;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{Backend, EngineBackend};
+pub use error::{ApiError, ServerError};
+
+/// Default of [`ServerConfig::max_request_bytes`]: 1 MiB, ample for any script of statements.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Default of [`ServerConfig::keepalive_interval_ms`] (ksqlDB's disconnect check is also 1 s).
+pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 1_000;
+
+/// Default of [`ServerConfig::kafka_check_timeout_ms`].
+pub const DEFAULT_KAFKA_CHECK_TIMEOUT_MS: u64 = 5_000;
+
+/// Limits of the REST server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes; larger ones get 413 and a `generic_error`.
+    /// Default [`DEFAULT_MAX_REQUEST_BYTES`].
+    pub max_request_bytes: usize,
+    /// While a push query has no row to send, a newline is written this often, so that a client
+    /// that went away is noticed (the write fails) and its query stopped. Default
+    /// [`DEFAULT_KEEPALIVE_INTERVAL_MS`].
+    pub keepalive_interval_ms: u64,
+    /// Longest wait for Kafka in `/healthcheck` and `/info`. Default
+    /// [`DEFAULT_KAFKA_CHECK_TIMEOUT_MS`].
+    pub kafka_check_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+            kafka_check_timeout_ms: DEFAULT_KAFKA_CHECK_TIMEOUT_MS,
+        }
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    backend: Arc<dyn Backend>,
+    config: ServerConfig,
+    /// Cancelled when the server shuts down: open push-query responses end then.
+    shutdown: CancellationToken,
+    /// Numbers the ids of pull queries, which the engine does not name.
+    pull_queries: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(backend: Arc<dyn Backend>, config: ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(StateInner {
+                backend,
+                config,
+                shutdown: CancellationToken::new(),
+                pull_queries: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The state of a server over `engine`.
+    pub fn for_engine(engine: eddy_engine::Engine, config: ServerConfig) -> Self {
+        Self::new(Arc::new(EngineBackend::new(engine)), config)
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.inner.backend.as_ref()
+    }
+
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    pub(crate) fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.inner.config.keepalive_interval_ms.max(1))
+    }
+
+    pub(crate) fn next_pull_query_number(&self) -> u64 {
+        self.inner
+            .pull_queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ends every open push-query response (each writes its final message); new requests are
+    /// still served.
+    pub fn end_streams(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// The REST API's routes over `state`.
+pub fn app(state: AppState) -> Router {
+    let limit = state.config().max_request_bytes;
+    Router::new()
+        .route("/ksql", post(ksql::handle))
+        .route("/query", post(query::handle))
+        .route("/info", get(info::info))
+        .route("/healthcheck", get(info::healthcheck))
+        .fallback(info::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then ends open push-query responses
+/// and waits for in-flight requests to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let router = app(state.clone());
+    let signal = async move {
+        shutdown.await;
+        state.end_streams();
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(ServerError::Serve)
+}
+
+#[cfg(test)]
+mod tests;
