@@ -419,10 +419,9 @@ impl Engine {
         }
         select.reject_final()?;
         let catalog = self.catalog();
-        let plan = self
-            .inner
-            .planner
-            .plan_query(select.query, select.partition_by, &catalog)
+        // Planned to validate; the query is planned again when it starts, under its id.
+        let (plan, _) = self
+            .plan_persistent("validation", select.query, select.partition_by, &catalog)
             .await?;
         if plan.limit.is_some() {
             return Err(EngineError::invalid(
@@ -552,10 +551,8 @@ impl Engine {
                 "INSERT INTO requires a stream; \"{target}\" is a table"
             )));
         }
-        let plan = self
-            .inner
-            .planner
-            .plan_query(select.query, select.partition_by, &catalog)
+        let (plan, _) = self
+            .plan_persistent("validation", select.query, select.partition_by, &catalog)
             .await?;
         if plan.limit.is_some() {
             return Err(EngineError::invalid(

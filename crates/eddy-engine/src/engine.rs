@@ -328,17 +328,21 @@ impl Engine {
         let select = crate::execute::select_of(&statement.statement)
             .ok_or_else(|| EngineError::Internal(format!("query {} is not a SELECT", query.id)))?;
         let catalog = self.catalog();
-        let plan = self
-            .inner
-            .planner
-            .plan_query(&select.query, &select.partition_by, &catalog)
-            .await?;
         let sink = catalog.require_source(&query.sink)?.clone();
         let offset_reset = query
             .properties
             .get("auto.offset.reset")
             .and_then(|v| OffsetReset::parse(v))
             .unwrap_or(OffsetReset::Latest);
+        let (plan, repartition) = self
+            .plan_persistent(&query.id, &select.query, &select.partition_by, &catalog)
+            .await?;
+        if let Some(repartition) = repartition {
+            let handle = self
+                .start_repartitioned_join(query, plan, repartition, &sink, offset_reset)
+                .await?;
+            return self.register_query_handle(&query.id, handle);
+        }
         let handle = if plan.aggregation.is_some() {
             self.start_aggregation(query, plan, &sink, offset_reset)
                 .await?
@@ -346,14 +350,177 @@ impl Engine {
             self.start_stateless(query, plan, &sink, offset_reset)
                 .await?
         };
+        self.register_query_handle(&query.id, handle)
+    }
+
+    fn register_query_handle(&self, id: &str, handle: QueryHandle) -> Result<(), EngineError> {
         let previous = self
             .inner
             .queries
             .lock()
             .map_err(|_| poisoned())?
-            .insert(query.id.clone(), handle);
+            .insert(id.to_owned(), handle);
         drop(previous);
         Ok(())
+    }
+
+    /// Plans a persistent query. A stream-table join whose stream is not partitioned like the
+    /// table is planned over the stream repartitioned by the join column (see
+    /// [`Self::start_repartitioned_join`]).
+    pub(crate) async fn plan_persistent(
+        &self,
+        query_id: &str,
+        query: &sqlparser::ast::Query,
+        partition_by: &[sqlparser::ast::Expr],
+        catalog: &Catalog,
+    ) -> Result<(eddy_planner::StreamingPlan, Option<JoinRepartition>), EngineError> {
+        let planned = self
+            .inner
+            .planner
+            .plan_query(query, partition_by, catalog)
+            .await;
+        match planned {
+            Err(eddy_planner::PlanError::JoinNotCoPartitioned {
+                stream,
+                table,
+                repartition_by: Some(column),
+                ..
+            }) => {
+                let repartition = self
+                    .join_repartition(query_id, &stream, &table, &column, catalog)
+                    .await?;
+                let mut joined_catalog = catalog.clone();
+                joined_catalog.replace_source(repartition.internal.clone());
+                let plan = self
+                    .inner
+                    .planner
+                    .plan_query(query, partition_by, &joined_catalog)
+                    .await?;
+                Ok((plan, Some(repartition)))
+            }
+            other => Ok((other?, None)),
+        }
+    }
+
+    /// The writer that repartitions `stream` by `column` into the query's internal topic
+    /// (`...-repartition`, with the table's partition count and key format), and the stream as
+    /// the join reads it there (same name, `column` as its key).
+    async fn join_repartition(
+        &self,
+        query_id: &str,
+        stream: &str,
+        table: &str,
+        column: &str,
+        catalog: &Catalog,
+    ) -> Result<JoinRepartition, EngineError> {
+        let config = &self.inner.config;
+        let table = catalog.require_source(table)?.clone();
+        let writer_text = format!("SELECT * FROM `{stream}` PARTITION BY `{column}` EMIT CHANGES;");
+        let writer_statement = eddy_sql::parse_statements(&writer_text)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("repartition query did not parse".into()))?;
+        let writer_select = crate::execute::select_of(&writer_statement.statement)
+            .ok_or_else(|| EngineError::Internal("repartition query is not a SELECT".into()))?;
+        let writer = self
+            .inner
+            .planner
+            .plan_query(&writer_select.query, &writer_select.partition_by, catalog)
+            .await?;
+        let internal = Source {
+            name: stream.to_owned(),
+            kind: eddy_catalog::SourceKind::Stream,
+            columns: writer.sink_columns.clone(),
+            topic: config.query_topic(query_id, "repartition"),
+            key_format: table.key_format.clone(),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: table.partitions,
+            written_by: Some(query_id.to_owned()),
+            generator: None,
+            sql: String::new(),
+        };
+        Ok(JoinRepartition { writer, internal })
+    }
+
+    /// Starts a join planned over its repartitioned stream: the writer query fills the
+    /// internal topic, the join reads it in the stream's place; both run under one handle.
+    async fn start_repartitioned_join(
+        &self,
+        query: &QueryInfo,
+        plan: eddy_planner::StreamingPlan,
+        repartition: JoinRepartition,
+        sink: &Source,
+        offset_reset: OffsetReset,
+    ) -> Result<QueryHandle, EngineError> {
+        let config = &self.inner.config;
+        let JoinRepartition { writer, internal } = repartition;
+        let repartition_topic = config.physical_topic(&internal.topic);
+        self.inner
+            .connection
+            .create_topic(
+                &repartition_topic,
+                internal.partitions,
+                config.default_replicas,
+                &[],
+            )
+            .await?;
+        let group_id = config.query_group_id(&query.id);
+        let writer_spec = QuerySpec {
+            query_id: format!("{}-repartition", query.id),
+            group_id: format!("{group_id}-repartition"),
+            persistent: true,
+            source_topic: self.physical_topic(&writer.source),
+            source_layout: source_layout(&writer.source)?,
+            timestamp_column: crate::layout::timestamp_index(&writer.source),
+            drop_tombstones: true,
+            sink: SinkSpec::Kafka {
+                topic: repartition_topic.clone(),
+                producer: self.inner.producer.clone(),
+                layout: crate::layout::sink_layout(&internal, &writer)?,
+            },
+            plan: Arc::new(writer),
+            state: None,
+            single_task: false,
+            upsert: None,
+            join: None,
+            generator: None,
+            offset_reset,
+            config: config.clone(),
+            connection: self.inner.connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let join = self.join_spec(&plan, &crate::materialize::join_store_name(&query.id))?;
+        let join_spec = QuerySpec {
+            query_id: query.id.clone(),
+            group_id,
+            persistent: true,
+            source_topic: repartition_topic,
+            source_layout: source_layout(&internal)?,
+            timestamp_column: None,
+            drop_tombstones: true,
+            sink: SinkSpec::Kafka {
+                topic: self.physical_topic(sink),
+                producer: self.inner.producer.clone(),
+                layout: crate::layout::sink_layout(sink, &plan)?,
+            },
+            plan: Arc::new(plan),
+            state: None,
+            single_task: false,
+            upsert: None,
+            join,
+            generator: None,
+            // Everything written to the internal topic belongs to this query.
+            offset_reset: OffsetReset::Earliest,
+            config: config.clone(),
+            connection: self.inner.connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let upstream = start_query(writer_spec).await?;
+        Ok(start_query(join_spec).await?.with_upstream(upstream))
     }
 
     async fn start_stateless(
@@ -409,6 +576,13 @@ impl Engine {
     pub(crate) fn query_properties(&self, session: &crate::Session) -> BTreeMap<String, String> {
         session.properties.clone()
     }
+}
+
+/// A join's stream repartitioned by the join column: the writer query, and the stream as the
+/// join reads it from the internal topic.
+pub(crate) struct JoinRepartition {
+    writer: eddy_planner::StreamingPlan,
+    internal: Source,
 }
 
 pub(crate) fn poisoned() -> EngineError {

@@ -293,24 +293,43 @@ fn check_co_partitioned(
         .map(|e| e.human_display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    // A single join column of the table key's type can be repartitioned by.
+    let repartition_by = match (stream_exprs, table_keys.as_slice()) {
+        ([Expr::Column(column)], [table_key]) => stream
+            .column(&column.name)
+            .filter(|c| c.sql_type == table_key.sql_type)
+            .map(|c| c.name.clone()),
+        _ => None,
+    };
+    let not_co_partitioned = |message: String| PlanError::JoinNotCoPartitioned {
+        message,
+        stream: stream.name.clone(),
+        table: table.name.clone(),
+        repartition_by: repartition_by.clone(),
+    };
+    let hint = format!(
+        "\nhint: a persistent query (CREATE STREAM ... AS SELECT) repartitions it by itself; or \
+         repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY {joined};",
+        stream.name, stream.name
+    );
     if !keyed_by_join {
-        return Err(PlanError::Invalid(format!(
+        return Err(not_co_partitioned(format!(
             "stream \"{}\" is not keyed by the join expression {joined}: a stream-table join needs \
-             the stream partitioned like the table\nhint: repartition it first: CREATE STREAM \
-             {}_BY_KEY AS SELECT * FROM {} PARTITION BY {joined};",
-            stream.name, stream.name, stream.name
+             the stream partitioned like the table{hint}",
+            stream.name
         )));
     }
     if stream.key_format != table.key_format {
-        return Err(PlanError::Invalid(format!(
-            "stream \"{}\" has key format {} and table \"{}\" {}: joined keys must be stored alike",
+        return Err(not_co_partitioned(format!(
+            "stream \"{}\" has key format {} and table \"{}\" {}: joined keys must be stored \
+             alike{hint}",
             stream.name, stream.key_format, table.name, table.key_format
         )));
     }
     if stream.partitions != table.partitions {
-        return Err(PlanError::Invalid(format!(
+        return Err(not_co_partitioned(format!(
             "stream \"{}\" has {} partitions and table \"{}\" {}: a stream-table join needs \
-             both with the same number",
+             both with the same number{hint}",
             stream.name, stream.partitions, table.name, table.partitions
         )));
     }

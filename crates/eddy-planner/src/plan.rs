@@ -62,6 +62,16 @@ pub enum PlanError {
     DuplicateColumn { column: String },
     #[error("{0}")]
     Invalid(String),
+    /// A stream-table join whose stream is not partitioned like the table. When the join
+    /// expression is a column of the stream with the table key's type, a persistent query
+    /// repartitions the stream by it (`repartition_by`); `message` says what is wrong.
+    #[error("{message}")]
+    JoinNotCoPartitioned {
+        message: String,
+        stream: String,
+        table: String,
+        repartition_by: Option<String>,
+    },
     #[error("{}", clean_datafusion_message(.0))]
     DataFusion(#[from] DataFusionError),
 }
