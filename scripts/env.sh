@@ -15,6 +15,7 @@ eddy_missing_packages() {
   [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   echo "${missing[@]:-}"
 }
 
