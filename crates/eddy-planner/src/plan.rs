@@ -88,7 +88,8 @@ impl PlanError {
 
 /// DataFusion's messages name the phase ("Error during planning: ..."); users need only the reason.
 fn clean_datafusion_message(error: &DataFusionError) -> String {
-    let message = error.strip_backtrace();
+    // Wrappers ("optimizer rule ... failed") say where, not why.
+    let message = error.find_root().strip_backtrace();
     let message = message
         .strip_prefix("Error during planning: ")
         .or_else(|| message.strip_prefix("Schema error: "))

@@ -73,9 +73,10 @@ impl SplitFunction {
                 .map_err(|e| {
                     // The regex crate's message spans lines (pattern, caret, reason): keep the reason.
                     let reason = e.to_string();
-                    let reason = reason.lines().last().unwrap_or_default().trim().to_owned();
+                    let reason = reason.lines().last().unwrap_or_default().trim();
+                    let reason = reason.strip_prefix("error: ").unwrap_or(reason).to_owned();
                     DataFusionError::Execution(format!(
-                        "{}: invalid regular expression {delimiter:?}: {reason}",
+                        "invalid regular expression {delimiter:?} in {}: {reason}",
                         self.name.to_uppercase()
                     ))
                 }),
