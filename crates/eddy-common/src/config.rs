@@ -19,6 +19,9 @@ pub struct EngineConfig {
     pub max_batch_records: usize,
     /// Longest a partially filled batch waits for more records before it is processed. Default 20 ms.
     pub max_batch_wait_ms: u64,
+    /// How often a join of two tables checks both tables for new records (besides whenever the
+    /// query's consumer delivers): the longest a change waits to be joined. Default 100 ms.
+    pub table_join_poll_interval_ms: u64,
     /// Batches queued between a query's consumer and one partition's task; when full, the consumer
     /// stops polling (back-pressure). Default 4.
     pub partition_queue_batches: usize,
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             topic_prefix: String::new(),
             max_batch_records: 4096,
             max_batch_wait_ms: 20,
+            table_join_poll_interval_ms: 100,
             partition_queue_batches: 4,
             commit_interval_ms: 1000,
             push_query_queue_batches: 16,
@@ -114,11 +118,15 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 21] = [
+        let settings: [(&str, String); 22] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
             ("max_batch_wait_ms", self.max_batch_wait_ms.to_string()),
+            (
+                "table_join_poll_interval_ms",
+                self.table_join_poll_interval_ms.to_string(),
+            ),
             (
                 "partition_queue_batches",
                 self.partition_queue_batches.to_string(),

@@ -231,6 +231,7 @@ impl Engine {
             query_id.to_owned(),
             upsert_store_name(query_id),
             join_store_name(query_id),
+            format!("{}-left", join_store_name(query_id)),
         ] {
             if let Err(error) = self.inner.state.drop_store(&store) {
                 tracing::warn!(query = query_id, %error, "cannot delete the query's local state");
@@ -247,14 +248,25 @@ impl Engine {
         let Some(join) = &plan.join else {
             return Ok(None);
         };
+        let store = |name: &str| {
+            self.inner
+                .state
+                .store(name)
+                .map_err(|e| EngineError::Internal(e.to_string()))
+        };
+        let left = match &join.left_table {
+            Some(left) => Some((
+                self.physical_topic(&left.source),
+                crate::layout::source_layout(&left.source)?,
+                store(&format!("{store_name}-left"))?,
+            )),
+            None => None,
+        };
         Ok(Some(eddy_runtime::JoinSpec {
             table_topic: self.physical_topic(&join.table),
             table_layout: crate::layout::source_layout(&join.table)?,
-            store: self
-                .inner
-                .state
-                .store(store_name)
-                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            store: store(store_name)?,
+            left,
         }))
     }
 

@@ -28,13 +28,42 @@ use eddy_catalog::{Source, SourceKind};
 
 use crate::plan::{PlanError, Stage, nullable_schema, physical};
 
-/// How unmatched stream rows are treated.
+/// Which rows without a partner a join keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinKind {
-    /// `[INNER] JOIN`: a stream row without a table row gives no output.
+    /// `[INNER] JOIN`: a row without a partner gives no output.
     Inner,
-    /// `LEFT [OUTER] JOIN`: a stream row without a table row gives one with NULL table columns.
+    /// `LEFT [OUTER] JOIN`: a left row without a partner gives one with NULL right columns.
     Left,
+    /// `RIGHT [OUTER] JOIN` (tables only).
+    Right,
+    /// `FULL OUTER JOIN` (tables only): either row alone gives a row.
+    Full,
+}
+
+impl JoinKind {
+    /// Whether a key with (`left`, `right`) rows present has a joined row.
+    pub fn joins(self, left: bool, right: bool) -> bool {
+        match self {
+            JoinKind::Inner => left && right,
+            JoinKind::Left => left,
+            JoinKind::Right => right,
+            JoinKind::Full => left || right,
+        }
+    }
+}
+
+/// The left side of a table-table join: its stages and rows, as for the right table.
+#[derive(Debug, Clone)]
+pub struct LeftTable {
+    pub source: Source,
+    /// Stages over decoded batches of the left table; filters mark rows absent.
+    pub stages: Vec<Stage>,
+    /// Schema of the left rows the store holds.
+    pub row_schema: SchemaRef,
+    /// (key column number, column of the joined batch) of every joined column that holds a key
+    /// column, from either side: a tombstone's key is written into them.
+    pub key_columns_in_joined: Vec<(usize, usize)>,
 }
 
 /// The join of a stream-table join query.
@@ -55,8 +84,40 @@ pub struct JoinPlan {
     pub table_row_schema: SchemaRef,
     /// Schema of a joined batch: stream stage output columns, then table row columns.
     pub joined_schema: SchemaRef,
-    /// Stages over joined batches (the projection, filters that read both sides).
+    /// Stages over joined batches (the projection, filters that read both sides). In a
+    /// table-table join a `Filter` here marks the joined row absent (a tombstone).
     pub post_stages: Vec<Stage>,
+    /// Set for a join of two tables on their primary keys: then the left side is a table too,
+    /// and the output is a table whose rows change when either side changes.
+    pub left_table: Option<LeftTable>,
+}
+
+/// Runs stages over a batch, turning filters into a mask instead of dropping rows: (rows, whether
+/// each row is present). A NULL filter result is absent.
+fn marked(
+    stages: &[Stage],
+    batch: RecordBatch,
+) -> Result<(RecordBatch, BooleanArray), DataFusionError> {
+    let rows = batch.num_rows();
+    let mut present = BooleanArray::from(vec![true; rows]);
+    let mut batch = batch;
+    for stage in stages {
+        match stage {
+            Stage::Filter(predicate) => {
+                let mask = predicate.evaluate(&batch)?.into_array(rows)?;
+                let mask = mask
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| {
+                        DataFusionError::Internal("join filter is not BOOLEAN".into())
+                    })?;
+                let known = is_not_null(mask)?;
+                present = and_kleene(&and_kleene(&present, mask)?, &known)?;
+            }
+            other => batch = other.apply(batch)?,
+        }
+    }
+    Ok((batch, present))
 }
 
 impl JoinPlan {
@@ -83,26 +144,92 @@ impl JoinPlan {
         &self,
         batch: RecordBatch,
     ) -> Result<(RecordBatch, BooleanArray), DataFusionError> {
-        let rows = batch.num_rows();
-        let mut present = BooleanArray::from(vec![true; rows]);
-        let mut batch = batch;
-        for stage in &self.table_stages {
-            match stage {
-                Stage::Filter(predicate) => {
-                    let mask = predicate.evaluate(&batch)?.into_array(rows)?;
-                    let mask = mask
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .ok_or_else(|| {
-                            DataFusionError::Internal("join filter is not BOOLEAN".into())
-                        })?;
-                    let known = is_not_null(mask)?;
-                    present = and_kleene(&and_kleene(&present, mask)?, &known)?;
-                }
-                other => batch = other.apply(batch)?,
-            }
+        marked(&self.table_stages, batch)
+    }
+
+    /// [`Self::table_rows`] for the left table of a table-table join.
+    pub fn left_rows(
+        &self,
+        batch: RecordBatch,
+    ) -> Result<(RecordBatch, BooleanArray), DataFusionError> {
+        match &self.left_table {
+            Some(left) => marked(&left.stages, batch),
+            None => Err(DataFusionError::Internal("not a table-table join".into())),
         }
-        Ok((batch, present))
+    }
+
+    /// A table-table join's output for changed keys: `left[i]`/`right[i]` index the current left
+    /// and right rows of key i (NULL: the side has no row). `keys` are the key columns of the
+    /// changed keys; `output_key_columns` the output's key columns; `previously_joined[i]` whether
+    /// key i had both (or, for outer joins, the needed) rows before the change. Returns the output
+    /// rows of the keys that have one, and tombstones (output rows of which only the key columns
+    /// matter) of the keys that have none now but may have had one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_tables(
+        &self,
+        left_rows: &RecordBatch,
+        left: &UInt32Array,
+        right_rows: &RecordBatch,
+        right: &UInt32Array,
+        keys: &[ArrayRef],
+        output_key_columns: &[usize],
+        previously_joined: &[bool],
+    ) -> Result<(RecordBatch, RecordBatch), DataFusionError> {
+        let Some(left_table) = &self.left_table else {
+            return Err(DataFusionError::Internal("not a table-table join".into()));
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.joined_schema.fields().len());
+        for column in left_rows.columns() {
+            columns.push(take(column.as_ref(), left, None)?);
+        }
+        for column in right_rows.columns() {
+            columns.push(take(column.as_ref(), right, None)?);
+        }
+        let rows = left.len();
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let joined =
+            RecordBatch::try_new_with_options(Arc::clone(&self.joined_schema), columns, &options)?;
+        let exists: BooleanArray = (0..rows)
+            .map(|i| Some(self.kind.joins(left.is_valid(i), right.is_valid(i))))
+            .collect();
+        let (output, keep) = marked(&self.post_stages, joined.clone())?;
+        let present = and_kleene(&exists, &keep)?;
+        let present = BooleanArray::from(
+            (0..rows)
+                .map(|i| present.is_valid(i) && present.value(i))
+                .collect::<Vec<bool>>(),
+        );
+        // The output key is the join key, also where it is selected from a side without a row
+        // (a RIGHT or FULL OUTER join, and tombstones): the same projection runs over rows whose
+        // key columns all hold the key, and the output's key columns come from there.
+        let mut keyed: Vec<ArrayRef> = joined.columns().to_vec();
+        for &(n, column) in &left_table.key_columns_in_joined {
+            let Some(key) = keys.get(n) else {
+                return Err(DataFusionError::Internal("join key columns missing".into()));
+            };
+            let data_type = joined.schema().field(column).data_type().clone();
+            keyed[column] = if key.data_type() == &data_type {
+                Arc::clone(key)
+            } else {
+                cast(key, &data_type)?
+            };
+        }
+        let keyed = RecordBatch::try_new_with_options(joined.schema(), keyed, &options)?;
+        let (keyed_output, _) = marked(&self.post_stages, keyed)?;
+        let mut columns = output.columns().to_vec();
+        for &column in output_key_columns {
+            columns[column] = Arc::clone(keyed_output.column(column));
+        }
+        let output = RecordBatch::try_new_with_options(output.schema(), columns, &options)?;
+        let rows_out = filter_record_batch(&output, &present)?;
+        // A key without a row now gets a tombstone only if it may have had one before.
+        let retracted = BooleanArray::from(
+            (0..rows)
+                .map(|i| !present.value(i) && previously_joined.get(i).copied().unwrap_or(true))
+                .collect::<Vec<bool>>(),
+        );
+        let tombstones = filter_record_batch(&keyed_output, &retracted)?;
+        Ok((rows_out, tombstones))
     }
 
     /// Puts each stream row next to its table row: `matches[i]` is the row of `table_rows` that
@@ -170,9 +297,12 @@ pub(crate) fn lower_join_query(
             lower_join_query(&alias.input, state, stream, table, lower)
         }
         LogicalPlan::Join(join) => {
+            let tables = stream.kind == SourceKind::Table;
             let kind = match join.join_type {
                 JoinType::Inner => JoinKind::Inner,
                 JoinType::Left => JoinKind::Left,
+                JoinType::Right if tables => JoinKind::Right,
+                JoinType::Full if tables => JoinKind::Full,
                 other => {
                     return Err(PlanError::unsupported(
                         &format!("{} joins of a stream and a table", join_type_name(other)),
@@ -215,7 +345,18 @@ pub(crate) fn lower_join_query(
             let Some(stream_exprs) = stream_exprs.into_iter().collect::<Option<Vec<_>>>() else {
                 return Err(not_on_the_key(table));
             };
-            check_co_partitioned(&stream_exprs, stream, table)?;
+            let left_table = if tables {
+                Some(left_table(
+                    join,
+                    &stream_exprs,
+                    stream,
+                    table,
+                    stream_stages.clone(),
+                )?)
+            } else {
+                check_co_partitioned(&stream_exprs, stream, table)?;
+                None
+            };
             let stream_key_exprs = stream_exprs
                 .into_iter()
                 .map(|expr| physical(state, expr, join.left.schema()))
@@ -231,6 +372,7 @@ pub(crate) fn lower_join_query(
                     table_row_schema: nullable_schema(join.right.schema().as_arrow()),
                     joined_schema: nullable_schema(join.schema.as_arrow()),
                     post_stages: Vec::new(),
+                    left_table,
                 },
             ))
         }
@@ -242,10 +384,74 @@ pub(crate) fn lower_join_query(
     }
 }
 
+/// The left table of a join of two tables: both must be joined on their whole primary keys,
+/// stored alike and partitioned alike (a foreign-key join would need repartitioning).
+fn left_table(
+    join: &datafusion::logical_expr::Join,
+    left_exprs: &[Expr],
+    left: &Source,
+    right: &Source,
+    stages: Vec<Stage>,
+) -> Result<LeftTable, PlanError> {
+    let left_keys: Vec<&eddy_catalog::Column> = left.key_columns().collect();
+    let right_keys: Vec<&eddy_catalog::Column> = right.key_columns().collect();
+    let on_keys = left_keys.len() == left_exprs.len()
+        && left_exprs.iter().zip(&left_keys).zip(&right_keys).all(
+            |((expr, left_key), right_key)| {
+                key_column(expr) == Some(left_key.name.as_str())
+                    && left_key.sql_type == right_key.sql_type
+            },
+        );
+    if !on_keys {
+        return Err(PlanError::unsupported(
+            "joins of two tables other than on both primary keys (foreign-key joins)",
+            true,
+            Some("join table a to table b with ON a.<primary key> = b.<primary key>"),
+        ));
+    }
+    if left.key_format != right.key_format || left.partitions != right.partitions {
+        return Err(PlanError::Invalid(format!(
+            "tables \"{}\" ({} partitions, key format {}) and \"{}\" ({} partitions, key \
+             format {}) must have the same partition count and key format to be joined",
+            left.name,
+            left.partitions,
+            left.key_format,
+            right.name,
+            right.partitions,
+            right.key_format
+        )));
+    }
+    let left_schema = join.left.schema();
+    let right_schema = join.right.schema();
+    let left_width = left_schema.fields().len();
+    let mut key_columns_in_joined = Vec::new();
+    for (n, (left_key, right_key)) in left_keys.iter().zip(&right_keys).enumerate() {
+        if let Some(i) = left_schema
+            .columns()
+            .iter()
+            .position(|c| c.name == left_key.name)
+        {
+            key_columns_in_joined.push((n, i));
+        }
+        if let Some(i) = right_schema
+            .columns()
+            .iter()
+            .position(|c| c.name == right_key.name)
+        {
+            key_columns_in_joined.push((n, left_width + i));
+        }
+    }
+    Ok(LeftTable {
+        source: left.clone(),
+        stages,
+        row_schema: nullable_schema(left_schema.as_arrow()),
+        key_columns_in_joined,
+    })
+}
+
 fn join_type_name(join_type: JoinType) -> &'static str {
     match join_type {
-        JoinType::Right => "RIGHT",
-        JoinType::Full => "FULL OUTER",
+        JoinType::Right | JoinType::Full => "RIGHT and FULL OUTER",
         _ => "SEMI and ANTI",
     }
 }

@@ -29,5 +29,5 @@ pub use aggregate::{
     ORIGIN_ROW_BITS, OriginNumbering, PostOutput, ROWTIME_AGGREGATE, SIGN_COLUMN,
     number_origin_rows,
 };
-pub use join::{JoinKind, JoinPlan};
+pub use join::{JoinKind, JoinPlan, LeftTable};
 pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};

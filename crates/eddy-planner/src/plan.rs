@@ -576,13 +576,6 @@ impl Planner {
                     ),
                 ));
             }
-            if source.kind != eddy_catalog::SourceKind::Stream {
-                return Err(PlanError::unsupported(
-                    "joins of two tables",
-                    true,
-                    Some("a stream joins a table: FROM stream [LEFT] JOIN table ON ..."),
-                ));
-            }
             if source.generator.is_some() {
                 return Err(PlanError::unsupported(
                     "joins of a generated stream",
@@ -769,6 +762,16 @@ impl Planner {
                 }
             }
         }
+        if join
+            .as_ref()
+            .is_some_and(|j| j.left_table.is_some() && key_columns.is_empty())
+        {
+            return Err(PlanError::Invalid(
+                "a join of two tables must select the join key: it becomes the result's key\n\
+                 hint: add the left table's key column to the SELECT list"
+                    .into(),
+            ));
+        }
         let value_columns: Vec<usize> = (0..output_schema.fields().len())
             .filter(|i| !key_columns.contains(i) && *i != rowtime_column)
             .filter(|i| {
@@ -943,17 +946,19 @@ fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String),
         Op::Join(ast::JoinConstraint::On(_))
         | Op::Inner(ast::JoinConstraint::On(_))
         | Op::Left(ast::JoinConstraint::On(_))
-        | Op::LeftOuter(ast::JoinConstraint::On(_)) => {}
-        Op::Join(_) | Op::Inner(_) | Op::Left(_) | Op::LeftOuter(_) => {
+        | Op::LeftOuter(ast::JoinConstraint::On(_))
+        | Op::Right(ast::JoinConstraint::On(_))
+        | Op::RightOuter(ast::JoinConstraint::On(_))
+        | Op::FullOuter(ast::JoinConstraint::On(_)) => {}
+        Op::Join(_)
+        | Op::Inner(_)
+        | Op::Left(_)
+        | Op::LeftOuter(_)
+        | Op::Right(_)
+        | Op::RightOuter(_)
+        | Op::FullOuter(_) => {
             return Err(PlanError::Invalid(
                 "a join needs an ON condition (USING and NATURAL are not supported)".into(),
-            ));
-        }
-        Op::Right(_) | Op::RightOuter(_) | Op::FullOuter(_) => {
-            return Err(PlanError::unsupported(
-                "RIGHT and FULL OUTER joins of a stream and a table",
-                true,
-                Some("a stream joins a table with [INNER] JOIN or LEFT JOIN"),
             ));
         }
         _ => {

@@ -23,7 +23,7 @@ use eddy_state::{Store, StoreBatch};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::kafka::{KafkaConnection, KafkaError};
 use crate::processing_log::{ErrorKind, ProcessingLog};
@@ -36,6 +36,26 @@ pub struct JoinSpec {
     pub table_layout: SourceLayout,
     /// The query's table store (one per query; keys prefixed by partition).
     pub store: Store,
+    /// The left table of a table-table join: its topic, layout and store.
+    pub left: Option<(String, SourceLayout, Store)>,
+}
+
+/// Changes of one batch of table records, per key (last change wins), in first-seen order:
+/// the key's new row, or `None` when it has none any more. The store write is separate so that
+/// the join's output can be sent before the state that produced it is written.
+pub(crate) struct Prepared {
+    pub batch: StoreBatch,
+    pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Where one table of a join is and how its rows look.
+struct SideSpec<'a> {
+    topic: &'a str,
+    layout: &'a SourceLayout,
+    store: &'a Store,
+    source: &'a eddy_catalog::Source,
+    row_schema: &'a datafusion::arrow::datatypes::SchemaRef,
+    left: bool,
 }
 
 /// Partition p of a join's table: its consumer, decoder and store.
@@ -52,12 +72,14 @@ pub(crate) struct TableSide {
     next_offset: i64,
     /// The decoded table batch's key columns.
     key_indices: Vec<usize>,
+    /// This is the left table of a table-table join.
+    left: bool,
     max_batch_records: usize,
     idle: Duration,
 }
 
 impl TableSide {
-    /// Opens partition `partition` of the table: reads where the store left off.
+    /// Opens partition `partition` of the (right) table: reads where the store left off.
     pub(crate) fn open(
         spec: &JoinSpec,
         plan: &JoinPlan,
@@ -66,8 +88,66 @@ impl TableSide {
         connection: &KafkaConnection,
         max_batch_records: usize,
     ) -> Result<Self, QueryError> {
-        let decoder = RecordDecoder::new(&spec.table_layout).map_err(|e| QueryError::Format {
-            topic: spec.table_topic.clone(),
+        let side = SideSpec {
+            topic: &spec.table_topic,
+            layout: &spec.table_layout,
+            store: &spec.store,
+            source: &plan.table,
+            row_schema: &plan.table_row_schema,
+            left: false,
+        };
+        Self::open_side(
+            side,
+            plan,
+            partition,
+            group_id,
+            connection,
+            max_batch_records,
+        )
+    }
+
+    /// Opens partition `partition` of the left table of a table-table join.
+    pub(crate) fn open_left(
+        spec: &JoinSpec,
+        plan: &JoinPlan,
+        partition: i32,
+        group_id: &str,
+        connection: &KafkaConnection,
+        max_batch_records: usize,
+    ) -> Result<Self, QueryError> {
+        let (Some((topic, layout, store)), Some(left)) = (&spec.left, &plan.left_table) else {
+            return Err(QueryError::Internal(
+                "a table join without its left table".into(),
+            ));
+        };
+        let side = SideSpec {
+            topic,
+            layout,
+            store,
+            source: &left.source,
+            row_schema: &left.row_schema,
+            left: true,
+        };
+        Self::open_side(
+            side,
+            plan,
+            partition,
+            &format!("{group_id}-left"),
+            connection,
+            max_batch_records,
+        )
+    }
+
+    fn open_side(
+        side: SideSpec<'_>,
+        plan: &JoinPlan,
+        partition: i32,
+        group_id: &str,
+        connection: &KafkaConnection,
+        max_batch_records: usize,
+    ) -> Result<Self, QueryError> {
+        let decoder = RecordDecoder::new(side.layout).map_err(|e| QueryError::Format {
+            topic: side.topic.to_owned(),
             message: e.to_string(),
         })?;
         let converter = |types: Vec<SortField>| {
@@ -82,15 +162,15 @@ impl TableSide {
                 .collect(),
         )?;
         let row_converter = converter(
-            plan.table_row_schema
+            side.row_schema
                 .fields()
                 .iter()
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
-        let first_key = plan.table.first_key_index();
-        let key_indices = (first_key..first_key + plan.table.key_count()).collect();
-        let checkpoint = spec
+        let first_key = side.source.first_key_index();
+        let key_indices = (first_key..first_key + side.source.key_count()).collect();
+        let checkpoint = side
             .store
             .checkpoint(partition)
             .map_err(|e| QueryError::State(e.to_string()))?;
@@ -109,15 +189,15 @@ impl TableSide {
             None => Offset::Beginning,
         };
         assignment
-            .add_partition_offset(&spec.table_topic, partition, start)
+            .add_partition_offset(side.topic, partition, start)
             .map_err(|e| KafkaError::client("join table assignment", e))?;
         consumer
             .assign(&assignment)
             .map_err(|e| KafkaError::client("join table assignment", e))?;
         Ok(Self {
-            topic: spec.table_topic.clone(),
+            topic: side.topic.to_owned(),
             partition,
-            store: spec.store.clone(),
+            store: side.store.clone(),
             plan: plan.clone(),
             decoder,
             key_converter,
@@ -125,9 +205,27 @@ impl TableSide {
             consumer,
             next_offset,
             key_indices,
+            left: side.left,
             max_batch_records: max_batch_records.max(1),
             idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),
         })
+    }
+
+    /// The table partition's high watermark now.
+    pub(crate) async fn high_watermark(
+        &self,
+        connection: &KafkaConnection,
+    ) -> Result<i64, QueryError> {
+        let watermarks = connection.watermarks(&self.topic).await?;
+        watermarks
+            .get(self.partition as usize)
+            .map(|&(_, high)| high)
+            .ok_or_else(|| {
+                QueryError::Internal(format!(
+                    "table topic \"{}\" has no partition {}",
+                    self.topic, self.partition
+                ))
+            })
     }
 
     /// Applies the table partition's records up to its current high watermark.
@@ -137,25 +235,22 @@ impl TableSide {
         log: &ProcessingLog,
         query_id: &str,
     ) -> Result<(), QueryError> {
-        let watermarks = connection.watermarks(&self.topic).await?;
-        let Some(&(_, high)) = watermarks.get(self.partition as usize) else {
-            return Err(QueryError::Internal(format!(
-                "table topic \"{}\" has no partition {}",
-                self.topic, self.partition
-            )));
-        };
-        if self.next_offset >= high {
-            return Ok(());
+        let high = self.high_watermark(connection).await?;
+        while let Some(raw) = self.read_batch(high).await? {
+            let prepared = self.prepare(&raw, log, query_id).await?;
+            self.write(prepared.batch)?;
         }
-        debug!(
-            query = query_id,
-            partition = self.partition,
-            from = self.next_offset,
-            to = high,
-            "catching up with the joined table"
-        );
+        Ok(())
+    }
+
+    /// Reads the next batch of table records below `high` (at most `max_batch_records`); `None`
+    /// when the table is read up to `high`.
+    pub(crate) async fn read_batch(&mut self, high: i64) -> Result<Option<RawBatch>, QueryError> {
+        if self.next_offset >= high {
+            return Ok(None);
+        }
         let mut raw = RawBatch::with_capacity(self.max_batch_records, 64 * 1024);
-        while self.next_offset < high {
+        while self.next_offset < high && raw.len() < self.max_batch_records {
             let message = match tokio::time::timeout(self.idle, self.consumer.recv()).await {
                 Ok(Ok(message)) => Some(message),
                 Ok(Err(error)) => {
@@ -191,29 +286,23 @@ impl TableSide {
                     }
                 }
             }
-            if raw.len() >= self.max_batch_records || self.next_offset >= high {
-                self.apply(&raw, log, query_id).await?;
-                raw.clear();
-            }
         }
-        if !raw.is_empty() {
-            self.apply(&raw, log, query_id).await?;
-        }
-        Ok(())
+        Ok(Some(raw))
     }
 
-    /// Writes a batch of table records to the store: rows for present records, deletes for
-    /// tombstones and rows the table stages reject, the next offset in the same write.
-    async fn apply(
+    /// What a batch of table records changes: rows for present records, deletes for tombstones
+    /// and rows the table stages reject, and the next offset, in one store batch (not written).
+    pub(crate) async fn prepare(
         &mut self,
         raw: &RawBatch,
         log: &ProcessingLog,
         query_id: &str,
-    ) -> Result<(), QueryError> {
+    ) -> Result<Prepared, QueryError> {
         let mut batch = StoreBatch::default();
         batch.set_source_offset(self.next_offset);
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         if raw.is_empty() {
-            return self.write(batch);
+            return Ok(Prepared { batch, changes });
         }
         let decoded = self
             .decoder
@@ -241,10 +330,14 @@ impl TableSide {
             .key_converter
             .convert_columns(&key_columns)
             .map_err(|e| QueryError::Internal(format!("joined table key: {e}")))?;
-        let (rows, present) = self
-            .plan
-            .table_rows(table.clone())
-            .map_err(|e| QueryError::Expression(e.to_string()))?;
+        let (rows, present) = if self.left {
+            self.plan.left_rows(table.clone())
+        } else {
+            self.plan.table_rows(table.clone())
+        }
+        .map_err(|e| QueryError::Expression(e.to_string()))?;
+        let mut change_index: std::collections::HashMap<Vec<u8>, usize> =
+            std::collections::HashMap::new();
         let values = self
             .row_converter
             .convert_columns(rows.columns())
@@ -273,16 +366,26 @@ impl TableSide {
                 continue;
             }
             let key = keys.row(row);
-            if tombstone || !present.value(row) || present.is_null(row) {
+            let value = if tombstone || !present.value(row) || present.is_null(row) {
                 batch.delete(key.as_ref());
+                None
             } else {
-                batch.put(key.as_ref(), values.row(row).as_ref());
+                let value = values.row(row);
+                batch.put(key.as_ref(), value.as_ref());
+                Some(value.as_ref().to_vec())
+            };
+            match change_index.get(key.as_ref()) {
+                Some(&i) => changes[i].1 = value,
+                None => {
+                    change_index.insert(key.as_ref().to_vec(), changes.len());
+                    changes.push((key.as_ref().to_vec(), value));
+                }
             }
         }
-        self.write(batch)
+        Ok(Prepared { batch, changes })
     }
 
-    fn write(&self, batch: StoreBatch) -> Result<(), QueryError> {
+    pub(crate) fn write(&self, batch: StoreBatch) -> Result<(), QueryError> {
         self.store
             .write(self.partition, batch)
             .map_err(|e| QueryError::State(e.to_string()))
@@ -348,6 +451,69 @@ impl TableSide {
                 .collect::<Vec<_>>(),
         );
         Ok((table_rows, matches))
+    }
+
+    /// Rows of this table for `rows` (stored row bytes, `None`: no row), decoded: the rows found
+    /// and, per entry, its index among them (NULL: none).
+    pub(crate) fn decode_rows(
+        &self,
+        rows: &[Option<&[u8]>],
+    ) -> Result<(RecordBatch, UInt32Array), QueryError> {
+        let parser = self.row_converter.parser();
+        let mut found = Vec::with_capacity(rows.len());
+        let mut indices = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row {
+                Some(bytes) => {
+                    indices.push(Some(found.len() as u32));
+                    found.push(parser.parse(bytes));
+                }
+                None => indices.push(None),
+            }
+        }
+        let columns = self
+            .row_converter
+            .convert_rows(found)
+            .map_err(|e| QueryError::Internal(format!("stored table row: {e}")))?;
+        let schema = if self.left {
+            self.plan
+                .left_table
+                .as_ref()
+                .map(|l| Arc::clone(&l.row_schema))
+                .ok_or_else(|| QueryError::Internal("no left table".into()))?
+        } else {
+            Arc::clone(&self.plan.table_row_schema)
+        };
+        let count = indices.iter().flatten().count();
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(count)),
+        )
+        .map_err(|e| QueryError::Internal(format!("stored table rows: {e}")))?;
+        Ok((batch, UInt32Array::from(indices)))
+    }
+
+    /// The key columns of stored keys.
+    pub(crate) fn decode_keys(
+        &self,
+        keys: &[&[u8]],
+    ) -> Result<Vec<datafusion::arrow::array::ArrayRef>, QueryError> {
+        let parser = self.key_converter.parser();
+        self.key_converter
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))
+            .map_err(|e| QueryError::Internal(format!("stored table key: {e}")))
+    }
+
+    /// The stored rows of `keys` in this table's partition.
+    pub(crate) fn get_rows(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, QueryError> {
+        self.store
+            .multi_get(self.partition, keys)
+            .map_err(|e| QueryError::State(e.to_string()))
+    }
+
+    pub(crate) fn is_left(&self) -> bool {
+        self.left
     }
 
     pub(crate) fn log_ready(&self, query_id: &str) {

@@ -794,6 +794,14 @@ impl PartitionTask {
                 .run_upsert_writer(receiver, decoder, encoder, encoded)
                 .await;
         }
+        if spec
+            .plan
+            .join
+            .as_ref()
+            .is_some_and(|j| j.left_table.is_some())
+        {
+            return self.run_table_join(receiver, encoder, encoded).await;
+        }
         if spec.join.is_some() {
             return self.run_join(receiver, decoder, encoder, encoded).await;
         }
@@ -1335,6 +1343,103 @@ impl PartitionTask {
         Ok(())
     }
 
+    /// Runs a join of two tables. Both tables are read by this task's own consumers (the query's
+    /// consumer, on the left table, only assigns partitions and paces the task); whenever either
+    /// side has new records (checked when the query's consumer delivers and every
+    /// `table_join_poll_interval_ms`), the changed keys' joined rows, or tombstones, are sent,
+    /// then the side's store is written with its next offset.
+    async fn run_table_join(
+        &self,
+        mut receiver: mpsc::Receiver<RawBatch>,
+        mut encoder: Option<RecordEncoder>,
+        mut encoded: EncodedBatch,
+    ) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let (Some(join_spec), Some(join)) = (spec.join.as_ref(), spec.plan.join.as_ref()) else {
+            return Err(QueryError::Internal(
+                "a join started without its tables".into(),
+            ));
+        };
+        let open = |left: bool| {
+            let open = if left {
+                TableSide::open_left
+            } else {
+                TableSide::open
+            };
+            open(
+                join_spec,
+                join,
+                self.partition,
+                &spec.group_id,
+                &spec.connection,
+                spec.config.max_batch_records,
+            )
+        };
+        let mut left = open(true)?;
+        let mut right = open(false)?;
+        let mut poll = tokio::time::interval(Duration::from_millis(
+            spec.config.table_join_poll_interval_ms.max(1),
+        ));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delivered: Option<i64> = None;
+        loop {
+            tokio::select! {
+                raw = receiver.recv() => match raw {
+                    Some(raw) => delivered = raw.offsets().last().map(|o| o + 1).or(delivered),
+                    None => return Ok(()),
+                },
+                _ = poll.tick() => {}
+            }
+            for this_is_left in [true, false] {
+                let (this, other) = if this_is_left {
+                    (&mut left, &right)
+                } else {
+                    (&mut right, &left)
+                };
+                let high = this.high_watermark(&spec.connection).await?;
+                while let Some(raw) = this.read_batch(high).await? {
+                    self.metrics
+                        .records_in
+                        .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                    let prepared = this
+                        .prepare(&raw, &spec.processing_log, &spec.query_id)
+                        .await?;
+                    if !prepared.changes.is_empty() {
+                        let (rows, tombstones) = table_join_output(
+                            join,
+                            this,
+                            other,
+                            &prepared,
+                            &spec.plan.key_columns,
+                        )?;
+                        if !self.deliver(&rows, encoder.as_mut(), &mut encoded).await? {
+                            return Ok(()); // the client went away
+                        }
+                        if let (
+                            SinkSpec::Kafka {
+                                topic, producer, ..
+                            },
+                            Some(encoder),
+                        ) = (&spec.sink, encoder.as_mut())
+                            && tombstones.num_rows() > 0
+                        {
+                            self.produce(topic, producer, encoder, &mut encoded, &tombstones, true)
+                                .await?;
+                            self.metrics
+                                .records_out
+                                .fetch_add(tombstones.num_rows() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    this.write(prepared.batch)?;
+                }
+            }
+            // The left table is read past what the query's consumer delivered.
+            if let Some(offset) = delivered.take() {
+                self.progress.store(offset, Ordering::Release);
+            }
+        }
+    }
+
     /// Sends output rows to the sink and counts them. False when a push query's client is gone.
     async fn deliver(
         &self,
@@ -1441,6 +1546,60 @@ impl PartitionTask {
         }
         Ok(())
     }
+}
+
+/// A table-table join's output for one side's changes: the changed keys' new rows on that side,
+/// the other side's stored rows, joined. Returns (rows, tombstones).
+fn table_join_output(
+    join: &eddy_planner::JoinPlan,
+    this: &TableSide,
+    other: &TableSide,
+    prepared: &crate::join::Prepared,
+    output_keys: &[usize],
+) -> Result<(RecordBatch, RecordBatch), QueryError> {
+    let keys: Vec<&[u8]> = prepared.changes.iter().map(|(k, _)| k.as_slice()).collect();
+    let these: Vec<Option<&[u8]>> = prepared.changes.iter().map(|(_, v)| v.as_deref()).collect();
+    let others = other.get_rows(&keys)?;
+    let others: Vec<Option<&[u8]>> = others.iter().map(|v| v.as_deref()).collect();
+    let (this_rows, this_index) = this.decode_rows(&these)?;
+    let (other_rows, other_index) = other.decode_rows(&others)?;
+    let key_columns = this.decode_keys(&keys)?;
+    // The store still holds this side's rows before the change.
+    let previous = this.get_rows(&keys)?;
+    let previously_joined: Vec<bool> = previous
+        .iter()
+        .zip(&others)
+        .map(|(before, other)| {
+            let (this_had, other_has) = (before.is_some(), other.is_some());
+            if this.is_left() {
+                join.kind.joins(this_had, other_has)
+            } else {
+                join.kind.joins(other_has, this_had)
+            }
+        })
+        .collect();
+    let result = if this.is_left() {
+        join.join_tables(
+            &this_rows,
+            &this_index,
+            &other_rows,
+            &other_index,
+            &key_columns,
+            output_keys,
+            &previously_joined,
+        )
+    } else {
+        join.join_tables(
+            &other_rows,
+            &other_index,
+            &this_rows,
+            &this_index,
+            &key_columns,
+            output_keys,
+            &previously_joined,
+        )
+    };
+    result.map_err(|e| QueryError::Expression(e.strip_backtrace()))
 }
 
 /// `batch` without the rows whose offset (column 2, `ROWOFFSET`) is below `next_offset`.
