@@ -74,6 +74,8 @@ pub(crate) struct TableSide {
     key_indices: Vec<usize>,
     /// This is the left table of a table-table join.
     left: bool,
+    /// The store had this side's rows (a checkpoint) when the task started.
+    restored: bool,
     max_batch_records: usize,
     idle: Duration,
 }
@@ -206,6 +208,7 @@ impl TableSide {
             next_offset,
             key_indices,
             left: side.left,
+            restored: checkpoint.source_offset.is_some(),
             max_batch_records: max_batch_records.max(1),
             idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),
         })
@@ -514,6 +517,12 @@ impl TableSide {
 
     pub(crate) fn is_left(&self) -> bool {
         self.left
+    }
+
+    /// Whether the store had this side's rows when the task started (else they are read again
+    /// from the topic's beginning).
+    pub(crate) fn restored(&self) -> bool {
+        self.restored
     }
 
     pub(crate) fn log_ready(&self, query_id: &str) {

@@ -1377,6 +1377,22 @@ impl PartitionTask {
         };
         let mut left = open(true)?;
         let mut right = open(false)?;
+        // A side read again from its beginning (its local state is gone) does not know which
+        // keys joined before; if the output already has records, every key that does not join
+        // now gets a tombstone until both sides are caught up.
+        let mut retract_unknown = if left.restored() && right.restored() {
+            false
+        } else {
+            match &spec.sink {
+                SinkSpec::Kafka { topic, .. } => spec
+                    .connection
+                    .watermarks(topic)
+                    .await?
+                    .iter()
+                    .any(|&(_, high)| high > 0),
+                SinkSpec::Channel { .. } => false,
+            }
+        };
         let mut poll = tokio::time::interval(Duration::from_millis(
             spec.config.table_join_poll_interval_ms.max(1),
         ));
@@ -1411,6 +1427,7 @@ impl PartitionTask {
                             other,
                             &prepared,
                             &spec.plan.key_columns,
+                            retract_unknown,
                         )?;
                         if !self.deliver(&rows, encoder.as_mut(), &mut encoded).await? {
                             return Ok(()); // the client went away
@@ -1433,6 +1450,7 @@ impl PartitionTask {
                     this.write(prepared.batch)?;
                 }
             }
+            retract_unknown = false;
             // The left table is read past what the query's consumer delivered.
             if let Some(offset) = delivered.take() {
                 self.progress.store(offset, Ordering::Release);
@@ -1556,6 +1574,7 @@ fn table_join_output(
     other: &TableSide,
     prepared: &crate::join::Prepared,
     output_keys: &[usize],
+    retract_unknown: bool,
 ) -> Result<(RecordBatch, RecordBatch), QueryError> {
     let keys: Vec<&[u8]> = prepared.changes.iter().map(|(k, _)| k.as_slice()).collect();
     let these: Vec<Option<&[u8]>> = prepared.changes.iter().map(|(_, v)| v.as_deref()).collect();
@@ -1570,6 +1589,9 @@ fn table_join_output(
         .iter()
         .zip(&others)
         .map(|(before, other)| {
+            if retract_unknown {
+                return true;
+            }
             let (this_had, other_has) = (before.is_some(), other.is_some());
             if this.is_left() {
                 join.kind.joins(this_had, other_has)
