@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{and_kleene, is_not_null};
 use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue, not_impl_err};
@@ -264,30 +263,8 @@ impl AggregationPlan {
 
     /// Applies `HAVING` and the projection to a batch of aggregate results.
     pub fn post_process(&self, batch: RecordBatch) -> Result<PostOutput, DataFusionError> {
-        let rows = batch.num_rows();
-        let mut keep = BooleanArray::from(vec![true; rows]);
-        let mut batch = batch;
-        for stage in &self.post_stages {
-            match stage {
-                Stage::Filter(predicate) => {
-                    let mask = predicate.evaluate(&batch)?.into_array(rows)?;
-                    let mask = mask
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .ok_or_else(|| {
-                            DataFusionError::Internal(format!(
-                                "HAVING predicate returned {}",
-                                mask.data_type()
-                            ))
-                        })?;
-                    // NULL is not true: such a group is filtered out, as in SQL.
-                    let known = is_not_null(mask)?;
-                    let mask = and_kleene(mask, &known)?;
-                    keep = and_kleene(&keep, &mask)?;
-                }
-                other => batch = other.apply(batch)?,
-            }
-        }
+        // A group that fails HAVING (or whose HAVING is NULL) is kept, marked: a tombstone.
+        let (batch, keep) = crate::plan::marked(&self.post_stages, batch)?;
         Ok(PostOutput { batch, keep })
     }
 }

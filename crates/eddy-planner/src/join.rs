@@ -26,7 +26,7 @@ use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use eddy_catalog::{Source, SourceKind};
 
-use crate::plan::{PlanError, Stage, nullable_schema, physical};
+use crate::plan::{PlanError, Stage, marked, nullable_schema, physical};
 
 /// Which rows without a partner a join keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,34 +90,6 @@ pub struct JoinPlan {
     /// Set for a join of two tables on their primary keys: then the left side is a table too,
     /// and the output is a table whose rows change when either side changes.
     pub left_table: Option<LeftTable>,
-}
-
-/// Runs stages over a batch, turning filters into a mask instead of dropping rows: (rows, whether
-/// each row is present). A NULL filter result is absent.
-fn marked(
-    stages: &[Stage],
-    batch: RecordBatch,
-) -> Result<(RecordBatch, BooleanArray), DataFusionError> {
-    let rows = batch.num_rows();
-    let mut present = BooleanArray::from(vec![true; rows]);
-    let mut batch = batch;
-    for stage in stages {
-        match stage {
-            Stage::Filter(predicate) => {
-                let mask = predicate.evaluate(&batch)?.into_array(rows)?;
-                let mask = mask
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| {
-                        DataFusionError::Internal("join filter is not BOOLEAN".into())
-                    })?;
-                let known = is_not_null(mask)?;
-                present = and_kleene(&and_kleene(&present, mask)?, &known)?;
-            }
-            other => batch = other.apply(batch)?,
-        }
-    }
-    Ok((batch, present))
 }
 
 impl JoinPlan {

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::array::{UInt32Array, UInt32Builder};
-use datafusion::arrow::compute::{filter_record_batch, take};
+use datafusion::arrow::compute::{and_kleene, filter_record_batch, is_not_null, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, DataFusionError, SchemaError, TableReference};
 use datafusion::datasource::empty::EmptyTable;
@@ -194,6 +195,32 @@ impl Stage {
             } => unnest(&batch, lists, sources, schema),
         }
     }
+}
+
+/// Runs stages over a batch, turning filters into a mask instead of dropping rows: (rows,
+/// whether each row passed every filter). NULL is not true: such a row did not pass, as in SQL.
+/// Used where a filtered-out row still means something (a tombstone, an absent table row).
+pub(crate) fn marked(
+    stages: &[Stage],
+    batch: RecordBatch,
+) -> Result<(RecordBatch, BooleanArray), DataFusionError> {
+    let rows = batch.num_rows();
+    let mut passed = BooleanArray::from(vec![true; rows]);
+    let mut batch = batch;
+    for stage in stages {
+        match stage {
+            Stage::Filter(predicate) => {
+                let mask = predicate.evaluate(&batch)?.into_array(rows)?;
+                let mask = mask.as_boolean_opt().ok_or_else(|| {
+                    DataFusionError::Internal(format!("filter returned {}", mask.data_type()))
+                })?;
+                let known = is_not_null(mask)?;
+                passed = and_kleene(&and_kleene(&passed, mask)?, &known)?;
+            }
+            other => batch = other.apply(batch)?,
+        }
+    }
+    Ok((batch, passed))
 }
 
 /// The [`Stage::Unnest`] kernel: one pass to count output rows, then `take` per column.

@@ -219,16 +219,9 @@ impl TableSide {
         &self,
         connection: &KafkaConnection,
     ) -> Result<i64, QueryError> {
-        let watermarks = connection.watermarks(&self.topic).await?;
-        watermarks
-            .get(self.partition as usize)
-            .map(|&(_, high)| high)
-            .ok_or_else(|| {
-                QueryError::Internal(format!(
-                    "table topic \"{}\" has no partition {}",
-                    self.topic, self.partition
-                ))
-            })
+        Ok(connection
+            .high_watermark(&self.topic, self.partition)
+            .await?)
     }
 
     /// Applies the table partition's records up to its current high watermark.

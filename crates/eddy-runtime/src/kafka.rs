@@ -329,6 +329,27 @@ impl KafkaConnection {
         .map_err(|e| KafkaError::Internal(format!("watermark task failed: {e}")))?
     }
 
+    /// The high watermark of one partition (one offsets request, no metadata request): what a
+    /// join reads its table up to before each stream batch.
+    pub async fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        let consumer = self.offset_client("")?;
+        let timeout = self.timeout();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition, Timeout::After(timeout))
+                .map(|(_, high)| high)
+                .map_err(|e| {
+                    KafkaError::client(
+                        format!("watermarks of \"{topic}\" partition {partition}"),
+                        e,
+                    )
+                })
+        })
+        .await
+        .map_err(|e| KafkaError::Internal(format!("watermark task failed: {e}")))?
+    }
+
     /// The offsets `group` has committed on each of `partitions` of `topic` (`None`: nothing
     /// committed). Reads them without joining the group.
     pub async fn committed_offsets(

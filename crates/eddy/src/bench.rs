@@ -193,14 +193,8 @@ pub(crate) async fn execute(
 }
 
 async fn produce(connection: &KafkaConnection, topic: &str, bench: &TableBench) -> Result<()> {
-    let producer = connection.producer()?;
-    let mut pending = std::collections::VecDeque::new();
-    let mut key = String::new();
-    let mut value = String::new();
-    for i in 0..bench.events {
+    produce_records(connection, topic, bench.events, |i, key, value| {
         use std::fmt::Write;
-        key.clear();
-        value.clear();
         let _ = write!(key, "e{i}");
         let _ = write!(
             value,
@@ -208,15 +202,31 @@ async fn produce(connection: &KafkaConnection, topic: &str, bench: &TableBench) 
             i % bench.keys,
             i % 100
         );
+    })
+    .await
+}
+
+/// Produces `count` records to `topic`, `fill(i, key, value)` writing record i.
+pub(crate) async fn produce_records(
+    connection: &KafkaConnection,
+    topic: &str,
+    count: usize,
+    fill: impl Fn(usize, &mut String, &mut String),
+) -> Result<()> {
+    let producer = connection.producer()?;
+    let mut pending = std::collections::VecDeque::new();
+    let (mut key, mut value) = (String::new(), String::new());
+    for i in 0..count {
+        key.clear();
+        value.clear();
+        fill(i, &mut key, &mut value);
         loop {
-            let record = FutureRecord::to(topic).key(&key).payload(&value);
-            match producer.send_result(record) {
+            match producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {
                 Ok(delivery) => {
                     pending.push_back(delivery);
                     break;
                 }
                 Err((error, _)) => {
-                    // A full queue: wait for the oldest delivery, then retry.
                     let Some(oldest) = pending.pop_front() else {
                         bail!("cannot produce: {error}");
                     };

@@ -134,6 +134,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         latency_seconds: u32,
     },
+    /// Time a stream-table join end to end, next to a pass-through of the same stream.
+    Join {
+        /// Click events in the stream.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Users in the table.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// Partitions of both topics.
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+    },
     /// Fill Kafka topics with Nexmark events as JSON (for Eddy and for peers to read).
     LoadNexmark {
         /// Events to generate (persons, auctions and bids in Nexmark's proportions).
@@ -425,6 +437,21 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
             )
             .await
         }
+        BenchCommand::Join {
+            events,
+            keys,
+            partitions,
+        } => {
+            join_bench::run(
+                &connection,
+                join_bench::JoinBench {
+                    events,
+                    keys,
+                    partitions,
+                },
+            )
+            .await
+        }
         BenchCommand::LoadNexmark {
             events,
             partitions,
@@ -472,6 +499,7 @@ fn expand_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 mod bench;
+mod join_bench;
 mod nexmark;
 
 #[cfg(feature = "embedded-broker")]

@@ -1,5 +1,6 @@
-//! `eddy bench nexmark` keeps working: a small run on a temporary embedded broker must finish, and
-//! its cross-check (the engine's output rows equal DataFusion's for every query) must hold.
+//! `eddy bench nexmark` and `eddy bench join` keep working: a small run on a temporary embedded
+//! broker must finish, and its checks (the engine's output rows equal DataFusion's for every
+//! query; every joined event found its table row) must hold.
 //!
 //! Needs a broker: the bench starts its own embedded one when no Kafka is given.
 
@@ -47,5 +48,28 @@ fn a_small_nexmark_run_agrees_with_datafusion_on_every_query() {
     assert!(
         stdout.contains("(1000 bids): p50 "),
         "no latency line:\n{stdout}"
+    );
+}
+
+/// `eddy bench join` keeps working: the join writes every event and each found its user.
+#[test]
+fn a_small_join_bench_run_joins_every_event() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["bench", "join", "--events", "3000", "--keys", "100"])
+        .env("HOME", data.path())
+        .env("NO_COLOR", "1")
+        .current_dir(data.path())
+        .output()
+        .expect("eddy runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "eddy bench join failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("stream-table LEFT JOIN") && stdout.contains("each found its user"),
+        "{stdout}"
     );
 }
