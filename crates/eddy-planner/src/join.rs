@@ -485,9 +485,19 @@ fn check_co_partitioned(
         table: table.name.clone(),
         repartition_by: repartition_by.clone(),
     };
+    // The hint's statement reads the stream by its name: columns without the query's alias.
+    let partition_by = stream_exprs
+        .iter()
+        .map(|e| match e {
+            Expr::Column(column) => column.name.clone(),
+            other => other.human_display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let hint = format!(
         "\nhint: a persistent query (CREATE STREAM ... AS SELECT) repartitions it by itself; or \
-         repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY {joined};",
+         repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY \
+         {partition_by};",
         stream.name, stream.name
     );
     if !keyed_by_join {
