@@ -658,3 +658,68 @@ fn origin_numbering_bounds_rows_per_record_and_offsets() {
     );
     assert!(crate::number_origin_rows([(0, i64::MAX >> 10)].into_iter(), 1).is_err());
 }
+
+#[tokio::test]
+async fn a_full_outer_table_join_keys_every_row_and_retracts_keys_that_stop_joining() {
+    let plan = plan(
+        r#"SELECT a."ID", a."ITEM", b."QTY" FROM "ORDER_STATE" a FULL OUTER JOIN "ORDER_STATE" b ON a."ID" = b."ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let join = plan.join.as_ref().expect("a join");
+    assert_eq!(join.kind, crate::JoinKind::Full);
+    assert!(join.left_table.is_some(), "both sides are tables");
+    assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
+    let (left_rows, _) = join.left_rows(input_batch()).unwrap();
+    let (right_rows, _) = join.table_rows(input_batch()).unwrap();
+    // Keys a, b, c: a has only a left row, b only a right row, c neither (it joined before).
+    let left = UInt32Array::from(vec![Some(0), None, None]);
+    let right = UInt32Array::from(vec![None, Some(1), None]);
+    let keys: Vec<datafusion::arrow::array::ArrayRef> =
+        vec![Arc::new(StringArray::from(vec!["a", "b", "c"]))];
+    let (rows, tombstones) = join
+        .join_tables(
+            &left_rows,
+            &left,
+            &right_rows,
+            &right,
+            &keys,
+            &plan.key_columns,
+            &[false, false, true],
+        )
+        .unwrap();
+    let id = plan.output_schema.index_of("ID").unwrap();
+    let ids = rows.column(id).as_string::<i32>();
+    // b's key is selected from the left side, which has no row: it is still the key.
+    assert_eq!((ids.value(0), ids.value(1)), ("a", "b"));
+    let qty = rows
+        .column(plan.output_schema.index_of("QTY").unwrap())
+        .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+    assert!(qty.is_null(0) && qty.value(1) == 5);
+    assert_eq!(tombstones.num_rows(), 1);
+    assert_eq!(tombstones.column(id).as_string::<i32>().value(0), "c");
+
+    // An inner join: neither a nor b joins; only c, which joined before, is retracted.
+    let inner = self::plan(
+        r#"SELECT a."ID", b."QTY" FROM "ORDER_STATE" a JOIN "ORDER_STATE" b ON a."ID" = b."ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let join = inner.join.as_ref().unwrap();
+    let (left_rows, _) = join.left_rows(input_batch()).unwrap();
+    let (right_rows, _) = join.table_rows(input_batch()).unwrap();
+    let (rows, tombstones) = join
+        .join_tables(
+            &left_rows,
+            &left,
+            &right_rows,
+            &right,
+            &keys,
+            &inner.key_columns,
+            &[false, false, true],
+        )
+        .unwrap();
+    assert_eq!((rows.num_rows(), tombstones.num_rows()), (0, 1));
+}
