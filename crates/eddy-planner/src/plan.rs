@@ -542,26 +542,20 @@ impl Planner {
                 rewrite_count_distinct_expr(having);
             }
         }
-        let (source_name, qualifier) = match &mut select.from[0].relation {
-            TableFactor::Table {
-                name,
-                alias,
-                args: None,
-                ..
-            } => {
-                let source_name = object_name_to_string(name);
-                let qualifier = alias
-                    .as_ref()
-                    .map(|a| a.name.value.clone())
-                    .unwrap_or_else(|| source_name.clone());
-                (source_name, qualifier)
-            }
-            TableFactor::Derived {
-                lateral: false,
-                subquery,
-                alias,
-                ..
-            } => {
+        let (source_name, qualifier) = match (
+            named_source(&select.from[0].relation),
+            &mut select.from[0].relation,
+        ) {
+            (Some(named), _) => named,
+            (
+                None,
+                TableFactor::Derived {
+                    lateral: false,
+                    subquery,
+                    alias,
+                    ..
+                },
+            ) => {
                 let qualifier = alias
                     .as_ref()
                     .map(|a| a.name.value.clone())
@@ -589,7 +583,7 @@ impl Planner {
                 }
                 (source_name, qualifier)
             }
-            other => return Err(PlanError::Invalid(format!("cannot read from {other}"))),
+            (None, other) => return Err(PlanError::Invalid(format!("cannot read from {other}"))),
         };
         let source = catalog.require_source(&source_name)?.clone();
 
@@ -999,20 +993,13 @@ fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String),
             ));
         }
     }
-    let TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        ..
-    } = &join.relation
-    else {
+    let Some((name, qualifier)) = named_source(&join.relation) else {
         return Err(PlanError::unsupported(
             "joins of subqueries",
             true,
             Some("join a stream or a table by name"),
         ));
     };
-    let name = object_name_to_string(name);
     let table = catalog.require_source(&name)?.clone();
     if table.kind != eddy_catalog::SourceKind::Table {
         return Err(PlanError::unsupported(
@@ -1021,11 +1008,27 @@ fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String),
             Some("a stream joins a table: FROM stream [LEFT] JOIN table ON ..."),
         ));
     }
+    Ok((table, qualifier))
+}
+
+/// The name of a stream or table read by name (`FROM s [AS alias]`), and its name in the query
+/// (the alias, else the name).
+fn named_source(relation: &TableFactor) -> Option<(String, String)> {
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = relation
+    else {
+        return None;
+    };
+    let source_name = object_name_to_string(name);
     let qualifier = alias
         .as_ref()
         .map(|a| a.name.value.clone())
-        .unwrap_or_else(|| name.clone());
-    Ok((table, qualifier))
+        .unwrap_or_else(|| source_name.clone());
+    Some((source_name, qualifier))
 }
 
 /// `*` over a join means every key and value column of both sources, named as ksqlDB names
@@ -1101,21 +1104,8 @@ fn prepare_subquery(subquery: &mut ast::Query, catalog: &Catalog) -> Result<Stri
     {
         return Err(nested());
     }
-    let (source_name, qualifier) = match &select.from[0].relation {
-        TableFactor::Table {
-            name,
-            alias,
-            args: None,
-            ..
-        } => {
-            let source_name = object_name_to_string(name);
-            let qualifier = alias
-                .as_ref()
-                .map(|a| a.name.value.clone())
-                .unwrap_or_else(|| source_name.clone());
-            (source_name, qualifier)
-        }
-        _ => return Err(nested()),
+    let Some((source_name, qualifier)) = named_source(&select.from[0].relation) else {
+        return Err(nested());
     };
     let source = catalog.require_source(&source_name)?;
     expand_wildcards(&mut select.projection, source, &qualifier)?;

@@ -412,41 +412,13 @@ impl TableSide {
                 wanted.push(key_rows.row(row).data());
             }
         }
-        let found = self
-            .store
-            .multi_get(self.partition, &wanted)
-            .map_err(|e| QueryError::State(e.to_string()))?;
-        // Index among the found rows of each wanted key.
-        let mut found_rows: Vec<&[u8]> = Vec::new();
-        let mut found_index: Vec<Option<u32>> = Vec::with_capacity(found.len());
-        for value in &found {
-            match value {
-                Some(bytes) => {
-                    found_index.push(Some(found_rows.len() as u32));
-                    found_rows.push(bytes);
-                }
-                None => found_index.push(None),
-            }
-        }
-        let parser = self.row_converter.parser();
-        let columns = self
-            .row_converter
-            .convert_rows(found_rows.iter().map(|bytes| parser.parse(bytes)))
-            .map_err(|e| QueryError::Internal(format!("stored table row: {e}")))?;
-        let table_rows = RecordBatch::try_new_with_options(
-            Arc::clone(&self.plan.table_row_schema),
-            columns,
-            &datafusion::arrow::array::RecordBatchOptions::new()
-                .with_row_count(Some(found_rows.len())),
-        )
-        .map_err(|e| QueryError::Internal(format!("stored table rows: {e}")))?;
-        let matches = UInt32Array::from(
-            wanted_by
-                .iter()
-                .map(|w| w.and_then(|i| found_index[i]))
-                .collect::<Vec<_>>(),
-        );
-        Ok((table_rows, matches))
+        let found = self.get_rows(&wanted)?;
+        // Per stream row, its stored row: none for a NULL key or a key without a row.
+        let rows: Vec<Option<&[u8]>> = wanted_by
+            .iter()
+            .map(|w| w.and_then(|i| found[i].as_deref()))
+            .collect();
+        self.decode_rows(&rows)
     }
 
     /// Rows of this table for `rows` (stored row bytes, `None`: no row), decoded: the rows found

@@ -814,7 +814,7 @@ impl PartitionTask {
             let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
             let output = self.process(batch, &mut skipped).await;
             if !self
-                .deliver(&output, encoder.as_mut(), &mut encoded)
+                .deliver(&output, None, encoder.as_mut(), &mut encoded)
                 .await?
             {
                 return Ok(()); // the client went away
@@ -949,33 +949,12 @@ impl PartitionTask {
                 tombstones = tombstones.num_rows(),
                 "aggregated a batch"
             );
-            match (&spec.sink, encoder.as_mut()) {
-                (
-                    SinkSpec::Kafka {
-                        topic, producer, ..
-                    },
-                    Some(encoder),
-                ) => {
-                    if rows.num_rows() > 0 {
-                        self.produce(topic, producer, encoder, &mut encoded, &rows, false)
-                            .await?;
-                    }
-                    if tombstones.num_rows() > 0 {
-                        self.produce(topic, producer, encoder, &mut encoded, &tombstones, true)
-                            .await?;
-                    }
-                }
-                (SinkSpec::Channel { sender }, _) => {
-                    if rows.num_rows() > 0 && sender.send(rows.clone()).await.is_err() {
-                        return Ok(()); // the client went away
-                    }
-                }
-                _ => return Err(QueryError::Internal("sink without encoder".into())),
+            if !self
+                .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
+                .await?
+            {
+                return Ok(()); // the client went away
             }
-            self.metrics.records_out.fetch_add(
-                (rows.num_rows() + tombstones.num_rows()) as u64,
-                Ordering::Relaxed,
-            );
             aggregate
                 .commit(
                     state,
@@ -1333,7 +1312,7 @@ impl PartitionTask {
             };
             let output = self.isolating(batch, &mut skipped, attempt).await?;
             if !self
-                .deliver(&output, encoder.as_mut(), &mut encoded)
+                .deliver(&output, None, encoder.as_mut(), &mut encoded)
                 .await?
             {
                 return Ok(()); // the client went away
@@ -1429,22 +1408,11 @@ impl PartitionTask {
                             &spec.plan.key_columns,
                             retract_unknown,
                         )?;
-                        if !self.deliver(&rows, encoder.as_mut(), &mut encoded).await? {
-                            return Ok(()); // the client went away
-                        }
-                        if let (
-                            SinkSpec::Kafka {
-                                topic, producer, ..
-                            },
-                            Some(encoder),
-                        ) = (&spec.sink, encoder.as_mut())
-                            && tombstones.num_rows() > 0
+                        if !self
+                            .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
+                            .await?
                         {
-                            self.produce(topic, producer, encoder, &mut encoded, &tombstones, true)
-                                .await?;
-                            self.metrics
-                                .records_out
-                                .fetch_add(tombstones.num_rows() as u64, Ordering::Relaxed);
+                            return Ok(()); // the client went away
                         }
                     }
                     this.write(prepared.batch)?;
@@ -1458,14 +1426,17 @@ impl PartitionTask {
         }
     }
 
-    /// Sends output rows to the sink and counts them. False when a push query's client is gone.
+    /// Sends output rows, and the tombstones of a table's deleted keys, to the sink and counts
+    /// them. A push query's client sees rows only. False when that client is gone.
     async fn deliver(
         &self,
         output: &RecordBatch,
+        tombstones: Option<&RecordBatch>,
         encoder: Option<&mut RecordEncoder>,
         encoded: &mut EncodedBatch,
     ) -> Result<bool, QueryError> {
-        if output.num_rows() == 0 {
+        let tombstones = tombstones.filter(|t| t.num_rows() > 0);
+        if output.num_rows() == 0 && tombstones.is_none() {
             return Ok(true);
         }
         match (&self.spec.sink, encoder) {
@@ -1475,19 +1446,27 @@ impl PartitionTask {
                 },
                 Some(encoder),
             ) => {
-                self.produce(topic, producer, encoder, encoded, output, false)
-                    .await?;
+                if output.num_rows() > 0 {
+                    self.produce(topic, producer, encoder, encoded, output, false)
+                        .await?;
+                }
+                if let Some(tombstones) = tombstones {
+                    self.produce(topic, producer, encoder, encoded, tombstones, true)
+                        .await?;
+                }
             }
             (SinkSpec::Channel { sender }, _) => {
-                if sender.send(output.clone()).await.is_err() {
+                if output.num_rows() > 0 && sender.send(output.clone()).await.is_err() {
                     return Ok(false);
                 }
             }
             _ => return Err(QueryError::Internal("sink without encoder".into())),
         }
-        self.metrics
-            .records_out
-            .fetch_add(output.num_rows() as u64, Ordering::Relaxed);
+        let tombstone_count = tombstones.map_or(0, |t| t.num_rows());
+        self.metrics.records_out.fetch_add(
+            (output.num_rows() + tombstone_count) as u64,
+            Ordering::Relaxed,
+        );
         Ok(true)
     }
 
@@ -1584,22 +1563,22 @@ fn table_join_output(
     let (other_rows, other_index) = other.decode_rows(&others)?;
     let key_columns = this.decode_keys(&keys)?;
     // The store still holds this side's rows before the change.
-    let previous = this.get_rows(&keys)?;
-    let previously_joined: Vec<bool> = previous
-        .iter()
-        .zip(&others)
-        .map(|(before, other)| {
-            if retract_unknown {
-                return true;
-            }
-            let (this_had, other_has) = (before.is_some(), other.is_some());
-            if this.is_left() {
-                join.kind.joins(this_had, other_has)
-            } else {
-                join.kind.joins(other_has, this_had)
-            }
-        })
-        .collect();
+    let previously_joined: Vec<bool> = if retract_unknown {
+        vec![true; keys.len()]
+    } else {
+        this.get_rows(&keys)?
+            .iter()
+            .zip(&others)
+            .map(|(before, other)| {
+                let (this_had, other_has) = (before.is_some(), other.is_some());
+                if this.is_left() {
+                    join.kind.joins(this_had, other_has)
+                } else {
+                    join.kind.joins(other_has, this_had)
+                }
+            })
+            .collect()
+    };
     let result = if this.is_left() {
         join.join_tables(
             &this_rows,
