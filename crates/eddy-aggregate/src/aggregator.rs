@@ -156,6 +156,51 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Folds `from` into `into`, as if every row that made `from` had been added to `into`
+    /// after the rows that made `into`: for session windows, when a row bridges two sessions
+    /// and they become one. The caller passes the earlier session as `into` and the later one
+    /// as `from`: the order matters for LATEST_BY_OFFSET, EARLIEST_BY_OFFSET and COLLECT_LIST,
+    /// and for what the collections keep at their limits (`into`'s values first).
+    ///
+    /// * Row counts, COUNT, SUM and AVG add up (wrapping where [`update`](Self::update) wraps;
+    ///   a DECIMAL SUM stays exact). A DOUBLE SUM or AVG adds its NaN and infinity counts and
+    ///   its finite sums (exactly 0 when no finite value is left); the finite part has the
+    ///   rounding of adding the two partial sums rather than each value in turn.
+    /// * MIN and MAX keep the smaller or larger value, or merge their multisets (table).
+    /// * TOPK adds its multisets; for a stream it then keeps only the `k` largest values, as
+    ///   `update` does.
+    /// * COUNT_DISTINCT, COLLECT_SET and HISTOGRAM add the counts of the values `into` holds,
+    ///   and take `from`'s other values in value order while `into` has fewer distinct values
+    ///   than the limit `update` enforces. Below the limit this is exact; at the limit, `update`
+    ///   would keep the first values seen, which `from` no longer knows, so which new values
+    ///   are kept (and a HISTOGRAM's counts of values `from` dropped) is approximate, as the
+    ///   limits are. COUNT_DISTINCT's count is still exact when neither state was retracted
+    ///   from.
+    /// * COLLECT_LIST appends `from`'s values to `into`'s, up to the same limit as `update`.
+    /// * LATEST_BY_OFFSET keeps `from`'s value when it has one, EARLIEST_BY_OFFSET `into`'s.
+    ///
+    /// Retractions carry over as counts: a row retracted in `from` that was added to `into`
+    /// is not taken back out of a multiset or list (it was not in `from`'s), only out of the
+    /// counts and sums.
+    ///
+    /// Both states are checked first: a state made by another aggregator is an
+    /// [`AggregateError::InvalidInput`], and `into` is then left unchanged.
+    pub fn merge(&self, into: &mut GroupState, from: &GroupState) -> Result<(), AggregateError> {
+        self.check_shape(into)?;
+        self.check_shape(from)?;
+        into.rows = into.rows.wrapping_add(from.rows);
+        for (i, ((spec, into), from)) in self
+            .specs
+            .iter()
+            .zip(&mut into.aggs)
+            .zip(&from.aggs)
+            .enumerate()
+        {
+            merge_one(spec, i, into, from)?;
+        }
+        Ok(())
+    }
+
     /// The final values: one array per aggregate, whose row `j` is the value of `states[j]`.
     ///
     /// Fails only for a state made by another aggregator and for a DECIMAL SUM out of the range
@@ -589,6 +634,101 @@ fn avg_int(
         }
         Ok(())
     })
+}
+
+/// Folds the state `from` of aggregate `i` into `into` (see [`Aggregator::merge`]).
+fn merge_one(
+    spec: &AggregateSpec,
+    i: usize,
+    into: &mut AggState,
+    from: &AggState,
+) -> Result<(), AggregateError> {
+    let limits = &spec.limits;
+    match (into, from) {
+        (AggState::Count(into), AggState::Count(from))
+        | (AggState::SumInt(into), AggState::SumInt(from)) => *into = into.wrapping_add(*from),
+        (AggState::SumDecimal(into), AggState::SumDecimal(from)) => into.add_sum(from),
+        (AggState::SumDouble(into), AggState::SumDouble(from))
+        | (AggState::AvgDouble(into), AggState::AvgDouble(from)) => into.merge(from),
+        (AggState::AvgInt(into), AggState::AvgInt(from)) => {
+            into.sum = into.sum.wrapping_add(from.sum);
+            into.count = into.count.wrapping_add(from.count);
+        }
+        (AggState::AvgDecimal(into), AggState::AvgDecimal(from)) => {
+            into.sum.add_sum(&from.sum);
+            into.count = into.count.wrapping_add(from.count);
+        }
+        (AggState::Extreme(into), AggState::Extreme(from)) => {
+            let is_min = match spec.func {
+                Func::Min => true,
+                Func::Max => false,
+                _ => return Err(mismatch(i)),
+            };
+            if let Some(value) = from {
+                let better = into.as_ref().is_none_or(|current| {
+                    if is_min {
+                        value < current
+                    } else {
+                        value > current
+                    }
+                });
+                if better {
+                    value.clone_into(into.get_or_insert_default());
+                }
+            }
+        }
+        (AggState::Multiset(into), AggState::Multiset(from)) => match spec.func {
+            // A table's MIN and MAX, and a table's TOPK, keep every value.
+            Func::Min | Func::Max => merge_counts(into, from),
+            Func::TopK { k } => {
+                merge_counts(into, from);
+                if !spec.retractable() {
+                    // A stream keeps only the k largest values seen.
+                    into.keep_largest(k as u64);
+                }
+            }
+            Func::CountDistinct | Func::CollectSet | Func::Histogram => {
+                let max = if spec.func == Func::CountDistinct {
+                    limits.count_distinct_max_values
+                } else {
+                    limits.collection_max_entries
+                };
+                for (value, &count) in &from.counts {
+                    if into.distinct() < max || into.contains(value) {
+                        into.insert_count(value, count);
+                    }
+                }
+            }
+            _ => return Err(mismatch(i)),
+        },
+        (AggState::List(into), AggState::List(from)) => {
+            let room = limits.collection_max_entries.saturating_sub(into.len());
+            into.extend(from.iter().take(room).cloned());
+        }
+        (AggState::Offset(into), AggState::Offset(from)) => match spec.func {
+            // `from` is the later session.
+            Func::LatestByOffset { .. } => {
+                if let Some(value) = from {
+                    value.clone_into(into.get_or_insert_default());
+                }
+            }
+            Func::EarliestByOffset { .. } => {
+                if into.is_none() {
+                    into.clone_from(from);
+                }
+            }
+            _ => return Err(mismatch(i)),
+        },
+        _ => return Err(mismatch(i)),
+    }
+    Ok(())
+}
+
+/// Adds every value of `from` with its count to `into`.
+fn merge_counts(into: &mut Multiset, from: &Multiset) {
+    for (value, &count) in &from.counts {
+        into.insert_count(value, count);
+    }
 }
 
 /// The states of aggregate `i`, as variant `$variant`.

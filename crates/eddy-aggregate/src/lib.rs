@@ -11,7 +11,8 @@
 //! [`Aggregator::decode_state`]), folds each input batch into the states of its groups with
 //! [`Aggregator::update`], reads the results with [`Aggregator::evaluate`], stores the states with
 //! [`Aggregator::encode_state`], and deletes a table's group when its [`GroupState::rows`] falls
-//! back to 0.
+//! back to 0. Session windows that merge fold one session's state into the other's with
+//! [`Aggregator::merge`].
 //!
 //! # Functions
 //!

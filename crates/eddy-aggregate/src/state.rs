@@ -83,6 +83,14 @@ impl WideSum {
         }
     }
 
+    /// Adds another sum exactly: the value becomes the sum of both values (`high` wraps like
+    /// it does in [`add`](Self::add)).
+    #[inline]
+    pub(crate) fn add_sum(&mut self, other: &WideSum) {
+        self.add(other.low);
+        self.high = self.high.wrapping_add(other.high);
+    }
+
     /// The value, if it fits in an `i128`.
     pub(crate) fn exact(&self) -> Option<i128> {
         (self.high == 0).then_some(self.low)
@@ -125,6 +133,22 @@ impl DoubleSum {
         } else {
             self.neg_inf = self.neg_inf.wrapping_add(delta);
         }
+    }
+
+    /// Adds the values of another sum: the counts add up, and the finite sums too, reset to
+    /// exactly 0 when no finite value is left (as [`update`](Self::update) does). The finite
+    /// part has the rounding of adding the two partial sums rather than each value in turn.
+    #[inline]
+    pub(crate) fn merge(&mut self, other: &DoubleSum) {
+        self.finite_count = self.finite_count.wrapping_add(other.finite_count);
+        self.finite = if self.finite_count == 0 {
+            0.0
+        } else {
+            self.finite + other.finite
+        };
+        self.nan = self.nan.wrapping_add(other.nan);
+        self.pos_inf = self.pos_inf.wrapping_add(other.pos_inf);
+        self.neg_inf = self.neg_inf.wrapping_add(other.neg_inf);
     }
 
     /// The sum, as Java would have computed it from the values present.
@@ -184,6 +208,20 @@ impl Multiset {
         self.total = self.total.saturating_add(1);
     }
 
+    /// Adds `count` occurrences (a count of 0 adds nothing).
+    pub(crate) fn insert_count(&mut self, value: &[u8], count: u64) {
+        if count == 0 {
+            return;
+        }
+        match self.counts.get_mut(value) {
+            Some(current) => *current = current.saturating_add(count),
+            None => {
+                self.counts.insert(value.to_vec(), count);
+            }
+        }
+        self.total = self.total.saturating_add(count);
+    }
+
     /// Removes one occurrence; false if the value is not present.
     #[inline]
     pub(crate) fn remove(&mut self, value: &[u8]) -> bool {
@@ -226,6 +264,26 @@ impl Multiset {
                 entry.remove();
             }
             self.total = self.total.saturating_sub(1);
+        }
+    }
+
+    /// Removes occurrences of the smallest values until at most `k` are left, so that the set
+    /// holds the `k` largest values (with their multiplicities). Takes whole counts at a time,
+    /// not one occurrence per step.
+    pub(crate) fn keep_largest(&mut self, k: u64) {
+        while self.total > k {
+            let Some(mut entry) = self.counts.first_entry() else {
+                // Only a `total` out of step with the counts gets here.
+                self.total = 0;
+                return;
+            };
+            let excess = self.total - k;
+            if *entry.get() > excess {
+                *entry.get_mut() -= excess;
+                self.total = k;
+            } else {
+                self.total = self.total.saturating_sub(entry.remove());
+            }
         }
     }
 

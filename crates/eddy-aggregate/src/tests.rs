@@ -1553,3 +1553,773 @@ fn literals_from_one_row_arrays() {
     );
     assert!(LiteralArg::try_from_array(int64s(&[Some(1), Some(2)]).as_ref()).is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Merging states (session windows)
+
+/// Two sessions of one group: state 0 made by `first`, state 1 by `second`, state 2 by both
+/// (`first`, then `second`), and `merged`: state 1 merged into state 0, which must be state 2.
+struct Sessions {
+    run: Run,
+    merged: GroupState,
+}
+
+impl Sessions {
+    fn new(specs: Vec<AggregateSpec>, first: ArrayRef, second: ArrayRef) -> Sessions {
+        Sessions::with_signs(specs, first, None, second, None)
+    }
+
+    fn with_signs(
+        specs: Vec<AggregateSpec>,
+        first: ArrayRef,
+        first_signs: Option<&[i8]>,
+        second: ArrayRef,
+        second_signs: Option<&[i8]>,
+    ) -> Sessions {
+        let mut run = Run::new(specs, 3);
+        for (group, column, signs) in [
+            (0, &first, first_signs),
+            (2, &first, first_signs),
+            (1, &second, second_signs),
+            (2, &second, second_signs),
+        ] {
+            run.try_apply(&vec![group; column.len()], column, signs)
+                .unwrap();
+        }
+        let mut merged = run.states[0].clone();
+        run.agg.merge(&mut merged, &run.states[1]).unwrap();
+        Sessions { run, merged }
+    }
+
+    /// Applies one more batch to the merged state and to the state of both sessions.
+    fn apply(&mut self, column: ArrayRef, signs: Option<&[i8]>) {
+        let args = self.run.args(&column);
+        self.run
+            .agg
+            .update(
+                std::slice::from_mut(&mut self.merged),
+                &vec![0; column.len()],
+                &args,
+                signs,
+            )
+            .unwrap();
+        self.run
+            .try_apply(&vec![2; column.len()], &column, signs)
+            .unwrap();
+    }
+
+    /// Checks that the merged state is the state of both sessions; returns its values.
+    fn assert_exact(&self) -> Vec<ArrayRef> {
+        assert_eq!(self.merged, self.run.states[2]);
+        self.assert_evaluates_alike()
+    }
+
+    /// Checks that the merged state evaluates like the state of both sessions (the same
+    /// values, or the same error) and survives a round trip; returns its values.
+    fn assert_evaluates_alike(&self) -> Vec<ArrayRef> {
+        let merged = self.run.agg.evaluate(&[&self.merged]);
+        let both = self.run.agg.evaluate(&[&self.run.states[2]]);
+        assert_eq!(
+            merged.as_ref().map_err(ToString::to_string),
+            both.as_ref().map_err(ToString::to_string)
+        );
+        let mut bytes = Vec::new();
+        self.run.agg.encode_state(&self.merged, &mut bytes);
+        assert_eq!(self.run.agg.decode_state(&bytes).unwrap(), self.merged);
+        merged.unwrap_or_default()
+    }
+}
+
+/// The values of a STRING column, for tables of cases.
+type Strs<'a> = &'a [Option<&'a str>];
+
+/// Every function over `ty`: SUM and AVG if it is numeric, HISTOGRAM if it is STRING.
+fn all_functions_of(ty: &DataType, retractable: bool) -> Vec<AggregateSpec> {
+    let t = Some(ty.clone());
+    let mut specs = vec![
+        spec("count_star", None, &[], retractable),
+        spec("count", t.clone(), &[], retractable),
+        spec("min", t.clone(), &[], retractable),
+        spec("max", t.clone(), &[], retractable),
+        spec("count_distinct", t.clone(), &[], retractable),
+        spec("collect_list", t.clone(), &[], retractable),
+        spec("collect_set", t.clone(), &[], retractable),
+        spec("topk", t.clone(), &[LiteralArg::Integer(2)], retractable),
+    ];
+    if ty == &DataType::Utf8 {
+        specs.push(spec("histogram", t.clone(), &[], retractable));
+    } else {
+        specs.push(spec("sum", t.clone(), &[], retractable));
+        specs.push(spec("avg", t.clone(), &[], retractable));
+    }
+    if !retractable {
+        for ignore_nulls in [true, false] {
+            let flag = [LiteralArg::Boolean(ignore_nulls)];
+            specs.push(spec("latest_by_offset", t.clone(), &flag, false));
+            specs.push(spec("earliest_by_offset", t.clone(), &flag, false));
+        }
+    }
+    specs
+}
+
+/// A column of `ty` from small codes: 0 is NULL, 1 to 3 the type's extremes (the largest
+/// DECIMALs, NaN and infinities), the others small values.
+fn coded_column(ty: &DataType, codes: &[u64]) -> ArrayRef {
+    let big = 10i128.pow(38) - 1;
+    let small = |code: u64| code as i64 - 6;
+    let valid = |code: u64| (code != 0).then_some(code);
+    match ty {
+        DataType::Int64 => int64s(
+            &codes
+                .iter()
+                .map(|&c| {
+                    valid(c).map(|c| match c {
+                        1 => i64::MAX,
+                        2 => i64::MIN,
+                        3 => i64::MAX - 1,
+                        _ => small(c),
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Float64 => doubles(
+            &codes
+                .iter()
+                .map(|&c| {
+                    valid(c).map(|c| match c {
+                        1 => f64::NAN,
+                        2 => f64::INFINITY,
+                        3 => f64::NEG_INFINITY,
+                        // Halves: their sums are exact, so no rounding differs.
+                        _ => small(c) as f64 / 2.0,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Decimal128(38, 0) => decimals(
+            &codes
+                .iter()
+                .map(|&c| {
+                    valid(c).map(|c| match c {
+                        1 | 3 => big,
+                        2 => -big,
+                        _ => i128::from(small(c)),
+                    })
+                })
+                .collect::<Vec<_>>(),
+            38,
+            0,
+        ),
+        DataType::Utf8 => {
+            let words = ["", "a", "ab", "b", "é", "a\u{0}", "zz", "m", "ba", "abc"];
+            strings(
+                &codes
+                    .iter()
+                    .map(|&c| valid(c).map(|c| words[c as usize % words.len()]))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// One session's rows: codes and signs. For a table, some rows take back a row the session
+/// added before (a session never retracts another session's rows).
+fn random_session(rng: &mut Rng, retractable: bool) -> (Vec<u64>, Vec<i8>) {
+    let mut present: Vec<u64> = Vec::new();
+    let mut codes = Vec::new();
+    let mut signs = Vec::new();
+    for _ in 0..rng.below(10) {
+        if retractable && !present.is_empty() && rng.below(4) == 0 {
+            let at = rng.below(present.len() as u64) as usize;
+            codes.push(present.swap_remove(at));
+            signs.push(-1);
+        } else {
+            let code = rng.below(12);
+            present.push(code);
+            codes.push(code);
+            signs.push(1);
+        }
+    }
+    (codes, signs)
+}
+
+#[test]
+fn merging_two_sessions_is_updating_with_all_their_rows() {
+    let mut rng = Rng(2024);
+    let types = [
+        DataType::Int64,
+        DataType::Float64,
+        DataType::Decimal128(38, 0),
+        DataType::Utf8,
+    ];
+    for ty in &types {
+        for retractable in [false, true] {
+            for trial in 0..150 {
+                let (first, first_signs) = random_session(&mut rng, retractable);
+                let (second, second_signs) = random_session(&mut rng, retractable);
+                let context = format!(
+                    "{ty}, retractable {retractable}, trial {trial}: {first:?} {first_signs:?}, \
+                     {second:?} {second_signs:?}"
+                );
+                let sessions = Sessions::with_signs(
+                    all_functions_of(ty, retractable),
+                    coded_column(ty, &first),
+                    Some(&first_signs),
+                    coded_column(ty, &second),
+                    Some(&second_signs),
+                );
+                assert_eq!(sessions.merged, sessions.run.states[2], "{context}");
+                sessions.assert_exact();
+
+                // The state of no row changes nothing, on either side.
+                let agg = &sessions.run.agg;
+                let mut state = sessions.merged.clone();
+                agg.merge(&mut state, &agg.new_state()).unwrap();
+                assert_eq!(state, sessions.merged, "{context}");
+                let mut state = agg.new_state();
+                agg.merge(&mut state, &sessions.merged).unwrap();
+                assert_eq!(state, sessions.merged, "{context}");
+            }
+        }
+    }
+}
+
+#[test]
+fn merge_adds_counts_sums_and_averages() {
+    let specs = vec![
+        spec("count_star", None, &[], false),
+        spec("count", Some(DataType::Int32), &[], false),
+        spec("sum", Some(DataType::Int32), &[], false),
+        spec("avg", Some(DataType::Int32), &[], false),
+    ];
+    let sessions = Sessions::new(
+        specs,
+        int32s(&[Some(i32::MAX), None, Some(3)]),
+        int32s(&[Some(1), Some(i32::MAX), None, None]),
+    );
+    let out = sessions.assert_exact();
+    assert_eq!(sessions.merged.rows, 7);
+    assert_eq!(as_i64s(&out[0]), [Some(7)]);
+    assert_eq!(as_i64s(&out[1]), [Some(4)]);
+    // 2 * (2^31 - 1) + 4 wraps to 2, as Java's int does.
+    assert_eq!(as_i64s(&out[2]), [Some(2)]);
+    // AVG does not wrap.
+    assert_eq!(
+        as_f64s(&out[3]),
+        [Some((2.0 * f64::from(i32::MAX) + 4.0) / 4.0)]
+    );
+
+    let sessions = Sessions::new(
+        vec![spec("sum", Some(DataType::Int64), &[], true)],
+        int64s(&[Some(i64::MAX)]),
+        int64s(&[Some(2)]),
+    );
+    assert_eq!(as_i64s(&sessions.assert_exact()[0]), [Some(i64::MIN + 1)]);
+}
+
+#[test]
+fn merge_double_sums_count_nan_and_infinities_and_reset_the_finite_sum() {
+    let specs = vec![
+        spec("sum", Some(DataType::Float64), &[], true),
+        spec("avg", Some(DataType::Float64), &[], true),
+    ];
+    let sum_and_avg = |out: &[ArrayRef]| (as_f64s(&out[0])[0], as_f64s(&out[1])[0]);
+
+    // +inf in one session and -inf in the other make NaN; taking both back out of the merged
+    // state restores the finite sum.
+    let mut sessions = Sessions::new(
+        specs.clone(),
+        doubles(&[Some(1.5), Some(f64::INFINITY), None]),
+        doubles(&[Some(f64::NEG_INFINITY), Some(2.25)]),
+    );
+    let (sum, avg) = sum_and_avg(&sessions.assert_exact());
+    assert!(sum.is_some_and(f64::is_nan) && avg.is_some_and(f64::is_nan));
+    sessions.apply(
+        doubles(&[Some(f64::INFINITY), Some(f64::NEG_INFINITY)]),
+        Some(&[-1, -1]),
+    );
+    assert_eq!(
+        sum_and_avg(&sessions.assert_exact()),
+        (Some(3.75), Some(1.875))
+    );
+
+    // A NaN counts as a value for AVG; taking it back leaves the other session's values.
+    let mut sessions = Sessions::new(
+        specs.clone(),
+        doubles(&[Some(1.0), Some(f64::NEG_INFINITY)]),
+        doubles(&[Some(f64::NAN)]),
+    );
+    let (sum, avg) = sum_and_avg(&sessions.assert_exact());
+    assert!(sum.is_some_and(f64::is_nan) && avg.is_some_and(f64::is_nan));
+    sessions.apply(doubles(&[Some(f64::NAN)]), Some(&[-1]));
+    assert_eq!(
+        sum_and_avg(&sessions.assert_exact()),
+        (Some(f64::NEG_INFINITY), Some(f64::NEG_INFINITY))
+    );
+    sessions.apply(doubles(&[Some(f64::NEG_INFINITY)]), Some(&[-1]));
+    assert_eq!(
+        sum_and_avg(&sessions.assert_exact()),
+        (Some(1.0), Some(1.0))
+    );
+
+    // When no finite value is left, the finite sum is exactly 0, not the rounding error of
+    // adding the two partial sums.
+    let (first, second) = (0.1 + 0.2 + 0.3, -0.3 - 0.2 - 0.1);
+    assert_ne!(first + second, 0.0);
+    let values = doubles(&[Some(0.1), Some(0.2), Some(0.3)]);
+    let backwards = doubles(&[Some(0.3), Some(0.2), Some(0.1)]);
+    let sessions = Sessions::with_signs(specs, values, None, backwards, Some(&[-1, -1, -1]));
+    let (sum, avg) = sum_and_avg(&sessions.assert_exact());
+    assert_eq!(sum.map(f64::to_bits), Some(0f64.to_bits()));
+    assert_eq!(avg, Some(0.0));
+}
+
+#[test]
+fn merge_decimal_sums_stay_exact_near_and_past_overflow() {
+    let big = 10i128.pow(38) - 1;
+    let ty = Some(DataType::Decimal128(38, 0));
+    let specs = vec![
+        spec("sum", ty.clone(), &[], true),
+        spec("avg", ty, &[], true),
+    ];
+    let decimal = |out: &ArrayRef| -> Vec<Option<i128>> {
+        out.as_primitive::<arrow::datatypes::Decimal128Type>()
+            .iter()
+            .collect()
+    };
+
+    // Each session leaves the range of i128, upwards and downwards; together they are back.
+    let sessions = Sessions::new(
+        specs.clone(),
+        decimals(&[Some(big), Some(big), Some(big), Some(5)], 38, 0),
+        decimals(&[Some(-big), Some(-big), Some(-big), Some(2)], 38, 0),
+    );
+    for (state, high) in sessions.run.states[..2].iter().zip([1, -1]) {
+        let AggState::SumDecimal(sum) = &state.aggs[0] else {
+            panic!("{state:?}")
+        };
+        assert_eq!(sum.high, high);
+    }
+    let out = sessions.assert_exact();
+    assert_eq!(decimal(&out[0]), [Some(7)]);
+    assert_eq!(as_f64s(&out[1]), [Some(7.0 / 8.0)]);
+
+    // Adding the two low parts wraps: the merged sum is out of range until a value is taken
+    // back, and exact again then.
+    for sign in [1, -1] {
+        let mut sessions = Sessions::new(
+            specs.clone(),
+            decimals(&[Some(sign * big)], 38, 0),
+            decimals(&[Some(sign * big), Some(-sign)], 38, 0),
+        );
+        let err = sessions.run.agg.evaluate(&[&sessions.merged]).unwrap_err();
+        assert!(
+            matches!(err, AggregateError::DecimalOverflow { .. }),
+            "{err}"
+        );
+        sessions.assert_exact();
+        sessions.apply(decimals(&[Some(sign * big)], 38, 0), Some(&[-1]));
+        let out = sessions.assert_exact();
+        assert_eq!(decimal(&out[0]), [Some(sign * big - sign)]);
+    }
+
+    // Out of the range of DECIMAL(5, 2) together, not alone.
+    let mut sessions = Sessions::new(
+        vec![spec("sum", Some(DataType::Decimal128(5, 2)), &[], true)],
+        decimals(&[Some(99_999)], 5, 2),
+        decimals(&[Some(1)], 5, 2),
+    );
+    let err = sessions.run.agg.evaluate(&[&sessions.merged]).unwrap_err();
+    assert!(matches!(
+        err,
+        AggregateError::DecimalOverflow {
+            precision: 5,
+            scale: 2
+        }
+    ));
+    sessions.assert_exact();
+    sessions.apply(decimals(&[Some(1)], 5, 2), Some(&[-1]));
+    assert_eq!(decimal(&sessions.assert_exact()[0]), [Some(99_999)]);
+}
+
+#[test]
+fn merge_min_max_keeps_the_extreme_of_both_sessions() {
+    let t = Some(DataType::Utf8);
+    let specs = || {
+        vec![
+            spec("min", t.clone(), &[], false),
+            spec("max", t.clone(), &[], false),
+            spec("min", t.clone(), &[], true),
+            spec("max", t.clone(), &[], true),
+        ]
+    };
+    let cases: [(Strs, Strs, Option<&str>, Option<&str>); 6] = [
+        (
+            &[Some("pear"), None, Some("apple")],
+            &[Some("apricot"), Some("zebra")],
+            Some("apple"),
+            Some("zebra"),
+        ),
+        (
+            &[Some("b"), Some("ab")],
+            &[Some("a"), None],
+            Some("a"),
+            Some("b"),
+        ),
+        (
+            &[Some("ab")],
+            &[Some("a"), Some("abc")],
+            Some("a"),
+            Some("abc"),
+        ),
+        (&[None], &[Some("m")], Some("m"), Some("m")),
+        (&[Some("m")], &[], Some("m"), Some("m")),
+        (&[None], &[None], None, None),
+    ];
+    for (first, second, min, max) in cases {
+        let sessions = Sessions::new(specs(), strings(first), strings(second));
+        let out = sessions.assert_exact();
+        let (min, max) = (min.map(str::to_string), max.map(str::to_string));
+        for (i, expected) in [&min, &max, &min, &max].into_iter().enumerate() {
+            let expected = std::slice::from_ref(expected);
+            assert_eq!(as_strings(&out[i]), expected, "{i}: {first:?} {second:?}");
+        }
+    }
+
+    // A table's MIN keeps every value of both sessions, to retract to the next one.
+    let mut sessions = Sessions::new(
+        vec![spec("min", Some(DataType::Int64), &[], true)],
+        int64s(&[Some(5), Some(3)]),
+        int64s(&[Some(1), Some(4)]),
+    );
+    for (retracted, min) in [(1, 3), (3, 4), (4, 5)] {
+        sessions.apply(int64s(&[Some(retracted)]), Some(&[-1]));
+        assert_eq!(as_i64s(&sessions.assert_exact()[0]), [Some(min)]);
+    }
+}
+
+#[test]
+fn merge_latest_and_earliest_treat_from_as_the_later_session() {
+    let t = Some(DataType::Utf8);
+    let specs = || {
+        let mut specs = Vec::new();
+        for ignore_nulls in [true, false] {
+            let flag = [LiteralArg::Boolean(ignore_nulls)];
+            specs.push(spec("latest_by_offset", t.clone(), &flag, false));
+            specs.push(spec("earliest_by_offset", t.clone(), &flag, false));
+        }
+        specs
+    };
+    // (first, second, [latest, earliest, latest keeping NULLs, earliest keeping NULLs])
+    let cases: [(Strs, Strs, [Option<&str>; 4]); 6] = [
+        (
+            &[Some("a"), Some("b")],
+            &[Some("c"), None],
+            [Some("c"), Some("a"), None, Some("a")],
+        ),
+        (&[], &[Some("x")], [Some("x"); 4]),
+        (
+            &[None],
+            &[Some("x")],
+            [Some("x"), Some("x"), Some("x"), None],
+        ),
+        (&[Some("y")], &[], [Some("y"); 4]),
+        (
+            &[Some("y")],
+            &[None],
+            [Some("y"), Some("y"), None, Some("y")],
+        ),
+        (&[], &[], [None; 4]),
+    ];
+    for (first, second, expected) in cases {
+        let sessions = Sessions::new(specs(), strings(first), strings(second));
+        let out = sessions.assert_exact();
+        for (i, value) in expected.into_iter().enumerate() {
+            assert_eq!(
+                as_strings(&out[i]),
+                [value.map(str::to_string)],
+                "aggregate {i}: {first:?} {second:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn merge_collect_list_appends_up_to_the_limit() {
+    let limits = AggregateLimits {
+        collection_max_entries: 3,
+        ..AggregateLimits::default()
+    };
+    let specs = || {
+        vec![
+            spec_with("collect_list", Some(DataType::Utf8), &[], false, &limits),
+            spec_with("collect_list", Some(DataType::Utf8), &[], true, &limits),
+        ]
+    };
+    let cases: [(Strs, Strs, Strs); 5] = [
+        (
+            &[Some("a"), None],
+            &[Some("b"), Some("c"), Some("d")],
+            &[Some("a"), None, Some("b")],
+        ),
+        (
+            &[Some("a"), Some("b"), Some("c"), Some("d")],
+            &[Some("e")],
+            &[Some("a"), Some("b"), Some("c")],
+        ),
+        (
+            &[],
+            &[Some("a"), Some("b"), Some("c"), Some("d")],
+            &[Some("a"), Some("b"), Some("c")],
+        ),
+        (
+            &[Some("a")],
+            &[None, Some("a")],
+            &[Some("a"), None, Some("a")],
+        ),
+        (&[Some("b")], &[], &[Some("b")]),
+    ];
+    for (first, second, expected) in cases {
+        let sessions = Sessions::new(specs(), strings(first), strings(second));
+        let out = sessions.assert_exact();
+        let expected: Vec<Option<String>> =
+            expected.iter().map(|v| v.map(str::to_string)).collect();
+        for list in &out {
+            assert_eq!(as_lists(list, as_strings), std::slice::from_ref(&expected));
+        }
+    }
+}
+
+#[test]
+fn merge_topk_of_a_stream_keeps_k_values_and_of_a_table_all() {
+    let topk = |k: i64, retractable: bool| {
+        spec(
+            "topk",
+            Some(DataType::Int64),
+            &[LiteralArg::Integer(k)],
+            retractable,
+        )
+    };
+    let sessions = Sessions::new(
+        vec![topk(3, false)],
+        int64s(&[Some(5), Some(1), Some(9), Some(5)]),
+        int64s(&[Some(7), Some(5), Some(2), None]),
+    );
+    let out = sessions.assert_exact();
+    assert_eq!(
+        as_lists(&out[0], as_i64s),
+        [vec![Some(9), Some(7), Some(5)]]
+    );
+    assert_eq!(topk_total(&sessions.merged), 3);
+
+    // Pruning takes part of a count: {5: 3, 9: 1} keeps two 5s.
+    let sessions = Sessions::new(
+        vec![topk(3, false)],
+        int64s(&[Some(5), Some(5), Some(5)]),
+        int64s(&[Some(9), Some(1)]),
+    );
+    let out = sessions.assert_exact();
+    assert_eq!(
+        as_lists(&out[0], as_i64s),
+        [vec![Some(9), Some(5), Some(5)]]
+    );
+    assert_eq!(topk_total(&sessions.merged), 3);
+
+    // A table keeps every value, to retract to the next ones.
+    let mut sessions = Sessions::new(
+        vec![topk(2, true)],
+        int64s(&[Some(5), Some(1)]),
+        int64s(&[Some(9), Some(7)]),
+    );
+    assert_eq!(topk_total(&sessions.merged), 4);
+    assert_eq!(
+        as_lists(&sessions.assert_exact()[0], as_i64s),
+        [vec![Some(9), Some(7)]]
+    );
+    sessions.apply(int64s(&[Some(9), Some(7)]), Some(&[-1, -1]));
+    assert_eq!(
+        as_lists(&sessions.assert_exact()[0], as_i64s),
+        [vec![Some(5), Some(1)]]
+    );
+}
+
+#[test]
+fn merge_distinct_collections_respect_their_limits() {
+    let limits = AggregateLimits {
+        collection_max_entries: 3,
+        count_distinct_max_values: 3,
+    };
+    let t = Some(DataType::Utf8);
+    let specs = || {
+        vec![
+            spec_with("count_distinct", t.clone(), &[], false, &limits),
+            spec_with("collect_set", t.clone(), &[], false, &limits),
+            spec_with("histogram", t.clone(), &[], false, &limits),
+        ]
+    };
+    let sizes = |state: &GroupState| -> Vec<usize> {
+        state
+            .aggs
+            .iter()
+            .map(|agg| match agg {
+                AggState::Multiset(set) => set.distinct(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let a = |v: &str, c: i64| (v.to_string(), c);
+
+    // Below the limit, and with `into` full: exactly as updating.
+    let sessions = Sessions::new(
+        specs(),
+        strings(&[Some("a"), None]),
+        strings(&[Some("b"), Some("a")]),
+    );
+    let out = sessions.assert_exact();
+    assert_eq!(as_i64s(&out[0]), [Some(2)]);
+    assert_eq!(as_lists(&out[1], as_strings), [vec![None, s("a"), s("b")]]);
+    assert_eq!(as_maps(&out[2]), [vec![a("a", 2), a("b", 1)]]);
+
+    let sessions = Sessions::new(
+        specs(),
+        strings(&[Some("c"), Some("a"), Some("b")]),
+        strings(&[Some("c"), Some("d")]),
+    );
+    let out = sessions.assert_exact();
+    assert_eq!(as_i64s(&out[0]), [Some(3)]);
+    assert_eq!(
+        as_lists(&out[1], as_strings),
+        [vec![s("a"), s("b"), s("c")]]
+    );
+    assert_eq!(as_maps(&out[2]), [vec![a("a", 1), a("b", 1), a("c", 2)]]);
+
+    // Reaching the limit while merging: updating keeps the first values seen (d, c), which
+    // `from` no longer knows; the merge takes `from`'s new values in value order (b, c). The
+    // state never exceeds the limit, and COUNT_DISTINCT's count is still exact.
+    let sessions = Sessions::new(
+        specs(),
+        strings(&[Some("a")]),
+        strings(&[Some("d"), Some("c"), Some("b"), Some("a")]),
+    );
+    assert_eq!(sizes(&sessions.run.states[2]), [3, 3, 3]);
+    assert_eq!(sizes(&sessions.merged), [3, 3, 3]);
+    let out = sessions.run.agg.evaluate(&[&sessions.merged]).unwrap();
+    let both = sessions
+        .run
+        .agg
+        .evaluate(&[&sessions.run.states[2]])
+        .unwrap();
+    assert_eq!(&out[0], &both[0]);
+    assert_eq!(as_i64s(&out[0]), [Some(3)]);
+    assert_eq!(
+        as_lists(&both[1], as_strings),
+        [vec![s("a"), s("c"), s("d")]]
+    );
+    assert_eq!(
+        as_lists(&out[1], as_strings),
+        [vec![s("a"), s("b"), s("c")]]
+    );
+    // `from` dropped its second "a" at its own limit, so only `into`'s is counted.
+    assert_eq!(as_maps(&both[2]), [vec![a("a", 2), a("c", 1), a("d", 1)]]);
+    assert_eq!(as_maps(&out[2]), [vec![a("a", 1), a("b", 1), a("c", 1)]]);
+}
+
+#[test]
+fn merging_at_the_limits_never_grows_a_state_past_them() {
+    let limits = AggregateLimits {
+        collection_max_entries: 3,
+        count_distinct_max_values: 4,
+    };
+    let t = Some(DataType::Utf8);
+    let specs = || {
+        vec![
+            spec_with("collect_list", t.clone(), &[], false, &limits),
+            spec_with("count_distinct", t.clone(), &[], false, &limits),
+            spec_with("collect_set", t.clone(), &[], false, &limits),
+            spec_with("histogram", t.clone(), &[], false, &limits),
+            spec_with("topk", t.clone(), &[LiteralArg::Integer(2)], false, &limits),
+        ]
+    };
+    let mut rng = Rng(99);
+    for trial in 0..300 {
+        let (first, _) = random_session(&mut rng, false);
+        let (second, _) = random_session(&mut rng, false);
+        let context = format!("trial {trial}: {first:?}, {second:?}");
+        let sessions = Sessions::new(
+            specs(),
+            coded_column(&DataType::Utf8, &first),
+            coded_column(&DataType::Utf8, &second),
+        );
+        let (merged, both) = (&sessions.merged, &sessions.run.states[2]);
+        // COLLECT_LIST and TOPK: exactly as updating.
+        assert_eq!(merged.aggs[0], both.aggs[0], "{context}");
+        assert_eq!(merged.aggs[4], both.aggs[4], "{context}");
+        for (i, max) in [(1, 4), (2, 3), (3, 3)] {
+            let (AggState::Multiset(merged), AggState::Multiset(both)) =
+                (&merged.aggs[i], &both.aggs[i])
+            else {
+                panic!("{context}")
+            };
+            // As large as updating makes it, never larger.
+            assert_eq!(merged.distinct(), both.distinct(), "{i}, {context}");
+            assert!(merged.distinct() <= max, "{i}, {context}");
+            // `into`'s values are all kept.
+            let AggState::Multiset(into) = &sessions.run.states[0].aggs[i] else {
+                panic!("{context}")
+            };
+            assert!(into.counts.keys().all(|v| merged.contains(v)), "{context}");
+        }
+        // COUNT_DISTINCT counts exactly without retractions, at its limit too.
+        let out = sessions.run.agg.evaluate(&[merged]).unwrap();
+        let expected = sessions.run.agg.evaluate(&[both]).unwrap();
+        for i in [0, 1, 4] {
+            assert_eq!(&out[i], &expected[i], "{i}, {context}");
+        }
+    }
+}
+
+#[test]
+fn merging_a_state_of_another_aggregator_is_an_error() {
+    let agg = Aggregator::new(vec![
+        spec("count_star", None, &[], false),
+        spec("min", Some(DataType::Int64), &[], false),
+    ])
+    .unwrap();
+    let mut states = vec![agg.new_state()];
+    let args = vec![vec![], vec![int64s(&[Some(4), Some(2)])]];
+    agg.update(&mut states, &[0, 0], &args, None).unwrap();
+    let mut state = states.pop().unwrap();
+    let before = state.clone();
+
+    // Fewer aggregates, as `from` and as `into`.
+    let other = Aggregator::new(vec![spec("count_star", None, &[], false)]).unwrap();
+    let err = agg.merge(&mut state, &other.new_state()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid aggregate input: a state has 1 aggregates, this aggregator has 2"
+    );
+    let mut foreign = other.new_state();
+    let err = agg.merge(&mut foreign, &state).unwrap_err();
+    assert!(matches!(err, AggregateError::InvalidInput(_)), "{err}");
+    assert_eq!(foreign, other.new_state());
+
+    // As many aggregates, but the second keeps another kind of state (a table's MIN keeps a
+    // multiset, a stream's one value): nothing changes, not even the first aggregate's.
+    let table = Aggregator::new(vec![
+        spec("count_star", None, &[], false),
+        spec("min", Some(DataType::Int64), &[], true),
+    ])
+    .unwrap();
+    let mut from = vec![table.new_state()];
+    table.update(&mut from, &[0, 0], &args, None).unwrap();
+    let err = agg.merge(&mut state, &from[0]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid aggregate input: the state of aggregate 1 was not made by this aggregator"
+    );
+    assert_eq!(state, before);
+    let mut into = from[0].clone();
+    assert!(agg.merge(&mut into, &state).is_err());
+    assert_eq!(into, from[0]);
+}
