@@ -48,6 +48,8 @@ pub struct QueryInfo {
 /// One change to the catalog, as stored (JSON) in the command topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
+// Commands are rare (DDL) and stored as JSON: a boxed `Source` would only cost clarity.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Creates (or, with `or_replace`, replaces) a stream or table.
     CreateSource { source: Source, or_replace: bool },
@@ -321,6 +323,7 @@ mod tests {
             partitions: 1,
             written_by: None,
             generator: None,
+            window: None,
             sql: String::new(),
         }
     }

@@ -97,6 +97,10 @@ pub struct Source {
     /// (`CONNECTOR='nexmark'`); it has no topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<Generator>,
+    /// The window of a table made by a windowed aggregation: its key is (key columns, window),
+    /// its records carry windowed keys, and it has the pseudo-columns `WINDOWSTART` and `WINDOWEND`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<eddy_common::window::WindowSpec>,
 }
 
 /// A built-in source of generated records.

@@ -197,6 +197,9 @@ fn describe(description: &SourceDescription) -> String {
             .as_deref()
             .unwrap_or("not set, using ROWTIME");
         line(&mut out, "Timestamp column", timestamp);
+        if let Some(window) = &description.window {
+            line(&mut out, "Window", &window.to_string());
+        }
         if !description.sql.is_empty() {
             line(&mut out, "Statement", description.sql.trim());
         }
@@ -475,6 +478,7 @@ mod tests {
             topic: "orders".into(),
             key_format: "KAFKA".into(),
             value_format: "JSON".into(),
+            window: None,
         }]);
         let expected = "\
 +-------------+-------------+------------+--------------+
@@ -493,6 +497,7 @@ mod tests {
             topic: "users".into(),
             key_format: "KAFKA".into(),
             value_format: "JSON".into(),
+            window: None,
         }]);
         assert!(render(&result).unwrap().contains("| Table Name |"));
     }
@@ -562,6 +567,7 @@ mod tests {
             value_format: "JSON".into(),
             partitions: 2,
             timestamp_column: None,
+            window: None,
             sql: "CREATE TABLE users (id STRING PRIMARY KEY, age INT) WITH (KAFKA_TOPIC='users');"
                 .into(),
             extended,

@@ -259,6 +259,9 @@ pub async fn result_rows(
                         .clone()
                         .unwrap_or_else(|| "ROWTIME".into()),
                 );
+                if let Some(window) = &d.window {
+                    add("Window", window.to_string());
+                }
                 add("Written by", list(&d.written_by));
                 add("Read by", list(&d.read_by));
                 for (query, records_in, records_out, skipped) in &d.statistics {

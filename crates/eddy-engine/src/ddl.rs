@@ -217,6 +217,7 @@ impl Engine {
             partitions: 0,
             written_by: None,
             generator: None,
+            window: None,
             sql: sql.to_owned(),
         };
         if let Some(column) = &source.timestamp_column
@@ -383,6 +384,7 @@ impl Engine {
             written_by: None,
             sql: sql.to_owned(),
             generator: Some(generator),
+            window: None,
         };
         self.submit(Command::CreateSource { source, or_replace })
             .await?;
@@ -417,11 +419,10 @@ impl Engine {
             }
             .into());
         }
-        select.reject_final()?;
         let catalog = self.catalog();
         // Planned to validate; the query is planned again when it starts, under its id.
         let (plan, _) = self
-            .plan_persistent("validation", select.query, select.partition_by, &catalog)
+            .plan_persistent("validation", select.query, select.clauses(), &catalog)
             .await?;
         if plan.limit.is_some() {
             return Err(EngineError::invalid(
@@ -494,6 +495,7 @@ impl Engine {
                 .unwrap_or(plan.source.partitions.max(1)),
             written_by: Some(query_id.clone()),
             generator: None,
+            window: plan.window().copied(),
             sql: sql.to_owned(),
         };
         check_formats(&sink)?;
@@ -542,7 +544,6 @@ impl Engine {
         select: &crate::execute::SelectParts<'_>,
         sql: &str,
     ) -> Result<StatementResult, EngineError> {
-        select.reject_final()?;
         let catalog = self.catalog();
         let sink = catalog.require_source(target)?.clone();
         refuse_generated_target(&sink)?;
@@ -552,7 +553,7 @@ impl Engine {
             )));
         }
         let (plan, _) = self
-            .plan_persistent("validation", select.query, select.partition_by, &catalog)
+            .plan_persistent("validation", select.query, select.clauses(), &catalog)
             .await?;
         if plan.limit.is_some() {
             return Err(EngineError::invalid(

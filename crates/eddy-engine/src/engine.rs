@@ -297,6 +297,7 @@ impl Engine {
             partitions: 1,
             written_by: None,
             generator: None,
+            window: None,
             sql: String::new(),
         };
         self.submit(Command::CreateSource {
@@ -335,7 +336,12 @@ impl Engine {
             .and_then(|v| OffsetReset::parse(v))
             .unwrap_or(OffsetReset::Latest);
         let (plan, repartition) = self
-            .plan_persistent(&query.id, &select.query, &select.partition_by, &catalog)
+            .plan_persistent(
+                &query.id,
+                &select.query,
+                crate::execute::SelectParts::from_select(select).clauses(),
+                &catalog,
+            )
             .await?;
         if let Some(repartition) = repartition {
             let handle = self
@@ -371,13 +377,13 @@ impl Engine {
         &self,
         query_id: &str,
         query: &sqlparser::ast::Query,
-        partition_by: &[sqlparser::ast::Expr],
+        clauses: eddy_planner::Clauses<'_>,
         catalog: &Catalog,
     ) -> Result<(eddy_planner::StreamingPlan, Option<JoinRepartition>), EngineError> {
         let planned = self
             .inner
             .planner
-            .plan_query(query, partition_by, catalog)
+            .plan_select(query, clauses, catalog)
             .await;
         match planned {
             Err(eddy_planner::PlanError::JoinNotCoPartitioned {
@@ -394,7 +400,7 @@ impl Engine {
                 let plan = self
                     .inner
                     .planner
-                    .plan_query(query, partition_by, &joined_catalog)
+                    .plan_select(query, clauses, &joined_catalog)
                     .await?;
                 Ok((plan, Some(repartition)))
             }
@@ -441,6 +447,7 @@ impl Engine {
             partitions: table.partitions,
             written_by: Some(query_id.to_owned()),
             generator: None,
+            window: None,
             sql: String::new(),
         };
         Ok(JoinRepartition { writer, internal })
@@ -481,6 +488,7 @@ impl Engine {
                 topic: repartition_topic.clone(),
                 producer: self.inner.producer.clone(),
                 layout: crate::layout::sink_layout(&internal, &writer)?,
+                partitions: internal.partitions,
             },
             plan: Arc::new(writer),
             state: None,
@@ -506,6 +514,7 @@ impl Engine {
                 topic: self.physical_topic(sink),
                 producer: self.inner.producer.clone(),
                 layout: crate::layout::sink_layout(sink, &plan)?,
+                partitions: sink.partitions,
             },
             plan: Arc::new(plan),
             state: None,
@@ -544,6 +553,7 @@ impl Engine {
                 topic: self.physical_topic(sink),
                 producer: self.inner.producer.clone(),
                 layout: crate::layout::sink_layout(sink, &plan)?,
+                partitions: sink.partitions,
             },
             plan: Arc::new(plan),
             state: None,

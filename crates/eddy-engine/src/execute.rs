@@ -1,6 +1,7 @@
 //! From parsed statements to engine operations.
 
 use eddy_catalog::{ColumnRole, SourceKind};
+use eddy_common::window::WindowSpec;
 use eddy_sql::{ColumnKeyRole, Emit, ParsedStatement, Select, ShowTarget, Statement};
 use sqlparser::ast;
 
@@ -20,7 +21,7 @@ pub(crate) struct SelectParts<'a> {
     pub query: &'a ast::Query,
     pub partition_by: &'a [ast::Expr],
     pub emit: Option<Emit>,
-    pub window: Option<&'a str>,
+    pub window: Option<WindowSpec>,
     /// A `LIMIT` given outside the query (the query's own `LIMIT` is read by the planner).
     pub limit: Option<u64>,
 }
@@ -31,25 +32,18 @@ impl<'a> SelectParts<'a> {
             query: &select.query,
             partition_by: &select.partition_by,
             emit: select.emit,
-            window: select.window.as_deref(),
+            window: select.window,
             limit: None,
         }
     }
 
-    /// Refuses what continuous queries cannot do yet: `EMIT FINAL` and windows.
-    pub(crate) fn reject_final(&self) -> Result<(), EngineError> {
-        if let Some(window) = self.window {
-            return Err(EngineError::invalid(format!(
-                "windowed queries (WINDOW {window}) are not supported yet"
-            )));
+    /// The clauses the planner needs besides the query.
+    pub(crate) fn clauses(&self) -> eddy_planner::Clauses<'a> {
+        eddy_planner::Clauses {
+            partition_by: self.partition_by,
+            window: self.window,
+            emit_final: self.emit == Some(Emit::Final),
         }
-        if self.emit == Some(Emit::Final) {
-            return Err(EngineError::invalid_with_hint(
-                "EMIT FINAL is not supported yet",
-                "use EMIT CHANGES",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -182,7 +176,6 @@ impl Engine {
             } => self.insert_values(target, columns, values).await,
             Statement::Select(select) => {
                 let parts = SelectParts::from_select(select);
-                parts.reject_final()?;
                 if !select.partition_by.is_empty() {
                     return Err(EngineError::invalid(
                         "PARTITION BY is allowed only in CREATE STREAM ... AS SELECT",
@@ -213,7 +206,6 @@ impl Engine {
             Statement::Terminate { query_id } => self.terminate(query_id.as_deref()).await,
             Statement::ExplainSelect(select) => {
                 let parts = SelectParts::from_select(select);
-                parts.reject_final()?;
                 self.explain_select(&parts).await
             }
             Statement::ExplainQuery { query_id } => self.explain_query(query_id).await,

@@ -47,6 +47,7 @@ impl Engine {
                 topic: self.physical_topic(sink),
                 producer: self.inner.producer.clone(),
                 layout: sink_layout(sink, plan)?,
+                partitions: sink.partitions,
             })
         };
         let store = self
@@ -108,6 +109,7 @@ impl Engine {
             partitions: source_partitions,
             written_by: Some(query.id.clone()),
             generator: None,
+            window: None,
             sql: String::new(),
         };
         let repartition_topic = config.physical_topic(&repartition_logical);
@@ -148,6 +150,7 @@ impl Engine {
                 topic: repartition_topic.clone(),
                 producer: self.inner.producer.clone(),
                 layout: sink_layout(&internal, &writer)?,
+                partitions: internal.partitions,
             },
             plan: Arc::new(writer),
             state: None,

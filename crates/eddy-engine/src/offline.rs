@@ -61,6 +61,7 @@ impl Engine {
             partitions: 1,
             written_by: None,
             generator: None,
+            window: None,
             sql: String::new(),
         };
         let decoder = RecordDecoder::new(&source_layout(&plan.source)?)

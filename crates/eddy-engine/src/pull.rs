@@ -53,6 +53,12 @@ impl Engine {
         session: &Session,
         select: &SelectParts<'_>,
     ) -> Result<StatementResult, EngineError> {
+        if select.window.is_some() {
+            return Err(EngineError::invalid_with_hint(
+                "a WINDOW clause needs EMIT CHANGES or EMIT FINAL: without EMIT the SELECT is a pull query, which reads the windows a windowed table holds",
+                "filter a windowed table's rows on WINDOWSTART and WINDOWEND",
+            ));
+        }
         let catalog = self.catalog();
         let mut tables = Vec::new();
         let mut unknown = None;
@@ -306,16 +312,24 @@ fn expand_wildcards(query: &mut ast::Query, catalog: &eddy_catalog::Catalog) {
         catalog
             .source(table)
             .map(|source| {
-                source
-                    .key_columns()
-                    .chain(source.value_columns())
-                    .map(|c| {
-                        ast::SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(vec![
-                            ast::Ident::with_quote('"', qualifier),
-                            ast::Ident::with_quote('"', &c.name),
-                        ]))
-                    })
-                    .collect()
+                let item = |name: &str| {
+                    ast::SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(vec![
+                        ast::Ident::with_quote('"', qualifier),
+                        ast::Ident::with_quote('"', name),
+                    ]))
+                };
+                let mut items: Vec<ast::SelectItem> =
+                    source.key_columns().map(|c| item(&c.name)).collect();
+                // A windowed table's window follows its key, as in ksqlDB.
+                if source.window.is_some() {
+                    for name in [eddy_planner::WINDOWSTART, eddy_planner::WINDOWEND] {
+                        if !source.value_columns().any(|c| c.name == name) {
+                            items.push(item(name));
+                        }
+                    }
+                }
+                items.extend(source.value_columns().map(|c| item(&c.name)));
+                items
             })
             .unwrap_or_default()
     };
@@ -383,6 +397,25 @@ impl StateTable {
             return Err(EngineError::Internal(
                 "table columns do not match the plan".into(),
             ));
+        }
+        // A windowed table's rows are (key, window): WINDOWSTART and WINDOWEND follow the key
+        // columns, unless the query selected them into the value already.
+        if let Some(window) = plan.window_columns {
+            let key_count = plan.key_columns.len();
+            for (offset, (name, column)) in [
+                (eddy_planner::WINDOWSTART, window.start),
+                (eddy_planner::WINDOWEND, window.end),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if fields.iter().any(|f| f.name() == name) {
+                    continue;
+                }
+                let at = (key_count + offset).min(fields.len());
+                fields.insert(at, Field::new(name, DataType::Int64, true));
+                columns.insert(at, column);
+            }
         }
         fields.push(Field::new(ROWTIME, DataType::Int64, true));
         columns.push(plan.rowtime_column);
@@ -556,7 +589,26 @@ impl StateTable {
             }
             Ok(())
         };
+        let windowed = self.view.window().is_some();
         let (lower, upper) = match selection {
+            // A windowed table's key is the prefix of its windows' keys.
+            Selection::Points(values) if windowed => {
+                let Some(keys) = self.encode(&values) else {
+                    return self.read(Selection::All);
+                };
+                let mut seen: HashSet<&[u8]> = HashSet::new();
+                for partition in partitions {
+                    for key in keys.iter().filter(|k| seen.insert(k)) {
+                        for entry in store.scan_prefix(partition, key).map_err(external)? {
+                            let (key, value) = entry.map_err(external)?;
+                            entries.push((key.into_vec(), value.into_vec()));
+                            too_many(entries.len())?;
+                        }
+                    }
+                    seen.clear();
+                }
+                return Ok(entries);
+            }
             Selection::Points(values) => {
                 let Some(keys) = self.encode(&values) else {
                     return self.read(Selection::All);
@@ -579,6 +631,26 @@ impl StateTable {
             }
             Selection::Range(lower, upper) => {
                 match (self.encode_bound(lower), self.encode_bound(upper)) {
+                    // Every window of a key sorts after the key's bytes and before their
+                    // successor: `key > k` starts after all of k's windows, `key <= k` ends there.
+                    (Some(lower), Some(upper)) if windowed => {
+                        let after = |k: Vec<u8>| match prefix_successor(&k) {
+                            Some(next) => Bound::Excluded(next),
+                            None => Bound::Unbounded,
+                        };
+                        let lower = match lower {
+                            Bound::Excluded(k) => match prefix_successor(&k) {
+                                Some(next) => Bound::Included(next),
+                                None => return Ok(entries),
+                            },
+                            other => other,
+                        };
+                        let upper = match upper {
+                            Bound::Included(k) => after(k),
+                            other => other,
+                        };
+                        (lower, upper)
+                    }
                     (Some(lower), Some(upper)) => (lower, upper),
                     _ => (Bound::Unbounded, Bound::Unbounded),
                 }
@@ -608,6 +680,18 @@ impl StateTable {
 
 /// A stored (key, state) pair.
 type Entry = (Vec<u8>, Vec<u8>);
+
+/// The smallest byte string greater than every string that starts with `prefix`.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xFF {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
 
 enum KeyConstraint {
     Points(Vec<ScalarValue>),

@@ -37,7 +37,14 @@ impl Engine {
         let plan = self
             .inner
             .planner
-            .plan_query(select.query, &[], &catalog)
+            .plan_select(
+                select.query,
+                eddy_planner::Clauses {
+                    partition_by: &[],
+                    ..select.clauses()
+                },
+                &catalog,
+            )
             .await?;
         let limit = select.limit.or(plan.limit);
         let visible: Vec<usize> = (0..plan.output_schema.fields().len())
@@ -320,6 +327,7 @@ impl Engine {
                 topic: s.topic.clone(),
                 key_format: s.key_format.clone(),
                 value_format: s.value_format.clone(),
+                window: s.window,
             })
             .collect();
         StatementResult::Sources(sources)
@@ -401,6 +409,7 @@ impl Engine {
             },
             key_format: source.key_format.clone(),
             value_format: source.value_format.clone(),
+            window: source.window,
             partitions: source.partitions,
             timestamp_column: source.timestamp_column.clone(),
             sql: source.sql.clone(),
@@ -445,7 +454,7 @@ impl Engine {
         let plan = self
             .inner
             .planner
-            .plan_query(select.query, select.partition_by, &self.catalog())
+            .plan_select(select.query, select.clauses(), &self.catalog())
             .await?;
         Ok(StatementResult::Explain {
             text: plan.explain(),

@@ -74,6 +74,8 @@ pub struct SourceSummary {
     pub topic: String,
     pub key_format: String,
     pub value_format: String,
+    /// The window of a windowed table.
+    pub window: Option<eddy_common::window::WindowSpec>,
 }
 
 /// One line of `SHOW TOPICS`.
@@ -106,6 +108,8 @@ pub struct SourceDescription {
     pub value_format: String,
     pub partitions: i32,
     pub timestamp_column: Option<String>,
+    /// The window of a windowed table.
+    pub window: Option<eddy_common::window::WindowSpec>,
     pub sql: String,
     pub extended: bool,
     /// Queries reading this source.

@@ -27,6 +27,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use eddy_aggregate::AggregateSpec;
 use eddy_catalog::{Column, ColumnRole, Source};
 use eddy_common::types::SqlType;
+use eddy_common::window::WindowSpec;
 
 use crate::plan::{PlanError, Stage, StreamingPlan, nullable_schema, physical};
 
@@ -38,6 +39,20 @@ pub const ROWTIME_AGGREGATE: &str = "eddy_rowtime";
 /// row came from, so that rows a repartition topic holds twice are counted once. Its value is
 /// never shown.
 pub const ORIGIN_AGGREGATE: &str = "eddy_origin";
+
+/// The hidden aggregates that stand for `WINDOWSTART` and `WINDOWEND` in a windowed aggregation:
+/// the runtime gives each group its window's bounds (epoch milliseconds). Their argument
+/// (`ROWTIME`) only lets DataFusion plan them.
+pub const WINDOWSTART_AGGREGATE: &str = "eddy_windowstart";
+pub const WINDOWEND_AGGREGATE: &str = "eddy_windowend";
+
+/// The window of a windowed aggregation, and how it emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowPlan {
+    pub spec: WindowSpec,
+    /// `EMIT FINAL`: one row per window, when it closes; otherwise every change.
+    pub emit_final: bool,
+}
 
 /// Output name of [`ORIGIN_AGGREGATE`].
 pub const ORIGIN_OUTPUT: &str = "__eddy_origin";
@@ -138,7 +153,14 @@ impl AggregateUDFImpl for PlanningStub {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
-        if self.name == ROWTIME_AGGREGATE || self.name == ORIGIN_AGGREGATE {
+        if [
+            ROWTIME_AGGREGATE,
+            ORIGIN_AGGREGATE,
+            WINDOWSTART_AGGREGATE,
+            WINDOWEND_AGGREGATE,
+        ]
+        .contains(&self.name.as_str())
+        {
             return Ok(DataType::Int64);
         }
         // COUNT(*) arrives as count(1): it counts rows whatever its argument.
@@ -160,10 +182,12 @@ impl AggregateUDFImpl for PlanningStub {
 /// Registers a planning stub for every aggregate function Eddy runs, replacing DataFusion's
 /// `count`, `sum`, `avg`, `min` and `max` so that result types are the ones Eddy produces.
 pub(crate) fn register_aggregate_stubs(ctx: &SessionContext) {
-    let names = AggregateSpec::function_names()
-        .iter()
-        .copied()
-        .chain([ROWTIME_AGGREGATE, ORIGIN_AGGREGATE]);
+    let names = AggregateSpec::function_names().iter().copied().chain([
+        ROWTIME_AGGREGATE,
+        ORIGIN_AGGREGATE,
+        WINDOWSTART_AGGREGATE,
+        WINDOWEND_AGGREGATE,
+    ]);
     for name in names {
         if name == "count_star" {
             continue;
@@ -199,6 +223,17 @@ impl AggregateCall {
     pub fn is_origin(&self) -> bool {
         self.function == ORIGIN_AGGREGATE
     }
+
+    /// `WINDOWSTART` or `WINDOWEND` of a windowed aggregation.
+    pub fn is_window_bound(&self) -> bool {
+        self.function == WINDOWSTART_AGGREGATE || self.function == WINDOWEND_AGGREGATE
+    }
+
+    /// Whether this call is one of the planner's own (event time, origin, window bounds),
+    /// not one the query wrote.
+    pub fn is_hidden(&self) -> bool {
+        self.is_rowtime() || self.is_origin() || self.is_window_bound()
+    }
 }
 
 /// The stateful part of an aggregate query.
@@ -227,6 +262,9 @@ pub struct AggregationPlan {
     /// The stages explode records (`EXPLODE`): origin offsets number the rows of each record
     /// (see [`ORIGIN_ROW_BITS`]).
     pub explodes: bool,
+    /// The window of a windowed aggregation: the runtime assigns each row to its windows by its
+    /// event time, and a group is a (group key, window) pair.
+    pub window: Option<WindowPlan>,
 }
 
 /// Output of the post stages for a batch of groups.
@@ -348,6 +386,10 @@ pub(crate) fn lower_aggregate_query(
                     function = "count_star".to_owned();
                     args.clear();
                 }
+                // The window's bounds come from the runtime, not from an input column.
+                if function == WINDOWSTART_AGGREGATE || function == WINDOWEND_AGGREGATE {
+                    args.clear();
+                }
                 // Leading column arguments, then literal ones.
                 let columns = args
                     .iter()
@@ -406,6 +448,7 @@ pub(crate) fn lower_aggregate_query(
                     retractable,
                     sign_column: None,
                     explodes,
+                    window: None,
                 },
             ))
         }
@@ -608,6 +651,7 @@ impl StreamingPlan {
             aggregation: None,
             join: None,
             origin_numbering: self.origin_numbering,
+            window_columns: None,
             logical_plan: self.logical_plan.clone(),
         };
         let first = internal.first_key_index();
@@ -629,6 +673,7 @@ impl StreamingPlan {
             }),
             join: None,
             origin_numbering: None,
+            window_columns: self.window_columns,
             logical_plan: self.logical_plan.clone(),
         };
         Ok((writer, reader))

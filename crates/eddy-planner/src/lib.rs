@@ -27,7 +27,10 @@ mod split;
 pub use aggregate::{
     AggregateCall, AggregationPlan, MAX_ROWS_PER_RECORD, ORIGIN_AGGREGATE, ORIGIN_OUTPUT,
     ORIGIN_ROW_BITS, OriginNumbering, PostOutput, ROWTIME_AGGREGATE, SIGN_COLUMN,
-    number_origin_rows,
+    WINDOWEND_AGGREGATE, WINDOWSTART_AGGREGATE, WindowPlan, number_origin_rows,
 };
 pub use join::{JoinKind, JoinPlan, LeftTable};
-pub use plan::{PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan};
+pub use plan::{
+    Clauses, PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan, WINDOWEND, WINDOWEND_OUTPUT,
+    WINDOWSTART, WINDOWSTART_OUTPUT, WindowColumns,
+};

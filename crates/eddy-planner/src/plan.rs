@@ -17,6 +17,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use eddy_catalog::{Catalog, CatalogError, Column, ColumnRole, PSEUDO_COLUMNS, ROWTIME, Source};
 use eddy_common::types::SqlType;
+use eddy_common::window::WindowSpec;
 use sqlparser::ast::{
     self, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, TableFactor,
@@ -25,7 +26,8 @@ use thiserror::Error;
 
 use crate::aggregate::{
     AggregationPlan, ORIGIN_AGGREGATE, ORIGIN_OUTPUT, OriginNumbering, ROWTIME_AGGREGATE,
-    key_columns_of_aggregate, lower_aggregate_query,
+    WINDOWEND_AGGREGATE, WINDOWSTART_AGGREGATE, WindowPlan, key_columns_of_aggregate,
+    lower_aggregate_query,
 };
 use crate::functions::register_ksql_functions;
 use crate::join::{JoinPlan, lower_join_query};
@@ -34,6 +36,32 @@ use crate::join::{JoinPlan, lower_join_query};
 pub const ROWTIME_OUTPUT: &str = "__eddy_rowtime";
 /// Prefix of the hidden output columns that carry the new key of a `PARTITION BY` query.
 const KEY_OUTPUT_PREFIX: &str = "__eddy_key_";
+/// Names of the hidden output columns that carry each row's window bounds in a windowed
+/// aggregation (the windowed record key is made from them).
+pub const WINDOWSTART_OUTPUT: &str = "__eddy_windowstart";
+pub const WINDOWEND_OUTPUT: &str = "__eddy_windowend";
+/// The pseudo-columns of a windowed aggregation: its window's bounds, epoch milliseconds.
+pub const WINDOWSTART: &str = "WINDOWSTART";
+pub const WINDOWEND: &str = "WINDOWEND";
+
+/// The clauses of a KSQL `SELECT` that standard SQL has not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clauses<'a> {
+    /// `PARTITION BY` expressions (the new key); empty keeps the source key when the projection
+    /// carries it.
+    pub partition_by: &'a [ast::Expr],
+    /// The `WINDOW` clause of a windowed aggregation.
+    pub window: Option<WindowSpec>,
+    /// `EMIT FINAL`: a windowed aggregation emits each window once, when it closes.
+    pub emit_final: bool,
+}
+
+/// Where a windowed aggregation's output rows carry their window's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowColumns {
+    pub start: usize,
+    pub end: usize,
+}
 
 /// Why a query cannot be planned. Messages are user-facing (Postgres style).
 #[derive(Debug, Error)]
@@ -333,11 +361,22 @@ pub struct StreamingPlan {
     /// Set when the stages explode records into an aggregation's input: [`Self::process`] numbers
     /// the rows of each record in their origin offsets (see [`crate::ORIGIN_ROW_BITS`]).
     pub origin_numbering: Option<OriginNumbering>,
+    /// Set on windowed aggregations: the output columns holding each row's window bounds, which
+    /// the record key carries in ksqlDB's windowed key format.
+    pub window_columns: Option<WindowColumns>,
     /// DataFusion's optimized logical plan, for `EXPLAIN`.
     pub logical_plan: LogicalPlan,
 }
 
 impl StreamingPlan {
+    /// The window of a windowed aggregation.
+    pub fn window(&self) -> Option<&WindowSpec> {
+        self.aggregation
+            .as_ref()
+            .and_then(|a| a.window.as_ref())
+            .map(|w| &w.spec)
+    }
+
     /// Runs every stage over one batch of the source.
     pub fn process(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
         let output = self
@@ -374,7 +413,7 @@ impl StreamingPlan {
             let calls: Vec<String> = aggregation
                 .calls
                 .iter()
-                .filter(|c| !c.is_rowtime() && !c.is_origin())
+                .filter(|c| !c.is_hidden())
                 .map(|c| format!("{} AS {}", c.function.to_uppercase(), c.output.name()))
                 .collect();
             text.push_str(&format!(
@@ -392,6 +431,17 @@ impl StreamingPlan {
                     ""
                 },
             ));
+            if let Some(window) = &aggregation.window {
+                text.push_str(&format!(
+                    "  Window: {window}{}\n",
+                    if window.emit_final {
+                        "; EMIT FINAL"
+                    } else {
+                        ""
+                    },
+                    window = window.spec
+                ));
+            }
             for stage in &aggregation.post_stages {
                 text.push_str(&format!("  {stage:?}\n"));
             }
@@ -455,6 +505,25 @@ impl Planner {
         partition_by: &[ast::Expr],
         catalog: &Catalog,
     ) -> Result<StreamingPlan, PlanError> {
+        self.plan_select(
+            query,
+            Clauses {
+                partition_by,
+                ..Clauses::default()
+            },
+            catalog,
+        )
+        .await
+    }
+
+    /// Plans a continuous `SELECT` with its KSQL clauses (`PARTITION BY`, `WINDOW`, `EMIT`).
+    pub async fn plan_select(
+        &self,
+        query: &ast::Query,
+        clauses: Clauses<'_>,
+        catalog: &Catalog,
+    ) -> Result<StreamingPlan, PlanError> {
+        let partition_by = clauses.partition_by;
         let mut query = query.clone();
         let limit = take_limit(&mut query)?;
         let select = match query.body.as_mut() {
@@ -529,6 +598,19 @@ impl Planner {
                 function.to_uppercase()
             )));
         }
+        if clauses.window.is_some() && !grouped {
+            return Err(PlanError::Invalid(
+                "a WINDOW clause needs GROUP BY: windows group the rows of an aggregation".into(),
+            ));
+        }
+        if clauses.emit_final && clauses.window.is_none() {
+            return Err(PlanError::Invalid(
+                "EMIT FINAL needs a windowed aggregation: it emits each window once, when it closes\n\
+                 hint: add WINDOW TUMBLING|HOPPING|SESSION (...) before GROUP BY, or use EMIT CHANGES"
+                    .into(),
+            ));
+        }
+        rewrite_window_bounds(select, clauses.window.is_some())?;
         if grouped && !partition_by.is_empty() {
             return Err(PlanError::Invalid(
                 "PARTITION BY cannot be combined with GROUP BY: a table is keyed by its GROUP BY"
@@ -586,6 +668,25 @@ impl Planner {
             (None, other) => return Err(PlanError::Invalid(format!("cannot read from {other}"))),
         };
         let source = catalog.require_source(&source_name)?.clone();
+        for read in std::iter::once(&source).chain(joined.as_ref().map(|(t, _)| t)) {
+            if read.window.is_some() {
+                return Err(PlanError::unsupported(
+                    &format!(
+                        "continuous queries over the windowed table \"{}\"",
+                        read.name
+                    ),
+                    true,
+                    Some("read it with pull queries, or aggregate the stream it is built from"),
+                ));
+            }
+        }
+        if clauses.window.is_some() && source.kind == eddy_catalog::SourceKind::Table {
+            return Err(PlanError::Invalid(format!(
+                "table \"{}\" cannot be aggregated in windows: windows group events, and a table's rows are not events\n\
+                 hint: aggregate the stream the table is built from",
+                source.name
+            )));
+        }
 
         if let Some((table, table_qualifier)) = &joined {
             if grouped {
@@ -680,6 +781,18 @@ impl Planner {
                 alias: quoted(ORIGIN_OUTPUT),
             });
         }
+        if clauses.window.is_some() {
+            let rowtime = ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(ROWTIME)]);
+            for (function, alias) in [
+                (WINDOWSTART_AGGREGATE, WINDOWSTART_OUTPUT),
+                (WINDOWEND_AGGREGATE, WINDOWEND_OUTPUT),
+            ] {
+                select.projection.push(SelectItem::ExprWithAlias {
+                    expr: hidden_aggregate(function, vec![rowtime.clone()]),
+                    alias: quoted(alias),
+                });
+            }
+        }
         if let Some(having) = &mut select.having {
             type_integer_literals(having);
         }
@@ -728,8 +841,26 @@ impl Planner {
         } else {
             (lower(&logical, &state, &source)?, None, None)
         };
+        let mut aggregation = aggregation;
+        if let (Some(aggregation), Some(spec)) = (&mut aggregation, clauses.window) {
+            aggregation.window = Some(WindowPlan {
+                spec,
+                emit_final: clauses.emit_final,
+            });
+        }
         let output_schema = nullable_schema(logical.schema().as_arrow());
         let index_of = |name: &str| output_schema.index_of(name).ok();
+        let window_columns = match (index_of(WINDOWSTART_OUTPUT), index_of(WINDOWEND_OUTPUT)) {
+            (Some(start), Some(end)) if clauses.window.is_some() => {
+                Some(WindowColumns { start, end })
+            }
+            _ if clauses.window.is_some() => {
+                return Err(PlanError::Invalid(
+                    "internal error: the plan lost its window columns".into(),
+                ));
+            }
+            _ => None,
+        };
         let rowtime_column = index_of(ROWTIME_OUTPUT).ok_or_else(|| {
             PlanError::Invalid("internal error: the plan lost its event-time column".into())
         })?;
@@ -799,6 +930,8 @@ impl Planner {
                 let name = output_schema.field(*i).name();
                 !(name.starts_with(KEY_OUTPUT_PREFIX)
                     || name == ORIGIN_OUTPUT
+                    || name == WINDOWSTART_OUTPUT
+                    || name == WINDOWEND_OUTPUT
                     || (repartitioned && key_names.contains(name)))
             })
             .collect();
@@ -837,6 +970,7 @@ impl Planner {
             sink_columns,
             limit,
             aggregation,
+            window_columns,
             logical_plan: logical,
         })
     }
@@ -898,6 +1032,88 @@ fn select_group_by(plan: &LogicalPlan) -> Option<Vec<Expr>> {
             .first()
             .and_then(|input| select_group_by(input)),
     }
+}
+
+/// Replaces `WINDOWSTART` and `WINDOWEND` in the projection and `HAVING` of a windowed
+/// aggregation by the hidden aggregates that give each group its window's bounds; elsewhere
+/// they are refused with the reason.
+fn rewrite_window_bounds(select: &mut ast::Select, windowed: bool) -> Result<(), PlanError> {
+    let bound = |expr: &ast::Expr| -> Option<&'static str> {
+        let name = match expr {
+            ast::Expr::Identifier(ident) => ident,
+            ast::Expr::CompoundIdentifier(parts) if parts.len() == 2 => &parts[1],
+            _ => return None,
+        };
+        match name.value.as_str() {
+            WINDOWSTART => Some(WINDOWSTART_AGGREGATE),
+            WINDOWEND => Some(WINDOWEND_AGGREGATE),
+            _ => None,
+        }
+    };
+    let mut misplaced = None;
+    let mut check = |expr: &ast::Expr| {
+        let _ = ast::visit_expressions(expr, |e| {
+            if let Some(function) = bound(e) {
+                misplaced.get_or_insert(function);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    };
+    if let Some(selection) = &select.selection {
+        check(selection);
+    }
+    if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
+        exprs.iter().for_each(&mut check);
+    }
+    if misplaced.is_some() {
+        return Err(PlanError::Invalid(
+            "WINDOWSTART and WINDOWEND can only be selected (or used in HAVING): they are the bounds of the window a group's row belongs to".into(),
+        ));
+    }
+    let mut found = false;
+    let mut rewrite = |expr: &mut ast::Expr| {
+        let _ = ast::visit_expressions_mut(expr, |e| {
+            if let Some(function) = bound(e) {
+                found = true;
+                let rowtime = match e {
+                    ast::Expr::CompoundIdentifier(parts) => {
+                        ast::Expr::CompoundIdentifier(vec![parts[0].clone(), quoted(ROWTIME)])
+                    }
+                    _ => ast::Expr::Identifier(quoted(ROWTIME)),
+                };
+                *e = hidden_aggregate(function, vec![rowtime]);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    };
+    for item in &mut select.projection {
+        if let SelectItem::UnnamedExpr(expr) = item {
+            // `SELECT WINDOWSTART` keeps its name.
+            if let Some(function) = bound(expr) {
+                let name = if function == WINDOWSTART_AGGREGATE {
+                    WINDOWSTART
+                } else {
+                    WINDOWEND
+                };
+                *item = SelectItem::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: quoted(name),
+                };
+            }
+        }
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            rewrite(expr);
+        }
+    }
+    if let Some(having) = &mut select.having {
+        rewrite(having);
+    }
+    if found && !windowed {
+        return Err(PlanError::Invalid(
+            "WINDOWSTART and WINDOWEND exist only in windowed aggregations\nhint: add WINDOW TUMBLING|HOPPING|SESSION (...) before GROUP BY".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `eddy_rowtime(ROWTIME)`: the hidden aggregate that gives each group its event time.

@@ -23,14 +23,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch,
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
 };
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use eddy_aggregate::{AggregateLimits, AggregateSpec, Aggregator, GroupState, LiteralArg};
-use eddy_planner::{AggregationPlan, StreamingPlan};
+use eddy_common::window::WindowSpec;
+use eddy_planner::{AggregationPlan, StreamingPlan, WindowPlan};
 use eddy_state::{Checkpoint, Store, StoreBatch};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -40,6 +41,7 @@ use tracing::{info, warn};
 
 use crate::kafka::{KafkaConnection, KafkaError};
 use crate::query::{QueryError, QueryMetrics};
+use crate::window::STREAM_TIME_KEY;
 
 /// Key of the changelog record that carries the source offset a partition's state has reached.
 /// Group keys are arrow-row encoded and never start with 0xFF.
@@ -75,8 +77,10 @@ pub struct MaterializedView {
     plan: Arc<StreamingPlan>,
     aggregator: Aggregator,
     slots: Vec<Slot>,
+    /// Encodes group keys; a windowed group's store key adds its window (see `window`).
     key_converter: RowConverter,
     store: Store,
+    window: Option<WindowPlan>,
 }
 
 /// Where each aggregate call of the plan gets its value.
@@ -88,6 +92,10 @@ enum Slot {
     Rowtime(usize),
     /// Where each row came from: (origin partition column, origin offset column).
     Origin(usize, usize),
+    /// The start of the group's window (`WINDOWSTART`).
+    WindowStart,
+    /// The end of the group's window (`WINDOWEND`).
+    WindowEnd,
 }
 
 impl MaterializedView {
@@ -105,6 +113,14 @@ impl MaterializedView {
                     QueryError::Internal("event-time aggregate without argument".into())
                 })?;
                 slots.push(Slot::Rowtime(column));
+                continue;
+            }
+            if call.is_window_bound() {
+                slots.push(if call.function == eddy_planner::WINDOWSTART_AGGREGATE {
+                    Slot::WindowStart
+                } else {
+                    Slot::WindowEnd
+                });
                 continue;
             }
             if call.is_origin() {
@@ -145,13 +161,21 @@ impl MaterializedView {
                 .collect(),
         )
         .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
+        let window = aggregation.window;
         Ok(Self {
             plan,
             aggregator,
             slots,
             key_converter,
             store,
+            window,
         })
+    }
+
+    /// The window of a windowed table: its store keys are a group key's bytes and a window,
+    /// so [`Self::encode_keys`] gives the prefixes of a group's windows.
+    pub fn window(&self) -> Option<&WindowSpec> {
+        self.window.as_ref().map(|w| &w.spec)
     }
 
     pub fn plan(&self) -> &Arc<StreamingPlan> {
@@ -162,7 +186,8 @@ impl MaterializedView {
         &self.store
     }
 
-    /// Encodes group key values (one array per key column, in key order) into store keys.
+    /// Encodes group key values (one array per key column, in key order) into store keys (for
+    /// a windowed table, the prefixes of the keys of each group's windows).
     pub fn encode_keys(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>, QueryError> {
         let rows = self
             .key_converter
@@ -283,9 +308,24 @@ impl MaterializedView {
     ) -> Result<(RecordBatch, BooleanArray), QueryError> {
         let aggregation = aggregation_of(&self.plan)?;
         let parser = self.key_converter.parser();
+        // A windowed group's key ends with its window.
+        let mut bounds: Option<(Vec<i64>, Vec<i64>)> = None;
+        let mut group_keys: Vec<&[u8]> = keys.to_vec();
+        if let Some(window) = &self.window {
+            let (mut starts, mut ends) = (Vec::with_capacity(keys.len()), Vec::new());
+            ends.reserve(keys.len());
+            for key in group_keys.iter_mut() {
+                let (group, start, end) = crate::window::split_key(&window.spec, key)
+                    .ok_or_else(|| QueryError::Internal("windowed key without window".into()))?;
+                *key = group;
+                starts.push(start);
+                ends.push(end);
+            }
+            bounds = Some((starts, ends));
+        }
         let mut columns = self
             .key_converter
-            .convert_rows(keys.iter().map(|k| parser.parse(k)))
+            .convert_rows(group_keys.iter().map(|k| parser.parse(k)))
             .map_err(|e| QueryError::Internal(format!("group key decoding: {e}")))?;
         let refs: Vec<&GroupState> = states.iter().collect();
         let mut values = self
@@ -308,6 +348,17 @@ impl MaterializedView {
                         &DataType::Int64,
                         keys.len(),
                     ));
+                }
+                Slot::WindowStart | Slot::WindowEnd => {
+                    let (starts, ends) = bounds.as_ref().ok_or_else(|| {
+                        QueryError::Internal("window bounds of a query without window".into())
+                    })?;
+                    let times = if matches!(slot, Slot::WindowStart) {
+                        starts
+                    } else {
+                        ends
+                    };
+                    columns.push(Arc::new(Int64Array::from(times.clone())));
                 }
             }
         }
@@ -332,6 +383,42 @@ struct Evaluated {
     failed: Vec<(usize, String)>,
 }
 
+/// The groups one batch touched, before their rows are computed.
+#[derive(Default)]
+struct Folded {
+    /// Store keys of the groups (a windowed group's key includes its window).
+    keys: Vec<Vec<u8>>,
+    states: Vec<GroupState>,
+    rowtimes: Vec<i64>,
+    /// Groups that are gone (no row left, or a session merged into another): tombstones.
+    deleted: Vec<bool>,
+    /// Windows the batch created: (group, window end); they are indexed to close and expire.
+    new_windows: Vec<(usize, i64)>,
+    /// Further store writes (index entries of merged-away sessions).
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// (origin partition, source offset) of the rows every window of which had closed.
+    late: Vec<(i32, i64)>,
+}
+
+/// Groups rows by key: the distinct keys in first-seen order and each row's group.
+fn group_rows_of<'k>(
+    row_keys: impl Iterator<Item = &'k [u8]>,
+    rows: usize,
+) -> (Vec<&'k [u8]>, Vec<u32>) {
+    let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(rows.min(1024));
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut groups: Vec<u32> = Vec::with_capacity(rows);
+    for key in row_keys {
+        let next = keys.len() as u32;
+        let group = *index.entry(key).or_insert_with(|| {
+            keys.push(key);
+            next
+        });
+        groups.push(group);
+    }
+    (keys, groups)
+}
+
 /// What one batch of input did to a partition's state.
 pub(crate) struct Applied {
     /// One row per touched group, in the plan's output schema.
@@ -346,6 +433,9 @@ pub(crate) struct Applied {
     /// Groups whose output row could not be computed, with the reason: their state is updated,
     /// their row is not written.
     pub failed_groups: Vec<String>,
+    /// (origin partition, source offset) of the rows a windowed aggregation dropped because
+    /// every window they fall in had closed.
+    pub late: Vec<(i32, i64)>,
 }
 
 /// The aggregate operator of one partition task.
@@ -357,6 +447,9 @@ pub(crate) struct PartitionAggregate {
     /// Origin partition → next origin offset not yet counted. A repartition topic may hold a
     /// row twice (its writer is at-least-once); the copy has an origin offset already counted.
     origins: HashMap<i32, i64>,
+    /// The largest event time the partition has seen (windowed aggregations; `i64::MIN` before
+    /// the first record).
+    stream_time: i64,
 }
 
 impl PartitionAggregate {
@@ -366,6 +459,7 @@ impl PartitionAggregate {
             partition,
             next_source_offset: 0,
             origins: HashMap::new(),
+            stream_time: i64::MIN,
         }
     }
 
@@ -414,6 +508,17 @@ impl PartitionAggregate {
         )
         .await?;
         self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
+        self.stream_time = match self
+            .view
+            .store
+            .get(self.partition, STREAM_TIME_KEY)
+            .map_err(state_error)?
+        {
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+                .map(i64::from_be_bytes)
+                .map_err(|_| QueryError::Internal("stored stream time is not 8 bytes".into()))?,
+            None => i64::MIN,
+        };
         self.load_origins()
     }
 
@@ -425,10 +530,8 @@ impl PartitionAggregate {
         signs: Option<&Int8Array>,
     ) -> Result<Applied, QueryError> {
         let (input, signs, origin_writes) = self.skip_counted(input, signs)?;
-        let signs = signs.as_ref();
-        let input = &input;
-        let view = &self.view;
-        let aggregation = aggregation_of(&view.plan)?;
+        let plan = Arc::clone(&self.view.plan);
+        let aggregation = aggregation_of(&plan)?;
         let group_count = aggregation.group_count;
         // Rows whose group key has a NULL belong to no group (as in ksqlDB): dropped and counted.
         let mut valid: Option<BooleanArray> = None;
@@ -443,47 +546,561 @@ impl PartitionAggregate {
         }
         let (input, signs, null_keys) = match valid {
             Some(valid) => {
-                let dropped = self.origins_of(input, &valid);
-                let (input, signs) = filter_rows(input, signs, &valid)?;
+                let dropped = self.origins_of(&input, &valid);
+                let (input, signs) = filter_rows(&input, signs.as_ref(), &valid)?;
                 (input, signs, dropped)
             }
-            None => (input.clone(), signs.cloned(), Vec::new()),
+            None => (input, signs, Vec::new()),
         };
-        let rows = view
+        let stream_time_before = self.stream_time;
+        let folded = match &aggregation.window {
+            None => self.fold_groups(&input, signs.as_ref())?,
+            Some(window) if window.spec.is_session() => self.fold_sessions(&input, &window.spec)?,
+            Some(window) => self.fold_time_windows(&input, &window.spec)?,
+        };
+        let Folded {
+            keys,
+            states,
+            rowtimes,
+            deleted,
+            new_windows,
+            writes: folded_writes,
+            late,
+        } = folded;
+        let view = &self.view;
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let Evaluated {
+            batch: rows_out,
+            keep,
+            failed,
+        } = view.evaluate(&key_refs, &states, &rowtimes, &deleted)?;
+        let mut writes = Vec::with_capacity(keys.len() + folded_writes.len());
+        let mut buffer = Vec::new();
+        for ((key, state), (&rowtime, &gone)) in
+            keys.iter().zip(&states).zip(rowtimes.iter().zip(&deleted))
+        {
+            if gone {
+                writes.push((key.clone(), None));
+            } else {
+                view.encode(rowtime, state, &mut buffer);
+                writes.push((key.clone(), Some(buffer.clone())));
+            }
+        }
+        writes.extend(folded_writes);
+        writes.extend(origin_writes);
+        let mut applied = Applied {
+            rows: rows_out,
+            keep,
+            writes,
+            null_keys,
+            failed_groups: failed.into_iter().map(|(_, reason)| reason).collect(),
+            late,
+        };
+        if let Some(window) = &aggregation.window {
+            if self.stream_time != stream_time_before {
+                applied.writes.push((
+                    STREAM_TIME_KEY.to_vec(),
+                    Some(self.stream_time.to_be_bytes().to_vec()),
+                ));
+            }
+            self.close_and_expire(
+                window,
+                &keys,
+                &states,
+                &rowtimes,
+                &deleted,
+                &new_windows,
+                &mut applied,
+            )?;
+        }
+        Ok(applied)
+    }
+
+    /// Groups the rows by their group key, loads the groups' states and folds the rows in.
+    fn fold_groups(
+        &self,
+        input: &RecordBatch,
+        signs: Option<&Int8Array>,
+    ) -> Result<Folded, QueryError> {
+        let group_count = aggregation_of(&self.view.plan)?.group_count;
+        let rows = self
+            .view
             .key_converter
             .convert_columns(&input.columns()[..group_count])
             .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
-        let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(input.num_rows().min(1024));
-        let mut keys: Vec<&[u8]> = Vec::new();
-        let mut groups: Vec<u32> = Vec::with_capacity(input.num_rows());
-        for row in rows.iter() {
-            let key = row.data();
-            let next = keys.len() as u32;
+        let (keys, groups) = group_rows_of(rows.iter().map(|row| row.data()), input.num_rows());
+        let (mut states, mut rowtimes, _) = self.load_states(&keys)?;
+        self.fold_rows(input, signs, &groups, &mut states, &mut rowtimes)?;
+        let deleted = states.iter().map(|s| s.rows <= 0).collect();
+        Ok(Folded {
+            keys: keys.iter().map(|k| k.to_vec()).collect(),
+            states,
+            rowtimes,
+            deleted,
+            ..Folded::default()
+        })
+    }
+
+    /// Assigns every row to the time windows it falls in that are still open (advancing the
+    /// stream time row by row, as records arrive), then folds each (group key, window).
+    fn fold_time_windows(
+        &mut self,
+        input: &RecordBatch,
+        spec: &WindowSpec,
+    ) -> Result<Folded, QueryError> {
+        let group_count = aggregation_of(&self.view.plan)?.group_count;
+        let times = self.event_times(input)?;
+        let mut stream_time = self.stream_time;
+        let mut take = Vec::with_capacity(input.num_rows());
+        let mut starts = Vec::with_capacity(input.num_rows());
+        let mut assigned = vec![false; input.num_rows()];
+        for (row, slot) in assigned.iter_mut().enumerate() {
+            let time = times.value(row);
+            stream_time = stream_time.max(time);
+            spec.for_each_window_start(time, |start| {
+                // A window takes records until the stream time reaches its close time.
+                if spec.close_time(spec.end_of(start)) > stream_time {
+                    take.push(row as u32);
+                    starts.push(start);
+                    *slot = true;
+                }
+            });
+        }
+        self.stream_time = stream_time;
+        let late = if assigned.iter().all(|a| *a) {
+            Vec::new()
+        } else {
+            self.origins_of(input, &BooleanArray::from(assigned))
+        };
+        let input = datafusion::arrow::compute::take_record_batch(input, &UInt32Array::from(take))
+            .map_err(internal)?;
+        let group_rows = self
+            .view
+            .key_converter
+            .convert_columns(&input.columns()[..group_count])
+            .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
+        // Every row's store key in one buffer: its group key's bytes, then its window.
+        let mut buffer = Vec::with_capacity(starts.len() * 24);
+        let mut ends = Vec::with_capacity(starts.len() + 1);
+        ends.push(0);
+        for (row, &start) in group_rows.iter().zip(&starts) {
+            buffer.extend_from_slice(row.data());
+            crate::window::push_window(spec, &mut buffer, start, spec.end_of(start));
+            ends.push(buffer.len());
+        }
+        let row_keys = ends.windows(2).map(|pair| &buffer[pair[0]..pair[1]]);
+        let (keys, groups) = group_rows_of(row_keys, input.num_rows());
+        let (mut states, mut rowtimes, existed) = self.load_states(&keys)?;
+        self.fold_rows(&input, None, &groups, &mut states, &mut rowtimes)?;
+        let mut new_windows = Vec::new();
+        for (group, key) in keys.iter().enumerate() {
+            if !existed[group] {
+                let (_, _, end) = crate::window::split_key(spec, key)
+                    .ok_or_else(|| QueryError::Internal("windowed key without window".into()))?;
+                new_windows.push((group, end));
+            }
+        }
+        Ok(Folded {
+            deleted: vec![false; keys.len()],
+            keys: keys.iter().map(|k| k.to_vec()).collect(),
+            states,
+            rowtimes,
+            new_windows,
+            writes: Vec::new(),
+            late,
+        })
+    }
+
+    /// Assigns every row to its session: the stored and new sessions of its key within the gap
+    /// of its event time merge into one (whose state is the merge of theirs); a row whose merged
+    /// session already closed is late. Merged-away sessions are deleted (tombstones).
+    fn fold_sessions(
+        &mut self,
+        input: &RecordBatch,
+        spec: &WindowSpec,
+    ) -> Result<Folded, QueryError> {
+        let eddy_common::window::WindowKind::Session { gap_ms } = spec.kind else {
+            return Err(QueryError::Internal(
+                "a session fold without session window".into(),
+            ));
+        };
+        let group_count = aggregation_of(&self.view.plan)?.group_count;
+        let times = self.event_times(input)?;
+        let rows = input.num_rows();
+        // The close time each row meets: the stream time after it, less the grace period.
+        let mut close_times = Vec::with_capacity(rows);
+        let mut stream_time = self.stream_time;
+        for row in 0..rows {
+            stream_time = stream_time.max(times.value(row));
+            close_times.push(stream_time.saturating_sub(spec.grace_ms));
+        }
+        self.stream_time = stream_time;
+        let group_rows = self
+            .view
+            .key_converter
+            .convert_columns(&input.columns()[..group_count])
+            .map_err(|e| QueryError::Internal(format!("group key encoding: {e}")))?;
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        let mut group_keys: Vec<&[u8]> = Vec::new();
+        let mut rows_of: Vec<Vec<usize>> = Vec::new();
+        for (row, key) in group_rows.iter().enumerate() {
+            let key = key.data();
+            let next = group_keys.len();
             let group = *index.entry(key).or_insert_with(|| {
-                keys.push(key);
+                group_keys.push(key);
+                rows_of.push(Vec::new());
                 next
             });
-            groups.push(group);
+            rows_of[group].push(row);
         }
-        let stored = view
-            .store
-            .multi_get(self.partition, &keys)
-            .map_err(state_error)?;
-        let mut states = Vec::with_capacity(keys.len());
-        let mut rowtimes = Vec::with_capacity(keys.len());
-        for value in stored {
-            match value {
-                Some(bytes) => {
-                    let (rowtime, state) = view.decode(&bytes)?;
-                    rowtimes.push(rowtime);
-                    states.push(state);
+        /// A session of one key while the batch is folded.
+        struct Session {
+            start: i64,
+            end: i64,
+            /// Indices (in `stored`) of the stored sessions merged into it.
+            stored: Vec<usize>,
+            rows: Vec<usize>,
+            alive: bool,
+        }
+        let window_index = self.view.window.as_ref().map(|w| w.emit_final);
+        let emit_final = window_index.unwrap_or(false);
+        let mut folded = Folded::default();
+        let mut row_group = vec![u32::MAX; rows];
+        for (group_key, key_rows) in group_keys.iter().zip(&rows_of) {
+            let (min_time, max_time) =
+                key_rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &r| {
+                    (lo.min(times.value(r)), hi.max(times.value(r)))
+                });
+            let stored = crate::window::find_sessions(
+                spec,
+                &self.view.store,
+                self.partition,
+                group_key,
+                min_time.saturating_sub(gap_ms),
+                max_time.saturating_add(gap_ms),
+            )?;
+            let mut sessions: Vec<Session> = stored
+                .iter()
+                .enumerate()
+                .map(|(i, stored)| Session {
+                    start: stored.start,
+                    end: stored.end,
+                    stored: vec![i],
+                    rows: Vec::new(),
+                    alive: true,
+                })
+                .collect();
+            let mut overlapping = Vec::new();
+            for &row in key_rows {
+                let time = times.value(row);
+                overlapping.clear();
+                let (mut start, mut end) = (time, time);
+                for (i, session) in sessions.iter().enumerate() {
+                    if session.alive
+                        && session.end >= time.saturating_sub(gap_ms)
+                        && session.start <= time.saturating_add(gap_ms)
+                    {
+                        overlapping.push(i);
+                        start = start.min(session.start);
+                        end = end.max(session.end);
+                    }
                 }
-                None => {
-                    rowtimes.push(i64::MIN);
-                    states.push(view.aggregator.new_state());
+                if end < close_times[row] {
+                    continue; // late: its session closed already
+                }
+                let target = match overlapping.first() {
+                    Some(&i) => i,
+                    None => {
+                        sessions.push(Session {
+                            start,
+                            end,
+                            stored: Vec::new(),
+                            rows: Vec::new(),
+                            alive: true,
+                        });
+                        sessions.len() - 1
+                    }
+                };
+                for &i in &overlapping[1.min(overlapping.len())..] {
+                    let merged_stored = std::mem::take(&mut sessions[i].stored);
+                    let merged_rows = std::mem::take(&mut sessions[i].rows);
+                    sessions[i].alive = false;
+                    sessions[target].stored.extend(merged_stored);
+                    sessions[target].rows.extend(merged_rows);
+                }
+                let session = &mut sessions[target];
+                session.start = start;
+                session.end = end;
+                session.rows.push(row);
+            }
+            for session in sessions
+                .iter_mut()
+                .filter(|s| s.alive && !s.rows.is_empty())
+            {
+                let mut key = group_key.to_vec();
+                crate::window::push_window(spec, &mut key, session.start, session.end);
+                // The merged state: the stored sessions' states in time order.
+                session.stored.sort_by_key(|&i| stored[i].start);
+                let mut state = self.view.aggregator.new_state();
+                let mut rowtime = i64::MIN;
+                let mut kept_key = false;
+                for &i in &session.stored {
+                    let crate::window::StoredSession {
+                        key: old_key,
+                        value,
+                        end: old_end,
+                        ..
+                    } = &stored[i];
+                    let (old_rowtime, old_state) = self.view.decode(value)?;
+                    self.view
+                        .aggregator
+                        .merge(&mut state, &old_state)
+                        .map_err(|e| QueryError::Internal(format!("session merge: {e}")))?;
+                    rowtime = rowtime.max(old_rowtime);
+                    if *old_key == key {
+                        kept_key = true;
+                        continue;
+                    }
+                    // Merged into another session (or grown): its old key is gone.
+                    folded.keys.push(old_key.clone());
+                    folded.states.push(old_state);
+                    folded.rowtimes.push(old_rowtime);
+                    folded.deleted.push(true);
+                    for (index, wanted) in [
+                        (crate::window::WindowIndex::Expiry, true),
+                        (crate::window::WindowIndex::Close, emit_final),
+                    ] {
+                        if wanted {
+                            let due = index.due_time(spec, *old_end);
+                            folded.writes.push((index.entry(due, old_key), None));
+                        }
+                    }
+                }
+                let group = folded.keys.len();
+                for &row in &session.rows {
+                    row_group[row] = group as u32;
+                }
+                if !kept_key {
+                    folded.new_windows.push((group, session.end));
+                }
+                folded.keys.push(key);
+                folded.states.push(state);
+                folded.rowtimes.push(rowtime);
+                folded.deleted.push(false);
+            }
+        }
+        let keep = BooleanArray::from(row_group.iter().map(|g| *g != u32::MAX).collect::<Vec<_>>());
+        if keep.false_count() > 0 {
+            folded.late = self.origins_of(input, &keep);
+        }
+        let input = filter_record_batch(input, &keep).map_err(internal)?;
+        let groups: Vec<u32> = row_group.into_iter().filter(|g| *g != u32::MAX).collect();
+        self.fold_rows(
+            &input,
+            None,
+            &groups,
+            &mut folded.states,
+            &mut folded.rowtimes,
+        )?;
+        Ok(folded)
+    }
+
+    /// After a windowed batch: indexes the windows it created, emits (for `EMIT FINAL`, in place
+    /// of the batch's changes) the windows that closed, and drops those past their retention.
+    #[allow(clippy::too_many_arguments)]
+    fn close_and_expire(
+        &self,
+        window: &WindowPlan,
+        keys: &[Vec<u8>],
+        states: &[GroupState],
+        rowtimes: &[i64],
+        deleted: &[bool],
+        new_windows: &[(usize, i64)],
+        applied: &mut Applied,
+    ) -> Result<(), QueryError> {
+        use crate::window::{MAX_WINDOW_CHANGES_PER_BATCH, WindowIndex};
+        let spec = &window.spec;
+        let stream_time = self.stream_time;
+        let mut closing: Vec<Vec<u8>> = Vec::new();
+        let mut expiring: Vec<Vec<u8>> = Vec::new();
+        for &(group, end) in new_windows {
+            let key = &keys[group];
+            if window.emit_final {
+                let due = WindowIndex::Close.due_time(spec, end);
+                if due <= stream_time {
+                    closing.push(key.clone());
+                } else {
+                    applied
+                        .writes
+                        .push((WindowIndex::Close.entry(due, key), Some(Vec::new())));
+                }
+            }
+            let due = WindowIndex::Expiry.due_time(spec, end);
+            if due <= stream_time {
+                expiring.push(key.clone());
+            } else {
+                applied
+                    .writes
+                    .push((WindowIndex::Expiry.entry(due, key), Some(Vec::new())));
+            }
+        }
+        // Keys this batch deleted (merged sessions) are gone, whatever the store's indexes say.
+        let gone: std::collections::HashSet<&[u8]> = keys
+            .iter()
+            .zip(deleted)
+            .filter(|(_, d)| **d)
+            .map(|(k, _)| k.as_slice())
+            .collect();
+        let mut capped = false;
+        if window.emit_final {
+            let room = MAX_WINDOW_CHANGES_PER_BATCH.saturating_sub(closing.len());
+            let due =
+                WindowIndex::Close.due(&self.view.store, self.partition, stream_time, room)?;
+            capped = due.len() >= room;
+            for due in due {
+                applied.writes.push((due.entry, None));
+                if !gone.contains(due.key.as_slice()) {
+                    closing.push(due.key);
+                }
+            }
+            // The closed windows' states: this batch's when it changed them, else the store's.
+            let batch_index: HashMap<&[u8], usize> = keys
+                .iter()
+                .enumerate()
+                .filter(|(g, _)| !deleted[*g])
+                .map(|(g, k)| (k.as_slice(), g))
+                .collect();
+            let mut closed_keys: Vec<&[u8]> = Vec::with_capacity(closing.len());
+            let mut closed_states = Vec::with_capacity(closing.len());
+            let mut closed_rowtimes = Vec::with_capacity(closing.len());
+            let unchanged: Vec<&[u8]> = closing
+                .iter()
+                .map(Vec::as_slice)
+                .filter(|k| !batch_index.contains_key(k))
+                .collect();
+            let stored = self
+                .view
+                .store
+                .multi_get(self.partition, &unchanged)
+                .map_err(state_error)?;
+            let mut stored = unchanged.into_iter().zip(stored).collect::<HashMap<_, _>>();
+            for key in &closing {
+                if let Some(&group) = batch_index.get(key.as_slice()) {
+                    closed_keys.push(key.as_slice());
+                    closed_states.push(states[group].clone());
+                    closed_rowtimes.push(rowtimes[group]);
+                } else if let Some(Some(value)) = stored.remove(key.as_slice()) {
+                    let (rowtime, state) = self.view.decode(&value)?;
+                    closed_keys.push(key.as_slice());
+                    closed_states.push(state);
+                    closed_rowtimes.push(rowtime);
+                }
+            }
+            let none_deleted = vec![false; closed_keys.len()];
+            let Evaluated {
+                batch,
+                keep,
+                failed,
+            } = self.view.evaluate(
+                &closed_keys,
+                &closed_states,
+                &closed_rowtimes,
+                &none_deleted,
+            )?;
+            // EMIT FINAL writes each window once, when it closes; a window failing HAVING has
+            // no row (and, never written, needs no tombstone).
+            let rows = filter_record_batch(&batch, &keep).map_err(internal)?;
+            applied.keep = BooleanArray::from(vec![true; rows.num_rows()]);
+            applied.rows = rows;
+            applied
+                .failed_groups
+                .extend(failed.into_iter().map(|(_, reason)| reason));
+        }
+        if !capped {
+            let room = MAX_WINDOW_CHANGES_PER_BATCH.saturating_sub(expiring.len());
+            for due in
+                WindowIndex::Expiry.due(&self.view.store, self.partition, stream_time, room)?
+            {
+                applied.writes.push((due.entry, None));
+                if !gone.contains(due.key.as_slice()) {
+                    expiring.push(due.key);
                 }
             }
         }
+        for key in expiring {
+            applied.writes.push((key, None));
+        }
+        Ok(())
+    }
+
+    /// The event time of every input row (the hidden `eddy_rowtime` aggregate's argument).
+    fn event_times(&self, input: &RecordBatch) -> Result<Int64Array, QueryError> {
+        let column = self
+            .view
+            .slots
+            .iter()
+            .find_map(|slot| match slot {
+                Slot::Rowtime(column) => Some(*column),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                QueryError::Internal("a windowed aggregation without event time".into())
+            })?;
+        let times = input
+            .column(column)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| QueryError::Internal("event time is not a BIGINT".into()))?;
+        if times.null_count() > 0 {
+            return Err(QueryError::Internal("a row without event time".into()));
+        }
+        Ok(times.clone())
+    }
+
+    /// The stored states of `keys` (a new state for a key not stored), their event times
+    /// (`i64::MIN` when new) and whether each was stored.
+    #[allow(clippy::type_complexity)]
+    fn load_states(
+        &self,
+        keys: &[&[u8]],
+    ) -> Result<(Vec<GroupState>, Vec<i64>, Vec<bool>), QueryError> {
+        let stored = self
+            .view
+            .store
+            .multi_get(self.partition, keys)
+            .map_err(state_error)?;
+        let mut states = Vec::with_capacity(keys.len());
+        let mut rowtimes = Vec::with_capacity(keys.len());
+        let mut existed = Vec::with_capacity(keys.len());
+        for value in stored {
+            match value {
+                Some(bytes) => {
+                    let (rowtime, state) = self.view.decode(&bytes)?;
+                    rowtimes.push(rowtime);
+                    states.push(state);
+                    existed.push(true);
+                }
+                None => {
+                    rowtimes.push(i64::MIN);
+                    states.push(self.view.aggregator.new_state());
+                    existed.push(false);
+                }
+            }
+        }
+        Ok((states, rowtimes, existed))
+    }
+
+    /// Folds the rows of `input` into `states` (`groups[row]` is the row's group) and raises
+    /// each group's event time to its rows' largest.
+    fn fold_rows(
+        &self,
+        input: &RecordBatch,
+        signs: Option<&Int8Array>,
+        groups: &[u32],
+        states: &mut [GroupState],
+        rowtimes: &mut [i64],
+    ) -> Result<(), QueryError> {
+        let view = &self.view;
+        let aggregation = aggregation_of(&view.plan)?;
         let mut args: Vec<Vec<ArrayRef>> = Vec::new();
         for (call, slot) in aggregation.calls.iter().zip(&view.slots) {
             match slot {
@@ -503,44 +1120,19 @@ impl PartitionAggregate {
                         }
                     }
                 }
-                Slot::Origin(..) => {}
+                Slot::Origin(..) | Slot::WindowStart | Slot::WindowEnd => {}
             }
         }
-        let sign_values: Option<&[i8]> = signs.as_ref().map(|s| s.values().as_ref());
+        let sign_values: Option<&[i8]> = signs.map(|s| s.values().as_ref());
         view.aggregator
-            .update(&mut states, &groups, &args, sign_values)
+            .update(states, groups, &args, sign_values)
             .map_err(|e| QueryError::Expression(e.to_string()))?;
-        for time in &mut rowtimes {
+        for time in rowtimes.iter_mut() {
             if *time == i64::MIN {
                 *time = 0;
             }
         }
-        let deleted: Vec<bool> = states.iter().map(|s| s.rows <= 0).collect();
-        let Evaluated {
-            batch: rows_out,
-            keep,
-            failed,
-        } = view.evaluate(&keys, &states, &rowtimes, &deleted)?;
-        let mut writes = Vec::with_capacity(keys.len());
-        let mut buffer = Vec::new();
-        for ((key, state), (&rowtime, &gone)) in
-            keys.iter().zip(&states).zip(rowtimes.iter().zip(&deleted))
-        {
-            if gone {
-                writes.push((key.to_vec(), None));
-            } else {
-                view.encode(rowtime, state, &mut buffer);
-                writes.push((key.to_vec(), Some(buffer.clone())));
-            }
-        }
-        writes.extend(origin_writes);
-        Ok(Applied {
-            rows: rows_out,
-            keep,
-            writes,
-            null_keys,
-            failed_groups: failed.into_iter().map(|(_, reason)| reason).collect(),
-        })
+        Ok(())
     }
 
     /// (origin partition, source offset) of the rows `valid` marks false; -1 when unknown (see

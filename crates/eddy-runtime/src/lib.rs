@@ -22,6 +22,7 @@ mod print;
 mod processing_log;
 mod query;
 mod upsert;
+mod window;
 
 pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
 pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, check_datagen_columns, generator_columns};

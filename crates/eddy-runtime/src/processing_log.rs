@@ -28,6 +28,9 @@ pub enum ErrorKind {
     ExpressionError,
     /// An output row could not be encoded in the sink's format.
     SerializationError,
+    /// A record arrived after every window it belongs to had closed (its event time is older
+    /// than the stream time minus the grace period): a windowed aggregation dropped it.
+    LateRecord,
 }
 
 /// One processing-log entry; field names are the columns of `EDDY_PROCESSING_LOG`.

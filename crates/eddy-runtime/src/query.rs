@@ -87,6 +87,8 @@ pub enum SinkSpec {
         producer: FutureProducer,
         /// Layout of the output records (the sink's formats and columns).
         layout: SourceLayout,
+        /// Partitions of the topic (windowed keys are partitioned by their key alone).
+        partitions: i32,
     },
     /// A client (push queries): batches of output rows in arrival order.
     Channel { sender: mpsc::Sender<RecordBatch> },
@@ -924,6 +926,23 @@ impl PartitionTask {
                     )
                     .await;
             }
+            for &(partition, offset) in &applied.late {
+                self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                spec.processing_log
+                    .report(
+                        &spec.query_id,
+                        ErrorKind::LateRecord,
+                        &state.origin_topic,
+                        partition,
+                        offset,
+                        "the record is late: every window it belongs to had closed (its event \
+                         time is older than the stream time minus the grace period), so it is \
+                         dropped"
+                            .to_owned(),
+                        None,
+                    )
+                    .await;
+            }
             for reason in &applied.failed_groups {
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
                 spec.processing_log
@@ -1488,6 +1507,25 @@ impl PartitionTask {
             .column(plan.rowtime_column)
             .as_primitive_opt::<Int64Type>()
             .cloned();
+        let windowed = match (plan.window(), plan.window_columns, &self.spec.sink) {
+            (Some(spec), Some(columns), SinkSpec::Kafka { partitions, .. }) => {
+                let bounds = |column: usize| {
+                    output
+                        .column(column)
+                        .as_primitive_opt::<Int64Type>()
+                        .map(|a| a.values().to_vec())
+                        .ok_or_else(|| QueryError::Internal("window bounds are not BIGINT".into()))
+                };
+                Some(crate::window::WindowedKeys::new(
+                    spec,
+                    (0..encoded.len()).map(|row| encoded.key(row)),
+                    &bounds(columns.start)?,
+                    &bounds(columns.end)?,
+                    *partitions,
+                ))
+            }
+            _ => None,
+        };
         let timeout = Duration::from_millis(self.spec.config.produce_timeout_ms);
         let deadline = Instant::now() + timeout;
         let mut pending: std::collections::VecDeque<DeliveryFuture> =
@@ -1499,7 +1537,11 @@ impl PartitionTask {
                 .map(|r| r.value(row));
             loop {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-                if let Some(key) = encoded.key(row) {
+                if let Some(windowed) = &windowed {
+                    record = record
+                        .key(windowed.key(row))
+                        .partition(windowed.partition(row));
+                } else if let Some(key) = encoded.key(row) {
                     record = record.key(key);
                 }
                 if let Some(value) = encoded.value(row).filter(|_| !tombstones) {

@@ -201,7 +201,7 @@ pub struct SourceDescriptionEntity {
 #[serde(rename_all = "camelCase")]
 pub struct SourceDescriptionInfo {
     pub name: String,
-    /// Windowed sources are not supported yet: always `null`.
+    /// `TUMBLING`, `HOPPING` or `SESSION` for a windowed table, else `null`.
     pub window_type: Option<String>,
     pub read_queries: Vec<RunningQuery>,
     pub write_queries: Vec<RunningQuery>,
@@ -441,7 +441,7 @@ fn source_info(source: &SourceSummary) -> SourceInfo {
         topic: source.topic.clone(),
         key_format: source.key_format.clone(),
         value_format: source.value_format.clone(),
-        is_windowed: false,
+        is_windowed: source.window.is_some(),
     }
 }
 
@@ -563,7 +563,7 @@ fn source_description(
         .join("\n");
     SourceDescriptionInfo {
         name: description.name.clone(),
-        window_type: None,
+        window_type: description.window.map(|w| w.type_name().to_owned()),
         read_queries: queries(&description.read_by),
         write_queries: queries(&description.written_by),
         fields: description.columns.iter().map(field_info).collect(),

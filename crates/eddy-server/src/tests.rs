@@ -65,6 +65,7 @@ impl Backend for Fake {
                 topic: "s".into(),
                 key_format: "KAFKA".into(),
                 value_format: "JSON".into(),
+                window: None,
             }])),
             Statement::Describe { name, .. } if name == "S" => {
                 Ok(StatementResult::Description(SourceDescription {
@@ -87,6 +88,7 @@ impl Backend for Fake {
                     value_format: "JSON".into(),
                     partitions: 2,
                     timestamp_column: None,
+                    window: None,
                     sql: "CREATE STREAM S ...".into(),
                     extended: false,
                     read_by: vec![],

@@ -4,6 +4,7 @@
 //! back-quoted. Queries are sqlparser ASTs with every identifier double-quoted.
 
 use eddy_common::types::SqlType;
+use eddy_common::window::WindowSpec;
 use sqlparser::ast;
 
 /// One statement of a script, with its own text (for the command topic and error messages).
@@ -66,8 +67,8 @@ pub struct Select {
     pub query: ast::Query,
     /// `PARTITION BY` expressions (the new key), empty when absent.
     pub partition_by: Vec<ast::Expr>,
-    /// The window clause's text (`TUMBLING (SIZE 1 MINUTE)`), when present.
-    pub window: Option<String>,
+    /// The `WINDOW` clause of a windowed aggregation.
+    pub window: Option<WindowSpec>,
     pub emit: Option<Emit>,
 }
 

@@ -2,6 +2,7 @@
 //! by sqlparser.
 
 use eddy_common::types::SqlType;
+use eddy_common::window::{WindowKind, WindowSpec};
 use sqlparser::ast;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -792,13 +793,123 @@ impl Cursor {
         }
     }
 
+    /// `TUMBLING (SIZE n UNIT [, RETENTION n UNIT] [, GRACE PERIOD n UNIT])`,
+    /// `HOPPING (SIZE n UNIT, ADVANCE BY n UNIT [, ...])` or `SESSION (n UNIT [, ...])`, from the
+    /// window type to the `)` at `close`.
+    fn window_clause(&mut self, close: usize) -> Result<WindowSpec, ParseError> {
+        let start = self.location();
+        let kind_word = if self.eat_keyword("TUMBLING") {
+            "TUMBLING"
+        } else if self.eat_keyword("HOPPING") {
+            "HOPPING"
+        } else {
+            self.expect_keyword("SESSION")?;
+            "SESSION"
+        };
+        self.expect_token(&Token::LParen)?;
+        let (mut size, mut advance, mut gap) = (None, None, None);
+        let (mut retention, mut grace) = (None, None);
+        let mut first = true;
+        while self.position < close {
+            if !first {
+                self.expect_token(&Token::Comma)?;
+            }
+            let location = self.location();
+            let twice = |what: &str| ParseError::at(location, format!("{what} is given twice"));
+            if self.eat_keyword("SIZE") {
+                if size.replace(self.duration_ms()?).is_some() {
+                    return Err(twice("SIZE"));
+                }
+            } else if self.eat_keywords(&["ADVANCE", "BY"]) {
+                if advance.replace(self.duration_ms()?).is_some() {
+                    return Err(twice("ADVANCE BY"));
+                }
+            } else if self.eat_keyword("RETENTION") {
+                if retention.replace(self.duration_ms()?).is_some() {
+                    return Err(twice("RETENTION"));
+                }
+            } else if self.eat_keywords(&["GRACE", "PERIOD"]) {
+                if grace.replace(self.duration_ms()?).is_some() {
+                    return Err(twice("GRACE PERIOD"));
+                }
+            } else if first && kind_word == "SESSION" {
+                gap = Some(self.duration_ms()?);
+            } else {
+                return Err(self.error(match kind_word {
+                    "TUMBLING" => "SIZE, RETENTION or GRACE PERIOD",
+                    "HOPPING" => "SIZE, ADVANCE BY, RETENTION or GRACE PERIOD",
+                    _ => "RETENTION or GRACE PERIOD",
+                }));
+            }
+            first = false;
+        }
+        self.expect_token(&Token::RParen)?;
+        let missing =
+            |what: &str| ParseError::at(start, format!("a {kind_word} window needs {what}"));
+        let kind = match kind_word {
+            "TUMBLING" => {
+                if advance.is_some() {
+                    return Err(ParseError::at(
+                        start,
+                        "a TUMBLING window has no ADVANCE BY\nhint: use a HOPPING window",
+                    ));
+                }
+                WindowKind::Tumbling {
+                    size_ms: size.ok_or_else(|| missing("a SIZE"))?,
+                }
+            }
+            "HOPPING" => WindowKind::Hopping {
+                size_ms: size.ok_or_else(|| missing("a SIZE"))?,
+                advance_ms: advance.ok_or_else(|| missing("an ADVANCE BY"))?,
+            },
+            _ => {
+                if size.is_some() || advance.is_some() {
+                    return Err(ParseError::at(
+                        start,
+                        "a SESSION window has a gap, not a SIZE or ADVANCE BY: SESSION (30 SECONDS)",
+                    ));
+                }
+                WindowKind::Session {
+                    gap_ms: gap.ok_or_else(|| missing("a gap: SESSION (30 SECONDS)"))?,
+                }
+            }
+        };
+        WindowSpec::new(kind, grace, retention).map_err(|e| ParseError::at(start, e.0))
+    }
+
+    /// `n UNIT` (MILLISECOND[S], SECOND[S], MINUTE[S], HOUR[S], DAY[S]) in milliseconds.
+    fn duration_ms(&mut self) -> Result<i64, ParseError> {
+        let location = self.location();
+        let n = self.integer("a duration (a number and a unit, as in 30 SECONDS)")?;
+        const UNITS: [(&str, i64); 5] = [
+            ("MILLISECOND", 1),
+            ("SECOND", 1000),
+            ("MINUTE", 60_000),
+            ("HOUR", 3_600_000),
+            ("DAY", 86_400_000),
+        ];
+        let unit = match self.peek() {
+            Some(Token::Word(w)) if w.quote_style.is_none() => UNITS.iter().find(|(name, _)| {
+                let word = w.value.to_ascii_uppercase();
+                word == *name || word.strip_suffix('S') == Some(name)
+            }),
+            _ => None,
+        };
+        let Some(&(_, unit_ms)) = unit else {
+            return Err(self.error("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS or DAYS)"));
+        };
+        self.position += 1;
+        n.checked_mul(unit_ms)
+            .ok_or_else(|| ParseError::at(location, format!("the duration {n} is too large")))
+    }
+
     /// A KSQL SELECT from here to `end`: `PARTITION BY`, `WINDOW` and `EMIT` are taken out at the top
     /// level (outside parentheses) and the rest goes to sqlparser.
     fn select(&mut self, end: usize) -> Result<Select, ParseError> {
         let start = self.position;
         let mut keep: Vec<TokenWithSpan> = Vec::with_capacity(end - start);
         let mut partition_by: Option<(usize, usize)> = None;
-        let mut window: Option<String> = None;
+        let mut window: Option<WindowSpec> = None;
         let mut emit = None;
         let mut depth = 0usize;
         let mut i = start;
@@ -872,13 +983,15 @@ impl Cursor {
                     self.position = open;
                     return Err(self.error("\"(\" after the window type"));
                 }
+                if window.is_some() {
+                    return Err(ParseError::at(
+                        self.tokens[i].span.start,
+                        "WINDOW is given twice",
+                    ));
+                }
                 let close = self.matching_paren(open)?;
-                let text = self.tokens[i + 1..=close]
-                    .iter()
-                    .map(|t| t.token.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                window = Some(text);
+                self.position = i + 1;
+                window = Some(self.window_clause(close)?);
                 i = close + 1;
                 continue;
             }

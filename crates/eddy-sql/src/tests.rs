@@ -1,4 +1,5 @@
 use eddy_common::types::SqlType;
+use eddy_common::window::{DEFAULT_GRACE_PERIOD_MS, WindowKind};
 
 use super::*;
 
@@ -203,11 +204,76 @@ fn window_clause_is_taken_out() {
     let s =
         select("SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT FINAL");
     assert_eq!(s.emit, Some(Emit::Final));
-    assert_eq!(s.window.as_deref(), Some("TUMBLING ( SIZE 1 MINUTE )"));
+    let window = s.window.expect("a window");
+    assert_eq!(window.kind, WindowKind::Tumbling { size_ms: 60_000 });
+    assert_eq!(window.grace_ms, DEFAULT_GRACE_PERIOD_MS);
     assert_eq!(
         s.query.to_string(),
         r#"SELECT "K", count(*) FROM "S" GROUP BY "K""#
     );
+}
+
+#[test]
+fn window_clauses_of_every_kind() {
+    let window = |sql: &str| {
+        select(&format!(
+            "SELECT k, COUNT(*) FROM s WINDOW {sql} GROUP BY k EMIT CHANGES"
+        ))
+        .window
+        .expect("a window")
+    };
+    let w = window(
+        "HOPPING (SIZE 2 MINUTES, ADVANCE BY 30 SECONDS, GRACE PERIOD 0 SECONDS, RETENTION 1 DAY)",
+    );
+    assert_eq!(
+        w.kind,
+        WindowKind::Hopping {
+            size_ms: 120_000,
+            advance_ms: 30_000
+        }
+    );
+    assert_eq!((w.grace_ms, w.retention_ms), (0, 86_400_000));
+    let w = window("session (5 minutes, grace period 10 millisecond)");
+    assert_eq!(w.kind, WindowKind::Session { gap_ms: 300_000 });
+    assert_eq!((w.grace_ms, w.retention_ms), (10, 300_010));
+    let w = window("TUMBLING (GRACE PERIOD 1 HOUR, SIZE 1 DAY)");
+    assert_eq!(
+        w.kind,
+        WindowKind::Tumbling {
+            size_ms: 86_400_000
+        }
+    );
+    // The canonical text parses back to the same window.
+    assert_eq!(window(&w.to_string()), w);
+}
+
+#[test]
+fn bad_window_clauses_say_what_is_wrong_and_where() {
+    let e = error("SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 FORTNIGHT) GROUP BY k;");
+    assert_eq!((e.line, e.column), (1, 51), "{e}");
+    assert!(e.message.contains("a time unit"), "{e}");
+    let e = error("SELECT k, COUNT(*) FROM s WINDOW HOPPING (SIZE 1 MINUTE) GROUP BY k;");
+    assert!(e.message.contains("needs an ADVANCE BY"), "{e}");
+    let e = error(
+        "SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE, SIZE 2 MINUTES) GROUP BY k;",
+    );
+    assert!(e.message.contains("SIZE is given twice"), "{e}");
+    let e = error("SELECT k, COUNT(*) FROM s WINDOW SESSION (SIZE 1 MINUTE) GROUP BY k;");
+    assert!(e.message.contains("has a gap"), "{e}");
+    let e = error(
+        "SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 MINUTE RETENTION 1 DAY) GROUP BY k;",
+    );
+    assert!(e.message.contains("expected \",\""), "{e}");
+    let e = error("SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 0 SECONDS) GROUP BY k;");
+    assert!(e.message.contains("SIZE must be positive"), "{e}");
+    let e = error(
+        "SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 HOUR, RETENTION 1 MINUTE, GRACE PERIOD 0 SECONDS) GROUP BY k;",
+    );
+    assert!(e.message.contains("RETENTION"), "{e}");
+    let e = error(
+        "SELECT k, COUNT(*) FROM s WINDOW TUMBLING (SIZE 1 HOUR) WINDOW TUMBLING (SIZE 1 HOUR) GROUP BY k;",
+    );
+    assert!(e.message.contains("WINDOW is given twice"), "{e}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
 use super::*;
+use crate::aggregate::AggregateCall;
 
 fn orders() -> Source {
     Source {
@@ -39,6 +40,7 @@ fn orders() -> Source {
         partitions: 1,
         written_by: None,
         generator: None,
+        window: None,
         sql: String::new(),
     }
 }
@@ -722,4 +724,120 @@ async fn a_full_outer_table_join_keys_every_row_and_retracts_keys_that_stop_join
         )
         .unwrap();
     assert_eq!((rows.num_rows(), tombstones.num_rows()), (0, 1));
+}
+
+async fn plan_windowed(sql: &str, emit_final: bool) -> Result<StreamingPlan, PlanError> {
+    let window = eddy_common::window::WindowSpec::new(
+        eddy_common::window::WindowKind::Tumbling { size_ms: 60_000 },
+        Some(0),
+        None,
+    )
+    .unwrap();
+    Planner::new()
+        .plan_select(
+            &query(sql),
+            Clauses {
+                partition_by: &[],
+                window: Some(window),
+                emit_final,
+            },
+            &catalog(),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_windowed_aggregation_carries_its_window_and_the_window_bounds() {
+    let plan = plan_windowed(
+        r#"SELECT "ID", "WINDOWSTART", "WINDOWEND" AS "E", COUNT(*) AS "N" FROM "ORDERS" GROUP BY "ID""#,
+        true,
+    )
+    .await
+    .unwrap();
+    let aggregation = plan.aggregation.as_ref().expect("an aggregation");
+    let window = aggregation.window.expect("a window");
+    assert!(window.emit_final);
+    assert_eq!(plan.window().map(|w| w.retention_ms), Some(60_000));
+    // The window bounds come from the runtime: hidden calls without input columns.
+    let bounds: Vec<&AggregateCall> = aggregation
+        .calls
+        .iter()
+        .filter(|c| c.is_window_bound())
+        .collect();
+    assert!(!bounds.is_empty());
+    assert!(bounds.iter().all(|c| c.arg_columns.is_empty()));
+    assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
+    assert_eq!(names(&plan, &plan.value_columns), ["WINDOWSTART", "E", "N"]);
+    let columns = plan.window_columns.expect("window columns");
+    assert_eq!(
+        plan.output_schema.field(columns.start).name(),
+        WINDOWSTART_OUTPUT
+    );
+    assert_eq!(
+        plan.output_schema.field(columns.end).name(),
+        WINDOWEND_OUTPUT
+    );
+    assert!(plan.explain().contains("Window: TUMBLING (SIZE 1 MINUTE"));
+}
+
+#[tokio::test]
+async fn window_bounds_and_emit_final_are_refused_where_they_mean_nothing() {
+    let unwindowed = plan(
+        r#"SELECT "ID", "WINDOWSTART", COUNT(*) FROM "ORDERS" GROUP BY "ID""#,
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        unwindowed
+            .to_string()
+            .contains("only in windowed aggregations"),
+        "{unwindowed}"
+    );
+    let in_where = plan_windowed(
+        r#"SELECT "ID", COUNT(*) FROM "ORDERS" WHERE "WINDOWEND" > 0 GROUP BY "ID""#,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        in_where.to_string().contains("can only be selected"),
+        "{in_where}"
+    );
+    let ungrouped = plan_windowed(r#"SELECT "ID" FROM "ORDERS""#, false)
+        .await
+        .unwrap_err();
+    assert!(
+        ungrouped.to_string().contains("needs GROUP BY"),
+        "{ungrouped}"
+    );
+    let over_table = plan_windowed(
+        r#"SELECT "ID", COUNT(*) FROM "ORDER_STATE" GROUP BY "ID""#,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        over_table
+            .to_string()
+            .contains("cannot be aggregated in windows"),
+        "{over_table}"
+    );
+    let final_without_window = Planner::new()
+        .plan_select(
+            &query(r#"SELECT "ID", COUNT(*) FROM "ORDERS" GROUP BY "ID""#),
+            Clauses {
+                emit_final: true,
+                ..Clauses::default()
+            },
+            &catalog(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        final_without_window
+            .to_string()
+            .contains("EMIT FINAL needs"),
+        "{final_without_window}"
+    );
 }
