@@ -634,12 +634,12 @@ impl StateTable {
                     // Every window of a key sorts after the key's bytes and before their
                     // successor: `key > k` starts after all of k's windows, `key <= k` ends there.
                     (Some(lower), Some(upper)) if windowed => {
-                        let after = |k: Vec<u8>| match prefix_successor(&k) {
+                        let after = |k: Vec<u8>| match eddy_state::prefix_successor(&k) {
                             Some(next) => Bound::Excluded(next),
                             None => Bound::Unbounded,
                         };
                         let lower = match lower {
-                            Bound::Excluded(k) => match prefix_successor(&k) {
+                            Bound::Excluded(k) => match eddy_state::prefix_successor(&k) {
                                 Some(next) => Bound::Included(next),
                                 None => return Ok(entries),
                             },
@@ -680,18 +680,6 @@ impl StateTable {
 
 /// A stored (key, state) pair.
 type Entry = (Vec<u8>, Vec<u8>);
-
-/// The smallest byte string greater than every string that starts with `prefix`.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < 0xFF {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
-}
 
 enum KeyConstraint {
     Points(Vec<ScalarValue>),

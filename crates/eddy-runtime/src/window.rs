@@ -20,7 +20,7 @@
 use std::ops::Bound;
 
 use eddy_common::window::{WindowSpec, ordered_time_bytes, time_from_ordered_bytes};
-use eddy_state::Store;
+use eddy_state::{Store, prefix_successor};
 
 use crate::query::QueryError;
 
@@ -151,19 +151,6 @@ pub(crate) struct StoredSession {
     pub(crate) end: i64,
 }
 
-/// The smallest byte string greater than every string that starts with `prefix`; `None` when
-/// there is none (the prefix is all `0xFF`).
-pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < 0xFF {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
-}
-
 /// The stored sessions of group key `group` whose end is at or after `earliest_end` and whose
 /// start is at or before `latest_start`, by end.
 pub(crate) fn find_sessions(
@@ -236,8 +223,6 @@ mod tests {
         let late = WindowIndex::Close.entry(5, b"aaa");
         assert!(early < late);
         assert!(WindowIndex::Close.entry(i64::MAX, b"") < WindowIndex::Expiry.entry(i64::MIN, b""));
-        assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_successor(b"\xff\xff"), None);
     }
 }
 

@@ -72,7 +72,7 @@ pub(crate) fn partition_end(partition: i32) -> [u8; PREFIX_LEN] {
 
 /// The shortest byte string greater than every string that starts with `prefix`, or `None` when
 /// there is none (the prefix is empty or all `0xFF`).
-pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let last = prefix.iter().rposition(|&b| b != 0xFF)?;
     let mut next = prefix[..=last].to_vec();
     next[last] += 1;

@@ -101,5 +101,6 @@ mod store;
 pub use batch::StoreBatch;
 pub use config::StateConfig;
 pub use error::StateError;
+pub use keys::prefix_successor;
 pub use state::StateStore;
 pub use store::{Checkpoint, ScanIter, Store};
