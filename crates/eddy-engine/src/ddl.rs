@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use eddy_catalog::{Column, ColumnRole, Command, QueryInfo, QueryKind, Source, SourceKind};
+use eddy_common::types::SqlType;
 use eddy_planner::StreamingPlan;
 use tracing::info;
 
@@ -220,14 +221,7 @@ impl Engine {
             window: None,
             sql: sql.to_owned(),
         };
-        if let Some(column) = &source.timestamp_column
-            && source.column(column).is_none()
-        {
-            return Err(EngineError::invalid(format!(
-                "TIMESTAMP column \"{column}\" is not a column of {} \"{name}\"",
-                kind.noun()
-            )));
-        }
+        check_timestamp(&source)?;
         check_formats(&source)?;
 
         let physical = self.inner.config.physical_topic(&topic);
@@ -812,5 +806,44 @@ pub(crate) fn refuse_generated_target(source: &Source) -> Result<(), EngineError
             source.name, generator.connector
         ))),
         None => Ok(()),
+    }
+}
+
+/// The `TIMESTAMP` column must exist and hold a time: BIGINT or INT epoch milliseconds, a
+/// TIMESTAMP or DATE, or a STRING in the `TIMESTAMP_FORMAT` given with it.
+fn check_timestamp(source: &Source) -> Result<(), EngineError> {
+    let kind = source.kind.noun();
+    let name = &source.name;
+    let Some(column) = &source.timestamp_column else {
+        if source.timestamp_format.is_some() {
+            return Err(EngineError::invalid_with_hint(
+                "TIMESTAMP_FORMAT needs TIMESTAMP: it tells how to read the TIMESTAMP column",
+                "add TIMESTAMP='column' to the WITH clause",
+            ));
+        }
+        return Ok(());
+    };
+    let Some(found) = source.column(column) else {
+        return Err(EngineError::invalid(format!(
+            "TIMESTAMP column \"{column}\" is not a column of {kind} \"{name}\""
+        )));
+    };
+    match (&found.sql_type, &source.timestamp_format) {
+        (SqlType::String, Some(format)) => {
+            eddy_format::TimestampFormat::new(format)
+                .map_err(|e| EngineError::invalid(e.to_string()))?;
+            Ok(())
+        }
+        (SqlType::String, None) => Err(EngineError::invalid_with_hint(
+            format!("TIMESTAMP column \"{column}\" is a STRING: its format must be given"),
+            "add TIMESTAMP_FORMAT='yyyy-MM-dd''T''HH:mm:ss.SSSX' (a Java DateTimeFormatter pattern) to the WITH clause",
+        )),
+        (SqlType::BigInt | SqlType::Int | SqlType::Timestamp | SqlType::Date, None) => Ok(()),
+        (other, Some(_)) => Err(EngineError::invalid(format!(
+            "TIMESTAMP_FORMAT applies to a STRING TIMESTAMP column; \"{column}\" is {other}"
+        ))),
+        (other, None) => Err(EngineError::invalid(format!(
+            "TIMESTAMP column \"{column}\" is {other}; it must be BIGINT (epoch milliseconds), TIMESTAMP, DATE, or a STRING with TIMESTAMP_FORMAT"
+        ))),
     }
 }

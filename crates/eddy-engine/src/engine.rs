@@ -483,6 +483,7 @@ impl Engine {
             source_topic: self.physical_topic(&writer.source),
             source_layout: source_layout(&writer.source)?,
             timestamp_column: crate::layout::timestamp_index(&writer.source),
+            timestamp_format: crate::layout::timestamp_format(&writer.source)?,
             drop_tombstones: true,
             sink: SinkSpec::Kafka {
                 topic: repartition_topic.clone(),
@@ -509,6 +510,7 @@ impl Engine {
             source_topic: repartition_topic,
             source_layout: source_layout(&internal)?,
             timestamp_column: None,
+            timestamp_format: None,
             drop_tombstones: true,
             sink: SinkSpec::Kafka {
                 topic: self.physical_topic(sink),
@@ -548,6 +550,7 @@ impl Engine {
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
             timestamp_column: crate::layout::timestamp_index(&plan.source),
+            timestamp_format: crate::layout::timestamp_format(&plan.source)?,
             drop_tombstones: plan.source.kind == eddy_catalog::SourceKind::Stream,
             sink: SinkSpec::Kafka {
                 topic: self.physical_topic(sink),

@@ -106,6 +106,18 @@ pub(crate) fn value_layout(sink: &Source) -> Result<SourceLayout, EngineError> {
     source_layout(sink)
 }
 
+/// The source's `TIMESTAMP_FORMAT`, parsed (checked when the source was created).
+pub(crate) fn timestamp_format(
+    source: &Source,
+) -> Result<Option<eddy_format::TimestampFormat>, EngineError> {
+    source
+        .timestamp_format
+        .as_deref()
+        .map(eddy_format::TimestampFormat::new)
+        .transpose()
+        .map_err(|e| EngineError::invalid(e.to_string()))
+}
+
 /// Index in the decoded batch of the source's `TIMESTAMP` column.
 pub(crate) fn timestamp_index(source: &Source) -> Option<usize> {
     let name = source.timestamp_column.as_deref()?;

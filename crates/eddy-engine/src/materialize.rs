@@ -74,6 +74,7 @@ impl Engine {
                 source_topic,
                 source_layout: source_layout(&view_plan.source)?,
                 timestamp_column: timestamp_index(&view_plan.source),
+                timestamp_format: crate::layout::timestamp_format(&view_plan.source)?,
                 drop_tombstones: view_plan.source.kind == SourceKind::Stream,
                 plan: Arc::clone(&view_plan),
                 state: Some(state.clone()),
@@ -144,6 +145,7 @@ impl Engine {
             source_topic,
             source_layout: source_layout(&writer.source)?,
             timestamp_column: timestamp_index(&writer.source),
+            timestamp_format: crate::layout::timestamp_format(&writer.source)?,
             // The upsert writer sees tombstones in the raw records; the stages never do.
             drop_tombstones: true,
             sink: SinkSpec::Kafka {
@@ -171,6 +173,7 @@ impl Engine {
             source_topic: repartition_topic,
             source_layout: source_layout(&internal)?,
             timestamp_column: None,
+            timestamp_format: None,
             drop_tombstones: true,
             plan: Arc::clone(&reader),
             state: Some(state.clone()),

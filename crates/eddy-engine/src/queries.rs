@@ -107,6 +107,7 @@ impl Engine {
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
             timestamp_column: crate::layout::timestamp_index(&plan.source),
+            timestamp_format: crate::layout::timestamp_format(&plan.source)?,
             // An aggregation over a table sees tombstones through its upsert writer.
             drop_tombstones: plan.source.kind == SourceKind::Stream || upsert.is_some(),
             sink: SinkSpec::Channel { sender },

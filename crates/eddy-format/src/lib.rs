@@ -6,7 +6,8 @@
 //! source's schema ([`SourceLayout`]): the pseudo-columns `ROWTIME`, `ROWPARTITION`, `ROWOFFSET`,
 //! then the key columns, then the value columns. Records that do not decode produce no row and
 //! are reported as [`RecordError`]s with their partition and offset; they never fail the batch.
-//! A sink goes the other way with a [`RecordEncoder`] into an [`EncodedBatch`].
+//! A sink goes the other way with a [`RecordEncoder`] into an [`EncodedBatch`]. Event times
+//! written as text are read with a [`TimestampFormat`] (`TIMESTAMP_FORMAT`).
 //!
 //! ```text
 //!  Kafka ──poll──▶ RawBatch ──RecordDecoder──▶ RecordBatch + [RecordError]
@@ -59,6 +60,7 @@ mod error;
 mod format;
 mod json;
 mod layout;
+mod timestamp;
 mod types;
 
 pub use buffer::{ByteColumn, EncodedBatch, RawBatch};
@@ -67,6 +69,7 @@ pub use encode::RecordEncoder;
 pub use error::{FormatError, RecordError, RecordPart};
 pub use format::{Format, FormatProperties};
 pub use layout::{PSEUDO_COLUMNS, ROWOFFSET, ROWPARTITION, ROWTIME, SourceLayout, pseudo_fields};
+pub use timestamp::{TimestampFormat, TimestampFormatError};
 
 #[cfg(test)]
 mod tests;

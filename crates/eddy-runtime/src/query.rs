@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use eddy_common::config::EngineConfig;
@@ -108,6 +108,8 @@ pub struct QuerySpec {
     /// Index (in the decoded source batch) of the column that holds the event time
     /// (`TIMESTAMP='col'`); `None` keeps the Kafka record timestamp as `ROWTIME`.
     pub timestamp_column: Option<usize>,
+    /// `TIMESTAMP_FORMAT`: the `TIMESTAMP` column is a STRING in this format.
+    pub timestamp_format: Option<eddy_format::TimestampFormat>,
     /// Skip records without a value (Kafka tombstones), as streams do.
     pub drop_tombstones: bool,
     pub plan: Arc<StreamingPlan>,
@@ -1169,7 +1171,16 @@ impl PartitionTask {
         // ROWTIME is BIGINT epoch milliseconds: timestamps of any unit go through Timestamp(ms).
         let millis = DataType::Timestamp(TimeUnit::Millisecond, None);
         let source = batch.column(column);
+        let format = self.spec.timestamp_format.as_ref();
         let times = match source.data_type() {
+            DataType::Utf8 => match (format, source.as_string_opt::<i32>()) {
+                (Some(format), Some(texts)) => Ok(Arc::new(format.parse_array(texts)) as ArrayRef),
+                _ => {
+                    return Err(QueryError::Internal(
+                        "a STRING TIMESTAMP column without TIMESTAMP_FORMAT".into(),
+                    ));
+                }
+            },
             DataType::Timestamp(_, _) | DataType::Date32 => {
                 cast(source, &millis).and_then(|t| cast(&t, &DataType::Int64))
             }
@@ -1183,12 +1194,16 @@ impl PartitionTask {
         .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
         let valid =
             is_not_null(&times).map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
-        let mut columns = batch.columns().to_vec();
-        columns[0] = times;
-        let batch = RecordBatch::try_new(batch.schema(), columns)
-            .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        // ROWTIME is never NULL: rows without an event time are reported, then dropped before
+        // their times replace it.
+        let with_times = |batch: &RecordBatch, times: ArrayRef| {
+            let mut columns = batch.columns().to_vec();
+            columns[0] = times;
+            RecordBatch::try_new(batch.schema(), columns)
+                .map_err(|e| QueryError::Internal(format!("event time: {e}")))
+        };
         if valid.true_count() == batch.num_rows() {
-            return Ok(batch);
+            return with_times(&batch, times);
         }
         let partitions = batch.column(1).as_primitive_opt::<Int32Type>().cloned();
         let offsets = batch.column(2).as_primitive_opt::<Int64Type>().cloned();
@@ -1200,6 +1215,14 @@ impl PartitionTask {
                 .unwrap_or(self.partition);
             let offset = offsets.as_ref().map(|o| o.value(row)).unwrap_or(-1);
             skipped.push((partition, offset));
+            let message = match (format, source.as_string_opt::<i32>()) {
+                (Some(format), Some(texts)) if texts.is_valid(row) => format!(
+                    "record has no event time: its TIMESTAMP column '{}' does not match TIMESTAMP_FORMAT '{}'",
+                    texts.value(row),
+                    format.pattern()
+                ),
+                _ => "record has no event time: its TIMESTAMP column is null".to_owned(),
+            };
             self.spec
                 .processing_log
                 .report(
@@ -1208,13 +1231,16 @@ impl PartitionTask {
                     &self.spec.source_topic,
                     partition,
                     offset,
-                    "record has no event time: its TIMESTAMP column is null".to_owned(),
+                    message,
                     None,
                 )
                 .await;
         }
-        filter_record_batch(&batch, &valid)
-            .map_err(|e| QueryError::Internal(format!("event time: {e}")))
+        let kept = filter_record_batch(&batch, &valid)
+            .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        let times = datafusion::arrow::compute::filter(&times, &valid)
+            .map_err(|e| QueryError::Internal(format!("event time: {e}")))?;
+        with_times(&kept, times)
     }
 
     /// Runs the plan; if a batch fails, finds the failing rows one by one, reports and skips them
