@@ -7,6 +7,9 @@
 //!    aggregate in RocksDB with its changelog, produce the table's topic).
 //! 3. Runs `lookups` pull queries by key and a few full scans, and reports their latency
 //!    percentiles (each is parsed, planned by DataFusion and answered from RocksDB).
+//!
+//! With `--window`, the table is a windowed aggregation (its count check allows for the windows
+//! each event falls in).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,8 @@ pub struct TableBench {
     pub keys: usize,
     pub lookups: usize,
     pub partitions: i32,
+    /// A WINDOW clause (without the keyword) that makes the table windowed.
+    pub window: Option<String>,
 }
 
 pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> {
@@ -57,24 +62,25 @@ pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> 
          SET 'eddy.read_your_writes_timeout_ms'='600000';",
     )
     .await?;
-    let started = Instant::now();
-    execute(
-        &engine,
-        &mut session,
+    let window = match &bench.window {
+        Some(window) => format!(" WINDOW {window}"),
+        None => String::new(),
+    };
+    let create = format!(
         "CREATE TABLE bench_totals AS SELECT k, COUNT(*) AS n, SUM(amount) AS total, \
-         MAX(amount) AS biggest FROM bench_events GROUP BY k EMIT CHANGES;",
-    )
-    .await?;
+         MAX(amount) AS biggest FROM bench_events{window} GROUP BY k EMIT CHANGES;"
+    );
+    let copies = windows_per_event(&create)?;
+    let started = Instant::now();
+    execute(&engine, &mut session, &create).await?;
     let counted = match execute(&engine, &mut session, "SELECT SUM(n) FROM bench_totals;").await? {
         StatementResult::Rows { batches, .. } => first_i64(&batches),
         _ => None,
     };
     let aggregate_seconds = started.elapsed().as_secs_f64();
-    if counted != Some(bench.events as i64) {
-        bail!(
-            "the table counted {counted:?} events, expected {}",
-            bench.events
-        );
+    let expected = bench.events as i64 * copies;
+    if counted != Some(expected) {
+        bail!("the table counted {counted:?} events, expected {expected}");
     }
 
     // Read-your-writes costs a round of Kafka metadata requests per query: timed on its own.
@@ -120,6 +126,10 @@ pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> 
     table.add_row(vec![
         "events, keys, partitions".to_owned(),
         format!("{}, {}, {}", bench.events, bench.keys, bench.partitions),
+    ]);
+    table.add_row(vec![
+        "window".to_owned(),
+        bench.window.clone().unwrap_or_else(|| "none".into()),
     ]);
     table.add_row(vec![
         "produce (events/s)".to_owned(),
@@ -284,4 +294,26 @@ fn uuid_like() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     format!("{:x}", nanos & 0xffff_ffff_ffff)
+}
+
+/// How many windows each event of `create` counts in: 1, or SIZE / ADVANCE BY of a hopping
+/// window (which must divide it, so that the check of the count is exact).
+fn windows_per_event(create: &str) -> Result<i64> {
+    let parsed = eddy_sql::parse_statements(create)?;
+    let window = parsed
+        .first()
+        .and_then(|p| p.statement.select())
+        .and_then(|s| s.window);
+    match window.map(|w| w.kind) {
+        Some(eddy_common::window::WindowKind::Hopping {
+            size_ms,
+            advance_ms,
+        }) => {
+            if size_ms % advance_ms != 0 {
+                bail!("for the bench, a hopping window's ADVANCE BY must divide its SIZE");
+            }
+            Ok(size_ms / advance_ms)
+        }
+        _ => Ok(1),
+    }
 }

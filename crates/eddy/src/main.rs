@@ -114,6 +114,11 @@ enum BenchCommand {
         /// Partitions of the input topic.
         #[arg(long, default_value_t = 2)]
         partitions: i32,
+        /// Make the table a windowed aggregation: a WINDOW clause without `WINDOW`, such as
+        /// 'TUMBLING (SIZE 1 SECOND)' (keep the default grace period: events arrive out of order
+        /// across partitions).
+        #[arg(long)]
+        window: Option<String>,
     },
     /// Run the Nexmark queries Eddy supports: DataFusion batch, engine only, end to end through
     /// Kafka, and the raw consume rate of the same topic.
@@ -406,6 +411,7 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
             keys,
             lookups,
             partitions,
+            window,
         } => {
             bench::run(
                 &connection,
@@ -414,6 +420,7 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
                     keys,
                     lookups,
                     partitions,
+                    window,
                 },
             )
             .await
