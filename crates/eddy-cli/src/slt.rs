@@ -101,7 +101,14 @@ pub struct EddyDb {
     session: Session,
     query_timeout: Duration,
     namespace: Namespace,
+    /// How to start the engine again (`RESTART`): its Kafka connection, and how often it was
+    /// restarted (each restart gets a state directory of its own).
+    connection: Option<KafkaConnection>,
+    restarts: usize,
 }
+
+/// The test-file statement that restarts the file's engine.
+const RESTART: &str = "RESTART";
 
 impl EddyDb {
     pub fn new(engine: Engine, config: &SltConfig) -> Self {
@@ -111,7 +118,33 @@ impl EddyDb {
             session: Session::new(),
             query_timeout: Duration::from_millis(config.query_timeout_ms),
             namespace,
+            connection: None,
+            restarts: 0,
         }
+    }
+
+    /// Lets `RESTART` start the engine again on `connection`.
+    pub fn restartable(mut self, connection: KafkaConnection) -> Self {
+        self.connection = Some(connection);
+        self
+    }
+
+    /// `RESTART`: stops the engine and starts a new one with the same service id and topic
+    /// prefix and an empty state directory, as a server that lost its disk (or a task moved to
+    /// another server): it replays the command topic, resumes the persistent queries from their
+    /// committed offsets and rebuilds their state from the changelogs. The session stays.
+    async fn restart(&mut self) -> Result<(), SltError> {
+        let connection = self.connection.clone().ok_or_else(|| {
+            SltError::Engine(EngineError::invalid(
+                "RESTART is not available on this connection",
+            ))
+        })?;
+        self.engine.shutdown().await;
+        self.restarts += 1;
+        let mut config = self.engine.config().clone();
+        config.state_dir = config.state_dir.join(format!("restart-{}", self.restarts));
+        self.engine = Engine::start(config, connection).await?;
+        Ok(())
     }
 }
 
@@ -121,6 +154,15 @@ impl AsyncDB for EddyDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        if sql
+            .trim()
+            .trim_end_matches(';')
+            .trim()
+            .eq_ignore_ascii_case(RESTART)
+        {
+            self.restart().await?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
         let results = self.engine.execute(&mut self.session, sql).await?;
         // Earlier results of a multi-statement record are dropped (which stops push queries);
         // the last one is the record's output.
@@ -136,7 +178,12 @@ impl AsyncDB for EddyDb {
         Ok(DBOutput::Rows { types, rows })
     }
 
-    async fn shutdown(&mut self) {}
+    async fn shutdown(&mut self) {
+        // The file's first engine is shut down by its runner; a restarted one only here.
+        if self.restarts > 0 {
+            self.engine.shutdown().await;
+        }
+    }
 
     fn engine_name(&self) -> &str {
         "eddy"
@@ -528,8 +575,9 @@ pub async fn run_file(
     let mut runner = sqllogictest::Runner::new({
         let engine = engine.clone();
         let config = config.clone();
+        let connection = connection.clone();
         move || {
-            let db = EddyDb::new(engine.clone(), &config);
+            let db = EddyDb::new(engine.clone(), &config).restartable(connection.clone());
             async move { Ok::<_, SltError>(db) }
         }
     });

@@ -19,48 +19,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
+mod common;
+
+use common::run_statements;
+
 const RECORDS: usize = 20_000;
 const REGIONS: usize = 7;
 const SERVICE_ID: &str = "durability";
 
 fn eddy(bootstrap: &str, data_dir: &Path, log: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
-    command
-        .arg("--bootstrap-servers")
-        .arg(bootstrap)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--service-id")
-        .arg(SERVICE_ID)
-        .env("EDDY_LOG", log)
-        .env("NO_COLOR", "1")
-        .env("HOME", data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-/// Runs `statements` in a fresh `eddy` process to the end of its input; returns (stdout, stderr).
-async fn run_statements(bootstrap: &str, data_dir: &Path, statements: &str) -> (String, String) {
-    let mut child = eddy(bootstrap, data_dir, "warn,eddy_runtime=info")
-        .spawn()
-        .expect("eddy starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(statements.as_bytes())
-        .await
-        .expect("statements written");
-    drop(stdin);
-    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("eddy finishes within 180 s")
-        .expect("eddy runs");
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::eddy(bootstrap, data_dir, SERVICE_ID, log)
 }
 
 /// Rows of the last table printed: region → (count, total).
@@ -256,7 +224,7 @@ async fn a_table_survives_kill_9_and_the_loss_of_its_local_state() {
     producer.await.expect("the producer finishes");
 
     // A new server resumes the query from the command topic; the table must match the input.
-    let (stdout, stderr) = run_statements(&bootstrap, &data_dir, QUERY).await;
+    let (stdout, stderr) = run_statements(&bootstrap, &data_dir, SERVICE_ID, QUERY).await;
     assert_eq!(
         parse_totals(&stdout),
         expected_totals(false),
@@ -270,6 +238,7 @@ async fn a_table_survives_kill_9_and_the_loss_of_its_local_state() {
     let (stdout, stderr) = run_statements(
         &bootstrap,
         &data_dir,
+        SERVICE_ID,
         &format!(
             "INSERT INTO accounts (user_id, region, amount) VALUES ('{MOVED_USER}', 't0', 100);\n\
              {QUERY}DESCRIBE EXTENDED totals;\n"

@@ -2,66 +2,13 @@
 //! had (local state), and a server whose local state was deleted rebuilds them from the tables'
 //! topics. Runs the `eddy` binary against its own embedded broker (started here).
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
-
 use eddy_broker::{EmbeddedBroker, EmbeddedBrokerConfig};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
-/// Runs `statements` in a fresh `eddy` REPL to the end of its input; returns (stdout, stderr).
-async fn run_statements(bootstrap: &str, data_dir: &Path, statements: &str) -> (String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("--bootstrap-servers")
-        .arg(bootstrap)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--service-id")
-        .arg("join-restart")
-        .env("EDDY_LOG", "warn,eddy_runtime=info")
-        .env("NO_COLOR", "1")
-        .env("HOME", data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("eddy starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(statements.as_bytes())
-        .await
-        .expect("statements written");
-    drop(stdin);
-    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("eddy finishes within 180 s")
-        .expect("eddy runs");
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+mod common;
 
-/// The cells of every table row printed (lines between `|`), header rows included.
-fn rows(stdout: &str) -> Vec<Vec<String>> {
-    stdout
-        .lines()
-        .filter(|line| line.trim_start().starts_with('|'))
-        .map(|line| {
-            line.trim()
-                .trim_matches('|')
-                .split('|')
-                .map(|cell| cell.trim().to_owned())
-                .collect()
-        })
-        .collect()
-}
+use common::{has_row, run_statements};
 
-fn has_row(stdout: &str, cells: &[&str]) -> bool {
-    rows(stdout).iter().any(|row| row == cells)
-}
+const SERVICE_ID: &str = "join-restart";
 
 const SETUP: &str = "\
 SET 'auto.offset.reset'='earliest';
@@ -92,7 +39,7 @@ async fn joins_resume_after_a_restart_and_rebuild_lost_table_state_from_the_topi
     let data_dir = dir.path().join("eddy");
     std::fs::create_dir_all(&data_dir).expect("data directory");
 
-    let (stdout, stderr) = run_statements(&bootstrap, &data_dir, SETUP).await;
+    let (stdout, stderr) = run_statements(&bootstrap, &data_dir, SERVICE_ID, SETUP).await;
     let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
         has_row(&stdout, &["u1", "/a", "ann"]),
@@ -108,6 +55,7 @@ async fn joins_resume_after_a_restart_and_rebuild_lost_table_state_from_the_topi
     let (stdout, stderr) = run_statements(
         &bootstrap,
         &data_dir,
+        SERVICE_ID,
         "SET 'auto.offset.reset'='earliest';
 INSERT INTO users (id, name) VALUES ('u1', 'ann-2');
 INSERT INTO balances (id, amount) VALUES ('u2', 20);
@@ -139,6 +87,7 @@ SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
     let (stdout, stderr) = run_statements(
         &bootstrap,
         &data_dir,
+        SERVICE_ID,
         "SET 'auto.offset.reset'='earliest';
 INSERT INTO clicks (user_id, page) VALUES ('u2', '/c');
 INSERT INTO visits (visit_id, user_id) VALUES ('v3', 'u1');

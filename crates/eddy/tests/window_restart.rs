@@ -22,8 +22,6 @@
 //!   end + 60 000.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use eddy_broker::{CLIENT_SETTINGS, EmbeddedBroker, EmbeddedBrokerConfig};
@@ -31,94 +29,15 @@ use eddy_runtime::KafkaConnection;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+
+mod common;
+
+use common::{cells, has_row, run_statements};
 
 const SERVICE_ID: &str = "window-restart";
 
-/// Bound of one run of the `eddy` REPL (start, statements, shutdown).
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Bound of reading one output topic back.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `statements` in a fresh `eddy` REPL to the end of its input; returns (stdout, stderr).
-/// A run that does not end within [`RUN_TIMEOUT`] is killed and the test fails with what it
-/// printed so far.
-async fn run_statements(bootstrap: &str, data_dir: &Path, statements: &str) -> (String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("--bootstrap-servers")
-        .arg(bootstrap)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--service-id")
-        .arg(SERVICE_ID)
-        .env("EDDY_LOG", "warn,eddy_runtime=info")
-        .env("NO_COLOR", "1")
-        .env("HOME", data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("eddy starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(statements.as_bytes())
-        .await
-        .expect("statements written");
-    drop(stdin);
-    // Read both pipes on their own tasks, so that a run that hangs still shows its output.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let stdout = tokio::spawn(async move {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text).await;
-        String::from_utf8_lossy(&text).into_owned()
-    });
-    let stderr = tokio::spawn(async move {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text).await;
-        String::from_utf8_lossy(&text).into_owned()
-    });
-    let finished = tokio::time::timeout(RUN_TIMEOUT, child.wait()).await;
-    if finished.is_err() {
-        let _ = child.kill().await;
-    }
-    let stdout = stdout.await.expect("stdout reader");
-    let stderr = stderr.await.expect("stderr reader");
-    match finished {
-        Ok(status) => {
-            status.expect("eddy runs");
-        }
-        Err(_) => panic!(
-            "eddy did not finish within {RUN_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        ),
-    }
-    (stdout, stderr)
-}
-
-/// The cells of a table line (`| a | b |`).
-fn cells(line: &str) -> Vec<String> {
-    line.trim()
-        .trim_matches('|')
-        .split('|')
-        .map(|cell| cell.trim().to_owned())
-        .collect()
-}
-
-/// The cells of every table row printed (lines between `|`), header rows included.
-fn rows(stdout: &str) -> Vec<Vec<String>> {
-    stdout
-        .lines()
-        .filter(|line| line.trim_start().starts_with('|'))
-        .map(cells)
-        .collect()
-}
-
-fn has_row(stdout: &str, cells: &[&str]) -> bool {
-    rows(stdout).iter().any(|row| row == cells)
-}
 
 /// The body of the table printed with the column names `header` (case-insensitive): the rows
 /// between the rule under the header and the rule that ends the table. `None` if no such table
@@ -357,8 +276,13 @@ async fn windows_and_their_stream_time_survive_restarts_and_the_loss_of_local_st
 
     // First run: stream time 125000. FINALS has closed the windows that end by then
     // ([0, 60000) and [60000, 120000)) and dropped those past end + 60000 ([0, 60000)).
-    let (stdout, stderr) =
-        run_statements(&bootstrap, &data_dir, &format!("{SETUP}{QUERIES}")).await;
+    let (stdout, stderr) = run_statements(
+        &bootstrap,
+        &data_dir,
+        SERVICE_ID,
+        &format!("{SETUP}{QUERIES}"),
+    )
+    .await;
     assert_run(
         &stdout,
         &stderr,
@@ -409,6 +333,7 @@ async fn windows_and_their_stream_time_survive_restarts_and_the_loss_of_local_st
     let (stdout, stderr) = run_statements(
         &bootstrap,
         &data_dir,
+        SERVICE_ID,
         &format!(
             "INSERT INTO clicks (user_id, page, ROWTIME) VALUES ('alice', '/late', 5000);
 INSERT INTO clicks (user_id, page, ROWTIME) VALUES ('alice', '/e', 118000);
@@ -461,9 +386,7 @@ INSERT INTO clicks (user_id, page, ROWTIME) VALUES ('alice', '/g', 175000);
     // - alice 235000 is within PER_MINUTE's grace ([180000, 240000) closes at 250000), merges
     //   with the session [245000, 245000], and is late for FINALS.
     std::fs::remove_dir_all(data_dir.join("state")).expect("state directory removed");
-    let (stdout, stderr) = run_statements(
-        &bootstrap,
-        &data_dir,
+    let (stdout, stderr) = run_statements(&bootstrap, &data_dir, SERVICE_ID,
         &format!(
             "SET 'auto.offset.reset'='earliest';
 INSERT INTO clicks (user_id, page, ROWTIME) VALUES ('bob', '/late', 50000);
