@@ -762,8 +762,7 @@ impl PartitionAggregate {
             rows: Vec<usize>,
             alive: bool,
         }
-        let window_index = self.view.window.as_ref().map(|w| w.emit_final);
-        let emit_final = window_index.unwrap_or(false);
+        let emit_final = self.view.window.is_some_and(|w| w.emit_final);
         let mut folded = Folded::default();
         let mut row_group = vec![u32::MAX; rows];
         for (group_key, key_rows) in group_keys.iter().zip(&rows_of) {

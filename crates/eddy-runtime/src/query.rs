@@ -913,38 +913,21 @@ impl PartitionTask {
                 signs = Some(upserted.signs);
             }
             let applied = aggregate.apply(&input, signs.as_ref())?;
-            for &(partition, offset) in &applied.null_keys {
-                self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-                spec.processing_log
-                    .report(
-                        &spec.query_id,
-                        ErrorKind::ExpressionError,
-                        &state.origin_topic,
-                        partition,
-                        offset,
-                        "a GROUP BY expression is NULL: the row belongs to no group and is skipped"
-                            .to_owned(),
-                        None,
-                    )
-                    .await;
-            }
-            for &(partition, offset) in &applied.late {
-                self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-                spec.processing_log
-                    .report(
-                        &spec.query_id,
-                        ErrorKind::LateRecord,
-                        &state.origin_topic,
-                        partition,
-                        offset,
-                        "the record is late: every window it belongs to had closed (its event \
-                         time is older than the stream time minus the grace period), so it is \
-                         dropped"
-                            .to_owned(),
-                        None,
-                    )
-                    .await;
-            }
+            self.report_skipped_rows(
+                &applied.null_keys,
+                ErrorKind::ExpressionError,
+                &state.origin_topic,
+                "a GROUP BY expression is NULL: the row belongs to no group and is skipped",
+            )
+            .await;
+            self.report_skipped_rows(
+                &applied.late,
+                ErrorKind::LateRecord,
+                &state.origin_topic,
+                "the record is late: every window it belongs to had closed (its event time is \
+                 older than the stream time minus the grace period), so it is dropped",
+            )
+            .await;
             for reason in &applied.failed_groups {
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
                 spec.processing_log
@@ -1074,6 +1057,32 @@ impl PartitionTask {
             self.progress.store(last_offset + 1, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Counts and reports rows an aggregation skipped, by the (partition, offset) of the
+    /// `topic` records they came from.
+    async fn report_skipped_rows(
+        &self,
+        origins: &[(i32, i64)],
+        kind: ErrorKind,
+        topic: &str,
+        message: &str,
+    ) {
+        for &(partition, offset) in origins {
+            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            self.spec
+                .processing_log
+                .report(
+                    &self.spec.query_id,
+                    kind,
+                    topic,
+                    partition,
+                    offset,
+                    message.to_owned(),
+                    None,
+                )
+                .await;
+        }
     }
 
     /// Reports table records the upsert writer skipped.
@@ -1539,14 +1548,14 @@ impl PartitionTask {
                     output
                         .column(column)
                         .as_primitive_opt::<Int64Type>()
-                        .map(|a| a.values().to_vec())
+                        .map(|a| a.values())
                         .ok_or_else(|| QueryError::Internal("window bounds are not BIGINT".into()))
                 };
                 Some(crate::window::WindowedKeys::new(
                     spec,
                     (0..encoded.len()).map(|row| encoded.key(row)),
-                    &bounds(columns.start)?,
-                    &bounds(columns.end)?,
+                    bounds(columns.start)?,
+                    bounds(columns.end)?,
                     *partitions,
                 ))
             }
