@@ -245,6 +245,93 @@ impl fmt::Display for WindowSpec {
     }
 }
 
+/// The `WITHIN` clause of a stream-stream join: `WITHIN n UNIT` or `WITHIN (before, after)`, with
+/// an optional `GRACE PERIOD`.
+///
+/// A left record at `t` joins the right records whose event time is in
+/// `[t - before_ms, t + after_ms]` (so a right record at `t` joins the left records in
+/// `[t - after_ms, t + before_ms]`). A record is *late*, and dropped, when its window has closed:
+/// a left record when `t + after_ms + grace_ms` is below the stream time, a right record when
+/// `t + before_ms + grace_ms` is. Either side's records are kept for
+/// [`JoinWindow::retention_ms`] of stream time, the least that keeps every record a non-late
+/// record can still match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinWindow {
+    pub before_ms: i64,
+    pub after_ms: i64,
+    pub grace_ms: i64,
+}
+
+impl JoinWindow {
+    /// A join window; `grace_ms` defaults to [`DEFAULT_GRACE_PERIOD_MS`], as in ksqlDB. Checks
+    /// the bounds of every duration.
+    pub fn new(before_ms: i64, after_ms: i64, grace_ms: Option<i64>) -> Result<Self, WindowError> {
+        let grace_ms = grace_ms.unwrap_or(DEFAULT_GRACE_PERIOD_MS);
+        for (what, value) in [
+            ("WITHIN's before", before_ms),
+            ("WITHIN's after", after_ms),
+            ("GRACE PERIOD", grace_ms),
+        ] {
+            if !(0..=MAX_WINDOW_DURATION_MS).contains(&value) {
+                return Err(WindowError(format!(
+                    "{what} must be between 0 and {MAX_WINDOW_DURATION_MS} ms, not {value} ms"
+                )));
+            }
+        }
+        Ok(Self {
+            before_ms,
+            after_ms,
+            grace_ms,
+        })
+    }
+
+    /// How far past a record's own time the window of one side reaches: `after_ms` for the left
+    /// side, `before_ms` for the right.
+    pub fn reach_ms(&self, left: bool) -> i64 {
+        if left { self.after_ms } else { self.before_ms }
+    }
+
+    /// Stream time after which a record of one side at `time` is late and its window closed (a
+    /// record is late when this is below the stream time).
+    pub fn close_time(&self, left: bool, time: i64) -> i64 {
+        time.saturating_add(self.reach_ms(left) + self.grace_ms)
+    }
+
+    /// How long (in stream time) a record is kept: `before + after + grace`.
+    pub fn retention_ms(&self) -> i64 {
+        self.before_ms + self.after_ms + self.grace_ms
+    }
+
+    /// Stream time after which a record of either side at `time` can match no record any more.
+    pub fn expiry_time(&self, time: i64) -> i64 {
+        time.saturating_add(self.retention_ms())
+    }
+
+    /// Whether a left record at `left_time` and a right record at `right_time` join.
+    #[inline]
+    pub fn joins(&self, left_time: i64, right_time: i64) -> bool {
+        right_time >= left_time.saturating_sub(self.before_ms)
+            && right_time <= left_time.saturating_add(self.after_ms)
+    }
+}
+
+impl fmt::Display for JoinWindow {
+    /// The clause as it would be written: `WITHIN (1 MINUTE, 2 MINUTES) GRACE PERIOD 10 SECONDS`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.before_ms == self.after_ms {
+            write!(f, "WITHIN {}", format_duration_ms(self.before_ms))?;
+        } else {
+            write!(
+                f,
+                "WITHIN ({}, {})",
+                format_duration_ms(self.before_ms),
+                format_duration_ms(self.after_ms)
+            )?;
+        }
+        write!(f, " GRACE PERIOD {}", format_duration_ms(self.grace_ms))
+    }
+}
+
 /// Encodes an event time so that byte order is time order (the sign bit flipped, big-endian).
 #[inline]
 pub fn ordered_time_bytes(time: i64) -> [u8; 8] {
@@ -265,6 +352,32 @@ mod tests {
         let mut out = Vec::new();
         spec.for_each_window_start(time, |s| out.push(s));
         out
+    }
+
+    #[test]
+    fn join_windows_match_close_and_expire_per_side() {
+        let window = JoinWindow::new(10, 30, Some(5)).unwrap();
+        // A left record at 100 joins right records in [90, 130].
+        assert!(window.joins(100, 90) && window.joins(100, 130) && window.joins(100, 100));
+        assert!(!window.joins(100, 89) && !window.joins(100, 131));
+        // Its window closes once the right side can no longer bring a match: 100 + 30 + 5.
+        assert_eq!(window.close_time(true, 100), 135);
+        // A right record at 100 joins left records in [70, 110]: it closes at 100 + 10 + 5.
+        assert_eq!(window.close_time(false, 100), 115);
+        assert_eq!(window.retention_ms(), 45);
+        assert_eq!(window.expiry_time(100), 145);
+        // The last right record a left record at 100 can meet is not late at stream time 145.
+        let right = 130;
+        assert!(window.joins(100, right) && window.close_time(false, right) >= 145);
+        assert_eq!(
+            window.to_string(),
+            "WITHIN (10 MILLISECONDS, 30 MILLISECONDS) GRACE PERIOD 5 MILLISECONDS"
+        );
+        let symmetric = JoinWindow::new(60_000, 60_000, None).unwrap();
+        assert_eq!(symmetric.grace_ms, DEFAULT_GRACE_PERIOD_MS);
+        assert_eq!(symmetric.to_string(), "WITHIN 1 MINUTE GRACE PERIOD 1 DAY");
+        assert!(JoinWindow::new(-1, 0, None).is_err());
+        assert!(JoinWindow::new(0, 0, Some(MAX_WINDOW_DURATION_MS + 1)).is_err());
     }
 
     #[test]

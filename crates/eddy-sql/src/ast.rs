@@ -4,7 +4,7 @@
 //! back-quoted. Queries are sqlparser ASTs with every identifier double-quoted.
 
 use eddy_common::types::SqlType;
-use eddy_common::window::WindowSpec;
+use eddy_common::window::{JoinWindow, WindowSpec};
 use sqlparser::ast;
 
 /// One statement of a script, with its own text (for the command topic and error messages).
@@ -63,12 +63,14 @@ pub enum Emit {
 /// A KSQL `SELECT`: a standard query plus the clauses standard SQL does not have.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Select {
-    /// The query without `PARTITION BY`, `WINDOW` and `EMIT` (its `LIMIT` stays in it).
+    /// The query without `PARTITION BY`, `WINDOW`, `WITHIN` and `EMIT` (its `LIMIT` stays in it).
     pub query: ast::Query,
     /// `PARTITION BY` expressions (the new key), empty when absent.
     pub partition_by: Vec<ast::Expr>,
     /// The `WINDOW` clause of a windowed aggregation.
     pub window: Option<WindowSpec>,
+    /// The `WITHIN` clause of a stream-stream join.
+    pub within: Option<JoinWindow>,
     pub emit: Option<Emit>,
 }
 

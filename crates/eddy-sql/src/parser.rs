@@ -2,7 +2,7 @@
 //! by sqlparser.
 
 use eddy_common::types::SqlType;
-use eddy_common::window::{WindowKind, WindowSpec};
+use eddy_common::window::{JoinWindow, WindowKind, WindowSpec};
 use sqlparser::ast;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -877,6 +877,35 @@ impl Cursor {
         WindowSpec::new(kind, grace, retention).map_err(|e| ParseError::at(start, e.0))
     }
 
+    /// A stream-stream join's window after `WITHIN`: `n UNIT` or `(before UNIT, after UNIT)`, then
+    /// an optional `GRACE PERIOD n UNIT`; stops before `end`.
+    fn within_clause(&mut self, end: usize) -> Result<JoinWindow, ParseError> {
+        let start = self.location();
+        let (before_ms, after_ms) = if self.peek() == Some(&Token::LParen) {
+            self.position += 1;
+            let before = self.duration_ms()?;
+            self.expect_token(&Token::Comma)?;
+            let after = self.duration_ms()?;
+            self.expect_token(&Token::RParen)?;
+            (before, after)
+        } else {
+            let within = self.duration_ms()?;
+            (within, within)
+        };
+        let grace_ms = if self.position < end && self.eat_keywords(&["GRACE", "PERIOD"]) {
+            Some(self.duration_ms()?)
+        } else {
+            None
+        };
+        if self.position > end {
+            return Err(ParseError::at(
+                start,
+                "the WITHIN clause runs past the statement",
+            ));
+        }
+        JoinWindow::new(before_ms, after_ms, grace_ms).map_err(|e| ParseError::at(start, e.0))
+    }
+
     /// `n UNIT` (MILLISECOND[S], SECOND[S], MINUTE[S], HOUR[S], DAY[S]) in milliseconds.
     fn duration_ms(&mut self) -> Result<i64, ParseError> {
         let location = self.location();
@@ -910,6 +939,7 @@ impl Cursor {
         let mut keep: Vec<TokenWithSpan> = Vec::with_capacity(end - start);
         let mut partition_by: Option<(usize, usize)> = None;
         let mut window: Option<WindowSpec> = None;
+        let mut within: Option<JoinWindow> = None;
         let mut emit = None;
         let mut depth = 0usize;
         let mut i = start;
@@ -995,6 +1025,21 @@ impl Cursor {
                 i = close + 1;
                 continue;
             }
+            if depth == 0
+                && is_word(&self.tokens, i, "WITHIN")
+                && !is_word(&self.tokens, i + 1, "GROUP")
+            {
+                if within.is_some() {
+                    return Err(ParseError::at(
+                        self.tokens[i].span.start,
+                        "WITHIN is given twice",
+                    ));
+                }
+                self.position = i + 1;
+                within = Some(self.within_clause(end)?);
+                i = self.position;
+                continue;
+            }
             keep.push(self.normalized[i].clone());
             i += 1;
         }
@@ -1038,6 +1083,7 @@ impl Cursor {
             query: *query,
             partition_by,
             window,
+            within,
             emit,
         })
     }

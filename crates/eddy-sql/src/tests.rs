@@ -277,6 +277,49 @@ fn bad_window_clauses_say_what_is_wrong_and_where() {
 }
 
 #[test]
+fn within_clause_of_a_stream_stream_join_is_taken_out() {
+    let s = select(
+        "SELECT * FROM a JOIN b WITHIN 1 HOUR GRACE PERIOD 10 MINUTES ON a.id = b.id EMIT CHANGES",
+    );
+    let within = s.within.expect("a join window");
+    assert_eq!(
+        (within.before_ms, within.after_ms, within.grace_ms),
+        (3_600_000, 3_600_000, 600_000)
+    );
+    assert_eq!(
+        s.query.to_string(),
+        r#"SELECT * FROM "A" JOIN "B" ON "A"."ID" = "B"."ID""#
+    );
+    let s =
+        select("SELECT * FROM a AS x LEFT JOIN b y WITHIN (1 SECOND, 2 SECONDS) ON x.id = y.id");
+    let within = s.within.expect("a join window");
+    assert_eq!(
+        (within.before_ms, within.after_ms, within.grace_ms),
+        (1000, 2000, DEFAULT_GRACE_PERIOD_MS)
+    );
+    // The canonical text parses back to the same window.
+    let again = select(&format!("SELECT * FROM a JOIN b {within} ON a.id = b.id"));
+    assert_eq!(again.within, Some(within));
+    // WITHIN GROUP belongs to an aggregate call, not to a join.
+    let s = select("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM s");
+    assert!(s.within.is_none());
+    assert!(s.query.to_string().contains("WITHIN GROUP"), "{}", s.query);
+}
+
+#[test]
+fn bad_within_clauses_say_what_is_wrong_and_where() {
+    let e = error("SELECT * FROM a JOIN b WITHIN 1 FORTNIGHT ON a.id = b.id;");
+    assert_eq!((e.line, e.column), (1, 33), "{e}");
+    assert!(e.message.contains("a time unit"), "{e}");
+    let e = error("SELECT * FROM a JOIN b WITHIN (1 SECOND) ON a.id = b.id;");
+    assert!(e.message.contains("expected \",\""), "{e}");
+    let e = error("SELECT * FROM a JOIN b WITHIN 1 SECOND WITHIN 2 SECONDS ON a.id = b.id;");
+    assert!(e.message.contains("WITHIN is given twice"), "{e}");
+    let e = error("SELECT * FROM a JOIN b WITHIN 1 SECOND GRACE PERIOD 400 YEARS ON a.id = b.id;");
+    assert!(e.message.contains("a time unit"), "{e}");
+}
+
+#[test]
 fn insert_forms() {
     let Statement::InsertValues {
         target,
