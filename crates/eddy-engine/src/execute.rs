@@ -22,6 +22,7 @@ pub(crate) struct SelectParts<'a> {
     pub partition_by: &'a [ast::Expr],
     pub emit: Option<Emit>,
     pub window: Option<WindowSpec>,
+    pub within: Option<eddy_common::window::JoinWindow>,
     /// A `LIMIT` given outside the query (the query's own `LIMIT` is read by the planner).
     pub limit: Option<u64>,
 }
@@ -33,6 +34,7 @@ impl<'a> SelectParts<'a> {
             partition_by: &select.partition_by,
             emit: select.emit,
             window: select.window,
+            within: select.within,
             limit: None,
         }
     }
@@ -43,6 +45,7 @@ impl<'a> SelectParts<'a> {
             partition_by: self.partition_by,
             window: self.window,
             emit_final: self.emit == Some(Emit::Final),
+            within: self.within,
         }
     }
 }

@@ -22,9 +22,10 @@ use datafusion::arrow::compute::{and_kleene, cast, filter_record_batch, is_not_n
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DataFusionError;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Expr, ExprSchemable, JoinType, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use eddy_catalog::{Source, SourceKind};
+use eddy_common::window::JoinWindow;
 
 use crate::plan::{PlanError, Stage, marked, nullable_schema, physical};
 
@@ -66,6 +67,25 @@ pub struct LeftTable {
     pub key_columns_in_joined: Vec<(usize, usize)>,
 }
 
+/// The window and right side of a stream-stream join (`WITHIN`); the right stream's stages, rows
+/// and source are the plan's table fields ([`JoinPlan::table`], [`JoinPlan::table_stages`],
+/// [`JoinPlan::table_row_schema`]).
+#[derive(Debug, Clone)]
+pub struct StreamJoin {
+    pub window: JoinWindow,
+    /// Computes the join key from the right stages' output, one expression per key column;
+    /// [`JoinPlan::stream_key_exprs`] computes it from the left's.
+    pub right_key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Schema of the left rows the join keeps (the left stages' output).
+    pub left_row_schema: SchemaRef,
+    /// Column of the left rows, and of the right rows, holding the record's event time.
+    pub left_time_column: usize,
+    pub right_time_column: usize,
+    /// (key column number, column of the joined batch) of every joined column that holds a join
+    /// key column, from either side: a row of one side alone carries its key in both sides'.
+    pub key_columns_in_joined: Vec<(usize, usize)>,
+}
+
 /// The join of a stream-table join query.
 #[derive(Debug, Clone)]
 pub struct JoinPlan {
@@ -90,23 +110,73 @@ pub struct JoinPlan {
     /// Set for a join of two tables on their primary keys: then the left side is a table too,
     /// and the output is a table whose rows change when either side changes.
     pub left_table: Option<LeftTable>,
+    /// Set for a join of two streams `WITHIN` a time window: then [`Self::table`] is the right
+    /// stream, and both sides' records are kept for the window's retention.
+    pub stream_join: Option<StreamJoin>,
 }
 
 impl JoinPlan {
     /// The join key of each stream row, as the table's key columns (same types).
     pub fn stream_keys(&self, stream: &RecordBatch) -> Result<Vec<ArrayRef>, DataFusionError> {
-        self.stream_key_exprs
+        keys_of(&self.stream_key_exprs, &self.table_key_types, stream)
+    }
+
+    /// The join key of each row of the right stream's stages, as the key types.
+    pub fn right_stream_keys(&self, right: &RecordBatch) -> Result<Vec<ArrayRef>, DataFusionError> {
+        let Some(stream_join) = &self.stream_join else {
+            return Err(DataFusionError::Internal("not a stream-stream join".into()));
+        };
+        keys_of(&stream_join.right_key_exprs, &self.table_key_types, right)
+    }
+
+    /// Runs the right stream's stages over one of its decoded batches.
+    pub fn right_stream_rows(&self, batch: RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        self.table_stages
             .iter()
-            .zip(&self.table_key_types)
-            .map(|(expr, data_type)| {
-                let key = expr.evaluate(stream)?.into_array(stream.num_rows())?;
-                if key.data_type() == data_type {
-                    Ok(key)
+            .try_fold(batch, |batch, stage| stage.apply(batch))
+    }
+
+    /// A stream-stream join's output: `left[i]` and `right[i]` index the rows of `left_rows` and
+    /// `right_rows` that output row i joins (NULL: the side has none, for outer joins).
+    /// `keys` are the join key columns of each output row: a row of one side alone carries them
+    /// in both sides' key columns. Then the post stages run.
+    pub fn join_streams(
+        &self,
+        left_rows: &RecordBatch,
+        left: &UInt32Array,
+        right_rows: &RecordBatch,
+        right: &UInt32Array,
+        keys: &[ArrayRef],
+    ) -> Result<RecordBatch, DataFusionError> {
+        let Some(stream_join) = &self.stream_join else {
+            return Err(DataFusionError::Internal("not a stream-stream join".into()));
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.joined_schema.fields().len());
+        for column in left_rows.columns() {
+            columns.push(take(column.as_ref(), left, None)?);
+        }
+        for column in right_rows.columns() {
+            columns.push(take(column.as_ref(), right, None)?);
+        }
+        if left.null_count() > 0 || right.null_count() > 0 {
+            for &(n, column) in &stream_join.key_columns_in_joined {
+                let Some(key) = keys.get(n) else {
+                    return Err(DataFusionError::Internal("join key columns missing".into()));
+                };
+                let data_type = self.joined_schema.field(column).data_type();
+                columns[column] = if key.data_type() == data_type {
+                    Arc::clone(key)
                 } else {
-                    Ok(cast(&key, data_type)?)
-                }
-            })
-            .collect()
+                    cast(key, data_type)?
+                };
+            }
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(left.len()));
+        let joined =
+            RecordBatch::try_new_with_options(Arc::clone(&self.joined_schema), columns, &options)?;
+        self.post_stages
+            .iter()
+            .try_fold(joined, |batch, stage| stage.apply(batch))
     }
 
     /// Runs the table stages over a decoded table batch. Returns the rows (one per input row,
@@ -229,6 +299,26 @@ impl JoinPlan {
     }
 }
 
+/// Evaluates key expressions over a batch, cast to the key types.
+fn keys_of(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    types: &[DataType],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>, DataFusionError> {
+    exprs
+        .iter()
+        .zip(types)
+        .map(|(expr, data_type)| {
+            let key = expr.evaluate(batch)?.into_array(batch.num_rows())?;
+            if key.data_type() == data_type {
+                Ok(key)
+            } else {
+                Ok(cast(&key, data_type)?)
+            }
+        })
+        .collect()
+}
+
 /// Lowers one side of a join (its plan, over its source) into stages.
 pub(crate) type LowerSide<'a> = dyn Fn(&LogicalPlan, &Source) -> Result<Vec<Stage>, PlanError> + 'a;
 
@@ -239,12 +329,13 @@ pub(crate) fn lower_join_query(
     state: &SessionState,
     stream: &Source,
     table: &Source,
+    within: Option<JoinWindow>,
     lower: &LowerSide<'_>,
 ) -> Result<(Vec<Stage>, JoinPlan), PlanError> {
     match plan {
         LogicalPlan::Projection(projection) => {
             let (stages, mut join) =
-                lower_join_query(&projection.input, state, stream, table, lower)?;
+                lower_join_query(&projection.input, state, stream, table, within, lower)?;
             let exprs = projection
                 .expr
                 .iter()
@@ -257,7 +348,8 @@ pub(crate) fn lower_join_query(
             Ok((stages, join))
         }
         LogicalPlan::Filter(filter) => {
-            let (stages, mut join) = lower_join_query(&filter.input, state, stream, table, lower)?;
+            let (stages, mut join) =
+                lower_join_query(&filter.input, state, stream, table, within, lower)?;
             join.post_stages.push(Stage::Filter(physical(
                 state,
                 filter.predicate.clone(),
@@ -266,7 +358,15 @@ pub(crate) fn lower_join_query(
             Ok((stages, join))
         }
         LogicalPlan::SubqueryAlias(alias) => {
-            lower_join_query(&alias.input, state, stream, table, lower)
+            lower_join_query(&alias.input, state, stream, table, within, lower)
+        }
+        LogicalPlan::Join(join) if table.kind == SourceKind::Stream => {
+            let Some(window) = within else {
+                return Err(PlanError::Invalid(
+                    "internal error: a stream-stream join without its window".into(),
+                ));
+            };
+            lower_stream_join(join, state, stream, table, window, lower)
         }
         LogicalPlan::Join(join) => {
             let tables = stream.kind == SourceKind::Table;
@@ -345,6 +445,7 @@ pub(crate) fn lower_join_query(
                     joined_schema: nullable_schema(join.schema.as_arrow()),
                     post_stages: Vec::new(),
                     left_table,
+                    stream_join: None,
                 },
             ))
         }
@@ -354,6 +455,208 @@ pub(crate) fn lower_join_query(
             None,
         )),
     }
+}
+
+/// Lowers the `Join` of two streams: both sides' stages, their join keys and event times, and
+/// the co-partitioning check (each stream keyed by its join column, stored alike, as many
+/// partitions).
+fn lower_stream_join(
+    join: &datafusion::logical_expr::Join,
+    state: &SessionState,
+    left: &Source,
+    right: &Source,
+    window: JoinWindow,
+    lower: &LowerSide<'_>,
+) -> Result<(Vec<Stage>, JoinPlan), PlanError> {
+    let kind = match join.join_type {
+        JoinType::Inner => JoinKind::Inner,
+        JoinType::Left => JoinKind::Left,
+        JoinType::Right => JoinKind::Right,
+        JoinType::Full => JoinKind::Full,
+        other => {
+            return Err(PlanError::unsupported(
+                &format!("{} joins of two streams", join_type_name(other)),
+                true,
+                Some("streams join with [INNER] JOIN, LEFT JOIN, RIGHT JOIN or FULL OUTER JOIN"),
+            ));
+        }
+    };
+    if join.filter.is_some() {
+        return Err(PlanError::unsupported(
+            "join conditions other than equality of the two streams' join columns",
+            true,
+            Some("move other conditions to WHERE"),
+        ));
+    }
+    let left_stages = lower(&join.left, left)?;
+    let right_stages = lower(&join.right, right)?;
+    if left_stages
+        .iter()
+        .chain(&right_stages)
+        .any(|s| matches!(s, Stage::Unnest { .. }))
+    {
+        return Err(PlanError::unsupported(
+            "EXPLODE in a stream-stream join",
+            false,
+            Some("explode the stream first with CREATE STREAM ... AS SELECT"),
+        ));
+    }
+    let (left_exprs, right_exprs): (Vec<Expr>, Vec<Expr>) = join.on.iter().cloned().unzip();
+    check_streams_co_partitioned(&left_exprs, &right_exprs, left, right)?;
+    let left_schema = join.left.schema();
+    let right_schema = join.right.schema();
+    let key_types = right_exprs
+        .iter()
+        .map(|expr| expr.get_type(right_schema))
+        .collect::<Result<Vec<DataType>, DataFusionError>>()?;
+    let time_column = |schema: &datafusion::common::DFSchema, source: &Source| {
+        schema
+            .columns()
+            .iter()
+            .position(|c| c.name == eddy_catalog::ROWTIME)
+            .ok_or_else(|| {
+                PlanError::Invalid(format!(
+                    "internal error: the join lost the event time of \"{}\"",
+                    source.name
+                ))
+            })
+    };
+    let left_time_column = time_column(left_schema, left)?;
+    let right_time_column = time_column(right_schema, right)?;
+    let left_width = left_schema.fields().len();
+    let mut key_columns_in_joined = Vec::new();
+    for (n, (left_expr, right_expr)) in left_exprs.iter().zip(&right_exprs).enumerate() {
+        if let Some(i) = key_column(left_expr)
+            .and_then(|name| left_schema.columns().iter().position(|c| c.name == name))
+        {
+            key_columns_in_joined.push((n, i));
+        }
+        if let Some(i) = key_column(right_expr)
+            .and_then(|name| right_schema.columns().iter().position(|c| c.name == name))
+        {
+            key_columns_in_joined.push((n, left_width + i));
+        }
+    }
+    let physical_all = |exprs: Vec<Expr>, schema: &datafusion::common::DFSchemaRef| {
+        exprs
+            .into_iter()
+            .map(|expr| physical(state, expr, schema))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let stream_key_exprs = physical_all(left_exprs, left_schema)?;
+    let right_key_exprs = physical_all(right_exprs, right_schema)?;
+    Ok((
+        left_stages,
+        JoinPlan {
+            table: right.clone(),
+            kind,
+            stream_key_exprs,
+            table_key_types: key_types,
+            table_stages: right_stages,
+            table_row_schema: nullable_schema(right_schema.as_arrow()),
+            joined_schema: nullable_schema(join.schema.as_arrow()),
+            post_stages: Vec::new(),
+            left_table: None,
+            stream_join: Some(StreamJoin {
+                window,
+                right_key_exprs,
+                left_row_schema: nullable_schema(left_schema.as_arrow()),
+                left_time_column,
+                right_time_column,
+                key_columns_in_joined,
+            }),
+        },
+    ))
+}
+
+/// Co-partitioning of two joined streams: the right stream must be keyed by its join column
+/// (else the user repartitions it), the left one too, stored like the right's key and with as
+/// many partitions (else a persistent query repartitions it by its join column).
+fn check_streams_co_partitioned(
+    left_exprs: &[Expr],
+    right_exprs: &[Expr],
+    left: &Source,
+    right: &Source,
+) -> Result<(), PlanError> {
+    let keyed_by = |exprs: &[Expr], source: &Source| {
+        let keys: Vec<&eddy_catalog::Column> = source.key_columns().collect();
+        keys.len() == exprs.len()
+            && exprs
+                .iter()
+                .zip(&keys)
+                .all(|(expr, key)| matches!(expr, Expr::Column(c) if c.name == key.name))
+    };
+    let shown = |exprs: &[Expr]| {
+        exprs
+            .iter()
+            .map(|e| match e {
+                Expr::Column(column) => column.name.clone(),
+                other => other.human_display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !keyed_by(right_exprs, right) {
+        return Err(PlanError::Invalid(format!(
+            "stream \"{}\" is not keyed by its join expression {}: joined streams must both be \
+             partitioned by the join key\nhint: repartition it first: CREATE STREAM {}_BY_KEY AS \
+             SELECT * FROM {} PARTITION BY {};",
+            right.name,
+            shown(right_exprs),
+            right.name,
+            right.name,
+            shown(right_exprs)
+        )));
+    }
+    let right_keys: Vec<&eddy_catalog::Column> = right.key_columns().collect();
+    // A single join column of the right key's type can be repartitioned by.
+    let repartition_by = match (left_exprs, right_keys.as_slice()) {
+        ([Expr::Column(column)], [right_key]) => left
+            .column(&column.name)
+            .filter(|c| c.sql_type == right_key.sql_type)
+            .map(|c| c.name.clone()),
+        _ => None,
+    };
+    let hint = format!(
+        "\nhint: a persistent query (CREATE STREAM ... AS SELECT) repartitions it by itself; or \
+         repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY {};",
+        left.name,
+        left.name,
+        shown(left_exprs)
+    );
+    let not_co_partitioned = |message: String| PlanError::JoinNotCoPartitioned {
+        message,
+        stream: left.name.clone(),
+        table: right.name.clone(),
+        repartition_by: repartition_by.clone(),
+    };
+    let same_types = left
+        .key_columns()
+        .zip(&right_keys)
+        .all(|(l, r)| l.sql_type == r.sql_type);
+    if !keyed_by(left_exprs, left) || !same_types {
+        return Err(not_co_partitioned(format!(
+            "stream \"{}\" is not keyed by the join expression {}: a stream-stream join needs \
+             both streams partitioned by the join key{hint}",
+            left.name,
+            shown(left_exprs)
+        )));
+    }
+    if left.key_format != right.key_format {
+        return Err(not_co_partitioned(format!(
+            "stream \"{}\" has key format {} and stream \"{}\" {}: joined keys must be stored \
+             alike{hint}",
+            left.name, left.key_format, right.name, right.key_format
+        )));
+    }
+    if left.partitions != right.partitions {
+        return Err(not_co_partitioned(format!(
+            "stream \"{}\" has {} partitions and stream \"{}\" {}: a stream-stream join needs \
+             both with the same number{hint}",
+            left.name, left.partitions, right.name, right.partitions
+        )));
+    }
+    Ok(())
 }
 
 /// The left table of a join of two tables: both must be joined on their whole primary keys,

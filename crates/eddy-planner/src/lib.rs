@@ -29,7 +29,7 @@ pub use aggregate::{
     ORIGIN_ROW_BITS, OriginNumbering, PostOutput, ROWTIME_AGGREGATE, SIGN_COLUMN,
     WINDOWEND_AGGREGATE, WINDOWSTART_AGGREGATE, WindowPlan, number_origin_rows,
 };
-pub use join::{JoinKind, JoinPlan, LeftTable};
+pub use join::{JoinKind, JoinPlan, LeftTable, StreamJoin};
 pub use plan::{
     Clauses, PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan, WINDOWEND, WINDOWEND_OUTPUT,
     WINDOWSTART, WINDOWSTART_OUTPUT, WindowColumns,

@@ -17,7 +17,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use eddy_catalog::{Catalog, CatalogError, Column, ColumnRole, PSEUDO_COLUMNS, ROWTIME, Source};
 use eddy_common::types::SqlType;
-use eddy_common::window::WindowSpec;
+use eddy_common::window::{JoinWindow, WindowSpec};
 use sqlparser::ast::{
     self, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, TableFactor,
@@ -54,6 +54,8 @@ pub struct Clauses<'a> {
     pub window: Option<WindowSpec>,
     /// `EMIT FINAL`: a windowed aggregation emits each window once, when it closes.
     pub emit_final: bool,
+    /// The `WITHIN` clause of a stream-stream join.
+    pub within: Option<JoinWindow>,
 }
 
 /// Where a windowed aggregation's output rows carry their window's bounds.
@@ -688,6 +690,14 @@ impl Planner {
             )));
         }
 
+        if let Some((joined, _)) = &joined {
+            check_join_kinds(&source, joined, clauses.within)?;
+        } else if clauses.within.is_some() {
+            return Err(PlanError::Invalid(
+                "WITHIN belongs to a join of two streams: FROM a JOIN b WITHIN 1 HOUR ON ..."
+                    .into(),
+            ));
+        }
         if let Some((table, table_qualifier)) = &joined {
             if grouped {
                 return Err(PlanError::unsupported(
@@ -756,7 +766,15 @@ impl Planner {
         let repartitioned = !partition_by.is_empty();
         hidden.extend(std::mem::take(&mut select.projection));
         select.projection = hidden;
-        let rowtime = ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(ROWTIME)]);
+        let mut rowtime = ast::Expr::CompoundIdentifier(vec![quoted(&qualifier), quoted(ROWTIME)]);
+        // Two joined streams' records make a result as late as the later of them.
+        if let Some((joined, joined_qualifier)) = &joined
+            && joined.kind == eddy_catalog::SourceKind::Stream
+        {
+            let other =
+                ast::Expr::CompoundIdentifier(vec![quoted(joined_qualifier), quoted(ROWTIME)]);
+            rowtime = function_call("greatest", vec![rowtime, other]);
+        }
         select.projection.push(SelectItem::ExprWithAlias {
             expr: if grouped {
                 rowtime_aggregate(rowtime)
@@ -827,10 +845,14 @@ impl Planner {
         let logical = state.optimize(&logical)?;
 
         let (stages, aggregation, join) = if let Some((table, _)) = &joined {
-            let (stages, join) =
-                lower_join_query(&logical, &state, &source, table, &|input, side| {
-                    lower(input, &state, side)
-                })?;
+            let (stages, join) = lower_join_query(
+                &logical,
+                &state,
+                &source,
+                table,
+                clauses.within,
+                &|input, side| lower(input, &state, side),
+            )?;
             (stages, None, Some(join))
         } else if grouped {
             let (stages, aggregation) =
@@ -1123,6 +1145,11 @@ fn rowtime_aggregate(rowtime: ast::Expr) -> ast::Expr {
 
 /// A call of one of the planner's hidden aggregates.
 fn hidden_aggregate(name: &str, args: Vec<ast::Expr>) -> ast::Expr {
+    function_call(name, args)
+}
+
+/// A call of function `name` (unquoted: resolved as DataFusion resolves a written call).
+fn function_call(name: &str, args: Vec<ast::Expr>) -> ast::Expr {
     ast::Expr::Function(ast::Function {
         name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,
@@ -1176,7 +1203,7 @@ fn rewrite_count_distinct(projection: &mut [SelectItem]) {
     }
 }
 
-/// The table of `JOIN table [AS alias] ON ...` and its name in the query.
+/// The stream or table of `JOIN source [AS alias] ON ...` and its name in the query.
 fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String), PlanError> {
     use ast::JoinOperator as Op;
     match &join.join_operator {
@@ -1216,15 +1243,36 @@ fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String),
             Some("join a stream or a table by name"),
         ));
     };
-    let table = catalog.require_source(&name)?.clone();
-    if table.kind != eddy_catalog::SourceKind::Table {
-        return Err(PlanError::unsupported(
-            "stream-stream joins (WITHIN)",
-            true,
-            Some("a stream joins a table: FROM stream [LEFT] JOIN table ON ..."),
-        ));
+    let joined = catalog.require_source(&name)?.clone();
+    Ok((joined, qualifier))
+}
+
+/// Which sources join which: a stream joins a table, or a stream `WITHIN` a window; a table joins
+/// a table.
+fn check_join_kinds(
+    left: &Source,
+    right: &Source,
+    within: Option<JoinWindow>,
+) -> Result<(), PlanError> {
+    use eddy_catalog::SourceKind::{Stream, Table};
+    match (left.kind, right.kind, within) {
+        (Stream, Stream, Some(_)) | (Stream | Table, Table, None) => Ok(()),
+        (Stream, Stream, None) => Err(PlanError::Invalid(format!(
+            "a join of two streams needs a time window: FROM {} JOIN {} WITHIN 1 HOUR ON ...\n\
+             hint: WITHIN n UNIT [GRACE PERIOD m UNIT] pairs records at most n apart in event time",
+            left.name, right.name
+        ))),
+        (Table, Stream, _) => Err(PlanError::Invalid(format!(
+            "table \"{}\" cannot join stream \"{}\": a stream joins a table, not the reverse\n\
+             hint: FROM {} JOIN {} ON ...",
+            left.name, right.name, right.name, left.name
+        ))),
+        (_, Table, Some(_)) => Err(PlanError::Invalid(format!(
+            "WITHIN belongs to a join of two streams, and \"{}\" is a table: a table's current \
+             row joins without a time window",
+            right.name
+        ))),
     }
-    Ok((table, qualifier))
 }
 
 /// The name of a stream or table read by name (`FROM s [AS alias]`), and its name in the query

@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
 use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
 use eddy_common::types::SqlType;
 use sqlparser::dialect::GenericDialect;
@@ -227,17 +229,147 @@ async fn unknown_sources_are_reported() {
     );
 }
 
+async fn plan_within(sql: &str, within: Option<JoinWindow>) -> Result<StreamingPlan, PlanError> {
+    Planner::new()
+        .plan_select(
+            &query(sql),
+            Clauses {
+                within,
+                ..Clauses::default()
+            },
+            &catalog(),
+        )
+        .await
+}
+
 #[tokio::test]
-async fn stream_stream_joins_are_refused_for_now() {
-    let err = plan(
-        r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ID" = b."ID""#,
-        &[],
+async fn a_stream_stream_join_needs_within_and_runs_both_sides_stages() {
+    let within = JoinWindow::new(1000, 1000, Some(0)).unwrap();
+    let sql = r#"SELECT a."ID", a."QTY", b."ITEM" FROM "ORDERS" a FULL OUTER JOIN "ORDERS" b ON a."ID" = b."ID" WHERE a."QTY" IS NULL OR a."QTY" > 0"#;
+    let err = plan_within(sql, None).await.unwrap_err();
+    assert!(err.to_string().contains("needs a time window"), "{err}");
+    let plan = plan_within(sql, Some(within)).await.unwrap();
+    let join = plan.join.as_ref().expect("a join");
+    let stream_join = join.stream_join.as_ref().expect("a stream-stream join");
+    assert_eq!(join.kind, crate::JoinKind::Full);
+    assert_eq!(stream_join.window, within);
+    assert_eq!(names(&plan, &plan.key_columns), ["ID"]);
+    // The later record's event time is the result's.
+    assert!(
+        plan.logical_plan
+            .display_indent()
+            .to_string()
+            .contains("greatest")
+    );
+
+    // Left rows a, b, c (the plan's stages) and right rows (the right stages) with their times.
+    let left = plan.process(input_batch()).unwrap();
+    let right = join.right_stream_rows(input_batch()).unwrap();
+    // The stored rows' schemas: the stages' output, nullable (stored rows decode into them).
+    let types = |schema: &SchemaRef| {
+        schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(types(&left.schema()), types(&stream_join.left_row_schema));
+    assert_eq!(types(&right.schema()), types(&join.table_row_schema));
+    let time = |batch: &RecordBatch, column: usize| {
+        batch
+            .column(column)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(2)
+    };
+    assert_eq!(time(&left, stream_join.left_time_column), 3000);
+    assert_eq!(time(&right, stream_join.right_time_column), 3000);
+    let keys = join.right_stream_keys(&right).unwrap();
+    assert_eq!(keys[0].as_string::<i32>().value(1), "b");
+    // Pairs (a, a), (b alone), (alone, c): a row of one side alone carries the key in both sides'
+    // key columns, so the result's key is never NULL.
+    let left_index = UInt32Array::from(vec![Some(0), Some(1), None]);
+    let right_index = UInt32Array::from(vec![Some(0), None, Some(2)]);
+    let pair_keys: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+    let out = join
+        .join_streams(&left, &left_index, &right, &right_index, &[pair_keys])
+        .unwrap();
+    let id = out
+        .column(plan.output_schema.index_of("ID").unwrap())
+        .as_string::<i32>();
+    let item = out
+        .column(plan.output_schema.index_of("ITEM").unwrap())
+        .as_string::<i32>();
+    assert_eq!(
+        out.num_rows(),
+        3,
+        "QTY NULL passes the WHERE for the right-only row"
+    );
+    assert_eq!((id.value(0), id.value(1), id.value(2)), ("a", "b", "c"));
+    assert_eq!(item.value(0), "apple");
+    assert!(item.is_null(1));
+    assert_eq!(item.value(2), "pear");
+    let rowtime = out
+        .column(plan.rowtime_column)
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    assert_eq!(
+        (rowtime.value(0), rowtime.value(1), rowtime.value(2)),
+        (1000, 2000, 3000)
+    );
+}
+
+#[tokio::test]
+async fn joins_of_the_wrong_kinds_of_sources_are_refused_with_the_right_form() {
+    let within = JoinWindow::new(1000, 1000, None).unwrap();
+    let err = plan_within(
+        r#"SELECT s."ID" FROM "ORDER_STATE" s JOIN "ORDERS" o ON s."ID" = o."ID""#,
+        None,
     )
     .await
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("stream-stream joins (WITHIN) are not supported yet"),
+            .contains("a stream joins a table, not the reverse"),
+        "{err}"
+    );
+    let err = plan_within(
+        r#"SELECT o."ID" FROM "ORDERS" o JOIN "ORDER_STATE" s ON o."ID" = s."ID""#,
+        Some(within),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("WITHIN belongs to a join of two streams"),
+        "{err}"
+    );
+    let err = plan_within(r#"SELECT "ID" FROM "ORDERS""#, Some(within))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("WITHIN belongs to a join of two streams"),
+        "{err}"
+    );
+    // The right stream must be keyed by its join column; the left one is repartitioned.
+    let err = plan_within(
+        r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ID" = b."ITEM""#,
+        Some(within),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("\"ORDERS\" is not keyed by its join expression ITEM"),
+        "{err}"
+    );
+    let err = plan_within(
+        r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ITEM" = b."ID""#,
+        Some(within),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, PlanError::JoinNotCoPartitioned { repartition_by: Some(c), .. } if c == "ITEM"),
         "{err}"
     );
 }
@@ -740,6 +872,7 @@ async fn plan_windowed(sql: &str, emit_final: bool) -> Result<StreamingPlan, Pla
                 partition_by: &[],
                 window: Some(window),
                 emit_final,
+                within: None,
             },
             &catalog(),
         )
