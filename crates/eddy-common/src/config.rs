@@ -19,8 +19,9 @@ pub struct EngineConfig {
     pub max_batch_records: usize,
     /// Longest a partially filled batch waits for more records before it is processed. Default 20 ms.
     pub max_batch_wait_ms: u64,
-    /// How often a join of two tables checks both tables for new records (besides whenever the
-    /// query's consumer delivers): the longest a change waits to be joined. Default 100 ms.
+    /// How often a join of two tables, or of two streams, checks both sides for new records
+    /// (besides whenever the query's consumer delivers): the longest a change waits to be
+    /// joined. Default 100 ms.
     pub table_join_poll_interval_ms: u64,
     /// Batches queued between a query's consumer and one partition's task; when full, the consumer
     /// stops polling (back-pressure). Default 4.

@@ -502,7 +502,13 @@ impl Engine {
             connection: self.inner.connection.clone(),
             processing_log: self.inner.processing_log.clone(),
         };
-        let join = self.join_spec(&plan, &crate::materialize::join_store_name(&query.id))?;
+        let join = self
+            .join_spec(
+                &plan,
+                &crate::materialize::join_store_name(&query.id),
+                Some(&query.id),
+            )
+            .await?;
         let join_spec = QuerySpec {
             query_id: query.id.clone(),
             group_id,
@@ -542,7 +548,13 @@ impl Engine {
         offset_reset: OffsetReset,
     ) -> Result<QueryHandle, EngineError> {
         let generator = plan.source.generator.clone();
-        let join = self.join_spec(&plan, &crate::materialize::join_store_name(&query.id))?;
+        let join = self
+            .join_spec(
+                &plan,
+                &crate::materialize::join_store_name(&query.id),
+                Some(&query.id),
+            )
+            .await?;
         let spec = QuerySpec {
             query_id: query.id.clone(),
             group_id: self.inner.config.query_group_id(&query.id),

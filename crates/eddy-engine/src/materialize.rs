@@ -246,13 +246,34 @@ impl Engine {
     }
 
     /// The joined table of a stream-table join plan, with its store `store_name`.
-    pub(crate) fn join_spec(
+    /// A persistent query (`query_id`) keeps a stream-stream join's state in a changelog too.
+    pub(crate) async fn join_spec(
         &self,
         plan: &eddy_planner::StreamingPlan,
         store_name: &str,
+        query_id: Option<&str>,
     ) -> Result<Option<eddy_runtime::JoinSpec>, EngineError> {
         let Some(join) = &plan.join else {
             return Ok(None);
+        };
+        let right_stream = match &join.stream_join {
+            Some(_) => Some(eddy_runtime::RightStreamSpec {
+                topic: self.physical_topic(&join.table),
+                layout: crate::layout::source_layout(&join.table)?,
+                timestamp_column: crate::layout::timestamp_index(&join.table),
+                timestamp_format: crate::layout::timestamp_format(&join.table)?,
+            }),
+            None => None,
+        };
+        let changelog_topic = match (&join.stream_join, query_id) {
+            (Some(_), Some(query_id)) => {
+                let config = &self.inner.config;
+                let changelog = config.physical_topic(&config.query_topic(query_id, "changelog"));
+                self.create_changelog(&changelog, join.table.partitions)
+                    .await?;
+                Some(changelog)
+            }
+            _ => None,
         };
         let store = |name: &str| {
             self.inner
@@ -273,6 +294,8 @@ impl Engine {
             table_layout: crate::layout::source_layout(&join.table)?,
             store: store(store_name)?,
             left,
+            right_stream,
+            changelog_topic,
         }))
     }
 

@@ -96,10 +96,15 @@ impl Engine {
             )?),
             _ => None,
         };
-        let join = self.join_spec(
-            &plan,
-            &crate::materialize::join_store_name(&format!("{TRANSIENT_STORE_PREFIX}{query_id}")),
-        )?;
+        let join = self
+            .join_spec(
+                &plan,
+                &crate::materialize::join_store_name(&format!(
+                    "{TRANSIENT_STORE_PREFIX}{query_id}"
+                )),
+                None,
+            )
+            .await?;
         let spec = QuerySpec {
             query_id: query_id.clone(),
             group_id: format!("_eddy-{}-{query_id}", self.inner.config.service_id),

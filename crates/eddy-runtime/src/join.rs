@@ -13,23 +13,21 @@
 //! `max.task.idle.ms`), at the cost of one offsets request per stream batch.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::row::{RowConverter, SortField};
 use eddy_format::{RawBatch, RecordDecoder, SourceLayout};
 use eddy_planner::JoinPlan;
 use eddy_state::{Store, StoreBatch};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use tracing::info;
 
-use crate::kafka::{KafkaConnection, KafkaError};
+use crate::kafka::{KafkaConnection, PartitionReader};
 use crate::processing_log::{ErrorKind, ProcessingLog};
 use crate::query::QueryError;
 
-/// What a join query needs besides its plan: where the table's records are and where its rows go.
+/// What a join query needs besides its plan: where the other side's records are and where its
+/// state goes.
 pub struct JoinSpec {
     /// Physical topic of the table.
     pub table_topic: String,
@@ -38,6 +36,11 @@ pub struct JoinSpec {
     pub store: Store,
     /// The left table of a table-table join: its topic, layout and store.
     pub left: Option<(String, SourceLayout, Store)>,
+    /// The right stream of a stream-stream join (then the `table_*` fields describe it too).
+    pub right_stream: Option<crate::stream_join::RightStreamSpec>,
+    /// Changelog of the store, for joins whose state is not a topic already (stream-stream
+    /// joins of persistent queries); partition p holds partition p's entries.
+    pub changelog_topic: Option<String>,
 }
 
 /// Changes of one batch of table records, per key (last change wins), in first-seen order:
@@ -67,17 +70,13 @@ pub(crate) struct TableSide {
     decoder: RecordDecoder,
     key_converter: RowConverter,
     row_converter: RowConverter,
-    consumer: StreamConsumer,
-    /// Next table offset to apply.
-    next_offset: i64,
+    reader: PartitionReader,
     /// The decoded table batch's key columns.
     key_indices: Vec<usize>,
     /// This is the left table of a table-table join.
     left: bool,
     /// The store had this side's rows (a checkpoint) when the task started.
     restored: bool,
-    max_batch_records: usize,
-    idle: Duration,
 }
 
 impl TableSide {
@@ -176,26 +175,18 @@ impl TableSide {
             .store
             .checkpoint(partition)
             .map_err(|e| QueryError::State(e.to_string()))?;
-        let next_offset = checkpoint.source_offset.unwrap_or(0);
-        let consumer: StreamConsumer = connection
-            .client_config()
-            .set("group.id", format!("{group_id}-table"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(|e| KafkaError::client("join table consumer creation", e))?;
-        let mut assignment = TopicPartitionList::new();
         let start = match checkpoint.source_offset {
             Some(offset) => Offset::Offset(offset),
             None => Offset::Beginning,
         };
-        assignment
-            .add_partition_offset(side.topic, partition, start)
-            .map_err(|e| KafkaError::client("join table assignment", e))?;
-        consumer
-            .assign(&assignment)
-            .map_err(|e| KafkaError::client("join table assignment", e))?;
+        let reader = PartitionReader::open(
+            connection,
+            &format!("{group_id}-table"),
+            side.topic,
+            partition,
+            start,
+            max_batch_records,
+        )?;
         Ok(Self {
             topic: side.topic.to_owned(),
             partition,
@@ -204,13 +195,10 @@ impl TableSide {
             decoder,
             key_converter,
             row_converter,
-            consumer,
-            next_offset,
+            reader,
             key_indices,
             left: side.left,
             restored: checkpoint.source_offset.is_some(),
-            max_batch_records: max_batch_records.max(1),
-            idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),
         })
     }
 
@@ -219,9 +207,7 @@ impl TableSide {
         &self,
         connection: &KafkaConnection,
     ) -> Result<i64, QueryError> {
-        Ok(connection
-            .high_watermark(&self.topic, self.partition)
-            .await?)
+        self.reader.high_watermark(connection).await
     }
 
     /// Applies the table partition's records up to its current high watermark.
@@ -239,51 +225,10 @@ impl TableSide {
         Ok(())
     }
 
-    /// Reads the next batch of table records below `high` (at most `max_batch_records`); `None`
-    /// when the table is read up to `high`.
+    /// Reads the next batch of table records below `high`; `None` when the table is read up to
+    /// `high`.
     pub(crate) async fn read_batch(&mut self, high: i64) -> Result<Option<RawBatch>, QueryError> {
-        if self.next_offset >= high {
-            return Ok(None);
-        }
-        let mut raw = RawBatch::with_capacity(self.max_batch_records, 64 * 1024);
-        while self.next_offset < high && raw.len() < self.max_batch_records {
-            let message = match tokio::time::timeout(self.idle, self.consumer.recv()).await {
-                Ok(Ok(message)) => Some(message),
-                Ok(Err(error)) => {
-                    return Err(KafkaError::client("joined table read", error).into());
-                }
-                Err(_) => None,
-            };
-            match message {
-                Some(message) => {
-                    raw.push(
-                        message.key(),
-                        message.payload(),
-                        message.timestamp().to_millis().unwrap_or(0),
-                        self.partition,
-                        message.offset(),
-                    );
-                    self.next_offset = message.offset() + 1;
-                }
-                None => {
-                    // Offsets without records (transaction markers) end below the watermark.
-                    let position = self.consumer.position().ok().and_then(|list| {
-                        list.find_partition(&self.topic, self.partition)
-                            .and_then(|p| p.offset().to_raw())
-                    });
-                    match position {
-                        Some(position) if position >= high => self.next_offset = position,
-                        _ => {
-                            return Err(QueryError::Internal(format!(
-                                "joined table \"{}\" partition {} stopped at offset {} of {high}",
-                                self.topic, self.partition, self.next_offset
-                            )));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Some(raw))
+        self.reader.read_batch(high).await
     }
 
     /// What a batch of table records changes: rows for present records, deletes for tombstones
@@ -295,7 +240,7 @@ impl TableSide {
         query_id: &str,
     ) -> Result<Prepared, QueryError> {
         let mut batch = StoreBatch::default();
-        batch.set_source_offset(self.next_offset);
+        batch.set_source_offset(self.reader.next_offset());
         let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         if raw.is_empty() {
             return Ok(Prepared { batch, changes });
@@ -494,7 +439,7 @@ impl TableSide {
         info!(
             query = query_id,
             partition = self.partition,
-            next_offset = self.next_offset,
+            next_offset = self.reader.next_offset(),
             "joined table ready"
         );
     }

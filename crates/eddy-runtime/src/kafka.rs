@@ -4,6 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eddy_format::RawBatch;
+use rdkafka::message::Message;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -12,6 +15,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use thiserror::Error;
+
+use crate::query::QueryError;
 
 /// A Kafka failure, phrased for users.
 #[derive(Debug, Error)]
@@ -411,5 +416,132 @@ impl KafkaConnection {
             Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((error, _)) => Err(KafkaError::client(format!("produce to \"{topic}\""), error)),
         }
+    }
+}
+
+/// One partition of a topic read by a consumer of its own (assigned, no group membership, no
+/// commits): the table sides of joins and the right side of a stream-stream join, whose next
+/// offsets live in the query's state store.
+pub(crate) struct PartitionReader {
+    topic: String,
+    partition: i32,
+    consumer: StreamConsumer,
+    /// Next offset to read.
+    next_offset: i64,
+    max_batch_records: usize,
+    /// How long a read waits for a record below the high watermark before asking where the
+    /// consumer is (offsets without records, such as transaction markers).
+    idle: Duration,
+}
+
+impl PartitionReader {
+    /// Reads partition `partition` of `topic` from `start`: an offset, or the beginning.
+    pub(crate) fn open(
+        connection: &KafkaConnection,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+        start: Offset,
+        max_batch_records: usize,
+    ) -> Result<Self, KafkaError> {
+        let next_offset = match start {
+            Offset::Offset(offset) => offset,
+            Offset::Beginning => 0,
+            other => {
+                return Err(KafkaError::Internal(format!(
+                    "a partition reader starts at an offset or the beginning, not {other:?}"
+                )));
+            }
+        };
+        let consumer: StreamConsumer = connection
+            .client_config()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| KafkaError::client("partition reader creation", e))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, start)
+            .map_err(|e| KafkaError::client("partition reader assignment", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| KafkaError::client("partition reader assignment", e))?;
+        Ok(Self {
+            topic: topic.to_owned(),
+            partition,
+            consumer,
+            next_offset,
+            max_batch_records: max_batch_records.max(1),
+            idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),
+        })
+    }
+
+    /// The next offset to read.
+    pub(crate) fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// The partition's high watermark now.
+    pub(crate) async fn high_watermark(
+        &self,
+        connection: &KafkaConnection,
+    ) -> Result<i64, QueryError> {
+        Ok(connection
+            .high_watermark(&self.topic, self.partition)
+            .await?)
+    }
+
+    /// Reads the next batch of records below `high` (at most `max_batch_records`); `None` when
+    /// the partition is read up to `high`.
+    pub(crate) async fn read_batch(&mut self, high: i64) -> Result<Option<RawBatch>, QueryError> {
+        if self.next_offset >= high {
+            return Ok(None);
+        }
+        let mut raw = RawBatch::with_capacity(self.max_batch_records, 64 * 1024);
+        while self.next_offset < high && raw.len() < self.max_batch_records {
+            let message = match tokio::time::timeout(self.idle, self.consumer.recv()).await {
+                Ok(Ok(message)) => Some(message),
+                Ok(Err(error)) => {
+                    return Err(
+                        KafkaError::client(format!("read of \"{}\"", self.topic), error).into(),
+                    );
+                }
+                Err(_) => None,
+            };
+            match message {
+                Some(message) => {
+                    raw.push(
+                        message.key(),
+                        message.payload(),
+                        message.timestamp().to_millis().unwrap_or(0),
+                        self.partition,
+                        message.offset(),
+                    );
+                    self.next_offset = message.offset() + 1;
+                }
+                None => {
+                    // Offsets without records (transaction markers) end below the watermark.
+                    match self.position() {
+                        Some(position) if position >= high => self.next_offset = position,
+                        _ => {
+                            return Err(QueryError::Internal(format!(
+                                "\"{}\" partition {} stopped at offset {} of {high}",
+                                self.topic, self.partition, self.next_offset
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(if raw.is_empty() { None } else { Some(raw) })
+    }
+
+    fn position(&self) -> Option<i64> {
+        self.consumer.position().ok().and_then(|list| {
+            list.find_partition(&self.topic, self.partition)
+                .and_then(|p| p.offset().to_raw())
+        })
     }
 }

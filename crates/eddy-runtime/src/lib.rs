@@ -21,6 +21,7 @@ mod kafka;
 mod print;
 mod processing_log;
 mod query;
+mod stream_join;
 mod upsert;
 mod window;
 
@@ -34,4 +35,5 @@ pub use query::{
     OffsetReset, QueryError, QueryHandle, QueryMetrics, QueryProgress, QuerySpec, QueryStatus,
     SinkSpec, start_query,
 };
+pub use stream_join::{MAX_JOIN_INDEX_ENTRIES_PER_ROUND, RightStreamSpec};
 pub use upsert::UpsertSpec;

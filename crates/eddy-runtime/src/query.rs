@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 use eddy_common::config::EngineConfig;
 use eddy_format::{EncodedBatch, RawBatch, RecordDecoder, RecordEncoder, RecordPart, SourceLayout};
 use eddy_planner::{MAX_ROWS_PER_RECORD, StreamingPlan};
@@ -30,8 +30,9 @@ use crate::aggregate::{
     split_rows,
 };
 use crate::join::{JoinSpec, TableSide};
-use crate::kafka::{KafkaConnection, KafkaError};
+use crate::kafka::{KafkaConnection, KafkaError, PartitionReader};
 use crate::processing_log::{ErrorKind, ProcessingLog};
+use crate::stream_join::{Side, StreamJoiner};
 use crate::upsert::{Rejected, Rejection, UpsertSpec, Upserter};
 
 /// Where a query starts when its consumer group has no committed offset.
@@ -442,6 +443,21 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             .map_err(|e| KafkaError::client("assignment", e))?;
     }
 
+    // A transient join that reads both sides itself needs its partition tasks before (or
+    // without) records of the query's own source.
+    if !spec.persistent
+        && let Some(join) = &spec.plan.join
+        && (join.stream_join.is_some() || join.left_table.is_some())
+    {
+        let partitions = spec
+            .connection
+            .topic(&spec.source_topic)
+            .await?
+            .map_or(1, |t| t.partitions);
+        if let Ok(mut assigned) = assigned.lock() {
+            assigned.extend(0..partitions);
+        }
+    }
     let metrics = Arc::new(QueryMetrics::new());
     let cancel = CancellationToken::new();
     let query_id = spec.query_id.clone();
@@ -757,6 +773,14 @@ fn worker_for<'a>(
     })
 }
 
+/// Where decoded input records come from: their topic and how their event time is found.
+struct InputSide<'a> {
+    topic: &'a str,
+    timestamp_column: Option<usize>,
+    timestamp_format: Option<&'a eddy_format::TimestampFormat>,
+    drop_tombstones: bool,
+}
+
 struct PartitionTask {
     spec: Arc<QuerySpec>,
     partition: i32,
@@ -805,6 +829,14 @@ impl PartitionTask {
             .is_some_and(|j| j.left_table.is_some())
         {
             return self.run_table_join(receiver, encoder, encoded).await;
+        }
+        if spec
+            .plan
+            .join
+            .as_ref()
+            .is_some_and(|j| j.stream_join.is_some())
+        {
+            return self.run_stream_join(receiver, encoder, encoded).await;
         }
         if spec.join.is_some() {
             return self.run_join(receiver, decoder, encoder, encoded).await;
@@ -1127,13 +1159,31 @@ impl PartitionTask {
         skipped: &mut Vec<(i32, i64)>,
     ) -> Result<RecordBatch, QueryError> {
         let spec = &self.spec;
+        let side = InputSide {
+            topic: &spec.source_topic,
+            timestamp_column: spec.timestamp_column,
+            timestamp_format: spec.timestamp_format.as_ref(),
+            drop_tombstones: spec.drop_tombstones,
+        };
+        self.decode_side(decoder, raw, skipped, &side).await
+    }
+
+    /// [`Self::decode_input`] for records of `side`.
+    async fn decode_side(
+        &self,
+        decoder: &mut RecordDecoder,
+        raw: &RawBatch,
+        skipped: &mut Vec<(i32, i64)>,
+        side: &InputSide<'_>,
+    ) -> Result<RecordBatch, QueryError> {
+        let spec = &self.spec;
         {
             self.metrics
                 .records_in
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            let decoded = decoder.decode(raw).map_err(|e| {
-                QueryError::Internal(format!("decoder of \"{}\": {e}", spec.source_topic))
-            })?;
+            let decoded = decoder
+                .decode(raw)
+                .map_err(|e| QueryError::Internal(format!("decoder of \"{}\": {e}", side.topic)))?;
             for error in &decoded.errors {
                 self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
                 skipped.push((error.partition, error.offset));
@@ -1149,7 +1199,7 @@ impl PartitionTask {
                     .report(
                         &spec.query_id,
                         ErrorKind::DeserializationError,
-                        &spec.source_topic,
+                        side.topic,
                         error.partition,
                         error.offset,
                         error.reason.clone(),
@@ -1158,11 +1208,11 @@ impl PartitionTask {
                     .await;
             }
             let mut batch = decoded.batch;
-            if spec.drop_tombstones && !decoded.tombstones.is_empty() {
+            if side.drop_tombstones && !decoded.tombstones.is_empty() {
                 batch = drop_rows(&batch, &decoded.tombstones)?;
             }
-            match spec.timestamp_column {
-                Some(column) => self.apply_event_time(batch, column, skipped).await,
+            match side.timestamp_column {
+                Some(column) => self.apply_event_time(batch, column, skipped, side).await,
                 None => Ok(batch),
             }
         }
@@ -1174,13 +1224,14 @@ impl PartitionTask {
         batch: RecordBatch,
         column: usize,
         skipped: &mut Vec<(i32, i64)>,
+        side: &InputSide<'_>,
     ) -> Result<RecordBatch, QueryError> {
         use datafusion::arrow::compute::{cast, filter_record_batch, is_not_null};
         use datafusion::arrow::datatypes::{DataType, TimeUnit};
         // ROWTIME is BIGINT epoch milliseconds: timestamps of any unit go through Timestamp(ms).
         let millis = DataType::Timestamp(TimeUnit::Millisecond, None);
         let source = batch.column(column);
-        let format = self.spec.timestamp_format.as_ref();
+        let format = side.timestamp_format;
         let times = match source.data_type() {
             DataType::Utf8 => match (format, source.as_string_opt::<i32>()) {
                 (Some(format), Some(texts)) => Ok(Arc::new(format.parse_array(texts)) as ArrayRef),
@@ -1237,7 +1288,7 @@ impl PartitionTask {
                 .report(
                     &self.spec.query_id,
                     ErrorKind::DeserializationError,
-                    &self.spec.source_topic,
+                    side.topic,
                     partition,
                     offset,
                     message,
@@ -1276,7 +1327,26 @@ impl PartitionTask {
         skipped: &mut Vec<(i32, i64)>,
         attempt: impl Fn(RecordBatch) -> Result<RecordBatch, QueryError>,
     ) -> Result<RecordBatch, QueryError> {
-        let plan = &self.spec.plan;
+        let spec = &self.spec;
+        self.isolating_in(
+            batch,
+            skipped,
+            attempt,
+            &spec.plan.output_schema,
+            &spec.source_topic,
+        )
+        .await
+    }
+
+    /// [`Self::isolating`] for records of `topic` that `attempt` turns into `schema` rows.
+    async fn isolating_in(
+        &self,
+        batch: RecordBatch,
+        skipped: &mut Vec<(i32, i64)>,
+        attempt: impl Fn(RecordBatch) -> Result<RecordBatch, QueryError>,
+        schema: &SchemaRef,
+        topic: &str,
+    ) -> Result<RecordBatch, QueryError> {
         let error = match attempt(batch.clone()) {
             Ok(output) => return Ok(output),
             Err(QueryError::Expression(error)) => error,
@@ -1302,7 +1372,7 @@ impl PartitionTask {
                         .report(
                             &self.spec.query_id,
                             ErrorKind::ExpressionError,
-                            &self.spec.source_topic,
+                            topic,
                             partition,
                             offset,
                             format!("expression failed: {error}"),
@@ -1313,8 +1383,8 @@ impl PartitionTask {
                 Err(other) => return Err(other),
             }
         }
-        Ok(concat_batches(&plan.output_schema, &good)
-            .unwrap_or_else(|_| RecordBatch::new_empty(Arc::clone(&plan.output_schema))))
+        concat_batches(schema, &good)
+            .map_err(|e| QueryError::Internal(format!("rows kept after failed expressions: {e}")))
     }
 
     /// Runs a stream-table join: catches up with the table partition before each stream batch,
@@ -1478,6 +1548,300 @@ impl PartitionTask {
                 self.progress.store(offset, Ordering::Release);
             }
         }
+    }
+
+    /// Runs a join of two streams `WITHIN` a window. Both streams are read by this task's own
+    /// readers (the query's consumer, on the left stream, only assigns partitions and paces the
+    /// task), in rounds of one batch of each side (see `stream_join`); each round's output is
+    /// sent, then its state changes go to the changelog and the store with both next offsets.
+    async fn run_stream_join(
+        &self,
+        mut receiver: mpsc::Receiver<RawBatch>,
+        mut encoder: Option<RecordEncoder>,
+        mut encoded: EncodedBatch,
+    ) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let (Some(join_spec), Some(join)) = (spec.join.as_ref(), spec.plan.join.as_ref()) else {
+            return Err(QueryError::Internal(
+                "a stream join started without its streams".into(),
+            ));
+        };
+        let Some(right_spec) = join_spec.right_stream.as_ref() else {
+            return Err(QueryError::Internal(
+                "a stream join started without its right stream".into(),
+            ));
+        };
+        let Some(stream_join) = join.stream_join.as_ref() else {
+            return Err(QueryError::Internal("not a stream-stream join".into()));
+        };
+        restore_partition(
+            &join_spec.store,
+            self.partition,
+            join_spec.changelog_topic.as_deref(),
+            &spec.connection,
+            &self.metrics,
+            &spec.query_id,
+        )
+        .await?;
+        let mut joiner = StreamJoiner::open(join_spec.store.clone(), self.partition, join)?;
+        // Each side resumes at its stored next offset; a new query starts where it is told.
+        let mut starts = [Offset::Beginning, Offset::Beginning];
+        for (side, topic) in [
+            (Side::Left, spec.source_topic.as_str()),
+            (Side::Right, right_spec.topic.as_str()),
+        ] {
+            starts[side as usize] = match (joiner.next_offset(side), spec.offset_reset) {
+                (Some(offset), _) => Offset::Offset(offset),
+                (None, OffsetReset::Earliest) => Offset::Beginning,
+                (None, OffsetReset::Latest) => Offset::Offset(
+                    spec.connection
+                        .high_watermark(topic, self.partition)
+                        .await?,
+                ),
+            };
+        }
+        let max_batch = spec.config.max_batch_records;
+        let [left_start, right_start] = starts;
+        let mut readers = [
+            PartitionReader::open(
+                &spec.connection,
+                &format!("{}-left", spec.group_id),
+                &spec.source_topic,
+                self.partition,
+                left_start,
+                max_batch,
+            )?,
+            PartitionReader::open(
+                &spec.connection,
+                &format!("{}-right", spec.group_id),
+                &right_spec.topic,
+                self.partition,
+                right_start,
+                max_batch,
+            )?,
+        ];
+        let format_error = |topic: &str, e: eddy_format::FormatError| QueryError::Format {
+            topic: topic.to_owned(),
+            message: e.to_string(),
+        };
+        let mut decoders = [
+            RecordDecoder::new(&spec.source_layout)
+                .map_err(|e| format_error(&spec.source_topic, e))?,
+            RecordDecoder::new(&right_spec.layout)
+                .map_err(|e| format_error(&right_spec.topic, e))?,
+        ];
+        let sides = [
+            InputSide {
+                topic: &spec.source_topic,
+                timestamp_column: spec.timestamp_column,
+                timestamp_format: spec.timestamp_format.as_ref(),
+                drop_tombstones: true,
+            },
+            InputSide {
+                topic: &right_spec.topic,
+                timestamp_column: right_spec.timestamp_column,
+                timestamp_format: right_spec.timestamp_format.as_ref(),
+                drop_tombstones: true,
+            },
+        ];
+        let changelog_producer = match &spec.sink {
+            SinkSpec::Kafka { producer, .. } => Some(producer.clone()),
+            SinkSpec::Channel { .. } => None,
+        };
+        let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
+        let mut poll = tokio::time::interval(Duration::from_millis(
+            spec.config.table_join_poll_interval_ms.max(1),
+        ));
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        info!(
+            query = spec.query_id,
+            partition = self.partition,
+            stream_time = joiner.stream_time(),
+            "stream join ready"
+        );
+        let mut skipped = Vec::new();
+        loop {
+            tokio::select! {
+                raw = receiver.recv() => if raw.is_none() { return Ok(()) },
+                _ = poll.tick() => {}
+            }
+            loop {
+                let mut decoded = Vec::with_capacity(2);
+                let mut read_any = false;
+                for side in [Side::Left, Side::Right] {
+                    let s = side as usize;
+                    let high = readers[s].high_watermark(&spec.connection).await?;
+                    let raw = readers[s].read_batch(high).await?;
+                    skipped.clear();
+                    let batch = match raw {
+                        Some(raw) => {
+                            read_any = true;
+                            self.decode_side(&mut decoders[s], &raw, &mut skipped, &sides[s])
+                                .await?
+                        }
+                        None => RecordBatch::new_empty(Arc::clone(decoders[s].schema())),
+                    };
+                    decoded.push(batch);
+                }
+                if !read_any {
+                    break;
+                }
+                let right_decoded = decoded
+                    .pop()
+                    .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(decoders[1].schema())));
+                let left_decoded = decoded
+                    .pop()
+                    .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(decoders[0].schema())));
+                let [left_in_time, right_in_time] =
+                    joiner.advance(&left_decoded, &right_decoded)?;
+                let mut kept = Vec::with_capacity(2);
+                for (s, (batch, in_time)) in
+                    [(left_decoded, left_in_time), (right_decoded, right_in_time)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let late = self.late_rows(&batch, &in_time);
+                    self.report_skipped_rows(
+                        &late,
+                        ErrorKind::LateRecord,
+                        sides[s].topic,
+                        "the record is late: its join window had closed (its event time plus the \
+                         window's reach and grace period is older than the stream time), so it \
+                         is dropped",
+                    )
+                    .await;
+                    let batch = datafusion::arrow::compute::filter_record_batch(&batch, &in_time)
+                        .map_err(|e| QueryError::Internal(format!("late records: {e}")))?;
+                    skipped.clear();
+                    let rows = if s == 0 {
+                        let attempt = |batch: RecordBatch| {
+                            spec.plan
+                                .process(batch)
+                                .map_err(|e| QueryError::Expression(e.strip_backtrace()))
+                        };
+                        self.isolating_in(
+                            batch,
+                            &mut skipped,
+                            attempt,
+                            &stream_join.left_row_schema,
+                            sides[s].topic,
+                        )
+                        .await?
+                    } else {
+                        let attempt = |batch: RecordBatch| {
+                            join.right_stream_rows(batch)
+                                .map_err(|e| QueryError::Expression(e.strip_backtrace()))
+                        };
+                        self.isolating_in(
+                            batch,
+                            &mut skipped,
+                            attempt,
+                            &join.table_row_schema,
+                            sides[s].topic,
+                        )
+                        .await?
+                    };
+                    kept.push(rows);
+                }
+                let right_rows = kept
+                    .pop()
+                    .ok_or_else(|| QueryError::Internal("lost the right rows".into()))?;
+                let left_rows = kept
+                    .pop()
+                    .ok_or_else(|| QueryError::Internal("lost the left rows".into()))?;
+                let next_offsets = [readers[0].next_offset(), readers[1].next_offset()];
+                let round = joiner.round(join, left_rows, right_rows, next_offsets)?;
+                let output = self.join_stream_pairs(join, &round).await?;
+                if !self
+                    .deliver(&output, None, encoder.as_mut(), &mut encoded)
+                    .await?
+                {
+                    return Ok(()); // the client went away
+                }
+                commit_partition(
+                    &join_spec.store,
+                    self.partition,
+                    join_spec.changelog_topic.as_deref(),
+                    changelog_producer.as_ref(),
+                    &round.writes,
+                    next_offsets[0],
+                    timeout,
+                )
+                .await?;
+                self.progress.store(next_offsets[0], Ordering::Release);
+            }
+        }
+    }
+
+    /// The joined rows of a stream join round; if an expression over both sides fails, the
+    /// pairs run one by one and the failing ones are reported (by the left stream's partition)
+    /// and skipped.
+    async fn join_stream_pairs(
+        &self,
+        join: &eddy_planner::JoinPlan,
+        round: &crate::stream_join::Round,
+    ) -> Result<RecordBatch, QueryError> {
+        let attempt = |offset: usize, length: usize| {
+            let keys: Vec<ArrayRef> = round.keys.iter().map(|k| k.slice(offset, length)).collect();
+            join.join_streams(
+                &round.left_rows,
+                &round.left.slice(offset, length),
+                &round.right_rows,
+                &round.right.slice(offset, length),
+                &keys,
+            )
+        };
+        let pairs = round.left.len();
+        let error = match attempt(0, pairs) {
+            Ok(output) => return Ok(output),
+            Err(error) => error.strip_backtrace(),
+        };
+        debug!(query = self.spec.query_id, %error, "joined rows failed; isolating pairs");
+        let mut good = Vec::new();
+        for pair in 0..pairs {
+            match attempt(pair, 1) {
+                Ok(output) => good.push(output),
+                Err(error) => {
+                    self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.spec
+                        .processing_log
+                        .report(
+                            &self.spec.query_id,
+                            ErrorKind::ExpressionError,
+                            &self.spec.source_topic,
+                            self.partition,
+                            -1,
+                            format!(
+                                "expression over joined records failed: {}",
+                                error.strip_backtrace()
+                            ),
+                            None,
+                        )
+                        .await;
+                }
+            }
+        }
+        concat_batches(&self.spec.plan.output_schema, &good)
+            .map_err(|e| QueryError::Internal(format!("joined rows: {e}")))
+    }
+
+    /// (partition, offset) of the decoded rows that are not `in_time`.
+    fn late_rows(
+        &self,
+        batch: &RecordBatch,
+        in_time: &datafusion::arrow::array::BooleanArray,
+    ) -> Vec<(i32, i64)> {
+        let partitions = batch.column(1).as_primitive_opt::<Int32Type>();
+        let offsets = batch.column(2).as_primitive_opt::<Int64Type>();
+        (0..batch.num_rows())
+            .filter(|&row| !in_time.value(row))
+            .map(|row| {
+                (
+                    partitions.map_or(self.partition, |p| p.value(row)),
+                    offsets.map_or(-1, |o| o.value(row)),
+                )
+            })
+            .collect()
     }
 
     /// Sends output rows, and the tombstones of a table's deleted keys, to the sink and counts

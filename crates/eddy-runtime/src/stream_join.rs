@@ -1,0 +1,939 @@
+//! Stream-stream joins (`FROM a JOIN b WITHIN n UNIT [GRACE PERIOD m UNIT] ON ...`): per
+//! partition, both streams' recent records in RocksDB.
+//!
+//! Each partition task reads partition p of both streams (they are co-partitioned by the join
+//! key, see `eddy-planner`'s `join`) with readers of its own, and works in *rounds*: a batch of
+//! each side, read up to the high watermarks it has at that moment. A round
+//!
+//! 1. advances the stream time (the largest event time read from either side) over both batches
+//!    in the order Kafka Streams would process them (the side whose next record is older first)
+//!    and drops the records that arrive after their window closed (late, logged);
+//! 2. runs each side's stages, then pairs every new record with the other side's stored records
+//!    and with the other side's new records, of the same key and within the window;
+//! 3. for an outer side, emits each record that met no partner once its window has closed (its
+//!    *close index* entry comes due), with NULLs for the other side;
+//! 4. stores the new records for the window's retention (an *expiry index* deletes them later).
+//!
+//! Store layout (one store per query, keys prefixed by partition by `eddy-state`; every entry is
+//! also written to the query's changelog, so a lost local state is rebuilt):
+//!
+//! ```text
+//!  [side 'l'|'r'][join key (arrow-row)][event time (ordered)][sequence u64 BE] → row (arrow-row)
+//!  ['x'][expiry time (ordered)][row key]                                       → ∅
+//!  ['u'][close time (ordered)][row key]   (outer sides: records without partner) → ∅
+//!  ['m'][name]                             stream time, sequences, next offsets → i64 BE
+//! ```
+//!
+//! The join key's arrow-row bytes are prefix-free, so one key's records of one side are a range
+//! ordered by event time, and a window is one range scan.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use eddy_common::window::{JoinWindow, ordered_time_bytes, time_from_ordered_bytes};
+use eddy_format::SourceLayout;
+use eddy_planner::{JoinKind, JoinPlan, StreamJoin};
+use eddy_state::Store;
+
+use crate::query::QueryError;
+
+/// Most close- and expiry-index entries one round handles; the rest wait for the next round, so
+/// a jump of the stream time over many records does not make one huge batch.
+pub const MAX_JOIN_INDEX_ENTRIES_PER_ROUND: usize = 10_000;
+
+const LEFT_ROW: u8 = b'l';
+const RIGHT_ROW: u8 = b'r';
+const EXPIRY_INDEX: u8 = b'x';
+const CLOSE_INDEX: u8 = b'u';
+const STREAM_TIME_KEY: &[u8] = b"mstream_time";
+const SEQUENCE_KEYS: [&[u8]; 2] = [b"msequence_l", b"msequence_r"];
+const NEXT_OFFSET_KEYS: [&[u8]; 2] = [b"mnext_offset_l", b"mnext_offset_r"];
+/// Event time and sequence after the join key in a row key.
+const ROW_KEY_SUFFIX_LEN: usize = 16;
+
+/// Where the right stream of a stream-stream join is and how its records are read.
+#[derive(Clone)]
+pub struct RightStreamSpec {
+    /// Physical topic.
+    pub topic: String,
+    pub layout: SourceLayout,
+    /// Decoded column holding the event time (`TIMESTAMP='col'`), as for the query's source.
+    pub timestamp_column: Option<usize>,
+    pub timestamp_format: Option<eddy_format::TimestampFormat>,
+}
+
+/// One side of the join: 0 left, 1 right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    Left = 0,
+    Right = 1,
+}
+
+impl Side {
+    fn tag(self) -> u8 {
+        match self {
+            Side::Left => LEFT_ROW,
+            Side::Right => RIGHT_ROW,
+        }
+    }
+
+    fn is_left(self) -> bool {
+        self == Side::Left
+    }
+}
+
+/// What one round produces: the pairs to join (indices into each side's candidate rows, NULL for
+/// the side an unmatched outer row lacks), the key of each pair, and the state changes.
+pub(crate) struct Round {
+    pub left_rows: RecordBatch,
+    pub left: UInt32Array,
+    pub right_rows: RecordBatch,
+    pub right: UInt32Array,
+    pub keys: Vec<ArrayRef>,
+    /// Store and changelog writes: key → value, `None` deletes.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// A record read back from the store.
+struct Stored {
+    row_key: Box<[u8]>,
+    time: i64,
+    value: Box<[u8]>,
+}
+
+/// Partition p of a stream-stream join: its stream time and what it knows of the store.
+pub(crate) struct StreamJoiner {
+    store: Store,
+    partition: i32,
+    window: JoinWindow,
+    kind: JoinKind,
+    key_converter: RowConverter,
+    row_converters: [RowConverter; 2],
+    row_schemas: [SchemaRef; 2],
+    time_columns: [usize; 2],
+    /// Largest event time read from either side; `None` before the first record.
+    stream_time: Option<i64>,
+    next_sequence: [u64; 2],
+    next_offsets: [Option<i64>; 2],
+}
+
+impl StreamJoiner {
+    /// Partition `partition` of the join, from what its (restored) store holds.
+    pub(crate) fn open(store: Store, partition: i32, join: &JoinPlan) -> Result<Self, QueryError> {
+        let stream_join = stream_join_of(join)?;
+        let converter = |fields: Vec<SortField>| {
+            RowConverter::new(fields).map_err(|e| {
+                QueryError::Plan(format!("the joined streams' rows cannot be stored: {e}"))
+            })
+        };
+        let fields = |schema: &SchemaRef| {
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect::<Vec<_>>()
+        };
+        let key_converter = converter(
+            join.table_key_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let row_schemas = [
+            Arc::clone(&stream_join.left_row_schema),
+            Arc::clone(&join.table_row_schema),
+        ];
+        let row_converters = [
+            converter(fields(&row_schemas[0]))?,
+            converter(fields(&row_schemas[1]))?,
+        ];
+        let read_i64 = |key: &[u8]| -> Result<Option<i64>, QueryError> {
+            let value = store.get(partition, key).map_err(state_error)?;
+            Ok(value
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(i64::from_be_bytes))
+        };
+        let stream_time = read_i64(STREAM_TIME_KEY)?;
+        let next_sequence = [
+            read_i64(SEQUENCE_KEYS[0])?.unwrap_or(0) as u64,
+            read_i64(SEQUENCE_KEYS[1])?.unwrap_or(0) as u64,
+        ];
+        let next_offsets = [
+            read_i64(NEXT_OFFSET_KEYS[0])?,
+            read_i64(NEXT_OFFSET_KEYS[1])?,
+        ];
+        Ok(Self {
+            store,
+            partition,
+            window: stream_join.window,
+            kind: join.kind,
+            key_converter,
+            row_converters,
+            row_schemas,
+            time_columns: [stream_join.left_time_column, stream_join.right_time_column],
+            stream_time,
+            next_sequence,
+            next_offsets,
+        })
+    }
+
+    /// The next offset of a side that the store recorded (`None`: the side was never read).
+    pub(crate) fn next_offset(&self, side: Side) -> Option<i64> {
+        self.next_offsets[side as usize]
+    }
+
+    pub(crate) fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// Advances the stream time over both sides' decoded batches (column 0 is `ROWTIME`) in the
+    /// order Kafka Streams processes two partitions (the side whose next record is older first;
+    /// each side in offset order) and returns which rows of each side are in time (not late).
+    pub(crate) fn advance(
+        &mut self,
+        left: &RecordBatch,
+        right: &RecordBatch,
+    ) -> Result<[BooleanArray; 2], QueryError> {
+        let times = |batch: &RecordBatch| {
+            batch
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .cloned()
+                .ok_or_else(|| QueryError::Internal("ROWTIME is not BIGINT".into()))
+        };
+        let (left_times, right_times) = (times(left)?, times(right)?);
+        let mut in_time = [
+            Vec::with_capacity(left_times.len()),
+            Vec::with_capacity(right_times.len()),
+        ];
+        let (mut l, mut r) = (0, 0);
+        while l < left_times.len() || r < right_times.len() {
+            let take_left = r >= right_times.len()
+                || (l < left_times.len() && left_times.value(l) <= right_times.value(r));
+            let (side, time) = if take_left {
+                l += 1;
+                (Side::Left, left_times.value(l - 1))
+            } else {
+                r += 1;
+                (Side::Right, right_times.value(r - 1))
+            };
+            let stream_time = self.stream_time.map_or(time, |t| t.max(time));
+            self.stream_time = Some(stream_time);
+            in_time[side as usize]
+                .push(self.window.close_time(side.is_left(), time) >= stream_time);
+        }
+        let [left_in_time, right_in_time] = in_time;
+        Ok([
+            BooleanArray::from(left_in_time),
+            BooleanArray::from(right_in_time),
+        ])
+    }
+
+    /// Joins a round's new rows (each side's stage output, in time) with each other and with
+    /// the stored rows, closes and expires what the stream time has passed, and says how the
+    /// store changes. `next_offsets` are the sides' next offsets after the round.
+    pub(crate) fn round(
+        &mut self,
+        join: &JoinPlan,
+        left_rows: RecordBatch,
+        right_rows: RecordBatch,
+        next_offsets: [i64; 2],
+    ) -> Result<Round, QueryError> {
+        let expression =
+            |e: datafusion::common::DataFusionError| QueryError::Expression(e.strip_backtrace());
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| QueryError::Internal(format!("{what}: {e}"));
+        let stream_time = self.stream_time.unwrap_or(i64::MIN);
+        let new_rows = [left_rows, right_rows];
+        let key_columns = [
+            join.stream_keys(&new_rows[0]).map_err(expression)?,
+            join.right_stream_keys(&new_rows[1]).map_err(expression)?,
+        ];
+        let keys: [Rows; 2] = [
+            self.key_converter
+                .convert_columns(&key_columns[0])
+                .map_err(|e| internal("join key", &e))?,
+            self.key_converter
+                .convert_columns(&key_columns[1])
+                .map_err(|e| internal("join key", &e))?,
+        ];
+        let times = [
+            time_values(&new_rows[0], self.time_columns[0])?,
+            time_values(&new_rows[1], self.time_columns[1])?,
+        ];
+        let has_key = |side: usize, row: usize| key_columns[side].iter().all(|k| k.is_valid(row));
+        let outer = [
+            matches!(self.kind, JoinKind::Left | JoinKind::Full),
+            matches!(self.kind, JoinKind::Right | JoinKind::Full),
+        ];
+
+        // The other side's stored rows each new row may meet, per key: one range scan per key.
+        let mut stored: [Vec<Stored>; 2] = [Vec::new(), Vec::new()];
+        let mut stored_by_key: [HashMap<&[u8], std::ops::Range<usize>>; 2] =
+            [HashMap::new(), HashMap::new()];
+        for side in [Side::Left, Side::Right] {
+            let other = 1 - side as usize;
+            let mut spans: HashMap<&[u8], (i64, i64)> = HashMap::new();
+            for (row, &time) in times[side as usize].iter().enumerate() {
+                if !has_key(side as usize, row) {
+                    continue;
+                }
+                let span = spans
+                    .entry(keys[side as usize].row(row).data())
+                    .or_insert((time, time));
+                span.0 = span.0.min(time);
+                span.1 = span.1.max(time);
+            }
+            let other_tag = if side.is_left() { RIGHT_ROW } else { LEFT_ROW };
+            for (key, (min, max)) in spans {
+                // A left row at t meets right rows in [t - before, t + after]; a right row at t
+                // meets left rows in [t - after, t + before].
+                let (back, ahead) = if side.is_left() {
+                    (self.window.before_ms, self.window.after_ms)
+                } else {
+                    (self.window.after_ms, self.window.before_ms)
+                };
+                let from = row_key_prefix(other_tag, key, min.saturating_sub(back));
+                let to =
+                    row_key_prefix(other_tag, key, max.saturating_add(ahead).saturating_add(1));
+                let start = stored[other].len();
+                let scan = self
+                    .store
+                    .scan_range(self.partition, Bound::Included(&from), Bound::Excluded(&to))
+                    .map_err(state_error)?;
+                for entry in scan {
+                    let (row_key, value) = entry.map_err(state_error)?;
+                    let time = row_key_time(&row_key)?;
+                    stored[other].push(Stored {
+                        row_key,
+                        time,
+                        value,
+                    });
+                }
+                stored_by_key[other].insert(key, start..stored[other].len());
+            }
+        }
+
+        // Pairs, as (side row references): new rows are 0.., stored ones are numbered after.
+        let counts = [new_rows[0].num_rows(), new_rows[1].num_rows()];
+        let mut used_stored: [HashMap<usize, u32>; 2] = [HashMap::new(), HashMap::new()];
+        let mut pair_left: Vec<Option<u32>> = Vec::new();
+        let mut pair_right: Vec<Option<u32>> = Vec::new();
+        let mut pair_keys: Vec<&[u8]> = Vec::new();
+        let mut matched_new = [vec![false; counts[0]], vec![false; counts[1]]];
+        let mut matched_stored: HashSet<&[u8]> = HashSet::new();
+        let window = self.window;
+        // New rows of one side against the other side's stored rows.
+        for side in [Side::Left, Side::Right] {
+            let s = side as usize;
+            let other = 1 - s;
+            for row in 0..counts[s] {
+                if !has_key(s, row) {
+                    continue;
+                }
+                let key = keys[s].row(row).data();
+                let Some(range) = stored_by_key[other].get(key) else {
+                    continue;
+                };
+                let time = times[s][row];
+                for index in range.clone() {
+                    let candidate = &stored[other][index];
+                    let joins = if side.is_left() {
+                        window.joins(time, candidate.time)
+                    } else {
+                        window.joins(candidate.time, time)
+                    };
+                    if !joins {
+                        continue;
+                    }
+                    let next = used_stored[other].len() as u32;
+                    let reference =
+                        counts[other] as u32 + *used_stored[other].entry(index).or_insert(next);
+                    let (l, r) = if side.is_left() {
+                        (row as u32, reference)
+                    } else {
+                        (reference, row as u32)
+                    };
+                    pair_left.push(Some(l));
+                    pair_right.push(Some(r));
+                    pair_keys.push(key);
+                    matched_new[s][row] = true;
+                    if outer[other] {
+                        matched_stored.insert(&candidate.row_key[..]);
+                    }
+                }
+            }
+        }
+        // New rows against new rows of the other side.
+        let mut new_right_by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for row in 0..counts[1] {
+            if has_key(1, row) {
+                new_right_by_key
+                    .entry(keys[1].row(row).data())
+                    .or_default()
+                    .push(row);
+            }
+        }
+        for row in 0..counts[0] {
+            if !has_key(0, row) {
+                continue;
+            }
+            let key = keys[0].row(row).data();
+            let Some(rights) = new_right_by_key.get(key) else {
+                continue;
+            };
+            for &right in rights {
+                if window.joins(times[0][row], times[1][right]) {
+                    pair_left.push(Some(row as u32));
+                    pair_right.push(Some(right as u32));
+                    pair_keys.push(key);
+                    matched_new[0][row] = true;
+                    matched_new[1][right] = true;
+                }
+            }
+        }
+
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        // Stored rows that found a partner leave the close index.
+        for row_key in &matched_stored {
+            let Some(side) = row_side(row_key) else {
+                continue;
+            };
+            let close = window.close_time(side.is_left(), row_key_time(row_key)?);
+            writes.push((index_key(CLOSE_INDEX, close, row_key), None));
+        }
+
+        // New rows: stored for the window's retention; an outer side's unmatched rows wait for
+        // their window to close, or go out now when it already has (a NULL key never joins).
+        let row_values = [
+            self.row_converters[0]
+                .convert_columns(new_rows[0].columns())
+                .map_err(|e| internal("joined row", &e))?,
+            self.row_converters[1]
+                .convert_columns(new_rows[1].columns())
+                .map_err(|e| internal("joined row", &e))?,
+        ];
+        for side in [Side::Left, Side::Right] {
+            let s = side as usize;
+            for row in 0..counts[s] {
+                let time = times[s][row];
+                let key = keys[s].row(row).data();
+                let unmatched = outer[s] && !matched_new[s][row];
+                if !has_key(s, row) || window.close_time(side.is_left(), time) < stream_time {
+                    if unmatched {
+                        push_alone(
+                            side,
+                            row as u32,
+                            key,
+                            &mut pair_left,
+                            &mut pair_right,
+                            &mut pair_keys,
+                        );
+                    }
+                    if !has_key(s, row) {
+                        continue;
+                    }
+                }
+                if window.expiry_time(time) < stream_time {
+                    continue;
+                }
+                let sequence = self.next_sequence[s];
+                self.next_sequence[s] += 1;
+                let mut row_key = row_key_prefix(side.tag(), key, time);
+                row_key.extend_from_slice(&sequence.to_be_bytes());
+                writes.push((
+                    index_key(EXPIRY_INDEX, window.expiry_time(time), &row_key),
+                    Some(Vec::new()),
+                ));
+                if unmatched && window.close_time(side.is_left(), time) >= stream_time {
+                    writes.push((
+                        index_key(
+                            CLOSE_INDEX,
+                            window.close_time(side.is_left(), time),
+                            &row_key,
+                        ),
+                        Some(Vec::new()),
+                    ));
+                }
+                writes.push((row_key, Some(row_values[s].row(row).data().to_vec())));
+            }
+        }
+
+        // Stored rows whose window closed without a partner: out with NULLs for the other side.
+        let mut closed: Vec<Stored> = Vec::new();
+        let mut index_full = false;
+        if outer[0] || outer[1] {
+            let upper = index_key(CLOSE_INDEX, stream_time, &[]);
+            let scan = self
+                .store
+                .scan_range(
+                    self.partition,
+                    Bound::Included(&[CLOSE_INDEX][..]),
+                    Bound::Excluded(&upper[..]),
+                )
+                .map_err(state_error)?;
+            let mut due_rows: Vec<Box<[u8]>> = Vec::new();
+            for entry in scan {
+                let (index, _) = entry.map_err(state_error)?;
+                if due_rows.len() >= MAX_JOIN_INDEX_ENTRIES_PER_ROUND {
+                    index_full = true;
+                    break;
+                }
+                writes.push((index.to_vec(), None));
+                let row_key: Box<[u8]> = Box::from(&index[9..]);
+                if !matched_stored.contains(&row_key[..]) {
+                    due_rows.push(row_key);
+                }
+            }
+            let wanted: Vec<&[u8]> = due_rows.iter().map(|k| &k[..]).collect();
+            let values = self
+                .store
+                .multi_get(self.partition, &wanted)
+                .map_err(state_error)?;
+            for (row_key, value) in due_rows.into_iter().zip(values) {
+                if let Some(value) = value {
+                    let time = row_key_time(&row_key)?;
+                    closed.push(Stored {
+                        row_key,
+                        time,
+                        value: value.into_boxed_slice(),
+                    });
+                }
+            }
+        }
+
+        // Expired rows leave the store (after every close is handled: a close comes no later).
+        if !index_full {
+            let upper = index_key(EXPIRY_INDEX, stream_time, &[]);
+            let scan = self
+                .store
+                .scan_range(
+                    self.partition,
+                    Bound::Included(&[EXPIRY_INDEX][..]),
+                    Bound::Excluded(&upper[..]),
+                )
+                .map_err(state_error)?;
+            for entry in scan.take(MAX_JOIN_INDEX_ENTRIES_PER_ROUND) {
+                let (index, _) = entry.map_err(state_error)?;
+                writes.push((index[9..].to_vec(), None));
+                writes.push((index.to_vec(), None));
+            }
+        }
+
+        // The candidate rows of each side: new rows, then the stored rows pairs use, then the
+        // closed rows (each alone).
+        let mut stored_rows: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+        for s in 0..2 {
+            let mut used: Vec<(u32, usize)> =
+                used_stored[s].iter().map(|(&i, &n)| (n, i)).collect();
+            used.sort_unstable();
+            stored_rows[s] = used.iter().map(|&(_, i)| &stored[s][i].value[..]).collect();
+        }
+        let mut closed_count = [0u32; 2];
+        for row in &closed {
+            let Some(side) = row_side(&row.row_key) else {
+                continue;
+            };
+            let s = side as usize;
+            let reference = (counts[s] + stored_rows[s].len()) as u32 + closed_count[s];
+            closed_count[s] += 1;
+            let key = &row.row_key[1..row.row_key.len() - ROW_KEY_SUFFIX_LEN];
+            push_alone(
+                side,
+                reference,
+                key,
+                &mut pair_left,
+                &mut pair_right,
+                &mut pair_keys,
+            );
+        }
+        for (s, rows) in stored_rows.iter_mut().enumerate() {
+            for row in &closed {
+                if row_side(&row.row_key).map(|side| side as usize) == Some(s) {
+                    rows.push(&row.value[..]);
+                }
+            }
+        }
+        let [left_new, right_new] = new_rows;
+        let left_rows = self.candidates(0, left_new, &stored_rows[0])?;
+        let right_rows = self.candidates(1, right_new, &stored_rows[1])?;
+        let key_parser = self.key_converter.parser();
+        let keys = self
+            .key_converter
+            .convert_rows(pair_keys.iter().map(|k| key_parser.parse(k)))
+            .map_err(|e| internal("join key", &e))?;
+
+        for (side, offset) in [Side::Left, Side::Right].into_iter().zip(next_offsets) {
+            self.next_offsets[side as usize] = Some(offset);
+            writes.push((
+                NEXT_OFFSET_KEYS[side as usize].to_vec(),
+                Some(offset.to_be_bytes().to_vec()),
+            ));
+            writes.push((
+                SEQUENCE_KEYS[side as usize].to_vec(),
+                Some(
+                    (self.next_sequence[side as usize] as i64)
+                        .to_be_bytes()
+                        .to_vec(),
+                ),
+            ));
+        }
+        if let Some(time) = self.stream_time {
+            writes.push((STREAM_TIME_KEY.to_vec(), Some(time.to_be_bytes().to_vec())));
+        }
+        Ok(Round {
+            left_rows,
+            left: UInt32Array::from(pair_left),
+            right_rows,
+            right: UInt32Array::from(pair_right),
+            keys,
+            writes,
+        })
+    }
+
+    /// A side's new rows followed by decoded stored rows.
+    fn candidates(
+        &self,
+        side: usize,
+        new_rows: RecordBatch,
+        stored: &[&[u8]],
+    ) -> Result<RecordBatch, QueryError> {
+        if stored.is_empty() {
+            return Ok(new_rows);
+        }
+        let converter = &self.row_converters[side];
+        let parser = converter.parser();
+        let columns = converter
+            .convert_rows(stored.iter().map(|bytes| parser.parse(bytes)))
+            .map_err(|e| QueryError::Internal(format!("stored joined row: {e}")))?;
+        let schema = Arc::clone(&self.row_schemas[side]);
+        let stored = RecordBatch::try_new_with_options(
+            Arc::clone(&schema),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(stored.len())),
+        )
+        .map_err(|e| QueryError::Internal(format!("stored joined rows: {e}")))?;
+        concat_batches(&schema, [&new_rows, &stored])
+            .map_err(|e| QueryError::Internal(format!("joined rows: {e}")))
+    }
+}
+
+/// The stream-stream part of a join plan.
+fn stream_join_of(join: &JoinPlan) -> Result<&StreamJoin, QueryError> {
+    join.stream_join
+        .as_ref()
+        .ok_or_else(|| QueryError::Internal("not a stream-stream join".into()))
+}
+
+/// One output row of a side's row alone (an outer join's row without partner).
+fn push_alone<'k>(
+    side: Side,
+    reference: u32,
+    key: &'k [u8],
+    left: &mut Vec<Option<u32>>,
+    right: &mut Vec<Option<u32>>,
+    keys: &mut Vec<&'k [u8]>,
+) {
+    if side.is_left() {
+        left.push(Some(reference));
+        right.push(None);
+    } else {
+        left.push(None);
+        right.push(Some(reference));
+    }
+    keys.push(key);
+}
+
+/// `[tag][key][time]`: the start of a key's rows of one side at `time`.
+fn row_key_prefix(tag: u8, key: &[u8], time: i64) -> Vec<u8> {
+    let mut row_key = Vec::with_capacity(1 + key.len() + ROW_KEY_SUFFIX_LEN);
+    row_key.push(tag);
+    row_key.extend_from_slice(key);
+    row_key.extend_from_slice(&ordered_time_bytes(time));
+    row_key
+}
+
+/// `[tag][time][row key]`: an entry of the close or expiry index.
+fn index_key(tag: u8, time: i64, row_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + row_key.len());
+    key.push(tag);
+    key.extend_from_slice(&ordered_time_bytes(time));
+    key.extend_from_slice(row_key);
+    key
+}
+
+fn row_side(row_key: &[u8]) -> Option<Side> {
+    match row_key.first() {
+        Some(&LEFT_ROW) => Some(Side::Left),
+        Some(&RIGHT_ROW) => Some(Side::Right),
+        _ => None,
+    }
+}
+
+/// The event time in a row key (before its sequence number).
+fn row_key_time(row_key: &[u8]) -> Result<i64, QueryError> {
+    let end = row_key.len().checked_sub(8);
+    let bytes = end
+        .and_then(|end| end.checked_sub(8).map(|start| &row_key[start..end]))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .ok_or_else(|| QueryError::State("a stream join's row key is too short".into()))?;
+    Ok(time_from_ordered_bytes(bytes))
+}
+
+/// The event times of a side's rows (its `ROWTIME` column, never NULL).
+fn time_values(rows: &RecordBatch, column: usize) -> Result<Vec<i64>, QueryError> {
+    let times = rows
+        .column(column)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| QueryError::Internal("a joined stream's ROWTIME is not BIGINT".into()))?;
+    Ok((0..times.len())
+        .map(|i| {
+            if times.is_valid(i) {
+                times.value(i)
+            } else {
+                i64::MIN
+            }
+        })
+        .collect())
+}
+
+fn state_error(error: eddy_state::StateError) -> QueryError {
+    QueryError::State(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
+    use eddy_common::types::SqlType;
+    use eddy_planner::{Clauses, Planner, StreamingPlan};
+    use eddy_state::{StateConfig, StateStore, StoreBatch};
+
+    use super::*;
+
+    fn stream(name: &str, key: &str, value: &str) -> Source {
+        let column = |name: &str, role| Column {
+            name: name.into(),
+            sql_type: SqlType::String,
+            role,
+        };
+        Source {
+            name: name.into(),
+            kind: SourceKind::Stream,
+            columns: vec![
+                column(key, ColumnRole::Key),
+                column(value, ColumnRole::Value),
+            ],
+            topic: name.to_lowercase(),
+            key_format: "KAFKA".into(),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: 1,
+            written_by: None,
+            generator: None,
+            window: None,
+            sql: String::new(),
+        }
+    }
+
+    /// `ORDERS (ID KEY, ITEM) FULL OUTER JOIN SHIPMENTS (ORDER_ID KEY, CARRIER) WITHIN 10 ms,
+    /// no grace`.
+    async fn full_join() -> StreamingPlan {
+        let mut catalog = Catalog::new();
+        for source in [
+            stream("ORDERS", "ID", "ITEM"),
+            stream("SHIPMENTS", "ORDER_ID", "CARRIER"),
+        ] {
+            catalog
+                .apply(Command::CreateSource {
+                    source,
+                    or_replace: false,
+                })
+                .unwrap();
+        }
+        let sql = r#"SELECT o."ID", o."ITEM", s."CARRIER" FROM "ORDERS" o FULL OUTER JOIN "SHIPMENTS" s ON o."ID" = s."ORDER_ID""#;
+        let query = match Parser::parse_sql(&GenericDialect {}, sql)
+            .unwrap()
+            .remove(0)
+        {
+            datafusion::sql::sqlparser::ast::Statement::Query(query) => *query,
+            other => panic!("not a query: {other}"),
+        };
+        Planner::new()
+            .plan_select(
+                &query,
+                Clauses {
+                    within: Some(JoinWindow::new(10, 10, Some(0)).unwrap()),
+                    ..Clauses::default()
+                },
+                &catalog,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// A decoded batch of one side: (key, value, event time), offsets from `first_offset`.
+    fn decoded(source: &Source, records: &[(&str, &str, i64)], first_offset: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            source.arrow_schema(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.2))),
+                Arc::new(Int32Array::from(vec![0; records.len()])),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..records.len() as i64).map(|i| first_offset + i),
+                )),
+                Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        _state: StateStore,
+        store: Store,
+        plan: StreamingPlan,
+    }
+
+    impl Fixture {
+        /// Runs one round as the partition task does and applies its writes; returns the joined
+        /// rows as "ID ITEM CARRIER" (NULL for NULL), sorted.
+        fn round(
+            &self,
+            joiner: &mut StreamJoiner,
+            left: &[(&str, &str, i64)],
+            right: &[(&str, &str, i64)],
+        ) -> Vec<String> {
+            let join = self.plan.join.as_ref().unwrap();
+            let left = decoded(&self.plan.source, left, 0);
+            let right = decoded(&join.table, right, 0);
+            let [left_in_time, right_in_time] = joiner.advance(&left, &right).unwrap();
+            let left =
+                datafusion::arrow::compute::filter_record_batch(&left, &left_in_time).unwrap();
+            let right =
+                datafusion::arrow::compute::filter_record_batch(&right, &right_in_time).unwrap();
+            let left = self.plan.process(left).unwrap();
+            let right = join.right_stream_rows(right).unwrap();
+            let round = joiner.round(join, left, right, [7, 9]).unwrap();
+            let output = join
+                .join_streams(
+                    &round.left_rows,
+                    &round.left,
+                    &round.right_rows,
+                    &round.right,
+                    &round.keys,
+                )
+                .unwrap();
+            let mut batch = StoreBatch::default();
+            for (key, value) in &round.writes {
+                match value {
+                    Some(value) => batch.put(key, value),
+                    None => batch.delete(key),
+                }
+            }
+            self.store.write(0, batch).unwrap();
+            let text = |column: &str, row: usize| {
+                let values = output
+                    .column(self.plan.output_schema.index_of(column).unwrap())
+                    .as_string::<i32>();
+                if values.is_null(row) {
+                    "NULL".to_owned()
+                } else {
+                    values.value(row).to_owned()
+                }
+            };
+            let mut rows: Vec<String> = (0..output.num_rows())
+                .map(|row| {
+                    format!(
+                        "{} {} {}",
+                        text("ID", row),
+                        text("ITEM", row),
+                        text("CARRIER", row)
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        }
+
+        /// Stored records of one side.
+        fn stored(&self, tag: u8) -> usize {
+            self.store
+                .scan_prefix(0, &[tag])
+                .unwrap()
+                .filter(|entry| entry.is_ok())
+                .count()
+        }
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateStore::open(dir.path(), &StateConfig::default()).unwrap();
+        let store = state.store("q-join").unwrap();
+        Fixture {
+            _dir: dir,
+            _state: state,
+            store,
+            plan: full_join().await,
+        }
+    }
+
+    #[tokio::test]
+    async fn pairs_close_unmatched_rows_expire_and_resume_from_the_store() {
+        let fixture = fixture().await;
+        let join = fixture.plan.join.as_ref().unwrap();
+        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join).unwrap();
+        // In merged time order: a@100 (left), a@105 (right), b@200, c@300. Each is in time at
+        // its own turn. a meets a; b's window (200 + 10) closed by 300: it goes out alone; c's
+        // window is open until 310.
+        let rows = fixture.round(
+            &mut joiner,
+            &[("a", "apple", 100), ("b", "pear", 200)],
+            &[("a", "dhl", 105), ("c", "ups", 300)],
+        );
+        assert_eq!(rows, ["a apple dhl", "b pear NULL"]);
+        assert_eq!(joiner.stream_time(), Some(300));
+        // Records already past their retention (t + 20 < 300) are not stored at all.
+        assert_eq!(fixture.stored(LEFT_ROW), 0);
+        assert_eq!(fixture.stored(RIGHT_ROW), 1, "c is kept");
+        assert_eq!(fixture.stored(CLOSE_INDEX), 1, "c waits for a partner");
+
+        // A new right record meets a stored left one within the window; stream time 400 closes
+        // c (alone, key in both key columns) and expires every record older than 400 - 20.
+        let rows = fixture.round(&mut joiner, &[("d", "fig", 395)], &[("d", "gls", 400)]);
+        assert_eq!(rows, ["c NULL ups", "d fig gls"]);
+        assert_eq!(fixture.stored(LEFT_ROW), 1, "d");
+        assert_eq!(fixture.stored(RIGHT_ROW), 1, "c expired, d stays");
+        assert_eq!(fixture.stored(CLOSE_INDEX), 0, "d found its partner");
+
+        // Late: 350 + 10 < 400. Dropped before the join, so d meets nothing new.
+        let left = decoded(&fixture.plan.source, &[("d", "late", 350)], 5);
+        let right = decoded(&join.table, &[], 0);
+        let [in_time, _] = joiner.advance(&left, &right).unwrap();
+        assert!(!in_time.value(0));
+
+        // A joiner opened on the same store resumes with its stream time and offsets; a record
+        // stored before meets a new one.
+        let mut resumed = StreamJoiner::open(fixture.store.clone(), 0, join).unwrap();
+        assert_eq!(resumed.stream_time(), Some(400));
+        assert_eq!(resumed.next_offset(Side::Left), Some(7));
+        assert_eq!(resumed.next_offset(Side::Right), Some(9));
+        let rows = fixture.round(&mut resumed, &[("e", "kiwi", 401)], &[("d", "tnt", 398)]);
+        assert_eq!(rows, ["d fig tnt"]);
+        // e waits for its window to close at 411, then goes out alone.
+        assert_eq!(fixture.stored(CLOSE_INDEX), 1);
+        let rows = fixture.round(&mut resumed, &[], &[("z", "ups", 412)]);
+        assert_eq!(rows, ["e kiwi NULL"]);
+    }
+}
