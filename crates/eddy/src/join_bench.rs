@@ -1,11 +1,14 @@
-//! `eddy bench join`: stream-table join throughput, end to end through Kafka, next to a plain
-//! pass-through of the same stream in the same run (the ceiling for a query that writes every
-//! record).
+//! `eddy bench join`: stream-table and stream-stream join throughput, end to end through Kafka,
+//! next to a plain pass-through of the same stream in the same run (the ceiling for a query that
+//! writes every record).
 //!
 //! 1. Fills `bench_users` (a table, `keys` rows) and `bench_clicks` (a stream, `events` records
-//!    keyed by user, co-partitioned with the table).
-//! 2. Runs `CREATE STREAM ... AS SELECT` pass-through, then the stream-table `LEFT JOIN`, each from
-//!    the beginning, and times until its output topic holds every event.
+//!    keyed by user, co-partitioned with the table), and `bench_click_ids` and
+//!    `bench_conversions` (streams of `events` records each, both keyed by click).
+//! 2. Runs `CREATE STREAM ... AS SELECT` pass-through, the stream-table `LEFT JOIN`, and the
+//!    stream-stream `JOIN ... WITHIN 1 HOUR` of clicks and conversions (each click meets its
+//!    conversion: as many pairs as events), each from the beginning, and times until its output
+//!    topic holds every event.
 //! 3. Checks that the joined records found their users (a sample of the output is decoded).
 
 use std::time::{Duration, Instant};
@@ -48,6 +51,10 @@ pub async fn run(connection: &KafkaConnection, bench: JoinBench) -> Result<()> {
              WITH (KAFKA_TOPIC='bench_users', VALUE_FORMAT='JSON', PARTITIONS={p}); \
              CREATE STREAM bench_clicks (user_id STRING KEY, page STRING, ms INT) \
              WITH (KAFKA_TOPIC='bench_clicks', VALUE_FORMAT='JSON', PARTITIONS={p}); \
+             CREATE STREAM bench_click_ids (click_id STRING KEY, page STRING, ms INT) \
+             WITH (KAFKA_TOPIC='bench_click_ids', VALUE_FORMAT='JSON', PARTITIONS={p}); \
+             CREATE STREAM bench_conversions (click_id STRING KEY, amount INT) \
+             WITH (KAFKA_TOPIC='bench_conversions', VALUE_FORMAT='JSON', PARTITIONS={p}); \
              SET 'auto.offset.reset'='earliest';",
             p = bench.partitions
         ),
@@ -77,6 +84,31 @@ pub async fn run(connection: &KafkaConnection, bench: JoinBench) -> Result<()> {
     )
     .await?;
 
+    // The stream-stream join pairs each click with its conversion: both keyed by click, so there
+    // are as many pairs as events (keyed by user, every click would meet every conversion of its
+    // user within the hour).
+    produce_records(
+        connection,
+        &config.physical_topic("bench_conversions"),
+        bench.events,
+        |i, key, value| {
+            use std::fmt::Write;
+            let _ = write!(key, "click-{i}");
+            let _ = write!(value, "{{\"amount\":{}}}", i % 100);
+        },
+    )
+    .await?;
+    produce_records(
+        connection,
+        &config.physical_topic("bench_click_ids"),
+        bench.events,
+        |i, key, value| {
+            use std::fmt::Write;
+            let _ = write!(key, "click-{i}");
+            let _ = write!(value, "{{\"page\":\"/p/{}\",\"ms\":{}}}", i % 50, i % 1000);
+        },
+    )
+    .await?;
     let queries = [
         (
             "pass-through",
@@ -88,6 +120,13 @@ pub async fn run(connection: &KafkaConnection, bench: JoinBench) -> Result<()> {
             "CREATE STREAM bench_enriched AS SELECT c.user_id, c.page, c.ms, u.name, u.tier \
              FROM bench_clicks c LEFT JOIN bench_users u ON c.user_id = u.id;",
             "bench_enriched",
+        ),
+        (
+            "stream-stream JOIN",
+            "CREATE STREAM bench_converted AS SELECT c.click_id, c.page, v.amount \
+             FROM bench_click_ids c JOIN bench_conversions v \
+             WITHIN 1 HOUR GRACE PERIOD 1 HOUR ON c.click_id = v.click_id;",
+            "bench_converted",
         ),
     ];
     println!(

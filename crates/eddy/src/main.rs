@@ -139,7 +139,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         latency_seconds: u32,
     },
-    /// Time a stream-table join end to end, next to a pass-through of the same stream.
+    /// Time a stream-table and a stream-stream join end to end, next to a pass-through.
     Join {
         /// Click events in the stream.
         #[arg(long, default_value_t = 200_000)]
