@@ -1263,6 +1263,32 @@ pub(crate) async fn commit_partition(
     next_source_offset: i64,
     timeout: Duration,
 ) -> Result<(), QueryError> {
+    commit_partition_with_local(
+        store,
+        partition,
+        changelog_topic,
+        producer,
+        writes,
+        &[],
+        next_source_offset,
+        timeout,
+    )
+    .await
+}
+
+/// [`commit_partition`] with `local_writes` that go to the store's write batch only, not to the
+/// changelog (state the task rebuilds from the rest after a restore).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn commit_partition_with_local(
+    store: &Store,
+    partition: i32,
+    changelog_topic: Option<&str>,
+    producer: Option<&FutureProducer>,
+    writes: &[(Vec<u8>, Option<Vec<u8>>)],
+    local_writes: &[(Vec<u8>, Option<Vec<u8>>)],
+    next_source_offset: i64,
+    timeout: Duration,
+) -> Result<(), QueryError> {
     let mut last_offset = None;
     if let (Some(topic), Some(producer)) = (changelog_topic, producer) {
         let mut deliveries = Deliveries::new(topic, timeout);
@@ -1278,7 +1304,7 @@ pub(crate) async fn commit_partition(
         last_offset = deliveries.finish().await?;
     }
     let mut batch = StoreBatch::default();
-    for (key, value) in writes {
+    for (key, value) in writes.iter().chain(local_writes) {
         match value {
             Some(value) => batch.put(key, value),
             None => batch.delete(key),

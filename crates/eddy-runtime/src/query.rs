@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::aggregate::{
-    MaterializedView, PartitionAggregate, StateSpec, commit_partition, restore_partition,
-    split_rows,
+    MaterializedView, PartitionAggregate, StateSpec, commit_partition, commit_partition_with_local,
+    restore_partition, split_rows,
 };
 use crate::join::{JoinSpec, TableSide};
 use crate::kafka::{KafkaConnection, KafkaError, PartitionReader};
@@ -1574,7 +1574,11 @@ impl PartitionTask {
         let Some(stream_join) = join.stream_join.as_ref() else {
             return Err(QueryError::Internal("not a stream-stream join".into()));
         };
-        restore_partition(
+        let local = join_spec
+            .store
+            .checkpoint(self.partition)
+            .map_err(|e| QueryError::State(e.to_string()))?;
+        let restored = restore_partition(
             &join_spec.store,
             self.partition,
             join_spec.changelog_topic.as_deref(),
@@ -1584,6 +1588,15 @@ impl PartitionTask {
         )
         .await?;
         let mut joiner = StreamJoiner::open(join_spec.store.clone(), self.partition, join)?;
+        if restored.changelog_offset != local.changelog_offset {
+            let rows = joiner.rebuild_expiry_index()?;
+            debug!(
+                query = spec.query_id,
+                partition = self.partition,
+                rows,
+                "expiry index rebuilt"
+            );
+        }
         // Each side resumes at its stored next offset; a new query starts where it is told.
         let mut starts = [Offset::Beginning, Offset::Beginning];
         for (side, topic) in [
@@ -1758,12 +1771,13 @@ impl PartitionTask {
                 {
                     return Ok(()); // the client went away
                 }
-                commit_partition(
+                commit_partition_with_local(
                     &join_spec.store,
                     self.partition,
                     join_spec.changelog_topic.as_deref(),
                     changelog_producer.as_ref(),
                     &round.writes,
+                    &round.local_writes,
                     next_offsets[0],
                     timeout,
                 )

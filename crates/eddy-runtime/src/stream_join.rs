@@ -14,8 +14,9 @@
 //!    *close index* entry comes due), with NULLs for the other side;
 //! 4. stores the new records for the window's retention (an *expiry index* deletes them later).
 //!
-//! Store layout (one store per query, keys prefixed by partition by `eddy-state`; every entry is
-//! also written to the query's changelog, so a lost local state is rebuilt):
+//! Store layout (one store per query, keys prefixed by partition by `eddy-state`; every entry but
+//! the expiry index is also written to the query's changelog, so a lost local state is rebuilt;
+//! the expiry index follows from the row keys and is rebuilt from them after a restore):
 //!
 //! ```text
 //!  [side 'l'|'r'][join key (arrow-row)][event time (ordered)][sequence u64 BE] → row (arrow-row)
@@ -97,6 +98,8 @@ pub(crate) struct Round {
     pub keys: Vec<ArrayRef>,
     /// Store and changelog writes: key → value, `None` deletes.
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Store writes kept out of the changelog (the expiry index, rebuilt after a restore).
+    pub local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// A record read back from the store.
@@ -399,6 +402,7 @@ impl StreamJoiner {
         }
 
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         // Stored rows that found a partner leave the close index.
         for row_key in &matched_stored {
             let Some(side) = row_side(row_key) else {
@@ -446,7 +450,7 @@ impl StreamJoiner {
                 self.next_sequence[s] += 1;
                 let mut row_key = row_key_prefix(side.tag(), key, time);
                 row_key.extend_from_slice(&sequence.to_be_bytes());
-                writes.push((
+                local_writes.push((
                     index_key(EXPIRY_INDEX, window.expiry_time(time), &row_key),
                     Some(Vec::new()),
                 ));
@@ -521,7 +525,7 @@ impl StreamJoiner {
             for entry in scan.take(MAX_JOIN_INDEX_ENTRIES_PER_ROUND) {
                 let (index, _) = entry.map_err(state_error)?;
                 writes.push((index[9..].to_vec(), None));
-                writes.push((index.to_vec(), None));
+                local_writes.push((index.to_vec(), None));
             }
         }
 
@@ -593,7 +597,32 @@ impl StreamJoiner {
             right: UInt32Array::from(pair_right),
             keys,
             writes,
+            local_writes,
         })
+    }
+
+    /// Writes the expiry index entry of every stored row: the index is not in the changelog
+    /// (it follows from the row keys), so a store restored from the changelog gets it here.
+    /// Entries of rows deleted since are harmless: expiring them deletes nothing.
+    pub(crate) fn rebuild_expiry_index(&self) -> Result<usize, QueryError> {
+        let mut batch = eddy_state::StoreBatch::default();
+        let mut rows = 0;
+        for tag in [LEFT_ROW, RIGHT_ROW] {
+            for entry in self
+                .store
+                .scan_prefix(self.partition, &[tag])
+                .map_err(state_error)?
+            {
+                let (row_key, _) = entry.map_err(state_error)?;
+                let expiry = self.window.expiry_time(row_key_time(&row_key)?);
+                batch.put(&index_key(EXPIRY_INDEX, expiry, &row_key), &[]);
+                rows += 1;
+            }
+        }
+        self.store
+            .write(self.partition, batch)
+            .map_err(state_error)?;
+        Ok(rows)
     }
 
     /// A side's new rows followed by decoded stored rows.
@@ -836,7 +865,7 @@ mod tests {
                 )
                 .unwrap();
             let mut batch = StoreBatch::default();
-            for (key, value) in &round.writes {
+            for (key, value) in round.writes.iter().chain(&round.local_writes) {
                 match value {
                     Some(value) => batch.put(key, value),
                     None => batch.delete(key),
@@ -926,6 +955,15 @@ mod tests {
         // A joiner opened on the same store resumes with its stream time and offsets; a record
         // stored before meets a new one.
         let mut resumed = StreamJoiner::open(fixture.store.clone(), 0, join).unwrap();
+        // The expiry index is not in the changelog: a restored store gets it from its rows.
+        let mut batch = StoreBatch::default();
+        for entry in fixture.store.scan_prefix(0, &[EXPIRY_INDEX]).unwrap() {
+            batch.delete(&entry.unwrap().0);
+        }
+        fixture.store.write(0, batch).unwrap();
+        assert_eq!(fixture.stored(EXPIRY_INDEX), 0);
+        assert_eq!(resumed.rebuild_expiry_index().unwrap(), 2);
+        assert_eq!(fixture.stored(EXPIRY_INDEX), 2);
         assert_eq!(resumed.stream_time(), Some(400));
         assert_eq!(resumed.next_offset(Side::Left), Some(7));
         assert_eq!(resumed.next_offset(Side::Right), Some(9));
@@ -935,5 +973,10 @@ mod tests {
         assert_eq!(fixture.stored(CLOSE_INDEX), 1);
         let rows = fixture.round(&mut resumed, &[], &[("z", "ups", 412)]);
         assert_eq!(rows, ["e kiwi NULL"]);
+        // Stream time 431 expires every row older than 411 (retention 20), those stored before
+        // the rebuild too; z (412) stays.
+        fixture.round(&mut resumed, &[], &[("y", "ups", 431)]);
+        assert_eq!(fixture.stored(LEFT_ROW), 0, "d and e expired");
+        assert_eq!(fixture.stored(RIGHT_ROW), 2, "z and y stay");
     }
 }
