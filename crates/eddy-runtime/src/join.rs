@@ -425,6 +425,11 @@ impl TableSide {
             .map_err(|e| QueryError::State(e.to_string()))
     }
 
+    /// The next offset of the table partition to apply.
+    pub(crate) fn next_offset(&self) -> i64 {
+        self.reader.next_offset()
+    }
+
     pub(crate) fn is_left(&self) -> bool {
         self.left
     }

@@ -445,10 +445,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
 
     // A transient join that reads both sides itself needs its partition tasks before (or
     // without) records of the query's own source.
-    if !spec.persistent
-        && let Some(join) = &spec.plan.join
-        && (join.stream_join.is_some() || join.left_table.is_some())
-    {
+    if !spec.persistent && reads_both_sides(&spec) {
         let partitions = spec
             .connection
             .topic(&spec.source_topic)
@@ -673,10 +670,19 @@ impl Driver {
                         if let Ok(mut progress) = progress.lock() { progress.remove(&partition); }
                     }
                     let assigned_now: Vec<i32> = assigned.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
+                    // A join that reads both sides itself needs the query's consumer only for
+                    // the partitions it owns and their commits: its fetches would be wasted.
+                    let mut paused = TopicPartitionList::new();
                     for partition in assigned_now {
                         debug!(query = spec.query_id, partition, "partition assigned");
                         let task = if spec.single_task { 0 } else { partition };
                         worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        if reads_both_sides(&spec) {
+                            paused.add_partition(&spec.source_topic, partition);
+                        }
+                    }
+                    if paused.count() > 0 && let Err(error) = consumer.pause(&paused) {
+                        warn!(query = spec.query_id, %error, "cannot pause the join's own consumer");
                     }
                 }
                 _ = commit_tick.tick(), if spec.persistent => {
@@ -717,6 +723,15 @@ impl Driver {
         }
         record_outcome(&metrics, &spec.query_id, outcome);
     }
+}
+
+/// A join of two tables or two streams: its partition tasks read both sides with readers of
+/// their own, and the query's consumer only owns partitions and commits.
+fn reads_both_sides(spec: &QuerySpec) -> bool {
+    spec.plan
+        .join
+        .as_ref()
+        .is_some_and(|join| join.stream_join.is_some() || join.left_table.is_some())
 }
 
 fn commit_progress(
@@ -1447,10 +1462,10 @@ impl PartitionTask {
     }
 
     /// Runs a join of two tables. Both tables are read by this task's own consumers (the query's
-    /// consumer, on the left table, only assigns partitions and paces the task); whenever either
-    /// side has new records (checked when the query's consumer delivers and every
-    /// `table_join_poll_interval_ms`), the changed keys' joined rows, or tombstones, are sent,
-    /// then the side's store is written with its next offset.
+    /// consumer, on the left table, only owns partitions and commits; its partitions are paused);
+    /// whenever either side has new records (checked every `table_join_poll_interval_ms`), the
+    /// changed keys' joined rows, or tombstones, are sent, then the side's store is written with
+    /// its next offset.
     async fn run_table_join(
         &self,
         mut receiver: mpsc::Receiver<RawBatch>,
@@ -1500,13 +1515,9 @@ impl PartitionTask {
             spec.config.table_join_poll_interval_ms.max(1),
         ));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut delivered: Option<i64> = None;
         loop {
             tokio::select! {
-                raw = receiver.recv() => match raw {
-                    Some(raw) => delivered = raw.offsets().last().map(|o| o + 1).or(delivered),
-                    None => return Ok(()),
-                },
+                raw = receiver.recv() => if raw.is_none() { return Ok(()) },
                 _ = poll.tick() => {}
             }
             for this_is_left in [true, false] {
@@ -1543,16 +1554,16 @@ impl PartitionTask {
                 }
             }
             retract_unknown = false;
-            // The left table is read past what the query's consumer delivered.
-            if let Some(offset) = delivered.take() {
-                self.progress.store(offset, Ordering::Release);
-            }
+            // The query's consumer is paused (see `reads_both_sides`): the left table's progress
+            // is this task's own reader's.
+            self.progress
+                .fetch_max(left.next_offset(), Ordering::AcqRel);
         }
     }
 
     /// Runs a join of two streams `WITHIN` a window. Both streams are read by this task's own
-    /// readers (the query's consumer, on the left stream, only assigns partitions and paces the
-    /// task), in rounds of one batch of each side (see `stream_join`); each round's output is
+    /// readers (the query's consumer, on the left stream, only owns partitions and commits; its
+    /// partitions are paused), in rounds of one batch of each side (see `stream_join`); each round's output is
     /// sent, then its state changes go to the changelog and the store with both next offsets.
     async fn run_stream_join(
         &self,
@@ -1673,6 +1684,7 @@ impl PartitionTask {
             "stream join ready"
         );
         let mut skipped = Vec::new();
+        let mut highs = [-1i64; 2];
         loop {
             tokio::select! {
                 raw = receiver.recv() => if raw.is_none() { return Ok(()) },
@@ -1683,8 +1695,13 @@ impl PartitionTask {
                 let mut read_any = false;
                 for side in [Side::Left, Side::Right] {
                     let s = side as usize;
-                    let high = readers[s].high_watermark(&spec.connection).await?;
-                    let raw = readers[s].read_batch(high).await?;
+                    // A side is read up to the high watermark last asked for; a new one is asked
+                    // for only once the reader has caught up with it (one request per round
+                    // trip to the end of the partition, not one per batch).
+                    if readers[s].next_offset() >= highs[s] {
+                        highs[s] = readers[s].high_watermark(&spec.connection).await?;
+                    }
+                    let raw = readers[s].read_batch(highs[s]).await?;
                     skipped.clear();
                     let batch = match raw {
                         Some(raw) => {
