@@ -642,19 +642,40 @@ fn check_streams_co_partitioned(
             shown(left_exprs)
         )));
     }
+    key_layouts_alike(left, right, &hint).map_err(not_co_partitioned)
+}
+
+/// Co-partitioned sides store their keys alike and have as many partitions: else the message
+/// (ending with `hint`) that says which differs.
+fn key_layouts_alike(left: &Source, right: &Source, hint: &str) -> Result<(), String> {
+    let kind = |source: &Source| match source.kind {
+        SourceKind::Stream => "stream",
+        SourceKind::Table => "table",
+    };
     if left.key_format != right.key_format {
-        return Err(not_co_partitioned(format!(
-            "stream \"{}\" has key format {} and stream \"{}\" {}: joined keys must be stored \
-             alike{hint}",
-            left.name, left.key_format, right.name, right.key_format
-        )));
+        return Err(format!(
+            "{} \"{}\" has key format {} and {} \"{}\" {}: joined keys must be stored alike{hint}",
+            kind(left),
+            left.name,
+            left.key_format,
+            kind(right),
+            right.name,
+            right.key_format
+        ));
     }
     if left.partitions != right.partitions {
-        return Err(not_co_partitioned(format!(
-            "stream \"{}\" has {} partitions and stream \"{}\" {}: a stream-stream join needs \
-             both with the same number{hint}",
-            left.name, left.partitions, right.name, right.partitions
-        )));
+        return Err(format!(
+            "{} \"{}\" has {} partitions and {} \"{}\" {}: a {}-{} join needs both with the same \
+             number{hint}",
+            kind(left),
+            left.name,
+            left.partitions,
+            kind(right),
+            right.name,
+            right.partitions,
+            kind(left),
+            kind(right)
+        ));
     }
     Ok(())
 }
@@ -810,20 +831,7 @@ fn check_co_partitioned(
             stream.name
         )));
     }
-    if stream.key_format != table.key_format {
-        return Err(not_co_partitioned(format!(
-            "stream \"{}\" has key format {} and table \"{}\" {}: joined keys must be stored \
-             alike{hint}",
-            stream.name, stream.key_format, table.name, table.key_format
-        )));
-    }
-    if stream.partitions != table.partitions {
-        return Err(not_co_partitioned(format!(
-            "stream \"{}\" has {} partitions and table \"{}\" {}: a stream-table join needs \
-             both with the same number{hint}",
-            stream.name, stream.partitions, table.name, table.partitions
-        )));
-    }
+    key_layouts_alike(stream, table, &hint).map_err(not_co_partitioned)?;
     if stream.kind != SourceKind::Stream || table.kind != SourceKind::Table {
         return Err(PlanError::Invalid(
             "internal error: join sides swapped".into(),

@@ -1563,8 +1563,9 @@ impl PartitionTask {
 
     /// Runs a join of two streams `WITHIN` a window. Both streams are read by this task's own
     /// readers (the query's consumer, on the left stream, only owns partitions and commits; its
-    /// partitions are paused), in rounds of one batch of each side (see `stream_join`); each round's output is
-    /// sent, then its state changes go to the changelog and the store with both next offsets.
+    /// partitions are paused), in rounds of one batch of each side (see `stream_join`); each
+    /// round's output is sent, then its state changes go to the changelog and the store with
+    /// both next offsets.
     async fn run_stream_join(
         &self,
         mut receiver: mpsc::Receiver<RawBatch>,
