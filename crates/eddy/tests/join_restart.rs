@@ -1,6 +1,6 @@
 //! Joins across restarts: a restarted server resumes its join queries with the table rows it
 //! had (local state), and a server whose local state was deleted rebuilds them from the tables'
-//! topics. Runs the `eddy` binary against its own embedded broker (started here).
+//! topics and the stream-stream join's changelog. Runs the `eddy` binary against its own embedded broker (started here).
 
 use eddy_broker::{EmbeddedBroker, EmbeddedBrokerConfig};
 
@@ -16,17 +16,21 @@ CREATE TABLE users (id STRING PRIMARY KEY, name STRING) WITH (KAFKA_TOPIC='users
 CREATE TABLE balances (id STRING PRIMARY KEY, amount INT) WITH (KAFKA_TOPIC='balances', VALUE_FORMAT='JSON', PARTITIONS=2);
 CREATE STREAM clicks (user_id STRING KEY, page STRING) WITH (KAFKA_TOPIC='clicks', VALUE_FORMAT='JSON', PARTITIONS=2);
 CREATE STREAM visits (visit_id STRING KEY, user_id STRING) WITH (KAFKA_TOPIC='visits', VALUE_FORMAT='JSON', PARTITIONS=2);
+CREATE STREAM payments (user_id STRING KEY, amount INT) WITH (KAFKA_TOPIC='payments', VALUE_FORMAT='JSON', PARTITIONS=2);
 INSERT INTO users (id, name) VALUES ('u1', 'ann');
 INSERT INTO users (id, name) VALUES ('u2', 'bob');
 INSERT INTO balances (id, amount) VALUES ('u1', 10);
 CREATE STREAM enriched AS SELECT c.user_id, c.page, u.name FROM clicks c LEFT JOIN users u ON c.user_id = u.id;
 CREATE STREAM visit_names AS SELECT v.visit_id, v.user_id, u.name FROM visits v JOIN users u ON v.user_id = u.id;
 CREATE TABLE user_balances AS SELECT u.id, u.name, b.amount FROM users u JOIN balances b ON u.id = b.id;
+CREATE STREAM paid_clicks AS SELECT c.user_id, c.page, p.amount FROM clicks c JOIN payments p WITHIN 1 HOUR ON c.user_id = p.user_id;
 INSERT INTO clicks (user_id, page) VALUES ('u1', '/a');
+INSERT INTO payments (user_id, amount) VALUES ('u1', 5);
 INSERT INTO visits (visit_id, user_id) VALUES ('v1', 'u2');
 SELECT user_id, page, name FROM enriched EMIT CHANGES LIMIT 1;
 SELECT visit_id, name FROM visit_names EMIT CHANGES LIMIT 1;
 SELECT id, name, amount FROM user_balances EMIT CHANGES LIMIT 1;
+SELECT user_id, page, amount FROM paid_clicks EMIT CHANGES LIMIT 1;
 ";
 
 #[tokio::test]
@@ -50,8 +54,10 @@ async fn joins_resume_after_a_restart_and_rebuild_lost_table_state_from_the_topi
         has_row(&stdout, &["u1", "ann", "10"]),
         "first run\n{context}"
     );
+    assert!(has_row(&stdout, &["u1", "/a", "5"]), "first run\n{context}");
 
-    // A restart resumes the three queries; changes made while they run are joined.
+    // A restart resumes the four queries; changes made while they run are joined (a payment
+    // meets the click the stream-stream join stored before the restart).
     let (stdout, stderr) = run_statements(
         &bootstrap,
         &data_dir,
@@ -61,7 +67,9 @@ INSERT INTO users (id, name) VALUES ('u1', 'ann-2');
 INSERT INTO balances (id, amount) VALUES ('u2', 20);
 INSERT INTO clicks (user_id, page) VALUES ('u1', '/b');
 INSERT INTO visits (visit_id, user_id) VALUES ('v2', 'u1');
+INSERT INTO payments (user_id, amount) VALUES ('u1', 7);
 SELECT user_id, page, name FROM enriched WHERE page = '/b' EMIT CHANGES LIMIT 1;
+SELECT user_id, page, amount FROM paid_clicks WHERE page = '/a' AND amount = 7 EMIT CHANGES LIMIT 1;
 SELECT visit_id, name FROM visit_names WHERE visit_id = 'v2' EMIT CHANGES LIMIT 1;
 SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
 ",
@@ -80,9 +88,14 @@ SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
         has_row(&stdout, &["u2", "bob", "20"]),
         "after restart\n{context}"
     );
+    assert!(
+        has_row(&stdout, &["u1", "/a", "7"]),
+        "after restart\n{context}"
+    );
 
     // Without local state, the table sides are read again from their topics: the next stream
-    // records still find their rows, and the table-table join still knows u1 and u2.
+    // records still find their rows, and the table-table join still knows u1 and u2; the
+    // stream-stream join rebuilds its stored clicks from its changelog.
     std::fs::remove_dir_all(data_dir.join("state")).expect("state directory removed");
     let (stdout, stderr) = run_statements(
         &bootstrap,
@@ -92,6 +105,8 @@ SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
 INSERT INTO clicks (user_id, page) VALUES ('u2', '/c');
 INSERT INTO visits (visit_id, user_id) VALUES ('v3', 'u1');
 PRODUCE TO balances KEY 'u1' VALUE NULL;
+INSERT INTO payments (user_id, amount) VALUES ('u1', 11);
+SELECT user_id, page, amount FROM paid_clicks WHERE page = '/a' AND amount = 11 EMIT CHANGES LIMIT 1;
 SELECT user_id, page, name FROM enriched WHERE page = '/c' EMIT CHANGES LIMIT 1;
 SELECT visit_id, name FROM visit_names WHERE visit_id = 'v3' EMIT CHANGES LIMIT 1;
 SELECT id, name, amount FROM user_balances WHERE id = 'u1' AND amount IS NULL EMIT CHANGES LIMIT 1;
@@ -105,6 +120,10 @@ SELECT id, name, amount FROM user_balances WHERE id = 'u1' AND amount IS NULL EM
     );
     assert!(
         has_row(&stdout, &["v3", "ann-2"]),
+        "after losing state\n{context}"
+    );
+    assert!(
+        has_row(&stdout, &["u1", "/a", "11"]),
         "after losing state\n{context}"
     );
     // u1's balance was deleted: its joined row became a tombstone.
