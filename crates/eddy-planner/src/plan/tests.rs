@@ -320,48 +320,34 @@ async fn a_stream_stream_join_needs_within_and_runs_both_sides_stages() {
 #[tokio::test]
 async fn joins_of_the_wrong_kinds_of_sources_are_refused_with_the_right_form() {
     let within = JoinWindow::new(1000, 1000, None).unwrap();
-    let err = plan_within(
-        r#"SELECT s."ID" FROM "ORDER_STATE" s JOIN "ORDERS" o ON s."ID" = o."ID""#,
-        None,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("a stream joins a table, not the reverse"),
-        "{err}"
-    );
-    let err = plan_within(
-        r#"SELECT o."ID" FROM "ORDERS" o JOIN "ORDER_STATE" s ON o."ID" = s."ID""#,
-        Some(within),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("WITHIN belongs to a join of two streams"),
-        "{err}"
-    );
-    let err = plan_within(r#"SELECT "ID" FROM "ORDERS""#, Some(within))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("WITHIN belongs to a join of two streams"),
-        "{err}"
-    );
-    // The right stream must be keyed by its join column; the left one is repartitioned.
-    let err = plan_within(
-        r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ID" = b."ITEM""#,
-        Some(within),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("\"ORDERS\" is not keyed by its join expression ITEM"),
-        "{err}"
-    );
+    // Each refused query, and what its error must say.
+    let refusals = [
+        (
+            r#"SELECT s."ID" FROM "ORDER_STATE" s JOIN "ORDERS" o ON s."ID" = o."ID""#,
+            None,
+            "a stream joins a table, not the reverse",
+        ),
+        (
+            r#"SELECT o."ID" FROM "ORDERS" o JOIN "ORDER_STATE" s ON o."ID" = s."ID""#,
+            Some(within),
+            "WITHIN belongs to a join of two streams",
+        ),
+        (
+            r#"SELECT "ID" FROM "ORDERS""#,
+            Some(within),
+            "WITHIN belongs to a join of two streams",
+        ),
+        // The right stream must be keyed by its join column (the left one is repartitioned).
+        (
+            r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ID" = b."ITEM""#,
+            Some(within),
+            "\"ORDERS\" is not keyed by its join expression ITEM",
+        ),
+    ];
+    for (sql, within, expected) in refusals {
+        let err = plan_within(sql, within).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{sql}: {err}");
+    }
     let err = plan_within(
         r#"SELECT a."ID" FROM "ORDERS" a JOIN "ORDERS" b ON a."ITEM" = b."ID""#,
         Some(within),
