@@ -69,9 +69,17 @@ pub struct Select {
     pub partition_by: Vec<ast::Expr>,
     /// The `WINDOW` clause of a windowed aggregation.
     pub window: Option<WindowSpec>,
-    /// The `WITHIN` clause of a stream-stream join.
-    pub within: Option<JoinWindow>,
+    /// The `WITHIN` clauses of stream-stream joins, by join: `within[i]` belongs to the i-th
+    /// `JOIN` of the `FROM` clause (counting from 0); joins after the last `WITHIN` have none.
+    pub within: Vec<Option<JoinWindow>>,
     pub emit: Option<Emit>,
+}
+
+impl Select {
+    /// The `WITHIN` clause of the `join`-th join (0 is the first), if it has one.
+    pub fn within_of(&self, join: usize) -> Option<JoinWindow> {
+        self.within.get(join).copied().flatten()
+    }
 }
 
 /// What `SHOW`/`LIST` lists.

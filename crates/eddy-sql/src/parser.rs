@@ -939,7 +939,9 @@ impl Cursor {
         let mut keep: Vec<TokenWithSpan> = Vec::with_capacity(end - start);
         let mut partition_by: Option<(usize, usize)> = None;
         let mut window: Option<WindowSpec> = None;
-        let mut within: Option<JoinWindow> = None;
+        let mut within: Vec<Option<JoinWindow>> = Vec::new();
+        // `JOIN`s seen at the top level: a `WITHIN` belongs to the last of them.
+        let mut joins_seen = 0usize;
         let mut emit = None;
         let mut depth = 0usize;
         let mut i = start;
@@ -1025,18 +1027,27 @@ impl Cursor {
                 i = close + 1;
                 continue;
             }
+            if depth == 0 && is_word(&self.tokens, i, "JOIN") {
+                joins_seen += 1;
+            }
             if depth == 0
                 && is_word(&self.tokens, i, "WITHIN")
                 && !is_word(&self.tokens, i + 1, "GROUP")
             {
-                if within.is_some() {
+                // Before any JOIN it is kept for the first: the planner says where it belongs.
+                let join = joins_seen.saturating_sub(1);
+                if within.get(join).is_some_and(Option::is_some) {
                     return Err(ParseError::at(
                         self.tokens[i].span.start,
-                        "WITHIN is given twice",
+                        "WITHIN is given twice for one join",
                     ));
                 }
                 self.position = i + 1;
-                within = Some(self.within_clause(end)?);
+                let window = self.within_clause(end)?;
+                if within.len() <= join {
+                    within.resize(join + 1, None);
+                }
+                within[join] = Some(window);
                 i = self.position;
                 continue;
             }

@@ -281,7 +281,7 @@ fn within_clause_of_a_stream_stream_join_is_taken_out() {
     let s = select(
         "SELECT * FROM a JOIN b WITHIN 1 HOUR GRACE PERIOD 10 MINUTES ON a.id = b.id EMIT CHANGES",
     );
-    let within = s.within.expect("a join window");
+    let within = s.within_of(0).expect("a join window");
     assert_eq!(
         (within.before_ms, within.after_ms, within.grace_ms),
         (3_600_000, 3_600_000, 600_000)
@@ -292,18 +292,36 @@ fn within_clause_of_a_stream_stream_join_is_taken_out() {
     );
     let s =
         select("SELECT * FROM a AS x LEFT JOIN b y WITHIN (1 SECOND, 2 SECONDS) ON x.id = y.id");
-    let within = s.within.expect("a join window");
+    let within = s.within_of(0).expect("a join window");
     assert_eq!(
         (within.before_ms, within.after_ms, within.grace_ms),
         (1000, 2000, DEFAULT_GRACE_PERIOD_MS)
     );
     // The canonical text parses back to the same window.
     let again = select(&format!("SELECT * FROM a JOIN b {within} ON a.id = b.id"));
-    assert_eq!(again.within, Some(within));
+    assert_eq!(again.within, [Some(within)]);
     // WITHIN GROUP belongs to an aggregate call, not to a join.
     let s = select("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM s");
-    assert!(s.within.is_none());
+    assert!(s.within.is_empty());
     assert!(s.query.to_string().contains("WITHIN GROUP"), "{}", s.query);
+}
+
+#[test]
+fn each_within_clause_belongs_to_the_join_it_follows() {
+    let s = select(
+        "SELECT * FROM a JOIN t ON a.k = t.k JOIN b WITHIN 1 SECOND ON a.id = b.id \
+         LEFT JOIN c WITHIN 2 SECONDS ON a.id = c.id JOIN u ON a.k = u.k",
+    );
+    assert_eq!(s.within.len(), 3, "{:?}", s.within);
+    assert_eq!(s.within_of(0), None);
+    assert_eq!(s.within_of(1).map(|w| w.before_ms), Some(1000));
+    assert_eq!(s.within_of(2).map(|w| w.before_ms), Some(2000));
+    assert_eq!(s.within_of(3), None);
+    // A JOIN inside a subquery does not count.
+    let s = select(
+        "SELECT * FROM (SELECT * FROM x JOIN y ON x.k = y.k) q JOIN b WITHIN 1 SECOND ON q.id = b.id",
+    );
+    assert_eq!(s.within_of(0).map(|w| w.before_ms), Some(1000));
 }
 
 #[test]
@@ -314,7 +332,10 @@ fn bad_within_clauses_say_what_is_wrong_and_where() {
     let e = error("SELECT * FROM a JOIN b WITHIN (1 SECOND) ON a.id = b.id;");
     assert!(e.message.contains("expected \",\""), "{e}");
     let e = error("SELECT * FROM a JOIN b WITHIN 1 SECOND WITHIN 2 SECONDS ON a.id = b.id;");
-    assert!(e.message.contains("WITHIN is given twice"), "{e}");
+    assert!(
+        e.message.contains("WITHIN is given twice for one join"),
+        "{e}"
+    );
     let e = error("SELECT * FROM a JOIN b WITHIN 1 SECOND GRACE PERIOD 400 YEARS ON a.id = b.id;");
     assert!(e.message.contains("a time unit"), "{e}");
 }
