@@ -415,9 +415,8 @@ impl Engine {
         }
         let catalog = self.catalog();
         // Planned to validate; the query is planned again when it starts, under its id.
-        let (plan, _) = self
-            .plan_persistent("validation", select.query, select.clauses(), &catalog)
-            .await?;
+        let planned = self.plan_persistent("validation", select, &catalog).await?;
+        let plan = &planned.plan;
         if plan.limit.is_some() {
             return Err(EngineError::invalid(
                 "LIMIT is not allowed in a persistent query",
@@ -453,16 +452,13 @@ impl Engine {
             _ => {}
         }
         let (key_format, value_format) = properties.formats()?;
-        let columns = sink_columns(kind, &plan)?;
+        let columns = sink_columns(kind, plan)?;
         let has_key = columns.iter().any(Column::is_key);
         let key_count = columns.iter().filter(|c| c.is_key()).count();
         let key_format = match key_format {
             Some(format) => format,
             None if !has_key => "NONE".into(),
-            // KAFKA keys hold one column; a multi-column key (GROUP BY a, b) needs JSON.
-            None if key_count > 1 => "JSON".into(),
-            None if plan.source.key_format == "NONE" => "KAFKA".into(),
-            None => plan.source.key_format.clone(),
+            None => default_key_format(&plan.source, key_count),
         };
         let topic = properties
             .get("KAFKA_TOPIC")
@@ -493,7 +489,7 @@ impl Engine {
             sql: sql.to_owned(),
         };
         check_formats(&sink)?;
-        crate::layout::sink_layout(&sink, &plan)?;
+        crate::layout::sink_layout(&sink, plan)?;
         let physical = self.inner.config.physical_topic(&topic);
         if self.inner.connection.topic(&physical).await?.is_none() {
             let replicas = properties
@@ -509,7 +505,7 @@ impl Engine {
             kind: query_kind,
             sql: sql.to_owned(),
             sink: name.clone(),
-            sources: vec![plan.source.name.clone()],
+            sources: planned.sources.clone(),
             properties: self.query_properties(session),
         };
         self.submit(Command::CreateSource {
@@ -546,20 +542,19 @@ impl Engine {
                 "INSERT INTO requires a stream; \"{target}\" is a table"
             )));
         }
-        let (plan, _) = self
-            .plan_persistent("validation", select.query, select.clauses(), &catalog)
-            .await?;
+        let planned = self.plan_persistent("validation", select, &catalog).await?;
+        let plan = &planned.plan;
         if plan.limit.is_some() {
             return Err(EngineError::invalid(
                 "LIMIT is not allowed in a persistent query",
             ));
         }
-        if plan.source.name == sink.name {
+        if planned.sources.contains(&sink.name) {
             return Err(EngineError::invalid(format!(
                 "INSERT INTO \"{target}\" cannot read from \"{target}\" itself"
             )));
         }
-        let produced = sink_columns(SourceKind::Stream, &plan)?;
+        let produced = sink_columns(SourceKind::Stream, plan)?;
         let expected: Vec<(String, String, bool)> = sink
             .columns
             .iter()
@@ -594,7 +589,7 @@ impl Engine {
             kind: QueryKind::InsertInto,
             sql: sql.to_owned(),
             sink: target.to_owned(),
-            sources: vec![plan.source.name.clone()],
+            sources: planned.sources.clone(),
             properties: self.query_properties(session),
         };
         self.submit(Command::StartQuery {
@@ -693,6 +688,19 @@ impl Engine {
             message,
             query_id: None,
         })
+    }
+}
+
+/// The key format of a query's output with `key_count` key columns, read from `source`: the
+/// source's, except that KAFKA keys hold one column (a key of several needs JSON) and a source
+/// without a key gives KAFKA.
+pub(crate) fn default_key_format(source: &Source, key_count: usize) -> String {
+    if key_count > 1 {
+        "JSON".into()
+    } else if source.key_format == "NONE" {
+        "KAFKA".into()
+    } else {
+        source.key_format.clone()
     }
 }
 

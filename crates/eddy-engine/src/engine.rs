@@ -335,28 +335,100 @@ impl Engine {
             .get("auto.offset.reset")
             .and_then(|v| OffsetReset::parse(v))
             .unwrap_or(OffsetReset::Latest);
-        let (plan, repartition) = self
+        let planned = self
             .plan_persistent(
                 &query.id,
-                &select.query,
-                crate::execute::SelectParts::from_select(select).clauses(),
+                &crate::execute::SelectParts::from_select(select),
                 &catalog,
             )
             .await?;
-        if let Some(repartition) = repartition {
-            let handle = self
-                .start_repartitioned_join(query, plan, repartition, &sink, offset_reset)
-                .await?;
-            return self.register_query_handle(&query.id, handle);
-        }
-        let handle = if plan.aggregation.is_some() {
-            self.start_aggregation(query, plan, &sink, offset_reset)
-                .await?
-        } else {
-            self.start_stateless(query, plan, &sink, offset_reset)
-                .await?
-        };
+        let handle = self
+            .start_planned(&query.id, planned, &sink, offset_reset)
+            .await?;
         self.register_query_handle(&query.id, handle)
+    }
+
+    /// Starts a planned statement: its join steps, each writing its output topic, then the
+    /// query that writes `sink`; all under the returned handle.
+    async fn start_planned(
+        &self,
+        query_id: &str,
+        planned: PlannedQuery,
+        sink: &Source,
+        offset_reset: OffsetReset,
+    ) -> Result<QueryHandle, EngineError> {
+        let PlannedQuery {
+            plan,
+            repartition,
+            steps,
+            ..
+        } = planned;
+        let config = &self.inner.config;
+        let mut upstream: Option<QueryHandle> = None;
+        // The first step reads the statement's left source from where the query is told; every
+        // later query reads a step's output, all of which belongs to this query.
+        let mut left_reset = offset_reset;
+        for step in steps {
+            self.inner
+                .connection
+                .create_topic(
+                    &config.physical_topic(&step.output.topic),
+                    step.output.partitions,
+                    config.default_replicas,
+                    &[],
+                )
+                .await?;
+            let handle = self
+                .start_one(
+                    &step.id,
+                    step.plan,
+                    step.repartition,
+                    &step.output,
+                    [left_reset, offset_reset],
+                )
+                .await?;
+            upstream = Some(match upstream.take() {
+                Some(earlier) => handle.with_first_upstream(earlier),
+                None => handle,
+            });
+            left_reset = OffsetReset::Earliest;
+        }
+        let handle = self
+            .start_one(
+                query_id,
+                plan,
+                repartition,
+                sink,
+                [left_reset, offset_reset],
+            )
+            .await?;
+        Ok(match upstream {
+            Some(earlier) => handle.with_first_upstream(earlier),
+            None => handle,
+        })
+    }
+
+    /// Starts one query of a statement. `resets` says where its left and right inputs start
+    /// when it has no committed progress (a table side is always read whole).
+    async fn start_one(
+        &self,
+        query_id: &str,
+        plan: eddy_planner::StreamingPlan,
+        repartition: Option<JoinRepartition>,
+        sink: &Source,
+        resets: [OffsetReset; 2],
+    ) -> Result<QueryHandle, EngineError> {
+        if let Some(repartition) = repartition {
+            return self
+                .start_repartitioned_join(query_id, plan, repartition, sink, resets)
+                .await;
+        }
+        if plan.aggregation.is_some() {
+            self.start_aggregation(query_id, plan, sink, resets[0])
+                .await
+        } else {
+            self.start_stateless(query_id, plan, sink, resets).await
+        }
     }
 
     fn register_query_handle(&self, id: &str, handle: QueryHandle) -> Result<(), EngineError> {
@@ -370,10 +442,105 @@ impl Engine {
         Ok(())
     }
 
-    /// Plans a persistent query. A stream-table join whose stream is not partitioned like the
-    /// table is planned over the stream repartitioned by the join column (see
-    /// [`Self::start_repartitioned_join`]).
+    /// Plans a persistent statement. One that joins more than two sources, or aggregates a join,
+    /// becomes a chain of join steps and a last query over their outputs (see
+    /// `eddy_planner::first_join_step`); each step and the last query are planned by
+    /// [`Self::plan_two_way`].
     pub(crate) async fn plan_persistent(
+        &self,
+        query_id: &str,
+        select: &crate::execute::SelectParts<'_>,
+        catalog: &Catalog,
+    ) -> Result<PlannedQuery, EngineError> {
+        let mut query = select.query.clone();
+        let mut partition_by = select.partition_by.to_vec();
+        let mut within: std::collections::VecDeque<_> = select.within.iter().copied().collect();
+        let mut catalog = std::borrow::Cow::Borrowed(catalog);
+        let mut steps: Vec<PlannedStep> = Vec::new();
+        let mut step_outputs: Vec<String> = Vec::new();
+        let mut sources: Vec<String> = Vec::new();
+        while let Some(step) = eddy_planner::first_join_step(&query, &catalog, &step_outputs)? {
+            let number = steps.len() + 1;
+            let step_id = format!("{query_id}-JOIN-{number}");
+            let clauses = eddy_planner::Clauses {
+                within: within.pop_front().flatten(),
+                ..Default::default()
+            };
+            let (plan, repartition) = self
+                .plan_two_way(&step_id, &step.query, clauses, &catalog)
+                .await?;
+            let output = self.step_output(query_id, number, &step, &plan);
+            sources.extend(step.user_sources().map(str::to_owned));
+            (query, partition_by) = step.rewrite(&query, &partition_by)?;
+            catalog.to_mut().replace_source(output.clone());
+            step_outputs.push(output.name.clone());
+            steps.push(PlannedStep {
+                id: step_id,
+                plan,
+                repartition,
+                output,
+            });
+        }
+        let clauses = eddy_planner::Clauses {
+            partition_by: &partition_by,
+            within: within.pop_front().flatten(),
+            ..select.clauses()
+        };
+        let (plan, repartition) = self
+            .plan_two_way(query_id, &query, clauses, &catalog)
+            .await?;
+        let read = std::iter::once(&plan.source.name)
+            .chain(plan.join.as_ref().map(|join| &join.table.name));
+        for name in read {
+            if !step_outputs.contains(name) && !sources.contains(name) {
+                sources.push(name.clone());
+            }
+        }
+        Ok(PlannedQuery {
+            plan,
+            repartition,
+            steps,
+            sources,
+        })
+    }
+
+    /// The source a join step writes: every column of both sides (named as the step's query
+    /// names them), in an internal topic of the statement's query with the join's partitions.
+    fn step_output(
+        &self,
+        query_id: &str,
+        number: usize,
+        step: &eddy_planner::JoinStep,
+        plan: &eddy_planner::StreamingPlan,
+    ) -> Source {
+        let key_count = plan.sink_columns.iter().filter(|c| c.is_key()).count();
+        Source {
+            name: step.output_name.clone(),
+            // A join of two tables is a table; any join of a stream is a stream.
+            kind: plan.source.kind,
+            columns: plan.sink_columns.clone(),
+            topic: self
+                .inner
+                .config
+                .query_topic(query_id, &format!("join-{number}")),
+            key_format: crate::ddl::default_key_format(&plan.source, key_count),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions: plan.source.partitions.max(1),
+            written_by: Some(query_id.to_owned()),
+            generator: None,
+            window: None,
+            sql: String::new(),
+        }
+    }
+
+    /// Plans a query of at most one join. A join whose left stream is not partitioned like its
+    /// right side is planned over that stream repartitioned by the join column (see
+    /// [`Self::start_repartitioned_join`]).
+    pub(crate) async fn plan_two_way(
         &self,
         query_id: &str,
         query: &sqlparser::ast::Query,
@@ -457,11 +624,11 @@ impl Engine {
     /// internal topic, the join reads it in the stream's place; both run under one handle.
     async fn start_repartitioned_join(
         &self,
-        query: &QueryInfo,
+        query_id: &str,
         plan: eddy_planner::StreamingPlan,
         repartition: JoinRepartition,
         sink: &Source,
-        offset_reset: OffsetReset,
+        [offset_reset, right_reset]: [OffsetReset; 2],
     ) -> Result<QueryHandle, EngineError> {
         let config = &self.inner.config;
         let JoinRepartition { writer, internal } = repartition;
@@ -475,9 +642,9 @@ impl Engine {
                 &[],
             )
             .await?;
-        let group_id = config.query_group_id(&query.id);
+        let group_id = config.query_group_id(query_id);
         let writer_spec = QuerySpec {
-            query_id: format!("{}-repartition", query.id),
+            query_id: format!("{query_id}-repartition"),
             group_id: format!("{group_id}-repartition"),
             persistent: true,
             source_topic: self.physical_topic(&writer.source),
@@ -505,12 +672,13 @@ impl Engine {
         let join = self
             .join_spec(
                 &plan,
-                &crate::materialize::join_store_name(&query.id),
-                Some(&query.id),
+                &crate::materialize::join_store_name(query_id),
+                Some(query_id),
+                right_reset,
             )
             .await?;
         let join_spec = QuerySpec {
-            query_id: query.id.clone(),
+            query_id: query_id.to_owned(),
             group_id,
             persistent: true,
             source_topic: repartition_topic,
@@ -542,22 +710,23 @@ impl Engine {
 
     async fn start_stateless(
         &self,
-        query: &QueryInfo,
+        query_id: &str,
         plan: eddy_planner::StreamingPlan,
         sink: &Source,
-        offset_reset: OffsetReset,
+        [offset_reset, right_reset]: [OffsetReset; 2],
     ) -> Result<QueryHandle, EngineError> {
         let generator = plan.source.generator.clone();
         let join = self
             .join_spec(
                 &plan,
-                &crate::materialize::join_store_name(&query.id),
-                Some(&query.id),
+                &crate::materialize::join_store_name(query_id),
+                Some(query_id),
+                right_reset,
             )
             .await?;
         let spec = QuerySpec {
-            query_id: query.id.clone(),
-            group_id: self.inner.config.query_group_id(&query.id),
+            query_id: query_id.to_owned(),
+            group_id: self.inner.config.query_group_id(query_id),
             persistent: true,
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
@@ -601,6 +770,46 @@ impl Engine {
     pub(crate) fn query_properties(&self, session: &crate::Session) -> BTreeMap<String, String> {
         session.properties.clone()
     }
+}
+
+/// A persistent statement, planned: the query that writes its sink, and the join steps that
+/// write the internal sources it reads.
+pub(crate) struct PlannedQuery {
+    pub(crate) plan: eddy_planner::StreamingPlan,
+    pub(crate) repartition: Option<JoinRepartition>,
+    /// In the order they run: each reads the one before (its left side) and the statement's
+    /// next joined source.
+    pub(crate) steps: Vec<PlannedStep>,
+    /// The streams and tables of the catalog the statement reads, in the order it names them.
+    pub(crate) sources: Vec<String>,
+}
+
+impl PlannedQuery {
+    /// The plans of the join steps, each with the source it writes, then the last query's.
+    pub(crate) fn explain(&self) -> String {
+        let mut text = String::new();
+        for (number, step) in self.steps.iter().enumerate() {
+            text.push_str(&format!(
+                "Join step {} (writes \"{}\"):\n{}\n",
+                number + 1,
+                step.output.name,
+                step.plan.explain()
+            ));
+        }
+        if !self.steps.is_empty() {
+            text.push_str("Over the join steps:\n");
+        }
+        text.push_str(&self.plan.explain());
+        text
+    }
+}
+
+/// One join of a chain: its query (id `<query id>-JOIN-<n>`), writing `output`.
+pub(crate) struct PlannedStep {
+    id: String,
+    plan: eddy_planner::StreamingPlan,
+    repartition: Option<JoinRepartition>,
+    output: Source,
 }
 
 /// A join's stream repartitioned by the join column: the writer query, and the stream as the

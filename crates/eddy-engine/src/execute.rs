@@ -22,7 +22,8 @@ pub(crate) struct SelectParts<'a> {
     pub partition_by: &'a [ast::Expr],
     pub emit: Option<Emit>,
     pub window: Option<WindowSpec>,
-    pub within: Option<eddy_common::window::JoinWindow>,
+    /// `WITHIN` by join (see [`Select::within`]).
+    pub within: &'a [Option<eddy_common::window::JoinWindow>],
     /// A `LIMIT` given outside the query (the query's own `LIMIT` is read by the planner).
     pub limit: Option<u64>,
 }
@@ -34,7 +35,7 @@ impl<'a> SelectParts<'a> {
             partition_by: &select.partition_by,
             emit: select.emit,
             window: select.window,
-            within: select.within,
+            within: &select.within,
             limit: None,
         }
     }
@@ -45,7 +46,7 @@ impl<'a> SelectParts<'a> {
             partition_by: self.partition_by,
             window: self.window,
             emit_final: self.emit == Some(Emit::Final),
-            within: self.within,
+            within: self.within.first().copied().flatten(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use eddy_catalog::{QueryInfo, Source, SourceKind};
+use eddy_catalog::{Source, SourceKind};
 use eddy_planner::StreamingPlan;
 use eddy_runtime::{
     MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec, UpsertSpec,
@@ -19,7 +19,7 @@ impl Engine {
     /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog.
     pub(crate) async fn start_aggregation(
         &self,
-        query: &QueryInfo,
+        query_id: &str,
         plan: StreamingPlan,
         sink: &Source,
         offset_reset: OffsetReset,
@@ -53,9 +53,9 @@ impl Engine {
         let store = self
             .inner
             .state
-            .store(&query.id)
-            .map_err(|e| EngineError::Internal(format!("state store of {}: {e}", query.id)))?;
-        let changelog = config.physical_topic(&config.query_topic(&query.id, "changelog"));
+            .store(query_id)
+            .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
+        let changelog = config.physical_topic(&config.query_topic(query_id, "changelog"));
         self.create_changelog(&changelog, source_partitions).await?;
         let state = StateSpec {
             store: store.clone(),
@@ -63,12 +63,12 @@ impl Engine {
             limits: self.aggregate_limits(),
             origin_topic: source_topic.clone(),
         };
-        let group_id = config.query_group_id(&query.id);
+        let group_id = config.query_group_id(query_id);
         if !aggregation.repartition {
             let view_plan = Arc::new(plan);
             let sink_spec = sink_spec(&view_plan)?;
             let spec = QuerySpec {
-                query_id: query.id.clone(),
+                query_id: query_id.to_owned(),
                 group_id,
                 persistent: true,
                 source_topic,
@@ -95,9 +95,9 @@ impl Engine {
 
         // The group key is not the source key: write the aggregation input to an internal topic
         // keyed by the group key, so each key's state lives in exactly one partition task.
-        let repartition_logical = config.query_topic(&query.id, "repartition");
+        let repartition_logical = config.query_topic(query_id, "repartition");
         let internal = Source {
-            name: format!("{}_REPARTITION", query.id),
+            name: format!("{query_id}_REPARTITION"),
             kind: SourceKind::Stream,
             columns: plan.repartition_columns()?,
             topic: repartition_logical.clone(),
@@ -108,7 +108,7 @@ impl Engine {
             timestamp_column: None,
             timestamp_format: None,
             partitions: source_partitions,
-            written_by: Some(query.id.clone()),
+            written_by: Some(query_id.to_owned()),
             generator: None,
             window: None,
             sql: String::new(),
@@ -128,10 +128,10 @@ impl Engine {
             let store = self
                 .inner
                 .state
-                .store(&upsert_store_name(&query.id))
-                .map_err(|e| EngineError::Internal(format!("state store of {}: {e}", query.id)))?;
+                .store(&upsert_store_name(query_id))
+                .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
             let changelog =
-                config.physical_topic(&config.query_topic(&query.id, "upsert-changelog"));
+                config.physical_topic(&config.query_topic(query_id, "upsert-changelog"));
             self.create_changelog(&changelog, source_partitions).await?;
             Some(UpsertSpec::new(store, Some(changelog), aggregation, true)?)
         } else {
@@ -139,7 +139,7 @@ impl Engine {
         };
         let (writer, reader) = plan.split_for_repartition(internal.clone())?;
         let writer_spec = QuerySpec {
-            query_id: format!("{}-repartition", query.id),
+            query_id: format!("{query_id}-repartition"),
             group_id: format!("{group_id}-repartition"),
             persistent: true,
             source_topic,
@@ -167,7 +167,7 @@ impl Engine {
         };
         let reader = Arc::new(reader);
         let reader_spec = QuerySpec {
-            query_id: query.id.clone(),
+            query_id: query_id.to_owned(),
             group_id,
             persistent: true,
             source_topic: repartition_topic,
@@ -192,7 +192,7 @@ impl Engine {
         let handle = start_query(reader_spec).await?.with_upstream(upstream);
         self.register_view(sink, reader, &state)?;
         info!(
-            query = query.id,
+            query = query_id,
             "aggregation started with a repartition topic"
         );
         Ok(handle)
@@ -233,12 +233,23 @@ impl Engine {
         if let Ok(mut views) = self.inner.views.lock() {
             views.remove(table);
         }
+        // The stores of its join steps (`<id>-JOIN-<n>...`) too.
+        let steps_prefix = format!("{query_id}-JOIN-");
+        let steps = self
+            .inner
+            .state
+            .store_names()
+            .into_iter()
+            .filter(|name| name.starts_with(&steps_prefix));
         for store in [
             query_id.to_owned(),
             upsert_store_name(query_id),
             join_store_name(query_id),
             format!("{}-left", join_store_name(query_id)),
-        ] {
+        ]
+        .into_iter()
+        .chain(steps)
+        {
             if let Err(error) = self.inner.state.drop_store(&store) {
                 tracing::warn!(query = query_id, %error, "cannot delete the query's local state");
             }
@@ -252,6 +263,7 @@ impl Engine {
         plan: &eddy_planner::StreamingPlan,
         store_name: &str,
         query_id: Option<&str>,
+        right_reset: OffsetReset,
     ) -> Result<Option<eddy_runtime::JoinSpec>, EngineError> {
         let Some(join) = &plan.join else {
             return Ok(None);
@@ -262,6 +274,7 @@ impl Engine {
                 layout: crate::layout::source_layout(&join.table)?,
                 timestamp_column: crate::layout::timestamp_index(&join.table),
                 timestamp_format: crate::layout::timestamp_format(&join.table)?,
+                offset_reset: right_reset,
             }),
             None => None,
         };

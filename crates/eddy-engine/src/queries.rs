@@ -103,6 +103,7 @@ impl Engine {
                     "{TRANSIENT_STORE_PREFIX}{query_id}"
                 )),
                 None,
+                session.offset_reset(),
             )
             .await?;
         let spec = QuerySpec {
@@ -457,13 +458,11 @@ impl Engine {
         &self,
         select: &SelectParts<'_>,
     ) -> Result<StatementResult, EngineError> {
-        let plan = self
-            .inner
-            .planner
-            .plan_select(select.query, select.clauses(), &self.catalog())
+        let planned = self
+            .plan_persistent("explain", select, &self.catalog())
             .await?;
         Ok(StatementResult::Explain {
-            text: plan.explain(),
+            text: planned.explain(),
         })
     }
 

@@ -15,10 +15,15 @@
 //! the runtime folds them into per-key state with `eddy-aggregate`, and post stages (`HAVING`, the
 //! projection) turn the aggregate values into table rows (see `aggregate`).
 //!
+//! A statement joining more than two sources, or aggregating a join, is a chain of such plans:
+//! [`first_join_step`] splits off its first join as a query of its own and rewrites the rest to
+//! read that join's output (see `chain`).
+//!
 //! Every plan carries two hidden columns computed next to the user's projection: the new record key
 //! when the query has `PARTITION BY`, and the event time (`ROWTIME`) of the output record.
 
 mod aggregate;
+mod chain;
 mod functions;
 mod join;
 mod plan;
@@ -29,6 +34,7 @@ pub use aggregate::{
     ORIGIN_ROW_BITS, OriginNumbering, PostOutput, ROWTIME_AGGREGATE, SIGN_COLUMN,
     WINDOWEND_AGGREGATE, WINDOWSTART_AGGREGATE, WindowPlan, number_origin_rows,
 };
+pub use chain::{JoinStep, first_join_step};
 pub use join::{JoinKind, JoinPlan, LeftTable, StreamJoin};
 pub use plan::{
     Clauses, PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan, WINDOWEND, WINDOWEND_OUTPUT,

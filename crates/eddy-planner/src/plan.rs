@@ -562,10 +562,12 @@ impl Planner {
             [] => None,
             [join] => Some(joined_table(join, catalog)?),
             _ => {
-                return Err(PlanError::unsupported(
-                    "joins of more than two sources",
-                    true,
-                    Some("join two at a time with CREATE STREAM ... AS SELECT"),
+                // Persistent queries run such a statement as a chain (see `chain`).
+                return Err(PlanError::Invalid(
+                    "a push query joins two sources at most; joins of more sources run as \
+                     persistent queries\nhint: CREATE STREAM|TABLE name AS SELECT ..., then query \
+                     name"
+                        .into(),
                 ));
             }
         };
@@ -700,12 +702,12 @@ impl Planner {
         }
         if let Some((table, table_qualifier)) = &joined {
             if grouped {
-                return Err(PlanError::unsupported(
-                    "aggregations over joins",
-                    true,
-                    Some(
-                        "write the join to a stream with CREATE STREAM ... AS SELECT, then aggregate it",
-                    ),
+                // Persistent queries run it as a chain: the join, then the aggregation.
+                return Err(PlanError::Invalid(
+                    "a push query cannot aggregate a join; aggregations over joins run as \
+                     persistent queries\nhint: CREATE TABLE name AS SELECT ... GROUP BY ..., then \
+                     query name"
+                        .into(),
                 ));
             }
             if source.generator.is_some() {
@@ -921,6 +923,7 @@ impl Planner {
             }
         } else if let LogicalPlan::Projection(projection) = &logical {
             let source_keys: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+            let mut keys_seen: Vec<&str> = Vec::new();
             for (i, expr) in projection.expr.iter().enumerate() {
                 let column = match expr {
                     Expr::Column(column) => Some(column),
@@ -930,7 +933,13 @@ impl Planner {
                     },
                     _ => None,
                 };
-                if column.is_some_and(|c| source_keys.contains(&c.name.as_str())) {
+                // A key column, from either side of a join (both hold the join key); selected
+                // twice (`SELECT *` over a join of two tables keyed `ID`), it is a key once.
+                let Some(column) = column.filter(|c| source_keys.contains(&c.name.as_str())) else {
+                    continue;
+                };
+                if !keys_seen.contains(&column.name.as_str()) {
+                    keys_seen.push(column.name.as_str());
                     key_columns.push(i);
                     key_output_names.push(output_schema.field(i).name().clone());
                 }
@@ -1204,7 +1213,10 @@ fn rewrite_count_distinct(projection: &mut [SelectItem]) {
 }
 
 /// The stream or table of `JOIN source [AS alias] ON ...` and its name in the query.
-fn joined_table(join: &ast::Join, catalog: &Catalog) -> Result<(Source, String), PlanError> {
+pub(crate) fn joined_table(
+    join: &ast::Join,
+    catalog: &Catalog,
+) -> Result<(Source, String), PlanError> {
     use ast::JoinOperator as Op;
     match &join.join_operator {
         Op::Join(ast::JoinConstraint::On(_))
@@ -1277,7 +1289,7 @@ fn check_join_kinds(
 
 /// The name of a stream or table read by name (`FROM s [AS alias]`), and its name in the query
 /// (the alias, else the name).
-fn named_source(relation: &TableFactor) -> Option<(String, String)> {
+pub(crate) fn named_source(relation: &TableFactor) -> Option<(String, String)> {
     let TableFactor::Table {
         name,
         alias,
@@ -1458,11 +1470,11 @@ fn take_limit(query: &mut ast::Query) -> Result<Option<u64>, PlanError> {
     }
 }
 
-fn quoted(name: &str) -> Ident {
+pub(crate) fn quoted(name: &str) -> Ident {
     Ident::with_quote('"', name)
 }
 
-fn object_name_to_string(name: &ObjectName) -> String {
+pub(crate) fn object_name_to_string(name: &ObjectName) -> String {
     name.0
         .last()
         .map(|part| match part {
@@ -1674,7 +1686,10 @@ fn explain_error(error: DataFusionError, source: &Source) -> PlanError {
     PlanError::DataFusion(error)
 }
 
-fn closest_name<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn closest_name<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<String> {
     let upper = name.to_uppercase();
     candidates
         .map(|c| (strsim_distance(&upper, &c.to_uppercase()), c))

@@ -215,6 +215,13 @@ impl QueryHandle {
         self
     }
 
+    /// Like [`Self::with_upstream`], for a query that runs before every other upstream of this
+    /// one (it feeds them): it comes first in [`Self::progress_chain`].
+    pub fn with_first_upstream(mut self, upstream: QueryHandle) -> Self {
+        self.upstream.insert(0, upstream);
+        self
+    }
+
     /// Stops the query gracefully: queued batches finish, acknowledged offsets are committed.
     pub async fn stop(mut self) {
         for upstream in std::mem::take(&mut self.upstream) {
@@ -1611,11 +1618,15 @@ impl PartitionTask {
         }
         // Each side resumes at its stored next offset; a new query starts where it is told.
         let mut starts = [Offset::Beginning, Offset::Beginning];
-        for (side, topic) in [
-            (Side::Left, spec.source_topic.as_str()),
-            (Side::Right, right_spec.topic.as_str()),
+        for (side, topic, reset) in [
+            (Side::Left, spec.source_topic.as_str(), spec.offset_reset),
+            (
+                Side::Right,
+                right_spec.topic.as_str(),
+                right_spec.offset_reset,
+            ),
         ] {
-            starts[side as usize] = match (joiner.next_offset(side), spec.offset_reset) {
+            starts[side as usize] = match (joiner.next_offset(side), reset) {
                 (Some(offset), _) => Offset::Offset(offset),
                 (None, OffsetReset::Earliest) => Offset::Beginning,
                 (None, OffsetReset::Latest) => Offset::Offset(

@@ -66,6 +66,9 @@ pub struct RightStreamSpec {
     /// Decoded column holding the event time (`TIMESTAMP='col'`), as for the query's source.
     pub timestamp_column: Option<usize>,
     pub timestamp_format: Option<eddy_format::TimestampFormat>,
+    /// Where this stream starts when the query has no stored progress (the query's left input
+    /// may start elsewhere: a repartition topic is read from its beginning).
+    pub offset_reset: crate::OffsetReset,
 }
 
 /// One side of the join: 0 left, 1 right.
