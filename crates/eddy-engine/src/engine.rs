@@ -359,7 +359,7 @@ impl Engine {
     ) -> Result<QueryHandle, EngineError> {
         let PlannedQuery {
             plan,
-            repartition,
+            repartitions,
             steps,
             ..
         } = planned;
@@ -382,7 +382,7 @@ impl Engine {
                 .start_one(
                     &step.id,
                     step.plan,
-                    step.repartition,
+                    step.repartitions,
                     &step.output,
                     [left_reset, offset_reset],
                 )
@@ -397,7 +397,7 @@ impl Engine {
             .start_one(
                 query_id,
                 plan,
-                repartition,
+                repartitions,
                 sink,
                 [left_reset, offset_reset],
             )
@@ -414,21 +414,23 @@ impl Engine {
         &self,
         query_id: &str,
         plan: eddy_planner::StreamingPlan,
-        repartition: Option<JoinRepartition>,
+        repartitions: Vec<JoinRepartition>,
         sink: &Source,
         resets: [OffsetReset; 2],
     ) -> Result<QueryHandle, EngineError> {
-        if let Some(repartition) = repartition {
-            return self
-                .start_repartitioned_join(query_id, plan, repartition, sink, resets)
-                .await;
-        }
-        if plan.aggregation.is_some() {
+        let (writers, resets) = self
+            .start_repartition_writers(query_id, repartitions, resets)
+            .await?;
+        let mut handle = if plan.aggregation.is_some() {
             self.start_aggregation(query_id, plan, sink, resets[0])
-                .await
+                .await?
         } else {
-            self.start_stateless(query_id, plan, sink, resets).await
+            self.start_stateless(query_id, plan, sink, resets).await?
+        };
+        for writer in writers.into_iter().rev() {
+            handle = handle.with_first_upstream(writer);
         }
+        Ok(handle)
     }
 
     fn register_query_handle(&self, id: &str, handle: QueryHandle) -> Result<(), EngineError> {
@@ -466,7 +468,7 @@ impl Engine {
                 within: within.pop_front().flatten(),
                 ..Default::default()
             };
-            let (plan, repartition) = self
+            let (plan, repartitions) = self
                 .plan_two_way(&step_id, &step.query, clauses, &catalog)
                 .await?;
             let output = self.step_output(query_id, number, &step, &plan);
@@ -477,7 +479,7 @@ impl Engine {
             steps.push(PlannedStep {
                 id: step_id,
                 plan,
-                repartition,
+                repartitions,
                 output,
             });
         }
@@ -486,7 +488,7 @@ impl Engine {
             within: within.pop_front().flatten(),
             ..select.clauses()
         };
-        let (plan, repartition) = self
+        let (plan, repartitions) = self
             .plan_two_way(query_id, &query, clauses, &catalog)
             .await?;
         let read = std::iter::once(&plan.source.name)
@@ -498,7 +500,7 @@ impl Engine {
         }
         Ok(PlannedQuery {
             plan,
-            repartition,
+            repartitions,
             steps,
             sources,
         })
@@ -537,53 +539,56 @@ impl Engine {
         }
     }
 
-    /// Plans a query of at most one join. A join whose left stream is not partitioned like its
-    /// right side is planned over that stream repartitioned by the join column (see
-    /// [`Self::start_repartitioned_join`]).
+    /// Plans a query of at most one join. A join whose stream side is not partitioned like the
+    /// other side is planned over that stream repartitioned by its join column (both streams of
+    /// a stream-stream join may need it); the writers are returned with the plan.
     pub(crate) async fn plan_two_way(
         &self,
         query_id: &str,
         query: &sqlparser::ast::Query,
         clauses: eddy_planner::Clauses<'_>,
         catalog: &Catalog,
-    ) -> Result<(eddy_planner::StreamingPlan, Option<JoinRepartition>), EngineError> {
-        let planned = self
-            .inner
-            .planner
-            .plan_select(query, clauses, catalog)
-            .await;
-        match planned {
-            Err(eddy_planner::PlanError::JoinNotCoPartitioned {
-                stream,
-                table,
-                repartition_by: Some(column),
-                ..
-            }) => {
-                let repartition = self
-                    .join_repartition(query_id, &stream, &table, &column, catalog)
-                    .await?;
-                let mut joined_catalog = catalog.clone();
-                joined_catalog.replace_source(repartition.internal.clone());
-                let plan = self
-                    .inner
-                    .planner
-                    .plan_select(query, clauses, &joined_catalog)
-                    .await?;
-                Ok((plan, Some(repartition)))
+    ) -> Result<(eddy_planner::StreamingPlan, Vec<JoinRepartition>), EngineError> {
+        let mut catalog = std::borrow::Cow::Borrowed(catalog);
+        let mut repartitions: Vec<JoinRepartition> = Vec::new();
+        loop {
+            let planned = self
+                .inner
+                .planner
+                .plan_select(query, clauses, &catalog)
+                .await;
+            match planned {
+                Err(eddy_planner::PlanError::JoinNotCoPartitioned {
+                    stream,
+                    table,
+                    repartition_by: Some(column),
+                    right,
+                    ..
+                }) if !repartitions.iter().any(|r| r.right == right) => {
+                    let repartition = self
+                        .join_repartition(query_id, &stream, &table, &column, right, &catalog)
+                        .await?;
+                    catalog
+                        .to_mut()
+                        .replace_source(repartition.internal.clone());
+                    repartitions.push(repartition);
+                }
+                other => return Ok((other?, repartitions)),
             }
-            other => Ok((other?, None)),
         }
     }
 
     /// The writer that repartitions `stream` by `column` into the query's internal topic
-    /// (`...-repartition`, with the table's partition count and key format), and the stream as
-    /// the join reads it there (same name, `column` as its key).
+    /// (`...-repartition`, or `...-repartition-right` for the right stream of a stream-stream
+    /// join, with the partition count and key format of the other side, `table`), and the stream
+    /// as the join reads it there (same name, `column` as its key).
     async fn join_repartition(
         &self,
         query_id: &str,
         stream: &str,
         table: &str,
         column: &str,
+        right: bool,
         catalog: &Catalog,
     ) -> Result<JoinRepartition, EngineError> {
         let config = &self.inner.config;
@@ -604,7 +609,14 @@ impl Engine {
             name: stream.to_owned(),
             kind: eddy_catalog::SourceKind::Stream,
             columns: writer.sink_columns.clone(),
-            topic: config.query_topic(query_id, "repartition"),
+            topic: config.query_topic(
+                query_id,
+                if right {
+                    "repartition-right"
+                } else {
+                    "repartition"
+                },
+            ),
             key_format: table.key_format.clone(),
             value_format: "JSON".into(),
             value_delimiter: None,
@@ -617,95 +629,77 @@ impl Engine {
             window: None,
             sql: String::new(),
         };
-        Ok(JoinRepartition { writer, internal })
+        Ok(JoinRepartition {
+            writer,
+            internal,
+            right,
+        })
     }
 
-    /// Starts a join planned over its repartitioned stream: the writer query fills the
-    /// internal topic, the join reads it in the stream's place; both run under one handle.
-    async fn start_repartitioned_join(
+    /// Starts the writers that fill a join's repartition topics. `resets` are where the streams
+    /// they repartition start; returned with the resets of the join over their topics (whose
+    /// every record belongs to this query).
+    async fn start_repartition_writers(
         &self,
         query_id: &str,
-        plan: eddy_planner::StreamingPlan,
-        repartition: JoinRepartition,
-        sink: &Source,
-        [offset_reset, right_reset]: [OffsetReset; 2],
-    ) -> Result<QueryHandle, EngineError> {
+        repartitions: Vec<JoinRepartition>,
+        mut resets: [OffsetReset; 2],
+    ) -> Result<(Vec<QueryHandle>, [OffsetReset; 2]), EngineError> {
         let config = &self.inner.config;
-        let JoinRepartition { writer, internal } = repartition;
-        let repartition_topic = config.physical_topic(&internal.topic);
-        self.inner
-            .connection
-            .create_topic(
-                &repartition_topic,
-                internal.partitions,
-                config.default_replicas,
-                &[],
-            )
-            .await?;
         let group_id = config.query_group_id(query_id);
-        let writer_spec = QuerySpec {
-            query_id: format!("{query_id}-repartition"),
-            group_id: format!("{group_id}-repartition"),
-            persistent: true,
-            source_topic: self.physical_topic(&writer.source),
-            source_layout: source_layout(&writer.source)?,
-            timestamp_column: crate::layout::timestamp_index(&writer.source),
-            timestamp_format: crate::layout::timestamp_format(&writer.source)?,
-            drop_tombstones: true,
-            sink: SinkSpec::Kafka {
-                topic: repartition_topic.clone(),
-                producer: self.inner.producer.clone(),
-                layout: crate::layout::sink_layout(&internal, &writer)?,
-                partitions: internal.partitions,
-            },
-            plan: Arc::new(writer),
-            state: None,
-            single_task: false,
-            upsert: None,
-            join: None,
-            generator: None,
-            offset_reset,
-            config: config.clone(),
-            connection: self.inner.connection.clone(),
-            processing_log: self.inner.processing_log.clone(),
-        };
-        let join = self
-            .join_spec(
-                &plan,
-                &crate::materialize::join_store_name(query_id),
-                Some(query_id),
-                right_reset,
-            )
-            .await?;
-        let join_spec = QuerySpec {
-            query_id: query_id.to_owned(),
-            group_id,
-            persistent: true,
-            source_topic: repartition_topic,
-            source_layout: source_layout(&internal)?,
-            timestamp_column: None,
-            timestamp_format: None,
-            drop_tombstones: true,
-            sink: SinkSpec::Kafka {
-                topic: self.physical_topic(sink),
-                producer: self.inner.producer.clone(),
-                layout: crate::layout::sink_layout(sink, &plan)?,
-                partitions: sink.partitions,
-            },
-            plan: Arc::new(plan),
-            state: None,
-            single_task: false,
-            upsert: None,
-            join,
-            generator: None,
-            // Everything written to the internal topic belongs to this query.
-            offset_reset: OffsetReset::Earliest,
-            config: config.clone(),
-            connection: self.inner.connection.clone(),
-            processing_log: self.inner.processing_log.clone(),
-        };
-        let upstream = start_query(writer_spec).await?;
-        Ok(start_query(join_spec).await?.with_upstream(upstream))
+        let mut writers = Vec::with_capacity(repartitions.len());
+        for JoinRepartition {
+            writer,
+            internal,
+            right,
+        } in repartitions
+        {
+            let repartition_topic = config.physical_topic(&internal.topic);
+            self.inner
+                .connection
+                .create_topic(
+                    &repartition_topic,
+                    internal.partitions,
+                    config.default_replicas,
+                    &[],
+                )
+                .await?;
+            let suffix = if right {
+                "repartition-right"
+            } else {
+                "repartition"
+            };
+            let side = usize::from(right);
+            let writer_spec = QuerySpec {
+                query_id: format!("{query_id}-{suffix}"),
+                group_id: format!("{group_id}-{suffix}"),
+                persistent: true,
+                source_topic: self.physical_topic(&writer.source),
+                source_layout: source_layout(&writer.source)?,
+                timestamp_column: crate::layout::timestamp_index(&writer.source),
+                timestamp_format: crate::layout::timestamp_format(&writer.source)?,
+                drop_tombstones: true,
+                sink: SinkSpec::Kafka {
+                    topic: repartition_topic,
+                    producer: self.inner.producer.clone(),
+                    layout: crate::layout::sink_layout(&internal, &writer)?,
+                    partitions: internal.partitions,
+                },
+                plan: Arc::new(writer),
+                state: None,
+                single_task: false,
+                upsert: None,
+                join: None,
+                generator: None,
+                offset_reset: resets[side],
+                config: config.clone(),
+                connection: self.inner.connection.clone(),
+                processing_log: self.inner.processing_log.clone(),
+            };
+            writers.push(start_query(writer_spec).await?);
+            resets[side] = OffsetReset::Earliest;
+        }
+        Ok((writers, resets))
     }
 
     async fn start_stateless(
@@ -776,7 +770,8 @@ impl Engine {
 /// write the internal sources it reads.
 pub(crate) struct PlannedQuery {
     pub(crate) plan: eddy_planner::StreamingPlan,
-    pub(crate) repartition: Option<JoinRepartition>,
+    /// Writers of the streams its join reads repartitioned.
+    pub(crate) repartitions: Vec<JoinRepartition>,
     /// In the order they run: each reads the one before (its left side) and the statement's
     /// next joined source.
     pub(crate) steps: Vec<PlannedStep>,
@@ -808,7 +803,7 @@ impl PlannedQuery {
 pub(crate) struct PlannedStep {
     id: String,
     plan: eddy_planner::StreamingPlan,
-    repartition: Option<JoinRepartition>,
+    repartitions: Vec<JoinRepartition>,
     output: Source,
 }
 
@@ -817,6 +812,8 @@ pub(crate) struct PlannedStep {
 pub(crate) struct JoinRepartition {
     writer: eddy_planner::StreamingPlan,
     internal: Source,
+    /// Whether it is the right stream of a stream-stream join.
+    right: bool,
 }
 
 pub(crate) fn poisoned() -> EngineError {

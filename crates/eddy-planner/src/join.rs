@@ -597,16 +597,32 @@ fn check_streams_co_partitioned(
             .join(", ")
     };
     if !keyed_by(right_exprs, right) {
-        return Err(PlanError::Invalid(format!(
-            "stream \"{}\" is not keyed by its join expression {}: joined streams must both be \
-             partitioned by the join key\nhint: repartition it first: CREATE STREAM {}_BY_KEY AS \
-             SELECT * FROM {} PARTITION BY {};",
-            right.name,
-            shown(right_exprs),
-            right.name,
-            right.name,
-            shown(right_exprs)
-        )));
+        // A single join column of the type of the left's join column can be repartitioned by.
+        let repartition_by = match (right_exprs, left_exprs) {
+            ([Expr::Column(column)], [Expr::Column(left_column)]) => right
+                .column(&column.name)
+                .zip(left.column(&left_column.name))
+                .filter(|(c, l)| c.sql_type == l.sql_type)
+                .map(|(c, _)| c.name.clone()),
+            _ => None,
+        };
+        return Err(PlanError::JoinNotCoPartitioned {
+            message: format!(
+                "stream \"{}\" is not keyed by its join expression {}: joined streams must both \
+                 be partitioned by the join key\nhint: a persistent query (CREATE STREAM ... AS \
+                 SELECT) repartitions it by itself; or repartition it first: CREATE STREAM \
+                 {}_BY_KEY AS SELECT * FROM {} PARTITION BY {};",
+                right.name,
+                shown(right_exprs),
+                right.name,
+                right.name,
+                shown(right_exprs)
+            ),
+            stream: right.name.clone(),
+            table: left.name.clone(),
+            repartition_by,
+            right: true,
+        });
     }
     let right_keys: Vec<&eddy_catalog::Column> = right.key_columns().collect();
     // A single join column of the right key's type can be repartitioned by.
@@ -629,6 +645,7 @@ fn check_streams_co_partitioned(
         stream: left.name.clone(),
         table: right.name.clone(),
         repartition_by: repartition_by.clone(),
+        right: false,
     };
     let same_types = left
         .key_columns()
@@ -808,6 +825,7 @@ fn check_co_partitioned(
         stream: stream.name.clone(),
         table: table.name.clone(),
         repartition_by: repartition_by.clone(),
+        right: false,
     };
     // The hint's statement reads the stream by its name: columns without the query's alias.
     let partition_by = stream_exprs

@@ -93,15 +93,18 @@ pub enum PlanError {
     DuplicateColumn { column: String },
     #[error("{0}")]
     Invalid(String),
-    /// A stream-table join whose stream is not partitioned like the table. When the join
-    /// expression is a column of the stream with the table key's type, a persistent query
-    /// repartitions the stream by it (`repartition_by`); `message` says what is wrong.
+    /// A join whose stream side `stream` is not partitioned like the other side `table`. When
+    /// the join expression is a column of the stream with the other side's key type, a
+    /// persistent query repartitions the stream by it (`repartition_by`) with the other side's
+    /// partition count and key format; `right` says the stream is the right side (of a
+    /// stream-stream join). `message` says what is wrong.
     #[error("{message}")]
     JoinNotCoPartitioned {
         message: String,
         stream: String,
         table: String,
         repartition_by: Option<String>,
+        right: bool,
     },
     #[error("{}", clean_datafusion_message(.0))]
     DataFusion(#[from] DataFusionError),
