@@ -9,6 +9,9 @@
 //!       └─ push query ─▶ [{"header":...},\n{"row":...},\n ... {"finalMessage":"Limit Reached"}]\n
 //!                         rows stream as they arrive (chunked); a newline every keepalive
 //!                         interval while idle; the query stops when the client goes away
+//!  POST /query-stream {"sql": "SELECT ...;", "properties": {...}}   (HTTP/2 or HTTP/1.1)
+//!       └─ {"queryId":..,"columnNames":[..],"columnTypes":[..]}\n["a",1]\n ...  (delimited)
+//!  POST /close-query {"queryId": ...}: ends a /query-stream push query
 //!  GET  /info, GET /healthcheck
 //! ```
 //!
@@ -30,6 +33,7 @@ mod ksql;
 mod query;
 mod request;
 mod rows;
+mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,6 +95,7 @@ struct StateInner {
     shutdown: CancellationToken,
     /// Numbers the ids of pull queries, which the engine does not name.
     pull_queries: AtomicU64,
+    push_queries: stream::PushQueries,
 }
 
 impl AppState {
@@ -101,6 +106,7 @@ impl AppState {
                 config,
                 shutdown: CancellationToken::new(),
                 pull_queries: AtomicU64::new(0),
+                push_queries: stream::PushQueries::default(),
             }),
         }
     }
@@ -126,10 +132,23 @@ impl AppState {
         Duration::from_millis(self.inner.config.keepalive_interval_ms.max(1))
     }
 
-    pub(crate) fn next_pull_query_number(&self) -> u64 {
-        self.inner
+    /// A new id for a pull query's response (`query_<epoch ms>_<n>`).
+    pub(crate) fn new_pull_query_id(&self) -> String {
+        let number = self
+            .inner
             .pull_queries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "query_{}_{number}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+    }
+
+    /// The push queries streaming to clients, by id, each with the token that ends it.
+    pub(crate) fn push_queries(&self) -> &stream::PushQueries {
+        &self.inner.push_queries
     }
 
     /// Ends every open push-query response (each writes its final message); new requests are
@@ -145,6 +164,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ksql", post(ksql::handle))
         .route("/query", post(query::handle))
+        .route("/query-stream", post(stream::handle))
+        .route("/close-query", post(stream::close))
         .route("/info", get(info::info))
         .route("/healthcheck", get(info::healthcheck))
         .fallback(info::not_found)

@@ -42,15 +42,13 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let media = MediaType::negotiate(&headers);
-    match run(&state, body).await {
+    let request = match KsqlRequest::parse(body, state.config().max_request_bytes) {
+        Ok(request) => request,
+        Err(error) => return error.into_response_as(media),
+    };
+    match run(&state, &request, "/query").await {
         Ok(Answer::Pull { schema, batches }) => {
-            let query_id = format!(
-                "query_{}_{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-                state.next_pull_query_number()
-            );
+            let query_id = state.new_pull_query_id();
             match pull_body(&query_id, &schema, &batches) {
                 Ok(body) => body_response(StatusCode::OK, media, Body::from(body)),
                 Err(error) => error.into_response_as(media),
@@ -78,7 +76,8 @@ pub async fn handle(
     }
 }
 
-enum Answer {
+/// What a query request gave.
+pub(crate) enum Answer {
     Pull {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
@@ -87,14 +86,18 @@ enum Answer {
     Print(PrintResult),
 }
 
-async fn run(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Answer, ApiError> {
-    let request = KsqlRequest::parse(body, state.config().max_request_bytes)?;
+/// Runs the one `SELECT` or `PRINT` of a request to `endpoint`.
+pub(crate) async fn run(
+    state: &AppState,
+    request: &KsqlRequest,
+    endpoint: &str,
+) -> Result<Answer, ApiError> {
     let statements = eddy_sql::parse_statements(&request.ksql)
         .map_err(|error| ApiError::bad_statement(error.to_string(), request.ksql.trim()))?;
     let [statement] = statements.as_slice() else {
         return Err(ApiError::bad_statement(
             format!(
-                "/query runs exactly one statement, and the request has {}; send each query \
+                "{endpoint} runs exactly one statement, and the request has {}; send each query \
                  in a request of its own",
                 statements.len()
             ),
@@ -107,7 +110,9 @@ async fn run(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<An
         Statement::Select(_) | Statement::Print { .. }
     ) {
         return Err(ApiError::bad_statement(
-            "/query runs SELECT and PRINT statements only; send other statements to /ksql",
+            format!(
+                "{endpoint} runs SELECT and PRINT statements only; send other statements to /ksql"
+            ),
             text,
         ));
     }

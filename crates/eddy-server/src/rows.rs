@@ -22,11 +22,8 @@ pub fn schema_text(schema: &Schema) -> String {
     schema
         .fields()
         .iter()
-        .map(|field| {
-            let sql_type = SqlType::from_arrow(field.data_type())
-                .map_or_else(|| field.data_type().to_string(), |t| t.to_string());
-            format!("`{}` {sql_type}", field.name())
-        })
+        .zip(column_types(schema))
+        .map(|(field, sql_type)| format!("`{}` {sql_type}", field.name()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -62,6 +59,38 @@ impl RowWriter {
         before: &[u8],
         after: &[u8],
     ) -> Result<(), ArrowError> {
+        self.write(
+            batch,
+            out,
+            (before, b"{\"row\":{\"columns\":["),
+            (b"]}}", after),
+            None,
+        )
+    }
+
+    /// Appends each row of `batch` to `out` as a JSON array of its values (the `/query-stream`
+    /// form), `before` ahead of it and `after` behind it; `row_ends` gets the length of `out`
+    /// after each row.
+    pub fn write_arrays(
+        &self,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+        before: &[u8],
+        after: &[u8],
+        row_ends: &mut Vec<usize>,
+    ) -> Result<(), ArrowError> {
+        self.write(batch, out, (before, b"["), (b"]", after), Some(row_ends))
+    }
+
+    /// Each row's values, comma-separated, between the two parts of `open` and of `close`.
+    fn write(
+        &self,
+        batch: &RecordBatch,
+        out: &mut Vec<u8>,
+        open: (&[u8], &[u8]),
+        close: (&[u8], &[u8]),
+        mut row_ends: Option<&mut Vec<usize>>,
+    ) -> Result<(), ArrowError> {
         let schema = batch.schema();
         let mut encoders = schema
             .fields()
@@ -70,8 +99,8 @@ impl RowWriter {
             .map(|(field, column)| make_encoder(field, column.as_ref(), &self.options))
             .collect::<Result<Vec<NullableEncoder<'_>>, ArrowError>>()?;
         for row in 0..batch.num_rows() {
-            out.extend_from_slice(before);
-            out.extend_from_slice(b"{\"row\":{\"columns\":[");
+            out.extend_from_slice(open.0);
+            out.extend_from_slice(open.1);
             for (i, encoder) in encoders.iter_mut().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -82,11 +111,26 @@ impl RowWriter {
                     encoder.encode(row, out);
                 }
             }
-            out.extend_from_slice(b"]}}");
-            out.extend_from_slice(after);
+            out.extend_from_slice(close.0);
+            out.extend_from_slice(close.1);
+            if let Some(ends) = row_ends.as_deref_mut() {
+                ends.push(out.len());
+            }
         }
         Ok(())
     }
+}
+
+/// ksqlDB's SQL type names of a schema's columns (`/query-stream`'s `columnTypes`).
+pub fn column_types(schema: &Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| {
+            SqlType::from_arrow(field.data_type())
+                .map_or_else(|| field.data_type().to_string(), |t| t.to_string())
+        })
+        .collect()
 }
 
 /// Encodes BYTES as base64 strings, as ksqlDB does (arrow-json writes hex).

@@ -99,6 +99,72 @@ async fn call(
     )
 }
 
+/// One HTTP/2 connection (cleartext, prior knowledge), as ksqlDB's Java client opens.
+struct Http2Connection {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Http2Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Http2Connection {
+    async fn open(address: SocketAddr) -> Http2Connection {
+        let stream = TcpStream::connect(address).await.expect("connects");
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Http2Connection { sender, driver }
+    }
+
+    /// `POST /query-stream` with `sql`, accepting `accept`.
+    async fn query_stream(&mut self, sql: &str, accept: &str) -> Response<Incoming> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("http://localhost/query-stream")
+            .header(hyper::header::ACCEPT, accept)
+            .body(Full::new(Bytes::from(
+                json!({"sql": sql, "properties": {"auto.offset.reset": "earliest"}}).to_string(),
+            )))
+            .expect("request");
+        let response = tokio::time::timeout(WAIT, self.sender.send_request(request))
+            .await
+            .expect("the server answers in time")
+            .expect("the server answers");
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        response
+    }
+}
+
+/// The rest of a body, as text.
+async fn text_of(response: Response<Incoming>) -> String {
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("the body ends in time")
+        .expect("body")
+        .to_bytes();
+    String::from_utf8(body.to_vec()).expect("UTF-8 body")
+}
+
+const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
+
+/// `POST path` with `body` on a fresh HTTP/1.1 connection, whatever the response's type.
+async fn call_any(address: SocketAddr, path: &str, body: Value) -> (StatusCode, String) {
+    let mut connection = Connection::open(address).await;
+    let response = connection.send(Method::POST, path, Some(body)).await;
+    let status = response.status();
+    (status, text_of(response).await)
+}
+
 async fn ksql(address: SocketAddr, sql: &str, properties: Value) -> (StatusCode, Value) {
     let (status, body) = call(
         address,
@@ -275,6 +341,126 @@ async fn rest_api_end_to_end() {
         serde_json::from_str::<Value>(&text).expect("JSON")["isHealthy"],
         true
     );
+
+    // The streaming API over HTTP/2: a pull query, newline-delimited (the default).
+    let mut h2 = Http2Connection::open(address).await;
+    let response = h2
+        .query_stream("SELECT * FROM t WHERE k='a';", DELIMITED)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some(DELIMITED)
+    );
+    let text = text_of(response).await;
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0]["queryId"].is_string(), "{text}");
+    assert_eq!(
+        lines[0]["columnNames"],
+        json!(["K", "N", "TOTAL"]),
+        "{text}"
+    );
+    assert_eq!(lines[0]["columnTypes"][0], "STRING", "{text}");
+    assert_eq!(lines[0]["columnTypes"][1], "BIGINT", "{text}");
+    assert_eq!(lines[1], json!(["a", 2, 3]), "{text}");
+
+    // A push query to its LIMIT, as one JSON array, on the same connection.
+    let response = h2
+        .query_stream(
+            "SELECT k, v FROM s EMIT CHANGES LIMIT 2;",
+            "application/json",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = text_of(response).await;
+    let rows: Value = serde_json::from_str(&text).expect("a JSON array");
+    assert!(
+        rows[0]["queryId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("transient_")),
+        "{text}"
+    );
+    assert_eq!(
+        rows[0]["columnTypes"],
+        json!(["STRING", "INTEGER"]),
+        "{text}"
+    );
+    assert_eq!(rows[1], json!(["a", 1]), "{text}");
+    assert_eq!(rows[2], json!(["a", 2]), "{text}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{text}");
+
+    // A push query without LIMIT runs until /close-query names it.
+    let response = h2
+        .query_stream("SELECT * FROM s EMIT CHANGES;", DELIMITED)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while received.iter().filter(|&&b| b == b'\n').count() < 4 {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("rows arrive in time")
+            .expect("the body goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    let text = String::from_utf8(received.clone()).expect("UTF-8");
+    let header: Value =
+        serde_json::from_str(text.lines().next().expect("a header")).expect("JSON header");
+    let query_id = header["queryId"].as_str().expect("a query id").to_owned();
+    let close = json!({"queryId": query_id});
+    let (status, text) = call_any(address, "/close-query", close.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    while let Some(frame) = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("the body ends in time once closed")
+    {
+        if let Ok(data) = frame.expect("a frame").into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    let text = String::from_utf8(received).expect("UTF-8");
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert_eq!(text.lines().nth(3), Some(r#"["b",5]"#), "{text}");
+    // Closed and gone: a second close names the query it cannot find.
+    let (status, text) = call_any(address, "/close-query", close).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains(&query_id), "{text}");
+
+    // Errors are ksqlDB's error objects.
+    let response = h2
+        .query_stream("SELECT * FROM nosuch EMIT CHANGES;", DELIMITED)
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = serde_json::from_str(&text_of(response).await).expect("JSON error");
+    assert_eq!(error["@type"], "statement_error", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NOSUCH")),
+        "{error}"
+    );
+    drop(h2);
+
+    // /query-stream over HTTP/1.1 too.
+    let (status, text) = call_any(
+        address,
+        "/query-stream",
+        json!({"sql": "SELECT k, v FROM s EMIT CHANGES LIMIT 1;",
+               "properties": {"auto.offset.reset": "earliest"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(text.lines().nth(1), Some(r#"["a",1]"#), "{text}");
 
     // A push query without LIMIT stays open until the server shuts down, which ends it.
     let mut open = Connection::open(address).await;
