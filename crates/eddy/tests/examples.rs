@@ -7,53 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// A running `eddy server` and its address.
-struct Server {
-    _child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
+mod common;
 
-async fn start_server() -> Server {
-    let data = tempfile::tempdir().expect("temporary directory");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--broker-port")
-        .arg("0")
-        .arg("server")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("EDDY_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("eddy server starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.expect("server output") {
-            if let Some(url) = line.strip_prefix("Eddy REST API listening on ") {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("eddy server exited before listening");
-    })
-    .await
-    .expect("eddy server listens within 120 s");
-    // Keep reading so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server {
-        _child: child,
-        url,
-        _data: data,
-    }
-}
+use common::start_server;
 
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
 
 /// Bound of one run of the `eddy` REPL (start, statements, shutdown).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -104,4 +104,50 @@ pub fn rows(stdout: &str) -> Vec<Vec<String>> {
 /// Whether a printed table has a row of exactly these cells.
 pub fn has_row(stdout: &str, cells: &[&str]) -> bool {
     rows(stdout).iter().any(|row| row == cells)
+}
+
+/// A running `eddy server` and its address.
+pub struct Server {
+    _child: Child,
+    pub url: String,
+    _data: tempfile::TempDir,
+}
+
+/// `eddy server` on an embedded broker in a temporary directory, both on free ports.
+pub async fn start_server() -> Server {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--broker-port")
+        .arg("0")
+        .arg("server")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("EDDY_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("eddy server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("server output") {
+            if let Some(url) = line.strip_prefix("Eddy REST API listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("eddy server exited before listening");
+    })
+    .await
+    .expect("eddy server listens within 120 s");
+    // Keep reading so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server {
+        _child: child,
+        url,
+        _data: data,
+    }
 }
