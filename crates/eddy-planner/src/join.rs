@@ -63,8 +63,15 @@ pub struct LeftTable {
     /// Schema of the left rows the store holds.
     pub row_schema: SchemaRef,
     /// (key column number, column of the joined batch) of every joined column that holds a key
-    /// column, from either side: a tombstone's key is written into them.
+    /// column of the result, from either side (a primary-key join) or from the left table (a
+    /// foreign-key join): a tombstone's key is written into them.
     pub key_columns_in_joined: Vec<(usize, usize)>,
+    /// Types of the left table's key columns (the result's key).
+    pub key_types: Vec<DataType>,
+    /// A foreign-key join: the left rows' join expressions (`JoinPlan::stream_key_exprs`) give
+    /// the right table's key, and the result is keyed by the left table's key. Else both tables
+    /// are joined on their primary keys.
+    pub foreign_key: bool,
 }
 
 /// The window and right side of a stream-stream join (`WITHIN`); the right stream's stages, rows
@@ -420,6 +427,7 @@ pub(crate) fn lower_join_query(
             let left_table = if tables {
                 Some(left_table(
                     join,
+                    kind,
                     &stream_exprs,
                     stream,
                     table,
@@ -697,10 +705,14 @@ fn key_layouts_alike(left: &Source, right: &Source, hint: &str) -> Result<(), St
     Ok(())
 }
 
-/// The left table of a join of two tables: both must be joined on their whole primary keys,
-/// stored alike and partitioned alike (a foreign-key join would need repartitioning).
+/// The left table of a join of two tables. On both primary keys, the tables must be stored and
+/// partitioned alike. Otherwise the join is a foreign-key join (`[INNER]` or `LEFT`): the left
+/// table's join expressions give the right table's key, and the result is keyed by the left
+/// table's key; each task of the left table holds a copy of the whole right table, so the
+/// partitioning of the two does not matter.
 fn left_table(
     join: &datafusion::logical_expr::Join,
+    kind: JoinKind,
     left_exprs: &[Expr],
     left: &Source,
     right: &Source,
@@ -715,14 +727,17 @@ fn left_table(
                     && left_key.sql_type == right_key.sql_type
             },
         );
-    if !on_keys {
+    if !on_keys && matches!(kind, JoinKind::Right | JoinKind::Full) {
         return Err(PlanError::unsupported(
-            "joins of two tables other than on both primary keys (foreign-key joins)",
+            "RIGHT and FULL OUTER foreign-key joins",
             true,
-            Some("join table a to table b with ON a.<primary key> = b.<primary key>"),
+            Some(
+                "a foreign-key join of two tables is [INNER] JOIN or LEFT JOIN, as in ksqlDB: \
+                 FROM a LEFT JOIN b ON a.<column> = b.<primary key>",
+            ),
         ));
     }
-    if left.key_format != right.key_format || left.partitions != right.partitions {
+    if on_keys && (left.key_format != right.key_format || left.partitions != right.partitions) {
         return Err(PlanError::Invalid(format!(
             "tables \"{}\" ({} partitions, key format {}) and \"{}\" ({} partitions, key \
              format {}) must have the same partition count and key format to be joined",
@@ -738,7 +753,7 @@ fn left_table(
     let right_schema = join.right.schema();
     let left_width = left_schema.fields().len();
     let mut key_columns_in_joined = Vec::new();
-    for (n, (left_key, right_key)) in left_keys.iter().zip(&right_keys).enumerate() {
+    for (n, left_key) in left_keys.iter().enumerate() {
         if let Some(i) = left_schema
             .columns()
             .iter()
@@ -746,10 +761,12 @@ fn left_table(
         {
             key_columns_in_joined.push((n, i));
         }
-        if let Some(i) = right_schema
-            .columns()
-            .iter()
-            .position(|c| c.name == right_key.name)
+        // On the primary keys, the right key columns hold the result's key too.
+        if let Some(right_key) = right_keys.get(n).filter(|_| on_keys)
+            && let Some(i) = right_schema
+                .columns()
+                .iter()
+                .position(|c| c.name == right_key.name)
         {
             key_columns_in_joined.push((n, left_width + i));
         }
@@ -759,6 +776,8 @@ fn left_table(
         stages,
         row_schema: nullable_schema(left_schema.as_arrow()),
         key_columns_in_joined,
+        key_types: left_keys.iter().map(|c| c.sql_type.to_arrow()).collect(),
+        foreign_key: !on_keys,
     })
 }
 

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use eddy_format::{RawBatch, RecordDecoder, SourceLayout};
 use eddy_planner::JoinPlan;
@@ -64,7 +65,11 @@ struct SideSpec<'a> {
 /// Partition p of a join's table: its consumer, decoder and store.
 pub(crate) struct TableSide {
     topic: String,
+    /// The topic partition read.
     partition: i32,
+    /// Where its rows are in the store: the topic partition, except for the copies of a
+    /// foreign-key join's right table (see [`TableSide::open_copy`]).
+    store_partition: i32,
     store: Store,
     plan: JoinPlan,
     decoder: RecordDecoder,
@@ -77,7 +82,14 @@ pub(crate) struct TableSide {
     left: bool,
     /// The store had this side's rows (a checkpoint) when the task started.
     restored: bool,
+    /// The left table of a foreign-key join: encodes the right table's keys its rows join.
+    foreign_key_converter: Option<RowConverter>,
 }
+
+/// First byte of the foreign-key index entries kept next to a foreign-key join's left rows
+/// (`[FK_INDEX][right key][left key]`): arrow-row keys start with 0 or 1, never with it, and are
+/// prefix-free, so a prefix scan of `[FK_INDEX][right key]` finds exactly that key's left rows.
+const FK_INDEX: u8 = 0xFF;
 
 impl TableSide {
     /// Opens partition `partition` of the (right) table: reads where the store left off.
@@ -100,8 +112,46 @@ impl TableSide {
         Self::open_side(
             side,
             plan,
-            partition,
+            (partition, partition),
             group_id,
+            connection,
+            max_batch_records,
+        )
+    }
+
+    /// Opens the copy that task `task` of a foreign-key join keeps of partition `right` (of
+    /// `right_count`) of the right table, at store partition `task * right_count + right`.
+    pub(crate) fn open_copy(
+        spec: &JoinSpec,
+        plan: &JoinPlan,
+        (task, right, right_count): (i32, i32, i32),
+        group_id: &str,
+        connection: &KafkaConnection,
+        max_batch_records: usize,
+    ) -> Result<Self, QueryError> {
+        let store_partition = i64::from(task)
+            .checked_mul(i64::from(right_count))
+            .and_then(|p| p.checked_add(i64::from(right)))
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| {
+                QueryError::Plan(format!(
+                    "a foreign-key join of {right_count} right partitions cannot keep a copy for \
+                     partition {task}"
+                ))
+            })?;
+        let side = SideSpec {
+            topic: &spec.table_topic,
+            layout: &spec.table_layout,
+            store: &spec.store,
+            source: &plan.table,
+            row_schema: &plan.table_row_schema,
+            left: false,
+        };
+        Self::open_side(
+            side,
+            plan,
+            (right, store_partition),
+            &format!("{group_id}-copy-{task}"),
             connection,
             max_batch_records,
         )
@@ -132,7 +182,7 @@ impl TableSide {
         Self::open_side(
             side,
             plan,
-            partition,
+            (partition, partition),
             &format!("{group_id}-left"),
             connection,
             max_batch_records,
@@ -142,7 +192,7 @@ impl TableSide {
     fn open_side(
         side: SideSpec<'_>,
         plan: &JoinPlan,
-        partition: i32,
+        (partition, store_partition): (i32, i32),
         group_id: &str,
         connection: &KafkaConnection,
         max_batch_records: usize,
@@ -156,12 +206,17 @@ impl TableSide {
                 QueryError::Plan(format!("the joined table's rows cannot be stored: {e}"))
             })
         };
-        let key_converter = converter(
-            plan.table_key_types
-                .iter()
-                .map(|t| SortField::new(t.clone()))
-                .collect(),
-        )?;
+        let sort_fields =
+            |types: &[DataType]| types.iter().map(|t| SortField::new(t.clone())).collect();
+        let left_table = plan.left_table.as_ref().filter(|_| side.left);
+        let key_converter = converter(match left_table {
+            Some(left) => sort_fields(&left.key_types),
+            None => sort_fields(&plan.table_key_types),
+        })?;
+        let foreign_key_converter = match left_table {
+            Some(left) if left.foreign_key => Some(converter(sort_fields(&plan.table_key_types))?),
+            _ => None,
+        };
         let row_converter = converter(
             side.row_schema
                 .fields()
@@ -173,7 +228,7 @@ impl TableSide {
         let key_indices = (first_key..first_key + side.source.key_count()).collect();
         let checkpoint = side
             .store
-            .checkpoint(partition)
+            .checkpoint(store_partition)
             .map_err(|e| QueryError::State(e.to_string()))?;
         let start = match checkpoint.source_offset {
             Some(offset) => Offset::Offset(offset),
@@ -190,6 +245,7 @@ impl TableSide {
         Ok(Self {
             topic: side.topic.to_owned(),
             partition,
+            store_partition,
             store: side.store.clone(),
             plan: plan.clone(),
             decoder,
@@ -199,6 +255,7 @@ impl TableSide {
             key_indices,
             left: side.left,
             restored: checkpoint.source_offset.is_some(),
+            foreign_key_converter,
         })
     }
 
@@ -328,7 +385,7 @@ impl TableSide {
 
     pub(crate) fn write(&self, batch: StoreBatch) -> Result<(), QueryError> {
         self.store
-            .write(self.partition, batch)
+            .write(self.store_partition, batch)
             .map_err(|e| QueryError::State(e.to_string()))
     }
 
@@ -421,8 +478,61 @@ impl TableSide {
     /// The stored rows of `keys` in this table's partition.
     pub(crate) fn get_rows(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, QueryError> {
         self.store
-            .multi_get(self.partition, keys)
+            .multi_get(self.store_partition, keys)
             .map_err(|e| QueryError::State(e.to_string()))
+    }
+
+    /// The right table's key each of `rows` (stored left rows of a foreign-key join; `None`: no
+    /// row) joins, encoded as the right table stores its keys; `None` for a missing row or a
+    /// NULL foreign key.
+    pub(crate) fn foreign_keys(
+        &self,
+        rows: &[Option<&[u8]>],
+    ) -> Result<Vec<Option<Vec<u8>>>, QueryError> {
+        let Some(converter) = &self.foreign_key_converter else {
+            return Err(QueryError::Internal("not a foreign-key join".into()));
+        };
+        let (batch, index) = self.decode_rows(rows)?;
+        let keys = self
+            .plan
+            .stream_keys(&batch)
+            .map_err(|e| QueryError::Expression(e.to_string()))?;
+        let encoded = converter
+            .convert_columns(&keys)
+            .map_err(|e| QueryError::Internal(format!("foreign key: {e}")))?;
+        Ok((0..rows.len())
+            .map(|i| {
+                let row = index.is_valid(i).then(|| index.value(i) as usize)?;
+                if keys.iter().any(|k| k.is_null(row)) {
+                    return None;
+                }
+                Some(encoded.row(row).as_ref().to_vec())
+            })
+            .collect())
+    }
+
+    /// The index entry saying left row `left_key` joins right key `foreign_key`.
+    pub(crate) fn foreign_key_entry(foreign_key: &[u8], left_key: &[u8]) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(1 + foreign_key.len() + left_key.len());
+        entry.push(FK_INDEX);
+        entry.extend_from_slice(foreign_key);
+        entry.extend_from_slice(left_key);
+        entry
+    }
+
+    /// The keys of the stored left rows of a foreign-key join that join right key
+    /// `foreign_key`.
+    pub(crate) fn rows_joining(&self, foreign_key: &[u8]) -> Result<Vec<Vec<u8>>, QueryError> {
+        let prefix = Self::foreign_key_entry(foreign_key, &[]);
+        self.store
+            .scan_prefix(self.store_partition, &prefix)
+            .map_err(|e| QueryError::State(e.to_string()))?
+            .map(|entry| {
+                entry
+                    .map(|(key, _)| key[prefix.len()..].to_vec())
+                    .map_err(|e| QueryError::State(e.to_string()))
+            })
+            .collect()
     }
 
     /// The next offset of the table partition to apply.

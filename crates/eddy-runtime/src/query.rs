@@ -848,6 +848,14 @@ impl PartitionTask {
             .plan
             .join
             .as_ref()
+            .is_some_and(|j| j.left_table.as_ref().is_some_and(|l| l.foreign_key))
+        {
+            return self.run_foreign_key_join(receiver, encoder, encoded).await;
+        }
+        if spec
+            .plan
+            .join
+            .as_ref()
             .is_some_and(|j| j.left_table.is_some())
         {
             return self.run_table_join(receiver, encoder, encoded).await;
@@ -1568,6 +1576,141 @@ impl PartitionTask {
         }
     }
 
+    /// Runs a foreign-key join of two tables for partition p of the left table. The task reads
+    /// that partition and *every* partition of the right table into a copy of its own (store
+    /// partitions `p * right partitions + q`), so that the right row of any foreign key is at
+    /// hand and each result key (the left key) has one writer, this task; next to the left rows
+    /// an index `[right key][left key]` finds the left rows a right change concerns. A left
+    /// change gives its key's joined row; a right change the joined rows of every left row that
+    /// points at it. Output is sent before the state that made it is written: at-least-once.
+    async fn run_foreign_key_join(
+        &self,
+        mut receiver: mpsc::Receiver<RawBatch>,
+        mut encoder: Option<RecordEncoder>,
+        mut encoded: EncodedBatch,
+    ) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let (Some(join_spec), Some(join)) = (spec.join.as_ref(), spec.plan.join.as_ref()) else {
+            return Err(QueryError::Internal(
+                "a join started without its tables".into(),
+            ));
+        };
+        let max_batch = spec.config.max_batch_records;
+        let mut left = TableSide::open_left(
+            join_spec,
+            join,
+            self.partition,
+            &spec.group_id,
+            &spec.connection,
+            max_batch,
+        )?;
+        let right_partitions = spec
+            .connection
+            .topic(&join_spec.table_topic)
+            .await?
+            .map(|t| t.partitions)
+            .ok_or_else(|| KafkaError::UnknownTopic {
+                topic: join_spec.table_topic.clone(),
+            })?;
+        let mut copies = (0..right_partitions)
+            .map(|right| {
+                TableSide::open_copy(
+                    join_spec,
+                    join,
+                    (self.partition, right, right_partitions),
+                    &spec.group_id,
+                    &spec.connection,
+                    max_batch,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // As for a primary-key join: a side read again from its beginning does not know which
+        // keys joined before, so every key that does not join gets a tombstone until caught up.
+        let mut retract_unknown = if left.restored() && copies.iter().all(TableSide::restored) {
+            false
+        } else {
+            match &spec.sink {
+                SinkSpec::Kafka { topic, .. } => spec
+                    .connection
+                    .watermarks(topic)
+                    .await?
+                    .iter()
+                    .any(|&(_, high)| high > 0),
+                SinkSpec::Channel { .. } => false,
+            }
+        };
+        let mut poll = tokio::time::interval(Duration::from_millis(
+            spec.config.table_join_poll_interval_ms.max(1),
+        ));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                raw = receiver.recv() => if raw.is_none() { return Ok(()) },
+                _ = poll.tick() => {}
+            }
+            let high = left.high_watermark(&spec.connection).await?;
+            while let Some(raw) = left.read_batch(high).await? {
+                self.metrics
+                    .records_in
+                    .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                let mut prepared = left
+                    .prepare(&raw, &spec.processing_log, &spec.query_id)
+                    .await?;
+                if !prepared.changes.is_empty() {
+                    let (rows, tombstones) = foreign_key_left_output(
+                        join,
+                        &left,
+                        &copies,
+                        &mut prepared,
+                        &spec.plan.key_columns,
+                        retract_unknown,
+                    )?;
+                    if !self
+                        .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
+                        .await?
+                    {
+                        return Ok(()); // the client went away
+                    }
+                }
+                left.write(prepared.batch)?;
+            }
+            for copy in &mut copies {
+                let high = copy.high_watermark(&spec.connection).await?;
+                while let Some(raw) = copy.read_batch(high).await? {
+                    self.metrics
+                        .records_in
+                        .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                    let prepared = copy
+                        .prepare(&raw, &spec.processing_log, &spec.query_id)
+                        .await?;
+                    // A right key can concern many left rows: their output goes in slices.
+                    for changes in prepared.changes.chunks(max_batch.max(1)) {
+                        let (rows, tombstones) = foreign_key_right_output(
+                            join,
+                            &left,
+                            copy,
+                            changes,
+                            &spec.plan.key_columns,
+                            retract_unknown,
+                        )?;
+                        if !self
+                            .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
+                            .await?
+                        {
+                            return Ok(());
+                        }
+                    }
+                    copy.write(prepared.batch)?;
+                }
+            }
+            retract_unknown = false;
+            // The query's consumer is paused (see `reads_both_sides`): the left table's progress
+            // is this task's own reader's.
+            self.progress
+                .fetch_max(left.next_offset(), Ordering::AcqRel);
+        }
+    }
+
     /// Runs a join of two streams `WITHIN` a window. Both streams are read by this task's own
     /// readers (the query's consumer, on the left stream, only owns partitions and commits; its
     /// partitions are paused), in rounds of one batch of each side (see `stream_join`); each
@@ -2085,6 +2228,127 @@ fn table_join_output(
         )
     };
     result.map_err(|e| QueryError::Expression(e.strip_backtrace()))
+}
+
+/// A foreign-key join's output for a batch of left changes, whose index entries it adds to the
+/// batch's store writes: each changed left key's joined row, or a tombstone when it has none now
+/// but had a row before.
+fn foreign_key_left_output(
+    join: &eddy_planner::JoinPlan,
+    left: &TableSide,
+    copies: &[TableSide],
+    prepared: &mut crate::join::Prepared,
+    output_keys: &[usize],
+    retract_unknown: bool,
+) -> Result<(RecordBatch, RecordBatch), QueryError> {
+    let keys: Vec<&[u8]> = prepared.changes.iter().map(|(k, _)| k.as_slice()).collect();
+    let rows: Vec<Option<&[u8]>> = prepared.changes.iter().map(|(_, v)| v.as_deref()).collect();
+    // The store still holds the rows before the change.
+    let before = left.get_rows(&keys)?;
+    let before: Vec<Option<&[u8]>> = before.iter().map(|v| v.as_deref()).collect();
+    let foreign_keys = left.foreign_keys(&rows)?;
+    let foreign_keys_before = left.foreign_keys(&before)?;
+    for ((key, now), then) in keys.iter().zip(&foreign_keys).zip(&foreign_keys_before) {
+        if now == then {
+            continue;
+        }
+        if let Some(then) = then {
+            prepared
+                .batch
+                .delete(&TableSide::foreign_key_entry(then, key));
+        }
+        if let Some(now) = now {
+            prepared
+                .batch
+                .put(&TableSide::foreign_key_entry(now, key), &[]);
+        }
+    }
+    // The right row of each foreign key, from whichever copy holds it.
+    let mut right: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    let wanted: Vec<(usize, &[u8])> = foreign_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.as_deref().map(|k| (i, k)))
+        .collect();
+    let wanted_keys: Vec<&[u8]> = wanted.iter().map(|(_, k)| *k).collect();
+    for copy in copies {
+        for ((i, _), found) in wanted.iter().zip(copy.get_rows(&wanted_keys)?) {
+            if right[*i].is_none() {
+                right[*i] = found;
+            }
+        }
+    }
+    let right: Vec<Option<&[u8]>> = right.iter().map(|v| v.as_deref()).collect();
+    let Some(any_copy) = copies.first() else {
+        return Err(QueryError::Internal(
+            "a right table without partitions".into(),
+        ));
+    };
+    let (left_rows, left_index) = left.decode_rows(&rows)?;
+    let (right_rows, right_index) = any_copy.decode_rows(&right)?;
+    let key_columns = left.decode_keys(&keys)?;
+    let previously_joined: Vec<bool> = before
+        .iter()
+        .map(|b| retract_unknown || b.is_some())
+        .collect();
+    join.join_tables(
+        &left_rows,
+        &left_index,
+        &right_rows,
+        &right_index,
+        &key_columns,
+        output_keys,
+        &previously_joined,
+    )
+    .map_err(|e| QueryError::Expression(e.strip_backtrace()))
+}
+
+/// A foreign-key join's output for changes of right rows (`copy`'s, not yet written): the joined
+/// row, or a tombstone, of every left row that points at a changed key.
+fn foreign_key_right_output(
+    join: &eddy_planner::JoinPlan,
+    left: &TableSide,
+    copy: &TableSide,
+    changes: &[(Vec<u8>, Option<Vec<u8>>)],
+    output_keys: &[usize],
+    retract_unknown: bool,
+) -> Result<(RecordBatch, RecordBatch), QueryError> {
+    let right_keys: Vec<&[u8]> = changes.iter().map(|(k, _)| k.as_slice()).collect();
+    let before = copy.get_rows(&right_keys)?;
+    // (left key, change) of every left row a change concerns.
+    let mut pairs: Vec<(Vec<u8>, usize)> = Vec::new();
+    for (change, key) in right_keys.iter().enumerate() {
+        pairs.extend(left.rows_joining(key)?.into_iter().map(|k| (k, change)));
+    }
+    let left_keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
+    let left_rows = left.get_rows(&left_keys)?;
+    let left_rows: Vec<Option<&[u8]>> = left_rows.iter().map(|v| v.as_deref()).collect();
+    let right_rows: Vec<Option<&[u8]>> = pairs
+        .iter()
+        .map(|(_, change)| changes[*change].1.as_deref())
+        .collect();
+    let (left_batch, left_index) = left.decode_rows(&left_rows)?;
+    let (right_batch, right_index) = copy.decode_rows(&right_rows)?;
+    let key_columns = left.decode_keys(&left_keys)?;
+    // An inner join's row existed if the right row did; a left join's row always did.
+    let previously_joined: Vec<bool> = pairs
+        .iter()
+        .map(|(_, change)| {
+            retract_unknown
+                || join.kind == eddy_planner::JoinKind::Left
+                || before[*change].is_some()
+        })
+        .collect();
+    join.join_tables(
+        &left_batch,
+        &left_index,
+        &right_batch,
+        &right_index,
+        &key_columns,
+        output_keys,
+        &previously_joined,
+    )
+    .map_err(|e| QueryError::Expression(e.strip_backtrace()))
 }
 
 /// `batch` without the rows whose offset (column 2, `ROWOFFSET`) is below `next_offset`.

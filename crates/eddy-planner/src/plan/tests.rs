@@ -960,3 +960,68 @@ async fn window_bounds_and_emit_final_are_refused_where_they_mean_nothing() {
         "{final_without_window}"
     );
 }
+
+#[tokio::test]
+async fn a_join_of_two_tables_on_a_left_column_is_a_foreign_key_join_keyed_by_the_left_key() {
+    // ORDER_STATE's ITEM points at another ORDER_STATE row's key.
+    let fk = plan(
+        r#"SELECT a."ID", a."QTY", b."QTY" AS "ITEM_QTY" FROM "ORDER_STATE" a LEFT JOIN "ORDER_STATE" b ON a."ITEM" = b."ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let join = fk.join.as_ref().expect("a join");
+    let left = join.left_table.as_ref().expect("a join of two tables");
+    assert!(left.foreign_key);
+    assert_eq!(join.kind, crate::JoinKind::Left);
+    assert_eq!(names(&fk, &fk.key_columns), ["ID"]);
+    // Only the left key column holds the result's key.
+    assert_eq!(
+        left.key_columns_in_joined.len(),
+        1,
+        "{:?}",
+        left.key_columns_in_joined
+    );
+    // The foreign key is computed from the left rows.
+    let rows = RecordBatch::try_new(
+        Arc::clone(&left.row_schema),
+        left.row_schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "ITEM" => Arc::new(StringArray::from(vec![Some("k2"), None])) as ArrayRef,
+                "ID" => Arc::new(StringArray::from(vec!["k1", "k3"])) as ArrayRef,
+                _ => datafusion::arrow::array::new_null_array(f.data_type(), 2),
+            })
+            .collect(),
+    )
+    .unwrap();
+    let keys = join.stream_keys(&rows).unwrap();
+    let keys = keys[0].as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(keys.iter().collect::<Vec<_>>(), [Some("k2"), None]);
+
+    let primary = plan(
+        r#"SELECT a."ID", b."QTY" FROM "ORDER_STATE" a JOIN "ORDER_STATE" b ON a."ID" = b."ID""#,
+        &[],
+    )
+    .await
+    .unwrap();
+    let left = primary
+        .join
+        .as_ref()
+        .and_then(|j| j.left_table.as_ref())
+        .unwrap();
+    assert!(!left.foreign_key);
+
+    let err = plan(
+        r#"SELECT a."ID" FROM "ORDER_STATE" a FULL OUTER JOIN "ORDER_STATE" b ON a."ITEM" = b."ID""#,
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("RIGHT and FULL OUTER foreign-key joins are not supported"),
+        "{err}"
+    );
+}
