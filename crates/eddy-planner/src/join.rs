@@ -727,6 +727,10 @@ fn left_table(
                     && left_key.sql_type == right_key.sql_type
             },
         );
+    // Tables joined on their keys but stored or partitioned differently are joined as by a
+    // foreign key (the left key points at the right row): each task copies the right table.
+    let alike = left.key_format == right.key_format && left.partitions == right.partitions;
+    let foreign_key = !on_keys || (!alike && matches!(kind, JoinKind::Inner | JoinKind::Left));
     if !on_keys && matches!(kind, JoinKind::Right | JoinKind::Full) {
         return Err(PlanError::unsupported(
             "RIGHT and FULL OUTER foreign-key joins",
@@ -737,16 +741,22 @@ fn left_table(
             ),
         ));
     }
-    if on_keys && (left.key_format != right.key_format || left.partitions != right.partitions) {
+    if !foreign_key && !alike {
         return Err(PlanError::Invalid(format!(
             "tables \"{}\" ({} partitions, key format {}) and \"{}\" ({} partitions, key \
-             format {}) must have the same partition count and key format to be joined",
+             format {}) must have the same partition count and key format for a {} join\nhint: \
+             an [INNER] or LEFT JOIN of them works: it keeps a copy of the right table",
             left.name,
             left.partitions,
             left.key_format,
             right.name,
             right.partitions,
-            right.key_format
+            right.key_format,
+            if kind == JoinKind::Right {
+                "RIGHT"
+            } else {
+                "FULL OUTER"
+            }
         )));
     }
     let left_schema = join.left.schema();
@@ -762,7 +772,7 @@ fn left_table(
             key_columns_in_joined.push((n, i));
         }
         // On the primary keys, the right key columns hold the result's key too.
-        if let Some(right_key) = right_keys.get(n).filter(|_| on_keys)
+        if let Some(right_key) = right_keys.get(n).filter(|_| !foreign_key)
             && let Some(i) = right_schema
                 .columns()
                 .iter()
@@ -777,7 +787,7 @@ fn left_table(
         row_schema: nullable_schema(left_schema.as_arrow()),
         key_columns_in_joined,
         key_types: left_keys.iter().map(|c| c.sql_type.to_arrow()).collect(),
-        foreign_key: !on_keys,
+        foreign_key,
     })
 }
 
