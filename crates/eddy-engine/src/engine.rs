@@ -550,14 +550,50 @@ impl Engine {
         catalog: &Catalog,
     ) -> Result<(eddy_planner::StreamingPlan, Vec<JoinRepartition>), EngineError> {
         let mut catalog = std::borrow::Cow::Borrowed(catalog);
+        let mut query = std::borrow::Cow::Borrowed(query);
         let mut repartitions: Vec<JoinRepartition> = Vec::new();
         loop {
             let planned = self
                 .inner
                 .planner
-                .plan_select(query, clauses, &catalog)
+                .plan_select(&query, clauses, &catalog)
                 .await;
             match planned {
+                // Keyed by an expression: repartition by it, and join on the new key column.
+                Err(
+                    error @ eddy_planner::PlanError::JoinNotCoPartitioned {
+                        repartition_by: None,
+                        ..
+                    },
+                ) => {
+                    let eddy_planner::PlanError::JoinNotCoPartitioned {
+                        stream,
+                        table,
+                        right,
+                        ..
+                    } = &error
+                    else {
+                        return Err(error.into());
+                    };
+                    let rekey = eddy_planner::rekey_join_expression(&query, *right, &catalog)?
+                        .filter(|rekey| rekey.stream == *stream)
+                        .filter(|_| !repartitions.iter().any(|r| r.right == *right));
+                    let Some(rekey) = rekey else {
+                        return Err(error.into());
+                    };
+                    let writer = self
+                        .inner
+                        .planner
+                        .plan_query(&rekey.writer_query, &rekey.partition_by, &catalog)
+                        .await?;
+                    let repartition =
+                        self.repartition_of(query_id, writer, stream, table, *right, &catalog)?;
+                    catalog
+                        .to_mut()
+                        .replace_source(repartition.internal.clone());
+                    repartitions.push(repartition);
+                    query = std::borrow::Cow::Owned(rekey.rewritten);
+                }
                 Err(eddy_planner::PlanError::JoinNotCoPartitioned {
                     stream,
                     table,
@@ -591,8 +627,6 @@ impl Engine {
         right: bool,
         catalog: &Catalog,
     ) -> Result<JoinRepartition, EngineError> {
-        let config = &self.inner.config;
-        let table = catalog.require_source(table)?.clone();
         let writer_text = format!("SELECT * FROM `{stream}` PARTITION BY `{column}` EMIT CHANGES;");
         let writer_statement = eddy_sql::parse_statements(&writer_text)?
             .into_iter()
@@ -605,6 +639,22 @@ impl Engine {
             .planner
             .plan_query(&writer_select.query, &writer_select.partition_by, catalog)
             .await?;
+        self.repartition_of(query_id, writer, stream, table, right, catalog)
+    }
+
+    /// A join's repartition by `writer` (a `PARTITION BY` of `stream`) into the query's internal
+    /// topic, with the partition count and key format of the other side, `table`.
+    fn repartition_of(
+        &self,
+        query_id: &str,
+        writer: eddy_planner::StreamingPlan,
+        stream: &str,
+        table: &str,
+        right: bool,
+        catalog: &Catalog,
+    ) -> Result<JoinRepartition, EngineError> {
+        let config = &self.inner.config;
+        let table = catalog.require_source(table)?;
         let internal = Source {
             name: stream.to_owned(),
             kind: eddy_catalog::SourceKind::Stream,

@@ -599,7 +599,9 @@ fn check_streams_co_partitioned(
             .iter()
             .map(|e| match e {
                 Expr::Column(column) => column.name.clone(),
-                other => other.human_display().to_string(),
+                other => datafusion::logical_expr::expr_rewriter::unnormalize_col(other.clone())
+                    .human_display()
+                    .to_string(),
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -861,7 +863,9 @@ fn check_co_partitioned(
         .iter()
         .map(|e| match e {
             Expr::Column(column) => column.name.clone(),
-            other => other.human_display().to_string(),
+            other => datafusion::logical_expr::expr_rewriter::unnormalize_col(other.clone())
+                .human_display()
+                .to_string(),
         })
         .collect::<Vec<_>>()
         .join(", ");

@@ -27,6 +27,7 @@ mod chain;
 mod functions;
 mod join;
 mod plan;
+mod rekey;
 mod split;
 
 pub use aggregate::{
@@ -40,3 +41,4 @@ pub use plan::{
     Clauses, PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan, WINDOWEND, WINDOWEND_OUTPUT,
     WINDOWSTART, WINDOWSTART_OUTPUT, WindowColumns,
 };
+pub use rekey::{ExpressionRekey, rekey_join_expression};
