@@ -12,6 +12,7 @@
 //!  POST /query-stream {"sql": "SELECT ...;", "properties": {...}}   (HTTP/2 or HTTP/1.1)
 //!       └─ {"queryId":..,"columnNames":[..],"columnTypes":[..]}\n["a",1]\n ...  (delimited)
 //!  POST /close-query {"queryId": ...}: ends a /query-stream push query
+//!  POST /inserts-stream {"target":"S"}\n{row}\n{row}...  ─▶ {"status":"ok","seq":0}\n ...
 //!  GET  /info, GET /healthcheck
 //! ```
 //!
@@ -29,6 +30,7 @@ mod backend;
 mod entity;
 mod error;
 mod info;
+mod inserts;
 mod ksql;
 mod query;
 mod request;
@@ -166,6 +168,7 @@ pub fn app(state: AppState) -> Router {
         .route("/query", post(query::handle))
         .route("/query-stream", post(stream::handle))
         .route("/close-query", post(stream::close))
+        .route("/inserts-stream", post(inserts::handle))
         .route("/info", get(info::info))
         .route("/healthcheck", get(info::healthcheck))
         .fallback(info::not_found)

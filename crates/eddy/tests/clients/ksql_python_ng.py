@@ -75,6 +75,27 @@ def main(url: str) -> None:
     result = json.loads(lines)
     assert result[1]["row"]["columns"] == ["pear", 1], result
 
+    # Streaming inserts over HTTP/2: each row acknowledged, a bad one answered on its own.
+    acks = client.inserts_stream(
+        stream,
+        [{"id": "o4", "item": "fig", "qty": 3}, {"ID": "o5", "ITEM": "kiwi", "QTY": "many"}],
+    )
+    assert acks[0] == {"status": "ok", "seq": 0}, acks
+    assert acks[1]["status"] == "error" and acks[1]["seq"] == 1, acks
+    assert "QTY" in acks[1]["message"] or "many" in acks[1]["message"], acks
+    refused = client.inserts_stream(f"nosuch_{suffix}", [{"a": 1}])
+    assert refused[0]["@type"] == "generic_error", refused
+    assert refused[0]["error_code"] == 40000, refused
+    rows = list(
+        client.query(
+            f"SELECT id, item FROM {stream} EMIT CHANGES LIMIT 4;",
+            use_http2=True,
+            parse=True,
+            stream_properties={"auto.offset.reset": "earliest"},
+        )
+    )
+    assert rows[3] == {"ID": "o4", "ITEM": "fig"}, rows
+
     print("ksql-python-ng: ok")
 
 
