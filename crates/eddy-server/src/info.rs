@@ -1,4 +1,4 @@
-//! `GET /info`, `GET /healthcheck`, and the answer to unknown paths.
+//! `GET /info`, `GET /healthcheck`, `GET /clusterStatus`, and the answer to unknown paths.
 
 use std::time::Duration;
 
@@ -51,6 +51,51 @@ pub async fn healthcheck(State(state): State<AppState>, headers: HeaderMap) -> R
                 "kafka": {"isHealthy": kafka},
             },
         }),
+    )
+}
+
+/// `{"clusterStatus":{"<host:port>":{"hostAlive":true,"lastStatusUpdateMs":..,
+/// "activeStandbyPerQuery":{..},"hostStoreLags":{..}}}}`: one server, which runs every
+/// persistent query's every partition (no standbys).
+pub async fn cluster_status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let host = state
+        .config()
+        .advertised_listener
+        .clone()
+        .or_else(|| {
+            headers
+                .get(axum::http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost:8088".to_owned());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let catalog = state.backend().catalog();
+    let per_query: serde_json::Map<String, serde_json::Value> = catalog
+        .queries()
+        .map(|query| {
+            (
+                query.id.clone(),
+                json!({
+                    "activeStores": [],
+                    "activePartitions": [],
+                    "standByStores": [],
+                    "standByPartitions": [],
+                }),
+            )
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        MediaType::negotiate(&headers),
+        &json!({"clusterStatus": {host: {
+            "hostAlive": true,
+            "lastStatusUpdateMs": now_ms,
+            "activeStandbyPerQuery": per_query,
+            "hostStoreLags": {"stateStoreLags": {}, "updateTimeMs": now_ms},
+        }}}),
     )
 }
 

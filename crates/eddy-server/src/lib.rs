@@ -13,8 +13,11 @@
 //!       └─ {"queryId":..,"columnNames":[..],"columnTypes":[..]}\n["a",1]\n ...  (delimited)
 //!  POST /close-query {"queryId": ...}: ends a /query-stream push query
 //!  POST /inserts-stream {"target":"S"}\n{row}\n{row}...  ─▶ {"status":"ok","seq":0}\n ...
-//!  GET  /info, GET /healthcheck
+//!  GET  /info, GET /healthcheck, GET /clusterStatus
 //! ```
+//!
+//! With [`ServerConfig::basic_auth`] set, every request needs those credentials (HTTP basic
+//! authentication, as ksqlDB's `authentication.method=BASIC`); others get 401.
 //!
 //! Field names, `@type` tags, error codes and the `/query` framing are ksqlDB's. Requests are JSON
 //! whatever their `Content-Type` (as ksqlDB, which takes curl's default form type too); unknown
@@ -26,6 +29,7 @@
 //! [`app`] builds the router over any [`Backend`] (the engine, or a fake in tests); [`serve`] runs
 //! it on a listener until a shutdown signal, ending open push-query responses first.
 
+mod auth;
 mod backend;
 mod entity;
 mod error;
@@ -72,6 +76,39 @@ pub struct ServerConfig {
     /// Longest wait for Kafka in `/healthcheck` and `/info`. Default
     /// [`DEFAULT_KAFKA_CHECK_TIMEOUT_MS`].
     pub kafka_check_timeout_ms: u64,
+    /// `host:port` clients reach this server at: its key in `/clusterStatus`. Default none
+    /// (the request's `Host` header, else `localhost:8088`).
+    pub advertised_listener: Option<String>,
+    /// When set, every request must carry these credentials (HTTP basic authentication);
+    /// others get 401. Default none: no authentication.
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// The one user and password of HTTP basic authentication.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl BasicAuth {
+    /// `user:password` (the password may hold colons).
+    pub fn parse(credentials: &str) -> Option<BasicAuth> {
+        let (user, password) = credentials.split_once(':')?;
+        (!user.is_empty() && !password.is_empty()).then(|| BasicAuth {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Debug for BasicAuth {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServerConfig {
@@ -80,6 +117,8 @@ impl Default for ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             kafka_check_timeout_ms: DEFAULT_KAFKA_CHECK_TIMEOUT_MS,
+            advertised_listener: None,
+            basic_auth: None,
         }
     }
 }
@@ -171,8 +210,13 @@ pub fn app(state: AppState) -> Router {
         .route("/inserts-stream", post(inserts::handle))
         .route("/info", get(info::info))
         .route("/healthcheck", get(info::healthcheck))
+        .route("/clusterStatus", get(info::cluster_status))
         .fallback(info::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_credentials,
+        ))
         .with_state(state)
 }
 

@@ -485,3 +485,91 @@ async fn info_and_healthcheck() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error_code"], 40400);
 }
+
+#[tokio::test]
+async fn cluster_status_names_this_server() {
+    let config = ServerConfig {
+        advertised_listener: Some("eddy-1:8088".into()),
+        ..ServerConfig::default()
+    };
+    let response = fake_app(Arc::new(Fake::default()), config)
+        .oneshot(
+            Request::get("/clusterStatus")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("the router answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("JSON");
+    let host = &body["clusterStatus"]["eddy-1:8088"];
+    assert_eq!(host["hostAlive"], true, "{body}");
+    assert!(host["lastStatusUpdateMs"].as_u64().is_some(), "{body}");
+    assert!(host["activeStandbyPerQuery"].is_object(), "{body}");
+    assert!(
+        host["hostStoreLags"]["stateStoreLags"].is_object(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn basic_authentication_lets_only_the_right_credentials_in() {
+    use base64::Engine as _;
+    let config = ServerConfig {
+        basic_auth: crate::BasicAuth::parse("ann:s3cr:et"),
+        ..ServerConfig::default()
+    };
+    let app = fake_app(Arc::new(Fake::default()), config);
+    let send = |authorization: Option<String>| {
+        let app = app.clone();
+        async move {
+            let mut request = Request::get("/info");
+            if let Some(authorization) = authorization {
+                request = request.header(axum::http::header::AUTHORIZATION, authorization);
+            }
+            app.oneshot(request.body(Body::empty()).expect("request"))
+                .await
+                .expect("the router answers")
+        }
+    };
+    let basic = |credentials: &str| {
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        ))
+    };
+    let refused = send(None).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused
+            .headers()
+            .get(axum::http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok()),
+        Some("Basic realm=\"eddy\"")
+    );
+    let body = refused
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(body["error_code"], 40100, "{body}");
+    assert_eq!(
+        send(basic("ann:wrong")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(Some("Bearer abc".into())).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(send(basic("ann:s3cr:et")).await.status(), StatusCode::OK);
+    assert!(crate::BasicAuth::parse("nobody").is_none());
+    assert!(!format!("{:?}", crate::BasicAuth::parse("ann:pw")).contains("pw"));
+}

@@ -81,6 +81,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Require HTTP basic authentication with this user and password (better given in
+        /// the environment, where `ps` does not show it).
+        #[arg(long, value_name = "USER:PASSWORD", env = "EDDY_BASIC_AUTH", hide_env_values = true, value_parser = parse_basic_auth)]
+        basic_auth: Option<eddy_server::BasicAuth>,
     },
     /// Run sqllogictest files, each in a fresh namespace; exits non-zero when any fails.
     Test {
@@ -200,12 +204,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Some(Command::Server { listen }) => server(
+        Some(Command::Server { listen, basic_auth }) => server(
             cli.kafka,
             &cli.data_dir,
             cli.broker_port,
             cli.service_id,
             listen,
+            basic_auth,
         )
         .await
         .map(|()| ExitCode::SUCCESS),
@@ -302,6 +307,7 @@ async fn server(
     broker_port: u16,
     service_id: String,
     listen: SocketAddr,
+    basic_auth: Option<eddy_server::BasicAuth>,
 ) -> Result<()> {
     let (engine, connection, broker) =
         start_engine(kafka, data_dir, broker_port, service_id).await?;
@@ -325,11 +331,20 @@ async fn server(
         env!("CARGO_PKG_VERSION"),
         connection.bootstrap_servers
     );
-    let state =
-        eddy_server::AppState::for_engine(engine.clone(), eddy_server::ServerConfig::default());
+    let config = eddy_server::ServerConfig {
+        advertised_listener: Some(address.to_string()),
+        basic_auth,
+        ..eddy_server::ServerConfig::default()
+    };
+    let state = eddy_server::AppState::for_engine(engine.clone(), config);
     let outcome = eddy_server::serve(listener, state, shutdown_signal()).await;
     stop_engine(engine, broker).await?;
     outcome.context("the REST server failed")
+}
+
+fn parse_basic_auth(credentials: &str) -> Result<eddy_server::BasicAuth, String> {
+    eddy_server::BasicAuth::parse(credentials)
+        .ok_or_else(|| "expected USER:PASSWORD, both non-empty".to_owned())
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM.
@@ -619,7 +634,7 @@ mod tests {
         let cli = Cli::parse_from(["eddy", "server"]);
         assert!(matches!(
             cli.command,
-            Some(Command::Server { listen }) if listen == DEFAULT_LISTEN.parse().expect("address")
+            Some(Command::Server { listen, .. }) if listen == DEFAULT_LISTEN.parse().expect("address")
         ));
         let cli = Cli::parse_from([
             "eddy",
@@ -635,7 +650,7 @@ mod tests {
         assert_eq!(cli.service_id, "s");
         assert!(matches!(
             cli.command,
-            Some(Command::Server { listen }) if listen.port() == 0
+            Some(Command::Server { listen, .. }) if listen.port() == 0
         ));
     }
 }
