@@ -79,6 +79,37 @@ impl Engine {
         Ok(results)
     }
 
+    /// Runs a queries file at the start of a headless server (`eddy server --queries-file`): its
+    /// statements in order in one session, stopping at the first error. A statement whose
+    /// stream, table or query the catalog already holds with the same text (the file ran
+    /// before this restart; the command topic brought it back) is skipped, so that the same
+    /// file can start the server every time. Returns what ran, as (statement, message).
+    pub async fn run_queries_file(&self, sql: &str) -> Result<Vec<(String, String)>, EngineError> {
+        let statements = eddy_sql::parse_statements(sql)?;
+        let mut session = Session::new();
+        let mut done = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            let catalog = self.catalog();
+            let applied = match &statement.statement {
+                Statement::CreateSource { name, .. } | Statement::CreateSourceAs { name, .. } => {
+                    catalog.source(name).is_some_and(|s| s.sql == statement.sql)
+                }
+                Statement::InsertSelect { .. } => catalog.queries().any(|q| q.sql == statement.sql),
+                _ => false,
+            };
+            let message = if applied {
+                "already applied: skipped".to_owned()
+            } else {
+                match self.execute_statement(&mut session, statement).await? {
+                    StatementResult::Success { message, .. } => message,
+                    _ => "done".to_owned(),
+                }
+            };
+            done.push((statement.sql.clone(), message));
+        }
+        Ok(done)
+    }
+
     /// Executes one parsed statement.
     pub async fn execute_statement(
         &self,

@@ -1,5 +1,6 @@
-//! HTTP basic authentication: with [`crate::ServerConfig::basic_auth`] set, a request without
-//! those credentials is answered 401 with `WWW-Authenticate` and ksqlDB's error body.
+//! Who may use the API. HTTP basic authentication: with [`crate::ServerConfig::basic_auth`] set, a request without
+//! those credentials is answered 401 with `WWW-Authenticate` and ksqlDB's error body. And a
+//! headless server takes no statements over REST.
 
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -54,6 +55,22 @@ pub async fn require_credentials(
         HeaderValue::from_static("Basic realm=\"eddy\""),
     );
     response
+}
+
+/// In headless mode, statements and queries come from the queries file only.
+pub async fn refuse_when_headless(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state.config().headless {
+        return next.run(request).await;
+    }
+    ApiError::bad_request(
+        "this server runs in headless mode (eddy server --queries-file): it runs the statements \
+         of its file and takes no statements or queries over REST",
+    )
+    .into_response_as(MediaType::negotiate(request.headers()))
 }
 
 /// Compares without stopping at the first difference, so timing does not tell how much of a

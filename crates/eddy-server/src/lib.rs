@@ -17,7 +17,8 @@
 //! ```
 //!
 //! With [`ServerConfig::basic_auth`] set, every request needs those credentials (HTTP basic
-//! authentication, as ksqlDB's `authentication.method=BASIC`); others get 401.
+//! authentication, as ksqlDB's `authentication.method=BASIC`); others get 401. A headless
+//! server ([`ServerConfig::headless`]) refuses statements and queries over REST.
 //!
 //! Field names, `@type` tags, error codes and the `/query` framing are ksqlDB's. Requests are JSON
 //! whatever their `Content-Type` (as ksqlDB, which takes curl's default form type too); unknown
@@ -82,6 +83,10 @@ pub struct ServerConfig {
     /// When set, every request must carry these credentials (HTTP basic authentication);
     /// others get 401. Default none: no authentication.
     pub basic_auth: Option<BasicAuth>,
+    /// Headless mode (`eddy server --queries-file`): the server runs the statements of its
+    /// file and takes none over REST; `/ksql`, `/query`, `/query-stream`, `/close-query` and
+    /// `/inserts-stream` answer 400. Default false.
+    pub headless: bool,
 }
 
 /// The one user and password of HTTP basic authentication.
@@ -119,6 +124,7 @@ impl Default for ServerConfig {
             kafka_check_timeout_ms: DEFAULT_KAFKA_CHECK_TIMEOUT_MS,
             advertised_listener: None,
             basic_auth: None,
+            headless: false,
         }
     }
 }
@@ -202,12 +208,18 @@ impl AppState {
 /// The REST API's routes over `state`.
 pub fn app(state: AppState) -> Router {
     let limit = state.config().max_request_bytes;
-    Router::new()
+    let statements = Router::new()
         .route("/ksql", post(ksql::handle))
         .route("/query", post(query::handle))
         .route("/query-stream", post(stream::handle))
         .route("/close-query", post(stream::close))
         .route("/inserts-stream", post(inserts::handle))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::refuse_when_headless,
+        ));
+    Router::new()
+        .merge(statements)
         .route("/info", get(info::info))
         .route("/healthcheck", get(info::healthcheck))
         .route("/clusterStatus", get(info::cluster_status))

@@ -85,6 +85,10 @@ enum Command {
         /// the environment, where `ps` does not show it).
         #[arg(long, value_name = "USER:PASSWORD", env = "EDDY_BASIC_AUTH", hide_env_values = true, value_parser = parse_basic_auth)]
         basic_auth: Option<eddy_server::BasicAuth>,
+        /// Headless mode: run the statements of this file at start (again after each restart;
+        /// those already applied are skipped) and take none over REST.
+        #[arg(long, value_name = "FILE.sql")]
+        queries_file: Option<PathBuf>,
     },
     /// Run sqllogictest files, each in a fresh namespace; exits non-zero when any fails.
     Test {
@@ -204,13 +208,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Some(Command::Server { listen, basic_auth }) => server(
+        Some(Command::Server {
+            listen,
+            basic_auth,
+            queries_file,
+        }) => server(
             cli.kafka,
             &cli.data_dir,
             cli.broker_port,
             cli.service_id,
-            listen,
-            basic_auth,
+            ServerOptions {
+                listen,
+                basic_auth,
+                queries_file,
+            },
         )
         .await
         .map(|()| ExitCode::SUCCESS),
@@ -306,11 +317,40 @@ async fn server(
     data_dir: &Path,
     broker_port: u16,
     service_id: String,
-    listen: SocketAddr,
-    basic_auth: Option<eddy_server::BasicAuth>,
+    options: ServerOptions,
 ) -> Result<()> {
+    let ServerOptions {
+        listen,
+        basic_auth,
+        queries_file,
+    } = options;
+    // Read before anything starts, so that a wrong path fails at once.
+    let queries = match &queries_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the queries file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let (engine, connection, broker) =
         start_engine(kafka, data_dir, broker_port, service_id).await?;
+    if let (Some(queries), Some(path)) = (&queries, &queries_file) {
+        match engine.run_queries_file(queries).await {
+            Ok(done) => {
+                for (statement, message) in done {
+                    println!(
+                        "{}: {message}",
+                        statement.lines().next().unwrap_or_default()
+                    );
+                }
+            }
+            Err(error) => {
+                stop_engine(engine, broker).await?;
+                return Err(anyhow::anyhow!("{error}"))
+                    .with_context(|| format!("the queries file {} failed", path.display()));
+            }
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -334,12 +374,20 @@ async fn server(
     let config = eddy_server::ServerConfig {
         advertised_listener: Some(address.to_string()),
         basic_auth,
+        headless: queries.is_some(),
         ..eddy_server::ServerConfig::default()
     };
     let state = eddy_server::AppState::for_engine(engine.clone(), config);
     let outcome = eddy_server::serve(listener, state, shutdown_signal()).await;
     stop_engine(engine, broker).await?;
     outcome.context("the REST server failed")
+}
+
+/// What `eddy server` is asked for besides the engine.
+struct ServerOptions {
+    listen: SocketAddr,
+    basic_auth: Option<eddy_server::BasicAuth>,
+    queries_file: Option<PathBuf>,
 }
 
 fn parse_basic_auth(credentials: &str) -> Result<eddy_server::BasicAuth, String> {

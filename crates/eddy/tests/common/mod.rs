@@ -108,14 +108,36 @@ pub fn has_row(stdout: &str, cells: &[&str]) -> bool {
 
 /// A running `eddy server` and its address.
 pub struct Server {
-    _child: Child,
+    child: Child,
     pub url: String,
-    _data: tempfile::TempDir,
+    pub data: tempfile::TempDir,
+    /// What the server printed before it listened.
+    pub startup_output: Vec<String>,
+}
+
+impl Server {
+    /// Stops the server as SIGTERM does and returns its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        self.data
+    }
 }
 
 /// `eddy server` on an embedded broker in a temporary directory, both on free ports.
 pub async fn start_server() -> Server {
     let data = tempfile::tempdir().expect("temporary directory");
+    start_server_with(data, &[]).await
+}
+
+/// `eddy server ARGS` with its data in `data`, on an embedded broker, both on free ports.
+pub async fn start_server_with(data: tempfile::TempDir, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .arg("--data-dir")
         .arg(data.path())
@@ -124,6 +146,7 @@ pub async fn start_server() -> Server {
         .arg("server")
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .args(args)
         .env("EDDY_LOG", "warn")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -133,21 +156,24 @@ pub async fn start_server() -> Server {
         .expect("eddy server starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut startup_output = Vec::new();
     let url = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.expect("server output") {
             if let Some(url) = line.strip_prefix("Eddy REST API listening on ") {
                 return url.trim().to_owned();
             }
+            startup_output.push(line);
         }
-        panic!("eddy server exited before listening");
+        panic!("eddy server exited before listening: {startup_output:?}");
     })
     .await
     .expect("eddy server listens within 120 s");
     // Keep reading so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Server {
-        _child: child,
+        child,
         url,
-        _data: data,
+        data,
+        startup_output,
     }
 }
