@@ -166,6 +166,90 @@ impl Engine {
         Some(queries.get(id)?.counts())
     }
 
+    /// Metrics of every persistent query running on this server. Lags take one offsets request
+    /// per query, each bounded by `timeout`.
+    pub async fn query_metrics(
+        &self,
+        timeout: Duration,
+    ) -> Vec<crate::result::QueryMetricsSnapshot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let catalog = self.catalog();
+        // Read under the lock, then released before any Kafka call.
+        let running: Vec<_> = match self.inner.queries.lock() {
+            Ok(queries) => catalog
+                .queries()
+                .filter_map(|info| {
+                    let handle = queries.get(&info.id)?;
+                    let (records_in, records_out, records_skipped) = handle.counts();
+                    Some((
+                        info.clone(),
+                        matches!(handle.status(), QueryStatus::Running),
+                        (records_in, records_out, records_skipped),
+                        (
+                            handle.metrics.restore_records_done.load(Relaxed),
+                            handle.metrics.restore_records_total.load(Relaxed),
+                        ),
+                        handle.progress_chain().into_iter().next(),
+                    ))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut snapshots = Vec::with_capacity(running.len());
+        for (info, is_running, (records_in, records_out, records_skipped), restore, first) in
+            running
+        {
+            let lag_records = match first {
+                Some(progress) if !progress.topic.is_empty() => {
+                    tokio::time::timeout(timeout, self.lag_of(&progress))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                _ => None,
+            };
+            snapshots.push(crate::result::QueryMetricsSnapshot {
+                state_bytes: self
+                    .view(&info.sink)
+                    .map(|view| view.store().approximate_size_bytes()),
+                query_id: info.id,
+                sink: info.sink,
+                running: is_running,
+                records_in,
+                records_out,
+                records_skipped,
+                lag_records,
+                restored_records: restore.0,
+                records_to_restore: restore.1,
+            });
+        }
+        snapshots
+    }
+
+    /// Records of `progress`'s topic past what the query has processed (or its group
+    /// committed), over all partitions.
+    async fn lag_of(&self, progress: &eddy_runtime::QueryProgress) -> Option<i64> {
+        let connection = &self.inner.connection;
+        let watermarks = connection.watermarks(&progress.topic).await.ok()?;
+        let committed = connection
+            .committed_offsets(&progress.group_id, &progress.topic, watermarks.len() as i32)
+            .await
+            .ok()?;
+        Some(
+            watermarks
+                .iter()
+                .enumerate()
+                .map(|(partition, &(low, high))| {
+                    let done = progress
+                        .processed(partition as i32)
+                        .or_else(|| committed.get(partition).copied().flatten())
+                        .unwrap_or(low);
+                    (high - done.max(low)).max(0)
+                })
+                .sum(),
+        )
+    }
+
     /// Stops every query (committing their progress) and the processing log.
     pub async fn shutdown(&self) {
         let handles: Vec<QueryHandle> = self

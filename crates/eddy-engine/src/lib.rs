@@ -31,8 +31,8 @@ pub use engine::{Engine, PROCESSING_LOG_STREAM};
 pub use error::EngineError;
 pub use offline::OfflineQuery;
 pub use result::{
-    PrintResult, PushQuery, QuerySummary, SourceDescription, SourceSummary, StateStatistics,
-    StatementResult, TopicSummary,
+    PrintResult, PushQuery, QueryMetricsSnapshot, QuerySummary, SourceDescription, SourceSummary,
+    StateStatistics, StatementResult, TopicSummary,
 };
 
 /// Per-client state: properties set with `SET`.

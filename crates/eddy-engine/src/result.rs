@@ -135,6 +135,28 @@ pub struct StateStatistics {
     pub records_to_restore: u64,
 }
 
+/// What `/metrics` reports of one persistent query running on this server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryMetricsSnapshot {
+    pub query_id: String,
+    /// The stream or table it writes.
+    pub sink: String,
+    /// Whether it is running (not failed or stopped).
+    pub running: bool,
+    pub records_in: u64,
+    pub records_out: u64,
+    /// Records skipped as malformed (each in the processing log).
+    pub records_skipped: u64,
+    /// Records of its first input not processed yet, over all partitions; `None` when Kafka did
+    /// not answer in time.
+    pub lag_records: Option<i64>,
+    /// Changelog records replayed into its state, and how many there were to replay.
+    pub restored_records: u64,
+    pub records_to_restore: u64,
+    /// RocksDB's estimate of the live size of the table it materializes, if it keeps one here.
+    pub state_bytes: Option<u64>,
+}
+
 /// A running push query. Rows arrive in batches through [`PushQuery::next_batch`]; dropping the
 /// value stops the query and frees its consumer and tasks.
 pub struct PushQuery {

@@ -38,6 +38,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether Kafka answers (the command topic's metadata) within `timeout`.
     async fn kafka_is_healthy(&self, timeout: Duration) -> bool;
+
+    /// What `/metrics` reports: the persistent queries running here. None by default.
+    async fn query_metrics(&self, _timeout: Duration) -> Vec<eddy_engine::QueryMetricsSnapshot> {
+        Vec::new()
+    }
 }
 
 /// [`Backend`] over a running [`Engine`].
@@ -105,6 +110,10 @@ impl Backend for EngineBackend {
             .await
             .ok()
             .cloned()
+    }
+
+    async fn query_metrics(&self, timeout: Duration) -> Vec<eddy_engine::QueryMetricsSnapshot> {
+        self.engine.query_metrics(timeout).await
     }
 
     async fn kafka_is_healthy(&self, timeout: Duration) -> bool {

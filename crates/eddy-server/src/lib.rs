@@ -13,7 +13,7 @@
 //!       └─ {"queryId":..,"columnNames":[..],"columnTypes":[..]}\n["a",1]\n ...  (delimited)
 //!  POST /close-query {"queryId": ...}: ends a /query-stream push query
 //!  POST /inserts-stream {"target":"S"}\n{row}\n{row}...  ─▶ {"status":"ok","seq":0}\n ...
-//!  GET  /info, GET /healthcheck, GET /clusterStatus
+//!  GET  /info, GET /healthcheck, GET /clusterStatus, GET /metrics (Prometheus text)
 //! ```
 //!
 //! With [`ServerConfig::basic_auth`] set, every request needs those credentials (HTTP basic
@@ -223,6 +223,7 @@ pub fn app(state: AppState) -> Router {
         .route("/info", get(info::info))
         .route("/healthcheck", get(info::healthcheck))
         .route("/clusterStatus", get(info::cluster_status))
+        .route("/metrics", get(info::metrics))
         .fallback(info::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(

@@ -342,6 +342,30 @@ async fn rest_api_end_to_end() {
         true
     );
 
+    // Prometheus metrics of the running queries.
+    let mut connection = Connection::open(address).await;
+    let response = connection.send(Method::GET, "/metrics", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = text_of(response).await;
+    let sample = |name: &str| {
+        text.lines()
+            .find(|line| line.starts_with(&format!("{name}{{query=\"CTAS_T_")))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    assert_eq!(sample("eddy_query_running"), Some(1.0), "{text}");
+    assert!(sample("eddy_query_records_in_total") >= Some(3.0), "{text}");
+    assert_eq!(sample("eddy_query_lag_records"), Some(0.0), "{text}");
+    assert!(sample("eddy_query_state_bytes").is_some(), "{text}");
+    drop(connection);
+
     // The streaming API over HTTP/2: a pull query, newline-delimited (the default).
     let mut h2 = Http2Connection::open(address).await;
     let response = h2
