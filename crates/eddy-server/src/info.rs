@@ -188,6 +188,10 @@ fn prometheus_text(queries: &[eddy_engine::QueryMetricsSnapshot]) -> String {
     text
 }
 
+pub async fn not_found(uri: Uri, headers: HeaderMap) -> Response {
+    ApiError::not_found(uri.path()).into_response_as(MediaType::negotiate(&headers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,8 +230,4 @@ mod tests {
         );
         assert!(!text.contains("eddy_query_lag_records{"), "{text}");
     }
-}
-
-pub async fn not_found(uri: Uri, headers: HeaderMap) -> Response {
-    ApiError::not_found(uri.path()).into_response_as(MediaType::negotiate(&headers))
 }
