@@ -1513,23 +1513,9 @@ impl PartitionTask {
         // A side read again from its beginning (its local state is gone) does not know which
         // keys joined before; if the output already has records, every key that does not join
         // now gets a tombstone until both sides are caught up.
-        let mut retract_unknown = if left.restored() && right.restored() {
-            false
-        } else {
-            match &spec.sink {
-                SinkSpec::Kafka { topic, .. } => spec
-                    .connection
-                    .watermarks(topic)
-                    .await?
-                    .iter()
-                    .any(|&(_, high)| high > 0),
-                SinkSpec::Channel { .. } => false,
-            }
-        };
-        let mut poll = tokio::time::interval(Duration::from_millis(
-            spec.config.table_join_poll_interval_ms.max(1),
-        ));
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retract_unknown =
+            !(left.restored() && right.restored()) && self.output_has_records().await?;
+        let mut poll = self.table_join_poll();
         loop {
             tokio::select! {
                 raw = receiver.recv() => if raw.is_none() { return Ok(()) },
@@ -1574,6 +1560,30 @@ impl PartitionTask {
             self.progress
                 .fetch_max(left.next_offset(), Ordering::AcqRel);
         }
+    }
+
+    /// Whether the query's output topic has records already (a push query's has none).
+    async fn output_has_records(&self) -> Result<bool, QueryError> {
+        Ok(match &self.spec.sink {
+            SinkSpec::Kafka { topic, .. } => self
+                .spec
+                .connection
+                .watermarks(topic)
+                .await?
+                .iter()
+                .any(|&(_, high)| high > 0),
+            SinkSpec::Channel { .. } => false,
+        })
+    }
+
+    /// The pace at which a join that reads both sides itself (tables, or streams `WITHIN` a
+    /// window) looks for their new records.
+    fn table_join_poll(&self) -> tokio::time::Interval {
+        let mut poll = tokio::time::interval(Duration::from_millis(
+            self.spec.config.table_join_poll_interval_ms.max(1),
+        ));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll
     }
 
     /// Runs a foreign-key join of two tables for partition p of the left table. The task reads
@@ -1626,23 +1636,9 @@ impl PartitionTask {
             .collect::<Result<Vec<_>, _>>()?;
         // As for a primary-key join: a side read again from its beginning does not know which
         // keys joined before, so every key that does not join gets a tombstone until caught up.
-        let mut retract_unknown = if left.restored() && copies.iter().all(TableSide::restored) {
-            false
-        } else {
-            match &spec.sink {
-                SinkSpec::Kafka { topic, .. } => spec
-                    .connection
-                    .watermarks(topic)
-                    .await?
-                    .iter()
-                    .any(|&(_, high)| high > 0),
-                SinkSpec::Channel { .. } => false,
-            }
-        };
-        let mut poll = tokio::time::interval(Duration::from_millis(
-            spec.config.table_join_poll_interval_ms.max(1),
-        ));
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retract_unknown = !(left.restored() && copies.iter().all(TableSide::restored))
+            && self.output_has_records().await?;
+        let mut poll = self.table_join_poll();
         loop {
             tokio::select! {
                 raw = receiver.recv() => if raw.is_none() { return Ok(()) },
@@ -1828,10 +1824,7 @@ impl PartitionTask {
             SinkSpec::Channel { .. } => None,
         };
         let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
-        let mut poll = tokio::time::interval(Duration::from_millis(
-            spec.config.table_join_poll_interval_ms.max(1),
-        ));
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut poll = self.table_join_poll();
         info!(
             query = spec.query_id,
             partition = self.partition,
