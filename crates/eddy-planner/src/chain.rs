@@ -373,46 +373,17 @@ impl JoinStep {
 
 #[cfg(test)]
 mod tests {
-    use eddy_catalog::{Column, ColumnRole, Command, SourceKind};
+    use eddy_catalog::{ColumnRole, SourceKind};
     use eddy_common::types::SqlType;
-    use sqlparser::dialect::GenericDialect;
-    use sqlparser::parser::Parser;
 
     use super::*;
-
-    fn source(name: &str, kind: SourceKind, columns: &[(&str, SqlType, ColumnRole)]) -> Source {
-        Source {
-            name: name.into(),
-            kind,
-            columns: columns
-                .iter()
-                .map(|(name, sql_type, role)| Column {
-                    name: (*name).into(),
-                    sql_type: sql_type.clone(),
-                    role: *role,
-                })
-                .collect(),
-            topic: name.to_lowercase(),
-            key_format: "KAFKA".into(),
-            value_format: "JSON".into(),
-            value_delimiter: None,
-            wrap_single_value: None,
-            timestamp_column: None,
-            timestamp_format: None,
-            partitions: 1,
-            written_by: None,
-            generator: None,
-            window: None,
-            sql: String::new(),
-        }
-    }
+    use crate::test_support::{catalog_of, query, source};
 
     /// Stream `ORDERS (ID KEY, CID, IID, QTY)`, tables `CUSTOMERS (ID, NAME)` and
     /// `ITEMS (ID, PRICE, NAME)`.
     fn catalog() -> Catalog {
         use ColumnRole::{Key, Value};
-        let mut catalog = Catalog::new();
-        for source in [
+        catalog_of([
             source(
                 "ORDERS",
                 SourceKind::Stream,
@@ -440,25 +411,7 @@ mod tests {
                     ("NAME", SqlType::String, Value),
                 ],
             ),
-        ] {
-            catalog
-                .apply(Command::CreateSource {
-                    source,
-                    or_replace: false,
-                })
-                .unwrap();
-        }
-        catalog
-    }
-
-    fn query(sql: &str) -> ast::Query {
-        match Parser::parse_sql(&GenericDialect {}, sql)
-            .unwrap()
-            .remove(0)
-        {
-            ast::Statement::Query(query) => *query,
-            other => panic!("not a query: {other}"),
-        }
+        ])
     }
 
     fn step(sql: &str) -> Result<Option<JoinStep>, PlanError> {

@@ -29,6 +29,8 @@ mod join;
 mod plan;
 mod rekey;
 mod split;
+#[cfg(test)]
+mod test_support;
 
 pub use aggregate::{
     AggregateCall, AggregationPlan, MAX_ROWS_PER_RECORD, ORIGIN_AGGREGATE, ORIGIN_OUTPUT,

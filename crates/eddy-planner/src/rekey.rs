@@ -183,72 +183,32 @@ fn reads_only(expr: &ast::Expr, source: &Source, qualifier: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use eddy_catalog::{Column, ColumnRole, Command, SourceKind};
+    use eddy_catalog::{ColumnRole, SourceKind};
     use eddy_common::types::SqlType;
-    use sqlparser::dialect::GenericDialect;
-    use sqlparser::parser::Parser;
 
     use super::*;
+    use crate::test_support::{catalog_of, query, source};
 
     fn catalog() -> Catalog {
-        let mut catalog = Catalog::new();
-        let column = |name: &str, role| Column {
-            name: name.into(),
-            sql_type: SqlType::String,
-            role,
-        };
-        for (name, kind, columns) in [
-            (
+        use ColumnRole::{Key, Value};
+        catalog_of([
+            source(
                 "ORDERS",
                 SourceKind::Stream,
-                vec![
-                    column("ID", ColumnRole::Key),
-                    column("CUST", ColumnRole::Value),
+                &[
+                    ("ID", SqlType::String, Key),
+                    ("CUST", SqlType::String, Value),
                 ],
             ),
-            (
+            source(
                 "CUSTOMERS",
                 SourceKind::Table,
-                vec![
-                    column("ID", ColumnRole::Key),
-                    column("NAME", ColumnRole::Value),
+                &[
+                    ("ID", SqlType::String, Key),
+                    ("NAME", SqlType::String, Value),
                 ],
             ),
-        ] {
-            catalog
-                .apply(Command::CreateSource {
-                    source: Source {
-                        name: name.into(),
-                        kind,
-                        columns,
-                        topic: name.to_lowercase(),
-                        key_format: "KAFKA".into(),
-                        value_format: "JSON".into(),
-                        value_delimiter: None,
-                        wrap_single_value: None,
-                        timestamp_column: None,
-                        timestamp_format: None,
-                        partitions: 1,
-                        written_by: None,
-                        generator: None,
-                        window: None,
-                        sql: String::new(),
-                    },
-                    or_replace: false,
-                })
-                .unwrap();
-        }
-        catalog
-    }
-
-    fn query(sql: &str) -> ast::Query {
-        match Parser::parse_sql(&GenericDialect {}, sql)
-            .unwrap()
-            .remove(0)
-        {
-            ast::Statement::Query(query) => *query,
-            other => panic!("not a query: {other}"),
-        }
+        ])
     }
 
     #[test]

@@ -3,48 +3,25 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
-use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
+use eddy_catalog::{Catalog, ColumnRole, Source, SourceKind};
 use eddy_common::types::SqlType;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
 use super::*;
 use crate::aggregate::AggregateCall;
+use crate::test_support::{catalog_of, query, source};
 
 fn orders() -> Source {
-    Source {
-        name: "ORDERS".into(),
-        kind: SourceKind::Stream,
-        columns: vec![
-            Column {
-                name: "ID".into(),
-                sql_type: SqlType::String,
-                role: ColumnRole::Key,
-            },
-            Column {
-                name: "ITEM".into(),
-                sql_type: SqlType::String,
-                role: ColumnRole::Value,
-            },
-            Column {
-                name: "QTY".into(),
-                sql_type: SqlType::Int,
-                role: ColumnRole::Value,
-            },
+    source(
+        "ORDERS",
+        SourceKind::Stream,
+        &[
+            ("ID", SqlType::String, ColumnRole::Key),
+            ("ITEM", SqlType::String, ColumnRole::Value),
+            ("QTY", SqlType::Int, ColumnRole::Value),
         ],
-        topic: "orders".into(),
-        key_format: "KAFKA".into(),
-        value_format: "JSON".into(),
-        value_delimiter: None,
-        wrap_single_value: None,
-        timestamp_column: None,
-        timestamp_format: None,
-        partitions: 1,
-        written_by: None,
-        generator: None,
-        window: None,
-        sql: String::new(),
-    }
+    )
 }
 
 /// `ORDER_STATE`: the same columns as `ORDERS`, as a table keyed by `ID`.
@@ -58,26 +35,7 @@ fn order_state() -> Source {
 }
 
 fn catalog() -> Catalog {
-    let mut catalog = Catalog::new();
-    for source in [orders(), order_state()] {
-        catalog
-            .apply(Command::CreateSource {
-                source,
-                or_replace: false,
-            })
-            .unwrap();
-    }
-    catalog
-}
-
-fn query(sql: &str) -> ast::Query {
-    match Parser::parse_sql(&GenericDialect {}, sql)
-        .unwrap()
-        .remove(0)
-    {
-        ast::Statement::Query(query) => *query,
-        other => panic!("not a query: {other}"),
-    }
+    catalog_of([orders(), order_state()])
 }
 
 fn expr(sql: &str) -> ast::Expr {
