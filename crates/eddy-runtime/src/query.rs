@@ -1527,31 +1527,16 @@ impl PartitionTask {
                 } else {
                     (&mut right, &left)
                 };
-                let high = this.high_watermark(&spec.connection).await?;
-                while let Some(raw) = this.read_batch(high).await? {
-                    self.metrics
-                        .records_in
-                        .fetch_add(raw.len() as u64, Ordering::Relaxed);
-                    let prepared = this
-                        .prepare(&raw, &spec.processing_log, &spec.query_id)
-                        .await?;
-                    if !prepared.changes.is_empty() {
-                        let (rows, tombstones) = table_join_output(
-                            join,
-                            this,
-                            other,
-                            &prepared,
-                            &spec.plan.key_columns,
-                            retract_unknown,
-                        )?;
-                        if !self
-                            .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
-                            .await?
-                        {
-                            return Ok(()); // the client went away
-                        }
-                    }
-                    this.write(prepared.batch)?;
+                let output = |this: &TableSide, prepared: &mut crate::join::Prepared| {
+                    let keys = &spec.plan.key_columns;
+                    table_join_output(join, this, other, prepared, keys, retract_unknown)
+                        .map(|output| vec![output])
+                };
+                if !self
+                    .drain_table_side(this, &mut encoder, &mut encoded, output)
+                    .await?
+                {
+                    return Ok(()); // the client went away
                 }
             }
             retract_unknown = false;
@@ -1560,6 +1545,43 @@ impl PartitionTask {
             self.progress
                 .fetch_max(left.next_offset(), Ordering::AcqRel);
         }
+    }
+
+    /// Applies a table side's records up to its high watermark, a batch at a time: the batch's
+    /// changes give `output` (rows and tombstones, in one or more parts), which is sent before
+    /// the batch is written to the side's store. False when the client went away.
+    async fn drain_table_side(
+        &self,
+        side: &mut TableSide,
+        encoder: &mut Option<RecordEncoder>,
+        encoded: &mut EncodedBatch,
+        mut output: impl FnMut(
+            &TableSide,
+            &mut crate::join::Prepared,
+        ) -> Result<Vec<(RecordBatch, RecordBatch)>, QueryError>,
+    ) -> Result<bool, QueryError> {
+        let spec = &self.spec;
+        let high = side.high_watermark(&spec.connection).await?;
+        while let Some(raw) = side.read_batch(high).await? {
+            self.metrics
+                .records_in
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            let mut prepared = side
+                .prepare(&raw, &spec.processing_log, &spec.query_id)
+                .await?;
+            if !prepared.changes.is_empty() {
+                for (rows, tombstones) in output(side, &mut prepared)? {
+                    if !self
+                        .deliver(&rows, Some(&tombstones), encoder.as_mut(), encoded)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+            side.write(prepared.batch)?;
+        }
+        Ok(true)
     }
 
     /// Whether the query's output topic has records already (a push query's has none).
@@ -1644,59 +1666,41 @@ impl PartitionTask {
                 raw = receiver.recv() => if raw.is_none() { return Ok(()) },
                 _ = poll.tick() => {}
             }
-            let high = left.high_watermark(&spec.connection).await?;
-            while let Some(raw) = left.read_batch(high).await? {
-                self.metrics
-                    .records_in
-                    .fetch_add(raw.len() as u64, Ordering::Relaxed);
-                let mut prepared = left
-                    .prepare(&raw, &spec.processing_log, &spec.query_id)
-                    .await?;
-                if !prepared.changes.is_empty() {
-                    let (rows, tombstones) = foreign_key_left_output(
-                        join,
-                        &left,
-                        &copies,
-                        &mut prepared,
-                        &spec.plan.key_columns,
-                        retract_unknown,
-                    )?;
-                    if !self
-                        .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
-                        .await?
-                    {
-                        return Ok(()); // the client went away
-                    }
-                }
-                left.write(prepared.batch)?;
+            let left_output = |left: &TableSide, prepared: &mut crate::join::Prepared| {
+                let keys = &spec.plan.key_columns;
+                foreign_key_left_output(join, left, &copies, prepared, keys, retract_unknown)
+                    .map(|output| vec![output])
+            };
+            if !self
+                .drain_table_side(&mut left, &mut encoder, &mut encoded, left_output)
+                .await?
+            {
+                return Ok(()); // the client went away
             }
             for copy in &mut copies {
-                let high = copy.high_watermark(&spec.connection).await?;
-                while let Some(raw) = copy.read_batch(high).await? {
-                    self.metrics
-                        .records_in
-                        .fetch_add(raw.len() as u64, Ordering::Relaxed);
-                    let prepared = copy
-                        .prepare(&raw, &spec.processing_log, &spec.query_id)
-                        .await?;
-                    // A right key can concern many left rows: their output goes in slices.
-                    for changes in prepared.changes.chunks(max_batch.max(1)) {
-                        let (rows, tombstones) = foreign_key_right_output(
-                            join,
-                            &left,
-                            copy,
-                            changes,
-                            &spec.plan.key_columns,
-                            retract_unknown,
-                        )?;
-                        if !self
-                            .deliver(&rows, Some(&tombstones), encoder.as_mut(), &mut encoded)
-                            .await?
-                        {
-                            return Ok(());
-                        }
-                    }
-                    copy.write(prepared.batch)?;
+                // A right key can concern many left rows: the output is made in slices.
+                let right_output = |copy: &TableSide, prepared: &mut crate::join::Prepared| {
+                    prepared
+                        .changes
+                        .chunks(max_batch.max(1))
+                        .map(|changes| {
+                            let keys = &spec.plan.key_columns;
+                            foreign_key_right_output(
+                                join,
+                                &left,
+                                copy,
+                                changes,
+                                keys,
+                                retract_unknown,
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                };
+                if !self
+                    .drain_table_side(copy, &mut encoder, &mut encoded, right_output)
+                    .await?
+                {
+                    return Ok(());
                 }
             }
             retract_unknown = false;
