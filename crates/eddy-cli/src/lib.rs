@@ -3,8 +3,9 @@
 //! - [`render`] turns [`StatementResult`](eddy_engine::StatementResult)s into aligned text tables
 //!   (the look of ksqlDB's CLI) and streams push queries and `PRINT` row by row until their
 //!   `LIMIT`, their end, or Ctrl-C.
-//! - [`repl`] is the interactive shell: a rustyline editor with multi-line statements and history,
-//!   on a tokio runtime that keeps running queries while the editor waits for input.
+//! - [`repl`] is the interactive shell: a rustyline editor with multi-line statements, history,
+//!   `help`, `SPOOL` and `RUN SCRIPT`, on a tokio runtime that keeps running queries while the
+//!   editor waits for input; [`complete`] is its Tab completion.
 //! - [`slt`] runs sqllogictest files (`*.slt`) against an engine, each file in its own namespace
 //!   (service id and topic prefix), so files sharing one Kafka never see each other's topics.
 //!
@@ -14,6 +15,7 @@
 //!  *.slt ──sqllogictest──▶ slt ───┘                                       └──▶ slt rows ──▶ compare
 //! ```
 
+pub mod complete;
 mod error;
 pub mod render;
 pub mod repl;

@@ -300,6 +300,10 @@ impl Engine {
                 )
                 .await
             }
+            Statement::RunScript { path } => Err(EngineError::invalid_with_hint(
+                format!("RUN SCRIPT '{path}' runs in the eddy shell, which reads the file"),
+                "send the script's statements themselves",
+            )),
         }
     }
 

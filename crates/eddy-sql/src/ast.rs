@@ -165,6 +165,9 @@ pub enum Statement {
         value: Option<String>,
         timestamp_ms: Option<i64>,
     },
+    /// `RUN SCRIPT 'file.sql'`: a command of the interactive shell, which reads the file and
+    /// executes its statements; a server refuses it (its files are not the client's).
+    RunScript { path: String },
 }
 
 impl Statement {

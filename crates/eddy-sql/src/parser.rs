@@ -326,9 +326,13 @@ impl Cursor {
             }
         } else if self.eat_keyword("PRODUCE") {
             self.produce()?
+        } else if self.eat_keywords(&["RUN", "SCRIPT"]) {
+            Statement::RunScript {
+                path: self.string_literal("a quoted file name, as in RUN SCRIPT 'setup.sql'")?,
+            }
         } else {
             return Err(self.error(
-                "a statement (CREATE, SELECT, INSERT, SHOW, DESCRIBE, DROP, TERMINATE, EXPLAIN, PRINT, SET, UNSET, PRODUCE)",
+                "a statement (CREATE, SELECT, INSERT, SHOW, DESCRIBE, DROP, TERMINATE, EXPLAIN, PRINT, SET, UNSET, PRODUCE, RUN SCRIPT)",
             ));
         };
         self.expect_end()?;

@@ -517,6 +517,14 @@ fn small_statements() {
             timestamp_ms: None
         }
     );
+    assert_eq!(
+        one("run script 'examples/orders/orders.sql'"),
+        Statement::RunScript {
+            path: "examples/orders/orders.sql".into()
+        }
+    );
+    let error = parse_statements("RUN SCRIPT orders.sql").unwrap_err();
+    assert_eq!((error.line, error.column), (1, 12), "{error}");
 }
 
 #[test]
