@@ -1865,6 +1865,34 @@ impl PartitionTask {
                     };
                     decoded.push(batch);
                 }
+                // A side read to its end may have grown while the other side was read: read it
+                // again, so that records written before the other side's are not joined after
+                // them (a side found empty would otherwise let the other side's later records
+                // advance the stream time past its own, which would then be late). Kafka Streams
+                // keeps the same rule: a task does not run ahead of an input that has data. A
+                // round holds at most two batches of `max_batch_records` per side.
+                for side in [Side::Left, Side::Right] {
+                    let s = side as usize;
+                    if readers[s].next_offset() < highs[s] {
+                        continue; // stopped at the batch size: more comes next round anyway
+                    }
+                    highs[s] = readers[s].high_watermark(&spec.connection).await?;
+                    let Some(raw) = readers[s].read_batch(highs[s]).await? else {
+                        continue;
+                    };
+                    read_any = true;
+                    skipped.clear();
+                    let more = self
+                        .decode_side(&mut decoders[s], &raw, &mut skipped, &sides[s])
+                        .await?;
+                    if let Some(first) = decoded.get_mut(s) {
+                        *first = datafusion::arrow::compute::concat_batches(
+                            &first.schema(),
+                            [&*first, &more],
+                        )
+                        .map_err(|e| QueryError::Internal(format!("join round batches: {e}")))?;
+                    }
+                }
                 if !read_any {
                     break;
                 }
@@ -1876,6 +1904,16 @@ impl PartitionTask {
                     .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(decoders[0].schema())));
                 let [left_in_time, right_in_time] =
                     joiner.advance(&left_decoded, &right_decoded)?;
+                debug!(
+                    query = spec.query_id,
+                    partition = self.partition,
+                    left_rows = left_decoded.num_rows(),
+                    right_rows = right_decoded.num_rows(),
+                    left_next_offset = readers[0].next_offset(),
+                    right_next_offset = readers[1].next_offset(),
+                    stream_time = joiner.stream_time(),
+                    "stream join round"
+                );
                 let mut kept = Vec::with_capacity(2);
                 for (s, (batch, in_time)) in
                     [(left_decoded, left_in_time), (right_decoded, right_in_time)]
