@@ -15,6 +15,9 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// The server of `eddy cli --server` could not be reached or answered nonsense.
+    #[error("{0}")]
+    Remote(String),
     /// The line editor failed (not Ctrl-C or Ctrl-D, which end input normally).
     #[error("line editor: {0}")]
     Editor(String),

@@ -5,7 +5,8 @@
 //!   `LIMIT`, their end, or Ctrl-C.
 //! - [`repl`] is the interactive shell: a rustyline editor with multi-line statements, history,
 //!   `help`, `SPOOL` and `RUN SCRIPT`, on a tokio runtime that keeps running queries while the
-//!   editor waits for input; [`complete`] is its Tab completion.
+//!   editor waits for input; [`complete`] is its Tab completion, [`remote`] runs it on a server
+//!   over REST (`eddy cli --server URL`).
 //! - [`slt`] runs sqllogictest files (`*.slt`) against an engine, each file in its own namespace
 //!   (service id and topic prefix), so files sharing one Kafka never see each other's topics.
 //!
@@ -17,6 +18,7 @@
 
 pub mod complete;
 mod error;
+pub mod remote;
 pub mod render;
 pub mod repl;
 pub mod slt;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use eddy_engine::{Engine, Session};
-use eddy_sql::{ParseError, Statement};
+use eddy_sql::{ParseError, ParsedStatement, Statement};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{CompletionType, Config, Editor};
@@ -233,6 +233,80 @@ impl Write for ShellOutput {
 /// Runs the shell until `exit`, `quit` or Ctrl-D. Statement errors are printed as
 /// `ERROR: <message>` and the shell goes on; only a failing terminal ends it with an error.
 pub async fn run(engine: Engine, config: ReplConfig) -> Result<(), CliError> {
+    run_on(
+        LocalTarget {
+            engine,
+            session: Session::new(),
+        },
+        config,
+    )
+    .await
+}
+
+/// What the shell executes statements on: the engine in this process, or a server over REST
+/// ([`crate::remote`]).
+#[async_trait::async_trait]
+pub trait ShellTarget: Send {
+    /// Executes one statement and writes its result (streaming push queries until their
+    /// `LIMIT`, their end or Ctrl-C); an error is returned, not written.
+    async fn execute(
+        &mut self,
+        statement: &ParsedStatement,
+        out: &mut ShellOutput,
+    ) -> Result<Result<(), String>, CliError>;
+
+    /// The stream, table and column names Tab completes, as of now.
+    async fn names(&mut self) -> CompletionNames;
+}
+
+/// The engine of this process and the shell's session on it.
+pub struct LocalTarget {
+    pub engine: Engine,
+    pub session: Session,
+}
+
+#[async_trait::async_trait]
+impl ShellTarget for LocalTarget {
+    async fn execute(
+        &mut self,
+        statement: &ParsedStatement,
+        out: &mut ShellOutput,
+    ) -> Result<Result<(), String>, CliError> {
+        let io_error = |e| CliError::io("writing to the terminal", e);
+        let outcome = tokio::select! {
+            outcome = self.engine.execute_statement(&mut self.session, statement) => outcome,
+            _ = tokio::signal::ctrl_c() => {
+                return Ok(Err("cancelled; the statement may have been partly applied".into()));
+            }
+        };
+        match outcome {
+            Ok(result) => {
+                print_result(result, out, tokio::signal::ctrl_c())
+                    .await
+                    .map_err(io_error)?;
+                Ok(Ok(()))
+            }
+            Err(error) => Ok(Err(error.to_string())),
+        }
+    }
+
+    async fn names(&mut self) -> CompletionNames {
+        let catalog = self.engine.catalog();
+        let mut fresh = CompletionNames::default();
+        for source in catalog.sources() {
+            fresh.sources.push(source.name.clone());
+            for column in &source.columns {
+                if !fresh.columns.contains(&column.name) {
+                    fresh.columns.push(column.name.clone());
+                }
+            }
+        }
+        fresh
+    }
+}
+
+/// Runs the shell on `target` until `exit`, `quit` or Ctrl-D.
+pub async fn run_on<T: ShellTarget>(mut target: T, config: ReplConfig) -> Result<(), CliError> {
     let names: SharedNames = Arc::new(RwLock::new(CompletionNames::default()));
     let editor_config = Config::builder()
         .completion_type(CompletionType::List)
@@ -248,11 +322,10 @@ pub async fn run(engine: Engine, config: ReplConfig) -> Result<(), CliError> {
     if let Some(banner) = &config.banner {
         println!("{banner}");
     }
-    let mut session = Session::new();
     let mut buffer = InputBuffer::default();
     let mut out = ShellOutput::default();
     let io_error = |e| CliError::io("writing to the terminal", e);
-    refresh_names(&engine, &names);
+    refresh_names(&mut target, &names).await;
     loop {
         let prompt = buffer.prompt();
         let (returned, line) = tokio::task::spawn_blocking(move || {
@@ -290,8 +363,8 @@ pub async fn run(engine: Engine, config: ReplConfig) -> Result<(), CliError> {
                 remember(&mut editor, sql.as_str());
                 out.spool_only(&format!("{PROMPT}{sql}"))
                     .map_err(io_error)?;
-                execute(&engine, &mut session, &sql, &mut out, None, 0).await?;
-                refresh_names(&engine, &names);
+                execute(&mut target, &sql, &mut out, None, 0).await?;
+                refresh_names(&mut target, &names).await;
             }
         }
     }
@@ -313,18 +386,9 @@ fn run_command(command: &ShellCommand, out: &mut ShellOutput) -> std::io::Result
     out.flush()
 }
 
-/// Puts the catalog's names where the completer reads them.
-fn refresh_names(engine: &Engine, names: &SharedNames) {
-    let catalog = engine.catalog();
-    let mut fresh = CompletionNames::default();
-    for source in catalog.sources() {
-        fresh.sources.push(source.name.clone());
-        for column in &source.columns {
-            if !fresh.columns.contains(&column.name) {
-                fresh.columns.push(column.name.clone());
-            }
-        }
-    }
+/// Puts the target's names where the completer reads them.
+async fn refresh_names<T: ShellTarget>(target: &mut T, names: &SharedNames) {
+    let fresh = target.names().await;
     match names.write() {
         Ok(mut names) => *names = fresh,
         Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -363,9 +427,8 @@ pub fn syntax_error_text(sql: &str, error: &ParseError, origin: Option<&Path>) -
 /// failing statement does not hide the results of those before it); Ctrl-C cancels the statement
 /// being executed. A syntax error anywhere executes nothing. `origin` is the script `sql` comes
 /// from, `depth` how many scripts run it. Returns whether every statement succeeded.
-async fn execute(
-    engine: &Engine,
-    session: &mut Session,
+async fn execute<T: ShellTarget>(
+    target: &mut T,
     sql: &str,
     out: &mut ShellOutput,
     origin: Option<&Path>,
@@ -386,25 +449,13 @@ async fn execute(
                 Some(dir) if Path::new(path).is_relative() => dir.join(path),
                 _ => PathBuf::from(path),
             };
-            if !Box::pin(run_script(engine, session, &path, out, depth + 1)).await? {
+            if !Box::pin(run_script(target, &path, out, depth + 1)).await? {
                 return Ok(false);
             }
             continue;
         }
-        let outcome = tokio::select! {
-            outcome = engine.execute_statement(session, statement) => outcome,
-            _ = tokio::signal::ctrl_c() => {
-                writeln!(out, "ERROR: cancelled; the statement may have been partly applied")
-                    .map_err(io_error)?;
-                return Ok(false);
-            }
-        };
-        match outcome {
-            Ok(result) => {
-                print_result(result, out, tokio::signal::ctrl_c())
-                    .await
-                    .map_err(io_error)?;
-            }
+        match target.execute(statement, out).await? {
+            Ok(()) => {}
             Err(error) => {
                 match origin {
                     Some(path) => writeln!(
@@ -428,9 +479,8 @@ async fn execute(
 
 /// `RUN SCRIPT`: reads the file (at most [`MAX_SCRIPT_BYTES`]) and executes its statements,
 /// stopping at the first that fails.
-async fn run_script(
-    engine: &Engine,
-    session: &mut Session,
+async fn run_script<T: ShellTarget>(
+    target: &mut T,
     path: &Path,
     out: &mut ShellOutput,
     depth: usize,
@@ -452,7 +502,7 @@ async fn run_script(
             return Ok(false);
         }
     };
-    Box::pin(execute(engine, session, &sql, out, Some(path), depth)).await
+    Box::pin(execute(target, &sql, out, Some(path), depth)).await
 }
 
 fn read_script(path: &Path) -> Result<String, String> {

@@ -90,6 +90,15 @@ enum Command {
         #[arg(long, value_name = "FILE.sql")]
         queries_file: Option<PathBuf>,
     },
+    /// The shell on a running Eddy (or ksqlDB) server, over its REST API.
+    Cli {
+        /// The server's address, e.g. http://127.0.0.1:8088.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8088")]
+        server: String,
+        /// The server's basic-authentication credentials (better given in the environment).
+        #[arg(long, value_name = "USER:PASSWORD", env = "EDDY_BASIC_AUTH", hide_env_values = true, value_parser = parse_credentials)]
+        basic_auth: Option<(String, String)>,
+    },
     /// Run sqllogictest files, each in a fresh namespace; exits non-zero when any fails.
     Test {
         /// `.slt` files, or directories whose `*.slt` files are run in name order.
@@ -208,6 +217,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Some(Command::Cli { server, basic_auth }) => remote_shell(&server, basic_auth)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Some(Command::Server {
             listen,
             basic_auth,
@@ -310,6 +322,26 @@ async fn shell(
     outcome.context("the shell failed")
 }
 
+/// `eddy cli --server URL`: the shell on a server over REST; the history is `~/.eddy_history`.
+async fn remote_shell(server: &str, basic_auth: Option<(String, String)>) -> Result<()> {
+    let (target, version) = eddy_cli::remote::RemoteTarget::connect(server, basic_auth)
+        .await
+        .context("cannot start the shell")?;
+    let banner = format!(
+        "Eddy {} shell on server {server} (version {version}). Statements end with ';'; type 'help', or 'exit' to leave.",
+        env!("CARGO_PKG_VERSION"),
+    );
+    eddy_cli::repl::run_on(
+        target,
+        ReplConfig {
+            history_path: default_history_path(None),
+            banner: Some(banner),
+        },
+    )
+    .await
+    .context("the shell failed")
+}
+
 /// `eddy server`: the REST API until Ctrl-C or SIGTERM, then a graceful stop (open push queries
 /// end, in-flight requests finish, the engine commits its queries' progress).
 async fn server(
@@ -393,6 +425,15 @@ struct ServerOptions {
 fn parse_basic_auth(credentials: &str) -> Result<eddy_server::BasicAuth, String> {
     eddy_server::BasicAuth::parse(credentials)
         .ok_or_else(|| "expected USER:PASSWORD, both non-empty".to_owned())
+}
+
+fn parse_credentials(credentials: &str) -> Result<(String, String), String> {
+    match credentials.split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+            Ok((user.to_owned(), password.to_owned()))
+        }
+        _ => Err("expected USER:PASSWORD, both non-empty".to_owned()),
+    }
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM.
