@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::CliError;
 use crate::complete::CompletionNames;
-use crate::render::{NULL_TEXT, new_table};
+use crate::render::{NULL_TEXT, PushTable, new_table};
 use crate::repl::{ShellOutput, ShellTarget};
 
 /// Longest wait for a server's answer to a statement (not for push query rows, which may be
@@ -102,6 +102,7 @@ impl RemoteTarget {
     async fn query(
         &self,
         sql: &str,
+        push: bool,
         out: &mut ShellOutput,
     ) -> Result<Result<(), String>, CliError> {
         let io_error = |e| CliError::io("writing to the terminal", e);
@@ -170,7 +171,7 @@ impl RemoteTarget {
         drop(response);
         if let Some(table) = &table {
             writeln!(out, "{}", table.rule()).map_err(io_error)?;
-            if !interrupted && is_push(sql) {
+            if !interrupted && push {
                 writeln!(out, "Limit Reached").map_err(io_error)?;
             } else if interrupted {
                 writeln!(out, "Query terminated").map_err(io_error)?;
@@ -179,10 +180,6 @@ impl RemoteTarget {
         out.flush().map_err(io_error)?;
         Ok(Ok(()))
     }
-}
-
-fn is_push(sql: &str) -> bool {
-    sql.to_ascii_uppercase().contains("EMIT CHANGES")
 }
 
 #[async_trait::async_trait]
@@ -208,7 +205,10 @@ impl ShellTarget for RemoteTarget {
                 writeln!(out, "{message}").map_err(io_error)?;
                 Ok(Ok(()))
             }
-            Statement::Select(_) => self.query(&statement.sql, out).await,
+            Statement::Select(select) => {
+                let push = matches!(select.emit, Some(eddy_sql::Emit::Changes));
+                self.query(&statement.sql, push, out).await
+            }
             Statement::Print { .. } => Ok(Err(
                 "PRINT is not available over --server yet; run it in the server's shell".into(),
             )),
@@ -366,10 +366,9 @@ pub fn render_entity(entity: &Value) -> String {
     }
 }
 
-/// A streamed result's layout: fixed widths chosen from the header.
+/// A streamed result's layout: the local shell's push table, widths chosen from the header.
 struct StreamedTable {
-    names: Vec<String>,
-    widths: Vec<usize>,
+    table: PushTable,
 }
 
 impl StreamedTable {
@@ -380,33 +379,17 @@ impl StreamedTable {
             .flatten()
             .map(|n| n.as_str().unwrap_or_default().to_owned())
             .collect();
-        let widths = names
-            .iter()
-            .map(|n| n.chars().count().max(MIN_REMOTE_COLUMN_WIDTH))
-            .collect();
-        Self { names, widths }
+        Self {
+            table: PushTable::with_names(names, MIN_REMOTE_COLUMN_WIDTH),
+        }
     }
 
     fn rule(&self) -> String {
-        let mut line = String::from("+");
-        for width in &self.widths {
-            line.push_str(&"-".repeat(width + 2));
-            line.push('+');
-        }
-        line
-    }
-
-    fn line(&self, cells: &[String]) -> String {
-        let mut line = String::from("|");
-        for (cell, width) in cells.iter().zip(&self.widths) {
-            line.push_str(&format!(" {cell:<width$} |"));
-        }
-        line
+        self.table.footer()
     }
 
     fn header(&self) -> String {
-        let rule = self.rule();
-        format!("{rule}\n{}\n{rule}", self.line(&self.names))
+        self.table.header()
     }
 
     fn row(&self, values: &[Value]) -> String {
@@ -418,7 +401,7 @@ impl StreamedTable {
                 other => other.to_string(),
             })
             .collect();
-        self.line(&cells)
+        self.table.line(&cells)
     }
 }
 

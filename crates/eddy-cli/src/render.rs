@@ -366,6 +366,16 @@ impl PushTable {
         Self { names, widths }
     }
 
+    /// A table of `names` whose columns are at least `min_width` wide (for results whose types
+    /// are not known, such as rows read over REST).
+    pub fn with_names(names: Vec<String>, min_width: usize) -> Self {
+        let widths = names
+            .iter()
+            .map(|n| n.chars().count().max(min_width))
+            .collect();
+        Self { names, widths }
+    }
+
     fn rule(&self) -> String {
         let mut line = String::from("+");
         for width in &self.widths {
@@ -375,7 +385,8 @@ impl PushTable {
         line
     }
 
-    fn line(&self, cells: &[String]) -> String {
+    /// One row of already formatted cells.
+    pub fn line(&self, cells: &[String]) -> String {
         let mut line = String::from("|");
         for (cell, width) in cells.iter().zip(&self.widths) {
             line.push_str(&format!(" {cell:<width$} |"));
