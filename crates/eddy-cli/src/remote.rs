@@ -2,11 +2,14 @@
 //! ksqlDB. Statements are parsed here (so syntax errors point at their position without a round
 //! trip); `SELECT` goes to `POST /query-stream` (delimited rows, streamed as they arrive, and the
 //! query closed when Ctrl-C drops the connection), anything else to `POST /ksql`, whose entities
-//! are printed as tables. `SET`/`UNSET` are kept here and sent with every request as its
+//! are printed as tables, and `PRINT` to `POST /query`, whose text lines are printed as they
+//! come. `https://` servers are reached over TLS (rustls; the system's roots plus
+//! `--tls-ca-file`). `SET`/`UNSET` are kept here and sent with every request as its
 //! properties, as ksqlDB's CLI does.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use comfy_table::Table;
@@ -34,15 +37,62 @@ pub struct RemoteTarget {
     properties: BTreeMap<String, String>,
 }
 
+/// Largest `--tls-ca-file` read, in bytes.
+pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The certificates of a PEM file, to trust as roots.
+fn trusted_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, CliError> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        CliError::Remote(format!("cannot read the CA file {}: {e}", path.display()))
+    };
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(unreadable)?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(CliError::Remote(format!(
+            "the CA file {} is larger than {MAX_CA_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        CliError::Remote(format!(
+            "the CA file {} is not PEM certificates: {e}",
+            path.display()
+        ))
+    })?;
+    if certificates.is_empty() {
+        return Err(CliError::Remote(format!(
+            "the CA file {} holds no PEM \"CERTIFICATE\" block",
+            path.display()
+        )));
+    }
+    Ok(certificates)
+}
+
 impl RemoteTarget {
     /// Checks that `base_url` is an Eddy or ksqlDB server (`GET /info`); returns the target and
     /// the server's version line.
+    ///
+    /// An `https://` server's certificate must chain to a root the system trusts or to one of
+    /// the certificates in `trusted_ca_path` (a PEM file).
     pub async fn connect(
         base_url: &str,
         basic_auth: Option<(String, String)>,
+        trusted_ca_path: Option<&Path>,
     ) -> Result<(Self, String), CliError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(path) = trusted_ca_path {
+            for certificate in trusted_certificates(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::Remote(format!("HTTP client: {e}")))?;
         let target = Self {
@@ -106,7 +156,7 @@ impl RemoteTarget {
         out: &mut ShellOutput,
     ) -> Result<Result<(), String>, CliError> {
         let io_error = |e| CliError::io("writing to the terminal", e);
-        let mut response = self
+        let response = self
             .request(reqwest::Method::POST, "/query-stream")
             .header("Content-Type", "application/vnd.ksqlapi.delimited.v1")
             .header("Accept", "application/vnd.ksqlapi.delimited.v1")
@@ -118,57 +168,46 @@ impl RemoteTarget {
             let body = response.json_value().await?;
             return Ok(Err(error_message(&body)));
         }
-        let mut pending: Vec<u8> = Vec::new();
+        let mut lines = BodyLines::new(response);
         let mut table: Option<StreamedTable> = None;
         let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
         let interrupted = loop {
-            let chunk = tokio::select! {
+            let line = tokio::select! {
                 _ = &mut interrupt => break true,
-                chunk = response.chunk() => chunk,
+                line = lines.next() => line?,
             };
-            let Some(chunk) = chunk.map_err(|e| CliError::Remote(format!("query rows: {e}")))?
-            else {
+            let Some(line) = line else {
                 break false;
             };
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim();
-                if line.is_empty() {
-                    continue;
-                }
-                let value: Value = serde_json::from_str(line)
-                    .map_err(|e| CliError::Remote(format!("query row is not JSON: {e}")))?;
-                match (&mut table, value) {
-                    (None, header @ Value::Object(_)) => {
-                        if header.get("columnNames").is_none() {
-                            return Ok(Err(error_message(&header)));
-                        }
-                        let streamed = StreamedTable::new(&header);
-                        writeln!(out, "{}", streamed.header()).map_err(io_error)?;
-                        table = Some(streamed);
-                    }
-                    (Some(table), Value::Array(values)) => {
-                        writeln!(out, "{}", table.row(&values)).map_err(io_error)?;
-                    }
-                    (_, other) => {
-                        if let Some(table) = &table {
-                            writeln!(out, "{}", table.rule()).map_err(io_error)?;
-                        }
-                        return Ok(Err(error_message(&other)));
-                    }
-                }
-                out.flush().map_err(io_error)?;
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
             }
-            if pending.len() > MAX_REMOTE_ROW_BYTES {
-                return Ok(Err(format!(
-                    "a row is longer than {MAX_REMOTE_ROW_BYTES} bytes (MAX_REMOTE_ROW_BYTES)"
-                )));
+            let value: Value = serde_json::from_str(line)
+                .map_err(|e| CliError::Remote(format!("query row is not JSON: {e}")))?;
+            match (&mut table, value) {
+                (None, header @ Value::Object(_)) => {
+                    if header.get("columnNames").is_none() {
+                        return Ok(Err(error_message(&header)));
+                    }
+                    let streamed = StreamedTable::new(&header);
+                    writeln!(out, "{}", streamed.header()).map_err(io_error)?;
+                    table = Some(streamed);
+                }
+                (Some(table), Value::Array(values)) => {
+                    writeln!(out, "{}", table.row(&values)).map_err(io_error)?;
+                }
+                (_, other) => {
+                    if let Some(table) = &table {
+                        writeln!(out, "{}", table.rule()).map_err(io_error)?;
+                    }
+                    return Ok(Err(error_message(&other)));
+                }
             }
+            out.flush().map_err(io_error)?;
         };
         // Dropping the response closes the stream, which ends the query on the server.
-        drop(response);
+        drop(lines);
         if let Some(table) = &table {
             writeln!(out, "{}", table.rule()).map_err(io_error)?;
             if !interrupted && push {
@@ -179,6 +218,98 @@ impl RemoteTarget {
         }
         out.flush().map_err(io_error)?;
         Ok(Ok(()))
+    }
+
+    /// `PRINT` through `POST /query` (as ksqlDB's CLI does): the server streams its lines as
+    /// text; they are printed as they come until the `LIMIT` or Ctrl-C.
+    async fn print(
+        &self,
+        sql: &str,
+        out: &mut ShellOutput,
+    ) -> Result<Result<(), String>, CliError> {
+        let io_error = |e| CliError::io("writing to the terminal", e);
+        let response = self
+            .request(reqwest::Method::POST, "/query")
+            .header("Content-Type", "application/vnd.ksql.v1+json")
+            .body(json!({"ksql": sql, "streamsProperties": self.properties}).to_string())
+            .send()
+            .await
+            .map_err(|e| CliError::Remote(format!("POST /query: {e}")))?;
+        if !response.status().is_success() {
+            let body = response.json_value().await?;
+            return Ok(Err(error_message(&body)));
+        }
+        let mut lines = BodyLines::new(response);
+        let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+        loop {
+            let line = tokio::select! {
+                _ = &mut interrupt => {
+                    writeln!(out, "Topic printing ceased").map_err(io_error)?;
+                    break;
+                }
+                line = lines.next() => line?,
+            };
+            let Some(line) = line else {
+                break;
+            };
+            // Bare newlines are the server's keepalives.
+            if line.trim().is_empty() {
+                continue;
+            }
+            writeln!(out, "{}", line.trim_end_matches('\r')).map_err(io_error)?;
+            out.flush().map_err(io_error)?;
+        }
+        out.flush().map_err(io_error)?;
+        Ok(Ok(()))
+    }
+}
+
+/// The lines of a streamed response body, each at most [`MAX_REMOTE_ROW_BYTES`].
+struct BodyLines {
+    response: reqwest::Response,
+    pending: Vec<u8>,
+    ended: bool,
+}
+
+impl BodyLines {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            pending: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// The next line without its newline; `None` at the end of the body.
+    async fn next(&mut self) -> Result<Option<String>, CliError> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+            }
+            if self.pending.len() > MAX_REMOTE_ROW_BYTES {
+                return Err(CliError::Remote(format!(
+                    "a line of the answer is longer than {MAX_REMOTE_ROW_BYTES} bytes \
+                     (MAX_REMOTE_ROW_BYTES)"
+                )));
+            }
+            if self.ended {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                let rest = std::mem::take(&mut self.pending);
+                return Ok(Some(String::from_utf8_lossy(&rest).into_owned()));
+            }
+            match self
+                .response
+                .chunk()
+                .await
+                .map_err(|e| CliError::Remote(format!("reading the answer: {e}")))?
+            {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None => self.ended = true,
+            }
+        }
     }
 }
 
@@ -209,9 +340,7 @@ impl ShellTarget for RemoteTarget {
                 let push = matches!(select.emit, Some(eddy_sql::Emit::Changes));
                 self.query(&statement.sql, push, out).await
             }
-            Statement::Print { .. } => Ok(Err(
-                "PRINT is not available over --server yet; run it in the server's shell".into(),
-            )),
+            Statement::Print { .. } => self.print(&format!("{};", statement.sql), out).await,
             _ => {
                 let entities = match self.ksql(&format!("{};", statement.sql)).await? {
                     Ok(entities) => entities,

@@ -215,6 +215,103 @@ impl Engine {
             }
             None => None,
         };
+        self.produce_row(&source, fields, arrays, timestamp_ms)
+            .await
+    }
+
+    /// Inserts one row given as a JSON object of column values (`/inserts-stream`): fields are
+    /// matched to columns without regard to case, missing columns are NULL, a `ROWTIME` field
+    /// (epoch ms) sets the record's timestamp. Values are read as the JSON format reads them
+    /// from a topic (so STRUCT, MAP and ARRAY values are JSON objects and arrays, BYTES base64,
+    /// DATE days, TIME ms of day, TIMESTAMP epoch ms); a field that does not fit its column's
+    /// type, or names no column, fails the row with a message that says which.
+    pub async fn insert_json_row(
+        &self,
+        target: &str,
+        row_json: &[u8],
+    ) -> Result<StatementResult, EngineError> {
+        let source = self.catalog().require_source(target)?.clone();
+        crate::ddl::refuse_generated_target(&source)?;
+        let row: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(row_json)
+            .map_err(|e| {
+                EngineError::invalid(format!("a row must be a JSON object of column values: {e}"))
+            })?;
+        if row.is_empty() {
+            return Err(EngineError::invalid("the row has no columns"));
+        }
+        let mut timestamp_ms = None;
+        for (field, value) in &row {
+            if field.eq_ignore_ascii_case(ROWTIME) {
+                timestamp_ms = match value {
+                    serde_json::Value::Null => None,
+                    value => Some(value.as_i64().ok_or_else(|| {
+                        EngineError::invalid(format!(
+                            "ROWTIME must be epoch milliseconds, not {value}"
+                        ))
+                    })?),
+                };
+            } else if !source
+                .columns
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(field))
+            {
+                return Err(eddy_planner::PlanError::UnknownColumn {
+                    column: field.clone(),
+                    kind: source.kind.noun(),
+                    source_name: source.name.clone(),
+                    suggestion: None,
+                }
+                .into());
+            }
+        }
+        // Every column, keys included, read from the one JSON object.
+        let fields: Vec<Field> = source
+            .key_columns()
+            .chain(source.value_columns())
+            .map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true))
+            .collect();
+        let layout = eddy_format::SourceLayout::new(
+            Vec::new(),
+            fields.clone(),
+            eddy_format::Format::Kafka,
+            eddy_format::Format::JSON,
+        )
+        .map_err(|e| EngineError::Internal(format!("insert layout: {e}")))?;
+        let mut decoder = eddy_format::RecordDecoder::new(&layout)
+            .map_err(|e| EngineError::Internal(format!("insert decoder: {e}")))?;
+        let mut raw = eddy_format::RawBatch::new();
+        raw.push(None, Some(row_json), 0, 0, 0);
+        let decoded = decoder
+            .decode(&raw)
+            .map_err(|e| EngineError::Internal(format!("insert decode: {e}")))?;
+        if let Some(error) = decoded.errors.first() {
+            return Err(EngineError::invalid(format!(
+                "the row does not fit \"{}\": {}",
+                source.name, error.reason
+            )));
+        }
+        let pseudo_columns = decoded.batch.num_columns() - fields.len();
+        let arrays: Vec<ArrayRef> = decoded.batch.columns()[pseudo_columns..].to_vec();
+        if decoded.batch.num_rows() != 1 {
+            return Err(EngineError::Internal(format!(
+                "insert decode gave {} rows",
+                decoded.batch.num_rows()
+            )));
+        }
+        self.produce_row(&source, fields, arrays, timestamp_ms)
+            .await
+    }
+
+    /// Encodes one row of `source` (its columns in order, as `fields` and one-row `arrays`) and
+    /// produces it to the source's topic.
+    async fn produce_row(
+        &self,
+        source: &eddy_catalog::Source,
+        mut fields: Vec<Field>,
+        mut arrays: Vec<ArrayRef>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<StatementResult, EngineError> {
+        let target = &source.name;
         fields.push(Field::new(ROWTIME_OUTPUT, DataType::Int64, true));
         arrays.push(new_null_array(&DataType::Int64, 1));
         let batch = RecordBatch::try_new_with_options(
@@ -226,7 +323,7 @@ impl Engine {
         let key_count = source.key_count();
         let key_columns: Vec<usize> = (0..key_count).collect();
         let value_columns: Vec<usize> = (key_count..source.columns.len()).collect();
-        let mut encoder = RecordEncoder::new(&value_layout(&source)?)
+        let mut encoder = RecordEncoder::new(&value_layout(source)?)
             .map_err(|e| EngineError::invalid(e.to_string()))?;
         let mut encoded = EncodedBatch::new();
         encoder
@@ -234,7 +331,7 @@ impl Engine {
             .map_err(|e| {
                 EngineError::invalid(format!("cannot encode the row for \"{target}\": {e}"))
             })?;
-        let topic = self.physical_topic(&source);
+        let topic = self.physical_topic(source);
         let (partition, offset) = self
             .inner
             .connection

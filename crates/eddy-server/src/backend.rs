@@ -19,6 +19,10 @@ pub trait Backend: Send + Sync + 'static {
         statement: &ParsedStatement,
     ) -> Result<StatementResult, EngineError>;
 
+    /// Inserts one row, a JSON object of column values, into the stream `target`
+    /// (`/inserts-stream`); see [`Engine::insert_json_row`].
+    async fn insert_json_row(&self, target: &str, row_json: &[u8]) -> Result<(), EngineError>;
+
     /// The service id: servers with the same one share a catalog and queries.
     fn service_id(&self) -> String;
 
@@ -69,6 +73,13 @@ impl Backend for EngineBackend {
         statement: &ParsedStatement,
     ) -> Result<StatementResult, EngineError> {
         self.engine.execute_statement(session, statement).await
+    }
+
+    async fn insert_json_row(&self, target: &str, row_json: &[u8]) -> Result<(), EngineError> {
+        self.engine
+            .insert_json_row(target, row_json)
+            .await
+            .map(|_| ())
     }
 
     fn service_id(&self) -> String {

@@ -196,4 +196,7 @@ impl IntoResponse for ApiError {
 pub enum ServerError {
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The TLS certificate or key cannot be used; the message names the file.
+    #[error("{0}")]
+    Tls(String),
 }

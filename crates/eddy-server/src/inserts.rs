@@ -7,9 +7,11 @@
 //! ```
 //!
 //! The first line names the stream; every later line is one row, a JSON object whose fields
-//! are column names (matched without regard to case; missing columns are NULL). Rows are
-//! inserted as they arrive, one `INSERT INTO ... VALUES` each (so the engine checks and encodes
-//! them as it does those), and each is acknowledged with its sequence number once Kafka has it.
+//! are column names (matched without regard to case; missing columns are NULL; `ROWTIME` sets
+//! the record's timestamp). Values are read as the JSON format reads a topic's records, so
+//! STRUCT and MAP values are JSON objects, ARRAY values arrays, BYTES base64, DATE days, TIME
+//! milliseconds of the day and TIMESTAMP epoch milliseconds. Rows are inserted as they arrive
+//! and each is acknowledged with its sequence number once Kafka has it.
 //! A row that cannot be inserted is answered with an error line and the stream goes on. A line
 //! longer than [`crate::ServerConfig::max_request_bytes`] ends the stream with an error.
 
@@ -20,11 +22,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use eddy_catalog::SourceKind;
-use eddy_engine::Session;
-use eddy_sql::{ParsedStatement, Statement};
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::{Value, json};
-use sqlparser::ast;
 
 use crate::AppState;
 use crate::error::{ApiError, ERROR_CODE_BAD_REQUEST};
@@ -118,12 +117,7 @@ pub async fn handle(State(state): State<AppState>, body: Body) -> Response {
         ))
         .into_response_as(MediaType::Json);
     }
-    let columns: Vec<String> = source
-        .key_columns()
-        .chain(source.value_columns())
-        .map(|c| c.name.clone())
-        .collect();
-    let acks = ack_stream(state, lines, source.name.clone(), columns);
+    let acks = ack_stream(state, lines, source.name.clone());
     let mut response = Response::new(Body::from_stream(acks));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -137,11 +131,9 @@ fn ack_stream(
     state: AppState,
     lines: Lines,
     target: String,
-    columns: Vec<String>,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
     stream::unfold(Some((state, lines, 0u64)), move |progress| {
         let target = target.clone();
-        let columns = columns.clone();
         async move {
             let (state, mut lines, seq) = progress?;
             let line = match lines.next_row().await? {
@@ -151,7 +143,7 @@ fn ack_stream(
                     return Some((Ok(error_line(seq, &message)), None));
                 }
             };
-            let ack = match insert(&state, &target, &columns, &line).await {
+            let ack = match insert(&state, &target, &line).await {
                 Ok(()) => json!({"status": "ok", "seq": seq}),
                 Err(message) => json!({
                     "status": "error",
@@ -180,71 +172,11 @@ fn error_line(seq: u64, message: &str) -> Bytes {
     Bytes::from(line)
 }
 
-/// Inserts one row (a JSON object) into `target`, whose columns are `columns`.
-async fn insert(
-    state: &AppState,
-    target: &str,
-    columns: &[String],
-    line: &[u8],
-) -> Result<(), String> {
-    let row: Value =
-        serde_json::from_slice(line).map_err(|e| format!("the row is not valid JSON: {e}"))?;
-    let Value::Object(fields) = row else {
-        return Err("a row must be a JSON object of column values".into());
-    };
-    let mut names = Vec::with_capacity(fields.len());
-    let mut values = Vec::with_capacity(fields.len());
-    for (field, value) in &fields {
-        let Some(column) = columns
-            .iter()
-            .find(|c| c.eq_ignore_ascii_case(field))
-            .cloned()
-            .or_else(|| {
-                field
-                    .eq_ignore_ascii_case("ROWTIME")
-                    .then(|| "ROWTIME".to_owned())
-            })
-        else {
-            return Err(format!("stream \"{target}\" has no column \"{field}\""));
-        };
-        names.push(column);
-        values.push(literal(value).map_err(|e| format!("column \"{field}\": {e}"))?);
-    }
-    if names.is_empty() {
-        return Err("the row has no columns".into());
-    }
-    let statement = ParsedStatement {
-        sql: format!("INSERT INTO {target} ... VALUES ..."),
-        statement: Statement::InsertValues {
-            target: target.to_owned(),
-            columns: names,
-            values,
-        },
-        line: 1,
-    };
-    let mut session = Session::new();
+/// Inserts one row (a JSON object) into `target`.
+async fn insert(state: &AppState, target: &str, line: &[u8]) -> Result<(), String> {
     state
         .backend()
-        .execute(&mut session, &statement)
+        .insert_json_row(target, line)
         .await
-        .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// A JSON value as the SQL literal `INSERT ... VALUES` takes: strings, numbers, booleans,
-/// NULL, and arrays of those (`ARRAY[...]`).
-fn literal(value: &Value) -> Result<ast::Expr, String> {
-    Ok(match value {
-        Value::Null => ast::Expr::value(ast::Value::Null),
-        Value::Bool(b) => ast::Expr::value(ast::Value::Boolean(*b)),
-        Value::Number(n) => ast::Expr::value(ast::Value::Number(n.to_string(), false)),
-        Value::String(s) => ast::Expr::value(ast::Value::SingleQuotedString(s.clone())),
-        Value::Array(items) => ast::Expr::Array(ast::Array {
-            elem: items.iter().map(literal).collect::<Result<_, _>>()?,
-            named: true,
-        }),
-        Value::Object(_) => {
-            return Err("MAP and STRUCT values are not supported by /inserts-stream yet".into());
-        }
-    })
 }

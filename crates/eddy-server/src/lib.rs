@@ -16,6 +16,9 @@
 //!  GET  /info, GET /healthcheck, GET /clusterStatus, GET /metrics (Prometheus text)
 //! ```
 //!
+//! [`serve_tls`] serves the same over HTTPS (rustls, HTTP/2 by ALPN) from a PEM certificate
+//! chain and key ([`TlsIdentity`]); [`serve`] is plain HTTP.
+//!
 //! With [`ServerConfig::basic_auth`] set, every request needs those credentials (HTTP basic
 //! authentication, as ksqlDB's `authentication.method=BASIC`); others get 401. A headless
 //! server ([`ServerConfig::headless`]) refuses statements and queries over REST.
@@ -41,6 +44,7 @@ mod query;
 mod request;
 mod rows;
 mod stream;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,12 +58,19 @@ use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, EngineBackend};
 pub use error::{ApiError, ServerError};
+pub use tls::{
+    DEFAULT_MAX_PENDING_TLS_HANDSHAKES, DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS, MAX_PEM_FILE_BYTES,
+    TlsIdentity, TlsListener, TlsOptions,
+};
 
 /// Default of [`ServerConfig::max_request_bytes`]: 1 MiB, ample for any script of statements.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Default of [`ServerConfig::keepalive_interval_ms`] (ksqlDB's disconnect check is also 1 s).
 pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 1_000;
+
+/// Default of [`ServerConfig::max_push_queries`]: ksqlDB's `ksql.max.push.queries` default.
+pub const DEFAULT_MAX_PUSH_QUERIES: usize = 100;
 
 /// Default of [`ServerConfig::kafka_check_timeout_ms`].
 pub const DEFAULT_KAFKA_CHECK_TIMEOUT_MS: u64 = 5_000;
@@ -74,6 +85,10 @@ pub struct ServerConfig {
     /// that went away is noticed (the write fails) and its query stopped. Default
     /// [`DEFAULT_KEEPALIVE_INTERVAL_MS`].
     pub keepalive_interval_ms: u64,
+    /// Most push queries and `PRINT`s streaming to clients at once (over `/query` and
+    /// `/query-stream` together); one more is refused with 400 until one ends. Default
+    /// [`DEFAULT_MAX_PUSH_QUERIES`].
+    pub max_push_queries: usize,
     /// Longest wait for Kafka in `/healthcheck` and `/info`. Default
     /// [`DEFAULT_KAFKA_CHECK_TIMEOUT_MS`].
     pub kafka_check_timeout_ms: u64,
@@ -121,6 +136,7 @@ impl Default for ServerConfig {
         Self {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+            max_push_queries: DEFAULT_MAX_PUSH_QUERIES,
             kafka_check_timeout_ms: DEFAULT_KAFKA_CHECK_TIMEOUT_MS,
             advertised_listener: None,
             basic_auth: None,
@@ -143,10 +159,32 @@ struct StateInner {
     /// Numbers the ids of pull queries, which the engine does not name.
     pull_queries: AtomicU64,
     push_queries: stream::PushQueries,
+    /// One permit per push query or `PRINT` that may stream at once.
+    push_query_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A push query's place among the [`ServerConfig::max_push_queries`]; freed when dropped.
+pub(crate) struct PushQuerySlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl PushQuerySlot {
+    /// `stream`, holding the slot until the stream is dropped (its response ended or its client
+    /// went away).
+    pub(crate) fn held_by<S: futures::Stream + Send>(
+        self,
+        stream: S,
+    ) -> impl futures::Stream<Item = S::Item> + Send {
+        use futures::StreamExt;
+        stream.map(move |item| {
+            let _held = &self;
+            item
+        })
+    }
 }
 
 impl AppState {
     pub fn new(backend: Arc<dyn Backend>, config: ServerConfig) -> Self {
+        let push_query_slots =
+            Arc::new(tokio::sync::Semaphore::new(config.max_push_queries.max(1)));
         Self {
             inner: Arc::new(StateInner {
                 backend,
@@ -154,6 +192,7 @@ impl AppState {
                 shutdown: CancellationToken::new(),
                 pull_queries: AtomicU64::new(0),
                 push_queries: stream::PushQueries::default(),
+                push_query_slots,
             }),
         }
     }
@@ -191,6 +230,24 @@ impl AppState {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),
         )
+    }
+
+    /// A slot for one more streaming query, or why there is none (ksqlDB's message).
+    pub(crate) fn push_query_slot(&self) -> Result<PushQuerySlot, String> {
+        let limit = self.inner.config.max_push_queries.max(1);
+        self.inner
+            .push_query_slots
+            .clone()
+            .try_acquire_owned()
+            .map(PushQuerySlot)
+            .map_err(|_| {
+                format!(
+                    "Not executing statement(s) as it would cause the number of active, push \
+                     queries to exceed the configured limit. Terminate existing PUSH queries, or \
+                     increase the server's max_push_queries (eddy server --max-push-queries). \
+                     Current push query count: {limit}. Configured limit: {limit}."
+                )
+            })
     }
 
     /// The push queries streaming to clients, by id, each with the token that ends it.
@@ -240,6 +297,29 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_on(listener, state, shutdown).await
+}
+
+/// [`serve`] over HTTPS: connections on `listener` are TLS with `identity`'s certificate.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    identity: &TlsIdentity,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listener = identity.listener(listener).map_err(ServerError::Serve)?;
+    serve_on(listener, state, shutdown).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let router = app(state.clone());
     let signal = async move {
         shutdown.await;

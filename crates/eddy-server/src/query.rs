@@ -26,10 +26,10 @@ use futures::stream::{self, Stream};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::request::{KsqlRequest, MediaType, body_response, statement_text};
 use crate::rows::{RowWriter, schema_text};
+use crate::{AppState, PushQuerySlot};
 
 /// Final message of a push query that returned its `LIMIT` rows.
 const LIMIT_REACHED: &str = "Limit Reached";
@@ -54,23 +54,23 @@ pub async fn handle(
                 Err(error) => error.into_response_as(media),
             }
         }
-        Ok(Answer::Push(push)) => body_response(
+        Ok(Answer::Push(push, slot)) => body_response(
             StatusCode::OK,
             media,
-            Body::from_stream(push_stream(
+            Body::from_stream(slot.held_by(push_stream(
                 push,
                 state.keepalive(),
                 state.shutdown_token().clone(),
-            )),
+            ))),
         ),
-        Ok(Answer::Print(print)) => body_response(
+        Ok(Answer::Print(print, slot)) => body_response(
             StatusCode::OK,
             media,
-            Body::from_stream(print_stream(
+            Body::from_stream(slot.held_by(print_stream(
                 print,
                 state.keepalive(),
                 state.shutdown_token().clone(),
-            )),
+            ))),
         ),
         Err(error) => error.into_response_as(media),
     }
@@ -82,8 +82,9 @@ pub(crate) enum Answer {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     },
-    Push(PushQuery),
-    Print(PrintResult),
+    /// A push query, with the slot it holds among the server's streaming queries.
+    Push(PushQuery, PushQuerySlot),
+    Print(PrintResult, PushQuerySlot),
 }
 
 /// Runs the one `SELECT` or `PRINT` of a request to `endpoint`.
@@ -116,16 +117,30 @@ pub(crate) async fn run(
             text,
         ));
     }
+    let streams = match &statement.statement {
+        Statement::Select(select) => select.emit.is_some(),
+        _ => true,
+    };
+    // Taken before the query starts, so that a server at its limit starts no consumer.
+    let slot = if streams {
+        Some(state.push_query_slot().map_err(ApiError::bad_request)?)
+    } else {
+        None
+    };
     let backend = state.backend();
     let mut session = request.session(backend).await?;
-    match backend.execute(&mut session, statement).await {
-        Ok(StatementResult::Rows { schema, batches }) => Ok(Answer::Pull { schema, batches }),
-        Ok(StatementResult::Push(push)) => Ok(Answer::Push(push)),
-        Ok(StatementResult::Print(print)) => Ok(Answer::Print(print)),
-        Ok(other) => Err(ApiError::server_error(format!(
+    match (backend.execute(&mut session, statement).await, slot) {
+        (Ok(StatementResult::Rows { schema, batches }), _) => Ok(Answer::Pull { schema, batches }),
+        (Ok(StatementResult::Push(push)), Some(slot)) => Ok(Answer::Push(push, slot)),
+        (Ok(StatementResult::Print(print)), Some(slot)) => Ok(Answer::Print(print, slot)),
+        (Ok(StatementResult::Push(push)), None) => Ok(Answer::Push(
+            push,
+            state.push_query_slot().map_err(ApiError::bad_request)?,
+        )),
+        (Ok(other), _) => Err(ApiError::server_error(format!(
             "statement {text} gave no rows but {other:?}"
         ))),
-        Err(error) => Err(ApiError::from_engine(error, text, Vec::new())),
+        (Err(error), _) => Err(ApiError::from_engine(error, text, Vec::new())),
     }
 }
 

@@ -186,11 +186,11 @@ pub async fn handle(
                 Err(error) => error.into_response_as(MediaType::Json),
             }
         }
-        Answer::Push(push) => response(
+        Answer::Push(push, slot) => response(
             framing,
-            Body::from_stream(push_stream(framing, push, &state)),
+            Body::from_stream(slot.held_by(push_stream(framing, push, &state))),
         ),
-        Answer::Print(_) => ApiError::bad_statement(
+        Answer::Print(..) => ApiError::bad_statement(
             "/query-stream runs SELECT statements; PRINT streams text, send it to /query",
             request.ksql.trim(),
         )

@@ -23,6 +23,8 @@ use crate::{AppState, Backend, ServerConfig, app};
 #[derive(Default)]
 struct Fake {
     sessions: Mutex<Vec<Session>>,
+    /// Rows given to `insert_json_row`, with their target.
+    inserted: Mutex<Vec<(String, String)>>,
 }
 
 #[async_trait]
@@ -127,8 +129,51 @@ impl Backend for Fake {
         "fake_".into()
     }
 
+    async fn insert_json_row(&self, target: &str, row_json: &[u8]) -> Result<(), EngineError> {
+        let row = String::from_utf8_lossy(row_json).into_owned();
+        if row.contains("bad") {
+            return Err(EngineError::invalid(format!("the row {row} is bad")));
+        }
+        if let Ok(mut inserted) = self.inserted.lock() {
+            inserted.push((target.to_owned(), row));
+        }
+        Ok(())
+    }
+
+    /// One stream, `S` (key `K`, value `V`), and one table, `T`.
     fn catalog(&self) -> Catalog {
-        Catalog::new()
+        let mut catalog = Catalog::new();
+        for (name, kind) in [("S", SourceKind::Stream), ("T", SourceKind::Table)] {
+            catalog.replace_source(eddy_catalog::Source {
+                name: name.into(),
+                kind,
+                columns: vec![
+                    Column {
+                        name: "K".into(),
+                        sql_type: SqlType::String,
+                        role: ColumnRole::Key,
+                    },
+                    Column {
+                        name: "V".into(),
+                        sql_type: SqlType::BigInt,
+                        role: ColumnRole::Value,
+                    },
+                ],
+                topic: name.to_lowercase(),
+                key_format: "KAFKA".into(),
+                value_format: "JSON".into(),
+                value_delimiter: None,
+                wrap_single_value: None,
+                timestamp_column: None,
+                timestamp_format: None,
+                partitions: 1,
+                written_by: None,
+                sql: String::new(),
+                generator: None,
+                window: None,
+            });
+        }
+        catalog
     }
 
     fn query_state(&self, _id: &str) -> &'static str {
@@ -572,4 +617,225 @@ async fn basic_authentication_lets_only_the_right_credentials_in() {
     assert_eq!(send(basic("ann:s3cr:et")).await.status(), StatusCode::OK);
     assert!(crate::BasicAuth::parse("nobody").is_none());
     assert!(!format!("{:?}", crate::BasicAuth::parse("ann:pw")).contains("pw"));
+}
+
+#[tokio::test]
+async fn inserts_stream_acknowledges_each_row_and_answers_a_bad_one_alone() {
+    let fake = Arc::new(Fake::default());
+    let request = Request::post("/inserts-stream")
+        .body(Body::from(
+            "{\"target\":\"s\"}\n{\"K\":\"a\",\"V\":1}\n\n{\"V\":\"bad\"}\n{\"k\":\"b\"}",
+        ))
+        .expect("request");
+    let (status, content_type, body) = send_to(fake.clone(), request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, crate::stream::DELIMITED);
+    let acks: Vec<Value> = String::from_utf8_lossy(&body)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an ack is JSON"))
+        .collect();
+    assert_eq!(acks.len(), 3, "{acks:?}");
+    assert_eq!(acks[0], json!({"status": "ok", "seq": 0}));
+    assert_eq!(acks[1]["status"], "error");
+    assert_eq!(acks[1]["seq"], 1);
+    assert_eq!(acks[1]["error_code"], 40000);
+    assert!(
+        acks[1]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bad")),
+        "{acks:?}"
+    );
+    assert_eq!(acks[2], json!({"status": "ok", "seq": 2}));
+    let inserted = fake.inserted.lock().expect("lock").clone();
+    assert_eq!(
+        inserted,
+        vec![
+            ("S".to_owned(), "{\"K\":\"a\",\"V\":1}".to_owned()),
+            ("S".to_owned(), "{\"k\":\"b\"}".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn inserts_stream_refuses_tables_unknown_targets_and_a_missing_target_line() {
+    for (body, expected) in [
+        ("{\"target\":\"T\"}\n{\"K\":\"a\"}\n", "is a table"),
+        ("{\"target\":\"nosuch\"}\n", "does not exist"),
+        ("{\"K\":\"a\"}\n", "the first line"),
+    ] {
+        let fake = Arc::new(Fake::default());
+        let request = Request::post("/inserts-stream")
+            .body(Body::from(body))
+            .expect("request");
+        let (status, _, answer) = send_to(fake.clone(), request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = serde_json::from_slice(&answer).expect("JSON error");
+        assert_eq!(answer["@type"], "generic_error", "{body}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(expected)),
+            "{body}: {answer}"
+        );
+        assert!(fake.inserted.lock().expect("lock").is_empty());
+    }
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files in `dir`;
+/// returns (certificate path, key path, certificate PEM).
+fn self_signed_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("certificate");
+    let cert_pem = certified.cert.pem();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, &cert_pem).expect("cert written");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("key written");
+    (cert_path, key_path, cert_pem)
+}
+
+#[test]
+fn tls_identity_errors_name_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key, _) = self_signed_files(dir.path());
+    crate::TlsIdentity::load(crate::TlsOptions::new(cert.clone(), key.clone()))
+        .expect("a certificate and its key load");
+
+    let missing = dir.path().join("missing.pem");
+    let error = crate::TlsIdentity::load(crate::TlsOptions::new(missing.clone(), key.clone()))
+        .expect_err("missing certificate");
+    assert!(
+        error.to_string().contains(&missing.display().to_string()),
+        "{error}"
+    );
+
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("written");
+    let error = crate::TlsIdentity::load(crate::TlsOptions::new(empty.clone(), key.clone()))
+        .expect_err("no certificate in the file");
+    assert!(error.to_string().contains("holds no PEM"), "{error}");
+    let error = crate::TlsIdentity::load(crate::TlsOptions::new(cert.clone(), empty.clone()))
+        .expect_err("no key in the file");
+    assert!(
+        error.to_string().contains("no usable private key"),
+        "{error}"
+    );
+
+    // The key of another certificate.
+    let other = tempfile::tempdir().expect("dir");
+    let (_, other_key, _) = self_signed_files(other.path());
+    let error = crate::TlsIdentity::load(crate::TlsOptions::new(cert, other_key))
+        .expect_err("a key that is not the certificate's");
+    assert!(
+        error.to_string().contains("do not make a TLS identity"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn https_serves_http2_and_http1_and_a_silent_client_blocks_no_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key, cert_pem) = self_signed_files(dir.path());
+    let identity = crate::TlsIdentity::load(crate::TlsOptions::new(cert, key)).expect("identity");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("address");
+    let state = AppState::new(Arc::new(Fake::default()), ServerConfig::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        crate::serve_tls(listener, &identity, state, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+
+    // A client that connects and never says anything: the handshakes of others go on.
+    let silent = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+
+    let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("root");
+    let url = format!("https://127.0.0.1:{}/info", address.port());
+    for (http1_only, version) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone());
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        let client = builder.build().expect("client");
+        let response = tokio::time::timeout(Duration::from_secs(20), client.get(&url).send())
+            .await
+            .expect("answers in time")
+            .expect("HTTPS request");
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_eq!(response.version(), version, "ALPN picks the protocol");
+        let body: Value =
+            serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+        assert!(body["KsqlServerInfo"]["version"].is_string(), "{body}");
+    }
+
+    // A client that does not trust the certificate is refused by its own TLS.
+    let untrusting = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .build()
+        .expect("client");
+    let error = untrusting
+        .get(&url)
+        .send()
+        .await
+        .expect_err("an unknown certificate");
+    assert!(error.is_connect(), "{error:?}");
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/info", address.port()))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    drop(silent);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("the server stops")
+        .expect("server task")
+        .expect("server result");
+}
+
+#[tokio::test]
+async fn streaming_queries_beyond_max_push_queries_are_refused_until_one_ends() {
+    use futures::StreamExt;
+    let state = AppState::new(
+        Arc::new(Fake::default()),
+        ServerConfig {
+            max_push_queries: 2,
+            ..ServerConfig::default()
+        },
+    );
+    let first = state.push_query_slot().expect("first slot");
+    let second = state
+        .push_query_slot()
+        .expect("second slot")
+        .held_by(futures::stream::iter([1, 2]));
+    let refused = state.push_query_slot().err().expect("no third slot");
+    assert!(refused.contains("Configured limit: 2"), "{refused}");
+    // A response stream holds its slot until it is dropped, not until it ends.
+    let mut second = Box::pin(second);
+    assert_eq!(second.next().await, Some(1));
+    assert_eq!(second.next().await, Some(2));
+    assert_eq!(second.next().await, None);
+    assert!(state.push_query_slot().is_err());
+    drop(second);
+    let third = state
+        .push_query_slot()
+        .expect("a slot after a stream is dropped");
+    drop((first, third));
 }

@@ -89,6 +89,26 @@ enum Command {
         /// those already applied are skipped) and take none over REST.
         #[arg(long, value_name = "FILE.sql")]
         queries_file: Option<PathBuf>,
+        /// Serve HTTPS with this PEM certificate (followed by its chain's intermediates).
+        #[arg(
+            long,
+            value_name = "FILE.pem",
+            env = "EDDY_TLS_CERT_FILE",
+            requires = "tls_key_file"
+        )]
+        tls_cert_file: Option<PathBuf>,
+        /// The PEM private key of --tls-cert-file.
+        #[arg(
+            long,
+            value_name = "FILE.pem",
+            env = "EDDY_TLS_KEY_FILE",
+            requires = "tls_cert_file"
+        )]
+        tls_key_file: Option<PathBuf>,
+        /// Most push queries and PRINTs streaming to clients at once; more are refused until
+        /// one ends (ksqlDB's ksql.max.push.queries).
+        #[arg(long, value_name = "N", default_value_t = eddy_server::DEFAULT_MAX_PUSH_QUERIES)]
+        max_push_queries: usize,
     },
     /// The shell on a running Eddy (or ksqlDB) server, over its REST API.
     Cli {
@@ -98,6 +118,10 @@ enum Command {
         /// The server's basic-authentication credentials (better given in the environment).
         #[arg(long, value_name = "USER:PASSWORD", env = "EDDY_BASIC_AUTH", hide_env_values = true, value_parser = parse_credentials)]
         basic_auth: Option<(String, String)>,
+        /// Trust the certificates of this PEM file (a private CA, or a self-signed server
+        /// certificate) besides the system's, for an https:// server.
+        #[arg(long, value_name = "FILE.pem", env = "EDDY_TLS_CA_FILE")]
+        tls_ca_file: Option<PathBuf>,
     },
     /// Run sqllogictest files, each in a fresh namespace; exits non-zero when any fails.
     Test {
@@ -217,13 +241,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Some(Command::Cli { server, basic_auth }) => remote_shell(&server, basic_auth)
+        Some(Command::Cli {
+            server,
+            basic_auth,
+            tls_ca_file,
+        }) => remote_shell(&server, basic_auth, tls_ca_file.as_deref())
             .await
             .map(|()| ExitCode::SUCCESS),
         Some(Command::Server {
             listen,
             basic_auth,
             queries_file,
+            tls_cert_file,
+            tls_key_file,
+            max_push_queries,
         }) => server(
             cli.kafka,
             &cli.data_dir,
@@ -233,6 +264,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 listen,
                 basic_auth,
                 queries_file,
+                tls: tls_cert_file
+                    .zip(tls_key_file)
+                    .map(|(cert, key)| eddy_server::TlsOptions::new(cert, key)),
+                max_push_queries,
             },
         )
         .await
@@ -323,10 +358,15 @@ async fn shell(
 }
 
 /// `eddy cli --server URL`: the shell on a server over REST; the history is `~/.eddy_history`.
-async fn remote_shell(server: &str, basic_auth: Option<(String, String)>) -> Result<()> {
-    let (target, version) = eddy_cli::remote::RemoteTarget::connect(server, basic_auth)
-        .await
-        .context("cannot start the shell")?;
+async fn remote_shell(
+    server: &str,
+    basic_auth: Option<(String, String)>,
+    tls_ca_file: Option<&Path>,
+) -> Result<()> {
+    let (target, version) =
+        eddy_cli::remote::RemoteTarget::connect(server, basic_auth, tls_ca_file)
+            .await
+            .context("cannot start the shell")?;
     let banner = format!(
         "Eddy {} shell on server {server} (version {version}). Statements end with ';'; type 'help', or 'exit' to leave.",
         env!("CARGO_PKG_VERSION"),
@@ -355,7 +395,14 @@ async fn server(
         listen,
         basic_auth,
         queries_file,
+        tls,
+        max_push_queries,
     } = options;
+    // Loaded before anything starts, so that a wrong certificate or key fails at once.
+    let tls = tls
+        .map(eddy_server::TlsIdentity::load)
+        .transpose()
+        .context("cannot serve HTTPS")?;
     // Read before anything starts, so that a wrong path fails at once.
     let queries = match &queries_file {
         Some(path) => Some(
@@ -397,7 +444,8 @@ async fn server(
     let address = listener
         .local_addr()
         .context("cannot read the address listened on")?;
-    println!("Eddy REST API listening on http://{address}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("Eddy REST API listening on {scheme}://{address}");
     println!(
         "Eddy {} on Kafka at {}; Ctrl-C or SIGTERM stops it.",
         env!("CARGO_PKG_VERSION"),
@@ -407,10 +455,16 @@ async fn server(
         advertised_listener: Some(address.to_string()),
         basic_auth,
         headless: queries.is_some(),
+        max_push_queries,
         ..eddy_server::ServerConfig::default()
     };
     let state = eddy_server::AppState::for_engine(engine.clone(), config);
-    let outcome = eddy_server::serve(listener, state, shutdown_signal()).await;
+    let outcome = match &tls {
+        Some(identity) => {
+            eddy_server::serve_tls(listener, identity, state, shutdown_signal()).await
+        }
+        None => eddy_server::serve(listener, state, shutdown_signal()).await,
+    };
     stop_engine(engine, broker).await?;
     outcome.context("the REST server failed")
 }
@@ -420,6 +474,9 @@ struct ServerOptions {
     listen: SocketAddr,
     basic_auth: Option<eddy_server::BasicAuth>,
     queries_file: Option<PathBuf>,
+    /// HTTPS: the certificate and key files.
+    tls: Option<eddy_server::TlsOptions>,
+    max_push_queries: usize,
 }
 
 fn parse_basic_auth(credentials: &str) -> Result<eddy_server::BasicAuth, String> {
