@@ -20,6 +20,11 @@
 //! - **latency**: q0 running while bids arrive at a steady rate, each stamped with the wall-clock
 //!   time it was sent (`date_time`); a consumer of the output takes the difference on arrival.
 //!
+//! The stateful queries ([`STATEFUL_QUERIES`]: q3, q4, q5, q7, q8; joins, windows, aggregations
+//! over tables) read persons and auctions too, written to their own topics. They are measured end
+//! to end only, until their result (a stream's topic, or a table counted by a read-your-writes pull
+//! query) holds as many rows as DataFusion's batch version of the query over the same events.
+//!
 //! Output row counts of the engine and of DataFusion must agree, so every run also checks results.
 
 use std::fmt::Write as _;
@@ -38,7 +43,7 @@ use crate::bench::BenchEngine;
 use eddy_runtime::KafkaConnection;
 use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
-use nexmark::event::{Bid, Event, EventType};
+use nexmark::event::{Auction, Bid, Event, EventType, Person};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
@@ -59,6 +64,160 @@ pub const QUERIES: &[(&str, &str)] = &[
         "SELECT auction, price FROM bid WHERE auction % 123 = 0",
     ),
 ];
+
+/// What a stateful query's result is, and so how the bench knows it is complete.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// A stream: complete when its topic holds every expected row.
+    Stream,
+    /// A table: complete when a read-your-writes pull query counts every expected row.
+    Table,
+}
+
+/// Which Nexmark inputs a stateful query reads: the events it is measured against.
+#[derive(Clone, Copy)]
+struct Inputs {
+    persons: bool,
+    auctions: bool,
+    bids: bool,
+}
+
+/// A Nexmark query that keeps state (joins, windows, aggregations), over `person` (a table keyed
+/// by id), `person_stream` (the same topic as a stream), `auction` (keyed by id) and `bid`.
+struct StatefulQuery {
+    name: &'static str,
+    /// What it computes; where that differs from Nexmark's definition, how.
+    what: &'static str,
+    /// The statements that create its result, in order; the last creates `output`.
+    statements: &'static [&'static str],
+    output: &'static str,
+    output_kind: Output,
+    /// The same result as one DataFusion query over the events in memory: its row count is the
+    /// count Eddy's result must reach.
+    datafusion: &'static str,
+    inputs: Inputs,
+}
+
+/// Nexmark's stateful queries in Eddy's SQL. q6 (an OVER window of each seller's last 10 auctions)
+/// has no Eddy form yet.
+const STATEFUL_QUERIES: &[StatefulQuery] = &[
+    StatefulQuery {
+        name: "q3",
+        what: "local item suggestion: auctions of category 10 joined with their seller (a table) in OR, ID or CA (the generator writes states in lower case)",
+        statements: &[
+            "CREATE STREAM q3_out AS SELECT P.name AS name, P.city AS city, P.state AS state, A.id AS id \
+             FROM auction A JOIN person P ON A.seller = P.id \
+             WHERE A.category = 10 AND (P.state = 'or' OR P.state = 'id' OR P.state = 'ca');",
+        ],
+        output: "q3_out",
+        output_kind: Output::Stream,
+        datafusion: "SELECT P.name, P.city, P.state, A.id FROM auction A JOIN person P ON A.seller = P.id \
+             WHERE A.category = 10 AND P.state IN ('or', 'id', 'ca')",
+        inputs: Inputs {
+            persons: true,
+            auctions: true,
+            bids: false,
+        },
+    },
+    StatefulQuery {
+        name: "q4",
+        what: "average winning price per category: the auction-bid join (bids between the auction's start and expiry), MAX per auction, then AVG over that table",
+        statements: &[
+            "CREATE TABLE q4_winning AS SELECT A.id AS id, A.category AS category, MAX(B.price) AS final \
+             FROM auction A JOIN bid B WITHIN (0 SECONDS, 1 MINUTE) GRACE PERIOD 1 MINUTE ON A.id = B.auction \
+             WHERE B.date_time >= A.date_time AND B.date_time <= A.expires GROUP BY A.id, A.category;",
+            "CREATE TABLE q4_out AS SELECT category, AVG(final) AS avg_final FROM q4_winning GROUP BY category;",
+        ],
+        output: "q4_out",
+        output_kind: Output::Table,
+        datafusion: "SELECT category, AVG(final) FROM (SELECT A.id, A.category, MAX(B.price) AS final \
+             FROM auction A JOIN bid B ON A.id = B.auction \
+             WHERE B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category) GROUP BY category",
+        inputs: Inputs {
+            persons: false,
+            auctions: true,
+            bids: true,
+        },
+    },
+    StatefulQuery {
+        name: "q5",
+        what: "bids per auction per hopping window (10 s, every 2 s); Nexmark's q5 then keeps each window's hottest auction",
+        statements: &[
+            "CREATE TABLE q5_out AS SELECT auction, COUNT(*) AS num FROM bid \
+             WINDOW HOPPING (SIZE 10 SECONDS, ADVANCE BY 2 SECONDS) GROUP BY auction;",
+        ],
+        output: "q5_out",
+        output_kind: Output::Table,
+        datafusion: "SELECT DISTINCT auction, window_start FROM (SELECT auction, unnest(make_array(\
+             date_time - date_time % 2000, date_time - date_time % 2000 - 2000, \
+             date_time - date_time % 2000 - 4000, date_time - date_time % 2000 - 6000, \
+             date_time - date_time % 2000 - 8000)) AS window_start FROM bid)",
+        inputs: Inputs {
+            persons: false,
+            auctions: false,
+            bids: true,
+        },
+    },
+    StatefulQuery {
+        name: "q7",
+        what: "highest bid per auction per tumbling 10 s window; Nexmark's q7 takes the highest of all auctions per window",
+        statements: &[
+            "CREATE TABLE q7_out AS SELECT auction, MAX(price) AS price FROM bid \
+             WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY auction;",
+        ],
+        output: "q7_out",
+        output_kind: Output::Table,
+        datafusion: "SELECT auction, date_time - date_time % 10000 AS window_start, MAX(price) FROM bid \
+             GROUP BY auction, date_time - date_time % 10000",
+        inputs: Inputs {
+            persons: false,
+            auctions: false,
+            bids: true,
+        },
+    },
+    StatefulQuery {
+        name: "q8",
+        what: "new users who opened an auction: persons joined with the auctions they sell within 10 s (a stream-stream join; Nexmark's q8 uses one tumbling window)",
+        statements: &[
+            "CREATE STREAM q8_out AS SELECT P.id AS id, P.name AS name, A.reserve AS reserve \
+             FROM person_stream P JOIN auction A WITHIN 10 SECONDS GRACE PERIOD 1 MINUTE ON P.id = A.seller;",
+        ],
+        output: "q8_out",
+        output_kind: Output::Stream,
+        datafusion: "SELECT P.id, P.name, A.reserve FROM person P JOIN auction A ON P.id = A.seller \
+             WHERE A.date_time BETWEEN P.date_time - 10000 AND P.date_time + 10000",
+        inputs: Inputs {
+            persons: true,
+            auctions: true,
+            bids: false,
+        },
+    },
+];
+
+/// The person table and stream and the auction stream the stateful queries read.
+fn person_and_auction_sources(
+    person_topic: &str,
+    auction_topic: &str,
+    partitions: i32,
+) -> [String; 3] {
+    let person_columns = "name STRING, email_address STRING, credit_card STRING, city STRING, \
+                          state STRING, date_time BIGINT, extra STRING";
+    [
+        format!(
+            "CREATE TABLE person (id BIGINT PRIMARY KEY, {person_columns}) WITH (KAFKA_TOPIC='{person_topic}', \
+             KEY_FORMAT='JSON', VALUE_FORMAT='JSON', PARTITIONS={partitions});"
+        ),
+        format!(
+            "CREATE STREAM person_stream (id BIGINT KEY, {person_columns}) WITH (KAFKA_TOPIC='{person_topic}', \
+             KEY_FORMAT='JSON', VALUE_FORMAT='JSON', PARTITIONS={partitions});"
+        ),
+        format!(
+            "CREATE STREAM auction (id BIGINT KEY, item_name STRING, description STRING, initial_bid BIGINT, \
+             reserve BIGINT, date_time BIGINT, expires BIGINT, seller BIGINT, category BIGINT, extra STRING) \
+             WITH (KAFKA_TOPIC='{auction_topic}', KEY_FORMAT='JSON', VALUE_FORMAT='JSON', PARTITIONS={partitions});"
+        ),
+    ]
+}
 
 /// The stream the queries read, over the bid topic `topic`.
 fn bid_stream(topic: &str, partitions: i32) -> String {
@@ -219,35 +378,49 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     if bench.bids == 0 {
         bail!("--events must be positive");
     }
-    let queries: Vec<(&str, &str)> = if bench.queries.is_empty() {
-        QUERIES.to_vec()
-    } else {
-        bench
-            .queries
+    let all_names = || {
+        QUERIES
             .iter()
-            .map(|name| {
-                QUERIES
-                    .iter()
-                    .find(|(q, _)| q.eq_ignore_ascii_case(name))
-                    .copied()
-                    .with_context(|| {
-                        format!(
-                            "unknown query {name}; Eddy runs {}",
-                            QUERIES.iter().map(|q| q.0).collect::<Vec<_>>().join(", ")
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?
+            .map(|q| q.0)
+            .chain(STATEFUL_QUERIES.iter().map(|q| q.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
+    let mut queries: Vec<(&str, &str)> = Vec::new();
+    let mut stateful: Vec<&StatefulQuery> = Vec::new();
+    if bench.queries.is_empty() {
+        queries = QUERIES.to_vec();
+        stateful = STATEFUL_QUERIES.iter().collect();
+    } else {
+        for name in &bench.queries {
+            if let Some(query) = QUERIES.iter().find(|(q, _)| q.eq_ignore_ascii_case(name)) {
+                queries.push(*query);
+            } else if let Some(query) = STATEFUL_QUERIES
+                .iter()
+                .find(|q| q.name.eq_ignore_ascii_case(name))
+            {
+                stateful.push(query);
+            } else {
+                bail!("unknown query {name}; Eddy runs {}", all_names());
+            }
+        }
+    }
 
-    let bids: Vec<Bid> = EventGenerator::new(NexmarkConfig::default())
-        .with_type_filter(EventType::Bid)
-        .take(bench.bids)
-        .filter_map(|event| match event {
-            Event::Bid(bid) => Some(bid),
-            _ => None,
-        })
-        .collect();
+    // The event stream up to the `bids`-th bid: the same bids as a bid-only generator, with the
+    // persons and auctions generated between them.
+    let mut bids: Vec<Bid> = Vec::with_capacity(bench.bids);
+    let mut persons: Vec<Person> = Vec::new();
+    let mut auctions: Vec<Auction> = Vec::new();
+    for event in EventGenerator::new(NexmarkConfig::default()) {
+        match event {
+            Event::Bid(bid) => bids.push(bid),
+            Event::Person(person) => persons.push(person),
+            Event::Auction(auction) => auctions.push(auction),
+        }
+        if bids.len() >= bench.bids {
+            break;
+        }
+    }
     let payloads: Vec<Vec<u8>> = bids
         .iter()
         .map(serde_json::to_vec)
@@ -278,6 +451,40 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     )
     .await?;
     let bid_topic = config.physical_topic("nexmark_bid");
+    if !stateful.is_empty() {
+        for statement in
+            person_and_auction_sources("nexmark_person", "nexmark_auction", bench.partitions)
+        {
+            execute(&engine, &mut session, &statement).await?;
+        }
+        let producer = connection.producer()?;
+        let mut sender = Sender::new(&producer);
+        let person_topic = config.physical_topic("nexmark_person");
+        for person in &persons {
+            let value = serde_json::to_vec(person).context("cannot encode a person")?;
+            sender
+                .send(
+                    &person_topic,
+                    &person.id.to_string(),
+                    &value,
+                    person.date_time as i64,
+                )
+                .await?;
+        }
+        let auction_topic = config.physical_topic("nexmark_auction");
+        for auction in &auctions {
+            let value = serde_json::to_vec(auction).context("cannot encode an auction")?;
+            sender
+                .send(
+                    &auction_topic,
+                    &auction.id.to_string(),
+                    &value,
+                    auction.date_time as i64,
+                )
+                .await?;
+        }
+        sender.finish().await?;
+    }
 
     let producer = connection.producer()?;
     let mut sender = Sender::new(&producer);
@@ -367,6 +574,9 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         .with_context(|| format!("{name} end to end"))?;
         let end_to_end_seconds = started.elapsed().as_secs_f64();
         let end_to_end_cpu_seconds = process_cpu_seconds() - cpu_before;
+        // Each query is measured alone: the embedded broker does not keep up with every query
+        // of the run polling it at once.
+        execute(&engine, &mut session, "TERMINATE ALL;").await?;
         results.push(QueryResult {
             name: name.to_owned(),
             output_rows: expected,
@@ -376,6 +586,32 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             end_to_end_seconds,
             end_to_end_cpu_seconds,
         });
+    }
+    let mut stateful_results = Vec::new();
+    if !stateful.is_empty() {
+        let context = SessionContext::new();
+        for (name, batch) in [
+            ("person", persons_batch(&persons)?),
+            ("auction", auctions_batch(&auctions)?),
+            ("bid", arrow_bids.clone()),
+        ] {
+            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            context.register_table(name, Arc::new(table))?;
+        }
+        for query in &stateful {
+            let result = run_stateful(
+                query,
+                &context,
+                &engine,
+                &mut session,
+                connection,
+                &config,
+                [persons.len(), auctions.len(), bids.len()],
+            )
+            .await
+            .with_context(|| query.name.to_owned())?;
+            stateful_results.push(result);
+        }
     }
     let latency = measure_latency(
         &engine,
@@ -436,6 +672,47 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         ]);
     }
     println!("{table}");
+    if !stateful_results.is_empty() {
+        println!(
+            "stateful queries over {} persons, {} auctions and {} bids (end to end from the beginning of the topics; events: those of the query's inputs):",
+            persons.len(),
+            auctions.len(),
+            bids.len()
+        );
+        let mut table = comfy_table::Table::new();
+        table.set_header(vec![
+            "query",
+            "input events",
+            "output rows",
+            "DataFusion batch (events/s)",
+            "end to end (events/s)",
+            "end to end (events per CPU-second)",
+            "end to end / raw consume",
+        ]);
+        for result in &stateful_results {
+            let events = result.input_events as f64;
+            table.add_row(vec![
+                result.name.clone(),
+                result.input_events.to_string(),
+                result.output_rows.to_string(),
+                format!("{:.0}", events / result.datafusion_seconds),
+                format!("{:.0}", events / result.end_to_end_seconds),
+                format!(
+                    "{:.0}",
+                    events / result.end_to_end_cpu_seconds.max(f64::EPSILON)
+                ),
+                format!(
+                    "{:.0}%",
+                    100.0 * (raw_consume_seconds * events / bids.len() as f64)
+                        / result.end_to_end_seconds
+                ),
+            ]);
+        }
+        println!("{table}");
+        for query in &stateful {
+            println!("{}: {}", query.name, query.what);
+        }
+    }
     println!(
         "latency of q0 end to end at {} bids/s for {} s ({} bids): p50 {} ms, p99 {} ms, max {} ms",
         bench.latency_rate,
@@ -450,6 +727,119 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         peak_rss_kb().map_or("?".to_owned(), |kb| (kb / 1024).to_string())
     );
     Ok(())
+}
+
+/// One stateful query's measurements.
+struct StatefulResult {
+    name: String,
+    input_events: usize,
+    output_rows: usize,
+    datafusion_seconds: f64,
+    end_to_end_seconds: f64,
+    end_to_end_cpu_seconds: f64,
+}
+
+/// Runs `query` with DataFusion over the events in memory (`context`), then end to end from the
+/// topics, until Eddy's result holds as many rows as DataFusion's. `counts` are the persons,
+/// auctions and bids.
+async fn run_stateful(
+    query: &StatefulQuery,
+    context: &SessionContext,
+    engine: &Engine,
+    session: &mut Session,
+    connection: &KafkaConnection,
+    config: &EngineConfig,
+    counts: [usize; 3],
+) -> Result<StatefulResult> {
+    let started = Instant::now();
+    let expected: usize = context
+        .sql(query.datafusion)
+        .await?
+        .collect()
+        .await?
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    let datafusion_seconds = started.elapsed().as_secs_f64();
+    if expected == 0 {
+        bail!("DataFusion found no rows: too few events for this query");
+    }
+    let cpu_before = process_cpu_seconds();
+    let started = Instant::now();
+    for statement in query.statements {
+        execute(engine, session, statement).await?;
+    }
+    match query.output_kind {
+        Output::Stream => {
+            wait_for_records(
+                connection,
+                &config.physical_topic(&query.output.to_uppercase()),
+                expected,
+            )
+            .await?;
+        }
+        Output::Table => wait_for_table_rows(engine, query.output, expected).await?,
+    }
+    let end_to_end_seconds = started.elapsed().as_secs_f64();
+    let end_to_end_cpu_seconds = process_cpu_seconds() - cpu_before;
+    execute(engine, session, "TERMINATE ALL;").await?;
+    let [persons, auctions, bids] = counts;
+    let inputs = query.inputs;
+    let input_events = usize::from(inputs.persons) * persons
+        + usize::from(inputs.auctions) * auctions
+        + usize::from(inputs.bids) * bids;
+    Ok(StatefulResult {
+        name: query.name.to_owned(),
+        input_events,
+        output_rows: expected,
+        datafusion_seconds,
+        end_to_end_seconds,
+        end_to_end_cpu_seconds,
+    })
+}
+
+/// Waits (at most 600 s) until a read-your-writes pull query counts `rows` rows in `table`; fails
+/// if it counts more, or never gets there.
+async fn wait_for_table_rows(engine: &Engine, table: &str, rows: usize) -> Result<()> {
+    let mut session = Session::new();
+    execute(engine, &mut session, "SET 'eddy.read_your_writes'='true';").await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = 0;
+    loop {
+        let counted = match engine
+            .execute(&mut session, &format!("SELECT COUNT(*) AS n FROM {table};"))
+            .await
+        {
+            Ok(mut results) => match results.pop() {
+                Some(eddy_engine::StatementResult::Rows { batches, .. }) => batches
+                    .iter()
+                    .find(|b| b.num_rows() > 0)
+                    .and_then(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<Int64Array>()
+                            .map(|counts| counts.value(0))
+                    })
+                    .unwrap_or(0)
+                    as usize,
+                _ => bail!("the pull query on {table} gave no rows"),
+            },
+            // Read-your-writes gives up after its timeout while the table is far behind: ask again.
+            Err(error) if error.to_string().contains("did not catch up") => last,
+            Err(error) => return Err(error).context("counting the table's rows"),
+        };
+        last = counted;
+        if counted == rows {
+            return Ok(());
+        }
+        if counted > rows {
+            bail!("{table} has {counted} rows, DataFusion {rows}");
+        }
+        if Instant::now() > deadline {
+            bail!("{table} has {counted} of {rows} rows after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<()> {
@@ -621,6 +1011,72 @@ fn bids_batch(bids: &[Bid]) -> Result<RecordBatch> {
             strings(|b| &b.url),
             ints(|b| b.date_time as i64),
             strings(|b| &b.extra),
+        ],
+    )?)
+}
+
+/// The persons as one Arrow batch with the stream's columns.
+fn persons_batch(persons: &[Person]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("email_address", DataType::Utf8, true),
+        Field::new("credit_card", DataType::Utf8, true),
+        Field::new("city", DataType::Utf8, true),
+        Field::new("state", DataType::Utf8, true),
+        Field::new("date_time", DataType::Int64, true),
+        Field::new("extra", DataType::Utf8, true),
+    ]));
+    let ints =
+        |f: fn(&Person) -> i64| Arc::new(Int64Array::from_iter_values(persons.iter().map(f)));
+    let strings =
+        |f: fn(&Person) -> &str| Arc::new(StringArray::from_iter_values(persons.iter().map(f)));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            ints(|p| p.id as i64),
+            strings(|p| &p.name),
+            strings(|p| &p.email_address),
+            strings(|p| &p.credit_card),
+            strings(|p| &p.city),
+            strings(|p| &p.state),
+            ints(|p| p.date_time as i64),
+            strings(|p| &p.extra),
+        ],
+    )?)
+}
+
+/// The auctions as one Arrow batch with the stream's columns.
+fn auctions_batch(auctions: &[Auction]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("item_name", DataType::Utf8, true),
+        Field::new("description", DataType::Utf8, true),
+        Field::new("initial_bid", DataType::Int64, true),
+        Field::new("reserve", DataType::Int64, true),
+        Field::new("date_time", DataType::Int64, true),
+        Field::new("expires", DataType::Int64, true),
+        Field::new("seller", DataType::Int64, true),
+        Field::new("category", DataType::Int64, true),
+        Field::new("extra", DataType::Utf8, true),
+    ]));
+    let ints =
+        |f: fn(&Auction) -> i64| Arc::new(Int64Array::from_iter_values(auctions.iter().map(f)));
+    let strings =
+        |f: fn(&Auction) -> &str| Arc::new(StringArray::from_iter_values(auctions.iter().map(f)));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            ints(|a| a.id as i64),
+            strings(|a| &a.item_name),
+            strings(|a| &a.description),
+            ints(|a| a.initial_bid as i64),
+            ints(|a| a.reserve as i64),
+            ints(|a| a.date_time as i64),
+            ints(|a| a.expires as i64),
+            ints(|a| a.seller as i64),
+            ints(|a| a.category as i64),
+            strings(|a| &a.extra),
         ],
     )?)
 }

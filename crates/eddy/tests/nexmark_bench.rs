@@ -1,6 +1,6 @@
 //! `eddy bench nexmark` and `eddy bench join` keep working: a small run on a temporary embedded
 //! broker must finish, and its checks (the engine's output rows equal DataFusion's for every
-//! query; every joined event found its table row) must hold.
+//! query, stateless and stateful; every joined event found its table row) must hold.
 //!
 //! Needs a broker: the bench starts its own embedded one when no Kafka is given.
 
@@ -42,6 +42,22 @@ fn a_small_nexmark_run_agrees_with_datafusion_on_every_query() {
         match query {
             "q2" => assert!(rows > 0 && rows < 5000, "q2 kept {rows} rows"),
             _ => assert_eq!(rows, 5000, "{query}"),
+        }
+    }
+    // The stateful queries (joins, windows, aggregations over tables) reached DataFusion's row
+    // counts end to end (the bench fails otherwise) and report their input events.
+    for query in ["q3", "q4", "q5", "q7", "q8"] {
+        let row = stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("| {query} ")))
+            .unwrap_or_else(|| panic!("no result row for {query}:\n{stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let input_events: usize = cells[2].parse().expect("input events");
+        let rows: usize = cells[3].parse().expect("output rows");
+        assert!(input_events > 0 && rows > 0, "{query}: {row}");
+        if query == "q4" {
+            // One average per category: Nexmark has five.
+            assert_eq!(rows, 5, "{row}");
         }
     }
     // Every bid of the latency run came out (the bench fails otherwise) and was timed.
