@@ -133,10 +133,6 @@ pub(crate) async fn run(
         (Ok(StatementResult::Rows { schema, batches }), _) => Ok(Answer::Pull { schema, batches }),
         (Ok(StatementResult::Push(push)), Some(slot)) => Ok(Answer::Push(push, slot)),
         (Ok(StatementResult::Print(print)), Some(slot)) => Ok(Answer::Print(print, slot)),
-        (Ok(StatementResult::Push(push)), None) => Ok(Answer::Push(
-            push,
-            state.push_query_slot().map_err(ApiError::bad_request)?,
-        )),
         (Ok(other), _) => Err(ApiError::server_error(format!(
             "statement {text} gave no rows but {other:?}"
         ))),
