@@ -680,3 +680,100 @@ async fn a_fixed_free_port_is_used() -> TestResult {
     stop(broker).await;
     Ok(())
 }
+
+/// Records keep their headers, and the broker finds a record's headers through an index: tansu
+/// looks them up for every record a fetch returns, and without the index each lookup scanned
+/// every header stored (fetches grew quadratic once clients wrote headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_round_trip_and_are_found_by_index() -> TestResult {
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+    let dir = TempDir::new()?;
+    let topic = unique("headers");
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    create_topic(&bootstrap, &topic, 1).await?;
+
+    let producer: FutureProducer = client_config(&bootstrap)
+        .set("message.timeout.ms", WAIT.as_millis().to_string())
+        .create()?;
+    for i in 0..RECORDS {
+        let (key, value, trace) = (key(i), value(i), format!("trace-{i}"));
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace",
+                value: Some(trace.as_bytes()),
+            })
+            .insert(Header {
+                key: "empty",
+                value: None::<&[u8]>,
+            });
+        let record = FutureRecord::to(&topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value)
+            .headers(headers);
+        timeout(WAIT, producer.send(record, WAIT))
+            .await?
+            .map_err(|(error, _message)| format!("producing record {i}: {error}"))?;
+    }
+
+    let consumer: StreamConsumer = client_config(&bootstrap)
+        .set("group.id", unique("unused"))
+        .create()?;
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    consumer.assign(&partitions)?;
+    for i in 0..RECORDS {
+        let message = timeout(WAIT, consumer.recv()).await??;
+        let headers = message
+            .headers()
+            .ok_or(format!("record {i} has no headers"))?;
+        let found: Vec<(String, Option<Vec<u8>>)> = headers
+            .iter()
+            .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+            .collect();
+        let want = vec![
+            (
+                "trace".to_owned(),
+                Some(format!("trace-{}", message.offset()).into_bytes()),
+            ),
+            ("empty".to_owned(), None),
+        ];
+        assert_eq!(found, want, "headers of offset {}", message.offset());
+    }
+    drop(consumer);
+
+    // The lookup tansu runs per fetched record, by partition and offset: a search, not a scan.
+    let database = libsql::Builder::new_local(broker.database_path())
+        .build()
+        .await?;
+    let connection = database.connect()?;
+    let mut plan = connection
+        .query(
+            "explain query plan select h.k, h.v from header h \
+             join record r on h.topition = r.topition and h.offset_id = r.offset_id \
+             where r.topition = 1 and r.offset_id = 7",
+            (),
+        )
+        .await?;
+    let mut steps = Vec::new();
+    while let Some(row) = plan.next().await? {
+        steps.push(row.get::<String>(3)?);
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|step| step.starts_with("SEARCH h USING INDEX eddy_header_by_record")),
+        "header lookup plan: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|step| step.starts_with("SCAN h")),
+        "header lookup plan: {steps:?}"
+    );
+    drop(plan);
+    drop(connection);
+    drop(database);
+    stop(broker).await;
+    Ok(())
+}
