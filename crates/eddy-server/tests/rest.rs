@@ -186,41 +186,91 @@ async fn query(address: SocketAddr, sql: &str, properties: Value) -> (StatusCode
     .await
 }
 
+/// An embedded broker, an engine and the server on a free port, each of its own.
+struct Running {
+    address: SocketAddr,
+    service_id: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: JoinHandle<Result<(), eddy_server::ServerError>>,
+    engine: Engine,
+    broker: EmbeddedBroker,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(config: ServerConfig) -> Running {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = EmbeddedBroker::start(EmbeddedBrokerConfig::new(dir.path().join("broker")))
+            .await
+            .expect("embedded broker starts");
+        let mut connection = KafkaConnection::new(broker.bootstrap_servers());
+        for (key, value) in CLIENT_SETTINGS {
+            connection
+                .properties
+                .insert((*key).to_owned(), (*value).to_owned());
+        }
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let service_id = format!("rest{}", &run[..8]);
+        let engine = Engine::start(
+            EngineConfig {
+                service_id: service_id.clone(),
+                topic_prefix: format!("r{}_", &run[..8]),
+                commit_interval_ms: 100,
+                state_dir: dir.path().join("state"),
+                ..EngineConfig::default()
+            },
+            connection,
+        )
+        .await
+        .expect("engine starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let address = listener.local_addr().expect("address");
+        let state = AppState::for_engine(engine.clone(), config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(eddy_server::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            address,
+            service_id,
+            stop,
+            server,
+            engine,
+            broker,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the server task (stopped through `stop`), then stops the engine and the broker.
+    async fn finish(
+        server: JoinHandle<Result<(), eddy_server::ServerError>>,
+        engine: Engine,
+        broker: EmbeddedBroker,
+    ) {
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("the server stops in time")
+            .expect("the server task")
+            .expect("the server ran");
+        engine.shutdown().await;
+        drop(engine);
+        broker.shutdown().await.expect("broker stops");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_api_end_to_end() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = EmbeddedBroker::start(EmbeddedBrokerConfig::new(dir.path().join("broker")))
-        .await
-        .expect("embedded broker starts");
-    let mut connection = KafkaConnection::new(broker.bootstrap_servers());
-    for (key, value) in CLIENT_SETTINGS {
-        connection
-            .properties
-            .insert((*key).to_owned(), (*value).to_owned());
-    }
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let service_id = format!("rest{}", &run[..8]);
-    let engine = Engine::start(
-        EngineConfig {
-            service_id: service_id.clone(),
-            topic_prefix: format!("r{}_", &run[..8]),
-            commit_interval_ms: 100,
-            state_dir: dir.path().join("state"),
-            ..EngineConfig::default()
-        },
-        connection,
-    )
-    .await
-    .expect("engine starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let address = listener.local_addr().expect("address");
-    let state = AppState::for_engine(engine.clone(), ServerConfig::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(eddy_server::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let Running {
+        address,
+        service_id,
+        stop,
+        server,
+        engine,
+        broker,
+        _dir,
+    } = Running::start(ServerConfig::default()).await;
 
     // DDL and a materialized table.
     let (status, body) = ksql(
@@ -532,12 +582,92 @@ async fn rest_api_end_to_end() {
     drop(body);
     drop(open);
 
-    tokio::time::timeout(WAIT, server)
+    Running::finish(server, engine, broker).await;
+}
+
+/// `max_push_queries` bounds the push queries streaming at once, over `/query-stream` and
+/// `/query` alike: one more is refused with ksqlDB's message, pull queries still run, and a slot
+/// frees once its response is dropped by the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queries_beyond_max_push_queries_are_refused() {
+    let Running {
+        address,
+        stop,
+        server,
+        engine,
+        broker,
+        _dir,
+        ..
+    } = Running::start(ServerConfig {
+        max_push_queries: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (status, body) = ksql(
+        address,
+        "CREATE STREAM s (k STRING KEY, v INT) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='JSON', PARTITIONS=1);\n\
+         CREATE TABLE t AS SELECT k, COUNT(*) AS n FROM s GROUP BY k;\n\
+         INSERT INTO s (k, v) VALUES ('a', 1);",
+        json!({"ksql.streams.auto.offset.reset": "earliest"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The one slot: a push query without LIMIT, open until its response is dropped.
+    let mut h2 = Http2Connection::open(address).await;
+    let open = h2
+        .query_stream("SELECT * FROM s EMIT CHANGES;", DELIMITED)
+        .await;
+    assert_eq!(open.status(), StatusCode::OK);
+    let mut open_body = open.into_body();
+    let frame = tokio::time::timeout(WAIT, open_body.frame())
         .await
-        .expect("the server stops in time")
-        .expect("the server task")
-        .expect("the server ran");
-    engine.shutdown().await;
-    drop(engine);
-    broker.shutdown().await.expect("broker stops");
+        .expect("the header arrives in time");
+    assert!(frame.is_some(), "the open query's body goes on");
+
+    let refused = |text: &str| {
+        text.contains("exceed the configured limit") && text.contains("Configured limit: 1")
+    };
+    let second = h2
+        .query_stream("SELECT * FROM s EMIT CHANGES;", DELIMITED)
+        .await;
+    assert_eq!(second.status(), StatusCode::BAD_REQUEST);
+    let text = text_of(second).await;
+    assert!(refused(&text), "{text}");
+    let (status, text) = query(address, "SELECT * FROM s EMIT CHANGES;", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(refused(&text), "{text}");
+    // Pull queries take no slot.
+    let (status, text) = query(
+        address,
+        "SELECT * FROM t;",
+        json!({"eddy.read_your_writes": "true"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+
+    // Dropping the open response (the client resets its stream) gives the slot back.
+    drop(open_body);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, text) = query(
+            address,
+            "SELECT k, v FROM s EMIT CHANGES LIMIT 1;",
+            json!({"auto.offset.reset": "earliest"}),
+        )
+        .await;
+        if status == StatusCode::OK {
+            assert!(text.contains(r#"["a",1]"#), "{text}");
+            break;
+        }
+        assert!(refused(&text), "{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was not given back: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(h2);
+    let _ = stop.send(());
+    Running::finish(server, engine, broker).await;
 }
