@@ -1,10 +1,14 @@
-"""Nexmark q0, q1, q2 with quixstreams, over the bid topic that `eddy bench load-nexmark` fills.
+"""Nexmark with quixstreams, over the topics that `eddy bench load-nexmark` fills.
 
 Usage: python nexmark.py QUERY --bootstrap HOST:PORT --topic PREFIXbid --expected N [--verify]
 
-Reads the bid topic from the earliest offset with a fresh consumer group, applies the query with a
-StreamingDataFrame, writes the result rows as JSON to a fresh output topic, stops once N bids were
-processed, and prints one JSON line with the timings.
+Stateless queries (q0, q1, q2): read the bid topic from the earliest offset with a fresh consumer
+group, apply the query with a StreamingDataFrame, write the result rows as JSON to a fresh output
+topic, stop once N bids were processed, and print one JSON line with the timings.
+
+Stateful queries (q3, q4, q5, q7, q8): read PREFIXperson, PREFIXauction and/or PREFIXbid from the
+earliest offsets, run until no message arrived for --idle-stop seconds, check the output topic
+against the same query computed in plain Python over the inputs, and print one JSON line.
 """
 
 import time
@@ -22,7 +26,7 @@ import uuid  # noqa: E402
 from quixstreams import Application  # noqa: E402
 from quixstreams.models import TopicConfig  # noqa: E402
 
-# The three queries, as Eddy defines them (crates/eddy/src/nexmark.rs):
+# The stateless queries, as Eddy defines them (crates/eddy/src/nexmark.rs):
 #   q0: SELECT auction, bidder, price, date_time, extra FROM bid
 #   q1: SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid
 #   q2: SELECT auction, price FROM bid WHERE auction % 123 = 0
@@ -72,8 +76,9 @@ def expected_row(query, bid):
     return row
 
 
-def read_all(bootstrap, topic, timeout=60.0):
-    """Every record of a one-partition-or-more topic, with a plain consumer (used by --verify only)."""
+def read_all(bootstrap, topic, timeout=60.0, with_keys=False):
+    """Every record of a one-partition-or-more topic, with a plain consumer: values, or (key, value)
+    pairs with `with_keys` (used by --verify and the stateful queries' references only)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -93,16 +98,18 @@ def read_all(bootstrap, topic, timeout=60.0):
         consumer.assign([TopicPartition(topic, p, 0) for p in parts if ends[p] > 0])
         remaining = sum(ends.values())
         out = []
+        # `timeout` bounds the wait for the next records, not the whole read
         deadline = time.monotonic() + timeout
         while remaining > 0 and time.monotonic() < deadline:
             for msg in consumer.consume(10000, 1.0):
                 if msg.error():
                     raise RuntimeError(msg.error())
                 if msg.offset() < ends[msg.partition()]:
-                    out.append(msg.value())
+                    out.append((msg.key(), msg.value()) if with_keys else msg.value())
                     remaining -= 1
+                    deadline = time.monotonic() + timeout
         if remaining:
-            raise RuntimeError(f"{topic}: {remaining} records not read within {timeout}s")
+            raise RuntimeError(f"{topic}: {remaining} records left, none read for {timeout}s")
         return out
     finally:
         consumer.close()
@@ -124,9 +131,337 @@ def topic_size(bootstrap, topic):
         consumer.close()
 
 
+# --- The stateful queries (q3, q4, q5, q7, q8), as Eddy defines them (STATEFUL_QUERIES in
+# crates/eddy/src/nexmark.rs). Each has a builder (the quixstreams dataframe), a reference (the
+# result computed in plain Python from the input topics) and a reader (the result as the output
+# topic holds it, comparable with the reference). Where Eddy repartitions an input (the bid stream
+# has no declared key, auctions are keyed by id), the dataframe repartitions too (`group_by`), so
+# both do the same work.
+
+Q3_STATES = ("or", "id", "ca")
+# Eddy's windows are aligned to the epoch like quixstreams'; both use the record timestamp, which
+# `eddy bench load-nexmark` sets to the event's date_time.
+Q5_SIZE_MS, Q5_ADVANCE_MS = 10_000, 2_000
+Q7_SIZE_MS = 10_000
+Q8_WITHIN_MS = 10_000
+Q4_WITHIN_MS = 60_000
+# Eddy's GRACE PERIOD of the windowed joins: how long join state is kept in event time.
+JOIN_GRACE_MS = 60_000
+
+
+def build_q3(app, topics):
+    """Auctions of category 10 joined with their seller (a table) in OR, ID or CA."""
+    persons = app.dataframe(topics["person"]).filter(lambda p: p["state"] in Q3_STATES)
+    auctions = app.dataframe(topics["auction"]).filter(lambda a: a["category"] == 10)
+    auctions = auctions.group_by("seller", name="q3-auction-by-seller")
+    return auctions.join_asof(
+        persons,
+        how="inner",
+        on_merge=lambda a, p: {"name": p["name"], "city": p["city"], "state": p["state"], "id": a["id"]},
+    )
+
+
+def build_q4(app, topics):
+    """The auction-bid join (bids between the auction's start and expiry), the highest bid per
+    auction, then the average of those per category, retracting an auction's previous maximum."""
+    auctions = app.dataframe(topics["auction"])
+    bids = app.dataframe(topics["bid"]).group_by("auction", name="q4-bid-by-auction")
+    joined = auctions.join_interval(
+        bids,
+        how="inner",
+        on_merge=lambda a, b: {
+            "category": a["category"], "start": a["date_time"], "expires": a["expires"],
+            "price": b["price"], "bid_time": b["date_time"],
+        },
+        backward_ms=0,
+        forward_ms=Q4_WITHIN_MS,
+        grace_ms=JOIN_GRACE_MS,
+        name="q4-auction-bid",
+    )
+    joined = joined.filter(lambda r: r["start"] <= r["bid_time"] <= r["expires"])
+
+    def highest(row, state):
+        # per auction (the key): emit the change of its maximum, or nothing
+        old = state.get("max")
+        if old is not None and row["price"] <= old:
+            return None
+        state.set("max", row["price"])
+        return {"category": row["category"], "old": old, "new": row["price"]}
+
+    changes = joined.apply(highest, stateful=True).filter(lambda c: c is not None)
+    changes = changes.group_by("category", name="q4-max-by-category")
+
+    def average(change, state):
+        # per category: the sum and count of its auctions' maxima
+        total, count = state.get("sum", 0), state.get("count", 0)
+        if change["old"] is None:
+            total, count = total + change["new"], count + 1
+        else:
+            total += change["new"] - change["old"]
+        state.set("sum", total)
+        state.set("count", count)
+        return {"category": change["category"], "avg_final": total / count}
+
+    return changes.apply(average, stateful=True)
+
+
+def build_q5(app, topics):
+    """Bids per auction per hopping window (10 s, every 2 s), every update emitted."""
+    bids = app.dataframe(topics["bid"]).group_by("auction", name="q5-bid-by-auction")
+    return bids.hopping_window(Q5_SIZE_MS, Q5_ADVANCE_MS).count().current()
+
+
+def build_q7(app, topics):
+    """The highest bid per auction per tumbling 10 s window, every update emitted."""
+    from quixstreams.dataframe.windows import Max
+
+    bids = app.dataframe(topics["bid"]).group_by("auction", name="q7-bid-by-auction")
+    return bids.tumbling_window(Q7_SIZE_MS).agg(price=Max("price")).current()
+
+
+def build_q8(app, topics):
+    """Persons joined with the auctions they sell within 10 s either side (stream-stream)."""
+    persons = app.dataframe(topics["person"])
+    auctions = app.dataframe(topics["auction"]).group_by("seller", name="q8-auction-by-seller")
+    return persons.join_interval(
+        auctions,
+        how="inner",
+        on_merge=lambda p, a: {"id": p["id"], "name": p["name"], "reserve": a["reserve"]},
+        backward_ms=Q8_WITHIN_MS,
+        forward_ms=Q8_WITHIN_MS,
+        grace_ms=JOIN_GRACE_MS,
+        name="q8-person-auction",
+    )
+
+
+def windows_of(time_ms, size_ms, advance_ms):
+    """The starts of the windows (epoch-aligned, `advance_ms` apart) that contain `time_ms`."""
+    last = time_ms - time_ms % advance_ms
+    return [s for s in range(last, time_ms - size_ms, -advance_ms) if s <= time_ms < s + size_ms]
+
+
+def reference(query, inputs):
+    """The result of `query` over the inputs, in plain Python, in the reader's shape."""
+    persons, auctions, bids = inputs.get("person", []), inputs.get("auction", []), inputs.get("bid", [])
+    if query == "q3":
+        by_id = {p["id"]: p for p in persons}
+        rows = []
+        for a in auctions:
+            p = by_id.get(a["seller"])
+            # join_asof matches a person whose timestamp is at or before the auction's; the
+            # generator also picks sellers among the next few persons to be created, which Eddy's
+            # join (the table as read so far) and DataFusion's (all persons) do match.
+            if (a["category"] == 10 and p is not None and p["state"] in Q3_STATES
+                    and p["date_time"] <= a["date_time"]):
+                rows.append((p["name"], p["city"], p["state"], a["id"]))
+        return sorted(rows)
+    if query == "q4":
+        by_id = {a["id"]: a for a in auctions}
+        final = {}
+        for b in bids:
+            a = by_id.get(b["auction"])
+            if a is not None and a["date_time"] <= b["date_time"] <= a["expires"]:
+                final[a["id"]] = max(final.get(a["id"], b["price"]), b["price"])
+        sums = {}
+        for auction_id, price in final.items():
+            total, count = sums.get(by_id[auction_id]["category"], (0, 0))
+            sums[by_id[auction_id]["category"]] = (total + price, count + 1)
+        return {category: total / count for category, (total, count) in sums.items()}
+    if query == "q5":
+        counts = {}
+        for b in bids:
+            for start in windows_of(b["date_time"], Q5_SIZE_MS, Q5_ADVANCE_MS):
+                counts[(b["auction"], start)] = counts.get((b["auction"], start), 0) + 1
+        return counts
+    if query == "q7":
+        highest = {}
+        for b in bids:
+            window = (b["auction"], b["date_time"] - b["date_time"] % Q7_SIZE_MS)
+            highest[window] = max(highest.get(window, b["price"]), b["price"])
+        return highest
+    if query == "q8":
+        by_seller = {}
+        for a in auctions:
+            by_seller.setdefault(a["seller"], []).append(a)
+        rows = []
+        for p in persons:
+            for a in by_seller.get(p["id"], []):
+                if abs(a["date_time"] - p["date_time"]) <= Q8_WITHIN_MS:
+                    rows.append((p["id"], p["name"], a["reserve"]))
+        return sorted(rows)
+    raise ValueError(query)
+
+
+def result_of(query, records):
+    """The output topic's (key, value) records, in the reference's shape: the last update of each
+    window or group for tables, every row for streams."""
+    if query in ("q3", "q8"):
+        fields = ("name", "city", "state", "id") if query == "q3" else ("id", "name", "reserve")
+        return sorted(tuple(json.loads(v)[f] for f in fields) for _, v in records)
+    latest = {}
+    for key, value in records:
+        row = json.loads(value)
+        if query == "q4":
+            latest[row["category"]] = row["avg_final"]
+        else:
+            column = "value" if query == "q5" else "price"
+            latest[(json.loads(key), row["start"])] = row[column]
+    return latest
+
+
+def same_result(query, got, want):
+    if query == "q4":
+        return got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-9 * abs(want[k]) for k in want)
+    return got == want
+
+
+# Which input topics each stateful query reads (its events, as Eddy counts them).
+STATEFUL = {
+    "q3": (build_q3, ("person", "auction")),
+    "q4": (build_q4, ("auction", "bid")),
+    "q5": (build_q5, ("bid",)),
+    "q7": (build_q7, ("bid",)),
+    "q8": (build_q8, ("person", "auction")),
+}
+
+
+def ensure_retention_reported(bootstrap, topics):
+    """quixstreams copies an input topic's `retention.ms` to its repartition and changelog topics
+    and fails when the broker does not report it; tansu reports only the configs a topic was
+    created or altered with. Sets `retention.ms=-1` (keep everything, as tansu does anyway) on
+    the input topics that lack it."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for topic in topics:
+        (future,) = admin.describe_configs([ConfigResource("topic", topic)]).values()
+        if "retention.ms" in future.result():
+            continue
+        entry = ConfigEntry("retention.ms", "-1", incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource("topic", topic, incremental_configs=[entry])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result()
+
+
+def run_stateful(args):
+    """Runs a stateful query from the earliest offsets until the app has been idle for
+    `--idle-stop` seconds, then checks the output topic against the reference."""
+    build, input_names = STATEFUL[args.query]
+    prefix = args.topic[: -len("bid")] if args.topic.endswith("bid") else args.topic
+    run_id = uuid.uuid4().hex[:8]
+    output_name = args.output_topic or f"{prefix}quix-{args.query}-{run_id}"
+    state_dir = tempfile.mkdtemp(prefix="quix-state-")
+    ensure_retention_reported(args.bootstrap, [f"{prefix}{name}" for name in input_names])
+
+    processed = 0
+    first = last = None
+
+    def on_message_processed(topic, partition, offset):
+        # every message of every topic (inputs and repartition topics): the run ends at the last
+        nonlocal processed, first, last
+        processed += 1
+        last = time.perf_counter()
+        if first is None:
+            first = last
+
+    app = Application(
+        broker_address=args.bootstrap,
+        consumer_group=f"quix-nexmark-{args.query}-{run_id}",
+        auto_offset_reset="earliest",
+        processing_guarantee="at-least-once",
+        # quixstreams' state changelogs, like Eddy's (which writes one for every store)
+        use_changelog_topics=True,
+        state_dir=state_dir,
+        loglevel=args.loglevel,
+        on_message_processed=on_message_processed,
+    )
+    topics = {
+        name: app.topic(f"{prefix}{name}", key_deserializer="json", value_deserializer="json")
+        for name in input_names
+    }
+    output_topic = app.topic(
+        output_name,
+        key_serializer="json",
+        value_serializer="json",
+        config=TopicConfig(num_partitions=1, replication_factor=1),
+    )
+    build(app, topics).to_topic(output_topic)
+
+    # Stop once the app has been idle for --idle-stop seconds after its first message (joining the
+    # consumer group can take longer than that), or after --idle-timeout without any message.
+    import threading
+
+    started = time.perf_counter()
+    stop_watching = threading.Event()
+
+    def watch():
+        while not stop_watching.wait(0.1):
+            now = time.perf_counter()
+            if (first is None and now - started > args.idle_timeout) or (
+                last is not None and now - last > args.idle_stop
+            ):
+                app.stop()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    app.run()
+    stop_watching.set()
+    done = time.perf_counter()
+    cpu = time.process_time() - CPU_START
+    shutil.rmtree(state_dir, ignore_errors=True)
+    if first is None:
+        print(json.dumps({"query": args.query, "error": "no message processed"}))
+        sys.exit(1)
+
+    inputs = {name: [json.loads(v) for v in read_all(args.bootstrap, f"{prefix}{name}")] for name in input_names}
+    events = sum(len(records) for records in inputs.values())
+    seconds = last - first
+    output = read_all(args.bootstrap, output_name, with_keys=True)
+    got, want = result_of(args.query, output), reference(args.query, inputs)
+    result = {
+        "query": args.query,
+        "events": events,
+        "input_messages_processed": processed,
+        "seconds": round(seconds, 3),
+        "events_per_second": round(events / seconds),
+        "output_records": len(output),
+        "result_rows": len(got),
+        "expected_rows": len(want),
+        "wall_seconds": round(done - WALL_START - args.idle_stop, 3),
+        "cpu_seconds": round(cpu, 3),
+        "output_topic": output_name,
+        "verified": same_result(args.query, got, want),
+    }
+    if not result["verified"]:
+        result["verify_detail"] = difference(got, want)
+    print(json.dumps(result), flush=True)
+    if not result["verified"]:
+        sys.exit(VERIFY_FAILED)
+
+
+def difference(got, want):
+    """What differs between a result and its reference, in a few words."""
+    from collections import Counter
+
+    if isinstance(want, dict):
+        missing = [k for k in want if k not in got]
+        wrong = [k for k in want if k in got and got[k] != want[k]]
+        extra = [k for k in got if k not in want]
+        return (f"{len(missing)} missing (first {missing[:3]}), {len(wrong)} different "
+                f"(first {[(k, got[k], want[k]) for k in wrong[:3]]}), {len(extra)} unexpected")
+    got_rows, want_rows = Counter(got), Counter(want)
+    missing, extra = list((want_rows - got_rows).elements()), list((got_rows - want_rows).elements())
+    return f"{len(missing)} rows missing (first {missing[:3]}), {len(extra)} unexpected (first {extra[:3]})"
+
+
+# Exit status of a run whose output differs from the reference (run.sh reports it and goes on).
+VERIFY_FAILED = 3
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("query", choices=sorted(QUERIES))
+    parser.add_argument("query", choices=sorted(QUERIES) + sorted(STATEFUL))
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--topic", default="nexmark_bid", help="the bid topic")
     parser.add_argument("--expected", type=int, required=True, help="bids to process before stopping")
@@ -136,7 +471,12 @@ def main():
     parser.add_argument("--verify", action="store_true",
                         help="after timing, check the output topic against the input, row by row")
     parser.add_argument("--loglevel", default="WARNING")
+    parser.add_argument("--idle-stop", type=float, default=5.0,
+                        help="stateful queries: stop once no message arrived for this long (seconds)")
     args = parser.parse_args()
+    if args.query in STATEFUL:
+        run_stateful(args)
+        return
 
     run_id = uuid.uuid4().hex[:8]
     output_name = args.output_topic or f"{args.topic}-quix-{args.query}-{run_id}"
@@ -215,7 +555,7 @@ def main():
             result["verify_detail"] = f"expected {len(want)} rows, got {len(got)}"
     print(json.dumps(result), flush=True)
     if args.verify and not result["verified"]:
-        sys.exit(1)
+        sys.exit(VERIFY_FAILED)
 
 
 if __name__ == "__main__":
