@@ -24,7 +24,7 @@ def main() -> None:
         if label not in series:
             series.append(label)
     width = 0.8 / len(series)
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    figure, axes = plt.subplots(figsize=(10, 4.5))
     for i, label in enumerate(series):
         values = []
         for query in queries:
