@@ -11,7 +11,8 @@
 #   BROKER_PORT   port of the temporary broker                       [a free one]
 #   EDDY          the eddy binary [release build if it has load-nexmark, else the debug build]
 #   VENV          the Python venv                                    [$HOME/.cache/eddy-peers/quixstreams-venv]
-#   VERIFY        1: after each timed run, check every output row against the input [1]
+#   VERIFY        1: after each timed stateless run, check every output row against the input [1]
+#                 (the stateful queries always check their result against a reference)
 #   QUERY_TIMEOUT seconds one query may take before it is killed     [900]
 set -euo pipefail
 
