@@ -1,6 +1,7 @@
 """Nexmark with quixstreams, over the topics that `eddy bench load-nexmark` fills.
 
-Usage: python nexmark.py QUERY --bootstrap HOST:PORT --topic PREFIXbid --expected N [--verify]
+Usage: python nexmark.py QUERY --bootstrap HOST:PORT --topic PREFIXbid [--expected N] [--verify]
+(--expected, the bids to process, is required by the stateless queries only)
 
 Stateless queries (q0, q1, q2): read the bid topic from the earliest offset with a fresh consumer
 group, apply the query with a StreamingDataFrame, write the result rows as JSON to a fresh output
@@ -21,6 +22,7 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import uuid  # noqa: E402
 
 from quixstreams import Application  # noqa: E402
@@ -135,8 +137,8 @@ def topic_size(bootstrap, topic):
 # crates/eddy/src/nexmark.rs). Each has a builder (the quixstreams dataframe), a reference (the
 # result computed in plain Python from the input topics) and a reader (the result as the output
 # topic holds it, comparable with the reference). Where Eddy repartitions an input (the bid stream
-# has no declared key, auctions are keyed by id), the dataframe repartitions too (`group_by`), so
-# both do the same work.
+# has no declared key, auctions are keyed by id), the dataframe re-keys it (`group_by`); on a
+# one-partition topic quixstreams does that in memory, without a repartition topic.
 
 Q3_STATES = ("or", "id", "ca")
 # Eddy's windows are aligned to the epoch like quixstreams'; both use the record timestamp, which
@@ -357,7 +359,8 @@ def run_stateful(args):
     first = last = None
 
     def on_message_processed(topic, partition, offset):
-        # every message of every topic (inputs and repartition topics): the run ends at the last
+        # every message of every input topic (and repartition topic, with more than one
+        # partition): the run ends at the last
         nonlocal processed, first, last
         processed += 1
         last = time.perf_counter()
@@ -389,8 +392,6 @@ def run_stateful(args):
 
     # Stop once the app has been idle for --idle-stop seconds after its first message (joining the
     # consumer group can take longer than that), or after --idle-timeout without any message.
-    import threading
-
     started = time.perf_counter()
     stop_watching = threading.Event()
 
@@ -464,7 +465,8 @@ def main():
     parser.add_argument("query", choices=sorted(QUERIES) + sorted(STATEFUL))
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--topic", default="nexmark_bid", help="the bid topic")
-    parser.add_argument("--expected", type=int, required=True, help="bids to process before stopping")
+    parser.add_argument("--expected", type=int,
+                        help="stateless queries: bids to process before stopping (required)")
     parser.add_argument("--output-topic", help="default: <topic>-quix-<query>-<random>")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="give up when no message arrived for this long (seconds)")
@@ -477,6 +479,8 @@ def main():
     if args.query in STATEFUL:
         run_stateful(args)
         return
+    if args.expected is None:
+        parser.error(f"{args.query} needs --expected (the bids to process)")
 
     run_id = uuid.uuid4().hex[:8]
     output_name = args.output_topic or f"{args.topic}-quix-{args.query}-{run_id}"
