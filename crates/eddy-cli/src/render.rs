@@ -601,7 +601,7 @@ Type                : TABLE
 | AGE   | INTEGER            |
 +-------+--------------------+";
         assert_eq!(
-            render(&StatementResult::Description(description(false))).unwrap(),
+            render(&StatementResult::Description(Box::new(description(false)))).unwrap(),
             expected
         );
         let key = column("K", SqlType::BigInt, ColumnRole::Key);
@@ -610,7 +610,7 @@ Type                : TABLE
 
     #[test]
     fn describe_extended_adds_topic_queries_and_counts() {
-        let text = render(&StatementResult::Description(description(true))).unwrap();
+        let text = render(&StatementResult::Description(Box::new(description(true)))).unwrap();
         assert!(
             text.contains("Kafka topic         : users (partitions: 2)"),
             "{text}"

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::error::EngineError;
 use crate::layout::source_layout;
+use crate::transient::{Janitor, TransientResources};
 
 /// Name of the stream over the processing log.
 pub const PROCESSING_LOG_STREAM: &str = "EDDY_PROCESSING_LOG";
@@ -48,14 +49,19 @@ pub(crate) struct EngineInner {
     /// Table name → the materialization a running query keeps of it, for pull queries. Never held
     /// across `.await`.
     pub(crate) views: Mutex<HashMap<String, Arc<eddy_runtime::MaterializedView>>>,
+    /// Where ended push queries go to be cleaned up (see `crate::transient`).
+    pub(crate) janitor: Janitor,
+    janitor_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
-        if let Ok(mut task) = self.processing_log_task.lock()
-            && let Some(task) = task.take()
-        {
-            task.abort();
+        for task in [&self.processing_log_task, &self.janitor_task] {
+            if let Ok(mut task) = task.lock()
+                && let Some(task) = task.take()
+            {
+                task.abort();
+            }
         }
     }
 }
@@ -106,6 +112,7 @@ impl Engine {
                 warn!(store = name, %error, "cannot delete a push query's leftover state");
             }
         }
+        let (janitor, janitor_task) = Janitor::start(state.clone(), connection.clone());
         let engine = Engine {
             inner: Arc::new(EngineInner {
                 config,
@@ -119,6 +126,8 @@ impl Engine {
                 processing_log_task: Mutex::new(Some(processing_log_task)),
                 state,
                 views: Mutex::new(HashMap::new()),
+                janitor,
+                janitor_task: Mutex::new(Some(janitor_task)),
             }),
         };
         let replayed = engine.replay_commands().await?;
@@ -266,6 +275,17 @@ impl Engine {
         let task = self
             .inner
             .processing_log_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        // Push queries still open are cut off; their state goes at the next start.
+        let task = self
+            .inner
+            .janitor_task
             .lock()
             .ok()
             .and_then(|mut t| t.take());
@@ -447,74 +467,69 @@ impl Engine {
             steps,
             ..
         } = planned;
+        let (upstream, left_reset) = self.start_steps(steps, offset_reset, None).await?;
+        let (writers, resets) = self
+            .start_repartition_writers(query_id, repartitions, [left_reset, offset_reset], None)
+            .await?;
+        let handle = if plan.aggregation.is_some() {
+            self.start_aggregation(query_id, plan, sink, resets[0])
+                .await?
+        } else {
+            self.start_stateless(query_id, plan, sink, resets, None)
+                .await?
+        };
+        Ok(with_upstreams(handle, upstream, writers))
+    }
+
+    /// Starts the join steps of a statement, each writing its output topic and reading the one
+    /// before. Returns them as one handle (the last step owning the others), and where the query
+    /// after them starts reading its left input: the statement's `offset_reset` when there are
+    /// no steps, else the last step's output from the beginning (every record of it belongs to
+    /// this statement). With `transient`, the steps are a push query's (see `crate::transient`).
+    pub(crate) async fn start_steps(
+        &self,
+        steps: Vec<PlannedStep>,
+        offset_reset: OffsetReset,
+        mut transient: Option<&mut TransientResources>,
+    ) -> Result<(Option<QueryHandle>, OffsetReset), EngineError> {
         let config = &self.inner.config;
         let mut upstream: Option<QueryHandle> = None;
-        // The first step reads the statement's left source from where the query is told; every
-        // later query reads a step's output, all of which belongs to this query.
         let mut left_reset = offset_reset;
         for step in steps {
+            let output_topic = config.physical_topic(&step.output.topic);
+            if let Some(resources) = transient.as_deref_mut() {
+                resources.add_topic(output_topic.clone());
+            }
             self.inner
                 .connection
                 .create_topic(
-                    &config.physical_topic(&step.output.topic),
+                    &output_topic,
                     step.output.partitions,
                     config.default_replicas,
                     &[],
                 )
                 .await?;
-            let handle = self
-                .start_one(
+            let (writers, resets) = self
+                .start_repartition_writers(
                     &step.id,
-                    step.plan,
                     step.repartitions,
-                    &step.output,
                     [left_reset, offset_reset],
+                    transient.as_deref_mut(),
                 )
                 .await?;
-            upstream = Some(match upstream.take() {
-                Some(earlier) => handle.with_first_upstream(earlier),
-                None => handle,
-            });
+            let handle = self
+                .start_stateless(
+                    &step.id,
+                    step.plan,
+                    &step.output,
+                    resets,
+                    transient.as_deref_mut(),
+                )
+                .await?;
+            upstream = Some(with_upstreams(handle, upstream, writers));
             left_reset = OffsetReset::Earliest;
         }
-        let handle = self
-            .start_one(
-                query_id,
-                plan,
-                repartitions,
-                sink,
-                [left_reset, offset_reset],
-            )
-            .await?;
-        Ok(match upstream {
-            Some(earlier) => handle.with_first_upstream(earlier),
-            None => handle,
-        })
-    }
-
-    /// Starts one query of a statement. `resets` says where its left and right inputs start
-    /// when it has no committed progress (a table side is always read whole).
-    async fn start_one(
-        &self,
-        query_id: &str,
-        plan: eddy_planner::StreamingPlan,
-        repartitions: Vec<JoinRepartition>,
-        sink: &Source,
-        resets: [OffsetReset; 2],
-    ) -> Result<QueryHandle, EngineError> {
-        let (writers, resets) = self
-            .start_repartition_writers(query_id, repartitions, resets)
-            .await?;
-        let mut handle = if plan.aggregation.is_some() {
-            self.start_aggregation(query_id, plan, sink, resets[0])
-                .await?
-        } else {
-            self.start_stateless(query_id, plan, sink, resets).await?
-        };
-        for writer in writers.into_iter().rev() {
-            handle = handle.with_first_upstream(writer);
-        }
-        Ok(handle)
+        Ok((upstream, left_reset))
     }
 
     fn register_query_handle(&self, id: &str, handle: QueryHandle) -> Result<(), EngineError> {
@@ -772,12 +787,14 @@ impl Engine {
 
     /// Starts the writers that fill a join's repartition topics. `resets` are where the streams
     /// they repartition start; returned with the resets of the join over their topics (whose
-    /// every record belongs to this query).
-    async fn start_repartition_writers(
+    /// every record belongs to this query). With `transient`, they are a push query's: they
+    /// neither subscribe nor commit, and their topics are recorded for its clean-up.
+    pub(crate) async fn start_repartition_writers(
         &self,
         query_id: &str,
         repartitions: Vec<JoinRepartition>,
         mut resets: [OffsetReset; 2],
+        mut transient: Option<&mut TransientResources>,
     ) -> Result<(Vec<QueryHandle>, [OffsetReset; 2]), EngineError> {
         let config = &self.inner.config;
         let group_id = config.query_group_id(query_id);
@@ -789,6 +806,9 @@ impl Engine {
         } in repartitions
         {
             let repartition_topic = config.physical_topic(&internal.topic);
+            if let Some(resources) = transient.as_deref_mut() {
+                resources.add_topic(repartition_topic.clone());
+            }
             self.inner
                 .connection
                 .create_topic(
@@ -807,7 +827,7 @@ impl Engine {
             let writer_spec = QuerySpec {
                 query_id: format!("{query_id}-{suffix}"),
                 group_id: format!("{group_id}-{suffix}"),
-                persistent: true,
+                persistent: transient.is_none(),
                 source_topic: self.physical_topic(&writer.source),
                 source_layout: source_layout(&writer.source)?,
                 timestamp_column: crate::layout::timestamp_index(&writer.source),
@@ -836,26 +856,41 @@ impl Engine {
         Ok((writers, resets))
     }
 
+    /// Starts a query without aggregation that writes `sink`. With `transient`, it is a join
+    /// step of a push query: it neither subscribes nor commits, and its join state has no
+    /// changelog and a store of the push query's.
     async fn start_stateless(
         &self,
         query_id: &str,
         plan: eddy_planner::StreamingPlan,
         sink: &Source,
         [offset_reset, right_reset]: [OffsetReset; 2],
+        transient: Option<&mut TransientResources>,
     ) -> Result<QueryHandle, EngineError> {
         let generator = plan.source.generator.clone();
-        let join = self
-            .join_spec(
+        let persistent = transient.is_none();
+        let join = if persistent {
+            self.join_spec(
                 &plan,
                 &crate::materialize::join_store_name(query_id),
                 Some(query_id),
                 right_reset,
             )
-            .await?;
+            .await?
+        } else {
+            let store = format!("{}{query_id}", crate::queries::TRANSIENT_STORE_PREFIX);
+            self.join_spec(
+                &plan,
+                &crate::materialize::join_store_name(&store),
+                None,
+                right_reset,
+            )
+            .await?
+        };
         let spec = QuerySpec {
             query_id: query_id.to_owned(),
             group_id: self.inner.config.query_group_id(query_id),
-            persistent: true,
+            persistent,
             source_topic: self.physical_topic(&plan.source),
             source_layout: source_layout(&plan.source)?,
             timestamp_column: crate::layout::timestamp_index(&plan.source),
@@ -934,6 +969,22 @@ impl PlannedQuery {
 }
 
 /// One join of a chain: its query (id `<query id>-JOIN-<n>`), writing `output`.
+/// `handle` owning the queries that feed it: `writers` (its repartition writers, which it reads)
+/// and before them `steps` (the join steps, which the writers or the query read).
+pub(crate) fn with_upstreams(
+    mut handle: QueryHandle,
+    steps: Option<QueryHandle>,
+    writers: Vec<QueryHandle>,
+) -> QueryHandle {
+    for writer in writers.into_iter().rev() {
+        handle = handle.with_first_upstream(writer);
+    }
+    match steps {
+        Some(steps) => handle.with_first_upstream(steps),
+        None => handle,
+    }
+}
+
 pub(crate) struct PlannedStep {
     id: String,
     plan: eddy_planner::StreamingPlan,

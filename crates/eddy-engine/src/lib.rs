@@ -21,6 +21,7 @@ mod offline;
 mod pull;
 mod queries;
 mod result;
+mod transient;
 
 use std::collections::BTreeMap;
 

@@ -26,26 +26,67 @@ use crate::{Session, StatementResult};
 /// Stores of transient aggregations are named with this prefix; a server deletes them at start.
 pub(crate) const TRANSIENT_STORE_PREFIX: &str = "transient-";
 
+/// `transient_<first source>_<uuid>`: unique, and usable in topic and group names.
+fn transient_query_id(query: &sqlparser::ast::Query) -> String {
+    let source = match query.body.as_ref() {
+        sqlparser::ast::SetExpr::Select(select) => {
+            select.from.first().and_then(|from| match &from.relation {
+                sqlparser::ast::TableFactor::Table { name, .. } => Some(name.to_string()),
+                _ => None,
+            })
+        }
+        _ => None,
+    };
+    let source: String = source
+        .unwrap_or_else(|| "query".into())
+        .to_uppercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    format!("transient_{source}_{}", uuid::Uuid::new_v4().simple())
+}
+
 impl Engine {
     /// `SELECT ... EMIT CHANGES [LIMIT n]`: a transient query streaming rows to the caller.
+    ///
+    /// Planned as a persistent statement is, so that a join of more than two sources, an
+    /// aggregation over a join and a join that needs a repartition run too: as a chain of
+    /// queries writing internal topics, all owned by the push query (see `crate::transient`).
     pub(crate) async fn push_query(
         &self,
         session: &Session,
         select: &SelectParts<'_>,
     ) -> Result<StatementResult, EngineError> {
         let catalog = self.catalog();
-        let plan = self
+        let query_id = transient_query_id(select.query);
+        let parts = SelectParts {
+            query: select.query,
+            partition_by: &[],
+            emit: select.emit,
+            window: select.window,
+            within: select.within,
+            limit: select.limit,
+        };
+        let planned = self.plan_persistent(&query_id, &parts, &catalog).await?;
+        let store_prefix = format!("{TRANSIENT_STORE_PREFIX}{query_id}");
+        // From here on, whatever is started or created is cleaned up when `resources` goes.
+        let mut resources = self
             .inner
-            .planner
-            .plan_select(
-                select.query,
-                eddy_planner::Clauses {
-                    partition_by: &[],
-                    ..select.clauses()
-                },
-                &catalog,
+            .janitor
+            .resources(&query_id, store_prefix.clone());
+        let offset_reset = session.offset_reset();
+        let (steps, left_reset) = self
+            .start_steps(planned.steps, offset_reset, Some(&mut resources))
+            .await?;
+        let (writers, [left_reset, right_reset]) = self
+            .start_repartition_writers(
+                &query_id,
+                planned.repartitions,
+                [left_reset, offset_reset],
+                Some(&mut resources),
             )
             .await?;
+        let plan = planned.plan;
         let limit = select.limit.or(plan.limit);
         let visible: Vec<usize> = (0..plan.output_schema.fields().len())
             .filter(|&i| {
@@ -59,21 +100,18 @@ impl Engine {
                 .map(|&i| plan.output_schema.field(i).as_ref().clone())
                 .collect::<Vec<Field>>(),
         ));
-        let query_id = format!(
-            "transient_{}_{}",
-            plan.source.name,
-            uuid::Uuid::new_v4().simple()
-        );
         let (sender, rows) = mpsc::channel(self.inner.config.push_query_queue_batches.max(1));
+        let store = |name: &str| {
+            self.inner
+                .state
+                .store(name)
+                .map_err(|e| EngineError::Internal(e.to_string()))
+        };
         // A transient aggregation keeps its state in a store of its own, without changelog, and
         // runs every partition in one task so that each key has one state.
         let state = match &plan.aggregation {
             Some(_) => Some(eddy_runtime::StateSpec {
-                store: self
-                    .inner
-                    .state
-                    .store(&format!("{TRANSIENT_STORE_PREFIX}{query_id}"))
-                    .map_err(|e| EngineError::Internal(e.to_string()))?,
+                store: store(&store_prefix)?,
                 changelog_topic: None,
                 limits: self.aggregate_limits(),
                 origin_topic: self.physical_topic(&plan.source),
@@ -84,12 +122,7 @@ impl Engine {
         // contribution in a second transient store.
         let upsert = match &plan.aggregation {
             Some(aggregation) if aggregation.retractable => Some(eddy_runtime::UpsertSpec::new(
-                self.inner
-                    .state
-                    .store(&crate::materialize::upsert_store_name(&format!(
-                        "{TRANSIENT_STORE_PREFIX}{query_id}"
-                    )))
-                    .map_err(|e| EngineError::Internal(e.to_string()))?,
+                store(&crate::materialize::upsert_store_name(&store_prefix))?,
                 None,
                 aggregation,
                 false,
@@ -99,11 +132,9 @@ impl Engine {
         let join = self
             .join_spec(
                 &plan,
-                &crate::materialize::join_store_name(&format!(
-                    "{TRANSIENT_STORE_PREFIX}{query_id}"
-                )),
+                &crate::materialize::join_store_name(&store_prefix),
                 None,
-                session.offset_reset(),
+                right_reset,
             )
             .await?;
         let spec = QuerySpec {
@@ -123,12 +154,13 @@ impl Engine {
             generator: plan.source.generator.clone(),
             state,
             plan: Arc::new(plan),
-            offset_reset: session.offset_reset(),
+            offset_reset: left_reset,
             config: self.inner.config.clone(),
             connection: self.inner.connection.clone(),
             processing_log: self.inner.processing_log.clone(),
         };
         let handle = start_query(spec).await?;
+        resources.set_handle(crate::engine::with_upstreams(handle, steps, writers));
         Ok(StatementResult::Push(PushQuery {
             query_id,
             schema,
@@ -136,7 +168,7 @@ impl Engine {
             visible,
             limit,
             emitted: 0,
-            handle: Some(handle),
+            resources: Some(Box::new(resources)),
         }))
     }
 
@@ -496,7 +528,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        Ok(StatementResult::Description(SourceDescription {
+        Ok(StatementResult::Description(Box::new(SourceDescription {
             name: source.name.clone(),
             kind: source.kind,
             columns: source.columns.clone(),
@@ -526,7 +558,7 @@ impl Engine {
             },
             written_by,
             statistics,
-        }))
+        })))
     }
 
     /// Size and restore progress of the local state of table `name`, if this server keeps one.

@@ -3,7 +3,7 @@
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use eddy_catalog::{Column, SourceKind};
-use eddy_runtime::{PrintStream, QueryHandle};
+use eddy_runtime::PrintStream;
 use tokio::sync::mpsc;
 
 /// The result of one statement.
@@ -23,7 +23,7 @@ pub enum StatementResult {
     /// `SHOW PROPERTIES`: (name, scope, value).
     Properties(Vec<(String, String, String)>),
     /// `DESCRIBE source`.
-    Description(SourceDescription),
+    Description(Box<SourceDescription>),
     /// `EXPLAIN`.
     Explain { text: String },
     /// A finite table of rows (pull queries, `SHOW FUNCTIONS`...).
@@ -168,7 +168,8 @@ pub struct PushQuery {
     pub(crate) visible: Vec<usize>,
     pub(crate) limit: Option<u64>,
     pub(crate) emitted: u64,
-    pub(crate) handle: Option<QueryHandle>,
+    /// Its queries, state and internal topics; cleaned up when dropped.
+    pub(crate) resources: Option<Box<crate::transient::TransientResources>>,
 }
 
 impl PushQuery {
@@ -202,7 +203,7 @@ impl PushQuery {
 
     /// Stops the query now.
     pub fn stop(&mut self) {
-        self.handle.take();
+        self.resources.take();
         self.rows.close();
     }
 }

@@ -589,3 +589,103 @@ async fn a_read_after_token_lets_another_session_read_what_one_wrote() {
     }
     engine.shutdown().await;
 }
+
+/// A push query over three sources runs as a chain of queries with internal topics and state of
+/// its own; when it ends (here at its LIMIT), all of it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_ends() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    for sql in [
+        "SET 'auto.offset.reset'='earliest';",
+        "CREATE STREAM orders (order_id STRING KEY, customer_id STRING, item_id STRING, qty INT) \
+         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=2);",
+        "CREATE TABLE customers (id STRING PRIMARY KEY, name STRING) \
+         WITH (KAFKA_TOPIC='customers', VALUE_FORMAT='JSON', PARTITIONS=2);",
+        "CREATE TABLE items (id STRING PRIMARY KEY, price INT) \
+         WITH (KAFKA_TOPIC='items', VALUE_FORMAT='JSON', PARTITIONS=3);",
+        "INSERT INTO customers (id, name) VALUES ('c1', 'ann');",
+        "INSERT INTO customers (id, name) VALUES ('c2', 'bob');",
+        "INSERT INTO items (id, price) VALUES ('apple', 3);",
+        "INSERT INTO items (id, price) VALUES ('pear', 5);",
+        "INSERT INTO orders (order_id, customer_id, item_id, qty) VALUES ('o1', 'c1', 'apple', 2);",
+        "INSERT INTO orders (order_id, customer_id, item_id, qty) VALUES ('o2', 'c2', 'pear', 1);",
+    ] {
+        run(&engine, &mut session, sql).await;
+    }
+    let results = run(
+        &engine,
+        &mut session,
+        "SELECT o.order_id, c.name, i.price * o.qty AS total FROM orders o \
+         JOIN customers c ON o.customer_id = c.id JOIN items i ON o.item_id = i.id \
+         EMIT CHANGES LIMIT 2;",
+    )
+    .await;
+    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
+        panic!("expected a push query")
+    };
+    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let prefix = format!("_eddy-{}-query-{}-", h.service_id, push.query_id);
+    let query_topics = |topics: Vec<eddy_runtime::TopicInfo>| -> Vec<String> {
+        topics
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|name| name.contains(&prefix))
+            .collect()
+    };
+    // Both joins repartition their left side, and the first writes the second's input.
+    let mut topics = query_topics(connection.topics().await.expect("topics"));
+    topics.sort();
+    assert_eq!(
+        topics.len(),
+        3,
+        "the first join's output and both joins' repartition topics: {topics:?}"
+    );
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let batch = tokio::time::timeout(WAIT, push.next_batch())
+            .await
+            .unwrap_or_else(|_| panic!("only {rows:?} arrived"))
+            .expect("two rows before the end");
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = (0..batch.num_columns())
+                .map(|c| {
+                    datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
+                        .expect("cell")
+                })
+                .collect();
+            rows.push(cells.join(" "));
+        }
+    }
+    rows.sort();
+    assert_eq!(rows, ["o1 ann 6", "o2 bob 5"]);
+    assert!(push.next_batch().await.is_none(), "LIMIT 2 ends the query");
+    drop(push);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = query_topics(connection.topics().await.expect("topics"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ended push query's topics are still there: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    engine.shutdown().await;
+    drop(engine);
+    // The engine drops the stores of push queries at start too: look before one starts.
+    let state = eddy_state::StateStore::open(&h.config().state_dir, &Default::default())
+        .expect("state opens");
+    let transient: Vec<String> = state
+        .store_names()
+        .into_iter()
+        .filter(|name| name.starts_with("transient-"))
+        .collect();
+    assert!(
+        transient.is_empty(),
+        "stores of the ended push query: {transient:?}"
+    );
+}

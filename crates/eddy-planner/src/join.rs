@@ -619,8 +619,7 @@ fn check_streams_co_partitioned(
         return Err(PlanError::JoinNotCoPartitioned {
             message: format!(
                 "stream \"{}\" is not keyed by its join expression {}: joined streams must both \
-                 be partitioned by the join key\nhint: a persistent query (CREATE STREAM ... AS \
-                 SELECT) repartitions it by itself; or repartition it first: CREATE STREAM \
+                 be partitioned by the join key\nhint: repartition it first: CREATE STREAM \
                  {}_BY_KEY AS SELECT * FROM {} PARTITION BY {};",
                 right.name,
                 shown(right_exprs),
@@ -644,8 +643,7 @@ fn check_streams_co_partitioned(
         _ => None,
     };
     let hint = format!(
-        "\nhint: a persistent query (CREATE STREAM ... AS SELECT) repartitions it by itself; or \
-         repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY {};",
+        "\nhint: repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY {};",
         left.name,
         left.name,
         shown(left_exprs)
@@ -870,8 +868,7 @@ fn check_co_partitioned(
         .collect::<Vec<_>>()
         .join(", ");
     let hint = format!(
-        "\nhint: a persistent query (CREATE STREAM ... AS SELECT) repartitions it by itself; or \
-         repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY \
+        "\nhint: repartition it first: CREATE STREAM {}_BY_KEY AS SELECT * FROM {} PARTITION BY \
          {partition_by};",
         stream.name, stream.name
     );

@@ -565,11 +565,10 @@ impl Planner {
             [] => None,
             [join] => Some(joined_table(join, catalog)?),
             _ => {
-                // Persistent queries run such a statement as a chain (see `chain`).
+                // The engine runs such a statement as a chain (see `chain`).
                 return Err(PlanError::Invalid(
-                    "a push query joins two sources at most; joins of more sources run as \
-                     persistent queries\nhint: CREATE STREAM|TABLE name AS SELECT ..., then query \
-                     name"
+                    "internal error: a query of more than one join must be split into join steps \
+                     first"
                         .into(),
                 ));
             }
@@ -705,11 +704,10 @@ impl Planner {
         }
         if let Some((table, table_qualifier)) = &joined {
             if grouped {
-                // Persistent queries run it as a chain: the join, then the aggregation.
+                // The engine runs it as a chain: the join, then the aggregation.
                 return Err(PlanError::Invalid(
-                    "a push query cannot aggregate a join; aggregations over joins run as \
-                     persistent queries\nhint: CREATE TABLE name AS SELECT ... GROUP BY ..., then \
-                     query name"
+                    "internal error: an aggregation over a join must be split into a join step \
+                     first"
                         .into(),
                 ));
             }

@@ -70,7 +70,7 @@ impl Backend for Fake {
                 window: None,
             }])),
             Statement::Describe { name, .. } if name == "S" => {
-                Ok(StatementResult::Description(SourceDescription {
+                Ok(StatementResult::Description(Box::new(SourceDescription {
                     name: "S".into(),
                     kind: SourceKind::Stream,
                     columns: vec![
@@ -97,7 +97,7 @@ impl Backend for Fake {
                     written_by: vec![],
                     statistics: vec![],
                     state: None,
-                }))
+                })))
             }
             Statement::Describe { name, .. } => Err(EngineError::invalid(format!(
                 "stream or table \"{name}\" does not exist"
