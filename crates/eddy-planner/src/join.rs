@@ -89,7 +89,8 @@ pub struct StreamJoin {
     pub left_time_column: usize,
     pub right_time_column: usize,
     /// (key column number, column of the joined batch) of every joined column that holds a join
-    /// key column, from either side: a row of one side alone carries its key in both sides'.
+    /// key column, from either side: the output key of a row of one side alone is computed with
+    /// its key in both sides' (see [`JoinPlan::join_streams`]).
     pub key_columns_in_joined: Vec<(usize, usize)>,
 }
 
@@ -145,8 +146,14 @@ impl JoinPlan {
 
     /// A stream-stream join's output: `left[i]` and `right[i]` index the rows of `left_rows` and
     /// `right_rows` that output row i joins (NULL: the side has none, for outer joins).
-    /// `keys` are the join key columns of each output row: a row of one side alone carries them
-    /// in both sides' key columns. Then the post stages run.
+    /// `keys` are the join key columns of each output row and `output_key_columns` the output's
+    /// key columns. Then the post stages run.
+    ///
+    /// As in ksqlDB, a row of one side alone has NULL in every column of the other side, its
+    /// join key columns included (`WHERE s.order_id IS NULL` finds orders without shipment), and
+    /// the output's key is the join key all the same: for such rows the post stages run a second
+    /// time over the rows with the key in both sides' key columns, and the output's key columns
+    /// come from there.
     pub fn join_streams(
         &self,
         left_rows: &RecordBatch,
@@ -154,6 +161,7 @@ impl JoinPlan {
         right_rows: &RecordBatch,
         right: &UInt32Array,
         keys: &[ArrayRef],
+        output_key_columns: &[usize],
     ) -> Result<RecordBatch, DataFusionError> {
         let Some(stream_join) = &self.stream_join else {
             return Err(DataFusionError::Internal("not a stream-stream join".into()));
@@ -165,25 +173,42 @@ impl JoinPlan {
         for column in right_rows.columns() {
             columns.push(take(column.as_ref(), right, None)?);
         }
-        if left.null_count() > 0 || right.null_count() > 0 {
-            for &(n, column) in &stream_join.key_columns_in_joined {
-                let Some(key) = keys.get(n) else {
-                    return Err(DataFusionError::Internal("join key columns missing".into()));
-                };
-                let data_type = self.joined_schema.field(column).data_type();
-                columns[column] = if key.data_type() == data_type {
-                    Arc::clone(key)
-                } else {
-                    cast(key, data_type)?
-                };
-            }
-        }
         let options = RecordBatchOptions::new().with_row_count(Some(left.len()));
         let joined =
             RecordBatch::try_new_with_options(Arc::clone(&self.joined_schema), columns, &options)?;
-        self.post_stages
-            .iter()
-            .try_fold(joined, |batch, stage| stage.apply(batch))
+        if left.null_count() == 0 && right.null_count() == 0 {
+            return self
+                .post_stages
+                .iter()
+                .try_fold(joined, |batch, stage| stage.apply(batch));
+        }
+        let mut keyed: Vec<ArrayRef> = joined.columns().to_vec();
+        for &(n, column) in &stream_join.key_columns_in_joined {
+            let Some(key) = keys.get(n) else {
+                return Err(DataFusionError::Internal("join key columns missing".into()));
+            };
+            let data_type = self.joined_schema.field(column).data_type();
+            keyed[column] = if key.data_type() == data_type {
+                Arc::clone(key)
+            } else {
+                cast(key, data_type)?
+            };
+        }
+        let keyed = RecordBatch::try_new_with_options(joined.schema(), keyed, &options)?;
+        let (output, passed) = marked(&self.post_stages, joined)?;
+        let (keyed_output, _) = marked(&self.post_stages, keyed)?;
+        let mut columns = output.columns().to_vec();
+        for &column in output_key_columns {
+            let Some(key) = keyed_output.columns().get(column) else {
+                return Err(DataFusionError::Internal(
+                    "output key column missing".into(),
+                ));
+            };
+            columns[column] = Arc::clone(key);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(output.num_rows()));
+        let output = RecordBatch::try_new_with_options(output.schema(), columns, &options)?;
+        Ok(filter_record_batch(&output, &passed)?)
     }
 
     /// Runs the table stages over a decoded table batch. Returns the rows (one per input row,

@@ -2010,6 +2010,7 @@ impl PartitionTask {
                 &round.right_rows,
                 &round.right.slice(offset, length),
                 &keys,
+                &self.spec.plan.key_columns,
             )
         };
         let pairs = round.left.len();

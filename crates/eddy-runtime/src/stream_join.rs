@@ -865,6 +865,7 @@ mod tests {
                     &round.right_rows,
                     &round.right,
                     &round.keys,
+                    &self.plan.key_columns,
                 )
                 .unwrap();
             let mut batch = StoreBatch::default();

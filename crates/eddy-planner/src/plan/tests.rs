@@ -203,7 +203,7 @@ async fn plan_within(sql: &str, within: Option<JoinWindow>) -> Result<StreamingP
 #[tokio::test]
 async fn a_stream_stream_join_needs_within_and_runs_both_sides_stages() {
     let within = JoinWindow::new(1000, 1000, Some(0)).unwrap();
-    let sql = r#"SELECT a."ID", a."QTY", b."ITEM" FROM "ORDERS" a FULL OUTER JOIN "ORDERS" b ON a."ID" = b."ID" WHERE a."QTY" IS NULL OR a."QTY" > 0"#;
+    let sql = r#"SELECT a."ID", a."QTY", b."ITEM", b."ID" AS "B_ID" FROM "ORDERS" a FULL OUTER JOIN "ORDERS" b ON a."ID" = b."ID" WHERE a."QTY" IS NULL OR a."QTY" > 0"#;
     let err = plan_within(sql, None).await.unwrap_err();
     assert!(err.to_string().contains("needs a time window"), "{err}");
     let plan = plan_within(sql, Some(within)).await.unwrap();
@@ -243,14 +243,27 @@ async fn a_stream_stream_join_needs_within_and_runs_both_sides_stages() {
     assert_eq!(time(&right, stream_join.right_time_column), 3000);
     let keys = join.right_stream_keys(&right).unwrap();
     assert_eq!(keys[0].as_string::<i32>().value(1), "b");
-    // Pairs (a, a), (b alone), (alone, c): a row of one side alone carries the key in both sides'
-    // key columns, so the result's key is never NULL.
+    // Pairs (a, a), (b alone), (alone, c): the result's key is the join key, never NULL, while
+    // the other side's key column of a row alone is NULL, as in ksqlDB.
     let left_index = UInt32Array::from(vec![Some(0), Some(1), None]);
     let right_index = UInt32Array::from(vec![Some(0), None, Some(2)]);
     let pair_keys: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
     let out = join
-        .join_streams(&left, &left_index, &right, &right_index, &[pair_keys])
+        .join_streams(
+            &left,
+            &left_index,
+            &right,
+            &right_index,
+            &[pair_keys],
+            &plan.key_columns,
+        )
         .unwrap();
+    let right_id = out
+        .column(plan.output_schema.index_of("B_ID").unwrap())
+        .as_string::<i32>();
+    assert_eq!(right_id.value(0), "a");
+    assert!(right_id.is_null(1), "the right side of a left row alone");
+    assert_eq!(right_id.value(2), "c");
     let id = out
         .column(plan.output_schema.index_of("ID").unwrap())
         .as_string::<i32>();
