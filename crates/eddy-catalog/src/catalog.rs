@@ -43,6 +43,13 @@ pub struct QueryInfo {
     pub sources: Vec<String>,
     /// Session properties in force when the query was created (e.g. `auto.offset.reset`).
     pub properties: BTreeMap<String, String>,
+    /// The query aggregates by a key other than its input's, and its input had one partition
+    /// when it was created: its one partition task re-keys the records itself instead of through
+    /// a repartition topic. Decided once and kept, because the aggregation's state counts the
+    /// offsets of the topic it reads. Absent (false) in queries recorded before the choice
+    /// existed, which keep their repartition topic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rekeys_in_task: bool,
 }
 
 /// One change to the catalog, as stored (JSON) in the command topic.
@@ -336,6 +343,7 @@ mod tests {
             sink: sink.into(),
             sources: vec![source.into()],
             properties: BTreeMap::new(),
+            rekeys_in_task: false,
         }
     }
 
@@ -452,5 +460,26 @@ mod tests {
         let json = serde_json::to_string(&command).unwrap();
         let back: Command = serde_json::from_str(&json).unwrap();
         assert_eq!(back, command);
+    }
+
+    #[test]
+    fn queries_recorded_before_rekeying_in_task_keep_their_repartition_topic() {
+        let mut query = query("CTAS_T_1", "S", "T");
+        let json = serde_json::to_string(&Command::StartQuery {
+            query: query.clone(),
+        })
+        .unwrap();
+        assert!(!json.contains("rekeys_in_task"), "{json}");
+        let Command::StartQuery { query: back } = serde_json::from_str(&json).unwrap() else {
+            panic!("not a StartQuery")
+        };
+        assert!(!back.rekeys_in_task);
+        query.rekeys_in_task = true;
+        let json = serde_json::to_string(&Command::StartQuery {
+            query: query.clone(),
+        })
+        .unwrap();
+        let back: Command = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Command::StartQuery { query });
     }
 }

@@ -447,19 +447,27 @@ impl Engine {
             )
             .await?;
         let handle = self
-            .start_planned(&query.id, planned, &sink, offset_reset)
+            .start_planned(
+                &query.id,
+                planned,
+                &sink,
+                offset_reset,
+                query.rekeys_in_task,
+            )
             .await?;
         self.register_query_handle(&query.id, handle)
     }
 
     /// Starts a planned statement: its join steps, each writing its output topic, then the
-    /// query that writes `sink`; all under the returned handle.
+    /// query that writes `sink`; all under the returned handle. `rekeys_in_task`: see
+    /// `QueryInfo::rekeys_in_task`.
     async fn start_planned(
         &self,
         query_id: &str,
         planned: PlannedQuery,
         sink: &Source,
         offset_reset: OffsetReset,
+        rekeys_in_task: bool,
     ) -> Result<QueryHandle, EngineError> {
         let PlannedQuery {
             plan,
@@ -472,7 +480,7 @@ impl Engine {
             .start_repartition_writers(query_id, repartitions, [left_reset, offset_reset], None)
             .await?;
         let handle = if plan.aggregation.is_some() {
-            self.start_aggregation(query_id, plan, sink, resets[0])
+            self.start_aggregation(query_id, plan, sink, resets[0], rekeys_in_task)
                 .await?
         } else {
             self.start_stateless(query_id, plan, sink, resets, None)

@@ -16,13 +16,43 @@ use crate::error::EngineError;
 use crate::layout::{sink_layout, source_layout, timestamp_index};
 
 impl Engine {
-    /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog.
+    /// Whether a new persistent query with this plan re-keys in its one partition task (see
+    /// `QueryInfo::rekeys_in_task`): it aggregates a stream by a key other than the stream's,
+    /// and the stream has one partition, so a repartition topic would hold the same records in
+    /// the same one partition at the cost of writing and reading each of them once more. (A
+    /// table's changes go through the repartition writer, which retracts them.)
+    pub(crate) async fn rekeys_in_task(&self, plan: &StreamingPlan) -> Result<bool, EngineError> {
+        let Some(aggregation) = &plan.aggregation else {
+            return Ok(false);
+        };
+        if !aggregation.repartition || aggregation.retractable {
+            return Ok(false);
+        }
+        if plan.source.generator.is_some() {
+            return Ok(true);
+        }
+        // A join step's output does not exist yet: its partitions are the step's.
+        let partitions = match self
+            .inner
+            .connection
+            .topic(&self.physical_topic(&plan.source))
+            .await?
+        {
+            Some(topic) => topic.partitions,
+            None => plan.source.partitions,
+        };
+        Ok(partitions == 1)
+    }
+
+    /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog;
+    /// with `rekeys_in_task`, without repartition writer (see [`Self::rekeys_in_task`]).
     pub(crate) async fn start_aggregation(
         &self,
         query_id: &str,
         plan: StreamingPlan,
         sink: &Source,
         offset_reset: OffsetReset,
+        rekeys_in_task: bool,
     ) -> Result<QueryHandle, EngineError> {
         let config = &self.inner.config;
         let connection = &self.inner.connection;
@@ -64,7 +94,15 @@ impl Engine {
             origin_topic: source_topic.clone(),
         };
         let group_id = config.query_group_id(query_id);
-        if !aggregation.repartition {
+        if rekeys_in_task && source_partitions != 1 {
+            return Err(EngineError::invalid(format!(
+                "query {query_id} groups its input in one partition task, but \"{}\" now has \
+                 {source_partitions} partitions: its keys would be counted apart\nhint: \
+                 TERMINATE {query_id}, then create the table again",
+                plan.source.name
+            )));
+        }
+        if !aggregation.repartition || rekeys_in_task {
             let view_plan = Arc::new(plan);
             let sink_spec = sink_spec(&view_plan)?;
             let spec = QuerySpec {

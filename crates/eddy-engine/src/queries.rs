@@ -622,6 +622,12 @@ impl Engine {
                 "Query: {}\nStatus: {status}\nSQL: {}\n{text}",
                 query.id, query.sql
             );
+            if query.rekeys_in_task {
+                text.push_str(
+                    "\nIts input has one partition: the records are re-keyed in its one task, \
+                     without repartition topic.",
+                );
+            }
         }
         Ok(result)
     }

@@ -689,3 +689,122 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
         "stores of the ended push query: {transient:?}"
     );
 }
+
+/// Names of the repartition topics on the broker.
+async fn repartition_topics(connection: &KafkaConnection) -> Vec<String> {
+    connection
+        .topics()
+        .await
+        .expect("topics")
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|name| name.ends_with("-repartition"))
+        .collect()
+}
+
+/// The rows of a pull query's result as "cell cell", sorted.
+fn rows_of(results: &[StatementResult]) -> Vec<String> {
+    let Some(StatementResult::Rows { batches, .. }) = results.last() else {
+        panic!("expected rows, got {results:?}")
+    };
+    let mut rows = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = (0..batch.num_columns())
+                .map(|c| {
+                    datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
+                        .expect("cell")
+                })
+                .collect();
+            rows.push(cells.join(" "));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Grouping a one-partition stream by another key needs no repartition topic: the one task
+/// re-keys the records itself, and goes on doing so after a restart without counting anything
+/// twice. A stream of two partitions still goes through the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_of_a_one_partition_stream_rekeys_in_its_task() {
+    let h = Harness::start().await;
+    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let query_id = {
+        let engine = h.engine().await;
+        let mut session = Session::new();
+        for sql in [
+            "SET 'auto.offset.reset'='earliest';",
+            "CREATE STREAM clicks (user_id STRING KEY, page STRING) \
+             WITH (KAFKA_TOPIC='clicks', VALUE_FORMAT='JSON', PARTITIONS=1);",
+            "CREATE STREAM wide (user_id STRING KEY, page STRING) \
+             WITH (KAFKA_TOPIC='wide', VALUE_FORMAT='JSON', PARTITIONS=2);",
+            "CREATE TABLE wide_per_page AS SELECT page, COUNT(*) AS n FROM wide GROUP BY page;",
+        ] {
+            run(&engine, &mut session, sql).await;
+        }
+        let results = run(
+            &engine,
+            &mut session,
+            "CREATE TABLE per_page AS SELECT page, COUNT(*) AS n FROM clicks GROUP BY page;",
+        )
+        .await;
+        let Some(StatementResult::Success {
+            query_id: Some(query_id),
+            ..
+        }) = results.last()
+        else {
+            panic!("CREATE TABLE gave {results:?}")
+        };
+        let topics = repartition_topics(&connection).await;
+        assert!(
+            topics.len() == 1 && topics[0].contains("WIDE_PER_PAGE"),
+            "only the two-partition stream is repartitioned: {topics:?}"
+        );
+        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
+        let Some(StatementResult::Explain { text }) = results.last() else {
+            panic!("EXPLAIN gave {results:?}")
+        };
+        assert!(text.contains("without repartition topic"), "{text}");
+        for (user, page) in [("u1", "/a"), ("u2", "/a"), ("u3", "/b")] {
+            run(
+                &engine,
+                &mut session,
+                &format!("INSERT INTO clicks (user_id, page) VALUES ('{user}', '{page}');"),
+            )
+            .await;
+        }
+        let results = run(
+            &engine,
+            &mut session,
+            "SET 'eddy.read_your_writes'='true'; SELECT page, n FROM per_page;",
+        )
+        .await;
+        assert_eq!(rows_of(&results), ["/a 2", "/b 1"]);
+        engine.shutdown().await;
+        query_id.clone()
+    };
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    for (user, page) in [("u4", "/a"), ("u5", "/c")] {
+        run(
+            &engine,
+            &mut session,
+            &format!("INSERT INTO clicks (user_id, page) VALUES ('{user}', '{page}');"),
+        )
+        .await;
+    }
+    let results = run(
+        &engine,
+        &mut session,
+        "SET 'eddy.read_your_writes'='true'; SELECT page, n FROM per_page;",
+    )
+    .await;
+    assert_eq!(
+        rows_of(&results),
+        ["/a 3", "/b 1", "/c 1"],
+        "after a restart of {query_id}"
+    );
+    assert_eq!(repartition_topics(&connection).await.len(), 1);
+    engine.shutdown().await;
+}
