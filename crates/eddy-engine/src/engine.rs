@@ -271,27 +271,14 @@ impl Engine {
             handle.stop().await;
         }
         // The processing log's task owns a producer clone: end it now, so that no Kafka client of
-        // this engine outlives the call but the engine's own producer.
-        let task = self
-            .inner
-            .processing_log_task
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
-        // Push queries still open are cut off; their state goes at the next start.
-        let task = self
-            .inner
-            .janitor_task
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
+        // this engine outlives the call but the engine's own producer. Push queries still open
+        // are cut off with the clean-up task; their state goes at the next start.
+        for task in [&self.inner.processing_log_task, &self.inner.janitor_task] {
+            let task = task.lock().ok().and_then(|mut t| t.take());
+            if let Some(task) = task {
+                task.abort();
+                let _ = task.await;
+            }
         }
         self.inner.connection.close_clients();
     }

@@ -676,9 +676,18 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
     }
     engine.shutdown().await;
     drop(engine);
-    // The engine drops the stores of push queries at start too: look before one starts.
-    let state = eddy_state::StateStore::open(&h.config().state_dir, &Default::default())
-        .expect("state opens");
+    // The engine drops the stores of push queries at start too: look before one starts. Tasks
+    // the engine aborted may hold the database a moment longer.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let state = loop {
+        match eddy_state::StateStore::open(&h.config().state_dir, &Default::default()) {
+            Ok(state) => break state,
+            Err(error) => {
+                assert!(tokio::time::Instant::now() < deadline, "state opens: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     let transient: Vec<String> = state
         .store_names()
         .into_iter()
@@ -723,11 +732,35 @@ fn rows_of(results: &[StatementResult]) -> Vec<String> {
     rows
 }
 
+/// Inserts `(user, page)` clicks, then reads `per_page` once they are all counted.
+async fn click_and_count(engine: &Engine, clicks: &[(&str, &str)]) -> Vec<String> {
+    let mut session = Session::new();
+    for (user, page) in clicks {
+        run(
+            engine,
+            &mut session,
+            &format!("INSERT INTO clicks (user_id, page) VALUES ('{user}', '{page}');"),
+        )
+        .await;
+    }
+    let results = run(
+        engine,
+        &mut session,
+        "SET 'eddy.read_your_writes'='true'; SELECT page, n FROM per_page;",
+    )
+    .await;
+    rows_of(&results)
+}
+
 /// Grouping a one-partition stream by another key needs no repartition topic: the one task
 /// re-keys the records itself, and goes on doing so after a restart without counting anything
 /// twice. A stream of two partitions still goes through the topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregation_of_a_one_partition_stream_rekeys_in_its_task() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,librdkafka=warn,rdkafka=warn")
+        .with_test_writer()
+        .try_init();
     let h = Harness::start().await;
     let connection = KafkaConnection::new(h.broker.bootstrap_servers());
     let query_id = {
@@ -766,42 +799,16 @@ async fn an_aggregation_of_a_one_partition_stream_rekeys_in_its_task() {
             panic!("EXPLAIN gave {results:?}")
         };
         assert!(text.contains("without repartition topic"), "{text}");
-        for (user, page) in [("u1", "/a"), ("u2", "/a"), ("u3", "/b")] {
-            run(
-                &engine,
-                &mut session,
-                &format!("INSERT INTO clicks (user_id, page) VALUES ('{user}', '{page}');"),
-            )
-            .await;
-        }
-        let results = run(
-            &engine,
-            &mut session,
-            "SET 'eddy.read_your_writes'='true'; SELECT page, n FROM per_page;",
-        )
-        .await;
-        assert_eq!(rows_of(&results), ["/a 2", "/b 1"]);
+        assert_eq!(
+            click_and_count(&engine, &[("u1", "/a"), ("u2", "/a"), ("u3", "/b")]).await,
+            ["/a 2", "/b 1"]
+        );
         engine.shutdown().await;
         query_id.clone()
     };
     let engine = h.engine().await;
-    let mut session = Session::new();
-    for (user, page) in [("u4", "/a"), ("u5", "/c")] {
-        run(
-            &engine,
-            &mut session,
-            &format!("INSERT INTO clicks (user_id, page) VALUES ('{user}', '{page}');"),
-        )
-        .await;
-    }
-    let results = run(
-        &engine,
-        &mut session,
-        "SET 'eddy.read_your_writes'='true'; SELECT page, n FROM per_page;",
-    )
-    .await;
     assert_eq!(
-        rows_of(&results),
+        click_and_count(&engine, &[("u4", "/a"), ("u5", "/c")]).await,
         ["/a 3", "/b 1", "/c 1"],
         "after a restart of {query_id}"
     );
