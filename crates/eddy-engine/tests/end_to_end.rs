@@ -683,7 +683,10 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
         match eddy_state::StateStore::open(&h.config().state_dir, &Default::default()) {
             Ok(state) => break state,
             Err(error) => {
-                assert!(tokio::time::Instant::now() < deadline, "state opens: {error}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "state opens: {error}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
