@@ -648,15 +648,7 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
             .await
             .unwrap_or_else(|_| panic!("only {rows:?} arrived"))
             .expect("two rows before the end");
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = (0..batch.num_columns())
-                .map(|c| {
-                    datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
-                        .expect("cell")
-                })
-                .collect();
-            rows.push(cells.join(" "));
-        }
+        rows.extend(row_texts(&batch));
     }
     rows.sort();
     assert_eq!(rows, ["o1 ann 6", "o2 bob 5"]);
@@ -714,6 +706,21 @@ async fn repartition_topics(connection: &KafkaConnection) -> Vec<String> {
         .collect()
 }
 
+/// Each row of `batch` as its cells' text, separated by spaces.
+fn row_texts(batch: &datafusion::arrow::array::RecordBatch) -> Vec<String> {
+    (0..batch.num_rows())
+        .map(|row| {
+            (0..batch.num_columns())
+                .map(|c| {
+                    datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
+                        .expect("cell")
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 /// The rows of a pull query's result as "cell cell", sorted.
 fn rows_of(results: &[StatementResult]) -> Vec<String> {
     let Some(StatementResult::Rows { batches, .. }) = results.last() else {
@@ -721,15 +728,7 @@ fn rows_of(results: &[StatementResult]) -> Vec<String> {
     };
     let mut rows = Vec::new();
     for batch in batches {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = (0..batch.num_columns())
-                .map(|c| {
-                    datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
-                        .expect("cell")
-                })
-                .collect();
-            rows.push(cells.join(" "));
-        }
+        rows.extend(row_texts(batch));
     }
     rows.sort();
     rows
