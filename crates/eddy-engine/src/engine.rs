@@ -873,7 +873,7 @@ impl Engine {
             )
             .await?
         } else {
-            let store = format!("{}{query_id}", crate::queries::TRANSIENT_STORE_PREFIX);
+            let store = crate::queries::transient_store_prefix(query_id);
             self.join_spec(
                 &plan,
                 &crate::materialize::join_store_name(&store),

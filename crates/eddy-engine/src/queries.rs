@@ -26,6 +26,12 @@ use crate::{Session, StatementResult};
 /// Stores of transient aggregations are named with this prefix; a server deletes them at start.
 pub(crate) const TRANSIENT_STORE_PREFIX: &str = "transient-";
 
+/// The prefix of every store of push query (or join step) `query_id`: a step's id starts with its
+/// push query's, so its stores fall under the query's prefix and go with them.
+pub(crate) fn transient_store_prefix(query_id: &str) -> String {
+    format!("{TRANSIENT_STORE_PREFIX}{query_id}")
+}
+
 /// `transient_<first source>_<uuid>`: unique, and usable in topic and group names.
 fn transient_query_id(query: &sqlparser::ast::Query) -> String {
     let source = match query.body.as_ref() {
@@ -68,7 +74,7 @@ impl Engine {
             limit: select.limit,
         };
         let planned = self.plan_persistent(&query_id, &parts, &catalog).await?;
-        let store_prefix = format!("{TRANSIENT_STORE_PREFIX}{query_id}");
+        let store_prefix = transient_store_prefix(&query_id);
         // From here on, whatever is started or created is cleaned up when `resources` goes.
         let mut resources = self
             .inner
