@@ -43,10 +43,11 @@ pub struct QueryInfo {
     pub sources: Vec<String>,
     /// Session properties in force when the query was created (e.g. `auto.offset.reset`).
     pub properties: BTreeMap<String, String>,
-    /// The query aggregates by a key other than its input's, and its input had one partition
-    /// when it was created: its one partition task re-keys the records itself instead of through
-    /// a repartition topic. Decided once and kept, because the aggregation's state counts the
-    /// offsets of the topic it reads. Absent (false) in queries recorded before the choice
+    /// The query aggregates by a key other than its input's, or joins streams not keyed by
+    /// their join columns, and its inputs had one partition when it was created: its one
+    /// partition task re-keys the records itself instead of through a repartition topic.
+    /// Decided once and kept, because the query's state counts the offsets of the topics it
+    /// reads. Absent (false) in queries recorded before the choice
     /// existed, which keep their repartition topic.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rekeys_in_task: bool,

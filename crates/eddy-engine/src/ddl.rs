@@ -507,7 +507,7 @@ impl Engine {
             sink: name.clone(),
             sources: planned.sources.clone(),
             properties: self.query_properties(session),
-            rekeys_in_task: self.rekeys_in_task(&planned.plan).await?,
+            rekeys_in_task: self.rekeys_in_task(&planned).await?,
         };
         self.submit(Command::CreateSource {
             source: sink,
@@ -592,7 +592,7 @@ impl Engine {
             sink: target.to_owned(),
             sources: planned.sources.clone(),
             properties: self.query_properties(session),
-            rekeys_in_task: self.rekeys_in_task(&planned.plan).await?,
+            rekeys_in_task: self.rekeys_in_task(&planned).await?,
         };
         self.submit(Command::StartQuery {
             query: query.clone(),

@@ -457,11 +457,23 @@ impl Engine {
         rekeys_in_task: bool,
     ) -> Result<QueryHandle, EngineError> {
         let PlannedQuery {
-            plan,
-            repartitions,
+            mut plan,
+            mut repartitions,
             steps,
             ..
         } = planned;
+        if rekeys_in_task && steps.is_empty() && plan.join.is_some() && !repartitions.is_empty() {
+            let Some(rekeys) = self.join_rekeys_in_task(&plan, &repartitions).await? else {
+                return Err(EngineError::invalid(format!(
+                    "query {query_id} re-keys its joined streams in its one partition task, but \
+                     they or the sources they join no longer have one partition each: keys \
+                     would meet in different tasks\nhint: TERMINATE {query_id}, then create \
+                     it again"
+                )));
+            };
+            rekeys.apply(&mut plan);
+            repartitions.clear();
+        }
         let (upstream, left_reset) = self.start_steps(steps, offset_reset, None).await?;
         let (writers, resets) = self
             .start_repartition_writers(query_id, repartitions, [left_reset, offset_reset], None)
@@ -985,6 +997,71 @@ pub(crate) struct PlannedStep {
     plan: eddy_planner::StreamingPlan,
     repartitions: Vec<JoinRepartition>,
     output: Source,
+}
+
+/// The re-keying of a join's streams in the join's own task (see
+/// [`Engine::join_rekeys_in_task`]): for each stream, whether it is the right side, the stages
+/// that re-key its records, and the stream as it is in the catalog.
+pub(crate) struct JoinRekeys(Vec<(bool, Vec<eddy_planner::Stage>, Source)>);
+
+impl JoinRekeys {
+    /// Makes `plan` read each stream as it is and re-key it before its own stages.
+    pub(crate) fn apply(self, plan: &mut eddy_planner::StreamingPlan) {
+        for (right, mut stages, stream) in self.0 {
+            match (right, plan.join.as_mut()) {
+                (true, Some(join)) => {
+                    stages.append(&mut join.table_stages);
+                    join.table_stages = stages;
+                    join.table = stream;
+                }
+                _ => {
+                    stages.append(&mut plan.stages);
+                    plan.stages = stages;
+                    plan.source = stream;
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// How the join of `plan` can re-key its streams in its own task instead of writing them to
+    /// the repartition topics of `repartitions`: when each stream has one partition (its topic
+    /// now, not only the catalog), so does the side it joins, and its writer keeps every row in
+    /// order. A repartition topic of one partition would hold the same records in the same
+    /// order, at the cost of writing and reading each of them once more. `None` when any of them
+    /// cannot be.
+    pub(crate) async fn join_rekeys_in_task(
+        &self,
+        plan: &eddy_planner::StreamingPlan,
+        repartitions: &[JoinRepartition],
+    ) -> Result<Option<JoinRekeys>, EngineError> {
+        if plan.join.is_none() || repartitions.is_empty() {
+            return Ok(None);
+        }
+        let mut rekeys = Vec::with_capacity(repartitions.len());
+        for repartition in repartitions {
+            let stream = &repartition.writer.source;
+            if repartition.internal.partitions != 1 || stream.generator.is_some() {
+                return Ok(None);
+            }
+            let topic = self.physical_topic(stream);
+            let partitions = match self.inner.connection.topic(&topic).await? {
+                Some(topic) => topic.partitions,
+                None => stream.partitions,
+            };
+            if partitions != 1 {
+                return Ok(None);
+            }
+            let Some(stages) =
+                eddy_planner::rekey_in_task(&repartition.writer, &repartition.internal)
+            else {
+                return Ok(None);
+            };
+            rekeys.push((repartition.right, stages, stream.clone()));
+        }
+        Ok(Some(JoinRekeys(rekeys)))
+    }
 }
 
 /// A join's stream repartitioned by the join column: the writer query, and the stream as the

@@ -21,7 +21,20 @@ impl Engine {
     /// and the stream has one partition, so a repartition topic would hold the same records in
     /// the same one partition at the cost of writing and reading each of them once more. (A
     /// table's changes go through the repartition writer, which retracts them.)
-    pub(crate) async fn rekeys_in_task(&self, plan: &StreamingPlan) -> Result<bool, EngineError> {
+    ///
+    /// Or it joins, without join steps, streams that need re-keying, and each of them has one
+    /// partition like the side it joins (see [`Self::join_rekeys_in_task`]).
+    pub(crate) async fn rekeys_in_task(
+        &self,
+        planned: &crate::engine::PlannedQuery,
+    ) -> Result<bool, EngineError> {
+        let plan = &planned.plan;
+        if planned.steps.is_empty() && plan.join.is_some() && !planned.repartitions.is_empty() {
+            return Ok(self
+                .join_rekeys_in_task(plan, &planned.repartitions)
+                .await?
+                .is_some());
+        }
         let Some(aggregation) = &plan.aggregation else {
             return Ok(false);
         };

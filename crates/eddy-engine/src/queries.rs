@@ -73,7 +73,16 @@ impl Engine {
             within: select.within,
             limit: select.limit,
         };
-        let planned = self.plan_persistent(&query_id, &parts, &catalog).await?;
+        let mut planned = self.plan_persistent(&query_id, &parts, &catalog).await?;
+        // As a persistent query would, a join of one-partition streams re-keys them in its task.
+        if planned.steps.is_empty()
+            && let Some(rekeys) = self
+                .join_rekeys_in_task(&planned.plan, &planned.repartitions)
+                .await?
+        {
+            rekeys.apply(&mut planned.plan);
+            planned.repartitions.clear();
+        }
         let store_prefix = transient_store_prefix(&query_id);
         // From here on, whatever is started or created is cleaned up when `resources` goes.
         let mut resources = self
@@ -630,8 +639,8 @@ impl Engine {
             );
             if query.rekeys_in_task {
                 text.push_str(
-                    "\nIts input has one partition: the records are re-keyed in its one task, \
-                     without repartition topic.",
+                    "\nIts inputs have one partition: the records are re-keyed in its one \
+                     task, without repartition topic.",
                 );
             }
         }

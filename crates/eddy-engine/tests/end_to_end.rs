@@ -694,7 +694,7 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
     );
 }
 
-/// Names of the repartition topics on the broker.
+/// Names of the repartition topics on the broker (`-repartition`, `-repartition-right`).
 async fn repartition_topics(connection: &KafkaConnection) -> Vec<String> {
     connection
         .topics()
@@ -702,7 +702,7 @@ async fn repartition_topics(connection: &KafkaConnection) -> Vec<String> {
         .expect("topics")
         .into_iter()
         .map(|t| t.name)
-        .filter(|name| name.ends_with("-repartition"))
+        .filter(|name| name.contains("-repartition"))
         .collect()
 }
 
@@ -815,5 +815,109 @@ async fn an_aggregation_of_a_one_partition_stream_rekeys_in_its_task() {
         "after a restart of {query_id}"
     );
     assert_eq!(repartition_topics(&connection).await.len(), 1);
+    engine.shutdown().await;
+}
+
+/// The records of `topic` from the beginning, as "key value" texts, sorted.
+async fn records_of(h: &Harness, topic: &str, count: usize) -> Vec<String> {
+    let mut records: Vec<String> = h
+        .consume(&h.topic(topic), count)
+        .await
+        .into_iter()
+        .map(|(key, value)| format!("{} {}", key.unwrap_or_default(), value.unwrap_or_default()))
+        .collect();
+    records.sort();
+    records
+}
+
+/// Joins of one-partition streams that are not keyed by their join column re-key them in the
+/// join's task, the left stream of a stream-table join and the right stream of a stream-stream
+/// join alike, as a repartition topic of one partition would, without writing one; after a
+/// restart they go on where they stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_of_one_partition_streams_rekey_in_their_task() {
+    let h = Harness::start().await;
+    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    for sql in [
+        "SET 'auto.offset.reset'='earliest';",
+        "CREATE TABLE users (id STRING PRIMARY KEY, name STRING) \
+         WITH (KAFKA_TOPIC='users', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "CREATE STREAM clicks (click_id STRING KEY, user_id STRING, page STRING) \
+         WITH (KAFKA_TOPIC='clicks', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "CREATE STREAM orders (id STRING KEY, item STRING) \
+         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
+         WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "INSERT INTO users (id, name) VALUES ('u1', 'ann');",
+        "INSERT INTO users (id, name) VALUES ('u2', 'bob');",
+        "INSERT INTO clicks (click_id, user_id, page) VALUES ('k1', 'u1', '/a');",
+        "INSERT INTO clicks (click_id, user_id, page) VALUES ('k2', 'u2', '/b');",
+        "INSERT INTO orders (id, item) VALUES ('o1', 'apple');",
+        "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s1', 'o1', 'dhl');",
+    ] {
+        run(&engine, &mut session, sql).await;
+    }
+    let mut query_ids = Vec::new();
+    for sql in [
+        "CREATE STREAM named_clicks AS SELECT c.user_id, c.page, u.name \
+         FROM clicks c JOIN users u ON c.user_id = u.id;",
+        "CREATE STREAM shipped AS SELECT o.id, o.item, s.carrier \
+         FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id;",
+    ] {
+        let results = run(&engine, &mut session, sql).await;
+        let Some(StatementResult::Success {
+            query_id: Some(query_id),
+            ..
+        }) = results.last()
+        else {
+            panic!("{sql} gave {results:?}")
+        };
+        query_ids.push(query_id.clone());
+    }
+    for query_id in &query_ids {
+        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
+        let Some(StatementResult::Explain { text }) = results.last() else {
+            panic!("EXPLAIN gave {results:?}")
+        };
+        assert!(text.contains("without repartition topic"), "{text}");
+    }
+    assert_eq!(repartition_topics(&connection).await, Vec::<String>::new());
+    // Keyed by the join column, as through a repartition topic.
+    assert_eq!(
+        records_of(&h, "NAMED_CLICKS", 2).await,
+        [
+            r#"u1 {"PAGE":"/a","NAME":"ann"}"#,
+            r#"u2 {"PAGE":"/b","NAME":"bob"}"#
+        ]
+    );
+    assert_eq!(
+        records_of(&h, "SHIPPED", 1).await,
+        [r#"o1 {"ITEM":"apple","CARRIER":"dhl"}"#]
+    );
+    engine.shutdown().await;
+    drop(engine);
+
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    for sql in [
+        "INSERT INTO clicks (click_id, user_id, page) VALUES ('k3', 'u2', '/c');",
+        "INSERT INTO orders (id, item) VALUES ('o2', 'pear');",
+        "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s2', 'o2', 'ups');",
+    ] {
+        run(&engine, &mut session, sql).await;
+    }
+    assert_eq!(
+        records_of(&h, "NAMED_CLICKS", 3).await[2],
+        r#"u2 {"PAGE":"/c","NAME":"bob"}"#
+    );
+    assert_eq!(
+        records_of(&h, "SHIPPED", 2).await[1],
+        r#"o2 {"ITEM":"pear","CARRIER":"ups"}"#
+    );
+    // Nothing read twice after the restart.
+    h.assert_exactly(&h.topic("NAMED_CLICKS"), 3).await;
+    h.assert_exactly(&h.topic("SHIPPED"), 2).await;
     engine.shutdown().await;
 }

@@ -43,4 +43,4 @@ pub use plan::{
     Clauses, PlanError, Planner, ROWTIME_OUTPUT, Stage, StreamingPlan, WINDOWEND, WINDOWEND_OUTPUT,
     WINDOWSTART, WINDOWSTART_OUTPUT, WindowColumns,
 };
-pub use rekey::{ExpressionRekey, rekey_join_expression};
+pub use rekey::{ExpressionRekey, rekey_in_task, rekey_join_expression};

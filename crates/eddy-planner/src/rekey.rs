@@ -9,11 +9,15 @@
 //! keyed as it needs.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
-use eddy_catalog::{Catalog, Source};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column as PhysicalColumn, cast};
+use eddy_catalog::{Catalog, ROWOFFSET, ROWPARTITION, Source};
 use sqlparser::ast::{self, GroupByExpr, SelectItem, SetExpr, TableWithJoins};
 
-use crate::plan::{PlanError, named_source, quoted};
+use crate::plan::{PlanError, Stage, StreamingPlan, named_source, quoted};
 
 /// A join statement whose stream side is to be keyed by an expression.
 #[derive(Debug, Clone)]
@@ -181,6 +185,92 @@ fn reads_only(expr: &ast::Expr, source: &Source, qualifier: &str) -> bool {
     reads && !other
 }
 
+/// The stages that re-key a stream in the task that reads it, in place of a repartition topic:
+/// `writer` (a `PARTITION BY` of the stream, as the engine's repartition writer runs it) and
+/// then a projection into the layout records of `repartitioned` decode into (the pseudo-columns,
+/// the new key columns, the value columns). Each row keeps the partition and offset it was read
+/// at, so errors and the processing log name where it came from. `None` when the writer's stages
+/// do not keep every row in order (a filter or `EXPLODE`), so that only a repartition topic can
+/// stand for it.
+///
+/// This is what a task does when its stream has one partition, like the side it joins: a
+/// repartition topic of one partition would hold the same records in the same order, at the
+/// cost of writing and reading each once more.
+pub fn rekey_in_task(writer: &StreamingPlan, repartitioned: &Source) -> Option<Vec<Stage>> {
+    if writer.aggregation.is_some() || writer.join.is_some() || writer.origin_numbering.is_some() {
+        return None;
+    }
+    let read = writer.source.arrow_schema();
+    let (mut partition_at, mut offset_at) = (
+        read.index_of(ROWPARTITION).ok()?,
+        read.index_of(ROWOFFSET).ok()?,
+    );
+    let partition_field = read.field(partition_at).as_ref().clone();
+    let offset_field = read.field(offset_at).as_ref().clone();
+    // Where the row's partition and offset are in the batch a stage reads: the stages below
+    // carry them as their last two columns.
+    let mut stages = Vec::with_capacity(writer.stages.len() + 1);
+    for stage in &writer.stages {
+        match stage {
+            Stage::Select { indices } => {
+                let mut carried = indices.clone();
+                carried.extend([partition_at, offset_at]);
+                (partition_at, offset_at) = (indices.len(), indices.len() + 1);
+                stages.push(Stage::Select { indices: carried });
+            }
+            Stage::Project { exprs, schema } => {
+                let mut carried = exprs.clone();
+                carried.push(column_expr(CARRIED_PARTITION, partition_at));
+                carried.push(column_expr(CARRIED_OFFSET, offset_at));
+                let mut fields: Vec<Field> =
+                    schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(partition_field.clone().with_name(CARRIED_PARTITION));
+                fields.push(offset_field.clone().with_name(CARRIED_OFFSET));
+                (partition_at, offset_at) = (exprs.len(), exprs.len() + 1);
+                stages.push(Stage::Project {
+                    exprs: carried,
+                    schema: Arc::new(Schema::new(fields)),
+                });
+            }
+            Stage::Filter(_) | Stage::Unnest { .. } => return None,
+        }
+    }
+    // The writer's output, with the two carried columns after it.
+    let output = &writer.output_schema;
+    let mut fields: Vec<Field> = output.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(partition_field.with_name(CARRIED_PARTITION));
+    fields.push(offset_field.with_name(CARRIED_OFFSET));
+    let carried_schema = Schema::new(fields);
+    let target = repartitioned.arrow_schema();
+    let picked: Vec<usize> = [writer.rowtime_column, partition_at, offset_at]
+        .into_iter()
+        .chain(writer.key_columns.iter().copied())
+        .chain(writer.value_columns.iter().copied())
+        .collect();
+    if picked.len() != target.fields().len() {
+        return None;
+    }
+    let mut exprs = Vec::with_capacity(picked.len());
+    for (index, field) in picked.into_iter().zip(target.fields()) {
+        let name = carried_schema.field(index).name();
+        let expr = column_expr(name, index);
+        exprs.push(cast(expr, &carried_schema, field.data_type().clone()).ok()?);
+    }
+    stages.push(Stage::Project {
+        exprs,
+        schema: target,
+    });
+    Some(stages)
+}
+
+/// Names of the row's partition and offset as [`rekey_in_task`]'s stages carry them.
+const CARRIED_PARTITION: &str = "__eddy_read_partition";
+const CARRIED_OFFSET: &str = "__eddy_read_offset";
+
+fn column_expr(name: &str, index: usize) -> Arc<dyn PhysicalExpr> {
+    Arc::new(PhysicalColumn::new(name, index))
+}
+
 #[cfg(test)]
 mod tests {
     use eddy_catalog::{ColumnRole, SourceKind};
@@ -246,5 +336,74 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    /// A stream re-keyed in its task reads as the repartition topic would: the new key first,
+    /// the values after it, each row with the time, partition and offset it was read at.
+    #[tokio::test]
+    async fn rekeying_in_the_task_gives_the_rows_the_repartition_topic_would() {
+        use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};
+        use datafusion::arrow::util::display::array_value_to_string;
+
+        let catalog = catalog();
+        let writer = crate::Planner::new()
+            .plan_query(
+                &query("SELECT * FROM ORDERS"),
+                &[sqlparser::ast::Expr::Identifier("CUST".into())],
+                &catalog,
+            )
+            .await
+            .unwrap();
+        let orders = catalog.require_source("ORDERS").unwrap();
+        let repartitioned = Source {
+            columns: writer.sink_columns.clone(),
+            ..orders.clone()
+        };
+        let stages = rekey_in_task(&writer, &repartitioned).expect("a projection only");
+        let decoded = RecordBatch::try_new(
+            orders.arrow_schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![1000, 2000])),
+                Arc::new(Int32Array::from(vec![0, 0])),
+                Arc::new(Int64Array::from(vec![41, 42])),
+                Arc::new(StringArray::from(vec!["o1", "o2"])),
+                Arc::new(StringArray::from(vec![Some("c7"), None])),
+            ],
+        )
+        .unwrap();
+        let rekeyed = stages
+            .iter()
+            .try_fold(decoded, |batch, stage| stage.apply(batch))
+            .unwrap();
+        assert_eq!(rekeyed.schema(), repartitioned.arrow_schema());
+        let rows: Vec<String> = (0..rekeyed.num_rows())
+            .map(|row| {
+                (0..rekeyed.num_columns())
+                    .map(|c| array_value_to_string(rekeyed.column(c), row).unwrap())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        assert_eq!(rows, ["1000 0 41 c7 o1", "2000 0 42  o2"]);
+    }
+
+    /// A writer that drops rows cannot be run in place of the topic: the rows' offsets would
+    /// no longer line up.
+    #[tokio::test]
+    async fn a_writer_that_filters_is_not_rekeyed_in_the_task() {
+        let catalog = catalog();
+        let writer = crate::Planner::new()
+            .plan_query(
+                &query("SELECT * FROM ORDERS WHERE CUST <> 'x'"),
+                &[sqlparser::ast::Expr::Identifier("CUST".into())],
+                &catalog,
+            )
+            .await
+            .unwrap();
+        let repartitioned = Source {
+            columns: writer.sink_columns.clone(),
+            ..catalog.require_source("ORDERS").unwrap().clone()
+        };
+        assert!(rekey_in_task(&writer, &repartitioned).is_none());
     }
 }
