@@ -338,6 +338,24 @@ mod tests {
         }
     }
 
+    /// The repartition writer `sql PARTITION BY CUST` of ORDERS, and ORDERS as its topic holds it.
+    async fn writer_by_cust(sql: &str) -> (StreamingPlan, Source) {
+        let catalog = catalog();
+        let writer = crate::Planner::new()
+            .plan_query(
+                &query(sql),
+                &[sqlparser::ast::Expr::Identifier("CUST".into())],
+                &catalog,
+            )
+            .await
+            .unwrap();
+        let repartitioned = Source {
+            columns: writer.sink_columns.clone(),
+            ..writer.source.clone()
+        };
+        (writer, repartitioned)
+    }
+
     /// A stream re-keyed in its task reads as the repartition topic would: the new key first,
     /// the values after it, each row with the time, partition and offset it was read at.
     #[tokio::test]
@@ -345,23 +363,10 @@ mod tests {
         use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};
         use datafusion::arrow::util::display::array_value_to_string;
 
-        let catalog = catalog();
-        let writer = crate::Planner::new()
-            .plan_query(
-                &query("SELECT * FROM ORDERS"),
-                &[sqlparser::ast::Expr::Identifier("CUST".into())],
-                &catalog,
-            )
-            .await
-            .unwrap();
-        let orders = catalog.require_source("ORDERS").unwrap();
-        let repartitioned = Source {
-            columns: writer.sink_columns.clone(),
-            ..orders.clone()
-        };
+        let (writer, repartitioned) = writer_by_cust("SELECT * FROM ORDERS").await;
         let stages = rekey_in_task(&writer, &repartitioned).expect("a projection only");
         let decoded = RecordBatch::try_new(
-            orders.arrow_schema(),
+            writer.source.arrow_schema(),
             vec![
                 Arc::new(Int64Array::from(vec![1000, 2000])),
                 Arc::new(Int32Array::from(vec![0, 0])),
@@ -391,19 +396,8 @@ mod tests {
     /// no longer line up.
     #[tokio::test]
     async fn a_writer_that_filters_is_not_rekeyed_in_the_task() {
-        let catalog = catalog();
-        let writer = crate::Planner::new()
-            .plan_query(
-                &query("SELECT * FROM ORDERS WHERE CUST <> 'x'"),
-                &[sqlparser::ast::Expr::Identifier("CUST".into())],
-                &catalog,
-            )
-            .await
-            .unwrap();
-        let repartitioned = Source {
-            columns: writer.sink_columns.clone(),
-            ..catalog.require_source("ORDERS").unwrap().clone()
-        };
+        let (writer, repartitioned) =
+            writer_by_cust("SELECT * FROM ORDERS WHERE CUST <> 'x'").await;
         assert!(rekey_in_task(&writer, &repartitioned).is_none());
     }
 }
