@@ -921,3 +921,116 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
     h.assert_exactly(&h.topic("SHIPPED"), 2).await;
     engine.shutdown().await;
 }
+
+/// Records on `topic` now (all partitions).
+async fn records_on(connection: &KafkaConnection, topic: &str) -> i64 {
+    connection
+        .watermarks(topic)
+        .await
+        .expect("watermarks")
+        .iter()
+        .map(|(low, high)| high - low)
+        .sum()
+}
+
+/// A join that reads both of its sides itself (two streams `WITHIN` a window, two tables) stops
+/// between batches when it is terminated, instead of reading the rest of its backlog first: with
+/// batches of one record the backlog takes tens of seconds, yet TERMINATE returns at once and the
+/// output stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_join_stops_without_reading_its_backlog() {
+    // Enough that reading them one by one takes longer than TERMINATE waits for a task (10 s).
+    const RECORDS: usize = 3000;
+    let h = Harness::start().await;
+    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let engine = Engine::start(
+        EngineConfig {
+            max_batch_records: 1,
+            ..h.config()
+        },
+        KafkaConnection::new(h.broker.bootstrap_servers()),
+    )
+    .await
+    .expect("engine starts");
+    let mut session = Session::new();
+    for sql in [
+        "SET 'auto.offset.reset'='earliest';",
+        "CREATE STREAM lefts (k STRING KEY, v INT) \
+         WITH (KAFKA_TOPIC='lefts', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "CREATE STREAM rights (k STRING KEY, w INT) \
+         WITH (KAFKA_TOPIC='rights', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "CREATE TABLE left_table (k STRING PRIMARY KEY, v INT) \
+         WITH (KAFKA_TOPIC='lefts', VALUE_FORMAT='JSON');",
+        "CREATE TABLE right_table (k STRING PRIMARY KEY, w INT) \
+         WITH (KAFKA_TOPIC='rights', VALUE_FORMAT='JSON');",
+    ] {
+        run(&engine, &mut session, sql).await;
+    }
+    let producer = h.producer();
+    let mut deliveries = Vec::new();
+    for i in 0..RECORDS {
+        let key = format!("k{i}");
+        for (topic, value) in [
+            (h.topic("lefts"), format!(r#"{{"V":{i}}}"#)),
+            (h.topic("rights"), format!(r#"{{"W":{i}}}"#)),
+        ] {
+            let record = FutureRecord::<str, str>::to(&topic)
+                .key(&key)
+                .payload(&value);
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(error, _)| error)
+                    .expect("queued"),
+            );
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered").expect("acknowledged");
+    }
+    for (output, sql) in [
+        (
+            "STREAM_JOINED",
+            "CREATE STREAM stream_joined AS SELECT l.k, v, w \
+             FROM lefts l JOIN rights r WITHIN 1 HOUR ON l.k = r.k;",
+        ),
+        (
+            "TABLE_JOINED",
+            "CREATE TABLE table_joined AS SELECT l.k, v, w \
+             FROM left_table l JOIN right_table r ON l.k = r.k;",
+        ),
+    ] {
+        let results = run(&engine, &mut session, sql).await;
+        let Some(StatementResult::Success {
+            query_id: Some(query_id),
+            ..
+        }) = results.last()
+        else {
+            panic!("{sql} gave {results:?}")
+        };
+        let output = h.topic(output);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while records_on(&connection, &output).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{query_id} wrote nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let terminating = tokio::time::Instant::now();
+        run(&engine, &mut session, &format!("TERMINATE {query_id};")).await;
+        // A task that does not stop is given 10 s, then aborted: TERMINATE took that long.
+        let terminate_took = terminating.elapsed();
+        let after_terminate = records_on(&connection, &output).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later = records_on(&connection, &output).await;
+        assert!(
+            terminate_took < Duration::from_secs(8)
+                && after_terminate < RECORDS as i64
+                && later == after_terminate,
+            "{query_id} went on after TERMINATE (which took {terminate_took:?}): \
+             {after_terminate} then {later} of {RECORDS} records"
+        );
+    }
+    engine.shutdown().await;
+}

@@ -419,13 +419,49 @@ impl KafkaConnection {
     }
 }
 
+/// A librdkafka client whose drop may block (a consumer's close waits for the broker), dropped on
+/// tokio's blocking pool instead of the async worker that lets go of it. An async worker blocked
+/// on the broker can stall the broker itself when it runs on the same workers (the embedded one):
+/// a terminated join that dropped its readers on both workers of a two-core machine waited for
+/// the broker forever.
+pub(crate) struct OffWorkerDrop<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> OffWorkerDrop<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Self(Some(inner))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for OffWorkerDrop<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(inner) => inner,
+            // Only `drop` takes it out.
+            None => unreachable!("an OffWorkerDrop is used after its drop"),
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for OffWorkerDrop<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(inner))),
+                Err(_) => drop(inner),
+            }
+        }
+    }
+}
+
 /// One partition of a topic read by a consumer of its own (assigned, no group membership, no
 /// commits): the table sides of joins and the right side of a stream-stream join, whose next
 /// offsets live in the query's state store.
 pub(crate) struct PartitionReader {
     topic: String,
     partition: i32,
-    consumer: StreamConsumer,
+    consumer: OffWorkerDrop<StreamConsumer>,
     /// Next offset to read.
     next_offset: i64,
     max_batch_records: usize,
@@ -471,7 +507,7 @@ impl PartitionReader {
         Ok(Self {
             topic: topic.to_owned(),
             partition,
-            consumer,
+            consumer: OffWorkerDrop::new(consumer),
             next_offset,
             max_batch_records: max_batch_records.max(1),
             idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),

@@ -719,14 +719,32 @@ impl Driver {
             }
         }
         tasks.abort_all();
-        if spec.persistent {
-            commit_progress(
-                &consumer,
-                &spec.source_topic,
-                &progress_of,
-                &mut committed,
-                CommitMode::Sync,
-            );
+        // The last commit waits for the broker, and so does the consumer's close when it is
+        // dropped: both run on the blocking pool, not on an async worker (see `OffWorkerDrop`).
+        let persistent = spec.persistent;
+        let topic = spec.source_topic.clone();
+        let finish = tokio::task::spawn_blocking(move || {
+            if persistent {
+                commit_progress(
+                    &consumer,
+                    &topic,
+                    &progress_of,
+                    &mut committed,
+                    CommitMode::Sync,
+                );
+            }
+            drop(consumer);
+        });
+        let timeout = Duration::from_millis(spec.connection.request_timeout_ms.max(1000));
+        match tokio::time::timeout(timeout, finish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(query = spec.query_id, %error, "the last commit failed"),
+            Err(_) => warn!(
+                query = spec.query_id,
+                timeout_ms = timeout.as_millis() as u64,
+                "the last commit and the consumer's close did not finish in time; the query \
+                 may resume from its previous commit"
+            ),
         }
         record_outcome(&metrics, &spec.query_id, outcome);
     }
@@ -1533,10 +1551,10 @@ impl PartitionTask {
                         .map(|output| vec![output])
                 };
                 if !self
-                    .drain_table_side(this, &mut encoder, &mut encoded, output)
+                    .drain_table_side(this, &receiver, &mut encoder, &mut encoded, output)
                     .await?
                 {
-                    return Ok(()); // the client went away
+                    return Ok(()); // the client went away, or the query ends
                 }
             }
             retract_unknown = false;
@@ -1549,10 +1567,13 @@ impl PartitionTask {
 
     /// Applies a table side's records up to its high watermark, a batch at a time: the batch's
     /// changes give `output` (rows and tombstones, in one or more parts), which is sent before
-    /// the batch is written to the side's store. False when the client went away.
+    /// the batch is written to the side's store. False when the client went away, or when the
+    /// task's partition queue (`receiver`) is closed: the query ends or lost the partition, and
+    /// the task stops after the batch in hand instead of reading the rest of a backlog.
     async fn drain_table_side(
         &self,
         side: &mut TableSide,
+        receiver: &mpsc::Receiver<RawBatch>,
         encoder: &mut Option<RecordEncoder>,
         encoded: &mut EncodedBatch,
         mut output: impl FnMut(
@@ -1562,7 +1583,13 @@ impl PartitionTask {
     ) -> Result<bool, QueryError> {
         let spec = &self.spec;
         let high = side.high_watermark(&spec.connection).await?;
-        while let Some(raw) = side.read_batch(high).await? {
+        loop {
+            if receiver.is_closed() {
+                return Ok(false);
+            }
+            let Some(raw) = side.read_batch(high).await? else {
+                break;
+            };
             self.metrics
                 .records_in
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -1672,10 +1699,16 @@ impl PartitionTask {
                     .map(|output| vec![output])
             };
             if !self
-                .drain_table_side(&mut left, &mut encoder, &mut encoded, left_output)
+                .drain_table_side(
+                    &mut left,
+                    &receiver,
+                    &mut encoder,
+                    &mut encoded,
+                    left_output,
+                )
                 .await?
             {
-                return Ok(()); // the client went away
+                return Ok(()); // the client went away, or the query ends
             }
             for copy in &mut copies {
                 // A right key can concern many left rows: the output is made in slices.
@@ -1697,7 +1730,7 @@ impl PartitionTask {
                         .collect::<Result<Vec<_>, _>>()
                 };
                 if !self
-                    .drain_table_side(copy, &mut encoder, &mut encoded, right_output)
+                    .drain_table_side(copy, &receiver, &mut encoder, &mut encoded, right_output)
                     .await?
                 {
                     return Ok(());
@@ -1843,6 +1876,11 @@ impl PartitionTask {
                 _ = poll.tick() => {}
             }
             loop {
+                if receiver.is_closed() {
+                    // The query ends or lost the partition: stop between rounds (each round's
+                    // state and next offsets are written whole) instead of reading the backlog.
+                    return Ok(());
+                }
                 let mut decoded = Vec::with_capacity(2);
                 let mut read_any = false;
                 for side in [Side::Left, Side::Right] {
