@@ -14,7 +14,8 @@
 //! - **end to end**: `CREATE STREAM ... AS SELECT` from the Kafka topic to a Kafka topic, timed
 //!   until the output topic holds every output row; with the CPU time the process spent;
 //! - **raw consume**: librdkafka reading the input topic and doing nothing else — the ceiling of
-//!   any consumer on this broker;
+//!   any consumer on this broker; for each stateful query, of the topics it reads (persons and
+//!   auctions are larger records, written in smaller batches, and read slower than bids);
 //! - **raw pipe**: librdkafka reading the input topic and producing every record unchanged to
 //!   another topic — the ceiling of a query that writes every row (q0, q1) on this broker;
 //! - **latency**: q0 running while bids arrive at a steady rate, each stamped with the wall-clock
@@ -23,7 +24,8 @@
 //! The stateful queries ([`STATEFUL_QUERIES`]: q3, q4, q5, q7, q8; joins, windows, aggregations
 //! over tables) read persons and auctions too, written to their own topics. They are measured end
 //! to end only, until their result (a stream's topic, or a table counted by a read-your-writes pull
-//! query) holds as many rows as DataFusion's batch version of the query over the same events.
+//! query) holds as many rows as DataFusion's batch version of the query over the same events; q4,
+//! whose five rows exist from its first auctions on, until its rows hold DataFusion's values.
 //!
 //! Output row counts of the engine and of DataFusion must agree, so every run also checks results.
 
@@ -72,10 +74,17 @@ enum Output {
     Stream,
     /// A table: complete when a read-your-writes pull query counts every expected row.
     Table,
+    /// A table whose rows all exist long before its inputs are read (q4's five categories):
+    /// complete when a read-your-writes pull query of its `key` and `value` columns gives
+    /// DataFusion's rows (the first two columns of its query), values within a relative 1e-9.
+    TableValues {
+        key: &'static str,
+        value: &'static str,
+    },
 }
 
 /// Which Nexmark inputs a stateful query reads: the events it is measured against.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Inputs {
     persons: bool,
     auctions: bool,
@@ -93,7 +102,7 @@ struct StatefulQuery {
     output: &'static str,
     output_kind: Output,
     /// The same result as one DataFusion query over the events in memory: its row count is the
-    /// count Eddy's result must reach.
+    /// count Eddy's result must reach (and, for [`Output::TableValues`], its rows the rows).
     datafusion: &'static str,
     inputs: Inputs,
 }
@@ -129,7 +138,10 @@ const STATEFUL_QUERIES: &[StatefulQuery] = &[
             "CREATE TABLE q4_out AS SELECT category, AVG(final) AS avg_final FROM q4_winning GROUP BY category;",
         ],
         output: "q4_out",
-        output_kind: Output::Table,
+        output_kind: Output::TableValues {
+            key: "category",
+            value: "avg_final",
+        },
         datafusion: "SELECT category, AVG(final) FROM (SELECT A.id, A.category, MAX(B.price) AS final \
              FROM auction A JOIN bid B ON A.id = B.auction \
              WHERE B.date_time BETWEEN A.date_time AND A.expires GROUP BY A.id, A.category) GROUP BY category",
@@ -502,7 +514,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
     sender.finish().await?;
     let produce_seconds = started.elapsed().as_secs_f64();
 
-    let raw_consume_seconds = raw_consume(connection, &bid_topic, bids.len()).await?;
+    let raw_consume_seconds = raw_consume(connection, &[&bid_topic], bids.len()).await?;
     let pipe_topic = config.physical_topic("nexmark_raw_pipe");
     connection
         .create_topic(&pipe_topic, bench.partitions, 1, &[])
@@ -598,7 +610,38 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
             context.register_table(name, Arc::new(table))?;
         }
+        // The ceiling of each query is a raw consume of the topics it reads, measured once per
+        // set of topics.
+        let person_topic = config.physical_topic("nexmark_person");
+        let auction_topic = config.physical_topic("nexmark_auction");
+        let mut raw_input_seconds: Vec<(Inputs, f64)> = Vec::new();
         for query in &stateful {
+            let inputs = query.inputs;
+            if raw_input_seconds.iter().any(|(seen, _)| *seen == inputs) {
+                continue;
+            }
+            let mut topics = Vec::new();
+            let mut records = 0;
+            for (read, topic, count) in [
+                (inputs.persons, person_topic.as_str(), persons.len()),
+                (inputs.auctions, auction_topic.as_str(), auctions.len()),
+                (inputs.bids, bid_topic.as_str(), bids.len()),
+            ] {
+                if read {
+                    topics.push(topic);
+                    records += count;
+                }
+            }
+            let seconds = raw_consume(connection, &topics, records)
+                .await
+                .with_context(|| format!("raw consume of {}", topics.join(", ")))?;
+            raw_input_seconds.push((inputs, seconds));
+        }
+        for query in &stateful {
+            let raw_consume_seconds = raw_input_seconds
+                .iter()
+                .find(|(seen, _)| *seen == query.inputs)
+                .map_or(f64::NAN, |(_, seconds)| *seconds);
             let result = run_stateful(
                 query,
                 &context,
@@ -610,7 +653,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             )
             .await
             .with_context(|| query.name.to_owned())?;
-            stateful_results.push(result);
+            stateful_results.push((result, raw_consume_seconds));
         }
     }
     let latency = measure_latency(
@@ -687,9 +730,10 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
             "DataFusion batch (events/s)",
             "end to end (events/s)",
             "end to end (events per CPU-second)",
-            "end to end / raw consume",
+            "raw consume of its inputs (events/s)",
+            "end to end / raw consume of its inputs",
         ]);
-        for result in &stateful_results {
+        for (result, raw_consume_seconds) in &stateful_results {
             let events = result.input_events as f64;
             table.add_row(vec![
                 result.name.clone(),
@@ -701,10 +745,10 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
                     "{:.0}",
                     events / result.end_to_end_cpu_seconds.max(f64::EPSILON)
                 ),
+                format!("{:.0}", events / raw_consume_seconds),
                 format!(
                     "{:.0}%",
-                    100.0 * (raw_consume_seconds * events / bids.len() as f64)
-                        / result.end_to_end_seconds
+                    100.0 * raw_consume_seconds / result.end_to_end_seconds
                 ),
             ]);
         }
@@ -752,15 +796,9 @@ async fn run_stateful(
     counts: [usize; 3],
 ) -> Result<StatefulResult> {
     let started = Instant::now();
-    let expected: usize = context
-        .sql(query.datafusion)
-        .await?
-        .collect()
-        .await?
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum();
+    let expected_batches = context.sql(query.datafusion).await?.collect().await?;
     let datafusion_seconds = started.elapsed().as_secs_f64();
+    let expected: usize = expected_batches.iter().map(RecordBatch::num_rows).sum();
     if expected == 0 {
         bail!("DataFusion found no rows: too few events for this query");
     }
@@ -779,6 +817,10 @@ async fn run_stateful(
             .await?;
         }
         Output::Table => wait_for_table_rows(engine, query.output, expected).await?,
+        Output::TableValues { key, value } => {
+            let expected = key_values(&expected_batches, 0, 1)?;
+            wait_for_table_values(engine, query.output, key, value, &expected).await?;
+        }
     }
     let end_to_end_seconds = started.elapsed().as_secs_f64();
     let end_to_end_cpu_seconds = process_cpu_seconds() - cpu_before;
@@ -837,6 +879,76 @@ async fn wait_for_table_rows(engine: &Engine, table: &str, rows: usize) -> Resul
         }
         if Instant::now() > deadline {
             bail!("{table} has {counted} of {rows} rows after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Column `key` (as BIGINT) and column `value` (as DOUBLE) of `batches`, sorted by key.
+fn key_values(batches: &[RecordBatch], key: usize, value: usize) -> Result<Vec<(i64, f64)>> {
+    use datafusion::arrow::array::{Array, Float64Array};
+    use datafusion::arrow::compute::cast;
+    let mut rows = Vec::new();
+    for batch in batches {
+        let keys = cast(batch.column(key), &DataType::Int64)?;
+        let values = cast(batch.column(value), &DataType::Float64)?;
+        let (Some(keys), Some(values)) = (
+            keys.as_any().downcast_ref::<Int64Array>(),
+            values.as_any().downcast_ref::<Float64Array>(),
+        ) else {
+            bail!("key or value column of an unexpected type");
+        };
+        for row in 0..batch.num_rows() {
+            if keys.is_null(row) || values.is_null(row) {
+                bail!("a NULL key or value in row {row}");
+            }
+            rows.push((keys.value(row), values.value(row)));
+        }
+    }
+    rows.sort_by_key(|(key, _)| *key);
+    Ok(rows)
+}
+
+/// Waits (at most 600 s) until a read-your-writes pull query of `key` and `value` in `table`
+/// gives `expected` (sorted by key; values within a relative 1e-9).
+async fn wait_for_table_values(
+    engine: &Engine,
+    table: &str,
+    key: &str,
+    value: &str,
+    expected: &[(i64, f64)],
+) -> Result<()> {
+    let mut session = Session::new();
+    execute(engine, &mut session, "SET 'eddy.read_your_writes'='true';").await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    loop {
+        let found = match engine
+            .execute(
+                &mut session,
+                &format!("SELECT {key}, {value} FROM {table};"),
+            )
+            .await
+        {
+            Ok(mut results) => match results.pop() {
+                Some(eddy_engine::StatementResult::Rows { batches, .. }) => {
+                    key_values(&batches, 0, 1)?
+                }
+                _ => bail!("the pull query on {table} gave no rows"),
+            },
+            Err(error) if error.to_string().contains("did not catch up") => Vec::new(),
+            Err(error) => return Err(error).context("reading the table's rows"),
+        };
+        let matches = found.len() == expected.len()
+            && found
+                .iter()
+                .zip(expected)
+                .all(|((k, v), (ek, ev))| k == ek && close(*v, *ev));
+        if matches {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{table} has {found:?} after 600 s; DataFusion: {expected:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1106,23 +1218,26 @@ fn raw_batches(bids: &[Bid], payloads: &[Vec<u8>]) -> Vec<RawBatch> {
         .collect()
 }
 
-/// Seconds librdkafka takes to read `records` records of `topic` from the beginning.
-async fn raw_consume(connection: &KafkaConnection, topic: &str, records: usize) -> Result<f64> {
+/// Seconds librdkafka takes to read `records` records of `topics` from the beginning, all of their
+/// partitions assigned to one consumer (as a query reading several topics has them).
+async fn raw_consume(connection: &KafkaConnection, topics: &[&str], records: usize) -> Result<f64> {
     let consumer: BaseConsumer = connection
         .client_config()
-        .set("group.id", format!("{topic}-raw"))
+        .set("group.id", format!("{}-raw", topics.join("+")))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
         .context("cannot create the raw consumer")?;
-    let partitions = connection
-        .topic(topic)
-        .await?
-        .context("the bid topic is gone")?
-        .partitions;
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    for topic in topics {
+        let partitions = connection
+            .topic(topic)
+            .await?
+            .with_context(|| format!("the topic {topic} is gone"))?
+            .partitions;
+        for partition in 0..partitions {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
     }
     consumer.assign(&assignment)?;
     let started = Instant::now();

@@ -55,6 +55,10 @@ fn a_small_nexmark_run_agrees_with_datafusion_on_every_query() {
         let input_events: usize = cells[2].parse().expect("input events");
         let rows: usize = cells[3].parse().expect("output rows");
         assert!(input_events > 0 && rows > 0, "{query}: {row}");
+        // Its ceiling is a raw consume of the topics it reads, measured in the same run.
+        let raw_consume: f64 = cells[7].parse().expect("raw consume of its inputs");
+        assert!(raw_consume > 0.0, "{query}: {row}");
+        assert!(cells[8].ends_with('%'), "{query}: {row}");
         if query == "q4" {
             // One average per category: Nexmark has five.
             assert_eq!(rows, 5, "{row}");
