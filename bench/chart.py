@@ -38,7 +38,9 @@ def main() -> None:
         axes.bar(positions, values, width, label=label)
     axes.set_xticks(range(len(queries)), queries)
     axes.set_ylabel("events per second")
-    axes.set_title("Nexmark, 184 000 bids, embedded broker, 2 cores (higher is better)")
+    axes.set_title(
+        "Nexmark, 184 000 bids, embedded broker, 2 cores, 2026-12-04 (higher is better)"
+    )
     axes.legend()
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
