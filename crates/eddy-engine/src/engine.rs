@@ -11,7 +11,7 @@ use eddy_runtime::{
     KafkaConnection, OffsetReset, ProcessingLog, QueryHandle, QuerySpec, QueryStatus, SinkSpec,
     start_query,
 };
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -298,7 +298,7 @@ impl Engine {
             self.inner.config.service_id,
             uuid::Uuid::new_v4()
         );
-        let consumer: StreamConsumer = self.inner.connection.consumer(&group, "earliest")?;
+        let consumer = self.inner.connection.consumer(&group, "earliest")?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&topic, 0, Offset::Offset(low))

@@ -39,7 +39,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::kafka::{KafkaConnection, KafkaError};
+use crate::kafka::{KafkaConnection, KafkaError, OffWorkerDrop};
 use crate::query::{QueryError, QueryMetrics};
 use crate::window::STREAM_TIME_KEY;
 
@@ -1355,12 +1355,14 @@ pub(crate) async fn restore_partition(
         local = checkpoint.changelog_offset.is_some(),
         "restoring state from the changelog"
     );
-    let consumer: StreamConsumer = connection
+    // Dropped on the blocking pool: its close waits for the broker (see `OffWorkerDrop`).
+    let consumer: OffWorkerDrop<StreamConsumer> = connection
         .client_config()
         .set("group.id", format!("{query_id}-restore"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
+        .map(OffWorkerDrop::new)
         .map_err(|e| KafkaError::client("restore consumer creation", e))?;
     let mut assignment = TopicPartitionList::new();
     assignment

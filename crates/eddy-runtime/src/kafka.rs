@@ -160,11 +160,12 @@ impl KafkaConnection {
     }
 
     /// A consumer in `group_id`; transient readers use a group of their own and never commit.
+    /// Its close (which waits for the broker) runs on tokio's blocking pool when it is dropped.
     pub fn consumer(
         &self,
         group_id: &str,
         offset_reset: &str,
-    ) -> Result<StreamConsumer, KafkaError> {
+    ) -> Result<OffWorkerDrop<StreamConsumer>, KafkaError> {
         let mut config = self.client_config();
         config
             .set("enable.auto.commit", "false")
@@ -176,6 +177,7 @@ impl KafkaConnection {
         config.set("group.id", group_id);
         config
             .create()
+            .map(OffWorkerDrop::new)
             .map_err(|e| KafkaError::client("consumer creation", e))
     }
 
@@ -424,10 +426,10 @@ impl KafkaConnection {
 /// on the broker can stall the broker itself when it runs on the same workers (the embedded one):
 /// a terminated join that dropped its readers on both workers of a two-core machine waited for
 /// the broker forever.
-pub(crate) struct OffWorkerDrop<T: Send + 'static>(Option<T>);
+pub struct OffWorkerDrop<T: Send + 'static>(Option<T>);
 
 impl<T: Send + 'static> OffWorkerDrop<T> {
-    pub(crate) fn new(inner: T) -> Self {
+    pub fn new(inner: T) -> Self {
         Self(Some(inner))
     }
 }

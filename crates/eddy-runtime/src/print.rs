@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -58,7 +58,7 @@ pub async fn print_topic(
     } else {
         None
     };
-    let consumer: StreamConsumer =
+    let consumer =
         connection.consumer(&format!("_eddy-print-{}", std::process::id()), "earliest")?;
     let mut assignment = TopicPartitionList::new();
     let start = if options.from_beginning {
