@@ -1,7 +1,8 @@
 //! Engine configuration: every limit Eddy enforces is a named field here with a documented default.
 //!
-//! Units are the last part of a name (`commit_interval_ms`). The same names are accepted as
-//! `eddy.<name>` properties on the command line and in `SET` statements where they apply to a session.
+//! Units are the last part of a name (`commit_interval_ms`). An operator sets them by the same
+//! names, with or without the `eddy.` prefix `SHOW PROPERTIES` prints, through
+//! [`EngineConfig::set`] (the binary's `--set NAME=VALUE`).
 
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +180,91 @@ impl EngineConfig {
             .collect()
     }
 
+    /// Sets the setting `name` (as [`EngineConfig::describe`] names it, `eddy.` prefix optional)
+    /// from its text form. Fails on an unknown name or a value of the wrong kind, and on 0 for a
+    /// limit where 0 would stop the engine (batch sizes, queue depths, intervals, timeouts).
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let key = name.strip_prefix("eddy.").unwrap_or(name);
+        let invalid = |expected: &'static str| ConfigError::InvalidValue {
+            name: format!("eddy.{key}"),
+            value: value.to_owned(),
+            expected,
+        };
+        let count = || {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid("a whole number"))
+        };
+        let positive = || match count()? {
+            0 => Err(invalid("a whole number above 0")),
+            n => Ok(n),
+        };
+        let size = |n: u64| usize::try_from(n).map_err(|_| invalid("a smaller whole number"));
+        let partitions = || {
+            value
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("a whole number above 0"))
+        };
+        match key {
+            "service_id" | "topic_prefix" if value.contains(char::is_whitespace) => {
+                return Err(invalid("a name without spaces"));
+            }
+            "service_id" if value.is_empty() => return Err(invalid("a non-empty name")),
+            "service_id" => self.service_id = value.to_owned(),
+            "topic_prefix" => self.topic_prefix = value.to_owned(),
+            "max_batch_records" => self.max_batch_records = size(positive()?)?,
+            "max_batch_wait_ms" => self.max_batch_wait_ms = positive()?,
+            "table_join_poll_interval_ms" => self.table_join_poll_interval_ms = positive()?,
+            "partition_queue_batches" => self.partition_queue_batches = size(positive()?)?,
+            "commit_interval_ms" => self.commit_interval_ms = positive()?,
+            "push_query_queue_batches" => self.push_query_queue_batches = size(positive()?)?,
+            "push_query_max_rows" => self.push_query_max_rows = count()?,
+            "producer_linger_ms" => self.producer_linger_ms = count()?,
+            "produce_timeout_ms" => self.produce_timeout_ms = positive()?,
+            "kafka_request_timeout_ms" => self.kafka_request_timeout_ms = positive()?,
+            "processing_log_queue_records" => {
+                self.processing_log_queue_records = size(positive()?)?
+            }
+            "processing_log_record_bytes" => self.processing_log_record_bytes = size(count()?)?,
+            "default_partitions" => self.default_partitions = partitions()?,
+            "default_replicas" => self.default_replicas = partitions()?,
+            "max_pending_push_rows" => self.max_pending_push_rows = size(positive()?)?,
+            "state_dir" if value.is_empty() => return Err(invalid("a directory")),
+            "state_dir" => self.state_dir = std::path::PathBuf::from(value),
+            "state_block_cache_bytes" => self.state_block_cache_bytes = size(count()?)?,
+            "collection_max_entries" => self.collection_max_entries = size(positive()?)?,
+            "pull_query_max_rows" => self.pull_query_max_rows = size(positive()?)?,
+            "read_your_writes_timeout_ms" => self.read_your_writes_timeout_ms = positive()?,
+            _ => {
+                return Err(ConfigError::UnknownSetting {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `NAME=VALUE` assignments in order (see [`EngineConfig::set`]).
+    pub fn apply_assignments<'a>(
+        &mut self,
+        assignments: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ConfigError> {
+        for assignment in assignments {
+            let (name, value) =
+                assignment
+                    .split_once('=')
+                    .ok_or_else(|| ConfigError::NotAnAssignment {
+                        text: assignment.to_owned(),
+                    })?;
+            self.set(name.trim(), value.trim())?;
+        }
+        Ok(())
+    }
+
     /// Logical name of an internal topic of a persistent query (`changelog`, `repartition`).
     pub fn query_topic(&self, query_id: &str, role: &str) -> String {
         format!("_eddy-{}-query-{query_id}-{role}", self.service_id)
@@ -190,9 +276,82 @@ impl EngineConfig {
     }
 }
 
+/// A setting that [`EngineConfig::set`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown setting \"{name}\"")]
+    UnknownSetting { name: String },
+    #[error("invalid value \"{value}\" for setting \"{name}\": expected {expected}")]
+    InvalidValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error(
+        "\"{text}\" is not a setting: expected NAME=VALUE, such as eddy.max_batch_records=8192"
+    )]
+    NotAnAssignment { text: String },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_described_setting_can_be_set_to_its_own_value() {
+        let defaults = EngineConfig::default();
+        let mut config = EngineConfig::default();
+        for (name, value) in defaults.describe() {
+            config
+                .set(&name, &value)
+                .unwrap_or_else(|e| panic!("{name}={value}: {e}"));
+        }
+        assert_eq!(config, defaults);
+    }
+
+    #[test]
+    fn set_changes_the_named_setting_with_or_without_prefix() {
+        let mut config = EngineConfig::default();
+        config.set("eddy.max_batch_records", "8192").unwrap();
+        config.set("max_batch_wait_ms", " 50 ").unwrap();
+        config
+            .apply_assignments(["eddy.commit_interval_ms = 250", "state_dir=/var/lib/eddy"])
+            .unwrap();
+        assert_eq!(config.max_batch_records, 8192);
+        assert_eq!(config.max_batch_wait_ms, 50);
+        assert_eq!(config.commit_interval_ms, 250);
+        assert_eq!(config.state_dir, std::path::PathBuf::from("/var/lib/eddy"));
+        let described: std::collections::HashMap<_, _> = config.describe().into_iter().collect();
+        assert_eq!(described["eddy.max_batch_records"], "8192");
+    }
+
+    #[test]
+    fn set_refuses_what_would_break_the_engine() {
+        let mut config = EngineConfig::default();
+        assert_eq!(
+            config
+                .set("eddy.max_batch_record", "1")
+                .unwrap_err()
+                .to_string(),
+            "unknown setting \"eddy.max_batch_record\""
+        );
+        assert_eq!(
+            config
+                .set("max_batch_records", "0")
+                .unwrap_err()
+                .to_string(),
+            "invalid value \"0\" for setting \"eddy.max_batch_records\": expected a whole number above 0"
+        );
+        assert!(config.set("max_batch_wait_ms", "20ms").is_err());
+        assert!(config.set("default_partitions", "-1").is_err());
+        assert!(config.set("service_id", "").is_err());
+        assert!(config.apply_assignments(["max_batch_records"]).is_err());
+        assert_eq!(
+            config,
+            EngineConfig::default(),
+            "a refused setting changes nothing"
+        );
+    }
 
     #[test]
     fn prefix_round_trips() {

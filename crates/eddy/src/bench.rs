@@ -29,7 +29,11 @@ pub struct TableBench {
     pub window: Option<String>,
 }
 
-pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> {
+pub async fn run(
+    connection: &KafkaConnection,
+    base: &EngineConfig,
+    bench: TableBench,
+) -> Result<()> {
     if bench.keys == 0 || bench.events == 0 {
         bail!("--events and --keys must be positive");
     }
@@ -37,7 +41,7 @@ pub async fn run(connection: &KafkaConnection, bench: TableBench) -> Result<()> 
         engine,
         config,
         _state_dir,
-    } = BenchEngine::start(connection).await?;
+    } = BenchEngine::start(connection, base).await?;
     let mut session = Session::new();
     execute(
         &engine,
@@ -167,7 +171,8 @@ pub(crate) struct BenchEngine {
 }
 
 impl BenchEngine {
-    pub(crate) async fn start(connection: &KafkaConnection) -> Result<Self> {
+    /// An engine in a namespace of its own, with `base`'s limits (the `--set` options).
+    pub(crate) async fn start(connection: &KafkaConnection, base: &EngineConfig) -> Result<Self> {
         let id = uuid_like();
         let state_dir = tempfile::Builder::new()
             .prefix("eddy-bench-")
@@ -177,7 +182,7 @@ impl BenchEngine {
             service_id: format!("bench-{id}"),
             topic_prefix: format!("bench-{id}-"),
             state_dir: state_dir.path().to_path_buf(),
-            ..EngineConfig::default()
+            ..base.clone()
         };
         let engine = Engine::start(config.clone(), connection.clone())
             .await

@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use eddy_common::config::EngineConfig;
 use eddy_engine::Session;
 use eddy_runtime::KafkaConnection;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,7 +34,11 @@ pub struct JoinBench {
     pub partitions: i32,
 }
 
-pub async fn run(connection: &KafkaConnection, bench: JoinBench) -> Result<()> {
+pub async fn run(
+    connection: &KafkaConnection,
+    base: &EngineConfig,
+    bench: JoinBench,
+) -> Result<()> {
     if bench.keys == 0 || bench.events == 0 {
         bail!("--events and --keys must be positive");
     }
@@ -41,7 +46,7 @@ pub async fn run(connection: &KafkaConnection, bench: JoinBench) -> Result<()> {
         engine,
         config,
         _state_dir,
-    } = BenchEngine::start(connection).await?;
+    } = BenchEngine::start(connection, base).await?;
     let mut session = Session::new();
     execute(
         &engine,

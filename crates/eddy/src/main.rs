@@ -57,6 +57,11 @@ struct Cli {
         global = true
     )]
     service_id: String,
+    /// Set an engine limit, by the name `SHOW PROPERTIES` prints (the `eddy.` prefix is
+    /// optional), e.g. `--set eddy.max_batch_records=8192`; repeatable, applied after the other
+    /// options (`SHOW PROPERTIES` lists them; docs/architecture.md, "Limits").
+    #[arg(long = "set", value_name = "NAME=VALUE", global = true)]
+    settings: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -237,8 +242,17 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Checked before anything starts, so that a wrong setting fails at once.
+    let mut engine_config = EngineConfig {
+        service_id: cli.service_id,
+        state_dir: cli.data_dir.join("state"),
+        ..EngineConfig::default()
+    };
+    engine_config
+        .apply_assignments(cli.settings.iter().map(String::as_str))
+        .context("--set")?;
     match cli.command {
-        None => shell(cli.kafka, &cli.data_dir, cli.broker_port, cli.service_id)
+        None => shell(cli.kafka, &cli.data_dir, cli.broker_port, engine_config)
             .await
             .map(|()| ExitCode::SUCCESS),
         Some(Command::Cli {
@@ -259,7 +273,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cli.kafka,
             &cli.data_dir,
             cli.broker_port,
-            cli.service_id,
+            engine_config,
             ServerOptions {
                 listen,
                 basic_auth,
@@ -275,8 +289,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Test {
             files,
             query_timeout_ms,
-        }) => test(cli.kafka, &files, query_timeout_ms).await,
-        Some(Command::Bench { which }) => bench(cli.kafka, which).await.map(|()| ExitCode::SUCCESS),
+        }) => test(cli.kafka, &files, query_timeout_ms, engine_config).await,
+        Some(Command::Bench { which }) => bench(cli.kafka, which, &engine_config)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -286,7 +302,7 @@ async fn start_engine(
     kafka: KafkaArgs,
     data_dir: &Path,
     broker_port: u16,
-    service_id: String,
+    config: EngineConfig,
 ) -> Result<(Engine, KafkaConnection, Option<embedded::Broker>)> {
     let (connection, broker) = match kafka.bootstrap_servers {
         Some(servers) => (KafkaConnection::new(servers), None),
@@ -301,11 +317,6 @@ async fn start_engine(
             );
             (broker.connection(), Some(broker))
         }
-    };
-    let config = EngineConfig {
-        service_id,
-        state_dir: data_dir.join("state"),
-        ..EngineConfig::default()
     };
     let engine = Engine::start(config, connection.clone())
         .await
@@ -335,10 +346,9 @@ async fn shell(
     kafka: KafkaArgs,
     data_dir: &Path,
     broker_port: u16,
-    service_id: String,
+    config: EngineConfig,
 ) -> Result<()> {
-    let (engine, connection, broker) =
-        start_engine(kafka, data_dir, broker_port, service_id).await?;
+    let (engine, connection, broker) = start_engine(kafka, data_dir, broker_port, config).await?;
     let history_path = default_history_path(broker.as_ref().map(|_| data_dir));
     let banner = format!(
         "Eddy {} on Kafka at {}. Statements end with ';'; type 'exit' or press Ctrl-D to leave.",
@@ -388,7 +398,7 @@ async fn server(
     kafka: KafkaArgs,
     data_dir: &Path,
     broker_port: u16,
-    service_id: String,
+    config: EngineConfig,
     options: ServerOptions,
 ) -> Result<()> {
     let ServerOptions {
@@ -411,8 +421,7 @@ async fn server(
         ),
         None => None,
     };
-    let (engine, connection, broker) =
-        start_engine(kafka, data_dir, broker_port, service_id).await?;
+    let (engine, connection, broker) = start_engine(kafka, data_dir, broker_port, config).await?;
     if let (Some(queries), Some(path)) = (&queries, &queries_file) {
         match engine.run_queries_file(queries).await {
             Ok(done) => {
@@ -542,12 +551,18 @@ async fn kafka_or_temporary_broker(
 }
 
 /// `eddy test`.
-async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Result<ExitCode> {
+async fn test(
+    kafka: KafkaArgs,
+    paths: &[PathBuf],
+    query_timeout_ms: u64,
+    engine: EngineConfig,
+) -> Result<ExitCode> {
     let files = expand_test_files(paths)?;
     // The guard keeps the temporary directory alive until the broker is shut down.
     let (connection, broker, _temp_dir) = kafka_or_temporary_broker(kafka, "eddy-test-").await?;
     let config = SltConfig {
         query_timeout_ms,
+        engine,
         ..SltConfig::default()
     };
     let summary = run_files_with(&connection, &files, &config).await;
@@ -564,7 +579,7 @@ async fn test(kafka: KafkaArgs, paths: &[PathBuf], query_timeout_ms: u64) -> Res
 }
 
 /// `eddy bench ...`, on the given Kafka or on an embedded broker in a temporary directory.
-async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
+async fn bench(kafka: KafkaArgs, which: BenchCommand, engine: &EngineConfig) -> Result<()> {
     let (connection, broker, _temp_dir) = kafka_or_temporary_broker(kafka, "eddy-bench-").await?;
     let outcome = match which {
         BenchCommand::Table {
@@ -576,6 +591,7 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
         } => {
             bench::run(
                 &connection,
+                engine,
                 bench::TableBench {
                     events,
                     keys,
@@ -595,6 +611,7 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
         } => {
             nexmark::run(
                 &connection,
+                engine,
                 nexmark::NexmarkBench {
                     bids: events,
                     partitions,
@@ -612,6 +629,7 @@ async fn bench(kafka: KafkaArgs, which: BenchCommand) -> Result<()> {
         } => {
             join_bench::run(
                 &connection,
+                engine,
                 join_bench::JoinBench {
                     events,
                     keys,

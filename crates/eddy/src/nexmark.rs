@@ -386,7 +386,11 @@ struct QueryResult {
 }
 
 /// Runs the benchmark: generates `bids` bids, loads them, and measures every query.
-pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()> {
+pub async fn run(
+    connection: &KafkaConnection,
+    base: &EngineConfig,
+    bench: NexmarkBench,
+) -> Result<()> {
     if bench.bids == 0 {
         bail!("--events must be positive");
     }
@@ -444,7 +448,7 @@ pub async fn run(connection: &KafkaConnection, bench: NexmarkBench) -> Result<()
         engine,
         config,
         _state_dir,
-    } = BenchEngine::start(connection).await?;
+    } = BenchEngine::start(connection, base).await?;
     let mut session = Session::new();
     execute(
         &engine,

@@ -47,6 +47,8 @@ fn the_shell_completes_streams_runs_scripts_spools_and_stops_push_queries() {
         .arg(&data)
         .arg("--broker-port")
         .arg("0")
+        .arg("--set")
+        .arg("eddy.max_batch_wait_ms=37")
         .env("HOME", dir.path())
         .env("TERM", "xterm")
         .env("NO_COLOR", "1")
@@ -56,6 +58,13 @@ fn the_shell_completes_streams_runs_scripts_spools_and_stops_push_queries() {
 
     send(&mut shell, "help\n");
     expect(&mut shell, "RUN SCRIPT 'file.sql'");
+    expect(&mut shell, "eddy> ");
+
+    // The engine runs with the limit given by --set.
+    send(&mut shell, "SHOW PROPERTIES;\n");
+    if let Err(error) = shell.exp_regex(r"eddy\.max_batch_wait_ms +\| +\w+ +\| +37 +\|") {
+        panic!("SHOW PROPERTIES should print the --set value 37: {error}");
+    }
     expect(&mut shell, "eddy> ");
 
     send(&mut shell, &format!("SPOOL '{}'\n", spool.display()));
@@ -127,4 +136,36 @@ fn uuid_like() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{}_{nanos}", std::process::id())
+}
+
+#[test]
+fn a_bad_setting_fails_at_start_with_its_name() {
+    let output = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args([
+            "--set",
+            "eddy.max_batch_records=0",
+            "test",
+            "no-such-file.slt",
+        ])
+        .env("EDDY_LOG", "error")
+        .output()
+        .expect("eddy runs");
+    assert!(!output.status.success(), "a bad --set must fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "invalid value \"0\" for setting \"eddy.max_batch_records\": expected a whole number above 0"
+        ),
+        "stderr: {stderr}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["--set", "eddy.no_such_limit=1", "test", "no-such-file.slt"])
+        .output()
+        .expect("eddy runs");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unknown setting \"eddy.no_such_limit\""),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
