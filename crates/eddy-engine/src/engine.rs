@@ -193,7 +193,12 @@ impl Engine {
                     Some((
                         info.clone(),
                         matches!(handle.status(), QueryStatus::Running),
-                        (records_in, records_out, records_skipped),
+                        (
+                            records_in,
+                            handle.batches_in(),
+                            records_out,
+                            records_skipped,
+                        ),
                         (
                             handle.metrics.restore_records_done.load(Relaxed),
                             handle.metrics.restore_records_total.load(Relaxed),
@@ -205,8 +210,13 @@ impl Engine {
             Err(_) => Vec::new(),
         };
         let mut snapshots = Vec::with_capacity(running.len());
-        for (info, is_running, (records_in, records_out, records_skipped), restore, first) in
-            running
+        for (
+            info,
+            is_running,
+            (records_in, batches_in, records_out, records_skipped),
+            restore,
+            first,
+        ) in running
         {
             let lag_records = match first {
                 Some(progress) if !progress.topic.is_empty() => {
@@ -225,6 +235,7 @@ impl Engine {
                 sink: info.sink,
                 running: is_running,
                 records_in,
+                batches_in,
                 records_out,
                 records_skipped,
                 lag_records,

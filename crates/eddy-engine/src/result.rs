@@ -144,6 +144,8 @@ pub struct QueryMetricsSnapshot {
     /// Whether it is running (not failed or stopped).
     pub running: bool,
     pub records_in: u64,
+    /// Input batches it processed: `records_in / batches_in` is its average batch.
+    pub batches_in: u64,
     pub records_out: u64,
     /// Records skipped as malformed (each in the processing log).
     pub records_skipped: u64,

@@ -148,6 +148,9 @@ pub enum QueryStatus {
 #[derive(Debug)]
 pub struct QueryMetrics {
     pub records_in: AtomicU64,
+    /// Input batches processed: `records_in / batches_in` is the average batch, which grows
+    /// while the query catches up with a backlog.
+    pub batches_in: AtomicU64,
     pub records_out: AtomicU64,
     pub records_skipped: AtomicU64,
     /// Changelog records to replay before the query's partitions resume (grows as tasks start).
@@ -161,6 +164,7 @@ impl QueryMetrics {
     fn new() -> Self {
         Self {
             records_in: AtomicU64::new(0),
+            batches_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             records_skipped: AtomicU64::new(0),
             restore_records_total: AtomicU64::new(0),
@@ -274,6 +278,18 @@ impl QueryHandle {
             self.metrics.records_out.load(Ordering::Relaxed),
             skipped,
         )
+    }
+}
+
+impl QueryHandle {
+    /// Input batches of the first query of the chain (where `counts` counts records in).
+    pub fn batches_in(&self) -> u64 {
+        self.upstream
+            .first()
+            .map(|u| &u.metrics)
+            .unwrap_or(&self.metrics)
+            .batches_in
+            .load(Ordering::Relaxed)
     }
 }
 
@@ -1229,6 +1245,7 @@ impl PartitionTask {
             self.metrics
                 .records_in
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            self.metrics.batches_in.fetch_add(1, Ordering::Relaxed);
             let decoded = decoder
                 .decode(raw)
                 .map_err(|e| QueryError::Internal(format!("decoder of \"{}\": {e}", side.topic)))?;
@@ -1593,6 +1610,7 @@ impl PartitionTask {
             self.metrics
                 .records_in
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            self.metrics.batches_in.fetch_add(1, Ordering::Relaxed);
             let mut prepared = side
                 .prepare(&raw, &spec.processing_log, &spec.query_id)
                 .await?;

@@ -116,7 +116,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 fn prometheus_text(queries: &[eddy_engine::QueryMetricsSnapshot]) -> String {
     use eddy_engine::QueryMetricsSnapshot as Q;
     type Sample = fn(&Q) -> Option<String>;
-    let families: [(&str, &str, &str, Sample); 8] = [
+    let families: [(&str, &str, &str, Sample); 9] = [
         (
             "eddy_query_running",
             "gauge",
@@ -128,6 +128,12 @@ fn prometheus_text(queries: &[eddy_engine::QueryMetricsSnapshot]) -> String {
             "counter",
             "Records the query has read from its inputs.",
             |q| Some(q.records_in.to_string()),
+        ),
+        (
+            "eddy_query_batches_in_total",
+            "counter",
+            "Input batches the query has processed; records in / batches in is its average batch.",
+            |q| Some(q.batches_in.to_string()),
         ),
         (
             "eddy_query_records_out_total",
@@ -203,6 +209,7 @@ mod tests {
             sink: "a\"b".into(),
             running: true,
             records_in: 5,
+            batches_in: 2,
             records_out: 2,
             records_skipped: 1,
             lag_records: None,
@@ -217,6 +224,10 @@ mod tests {
         );
         assert!(
             text.contains("eddy_query_records_in_total{query=\"CTAS_T_1\",sink=\"a\\\"b\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eddy_query_batches_in_total{query=\"CTAS_T_1\",sink=\"a\\\"b\"} 2\n"),
             "{text}"
         );
         assert!(

@@ -828,6 +828,21 @@ async fn run_stateful(
     }
     let end_to_end_seconds = started.elapsed().as_secs_f64();
     let end_to_end_cpu_seconds = process_cpu_seconds() - cpu_before;
+    // How each query of the chain batched its input (larger batches: fewer Kafka round trips,
+    // and an aggregation writes each group once per batch).
+    for metrics in engine.query_metrics(Duration::from_secs(5)).await {
+        if metrics.running && metrics.batches_in > 0 {
+            println!(
+                "  {} {}: {} records in, {} batches in (average {:.0}), {} records out",
+                query.name,
+                metrics.query_id,
+                metrics.records_in,
+                metrics.batches_in,
+                metrics.records_in as f64 / metrics.batches_in as f64,
+                metrics.records_out
+            );
+        }
+    }
     execute(engine, session, "TERMINATE ALL;").await?;
     let [persons, auctions, bids] = counts;
     let inputs = query.inputs;
