@@ -16,8 +16,13 @@ pub struct EngineConfig {
     /// Prepended to the physical name of every Kafka topic Eddy reads or writes, user topics included.
     /// Used by `eddy test` to give every test file its own namespace on a shared broker. Default empty.
     pub topic_prefix: String,
-    /// Most records decoded and processed as one Arrow batch. Default 4096.
+    /// Most records decoded and processed as one Arrow batch. Default 16384.
     pub max_batch_records: usize,
+    /// Most bytes of keys and values in one batch: a batch ends at `max_batch_records` or at
+    /// this, whichever comes first (a single larger record makes a batch of its own). Batches
+    /// fill up only while a query catches up; this bounds what a partition's queue holds,
+    /// `partition_queue_batches` times it, whatever the records' size. Default 4 MiB.
+    pub max_batch_bytes: usize,
     /// Longest a partially filled batch waits for more records before it is processed. Default 20 ms.
     pub max_batch_wait_ms: u64,
     /// How often a join of two tables, or of two streams, checks both sides for new records
@@ -73,7 +78,8 @@ impl Default for EngineConfig {
         Self {
             service_id: "eddy".to_owned(),
             topic_prefix: String::new(),
-            max_batch_records: 4096,
+            max_batch_records: 16_384,
+            max_batch_bytes: 4 << 20,
             max_batch_wait_ms: 20,
             table_join_poll_interval_ms: 100,
             partition_queue_batches: 4,
@@ -98,6 +104,14 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The bounds of one input batch.
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            records: self.max_batch_records.max(1),
+            bytes: self.max_batch_bytes.max(1),
+        }
+    }
+
     /// Physical Kafka topic name of a logical topic name (applies [`EngineConfig::topic_prefix`]).
     pub fn physical_topic(&self, logical: &str) -> String {
         format!("{}{}", self.topic_prefix, logical)
@@ -120,10 +134,11 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 22] = [
+        let settings: [(&str, String); 23] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
+            ("max_batch_bytes", self.max_batch_bytes.to_string()),
             ("max_batch_wait_ms", self.max_batch_wait_ms.to_string()),
             (
                 "table_join_poll_interval_ms",
@@ -217,6 +232,7 @@ impl EngineConfig {
             "service_id" => self.service_id = value.to_owned(),
             "topic_prefix" => self.topic_prefix = value.to_owned(),
             "max_batch_records" => self.max_batch_records = size(positive()?)?,
+            "max_batch_bytes" => self.max_batch_bytes = size(positive()?)?,
             "max_batch_wait_ms" => self.max_batch_wait_ms = positive()?,
             "table_join_poll_interval_ms" => self.table_join_poll_interval_ms = positive()?,
             "partition_queue_batches" => self.partition_queue_batches = size(positive()?)?,
@@ -276,6 +292,22 @@ impl EngineConfig {
     }
 }
 
+/// Where an input batch ends: at `records` records or once its keys and values hold `bytes`
+/// bytes, whichever comes first ([`EngineConfig::max_batch_records`],
+/// [`EngineConfig::max_batch_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl BatchLimits {
+    /// Whether a batch of `records` records and `bytes` bytes is full.
+    pub fn is_full(&self, records: usize, bytes: usize) -> bool {
+        records >= self.records || bytes >= self.bytes
+    }
+}
+
 /// A setting that [`EngineConfig::set`] refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -323,6 +355,19 @@ mod tests {
         assert_eq!(config.state_dir, std::path::PathBuf::from("/var/lib/eddy"));
         let described: std::collections::HashMap<_, _> = config.describe().into_iter().collect();
         assert_eq!(described["eddy.max_batch_records"], "8192");
+    }
+
+    #[test]
+    fn a_batch_ends_at_its_record_or_byte_bound() {
+        let limits = EngineConfig {
+            max_batch_records: 100,
+            max_batch_bytes: 1000,
+            ..Default::default()
+        }
+        .batch_limits();
+        assert!(!limits.is_full(99, 999));
+        assert!(limits.is_full(100, 10), "record bound");
+        assert!(limits.is_full(3, 1000), "byte bound");
     }
 
     #[test]

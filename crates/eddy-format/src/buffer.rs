@@ -150,6 +150,11 @@ impl RawBatch {
         self.offsets.is_empty()
     }
 
+    /// Bytes of all keys and values together.
+    pub fn payload_bytes(&self) -> usize {
+        self.keys.data().len() + self.values.data().len()
+    }
+
     /// Removes every record, keeping the allocations.
     pub fn clear(&mut self) {
         self.keys.clear();
@@ -245,6 +250,7 @@ mod tests {
         raw.push(None, None, 11, 1, 101);
         raw.push(Some(b""), Some(b"value3"), 12, 2, 102);
         assert_eq!(raw.len(), 3);
+        assert_eq!(raw.payload_bytes(), 2 + 2 + 6, "keys and values, absent ones count 0");
         assert_eq!(raw.key(0), Some(&b"k1"[..]));
         assert_eq!(raw.value(0), Some(&b"v1"[..]));
         assert_eq!(raw.key(1), None);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
+use eddy_common::config::BatchLimits;
 use eddy_format::{RawBatch, RecordDecoder, SourceLayout};
 use eddy_planner::JoinPlan;
 use eddy_state::{Store, StoreBatch};
@@ -99,7 +100,7 @@ impl TableSide {
         partition: i32,
         group_id: &str,
         connection: &KafkaConnection,
-        max_batch_records: usize,
+        limits: BatchLimits,
     ) -> Result<Self, QueryError> {
         let side = SideSpec {
             topic: &spec.table_topic,
@@ -115,7 +116,7 @@ impl TableSide {
             (partition, partition),
             group_id,
             connection,
-            max_batch_records,
+            limits,
         )
     }
 
@@ -127,7 +128,7 @@ impl TableSide {
         (task, right, right_count): (i32, i32, i32),
         group_id: &str,
         connection: &KafkaConnection,
-        max_batch_records: usize,
+        limits: BatchLimits,
     ) -> Result<Self, QueryError> {
         let store_partition = i64::from(task)
             .checked_mul(i64::from(right_count))
@@ -153,7 +154,7 @@ impl TableSide {
             (right, store_partition),
             &format!("{group_id}-copy-{task}"),
             connection,
-            max_batch_records,
+            limits,
         )
     }
 
@@ -164,7 +165,7 @@ impl TableSide {
         partition: i32,
         group_id: &str,
         connection: &KafkaConnection,
-        max_batch_records: usize,
+        limits: BatchLimits,
     ) -> Result<Self, QueryError> {
         let (Some((topic, layout, store)), Some(left)) = (&spec.left, &plan.left_table) else {
             return Err(QueryError::Internal(
@@ -185,7 +186,7 @@ impl TableSide {
             (partition, partition),
             &format!("{group_id}-left"),
             connection,
-            max_batch_records,
+            limits,
         )
     }
 
@@ -195,7 +196,7 @@ impl TableSide {
         (partition, store_partition): (i32, i32),
         group_id: &str,
         connection: &KafkaConnection,
-        max_batch_records: usize,
+        limits: BatchLimits,
     ) -> Result<Self, QueryError> {
         let decoder = RecordDecoder::new(side.layout).map_err(|e| QueryError::Format {
             topic: side.topic.to_owned(),
@@ -240,7 +241,7 @@ impl TableSide {
             side.topic,
             partition,
             start,
-            max_batch_records,
+            limits,
         )?;
         Ok(Self {
             topic: side.topic.to_owned(),

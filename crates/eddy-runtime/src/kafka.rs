@@ -7,6 +7,7 @@ use std::time::Duration;
 use eddy_format::RawBatch;
 use rdkafka::message::Message;
 
+use eddy_common::config::BatchLimits;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -466,7 +467,7 @@ pub(crate) struct PartitionReader {
     consumer: OffWorkerDrop<StreamConsumer>,
     /// Next offset to read.
     next_offset: i64,
-    max_batch_records: usize,
+    limits: BatchLimits,
     /// How long a read waits for a record below the high watermark before asking where the
     /// consumer is (offsets without records, such as transaction markers).
     idle: Duration,
@@ -480,7 +481,7 @@ impl PartitionReader {
         topic: &str,
         partition: i32,
         start: Offset,
-        max_batch_records: usize,
+        limits: BatchLimits,
     ) -> Result<Self, KafkaError> {
         let next_offset = match start {
             Offset::Offset(offset) => offset,
@@ -511,7 +512,7 @@ impl PartitionReader {
             partition,
             consumer: OffWorkerDrop::new(consumer),
             next_offset,
-            max_batch_records: max_batch_records.max(1),
+            limits,
             idle: Duration::from_millis(connection.request_timeout_ms.max(1000)),
         })
     }
@@ -531,14 +532,14 @@ impl PartitionReader {
             .await?)
     }
 
-    /// Reads the next batch of records below `high` (at most `max_batch_records`); `None` when
-    /// the partition is read up to `high`.
+    /// Reads the next batch of records below `high` (up to the batch limits); `None` when the
+    /// partition is read up to `high`.
     pub(crate) async fn read_batch(&mut self, high: i64) -> Result<Option<RawBatch>, QueryError> {
         if self.next_offset >= high {
             return Ok(None);
         }
-        let mut raw = RawBatch::with_capacity(self.max_batch_records, 64 * 1024);
-        while self.next_offset < high && raw.len() < self.max_batch_records {
+        let mut raw = RawBatch::with_capacity(self.limits.records.min(1024), 64 * 1024);
+        while self.next_offset < high && !self.limits.is_full(raw.len(), raw.payload_bytes()) {
             let message = match tokio::time::timeout(self.idle, self.consumer.recv()).await {
                 Ok(Ok(message)) => Some(message),
                 Ok(Err(error)) => {

@@ -634,7 +634,10 @@ impl Driver {
             spec.config.commit_interval_ms.max(10),
         ));
         commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let max_batch = spec.config.max_batch_records.max(1);
+        let limits = spec.config.batch_limits();
+        let max_batch = limits.records;
+        // Room reserved for a batch's keys and values: what a full batch of small records needs.
+        let batch_bytes = (max_batch * RAW_BYTES_PER_RECORD).min(limits.bytes);
         let mut consecutive_errors = 0u32;
 
         let outcome: Result<(), QueryError> = loop {
@@ -664,11 +667,11 @@ impl Driver {
                     };
                     let partition = message.partition();
                     let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
-                    let buffer = buffers.entry(partition).or_insert_with(|| RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
+                    let buffer = buffers.entry(partition).or_insert_with(|| RawBatch::with_capacity(max_batch, batch_bytes));
                     buffer.push(message.key(), message.payload(), timestamp_ms, partition, message.offset());
                     drop(message);
-                    if buffer.len() >= max_batch {
-                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
+                    if limits.is_full(buffer.len(), buffer.payload_bytes()) {
+                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { partition };
                         let worker = worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         if worker.sender.send(batch).await.is_err() {
@@ -679,7 +682,7 @@ impl Driver {
                 _ = linger.tick() => {
                     for (partition, buffer) in buffers.iter_mut() {
                         if buffer.is_empty() { continue; }
-                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, max_batch * RAW_BYTES_PER_RECORD));
+                        let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { *partition };
                         let worker = worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
                         let _ = worker.sender.send(batch).await;
@@ -1473,7 +1476,7 @@ impl PartitionTask {
             self.partition,
             &spec.group_id,
             &spec.connection,
-            spec.config.max_batch_records,
+            spec.config.batch_limits(),
         )?;
         table
             .catch_up(&spec.connection, &spec.processing_log, &spec.query_id)
@@ -1540,7 +1543,7 @@ impl PartitionTask {
                 self.partition,
                 &spec.group_id,
                 &spec.connection,
-                spec.config.max_batch_records,
+                spec.config.batch_limits(),
             )
         };
         let mut left = open(true)?;
@@ -1672,14 +1675,14 @@ impl PartitionTask {
                 "a join started without its tables".into(),
             ));
         };
-        let max_batch = spec.config.max_batch_records;
+        let limits = spec.config.batch_limits();
         let mut left = TableSide::open_left(
             join_spec,
             join,
             self.partition,
             &spec.group_id,
             &spec.connection,
-            max_batch,
+            limits,
         )?;
         let right_partitions = spec
             .connection
@@ -1697,7 +1700,7 @@ impl PartitionTask {
                     (self.partition, right, right_partitions),
                     &spec.group_id,
                     &spec.connection,
-                    max_batch,
+                    limits,
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -1733,7 +1736,7 @@ impl PartitionTask {
                 let right_output = |copy: &TableSide, prepared: &mut crate::join::Prepared| {
                     prepared
                         .changes
-                        .chunks(max_batch.max(1))
+                        .chunks(limits.records)
                         .map(|changes| {
                             let keys = &spec.plan.key_columns;
                             foreign_key_right_output(
@@ -1830,7 +1833,7 @@ impl PartitionTask {
                 ),
             };
         }
-        let max_batch = spec.config.max_batch_records;
+        let limits = spec.config.batch_limits();
         let [left_start, right_start] = starts;
         let mut readers = [
             PartitionReader::open(
@@ -1839,7 +1842,7 @@ impl PartitionTask {
                 &spec.source_topic,
                 self.partition,
                 left_start,
-                max_batch,
+                limits,
             )?,
             PartitionReader::open(
                 &spec.connection,
@@ -1847,7 +1850,7 @@ impl PartitionTask {
                 &right_spec.topic,
                 self.partition,
                 right_start,
-                max_batch,
+                limits,
             )?,
         ];
         let format_error = |topic: &str, e: eddy_format::FormatError| QueryError::Format {
