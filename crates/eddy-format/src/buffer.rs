@@ -250,7 +250,11 @@ mod tests {
         raw.push(None, None, 11, 1, 101);
         raw.push(Some(b""), Some(b"value3"), 12, 2, 102);
         assert_eq!(raw.len(), 3);
-        assert_eq!(raw.payload_bytes(), 2 + 2 + 6, "keys and values, absent ones count 0");
+        assert_eq!(
+            raw.payload_bytes(),
+            2 + 2 + 6,
+            "keys and values, absent ones count 0"
+        );
         assert_eq!(raw.key(0), Some(&b"k1"[..]));
         assert_eq!(raw.value(0), Some(&b"v1"[..]));
         assert_eq!(raw.key(1), None);
