@@ -1034,3 +1034,70 @@ async fn a_terminated_join_stops_without_reading_its_backlog() {
     }
     engine.shutdown().await;
 }
+
+/// A batch ends at `max_batch_bytes` as well as at `max_batch_records`: with a byte bound below
+/// one record, a backlog read all at once still goes through the query one record per batch,
+/// which `batches_in` (the `/metrics` counter) shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ends_at_its_byte_bound() {
+    const RECORDS: usize = 200;
+    let h = Harness::start().await;
+    let engine = Engine::start(
+        EngineConfig {
+            max_batch_bytes: 1,
+            ..h.config()
+        },
+        KafkaConnection::new(h.broker.bootstrap_servers()),
+    )
+    .await
+    .expect("engine starts");
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM bounded_in (k STRING KEY, v INT) \
+         WITH (KAFKA_TOPIC='bounded_in', VALUE_FORMAT='JSON', PARTITIONS=1);",
+    )
+    .await;
+    // The whole backlog is in the topic before the query starts, so it could be one batch.
+    let producer = h.producer();
+    let topic = h.topic("bounded_in");
+    let mut deliveries = Vec::new();
+    for i in 0..RECORDS {
+        let (key, value) = (format!("k{i}"), format!(r#"{{"V":{i}}}"#));
+        let record = FutureRecord::<str, str>::to(&topic)
+            .key(&key)
+            .payload(&value);
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(error, _)| error)
+                .expect("queued"),
+        );
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered").expect("acknowledged");
+    }
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM bounded_out AS SELECT k, v FROM bounded_in;",
+    )
+    .await;
+    assert_eq!(
+        h.consume(&h.topic("BOUNDED_OUT"), RECORDS).await.len(),
+        RECORDS
+    );
+    let metrics = engine.query_metrics(Duration::from_secs(5)).await;
+    let query = metrics
+        .iter()
+        .find(|m| m.sink == "BOUNDED_OUT")
+        .unwrap_or_else(|| panic!("no metrics for BOUNDED_OUT: {metrics:?}"));
+    assert_eq!(query.records_in, RECORDS as u64);
+    assert_eq!(
+        query.batches_in, RECORDS as u64,
+        "every record is over the byte bound, so each is a batch of its own"
+    );
+    engine.shutdown().await;
+}
