@@ -71,6 +71,12 @@ pub struct EngineConfig {
     /// Longest a read-your-writes pull query waits for the table to catch up with its inputs.
     /// Default 10000 ms.
     pub read_your_writes_timeout_ms: u64,
+    /// Most bytes of stored rows a stream-stream join packs into one record of its changelog:
+    /// the join logs the rows each round stores in records of about this size instead of one
+    /// record per row. Keep it below the broker's and the producer's largest message (1 MB by
+    /// default in Kafka and librdkafka); a single larger row makes a record of its own.
+    /// Default 512 KiB.
+    pub join_changelog_record_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +105,7 @@ impl Default for EngineConfig {
             collection_max_entries: 1000,
             pull_query_max_rows: 1_000_000,
             read_your_writes_timeout_ms: 10_000,
+            join_changelog_record_bytes: 512 << 10,
         }
     }
 }
@@ -134,7 +141,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 23] = [
+        let settings: [(&str, String); 24] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -187,6 +194,10 @@ impl EngineConfig {
             (
                 "read_your_writes_timeout_ms",
                 self.read_your_writes_timeout_ms.to_string(),
+            ),
+            (
+                "join_changelog_record_bytes",
+                self.join_changelog_record_bytes.to_string(),
             ),
         ];
         settings
@@ -255,6 +266,7 @@ impl EngineConfig {
             "collection_max_entries" => self.collection_max_entries = size(positive()?)?,
             "pull_query_max_rows" => self.pull_query_max_rows = size(positive()?)?,
             "read_your_writes_timeout_ms" => self.read_your_writes_timeout_ms = positive()?,
+            "join_changelog_record_bytes" => self.join_changelog_record_bytes = size(positive()?)?,
             _ => {
                 return Err(ConfigError::UnknownSetting {
                     name: name.to_owned(),

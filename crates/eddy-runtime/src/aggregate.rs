@@ -1270,6 +1270,7 @@ pub(crate) async fn commit_partition(
         producer,
         writes,
         &[],
+        &[],
         next_source_offset,
         timeout,
     )
@@ -1277,7 +1278,8 @@ pub(crate) async fn commit_partition(
 }
 
 /// [`commit_partition`] with `local_writes` that go to the store's write batch only, not to the
-/// changelog (state the task rebuilds from the rest after a restore).
+/// changelog (state the task rebuilds from the rest after a restore), and `changelog_writes`
+/// that go to the changelog only (records the task unpacks into store entries after a restore).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn commit_partition_with_local(
     store: &Store,
@@ -1286,6 +1288,7 @@ pub(crate) async fn commit_partition_with_local(
     producer: Option<&FutureProducer>,
     writes: &[(Vec<u8>, Option<Vec<u8>>)],
     local_writes: &[(Vec<u8>, Option<Vec<u8>>)],
+    changelog_writes: &[(Vec<u8>, Option<Vec<u8>>)],
     next_source_offset: i64,
     timeout: Duration,
 ) -> Result<(), QueryError> {
@@ -1293,7 +1296,7 @@ pub(crate) async fn commit_partition_with_local(
     if let (Some(topic), Some(producer)) = (changelog_topic, producer) {
         let mut deliveries = Deliveries::new(topic, timeout);
         let offset_bytes = next_source_offset.to_be_bytes();
-        for (key, value) in writes {
+        for (key, value) in writes.iter().chain(changelog_writes) {
             deliveries
                 .send(producer, partition, key, value.as_deref())
                 .await?;
@@ -1372,6 +1375,7 @@ pub(crate) async fn restore_partition(
         .assign(&assignment)
         .map_err(|e| KafkaError::client("restore assignment", e))?;
     let mut batch = StoreBatch::default();
+    let mut batch_bytes = 0usize;
     let mut applied = 0u64;
     let mut last_log = tokio::time::Instant::now();
     let idle = Duration::from_millis(connection.request_timeout_ms.max(1000));
@@ -1388,6 +1392,8 @@ pub(crate) async fn restore_partition(
             }
         };
         next = message.offset() + 1;
+        batch_bytes +=
+            message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
         match (message.key(), message.payload()) {
             (Some(SOURCE_OFFSET_KEY), Some(value)) if value.len() == 8 => {
                 let mut bytes = [0u8; 8];
@@ -1405,11 +1411,15 @@ pub(crate) async fn restore_partition(
         }
         applied += 1;
         metrics.restore_records_done.fetch_add(1, Ordering::Relaxed);
-        if batch.len() >= RESTORE_BATCH_RECORDS || next >= high {
+        if batch.len() >= RESTORE_BATCH_RECORDS
+            || batch_bytes >= RESTORE_BATCH_BYTES
+            || next >= high
+        {
             batch.set_changelog_offset(next);
             store
                 .write(partition, std::mem::take(&mut batch))
                 .map_err(state_error)?;
+            batch_bytes = 0;
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = tokio::time::Instant::now();
@@ -1526,6 +1536,9 @@ impl<'a> Deliveries<'a> {
 
 /// Changelog records applied to the store per write during a restore.
 const RESTORE_BATCH_RECORDS: usize = 1024;
+/// Bytes of changelog keys and values applied per write during a restore (a stream-stream
+/// join's records hold many rows each, up to `join_changelog_record_bytes`).
+const RESTORE_BATCH_BYTES: usize = 4 << 20;
 
 /// Rows of an applied batch split into table rows and tombstones.
 pub(crate) fn split_rows(applied: &Applied) -> Result<(RecordBatch, RecordBatch), QueryError> {

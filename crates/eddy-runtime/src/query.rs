@@ -1803,14 +1803,19 @@ impl PartitionTask {
             &spec.query_id,
         )
         .await?;
-        let mut joiner = StreamJoiner::open(join_spec.store.clone(), self.partition, join)?;
+        let mut joiner = StreamJoiner::open(
+            join_spec.store.clone(),
+            self.partition,
+            join,
+            spec.config.join_changelog_record_bytes,
+        )?;
         if restored.changelog_offset != local.changelog_offset {
-            let rows = joiner.rebuild_expiry_index()?;
+            let rows = joiner.rebuild_after_restore()?;
             debug!(
                 query = spec.query_id,
                 partition = self.partition,
                 rows,
-                "expiry index rebuilt"
+                "join rows and expiry index rebuilt"
             );
         }
         // Each side resumes at its stored next offset; a new query starts where it is told.
@@ -2044,6 +2049,7 @@ impl PartitionTask {
                     changelog_producer.as_ref(),
                     &round.writes,
                     &round.local_writes,
+                    &round.changelog_writes,
                     next_offsets[0],
                     timeout,
                 )

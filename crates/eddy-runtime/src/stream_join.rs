@@ -14,19 +14,30 @@
 //!    *close index* entry comes due), with NULLs for the other side;
 //! 4. stores the new records for the window's retention (an *expiry index* deletes them later).
 //!
-//! Store layout (one store per query, keys prefixed by partition by `eddy-state`; every entry but
-//! the expiry index is also written to the query's changelog, so a lost local state is rebuilt;
-//! the expiry index follows from the row keys and is rebuilt from them after a restore):
+//! Store layout (one store per query, keys prefixed by partition by `eddy-state`):
 //!
 //! ```text
 //!  [side 'l'|'r'][join key (arrow-row)][event time (ordered)][sequence u64 BE] → row (arrow-row)
-//!  ['x'][expiry time (ordered)][row key]                                       → ∅
+//!  ['c'][side 'l'|'r'][first sequence u64 BE]  (a row chunk, see below)        → expiry time i64 BE
+//!  ['x'][expiry time (ordered)][row or chunk key]                              → ∅
 //!  ['u'][close time (ordered)][row key]   (outer sides: records without partner) → ∅
 //!  ['m'][name]                             stream time, sequences, next offsets → i64 BE
 //! ```
 //!
 //! The join key's arrow-row bytes are prefix-free, so one key's records of one side are a range
 //! ordered by event time, and a window is one range scan.
+//!
+//! The query's changelog (so that a lost local state is rebuilt) gets the close index and the
+//! `m` entries key by key, but not the rows: the rows a round stores are logged in *row chunks*,
+//! records of up to `join_changelog_record_bytes` holding many rows each
+//! (`[expiry time i64 BE]` then `[u32 BE length][row key][u32 BE length][row]` per row), keyed by
+//! the chunk key above. Rows are only ever deleted by their expiry, so a chunk is deleted from the
+//! changelog (a tombstone) when its last row expires, and a row's own expiry deletes it from the
+//! store only. Logging per row cost two changelog records for every record joined (its row and
+//! its tombstone), each a broker write; chunks cost two per round and side. A restore puts each
+//! chunk's rows back ([`StreamJoiner::rebuild_after_restore`]), rows of a live chunk that expired
+//! since included: their expiry entries are due at once, and an expired row meets no record in
+//! time. The expiry index follows from the row and chunk keys and is not logged either.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
@@ -50,6 +61,9 @@ pub const MAX_JOIN_INDEX_ENTRIES_PER_ROUND: usize = 10_000;
 const LEFT_ROW: u8 = b'l';
 const RIGHT_ROW: u8 = b'r';
 const EXPIRY_INDEX: u8 = b'x';
+const ROW_CHUNK: u8 = b'c';
+/// Length of a chunk's header (its expiry time) and of its store entry.
+const CHUNK_HEADER_LEN: usize = 8;
 const CLOSE_INDEX: u8 = b'u';
 const STREAM_TIME_KEY: &[u8] = b"mstream_time";
 const SEQUENCE_KEYS: [&[u8]; 2] = [b"msequence_l", b"msequence_r"];
@@ -101,8 +115,11 @@ pub(crate) struct Round {
     pub keys: Vec<ArrayRef>,
     /// Store and changelog writes: key → value, `None` deletes.
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Store writes kept out of the changelog (the expiry index, rebuilt after a restore).
+    /// Store writes kept out of the changelog (rows and the expiry index, rebuilt after a
+    /// restore from the row chunks).
     pub local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Changelog records that are not store entries as such: the row chunks of the rows stored.
+    pub changelog_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// A record read back from the store.
@@ -126,11 +143,19 @@ pub(crate) struct StreamJoiner {
     stream_time: Option<i64>,
     next_sequence: [u64; 2],
     next_offsets: [Option<i64>; 2],
+    /// Most bytes of rows in one changelog record (`join_changelog_record_bytes`).
+    changelog_record_bytes: usize,
 }
 
 impl StreamJoiner {
-    /// Partition `partition` of the join, from what its (restored) store holds.
-    pub(crate) fn open(store: Store, partition: i32, join: &JoinPlan) -> Result<Self, QueryError> {
+    /// Partition `partition` of the join, from what its (restored) store holds; its rows go to
+    /// the changelog in records of up to `changelog_record_bytes` bytes of rows.
+    pub(crate) fn open(
+        store: Store,
+        partition: i32,
+        join: &JoinPlan,
+        changelog_record_bytes: usize,
+    ) -> Result<Self, QueryError> {
         let stream_join = stream_join_of(join)?;
         let converter = |fields: Vec<SortField>| {
             RowConverter::new(fields).map_err(|e| {
@@ -185,6 +210,7 @@ impl StreamJoiner {
             stream_time,
             next_sequence,
             next_offsets,
+            changelog_record_bytes: changelog_record_bytes.max(1),
         })
     }
 
@@ -406,6 +432,7 @@ impl StreamJoiner {
 
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut changelog_writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         // Stored rows that found a partner leave the close index.
         for row_key in &matched_stored {
             let Some(side) = row_side(row_key) else {
@@ -427,6 +454,7 @@ impl StreamJoiner {
         ];
         for side in [Side::Left, Side::Right] {
             let s = side as usize;
+            let mut chunk = RowChunk::new(side, self.changelog_record_bytes);
             for row in 0..counts[s] {
                 let time = times[s][row];
                 let key = keys[s].row(row).data();
@@ -467,8 +495,18 @@ impl StreamJoiner {
                         Some(Vec::new()),
                     ));
                 }
-                writes.push((row_key, Some(row_values[s].row(row).data().to_vec())));
+                let value = row_values[s].row(row).data();
+                chunk.push(
+                    sequence,
+                    &row_key,
+                    value,
+                    window.expiry_time(time),
+                    &mut changelog_writes,
+                    &mut local_writes,
+                );
+                local_writes.push((row_key, Some(value.to_vec())));
             }
+            chunk.finish(&mut changelog_writes, &mut local_writes);
         }
 
         // Stored rows whose window closed without a partner: out with NULLs for the other side.
@@ -527,7 +565,13 @@ impl StreamJoiner {
                 .map_err(state_error)?;
             for entry in scan.take(MAX_JOIN_INDEX_ENTRIES_PER_ROUND) {
                 let (index, _) = entry.map_err(state_error)?;
-                writes.push((index[9..].to_vec(), None));
+                // A chunk leaves the changelog with its last row; a row only leaves the store.
+                let expired = index[9..].to_vec();
+                if expired.first() == Some(&ROW_CHUNK) {
+                    writes.push((expired, None));
+                } else {
+                    local_writes.push((expired, None));
+                }
                 local_writes.push((index.to_vec(), None));
             }
         }
@@ -601,14 +645,54 @@ impl StreamJoiner {
             keys,
             writes,
             local_writes,
+            changelog_writes,
         })
     }
 
-    /// Writes the expiry index entry of every stored row: the index is not in the changelog
-    /// (it follows from the row keys), so a store restored from the changelog gets it here.
-    /// Entries of rows deleted since are harmless: expiring them deletes nothing.
-    pub(crate) fn rebuild_expiry_index(&self) -> Result<usize, QueryError> {
+    /// After a restore from the changelog: puts the rows of every restored row chunk into the
+    /// store (keeping the chunk as its expiry time), then writes the expiry index entry of every
+    /// stored row and chunk (the index is not in the changelog; it follows from their keys).
+    /// Entries of rows deleted since are harmless: expiring them deletes nothing. Returns the
+    /// number of rows stored.
+    pub(crate) fn rebuild_after_restore(&self) -> Result<usize, QueryError> {
         let mut batch = eddy_state::StoreBatch::default();
+        let mut batch_bytes = 0usize;
+        for entry in self
+            .store
+            .scan_prefix(self.partition, &[ROW_CHUNK])
+            .map_err(state_error)?
+        {
+            let (chunk_key, payload) = entry.map_err(state_error)?;
+            if payload.len() == CHUNK_HEADER_LEN {
+                continue; // its rows are in the store already
+            }
+            let malformed = || {
+                QueryError::State(format!(
+                    "the changelog record of join rows {} of partition {} is malformed",
+                    hex(&chunk_key),
+                    self.partition
+                ))
+            };
+            let (expiry, rows) = chunk_rows(&payload).ok_or_else(malformed)?;
+            for (row_key, row) in rows {
+                if row_side(row_key).is_none() {
+                    return Err(malformed());
+                }
+                batch.put(row_key, row);
+                batch_bytes += row_key.len() + row.len();
+            }
+            batch.put(&chunk_key, &expiry.to_be_bytes());
+            if batch_bytes >= REBUILD_BATCH_BYTES {
+                self.store
+                    .write(self.partition, std::mem::take(&mut batch))
+                    .map_err(state_error)?;
+                batch_bytes = 0;
+            }
+        }
+        self.store
+            .write(self.partition, std::mem::take(&mut batch))
+            .map_err(state_error)?;
+
         let mut rows = 0;
         for tag in [LEFT_ROW, RIGHT_ROW] {
             for entry in self
@@ -621,6 +705,17 @@ impl StreamJoiner {
                 batch.put(&index_key(EXPIRY_INDEX, expiry, &row_key), &[]);
                 rows += 1;
             }
+        }
+        for entry in self
+            .store
+            .scan_prefix(self.partition, &[ROW_CHUNK])
+            .map_err(state_error)?
+        {
+            let (chunk_key, expiry) = entry.map_err(state_error)?;
+            let expiry = <[u8; 8]>::try_from(&expiry[..])
+                .map(i64::from_be_bytes)
+                .map_err(|_| QueryError::State("a join row chunk without expiry time".into()))?;
+            batch.put(&index_key(EXPIRY_INDEX, expiry, &chunk_key), &[]);
         }
         self.store
             .write(self.partition, batch)
@@ -653,6 +748,112 @@ impl StreamJoiner {
         concat_batches(&schema, [&new_rows, &stored])
             .map_err(|e| QueryError::Internal(format!("joined rows: {e}")))
     }
+}
+
+/// Bytes of rows put into the store per write while unpacking restored row chunks.
+const REBUILD_BATCH_BYTES: usize = 4 << 20;
+
+/// The rows one side of a round stores, packed into changelog records of up to `max_bytes`
+/// bytes of rows (a larger row makes a record of its own). Each finished chunk goes to the
+/// changelog whole and to the store as its expiry time (the latest of its rows), with an expiry
+/// index entry.
+struct RowChunk {
+    tag: u8,
+    max_bytes: usize,
+    /// Key of the chunk being filled (from its first row's sequence); empty when none is.
+    key: Vec<u8>,
+    expiry: i64,
+    payload: Vec<u8>,
+}
+
+impl RowChunk {
+    fn new(side: Side, max_bytes: usize) -> Self {
+        Self {
+            tag: side.tag(),
+            max_bytes,
+            key: Vec::new(),
+            expiry: i64::MIN,
+            payload: Vec::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        sequence: u64,
+        row_key: &[u8],
+        row: &[u8],
+        expiry: i64,
+        changelog_writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        local_writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) {
+        let row_bytes = 8 + row_key.len() + row.len();
+        if !self.key.is_empty()
+            && self.payload.len() - CHUNK_HEADER_LEN + row_bytes > self.max_bytes
+        {
+            self.finish(changelog_writes, local_writes);
+        }
+        if self.key.is_empty() {
+            self.key = chunk_key(self.tag, sequence);
+            self.expiry = i64::MIN;
+            self.payload.clear();
+            self.payload.extend_from_slice(&[0; CHUNK_HEADER_LEN]);
+        }
+        self.expiry = self.expiry.max(expiry);
+        for part in [row_key, row] {
+            self.payload
+                .extend_from_slice(&(part.len() as u32).to_be_bytes());
+            self.payload.extend_from_slice(part);
+        }
+    }
+
+    /// Hands over the chunk being filled, if any.
+    fn finish(
+        &mut self,
+        changelog_writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        local_writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) {
+        if self.key.is_empty() {
+            return;
+        }
+        let key = std::mem::take(&mut self.key);
+        let expiry = self.expiry.to_be_bytes();
+        self.payload[..CHUNK_HEADER_LEN].copy_from_slice(&expiry);
+        local_writes.push((index_key(EXPIRY_INDEX, self.expiry, &key), Some(Vec::new())));
+        local_writes.push((key.clone(), Some(expiry.to_vec())));
+        changelog_writes.push((key, Some(std::mem::take(&mut self.payload))));
+    }
+}
+
+fn chunk_key(tag: u8, sequence: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10);
+    key.push(ROW_CHUNK);
+    key.push(tag);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// A row chunk's expiry time and its (row key, row) pairs; `None` if it is malformed.
+fn chunk_rows(payload: &[u8]) -> Option<(i64, Vec<(&[u8], &[u8])>)> {
+    fn part<'p>(rest: &mut &'p [u8]) -> Option<&'p [u8]> {
+        let (length, tail) = rest.split_at_checked(4)?;
+        let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
+        let (part, tail) = tail.split_at_checked(length)?;
+        *rest = tail;
+        Some(part)
+    }
+    let (header, mut rest) = payload.split_at_checked(CHUNK_HEADER_LEN)?;
+    let expiry = i64::from_be_bytes(header.try_into().ok()?);
+    let mut rows = Vec::new();
+    while !rest.is_empty() {
+        let row_key = part(&mut rest)?;
+        let row = part(&mut rest)?;
+        rows.push((row_key, row));
+    }
+    (!rows.is_empty()).then_some((expiry, rows))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The stream-stream part of a join plan.
@@ -833,9 +1034,11 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        _state: StateStore,
+        state: StateStore,
         store: Store,
         plan: StreamingPlan,
+        /// The changelog as compaction leaves it: the last value of every key not deleted.
+        changelog: std::cell::RefCell<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>,
     }
 
     impl Fixture {
@@ -876,6 +1079,13 @@ mod tests {
                 }
             }
             self.store.write(0, batch).unwrap();
+            let mut changelog = self.changelog.borrow_mut();
+            for (key, value) in round.writes.iter().chain(&round.changelog_writes) {
+                match value {
+                    Some(value) => changelog.insert(key.clone(), value.clone()),
+                    None => changelog.remove(key),
+                };
+            }
             let text = |column: &str, row: usize| {
                 let values = output
                     .column(self.plan.output_schema.index_of(column).unwrap())
@@ -908,6 +1118,30 @@ mod tests {
                 .filter(|entry| entry.is_ok())
                 .count()
         }
+
+        /// Keys in the (compacted) changelog that start with `tag`.
+        fn logged(&self, tag: u8) -> usize {
+            self.changelog
+                .borrow()
+                .keys()
+                .filter(|key| key.first() == Some(&tag))
+                .count()
+        }
+    }
+
+    /// Every entry of a store's partition 0 but its checkpoint.
+    fn entries(store: &Store) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+        [
+            LEFT_ROW,
+            RIGHT_ROW,
+            ROW_CHUNK,
+            EXPIRY_INDEX,
+            CLOSE_INDEX,
+            b'm',
+        ]
+        .into_iter()
+        .flat_map(|tag| store.scan_prefix(0, &[tag]).unwrap().map(Result::unwrap))
+        .collect()
     }
 
     async fn fixture() -> Fixture {
@@ -916,9 +1150,10 @@ mod tests {
         let store = state.store("q-join").unwrap();
         Fixture {
             _dir: dir,
-            _state: state,
+            state,
             store,
             plan: full_join().await,
+            changelog: Default::default(),
         }
     }
 
@@ -926,7 +1161,7 @@ mod tests {
     async fn pairs_close_unmatched_rows_expire_and_resume_from_the_store() {
         let fixture = fixture().await;
         let join = fixture.plan.join.as_ref().unwrap();
-        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join).unwrap();
+        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join, 1 << 20).unwrap();
         // In merged time order: a@100 (left), a@105 (right), b@200, c@300. Each is in time at
         // its own turn. a meets a; b's window (200 + 10) closed by 300: it goes out alone; c's
         // window is open until 310.
@@ -958,7 +1193,7 @@ mod tests {
 
         // A joiner opened on the same store resumes with its stream time and offsets; a record
         // stored before meets a new one.
-        let mut resumed = StreamJoiner::open(fixture.store.clone(), 0, join).unwrap();
+        let mut resumed = StreamJoiner::open(fixture.store.clone(), 0, join, 1 << 20).unwrap();
         // The expiry index is not in the changelog: a restored store gets it from its rows.
         let mut batch = StoreBatch::default();
         for entry in fixture.store.scan_prefix(0, &[EXPIRY_INDEX]).unwrap() {
@@ -966,8 +1201,8 @@ mod tests {
         }
         fixture.store.write(0, batch).unwrap();
         assert_eq!(fixture.stored(EXPIRY_INDEX), 0);
-        assert_eq!(resumed.rebuild_expiry_index().unwrap(), 2);
-        assert_eq!(fixture.stored(EXPIRY_INDEX), 2);
+        assert_eq!(resumed.rebuild_after_restore().unwrap(), 2);
+        assert_eq!(fixture.stored(EXPIRY_INDEX), 2 + fixture.stored(ROW_CHUNK));
         assert_eq!(resumed.stream_time(), Some(400));
         assert_eq!(resumed.next_offset(Side::Left), Some(7));
         assert_eq!(resumed.next_offset(Side::Right), Some(9));
@@ -982,5 +1217,81 @@ mod tests {
         fixture.round(&mut resumed, &[], &[("y", "ups", 431)]);
         assert_eq!(fixture.stored(LEFT_ROW), 0, "d and e expired");
         assert_eq!(fixture.stored(RIGHT_ROW), 2, "z and y stay");
+    }
+
+    #[tokio::test]
+    async fn rows_are_logged_in_chunks_that_rebuild_a_lost_store() {
+        let fixture = fixture().await;
+        let join = fixture.plan.join.as_ref().unwrap();
+        let left = [("a", "apple", 100), ("b", "pear", 101), ("c", "plum", 102)];
+        let right = [("a", "dhl", 105)];
+
+        // One chunk per side and round; no row is logged on its own.
+        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join, 1 << 20).unwrap();
+        assert_eq!(fixture.round(&mut joiner, &left, &right), ["a apple dhl"]);
+        assert_eq!(fixture.stored(LEFT_ROW) + fixture.stored(RIGHT_ROW), 4);
+        assert_eq!(fixture.logged(ROW_CHUNK), 2);
+        assert_eq!(fixture.logged(LEFT_ROW) + fixture.logged(RIGHT_ROW), 0);
+        assert_eq!(fixture.logged(CLOSE_INDEX), 2, "b and c wait for a partner");
+
+        // A lost store rebuilt from the changelog holds what the store held.
+        let restored = fixture.state.store("q-join-restored").unwrap();
+        let mut batch = StoreBatch::default();
+        for (key, value) in fixture.changelog.borrow().iter() {
+            batch.put(key, value);
+        }
+        restored.write(0, batch).unwrap();
+        let rebuilt = StreamJoiner::open(restored.clone(), 0, join, 1 << 20).unwrap();
+        assert_eq!(rebuilt.rebuild_after_restore().unwrap(), 4);
+        assert_eq!(entries(&restored), entries(&fixture.store));
+        assert_eq!(rebuilt.stream_time(), Some(105));
+
+        // Stream time 200 expires every row: their chunks leave the changelog, and b and c go
+        // out alone.
+        let rows = fixture.round(&mut joiner, &[], &[("z", "ups", 200)]);
+        assert_eq!(rows, ["b pear NULL", "c plum NULL"]);
+        assert_eq!(fixture.stored(LEFT_ROW) + fixture.stored(RIGHT_ROW), 1, "z");
+        assert_eq!(fixture.logged(ROW_CHUNK), 1, "z's chunk");
+        assert_eq!(fixture.stored(ROW_CHUNK), 1);
+
+        // With records of at most one row's bytes, each row is a chunk of its own.
+        let small = fixture.state.store("q-join-small").unwrap();
+        let mut joiner = StreamJoiner::open(small.clone(), 0, join, 1).unwrap();
+        let round = joiner
+            .round(
+                join,
+                fixture
+                    .plan
+                    .process(decoded(&fixture.plan.source, &left, 0))
+                    .unwrap(),
+                join.right_stream_rows(decoded(&join.table, &right, 0))
+                    .unwrap(),
+                [3, 1],
+            )
+            .unwrap();
+        assert_eq!(round.changelog_writes.len(), 4);
+        let rows: usize = round
+            .changelog_writes
+            .iter()
+            .map(|(_, chunk)| chunk_rows(chunk.as_deref().unwrap()).unwrap().1.len())
+            .sum();
+        assert_eq!(rows, 4);
+    }
+
+    #[test]
+    fn a_malformed_chunk_is_refused() {
+        assert!(chunk_rows(&[0; 8]).is_none(), "no row");
+        assert!(chunk_rows(&[0; 7]).is_none(), "no header");
+        let mut payload = 7i64.to_be_bytes().to_vec();
+        for part in [&b"lkey"[..], b"row"] {
+            payload.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            payload.extend_from_slice(part);
+        }
+        assert_eq!(
+            chunk_rows(&payload),
+            Some((7, vec![(&b"lkey"[..], &b"row"[..])]))
+        );
+        payload.push(0);
+        assert!(chunk_rows(&payload).is_none(), "a trailing byte");
     }
 }
