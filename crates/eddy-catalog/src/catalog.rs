@@ -51,6 +51,12 @@ pub struct QueryInfo {
     /// existed, which keep their repartition topic.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rekeys_in_task: bool,
+    /// The join steps of the query, by number (the n of `<id>-JOIN-<n>`, see `eddy-planner`'s
+    /// chains), that re-key their one-partition streams in their task instead of through
+    /// repartition topics, decided at creation like `rekeys_in_task`. Absent (empty) in queries
+    /// recorded before steps could, whose steps keep their repartition topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps_rekeying_in_task: Vec<usize>,
 }
 
 /// One change to the catalog, as stored (JSON) in the command topic.
@@ -345,6 +351,7 @@ mod tests {
             sources: vec![source.into()],
             properties: BTreeMap::new(),
             rekeys_in_task: false,
+            steps_rekeying_in_task: Vec::new(),
         }
     }
 
@@ -471,11 +478,14 @@ mod tests {
         })
         .unwrap();
         assert!(!json.contains("rekeys_in_task"), "{json}");
+        assert!(!json.contains("steps_rekeying_in_task"), "{json}");
         let Command::StartQuery { query: back } = serde_json::from_str(&json).unwrap() else {
             panic!("not a StartQuery")
         };
         assert!(!back.rekeys_in_task);
+        assert!(back.steps_rekeying_in_task.is_empty());
         query.rekeys_in_task = true;
+        query.steps_rekeying_in_task = vec![1, 2];
         let json = serde_json::to_string(&Command::StartQuery {
             query: query.clone(),
         })

@@ -508,6 +508,7 @@ impl Engine {
             sources: planned.sources.clone(),
             properties: self.query_properties(session),
             rekeys_in_task: self.rekeys_in_task(&planned).await?,
+            steps_rekeying_in_task: self.steps_rekeying_in_task(&planned).await?,
         };
         self.submit(Command::CreateSource {
             source: sink,
@@ -593,6 +594,7 @@ impl Engine {
             sources: planned.sources.clone(),
             properties: self.query_properties(session),
             rekeys_in_task: self.rekeys_in_task(&planned).await?,
+            steps_rekeying_in_task: self.steps_rekeying_in_task(&planned).await?,
         };
         self.submit(Command::StartQuery {
             query: query.clone(),

@@ -451,6 +451,7 @@ impl Engine {
                 &sink,
                 offset_reset,
                 query.rekeys_in_task,
+                &query.steps_rekeying_in_task,
             )
             .await?;
         self.register_query_handle(&query.id, handle)
@@ -458,7 +459,8 @@ impl Engine {
 
     /// Starts a planned statement: its join steps, each writing its output topic, then the
     /// query that writes `sink`; all under the returned handle. `rekeys_in_task`: see
-    /// `QueryInfo::rekeys_in_task`.
+    /// `QueryInfo::rekeys_in_task`; `steps_rekeying_in_task`: see
+    /// `QueryInfo::steps_rekeying_in_task`.
     async fn start_planned(
         &self,
         query_id: &str,
@@ -466,6 +468,7 @@ impl Engine {
         sink: &Source,
         offset_reset: OffsetReset,
         rekeys_in_task: bool,
+        steps_rekeying_in_task: &[usize],
     ) -> Result<QueryHandle, EngineError> {
         let PlannedQuery {
             mut plan,
@@ -485,7 +488,15 @@ impl Engine {
             rekeys.apply(&mut plan);
             repartitions.clear();
         }
-        let (upstream, left_reset) = self.start_steps(steps, offset_reset, None).await?;
+        let (upstream, left_reset) = self
+            .start_steps(
+                query_id,
+                steps,
+                offset_reset,
+                StepRekeying::Recorded(steps_rekeying_in_task),
+                None,
+            )
+            .await?;
         let (writers, resets) = self
             .start_repartition_writers(query_id, repartitions, [left_reset, offset_reset], None)
             .await?;
@@ -504,16 +515,43 @@ impl Engine {
     /// after them starts reading its left input: the statement's `offset_reset` when there are
     /// no steps, else the last step's output from the beginning (every record of it belongs to
     /// this statement). With `transient`, the steps are a push query's (see `crate::transient`).
+    /// `rekeying` says which steps re-key their one-partition streams in their task.
     pub(crate) async fn start_steps(
         &self,
+        query_id: &str,
         steps: Vec<PlannedStep>,
         offset_reset: OffsetReset,
+        rekeying: StepRekeying<'_>,
         mut transient: Option<&mut TransientResources>,
     ) -> Result<(Option<QueryHandle>, OffsetReset), EngineError> {
         let config = &self.inner.config;
         let mut upstream: Option<QueryHandle> = None;
         let mut left_reset = offset_reset;
-        for step in steps {
+        for (index, mut step) in steps.into_iter().enumerate() {
+            let rekeys = match rekeying {
+                StepRekeying::Recorded(numbers) if !numbers.contains(&(index + 1)) => None,
+                StepRekeying::Recorded(_) => Some(
+                    self.join_rekeys_in_task(&step.plan, &step.repartitions)
+                        .await?
+                        .ok_or_else(|| {
+                            EngineError::invalid(format!(
+                                "the join step {} of query {query_id} re-keys its joined streams \
+                                 in its one partition task, but they or the sources they join no \
+                                 longer have one partition each: keys would meet in different \
+                                 tasks\nhint: TERMINATE {query_id}, then create it again",
+                                step.id
+                            ))
+                        })?,
+                ),
+                StepRekeying::WherePossible => {
+                    self.join_rekeys_in_task(&step.plan, &step.repartitions)
+                        .await?
+                }
+            };
+            if let Some(rekeys) = rekeys {
+                rekeys.apply(&mut step.plan);
+                step.repartitions.clear();
+            }
             let output_topic = config.physical_topic(&step.output.topic);
             if let Some(resources) = transient.as_deref_mut() {
                 resources.add_topic(output_topic.clone());
@@ -1003,10 +1041,20 @@ pub(crate) fn with_upstreams(
     }
 }
 
+/// Which join steps [`Engine::start_steps`] re-keys in their task.
+#[derive(Clone, Copy)]
+pub(crate) enum StepRekeying<'a> {
+    /// Those a persistent query recorded at creation, by number from 1
+    /// (`QueryInfo::steps_rekeying_in_task`).
+    Recorded(&'a [usize]),
+    /// Every step whose streams can be now (a push query decides at each start).
+    WherePossible,
+}
+
 pub(crate) struct PlannedStep {
-    id: String,
-    plan: eddy_planner::StreamingPlan,
-    repartitions: Vec<JoinRepartition>,
+    pub(crate) id: String,
+    pub(crate) plan: eddy_planner::StreamingPlan,
+    pub(crate) repartitions: Vec<JoinRepartition>,
     output: Source,
 }
 

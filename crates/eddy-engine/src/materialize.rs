@@ -57,6 +57,26 @@ impl Engine {
         Ok(partitions == 1)
     }
 
+    /// The numbers (from 1) of the join steps of a new persistent query that re-key their
+    /// streams in their own task (see `QueryInfo::steps_rekeying_in_task` and
+    /// [`Self::join_rekeys_in_task`]).
+    pub(crate) async fn steps_rekeying_in_task(
+        &self,
+        planned: &crate::engine::PlannedQuery,
+    ) -> Result<Vec<usize>, EngineError> {
+        let mut numbers = Vec::new();
+        for (index, step) in planned.steps.iter().enumerate() {
+            if self
+                .join_rekeys_in_task(&step.plan, &step.repartitions)
+                .await?
+                .is_some()
+            {
+                numbers.push(index + 1);
+            }
+        }
+        Ok(numbers)
+    }
+
     /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog;
     /// with `rekeys_in_task`, without repartition writer (see [`Self::rekeys_in_task`]).
     pub(crate) async fn start_aggregation(

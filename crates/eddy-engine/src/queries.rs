@@ -91,7 +91,13 @@ impl Engine {
             .resources(&query_id, store_prefix.clone());
         let offset_reset = session.offset_reset();
         let (steps, left_reset) = self
-            .start_steps(planned.steps, offset_reset, Some(&mut resources))
+            .start_steps(
+                &query_id,
+                planned.steps,
+                offset_reset,
+                crate::engine::StepRekeying::WherePossible,
+                Some(&mut resources),
+            )
             .await?;
         let (writers, [left_reset, right_reset]) = self
             .start_repartition_writers(
@@ -642,6 +648,18 @@ impl Engine {
                     "\nIts inputs have one partition: the records are re-keyed in its one \
                      task, without repartition topic.",
                 );
+            }
+            if !query.steps_rekeying_in_task.is_empty() {
+                let steps: Vec<String> = query
+                    .steps_rekeying_in_task
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                text.push_str(&format!(
+                    "\nIts join steps {} read inputs of one partition: their records are \
+                     re-keyed in their one task, without repartition topic.",
+                    steps.join(", ")
+                ));
             }
         }
         Ok(result)

@@ -832,8 +832,8 @@ async fn records_of(h: &Harness, topic: &str, count: usize) -> Vec<String> {
 
 /// Joins of one-partition streams that are not keyed by their join column re-key them in the
 /// join's task, the left stream of a stream-table join and the right stream of a stream-stream
-/// join alike, as a repartition topic of one partition would, without writing one; after a
-/// restart they go on where they stopped.
+/// join alike, and so does the join step of an aggregation over a join, as a repartition topic
+/// of one partition would, without writing one; after a restart they go on where they stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_of_one_partition_streams_rekey_in_their_task() {
     let h = Harness::start().await;
@@ -865,6 +865,8 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
          FROM clicks c JOIN users u ON c.user_id = u.id;",
         "CREATE STREAM shipped AS SELECT o.id, o.item, s.carrier \
          FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id;",
+        "CREATE TABLE shipped_items AS SELECT o.id, COUNT(*) AS shipments \
+         FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id GROUP BY o.id;",
     ] {
         let results = run(&engine, &mut session, sql).await;
         let Some(StatementResult::Success {
@@ -883,6 +885,11 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
         };
         assert!(text.contains("without repartition topic"), "{text}");
     }
+    let results = run(&engine, &mut session, &format!("EXPLAIN {};", query_ids[2])).await;
+    let Some(StatementResult::Explain { text }) = results.last() else {
+        panic!("EXPLAIN gave {results:?}")
+    };
+    assert!(text.contains("Its join steps 1 read inputs"), "{text}");
     assert_eq!(repartition_topics(&connection).await, Vec::<String>::new());
     // Keyed by the join column, as through a repartition topic.
     assert_eq!(
@@ -895,6 +902,10 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
     assert_eq!(
         records_of(&h, "SHIPPED", 1).await,
         [r#"o1 {"ITEM":"apple","CARRIER":"dhl"}"#]
+    );
+    assert_eq!(
+        records_of(&h, "SHIPPED_ITEMS", 1).await,
+        [r#"o1 {"SHIPMENTS":1}"#]
     );
     engine.shutdown().await;
     drop(engine);
@@ -916,9 +927,15 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
         records_of(&h, "SHIPPED", 2).await[1],
         r#"o2 {"ITEM":"pear","CARRIER":"ups"}"#
     );
+    assert_eq!(
+        records_of(&h, "SHIPPED_ITEMS", 2).await,
+        [r#"o1 {"SHIPMENTS":1}"#, r#"o2 {"SHIPMENTS":1}"#]
+    );
+    assert_eq!(repartition_topics(&connection).await, Vec::<String>::new());
     // Nothing read twice after the restart.
     h.assert_exactly(&h.topic("NAMED_CLICKS"), 3).await;
     h.assert_exactly(&h.topic("SHIPPED"), 2).await;
+    h.assert_exactly(&h.topic("SHIPPED_ITEMS"), 2).await;
     engine.shutdown().await;
 }
 
