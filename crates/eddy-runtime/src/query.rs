@@ -279,9 +279,7 @@ impl QueryHandle {
             skipped,
         )
     }
-}
 
-impl QueryHandle {
     /// Input batches of the first query of the chain (where `counts` counts records in).
     pub fn batches_in(&self) -> u64 {
         self.upstream
@@ -1807,7 +1805,10 @@ impl PartitionTask {
             join_spec.store.clone(),
             self.partition,
             join,
-            spec.config.join_changelog_record_bytes,
+            join_spec
+                .changelog_topic
+                .as_ref()
+                .map(|_| spec.config.join_changelog_record_bytes),
         )?;
         if restored.changelog_offset != local.changelog_offset {
             let rows = joiner.rebuild_after_restore()?;

@@ -143,18 +143,20 @@ pub(crate) struct StreamJoiner {
     stream_time: Option<i64>,
     next_sequence: [u64; 2],
     next_offsets: [Option<i64>; 2],
-    /// Most bytes of rows in one changelog record (`join_changelog_record_bytes`).
-    changelog_record_bytes: usize,
+    /// Most bytes of rows in one changelog record (`join_changelog_record_bytes`); `None`
+    /// when the join has no changelog (a push query's), which then builds no row chunks.
+    changelog_record_bytes: Option<usize>,
 }
 
 impl StreamJoiner {
     /// Partition `partition` of the join, from what its (restored) store holds; its rows go to
-    /// the changelog in records of up to `changelog_record_bytes` bytes of rows.
+    /// the changelog in records of up to `changelog_record_bytes` bytes of rows (`None`: the
+    /// join has no changelog).
     pub(crate) fn open(
         store: Store,
         partition: i32,
         join: &JoinPlan,
-        changelog_record_bytes: usize,
+        changelog_record_bytes: Option<usize>,
     ) -> Result<Self, QueryError> {
         let stream_join = stream_join_of(join)?;
         let converter = |fields: Vec<SortField>| {
@@ -210,7 +212,7 @@ impl StreamJoiner {
             stream_time,
             next_sequence,
             next_offsets,
-            changelog_record_bytes: changelog_record_bytes.max(1),
+            changelog_record_bytes: changelog_record_bytes.map(|bytes| bytes.max(1)),
         })
     }
 
@@ -454,7 +456,9 @@ impl StreamJoiner {
         ];
         for side in [Side::Left, Side::Right] {
             let s = side as usize;
-            let mut chunk = RowChunk::new(side, self.changelog_record_bytes);
+            let mut chunk = self
+                .changelog_record_bytes
+                .map(|bytes| RowChunk::new(side, bytes));
             for row in 0..counts[s] {
                 let time = times[s][row];
                 let key = keys[s].row(row).data();
@@ -496,17 +500,21 @@ impl StreamJoiner {
                     ));
                 }
                 let value = row_values[s].row(row).data();
-                chunk.push(
-                    sequence,
-                    &row_key,
-                    value,
-                    window.expiry_time(time),
-                    &mut changelog_writes,
-                    &mut local_writes,
-                );
+                if let Some(chunk) = chunk.as_mut() {
+                    chunk.push(
+                        sequence,
+                        &row_key,
+                        value,
+                        window.expiry_time(time),
+                        &mut changelog_writes,
+                        &mut local_writes,
+                    );
+                }
                 local_writes.push((row_key, Some(value.to_vec())));
             }
-            chunk.finish(&mut changelog_writes, &mut local_writes);
+            if let Some(chunk) = chunk.as_mut() {
+                chunk.finish(&mut changelog_writes, &mut local_writes);
+            }
         }
 
         // Stored rows whose window closed without a partner: out with NULLs for the other side.
@@ -1161,7 +1169,7 @@ mod tests {
     async fn pairs_close_unmatched_rows_expire_and_resume_from_the_store() {
         let fixture = fixture().await;
         let join = fixture.plan.join.as_ref().unwrap();
-        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join, 1 << 20).unwrap();
+        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join, Some(1 << 20)).unwrap();
         // In merged time order: a@100 (left), a@105 (right), b@200, c@300. Each is in time at
         // its own turn. a meets a; b's window (200 + 10) closed by 300: it goes out alone; c's
         // window is open until 310.
@@ -1193,7 +1201,8 @@ mod tests {
 
         // A joiner opened on the same store resumes with its stream time and offsets; a record
         // stored before meets a new one.
-        let mut resumed = StreamJoiner::open(fixture.store.clone(), 0, join, 1 << 20).unwrap();
+        let mut resumed =
+            StreamJoiner::open(fixture.store.clone(), 0, join, Some(1 << 20)).unwrap();
         // The expiry index is not in the changelog: a restored store gets it from its rows.
         let mut batch = StoreBatch::default();
         for entry in fixture.store.scan_prefix(0, &[EXPIRY_INDEX]).unwrap() {
@@ -1227,7 +1236,7 @@ mod tests {
         let right = [("a", "dhl", 105)];
 
         // One chunk per side and round; no row is logged on its own.
-        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join, 1 << 20).unwrap();
+        let mut joiner = StreamJoiner::open(fixture.store.clone(), 0, join, Some(1 << 20)).unwrap();
         assert_eq!(fixture.round(&mut joiner, &left, &right), ["a apple dhl"]);
         assert_eq!(fixture.stored(LEFT_ROW) + fixture.stored(RIGHT_ROW), 4);
         assert_eq!(fixture.logged(ROW_CHUNK), 2);
@@ -1241,7 +1250,7 @@ mod tests {
             batch.put(key, value);
         }
         restored.write(0, batch).unwrap();
-        let rebuilt = StreamJoiner::open(restored.clone(), 0, join, 1 << 20).unwrap();
+        let rebuilt = StreamJoiner::open(restored.clone(), 0, join, Some(1 << 20)).unwrap();
         assert_eq!(rebuilt.rebuild_after_restore().unwrap(), 4);
         assert_eq!(entries(&restored), entries(&fixture.store));
         assert_eq!(rebuilt.stream_time(), Some(105));
@@ -1256,7 +1265,7 @@ mod tests {
 
         // With records of at most one row's bytes, each row is a chunk of its own.
         let small = fixture.state.store("q-join-small").unwrap();
-        let mut joiner = StreamJoiner::open(small.clone(), 0, join, 1).unwrap();
+        let mut joiner = StreamJoiner::open(small.clone(), 0, join, Some(1)).unwrap();
         let round = joiner
             .round(
                 join,
@@ -1276,6 +1285,29 @@ mod tests {
             .map(|(_, chunk)| chunk_rows(chunk.as_deref().unwrap()).unwrap().1.len())
             .sum();
         assert_eq!(rows, 4);
+
+        // A join without changelog (a push query's) builds no chunks.
+        let unlogged = fixture.state.store("q-join-unlogged").unwrap();
+        let mut joiner = StreamJoiner::open(unlogged, 0, join, None).unwrap();
+        let round = joiner
+            .round(
+                join,
+                fixture
+                    .plan
+                    .process(decoded(&fixture.plan.source, &left, 0))
+                    .unwrap(),
+                join.right_stream_rows(decoded(&join.table, &right, 0))
+                    .unwrap(),
+                [3, 1],
+            )
+            .unwrap();
+        assert!(round.changelog_writes.is_empty());
+        assert!(
+            round
+                .local_writes
+                .iter()
+                .all(|(key, _)| key.first() != Some(&ROW_CHUNK))
+        );
     }
 
     #[test]
