@@ -31,6 +31,7 @@ pub use eddy_format::RawBatch;
 pub use engine::{Engine, PROCESSING_LOG_STREAM};
 pub use error::EngineError;
 pub use offline::OfflineQuery;
+pub use queries::RowDelivery;
 pub use result::{
     PrintResult, PushQuery, QueryMetricsSnapshot, QuerySummary, SourceDescription, SourceSummary,
     StateStatistics, StatementResult, TopicSummary,

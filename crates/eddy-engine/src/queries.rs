@@ -283,6 +283,44 @@ impl Engine {
         target: &str,
         row_json: &[u8],
     ) -> Result<StatementResult, EngineError> {
+        let row = self.json_row_record(target, row_json)?;
+        let (partition, offset) = self
+            .inner
+            .connection
+            .produce_one(
+                &self.inner.producer,
+                &row.topic,
+                None,
+                row.key.as_deref(),
+                row.value.as_deref(),
+                row.timestamp_ms,
+            )
+            .await?;
+        Ok(inserted_message(&row.source, partition, offset))
+    }
+
+    /// [`Engine::insert_json_row`] without waiting: the row is checked, encoded and handed to
+    /// the producer now (rows sent one after the other are written in that order), and the
+    /// returned future resolves once Kafka has it. `Ok(None)` when the producer's queue is
+    /// full: nothing was sent (wait for earlier rows, or use [`Engine::insert_json_row`]).
+    pub fn send_json_row(
+        &self,
+        target: &str,
+        row_json: &[u8],
+    ) -> Result<Option<RowDelivery>, EngineError> {
+        let row = self.json_row_record(target, row_json)?;
+        let sent = self.inner.connection.send_one(
+            &self.inner.producer,
+            &row.topic,
+            row.key.as_deref(),
+            row.value.as_deref(),
+            row.timestamp_ms,
+        )?;
+        Ok(sent.map(|delivery| -> RowDelivery { Box::pin(async move { Ok(delivery.await?) }) }))
+    }
+
+    /// A JSON row of `target` checked and encoded as its Kafka record.
+    fn json_row_record(&self, target: &str, row_json: &[u8]) -> Result<EncodedRow, EngineError> {
         let source = self.catalog().require_source(target)?.clone();
         crate::ddl::refuse_generated_target(&source)?;
         let row: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(row_json)
@@ -351,8 +389,14 @@ impl Engine {
                 decoded.batch.num_rows()
             )));
         }
-        self.produce_row(&source, fields, arrays, timestamp_ms)
-            .await
+        let (key, value) = encode_row(&source, fields, arrays)?;
+        Ok(EncodedRow {
+            topic: self.physical_topic(&source),
+            source,
+            key,
+            value,
+            timestamp_ms,
+        })
     }
 
     /// Encodes one row of `source` (its columns in order, as `fields` and one-row `arrays`) and
@@ -360,30 +404,11 @@ impl Engine {
     async fn produce_row(
         &self,
         source: &eddy_catalog::Source,
-        mut fields: Vec<Field>,
-        mut arrays: Vec<ArrayRef>,
+        fields: Vec<Field>,
+        arrays: Vec<ArrayRef>,
         timestamp_ms: Option<i64>,
     ) -> Result<StatementResult, EngineError> {
-        let target = &source.name;
-        fields.push(Field::new(ROWTIME_OUTPUT, DataType::Int64, true));
-        arrays.push(new_null_array(&DataType::Int64, 1));
-        let batch = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            arrays,
-            &RecordBatchOptions::new().with_row_count(Some(1)),
-        )
-        .map_err(|e| EngineError::Internal(format!("insert batch: {e}")))?;
-        let key_count = source.key_count();
-        let key_columns: Vec<usize> = (0..key_count).collect();
-        let value_columns: Vec<usize> = (key_count..source.columns.len()).collect();
-        let mut encoder = RecordEncoder::new(&value_layout(source)?)
-            .map_err(|e| EngineError::invalid(e.to_string()))?;
-        let mut encoded = EncodedBatch::new();
-        encoder
-            .encode(&batch, &key_columns, &value_columns, &mut encoded)
-            .map_err(|e| {
-                EngineError::invalid(format!("cannot encode the row for \"{target}\": {e}"))
-            })?;
+        let (key, value) = encode_row(source, fields, arrays)?;
         let topic = self.physical_topic(source);
         let (partition, offset) = self
             .inner
@@ -392,19 +417,12 @@ impl Engine {
                 &self.inner.producer,
                 &topic,
                 None,
-                encoded.key(0),
-                encoded.value(0),
+                key.as_deref(),
+                value.as_deref(),
                 timestamp_ms,
             )
             .await?;
-        Ok(StatementResult::Success {
-            message: format!(
-                "inserted 1 row into \"{target}\" (partition {partition}, offset {offset}); \
-                 read-after token '{}'",
-                crate::pull::read_after_token(&source.topic, partition, offset)
-            ),
-            query_id: None,
-        })
+        Ok(inserted_message(source, partition, offset))
     }
 
     /// `PRODUCE TO 'topic' ...`: one raw record, for tests and tools.
@@ -663,5 +681,66 @@ impl Engine {
             }
         }
         Ok(result)
+    }
+}
+
+/// A row sent with [`Engine::send_json_row`]: resolves to its partition and offset once Kafka
+/// has it.
+pub type RowDelivery =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(i32, i64), EngineError>> + Send>>;
+
+/// A row checked against its stream and encoded as a Kafka record.
+struct EncodedRow {
+    source: eddy_catalog::Source,
+    /// Physical topic.
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    timestamp_ms: Option<i64>,
+}
+
+/// Encodes one row of `source` (its columns in order, as `fields` and one-row `arrays`) as its
+/// record's key and value.
+fn encode_row(
+    source: &eddy_catalog::Source,
+    mut fields: Vec<Field>,
+    mut arrays: Vec<ArrayRef>,
+) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), EngineError> {
+    let target = &source.name;
+    fields.push(Field::new(ROWTIME_OUTPUT, DataType::Int64, true));
+    arrays.push(new_null_array(&DataType::Int64, 1));
+    let batch = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(1)),
+    )
+    .map_err(|e| EngineError::Internal(format!("insert batch: {e}")))?;
+    let key_count = source.key_count();
+    let key_columns: Vec<usize> = (0..key_count).collect();
+    let value_columns: Vec<usize> = (key_count..source.columns.len()).collect();
+    let mut encoder = RecordEncoder::new(&value_layout(source)?)
+        .map_err(|e| EngineError::invalid(e.to_string()))?;
+    let mut encoded = EncodedBatch::new();
+    encoder
+        .encode(&batch, &key_columns, &value_columns, &mut encoded)
+        .map_err(|e| {
+            EngineError::invalid(format!("cannot encode the row for \"{target}\": {e}"))
+        })?;
+    Ok((
+        encoded.key(0).map(<[u8]>::to_vec),
+        encoded.value(0).map(<[u8]>::to_vec),
+    ))
+}
+
+/// What an inserted row answers: where it went, and the read-after token of that position.
+fn inserted_message(source: &eddy_catalog::Source, partition: i32, offset: i64) -> StatementResult {
+    StatementResult::Success {
+        message: format!(
+            "inserted 1 row into \"{}\" (partition {partition}, offset {offset}); \
+             read-after token '{}'",
+            source.name,
+            crate::pull::read_after_token(&source.topic, partition, offset)
+        ),
+        query_id: None,
     }
 }

@@ -420,6 +420,55 @@ impl KafkaConnection {
             Err((error, _)) => Err(KafkaError::client(format!("produce to \"{topic}\""), error)),
         }
     }
+
+    /// Hands one record to the producer without waiting: records sent one after the other are
+    /// written in that order. The returned future resolves to its partition and offset once
+    /// Kafka has it. `Ok(None)` when the producer's queue is full: nothing was sent (wait for
+    /// earlier records, or use [`Self::produce_one`], which waits for room).
+    pub fn send_one(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<
+        Option<impl Future<Output = Result<(i32, i64), KafkaError>> + Send + 'static>,
+        KafkaError,
+    > {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        if let Some(timestamp_ms) = timestamp_ms {
+            record = record.timestamp(timestamp_ms);
+        }
+        let delivery = match producer.send_result(record) {
+            Ok(delivery) => delivery,
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => return Ok(None),
+            Err((error, _)) => {
+                return Err(KafkaError::client(format!("produce to \"{topic}\""), error));
+            }
+        };
+        let what = format!("produce to \"{topic}\"");
+        Ok(Some(async move {
+            match delivery.await {
+                Ok(Ok(delivered)) => Ok((delivered.partition, delivered.offset)),
+                Ok(Err((error, _))) => Err(KafkaError::client(what, error)),
+                Err(_) => Err(KafkaError::Internal(format!(
+                    "{what}: the producer was closed"
+                ))),
+            }
+        }))
+    }
 }
 
 /// A librdkafka client whose drop may block (a consumer's close waits for the broker), dropped on

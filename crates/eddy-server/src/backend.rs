@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eddy_catalog::Catalog;
-use eddy_engine::{Engine, EngineError, Session, StatementResult};
+use eddy_engine::{Engine, EngineError, RowDelivery, Session, StatementResult};
 use eddy_sql::ParsedStatement;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::OnceCell;
@@ -22,6 +22,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Inserts one row, a JSON object of column values, into the stream `target`
     /// (`/inserts-stream`); see [`Engine::insert_json_row`].
     async fn insert_json_row(&self, target: &str, row_json: &[u8]) -> Result<(), EngineError>;
+
+    /// [`Backend::insert_json_row`] without waiting for Kafka: the row is sent now (rows sent
+    /// one after the other are written in that order) and the future resolves once Kafka has
+    /// it; `Ok(None)` when nothing was sent because the producer's queue is full. See
+    /// [`Engine::send_json_row`].
+    fn send_json_row(
+        &self,
+        target: &str,
+        row_json: &[u8],
+    ) -> Result<Option<RowDelivery>, EngineError>;
 
     /// The service id: servers with the same one share a catalog and queries.
     fn service_id(&self) -> String;
@@ -80,6 +90,14 @@ impl Backend for EngineBackend {
             .insert_json_row(target, row_json)
             .await
             .map(|_| ())
+    }
+
+    fn send_json_row(
+        &self,
+        target: &str,
+        row_json: &[u8],
+    ) -> Result<Option<RowDelivery>, EngineError> {
+        self.engine.send_json_row(target, row_json)
     }
 
     fn service_id(&self) -> String {

@@ -11,7 +11,9 @@
 //! the record's timestamp). Values are read as the JSON format reads a topic's records, so
 //! STRUCT and MAP values are JSON objects, ARRAY values arrays, BYTES base64, DATE days, TIME
 //! milliseconds of the day and TIMESTAMP epoch milliseconds. Rows are inserted as they arrive
-//! and each is acknowledged with its sequence number once Kafka has it.
+//! and each is acknowledged with its sequence number once Kafka has it; up to
+//! [`crate::ServerConfig::inserts_stream_max_in_flight_rows`] rows wait for Kafka at once, and
+//! acks come in the rows' order.
 //! A row that cannot be inserted is answered with an error line and the stream goes on. A line
 //! longer than [`crate::ServerConfig::max_request_bytes`] ends the stream with an error.
 
@@ -22,6 +24,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use eddy_catalog::SourceKind;
+use std::collections::VecDeque;
+
+use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::{Value, json};
 
@@ -126,37 +131,126 @@ pub async fn handle(State(state): State<AppState>, body: Body) -> Response {
     response
 }
 
-/// One acknowledgement line per row, produced as rows arrive.
+/// One acknowledgement line per row, in the rows' order. Rows are sent to Kafka as they arrive,
+/// up to `inserts_stream_max_in_flight_rows` of them waiting for Kafka at once, and each is
+/// acknowledged once Kafka has it (and every row before it has been answered). A client that
+/// waits for an ack before sending the next row is answered as soon as Kafka has its row.
 fn ack_stream(
     state: AppState,
     lines: Lines,
     target: String,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-    stream::unfold(Some((state, lines, 0u64)), move |progress| {
-        let target = target.clone();
-        async move {
-            let (state, mut lines, seq) = progress?;
-            let line = match lines.next_row().await? {
-                Ok(line) => line,
-                Err(message) => {
-                    // The body cannot be read on: the stream ends with why.
-                    return Some((Ok(error_line(seq, &message)), None));
-                }
-            };
-            let ack = match insert(&state, &target, &line).await {
-                Ok(()) => json!({"status": "ok", "seq": seq}),
-                Err(message) => json!({
-                    "status": "error",
-                    "seq": seq,
-                    "error_code": ERROR_CODE_BAD_REQUEST,
-                    "message": message,
-                }),
-            };
-            let mut ack = ack.to_string().into_bytes();
-            ack.push(b'\n');
-            Some((Ok(Bytes::from(ack)), Some((state, lines, seq + 1))))
-        }
+    let max_in_flight = state.config().inserts_stream_max_in_flight_rows.max(1);
+    let inserts = Inserts {
+        state,
+        lines,
+        target,
+        next_seq: 0,
+        in_flight: VecDeque::new(),
+        reading: true,
+        max_in_flight,
+    };
+    stream::unfold(inserts, |mut inserts| async move {
+        let ack = inserts.next_ack().await?;
+        Some((Ok(ack), inserts))
     })
+}
+
+/// A row's answer to come: its sequence number and the outcome of its insert.
+type PendingAck = (u64, BoxFuture<'static, Result<(), String>>);
+
+/// The state of one `/inserts-stream` request.
+struct Inserts {
+    state: AppState,
+    lines: Lines,
+    target: String,
+    next_seq: u64,
+    /// Rows sent (or refused) and not yet answered, oldest first.
+    in_flight: VecDeque<PendingAck>,
+    /// False once the body ended or could not be read on.
+    reading: bool,
+    max_in_flight: usize,
+}
+
+impl Inserts {
+    /// The next acknowledgement line; `None` when every row is answered and the body ended.
+    async fn next_ack(&mut self) -> Option<Bytes> {
+        loop {
+            if !self.reading || self.in_flight.len() >= self.max_in_flight {
+                let (seq, outcome) = self.in_flight.pop_front()?;
+                return Some(ack_line(seq, outcome.await));
+            }
+            let line = match self.in_flight.front_mut() {
+                None => self.lines.next_row().await,
+                Some((seq, outcome)) => tokio::select! {
+                    // Answers first: a client may wait for them before it sends more.
+                    biased;
+                    answered = outcome => {
+                        let seq = *seq;
+                        self.in_flight.pop_front();
+                        return Some(ack_line(seq, answered));
+                    }
+                    // Cancel-safe: a line is only taken from the buffer once it is complete.
+                    line = self.lines.next_row() => line,
+                },
+            };
+            let seq = self.next_seq;
+            match line {
+                None => self.reading = false,
+                Some(Err(message)) => {
+                    // The body cannot be read on: the answers end with why.
+                    self.reading = false;
+                    self.next_seq += 1;
+                    self.in_flight
+                        .push_back((seq, future::ready(Err(message)).boxed()));
+                }
+                Some(Ok(line)) => {
+                    self.next_seq += 1;
+                    let outcome = self.send(&line).await;
+                    self.in_flight.push_back((seq, outcome));
+                }
+            }
+        }
+    }
+
+    /// Sends one row; the future says whether Kafka has it. When the producer's queue is full,
+    /// the rows before it are answered first (their acks wait in order), then the row is
+    /// inserted waiting for room, so rows keep their order.
+    async fn send(&mut self, line: &[u8]) -> BoxFuture<'static, Result<(), String>> {
+        let backend = self.state.backend();
+        match backend.send_json_row(&self.target, line) {
+            Ok(Some(delivery)) => {
+                async move { delivery.await.map(|_| ()).map_err(|e| e.to_string()) }.boxed()
+            }
+            Err(error) => future::ready(Err(error.to_string())).boxed(),
+            Ok(None) => {
+                // Wait for the rows already sent (not answered yet: their outcomes are kept).
+                let mut settled = VecDeque::with_capacity(self.in_flight.len());
+                while let Some((seq, outcome)) = self.in_flight.pop_front() {
+                    let result = outcome.await;
+                    settled.push_back((seq, future::ready(result).boxed()));
+                }
+                self.in_flight = settled;
+                let result = backend
+                    .insert_json_row(&self.target, line)
+                    .await
+                    .map_err(|e| e.to_string());
+                future::ready(result).boxed()
+            }
+        }
+    }
+}
+
+/// The acknowledgement line of row `seq`.
+fn ack_line(seq: u64, outcome: Result<(), String>) -> Bytes {
+    match outcome {
+        Ok(()) => {
+            let mut ack = json!({"status": "ok", "seq": seq}).to_string().into_bytes();
+            ack.push(b'\n');
+            Bytes::from(ack)
+        }
+        Err(message) => error_line(seq, &message),
+    }
 }
 
 fn error_line(seq: u64, message: &str) -> Bytes {
@@ -170,13 +264,4 @@ fn error_line(seq: u64, message: &str) -> Bytes {
     .into_bytes();
     line.push(b'\n');
     Bytes::from(line)
-}
-
-/// Inserts one row (a JSON object) into `target`.
-async fn insert(state: &AppState, target: &str, line: &[u8]) -> Result<(), String> {
-    state
-        .backend()
-        .insert_json_row(target, line)
-        .await
-        .map_err(|e| e.to_string())
 }

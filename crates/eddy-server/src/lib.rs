@@ -72,6 +72,9 @@ pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 /// Default of [`ServerConfig::max_push_queries`]: ksqlDB's `ksql.max.push.queries` default.
 pub const DEFAULT_MAX_PUSH_QUERIES: usize = 100;
 
+/// Default of [`ServerConfig::inserts_stream_max_in_flight_rows`].
+pub const DEFAULT_INSERTS_STREAM_MAX_IN_FLIGHT_ROWS: usize = 1_000;
+
 /// Default of [`ServerConfig::kafka_check_timeout_ms`].
 pub const DEFAULT_KAFKA_CHECK_TIMEOUT_MS: u64 = 5_000;
 
@@ -102,6 +105,10 @@ pub struct ServerConfig {
     /// file and takes none over REST; `/ksql`, `/query`, `/query-stream`, `/close-query` and
     /// `/inserts-stream` answer 400. Default false.
     pub headless: bool,
+    /// Rows of one `/inserts-stream` request sent to Kafka and not yet acknowledged; when this
+    /// many wait, the next row is read once the oldest is acknowledged. Default
+    /// [`DEFAULT_INSERTS_STREAM_MAX_IN_FLIGHT_ROWS`].
+    pub inserts_stream_max_in_flight_rows: usize,
 }
 
 /// The one user and password of HTTP basic authentication.
@@ -141,6 +148,7 @@ impl Default for ServerConfig {
             advertised_listener: None,
             basic_auth: None,
             headless: false,
+            inserts_stream_max_in_flight_rows: DEFAULT_INSERTS_STREAM_MAX_IN_FLIGHT_ROWS,
         }
     }
 }

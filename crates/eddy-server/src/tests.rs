@@ -140,6 +140,34 @@ impl Backend for Fake {
         Ok(())
     }
 
+    /// Refuses a "bad" row at once; a row with "full" finds the producer's queue full; any
+    /// other is recorded now and acknowledged after `"DELAY_MS"` milliseconds when the row has
+    /// that field, else at once.
+    fn send_json_row(
+        &self,
+        target: &str,
+        row_json: &[u8],
+    ) -> Result<Option<eddy_engine::RowDelivery>, EngineError> {
+        let row = String::from_utf8_lossy(row_json).into_owned();
+        if row.contains("bad") {
+            return Err(EngineError::invalid(format!("the row {row} is bad")));
+        }
+        if row.contains("full") {
+            return Ok(None);
+        }
+        let delay_ms = serde_json::from_str::<Value>(&row)
+            .ok()
+            .and_then(|v| v["DELAY_MS"].as_u64())
+            .unwrap_or(0);
+        if let Ok(mut inserted) = self.inserted.lock() {
+            inserted.push((target.to_owned(), row));
+        }
+        Ok(Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Ok((0, 0))
+        })))
+    }
+
     /// One stream, `S` (key `K`, value `V`), and one table, `T`.
     fn catalog(&self) -> Catalog {
         let mut catalog = Catalog::new();
@@ -838,4 +866,93 @@ async fn streaming_queries_beyond_max_push_queries_are_refused_until_one_ends() 
         .push_query_slot()
         .expect("a slot after a stream is dropped");
     drop((first, third));
+}
+
+/// Acks come in the rows' order even when Kafka answers later rows first, a row whose
+/// producer queue is full waits for the rows before it, and a client that sends its next row
+/// only after the previous ack gets each ack without the body ending.
+#[tokio::test]
+async fn inserts_stream_answers_in_order_and_as_soon_as_kafka_has_a_row() {
+    let fake = Arc::new(Fake::default());
+    let request = Request::post("/inserts-stream")
+        .body(Body::from(
+            "{\"target\":\"S\"}\n{\"K\":\"a\",\"DELAY_MS\":300}\n{\"K\":\"b\",\"DELAY_MS\":1}\n\
+             {\"V\":\"bad\"}\n{\"K\":\"full\"}\n{\"K\":\"c\"}\n",
+        ))
+        .expect("request");
+    let (status, _, body) = send_to(fake.clone(), request).await;
+    assert_eq!(status, StatusCode::OK);
+    let acks: Vec<Value> = String::from_utf8_lossy(&body)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an ack is JSON"))
+        .collect();
+    let answered: Vec<(u64, &str)> = acks
+        .iter()
+        .map(|a| {
+            (
+                a["seq"].as_u64().unwrap_or(99),
+                a["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [(0, "ok"), (1, "ok"), (2, "error"), (3, "ok"), (4, "ok")],
+        "{acks:?}"
+    );
+    let rows: Vec<String> = fake
+        .inserted
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, row)| row.clone())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            r#"{"K":"a","DELAY_MS":300}"#,
+            r#"{"K":"b","DELAY_MS":1}"#,
+            r#"{"K":"full"}"#,
+            r#"{"K":"c"}"#
+        ]
+    );
+
+    // An interactive client: the next row goes only once the previous one is answered.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = Body::from_stream(futures::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) },
+    ));
+    // The answer starts once the target line is read.
+    sender
+        .send(Ok(bytes::Bytes::from_static(b"{\"target\":\"S\"}\n")))
+        .await
+        .expect("sent");
+    let response = fake_app(Arc::new(Fake::default()), ServerConfig::default())
+        .oneshot(
+            Request::post("/inserts-stream")
+                .body(body)
+                .expect("request"),
+        )
+        .await
+        .expect("the router answers");
+    let mut answers = response.into_body();
+    for seq in 0..3u64 {
+        sender
+            .send(Ok(bytes::Bytes::from(format!("{{\"K\":\"k{seq}\"}}\n"))))
+            .await
+            .expect("sent");
+        let frame = tokio::time::timeout(Duration::from_secs(10), answers.frame())
+            .await
+            .expect("answered before the body ends")
+            .expect("a frame")
+            .expect("readable");
+        let ack: Value = serde_json::from_slice(frame.data_ref().expect("data")).expect("JSON");
+        assert_eq!(ack, json!({"status": "ok", "seq": seq}));
+    }
+    drop(sender);
+    assert!(
+        answers.frame().await.is_none(),
+        "the answers end with the body"
+    );
 }
