@@ -402,19 +402,7 @@ impl KafkaConnection {
         value: Option<&[u8]>,
         timestamp_ms: Option<i64>,
     ) -> Result<(i32, i64), KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(value) = value {
-            record = record.payload(value);
-        }
-        if let Some(partition) = partition {
-            record = record.partition(partition);
-        }
-        if let Some(timestamp_ms) = timestamp_ms {
-            record = record.timestamp(timestamp_ms);
-        }
+        let record = future_record(topic, partition, key, value, timestamp_ms);
         match producer.send(record, Timeout::After(self.timeout())).await {
             Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((error, _)) => Err(KafkaError::client(format!("produce to \"{topic}\""), error)),
@@ -436,16 +424,7 @@ impl KafkaConnection {
         Option<impl Future<Output = Result<(i32, i64), KafkaError>> + Send + 'static>,
         KafkaError,
     > {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(value) = value {
-            record = record.payload(value);
-        }
-        if let Some(timestamp_ms) = timestamp_ms {
-            record = record.timestamp(timestamp_ms);
-        }
+        let record = future_record(topic, None, key, value, timestamp_ms);
         let delivery = match producer.send_result(record) {
             Ok(delivery) => delivery,
             Err((
@@ -469,6 +448,31 @@ impl KafkaConnection {
             }
         }))
     }
+}
+
+/// A record to produce; `None` parts are left out (no key, a tombstone, the partitioner's
+/// choice, the producer's clock).
+fn future_record<'a>(
+    topic: &'a str,
+    partition: Option<i32>,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    timestamp_ms: Option<i64>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(topic);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    if let Some(timestamp_ms) = timestamp_ms {
+        record = record.timestamp(timestamp_ms);
+    }
+    record
 }
 
 /// A librdkafka client whose drop may block (a consumer's close waits for the broker), dropped on

@@ -1127,6 +1127,24 @@ mod tests {
                 .count()
         }
 
+        /// One round over both sides' new records, as it is (nothing applied to the store).
+        fn raw_round(
+            &self,
+            joiner: &mut StreamJoiner,
+            left: &[(&str, &str, i64)],
+            right: &[(&str, &str, i64)],
+        ) -> Round {
+            let join = self.plan.join.as_ref().unwrap();
+            let left = self
+                .plan
+                .process(decoded(&self.plan.source, left, 0))
+                .unwrap();
+            let right = join
+                .right_stream_rows(decoded(&join.table, right, 0))
+                .unwrap();
+            joiner.round(join, left, right, [3, 1]).unwrap()
+        }
+
         /// Keys in the (compacted) changelog that start with `tag`.
         fn logged(&self, tag: u8) -> usize {
             self.changelog
@@ -1266,18 +1284,7 @@ mod tests {
         // With records of at most one row's bytes, each row is a chunk of its own.
         let small = fixture.state.store("q-join-small").unwrap();
         let mut joiner = StreamJoiner::open(small.clone(), 0, join, Some(1)).unwrap();
-        let round = joiner
-            .round(
-                join,
-                fixture
-                    .plan
-                    .process(decoded(&fixture.plan.source, &left, 0))
-                    .unwrap(),
-                join.right_stream_rows(decoded(&join.table, &right, 0))
-                    .unwrap(),
-                [3, 1],
-            )
-            .unwrap();
+        let round = fixture.raw_round(&mut joiner, &left, &right);
         assert_eq!(round.changelog_writes.len(), 4);
         let rows: usize = round
             .changelog_writes
@@ -1289,18 +1296,7 @@ mod tests {
         // A join without changelog (a push query's) builds no chunks.
         let unlogged = fixture.state.store("q-join-unlogged").unwrap();
         let mut joiner = StreamJoiner::open(unlogged, 0, join, None).unwrap();
-        let round = joiner
-            .round(
-                join,
-                fixture
-                    .plan
-                    .process(decoded(&fixture.plan.source, &left, 0))
-                    .unwrap(),
-                join.right_stream_rows(decoded(&join.table, &right, 0))
-                    .unwrap(),
-                [3, 1],
-            )
-            .unwrap();
+        let round = fixture.raw_round(&mut joiner, &left, &right);
         assert!(round.changelog_writes.is_empty());
         assert!(
             round
