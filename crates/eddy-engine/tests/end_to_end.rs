@@ -939,6 +939,28 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
     engine.shutdown().await;
 }
 
+/// Produces every (topic, key, value) record, in order, and waits until Kafka has them all.
+async fn produce_all(
+    producer: &FutureProducer,
+    records: impl IntoIterator<Item = (String, String, String)>,
+) {
+    let mut deliveries = Vec::new();
+    for (topic, key, value) in records {
+        let record = FutureRecord::<str, str>::to(&topic)
+            .key(&key)
+            .payload(&value);
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(error, _)| error)
+                .expect("queued"),
+        );
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered").expect("acknowledged");
+    }
+}
+
 /// Records on `topic` now (all partitions).
 async fn records_on(connection: &KafkaConnection, topic: &str) -> i64 {
     connection
@@ -983,28 +1005,17 @@ async fn a_terminated_join_stops_without_reading_its_backlog() {
     ] {
         run(&engine, &mut session, sql).await;
     }
-    let producer = h.producer();
-    let mut deliveries = Vec::new();
-    for i in 0..RECORDS {
-        let key = format!("k{i}");
-        for (topic, value) in [
-            (h.topic("lefts"), format!(r#"{{"V":{i}}}"#)),
-            (h.topic("rights"), format!(r#"{{"W":{i}}}"#)),
-        ] {
-            let record = FutureRecord::<str, str>::to(&topic)
-                .key(&key)
-                .payload(&value);
-            deliveries.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(error, _)| error)
-                    .expect("queued"),
-            );
-        }
-    }
-    for delivery in deliveries {
-        delivery.await.expect("delivered").expect("acknowledged");
-    }
+    let (lefts, rights) = (h.topic("lefts"), h.topic("rights"));
+    produce_all(
+        &h.producer(),
+        (0..RECORDS).flat_map(|i| {
+            [
+                (lefts.clone(), format!("k{i}"), format!(r#"{{"V":{i}}}"#)),
+                (rights.clone(), format!("k{i}"), format!(r#"{{"W":{i}}}"#)),
+            ]
+        }),
+    )
+    .await;
     for (output, sql) in [
         (
             "STREAM_JOINED",
@@ -1078,24 +1089,12 @@ async fn a_batch_ends_at_its_byte_bound() {
     )
     .await;
     // The whole backlog is in the topic before the query starts, so it could be one batch.
-    let producer = h.producer();
     let topic = h.topic("bounded_in");
-    let mut deliveries = Vec::new();
-    for i in 0..RECORDS {
-        let (key, value) = (format!("k{i}"), format!(r#"{{"V":{i}}}"#));
-        let record = FutureRecord::<str, str>::to(&topic)
-            .key(&key)
-            .payload(&value);
-        deliveries.push(
-            producer
-                .send_result(record)
-                .map_err(|(error, _)| error)
-                .expect("queued"),
-        );
-    }
-    for delivery in deliveries {
-        delivery.await.expect("delivered").expect("acknowledged");
-    }
+    produce_all(
+        &h.producer(),
+        (0..RECORDS).map(|i| (topic.clone(), format!("k{i}"), format!(r#"{{"V":{i}}}"#))),
+    )
+    .await;
     run(
         &engine,
         &mut session,
