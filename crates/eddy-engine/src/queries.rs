@@ -699,13 +699,16 @@ struct EncodedRow {
     timestamp_ms: Option<i64>,
 }
 
+/// A record's encoded key and value (`None`: none).
+type EncodedKeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Encodes one row of `source` (its columns in order, as `fields` and one-row `arrays`) as its
 /// record's key and value.
 fn encode_row(
     source: &eddy_catalog::Source,
     mut fields: Vec<Field>,
     mut arrays: Vec<ArrayRef>,
-) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), EngineError> {
+) -> Result<EncodedKeyValue, EngineError> {
     let target = &source.name;
     fields.push(Field::new(ROWTIME_OUTPUT, DataType::Int64, true));
     arrays.push(new_null_array(&DataType::Int64, 1));

@@ -420,10 +420,7 @@ impl KafkaConnection {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         timestamp_ms: Option<i64>,
-    ) -> Result<
-        Option<impl Future<Output = Result<(i32, i64), KafkaError>> + Send + 'static>,
-        KafkaError,
-    > {
+    ) -> Result<Option<SentRecord>, KafkaError> {
         let record = future_record(topic, None, key, value, timestamp_ms);
         let delivery = match producer.send_result(record) {
             Ok(delivery) => delivery,
@@ -438,7 +435,7 @@ impl KafkaConnection {
             }
         };
         let what = format!("produce to \"{topic}\"");
-        Ok(Some(async move {
+        Ok(Some(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(delivered)) => Ok((delivered.partition, delivered.offset)),
                 Ok(Err((error, _))) => Err(KafkaError::client(what, error)),
@@ -446,9 +443,14 @@ impl KafkaConnection {
                     "{what}: the producer was closed"
                 ))),
             }
-        }))
+        })))
     }
 }
+
+/// A record handed to the producer ([`KafkaConnection::send_one`]): resolves to its partition
+/// and offset once Kafka has it.
+pub type SentRecord =
+    std::pin::Pin<Box<dyn Future<Output = Result<(i32, i64), KafkaError>> + Send + 'static>>;
 
 /// A record to produce; `None` parts are left out (no key, a tombstone, the partitioner's
 /// choice, the producer's clock).

@@ -840,8 +840,11 @@ fn chunk_key(tag: u8, sequence: u64) -> Vec<u8> {
     key
 }
 
-/// A row chunk's expiry time and its (row key, row) pairs; `None` if it is malformed.
-fn chunk_rows(payload: &[u8]) -> Option<(i64, Vec<(&[u8], &[u8])>)> {
+/// A row chunk's expiry time and its (row key, row) pairs.
+type ChunkRows<'p> = (i64, Vec<(&'p [u8], &'p [u8])>);
+
+/// The expiry time and rows of a row chunk; `None` if it is malformed.
+fn chunk_rows(payload: &[u8]) -> Option<ChunkRows<'_>> {
     fn part<'p>(rest: &mut &'p [u8]) -> Option<&'p [u8]> {
         let (length, tail) = rest.split_at_checked(4)?;
         let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
@@ -1155,8 +1158,11 @@ mod tests {
         }
     }
 
+    /// Store entries as (key, value).
+    type Entries = Vec<(Box<[u8]>, Box<[u8]>)>;
+
     /// Every entry of a store's partition 0 but its checkpoint.
-    fn entries(store: &Store) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+    fn entries(store: &Store) -> Entries {
         [
             LEFT_ROW,
             RIGHT_ROW,

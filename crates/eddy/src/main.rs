@@ -563,7 +563,6 @@ async fn test(
     let config = SltConfig {
         query_timeout_ms,
         engine,
-        ..SltConfig::default()
     };
     let summary = run_files_with(&connection, &files, &config).await;
     if let Some(broker) = broker {
