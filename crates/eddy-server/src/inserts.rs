@@ -214,8 +214,8 @@ impl Inserts {
     }
 
     /// Sends one row; the future says whether Kafka has it. When the producer's queue is full,
-    /// the rows before it are answered first (their acks wait in order), then the row is
-    /// inserted waiting for room, so rows keep their order.
+    /// the rows sent before it are waited for (their answers keep their place in line), then
+    /// the row is inserted waiting for room, so rows keep their order.
     async fn send(&mut self, line: &[u8]) -> BoxFuture<'static, Result<(), String>> {
         let backend = self.state.backend();
         match backend.send_json_row(&self.target, line) {
