@@ -25,6 +25,9 @@ struct Fake {
     sessions: Mutex<Vec<Session>>,
     /// Rows given to `insert_json_row`, with their target.
     inserted: Mutex<Vec<(String, String)>>,
+    /// Rows `send_json_row` sent that are not acknowledged yet, and the most there were.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait]
@@ -162,8 +165,13 @@ impl Backend for Fake {
         if let Ok(mut inserted) = self.inserted.lock() {
             inserted.push((target.to_owned(), row));
         }
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, SeqCst);
+        let in_flight = Arc::clone(&self.in_flight);
         Ok(Some(Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            in_flight.fetch_sub(1, SeqCst);
             Ok((0, 0))
         })))
     }
@@ -955,4 +963,48 @@ async fn inserts_stream_answers_in_order_and_as_soon_as_kafka_has_a_row() {
         answers.frame().await.is_none(),
         "the answers end with the body"
     );
+}
+
+/// Rows wait for Kafka together, but never more than `inserts_stream_max_in_flight_rows`.
+#[tokio::test]
+async fn inserts_stream_sends_rows_together_up_to_its_bound() {
+    let mut body = String::from("{\"target\":\"S\"}\n");
+    for i in 0..6 {
+        body.push_str(&format!("{{\"K\":\"k{i}\",\"DELAY_MS\":50}}\n"));
+    }
+    for (bound, most) in [
+        (2, 2),
+        (ServerConfig::default().inserts_stream_max_in_flight_rows, 6),
+    ] {
+        let fake = Arc::new(Fake::default());
+        let config = ServerConfig {
+            inserts_stream_max_in_flight_rows: bound,
+            ..ServerConfig::default()
+        };
+        let response = fake_app(fake.clone(), config)
+            .oneshot(
+                Request::post("/inserts-stream")
+                    .body(Body::from(body.clone()))
+                    .expect("request"),
+            )
+            .await
+            .expect("the router answers");
+        let answers = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let ok = String::from_utf8_lossy(&answers)
+            .lines()
+            .filter(|line| line.contains("\"ok\""))
+            .count();
+        assert_eq!(ok, 6, "bound {bound}");
+        assert_eq!(
+            fake.most_in_flight
+                .load(std::sync::atomic::Ordering::SeqCst),
+            most,
+            "bound {bound}"
+        );
+    }
 }
