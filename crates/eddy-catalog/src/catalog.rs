@@ -57,6 +57,13 @@ pub struct QueryInfo {
     /// recorded before steps could, whose steps keep their repartition topics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps_rekeying_in_task: Vec<usize>,
+    /// The query aggregates the output of its last join step, a stream-stream join of one
+    /// partition, in that join's task: the joined rows go to the aggregation in memory, not
+    /// through the step's output topic. Decided at creation like `rekeys_in_task`, because the
+    /// aggregation's state counts the offsets of the join's inputs instead of that topic's.
+    /// Absent (false) in queries recorded before, which keep their step's output topic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aggregates_in_join_task: bool,
 }
 
 /// One change to the catalog, as stored (JSON) in the command topic.
@@ -352,6 +359,7 @@ mod tests {
             properties: BTreeMap::new(),
             rekeys_in_task: false,
             steps_rekeying_in_task: Vec::new(),
+            aggregates_in_join_task: false,
         }
     }
 

@@ -509,6 +509,7 @@ impl Engine {
             properties: self.query_properties(session),
             rekeys_in_task: self.rekeys_in_task(&planned).await?,
             steps_rekeying_in_task: self.steps_rekeying_in_task(&planned).await?,
+            aggregates_in_join_task: self.aggregates_in_join_task(&planned).await?,
         };
         self.submit(Command::CreateSource {
             source: sink,
@@ -595,6 +596,7 @@ impl Engine {
             properties: self.query_properties(session),
             rekeys_in_task: self.rekeys_in_task(&planned).await?,
             steps_rekeying_in_task: self.steps_rekeying_in_task(&planned).await?,
+            aggregates_in_join_task: self.aggregates_in_join_task(&planned).await?,
         };
         self.submit(Command::StartQuery {
             query: query.clone(),

@@ -452,6 +452,7 @@ impl Engine {
                 offset_reset,
                 query.rekeys_in_task,
                 &query.steps_rekeying_in_task,
+                query.aggregates_in_join_task,
             )
             .await?;
         self.register_query_handle(&query.id, handle)
@@ -460,7 +461,9 @@ impl Engine {
     /// Starts a planned statement: its join steps, each writing its output topic, then the
     /// query that writes `sink`; all under the returned handle. `rekeys_in_task`: see
     /// `QueryInfo::rekeys_in_task`; `steps_rekeying_in_task`: see
-    /// `QueryInfo::steps_rekeying_in_task`.
+    /// `QueryInfo::steps_rekeying_in_task`; `aggregates_in_join_task`: see
+    /// `QueryInfo::aggregates_in_join_task`.
+    #[allow(clippy::too_many_arguments)]
     async fn start_planned(
         &self,
         query_id: &str,
@@ -469,13 +472,38 @@ impl Engine {
         offset_reset: OffsetReset,
         rekeys_in_task: bool,
         steps_rekeying_in_task: &[usize],
+        aggregates_in_join_task: bool,
     ) -> Result<QueryHandle, EngineError> {
         let PlannedQuery {
             mut plan,
             mut repartitions,
-            steps,
+            mut steps,
             ..
         } = planned;
+        if aggregates_in_join_task {
+            let last = steps.pop().ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "query {query_id} aggregates in its join's task but has no join step"
+                ))
+            })?;
+            let last_number = steps.len() + 1;
+            let rekeying = StepRekeying::Recorded(steps_rekeying_in_task);
+            let (upstream, left_reset) = self
+                .start_steps(query_id, steps, offset_reset, rekeying, None)
+                .await?;
+            let handle = self
+                .start_aggregation_in_join_task(
+                    query_id,
+                    last,
+                    last_number,
+                    rekeying,
+                    plan,
+                    sink,
+                    [left_reset, offset_reset],
+                )
+                .await?;
+            return Ok(with_upstreams(handle, upstream, Vec::new()));
+        }
         if rekeys_in_task && steps.is_empty() && plan.join.is_some() && !repartitions.is_empty() {
             let Some(rekeys) = self.join_rekeys_in_task(&plan, &repartitions).await? else {
                 return Err(EngineError::invalid(format!(
@@ -528,30 +556,8 @@ impl Engine {
         let mut upstream: Option<QueryHandle> = None;
         let mut left_reset = offset_reset;
         for (index, mut step) in steps.into_iter().enumerate() {
-            let rekeys = match rekeying {
-                StepRekeying::Recorded(numbers) if !numbers.contains(&(index + 1)) => None,
-                StepRekeying::Recorded(_) => Some(
-                    self.join_rekeys_in_task(&step.plan, &step.repartitions)
-                        .await?
-                        .ok_or_else(|| {
-                            EngineError::invalid(format!(
-                                "the join step {} of query {query_id} re-keys its joined streams \
-                                 in its one partition task, but they or the sources they join no \
-                                 longer have one partition each: keys would meet in different \
-                                 tasks\nhint: TERMINATE {query_id}, then create it again",
-                                step.id
-                            ))
-                        })?,
-                ),
-                StepRekeying::WherePossible => {
-                    self.join_rekeys_in_task(&step.plan, &step.repartitions)
-                        .await?
-                }
-            };
-            if let Some(rekeys) = rekeys {
-                rekeys.apply(&mut step.plan);
-                step.repartitions.clear();
-            }
+            self.rekey_step_in_task(query_id, index + 1, &mut step, rekeying)
+                .await?;
             let output_topic = config.physical_topic(&step.output.topic);
             if let Some(resources) = transient.as_deref_mut() {
                 resources.add_topic(output_topic.clone());
@@ -586,6 +592,43 @@ impl Engine {
             left_reset = OffsetReset::Earliest;
         }
         Ok((upstream, left_reset))
+    }
+
+    /// Re-keys the streams of join step `number` (from 1) of `query_id` in its task, removing its
+    /// repartition writers, when `rekeying` says so; refuses a recorded choice that no longer
+    /// holds.
+    pub(crate) async fn rekey_step_in_task(
+        &self,
+        query_id: &str,
+        number: usize,
+        step: &mut PlannedStep,
+        rekeying: StepRekeying<'_>,
+    ) -> Result<(), EngineError> {
+        let rekeys = match rekeying {
+            StepRekeying::Recorded(numbers) if !numbers.contains(&number) => None,
+            StepRekeying::Recorded(_) => Some(
+                self.join_rekeys_in_task(&step.plan, &step.repartitions)
+                    .await?
+                    .ok_or_else(|| {
+                        EngineError::invalid(format!(
+                            "the join step {} of query {query_id} re-keys its joined streams \
+                                 in its one partition task, but they or the sources they join no \
+                                 longer have one partition each: keys would meet in different \
+                                 tasks\nhint: TERMINATE {query_id}, then create it again",
+                            step.id
+                        ))
+                    })?,
+            ),
+            StepRekeying::WherePossible => {
+                self.join_rekeys_in_task(&step.plan, &step.repartitions)
+                    .await?
+            }
+        };
+        if let Some(rekeys) = rekeys {
+            rekeys.apply(&mut step.plan);
+            step.repartitions.clear();
+        }
+        Ok(())
     }
 
     fn register_query_handle(&self, id: &str, handle: QueryHandle) -> Result<(), EngineError> {
@@ -900,6 +943,7 @@ impl Engine {
                 single_task: false,
                 upsert: None,
                 join: None,
+                aggregate_joined: None,
                 generator: None,
                 offset_reset: resets[side],
                 config: config.clone(),
@@ -963,6 +1007,7 @@ impl Engine {
             single_task: false,
             upsert: None,
             join,
+            aggregate_joined: None,
             generator,
             offset_reset,
             config: self.inner.config.clone(),

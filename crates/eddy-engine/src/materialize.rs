@@ -6,12 +6,12 @@ use std::sync::Arc;
 use eddy_catalog::{Source, SourceKind};
 use eddy_planner::StreamingPlan;
 use eddy_runtime::{
-    MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec, UpsertSpec,
-    start_query,
+    JoinedAggregation, MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec,
+    UpsertSpec, start_query,
 };
 use tracing::info;
 
-use crate::engine::{Engine, poisoned};
+use crate::engine::{Engine, PlannedStep, poisoned};
 use crate::error::EngineError;
 use crate::layout::{sink_layout, source_layout, timestamp_index};
 
@@ -75,6 +75,146 @@ impl Engine {
             }
         }
         Ok(numbers)
+    }
+
+    /// Whether a new persistent query aggregates its last join step's output in that join's task
+    /// (see `QueryInfo::aggregates_in_join_task`).
+    pub(crate) async fn aggregates_in_join_task(
+        &self,
+        planned: &crate::engine::PlannedQuery,
+    ) -> Result<bool, EngineError> {
+        let (Some(aggregation), Some(step)) = (&planned.plan.aggregation, planned.steps.last())
+        else {
+            return Ok(false);
+        };
+        if aggregation.retractable {
+            return Ok(false);
+        }
+        self.join_step_hosts_aggregation(step).await
+    }
+
+    /// Whether an aggregation of `step`'s output can run in the step's task: the step joins two
+    /// streams of one partition each, so it runs as one task that sees every joined row, and it
+    /// needs no repartition topic (its streams are keyed by their join columns, or re-key in
+    /// that task).
+    async fn join_step_hosts_aggregation(&self, step: &PlannedStep) -> Result<bool, EngineError> {
+        let Some(join) = &step.plan.join else {
+            return Ok(false);
+        };
+        if join.stream_join.is_none() {
+            return Ok(false);
+        }
+        if !step.repartitions.is_empty()
+            && self
+                .join_rekeys_in_task(&step.plan, &step.repartitions)
+                .await?
+                .is_none()
+        {
+            return Ok(false);
+        }
+        for source in [&step.plan.source, &join.table] {
+            // An earlier step's output may not exist yet: its partitions are that step's.
+            let partitions = match self
+                .inner
+                .connection
+                .topic(&self.physical_topic(source))
+                .await?
+            {
+                Some(topic) => topic.partitions,
+                None => source.partitions,
+            };
+            if partitions != 1 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Starts the last join step of a query (number `number`) with the query's aggregation in
+    /// its task (see `QueryInfo::aggregates_in_join_task`): one query that reads the join's two
+    /// streams, keeps the join's state under the step's name and the aggregation's under the
+    /// query's, and writes the table; the step's output topic is never created.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_aggregation_in_join_task(
+        &self,
+        query_id: &str,
+        mut step: PlannedStep,
+        number: usize,
+        rekeying: crate::engine::StepRekeying<'_>,
+        plan: StreamingPlan,
+        sink: &Source,
+        [left_reset, right_reset]: [OffsetReset; 2],
+    ) -> Result<QueryHandle, EngineError> {
+        let config = &self.inner.config;
+        self.rekey_step_in_task(query_id, number, &mut step, rekeying)
+            .await?;
+        if !step.repartitions.is_empty() || !self.join_step_hosts_aggregation(&step).await? {
+            return Err(EngineError::invalid(format!(
+                "query {query_id} aggregates in the task of its join step {}, but the streams \
+                 that step joins no longer have one partition each: joined rows of one group \
+                 would be counted in different tasks\nhint: TERMINATE {query_id}, then create \
+                 the table again",
+                step.id
+            )));
+        }
+        let join = self
+            .join_spec(
+                &step.plan,
+                &join_store_name(&step.id),
+                Some(&step.id),
+                right_reset,
+            )
+            .await?;
+        let store = self
+            .inner
+            .state
+            .store(query_id)
+            .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
+        let changelog = config.physical_topic(&config.query_topic(query_id, "changelog"));
+        self.create_changelog(&changelog, 1).await?;
+        let source_topic = self.physical_topic(&step.plan.source);
+        let state = StateSpec {
+            store,
+            changelog_topic: Some(changelog),
+            limits: self.aggregate_limits(),
+            origin_topic: source_topic.clone(),
+        };
+        let view_plan = Arc::new(plan);
+        let joined = JoinedAggregation {
+            plan: Arc::clone(&view_plan),
+            input_schema: Arc::clone(source_layout(&view_plan.source)?.schema()),
+            state: state.clone(),
+        };
+        let spec = QuerySpec {
+            query_id: query_id.to_owned(),
+            group_id: config.query_group_id(query_id),
+            persistent: true,
+            source_topic,
+            source_layout: source_layout(&step.plan.source)?,
+            timestamp_column: timestamp_index(&step.plan.source),
+            timestamp_format: crate::layout::timestamp_format(&step.plan.source)?,
+            drop_tombstones: true,
+            sink: SinkSpec::Kafka {
+                topic: self.physical_topic(sink),
+                producer: self.inner.producer.clone(),
+                layout: sink_layout(sink, &view_plan)?,
+                partitions: sink.partitions,
+            },
+            plan: Arc::new(step.plan),
+            state: None,
+            single_task: false,
+            upsert: None,
+            join,
+            aggregate_joined: Some(Arc::new(joined)),
+            generator: None,
+            offset_reset: left_reset,
+            config: config.clone(),
+            connection: self.inner.connection.clone(),
+            processing_log: self.inner.processing_log.clone(),
+        };
+        let handle = start_query(spec).await?;
+        self.register_view(sink, view_plan, &state)?;
+        Ok(handle)
     }
 
     /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog;
@@ -152,6 +292,7 @@ impl Engine {
                 single_task: false,
                 upsert: None,
                 join: None,
+                aggregate_joined: None,
                 generator: view_plan.source.generator.clone(),
                 sink: sink_spec,
                 offset_reset,
@@ -230,6 +371,7 @@ impl Engine {
             single_task: false,
             upsert,
             join: None,
+            aggregate_joined: None,
             generator: plan.source.generator.clone(),
             offset_reset,
             config: config.clone(),
@@ -251,6 +393,7 @@ impl Engine {
             single_task: false,
             upsert: None,
             join: None,
+            aggregate_joined: None,
             generator: None,
             sink: sink_spec(&reader)?,
             // Everything written to the internal topic belongs to this query.

@@ -172,6 +172,7 @@ impl Engine {
             single_task: state.is_some(),
             upsert,
             join,
+            aggregate_joined: None,
             generator: plan.source.generator.clone(),
             state,
             plan: Arc::new(plan),
@@ -678,6 +679,12 @@ impl Engine {
                      re-keyed in their one task, without repartition topic.",
                     steps.join(", ")
                 ));
+            }
+            if query.aggregates_in_join_task {
+                text.push_str(
+                    "\nIts aggregation runs in the task of its last join step, whose streams \
+                     have one partition each: the joined rows go to it without a topic.",
+                );
             }
         }
         Ok(result)

@@ -939,6 +939,121 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
     engine.shutdown().await;
 }
 
+/// Runs the pull query `sql` until its rows (sorted texts) are `expected`, failing after WAIT.
+async fn wait_for_rows(engine: &Engine, sql: &str, expected: &[&str]) {
+    let mut session = Session::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = rows_of(&run(engine, &mut session, sql).await);
+        if rows == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} gave {rows:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An aggregation over a join of one-partition streams runs in the join's task: the joined rows
+/// are not written to a topic. Its state records the offsets of both join inputs it has counted,
+/// so a join that lost its own state (store and changelog) replays its inputs up to them without
+/// counting their pairs again, and joins new records with the rows it replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_in_its_join_task_counts_each_pair_once() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,librdkafka=warn,rdkafka=warn")
+        .with_test_writer()
+        .try_init();
+    let h = Harness::start().await;
+    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let count = "SELECT * FROM shipments_per_order;";
+    let query_id = {
+        let engine = h.engine().await;
+        let mut session = Session::new();
+        for sql in [
+            "SET 'auto.offset.reset'='earliest';",
+            "CREATE STREAM orders (id STRING KEY, item STRING) \
+             WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
+            "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
+             WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
+            "INSERT INTO orders (id, item) VALUES ('o1', 'apple');",
+            "INSERT INTO orders (id, item) VALUES ('o2', 'pear');",
+            "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s1', 'o1', 'dhl');",
+            "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s2', 'o2', 'ups');",
+        ] {
+            run(&engine, &mut session, sql).await;
+        }
+        let results = run(
+            &engine,
+            &mut session,
+            "CREATE TABLE shipments_per_order AS SELECT o.id, COUNT(*) AS n \
+             FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id GROUP BY o.id;",
+        )
+        .await;
+        let Some(StatementResult::Success {
+            query_id: Some(query_id),
+            ..
+        }) = results.last()
+        else {
+            panic!("CREATE TABLE gave {results:?}")
+        };
+        wait_for_rows(&engine, count, &["o1 1", "o2 1"]).await;
+        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
+        let Some(StatementResult::Explain { text }) = results.last() else {
+            panic!("EXPLAIN gave {results:?}")
+        };
+        assert!(text.contains("Its aggregation runs in the task"), "{text}");
+        let topics: Vec<String> = connection
+            .topics()
+            .await
+            .expect("topics")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert!(
+            !topics.iter().any(|name| name.ends_with("-join-1")),
+            "the joined rows have no topic: {topics:?}"
+        );
+        engine.shutdown().await;
+        query_id.clone()
+    };
+    // The join loses its state: its store, and its changelog.
+    let step = format!("{query_id}-JOIN-1");
+    {
+        let state = eddy_state::StateStore::open(
+            &h.config().state_dir,
+            &eddy_state::StateConfig::default(),
+        )
+        .expect("state opens");
+        assert!(state.store_names().contains(&format!("{step}-join")));
+        state
+            .drop_store(&format!("{step}-join"))
+            .expect("join store dropped");
+    }
+    let changelog = h.topic(&h.config().query_topic(&step, "changelog"));
+    connection
+        .delete_topic(&changelog)
+        .await
+        .expect("join changelog deleted");
+    let engine = h.engine().await;
+    // s1 and s2 are not counted again; s3 meets o1, which the join read again.
+    run(
+        &engine,
+        &mut Session::new(),
+        "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s3', 'o1', 'tnt');",
+    )
+    .await;
+    wait_for_rows(&engine, count, &["o1 2", "o2 1"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rows_of(&run(&engine, &mut Session::new(), count).await),
+        ["o1 2", "o2 1"]
+    );
+    engine.shutdown().await;
+}
+
 /// Produces every (topic, key, value) record, in order, and waits until Kafka has them all.
 async fn produce_all(
     producer: &FutureProducer,

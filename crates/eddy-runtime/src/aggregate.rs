@@ -52,6 +52,11 @@ pub(crate) const SOURCE_OFFSET_KEY: &[u8] = b"\xffsource_offset";
 /// Followed by the origin partition as i32 big-endian.
 const ORIGIN_KEY_PREFIX: &[u8] = b"\xffo:";
 
+/// Key of the store entry (and changelog record) in which an aggregation run in its join's task
+/// keeps the next offset of the join's right input it has counted; its source offset is the left
+/// input's (see `crate::query::JoinedAggregation`).
+pub(crate) const JOINED_RIGHT_OFFSET_KEY: &[u8] = b"\xffjoined_right_offset";
+
 /// Group keys are arrow-row encoded and start below this byte; Eddy's own keys start with it.
 pub const RESERVED_KEY_BYTE: u8 = 0xFF;
 
@@ -450,6 +455,10 @@ pub(crate) struct PartitionAggregate {
     /// The largest event time the partition has seen (windowed aggregations; `i64::MIN` before
     /// the first record).
     stream_time: i64,
+    /// Whether rows with an origin already counted are skipped (see `origins`). Off for an
+    /// aggregation in its join's task, whose rows come from no topic: its join replays
+    /// what it counted without handing it the rows again.
+    checks_origins: bool,
 }
 
 impl PartitionAggregate {
@@ -460,7 +469,15 @@ impl PartitionAggregate {
             next_source_offset: 0,
             origins: HashMap::new(),
             stream_time: i64::MIN,
+            checks_origins: true,
         }
+    }
+
+    /// The aggregation of a join's rows in the join's task: every row it is given counts (see
+    /// `checks_origins`).
+    pub(crate) fn of_joined_rows(mut self) -> Self {
+        self.checks_origins = false;
+        self
     }
 
     /// Loads the origin offsets of the partition from the store.
@@ -488,6 +505,25 @@ impl PartitionAggregate {
     /// Input offsets below the returned one are already in the state and must be skipped.
     pub(crate) fn next_source_offset(&self) -> i64 {
         self.next_source_offset
+    }
+
+    /// The next offsets of a join's left and right inputs whose pairs this aggregation, run in
+    /// the join's task, has counted (0 and 0 before the first).
+    pub(crate) fn joined_offsets(&self) -> Result<[i64; 2], QueryError> {
+        let right = match self
+            .view
+            .store
+            .get(self.partition, JOINED_RIGHT_OFFSET_KEY)
+            .map_err(state_error)?
+        {
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+                .map(i64::from_be_bytes)
+                .map_err(|_| {
+                    QueryError::Internal("stored right input offset is not 8 bytes".into())
+                })?,
+            None => 0,
+        };
+        Ok([self.next_source_offset, right])
     }
 
     /// Brings the local store up to the end of the changelog partition and loads the checkpoint.
@@ -1181,7 +1217,7 @@ impl PartitionAggregate {
             Slot::Origin(partition, offset) => Some((*partition, *offset)),
             _ => None,
         });
-        let Some((partition_column, offset_column)) = origin else {
+        let Some((partition_column, offset_column)) = origin.filter(|_| self.checks_origins) else {
             return Ok((input.clone(), signs.cloned(), Vec::new()));
         };
         let partitions = input

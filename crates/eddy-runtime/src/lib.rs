@@ -32,8 +32,8 @@ pub use kafka::{KafkaConnection, KafkaError, OffWorkerDrop, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};
 pub use query::{
-    OffsetReset, QueryError, QueryHandle, QueryMetrics, QueryProgress, QuerySpec, QueryStatus,
-    SinkSpec, start_query,
+    JoinedAggregation, OffsetReset, QueryError, QueryHandle, QueryMetrics, QueryProgress,
+    QuerySpec, QueryStatus, SinkSpec, start_query,
 };
 pub use stream_join::{MAX_JOIN_INDEX_ENTRIES_PER_ROUND, RightStreamSpec};
 pub use upsert::UpsertSpec;
