@@ -487,13 +487,16 @@ mod tests {
         .unwrap();
         assert!(!json.contains("rekeys_in_task"), "{json}");
         assert!(!json.contains("steps_rekeying_in_task"), "{json}");
+        assert!(!json.contains("aggregates_in_join_task"), "{json}");
         let Command::StartQuery { query: back } = serde_json::from_str(&json).unwrap() else {
             panic!("not a StartQuery")
         };
         assert!(!back.rekeys_in_task);
         assert!(back.steps_rekeying_in_task.is_empty());
+        assert!(!back.aggregates_in_join_task);
         query.rekeys_in_task = true;
         query.steps_rekeying_in_task = vec![1, 2];
+        query.aggregates_in_join_task = true;
         let json = serde_json::to_string(&Command::StartQuery {
             query: query.clone(),
         })
