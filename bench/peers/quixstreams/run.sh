@@ -14,6 +14,8 @@
 #   VERIFY        1: after each timed stateless run, check every output row against the input [1]
 #                 (the stateful queries always check their result against a reference)
 #   QUERY_TIMEOUT seconds one query may take before it is killed     [900]
+#   IDLE_STOP     stateful queries: stop once no message arrived for this long (seconds) [5]
+#                 (q4's join and group_by can pause longer than 5 s mid-run on a slow broker)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +24,7 @@ QUERIES="${QUERIES:-q0 q1 q2 q3 q4 q5 q7 q8}"
 VENV="${VENV:-$HOME/.cache/eddy-peers/quixstreams-venv}"
 VERIFY="${VERIFY:-1}"
 QUERY_TIMEOUT="${QUERY_TIMEOUT:-900}"
+IDLE_STOP="${IDLE_STOP:-5}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/eddy-target}"
 
 log() { echo "[run.sh] $*" >&2; }
@@ -127,7 +130,8 @@ for query in $QUERIES; do
     # stderr (quixstreams' log, warnings) goes to a file, shown only on failure
     status=0
     timeout "$QUERY_TIMEOUT" "$python" "$here/nexmark.py" "$query" --bootstrap "$bootstrap" \
-        --topic "${prefix}bid" --expected "$bids" "${verify_flag[@]}" 2>"$work/$query.err" || status=$?
+        --topic "${prefix}bid" --expected "$bids" --idle-stop "$IDLE_STOP" "${verify_flag[@]}" \
+        2>"$work/$query.err" || status=$?
     if [[ $status -eq 3 ]]; then
         mismatched+=("$query")
     elif [[ $status -ne 0 ]]; then
