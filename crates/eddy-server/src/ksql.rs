@@ -10,6 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use eddy_engine::StatementResult;
 use eddy_sql::Statement;
 use std::time::Duration;
 
@@ -50,7 +51,17 @@ async fn run(
     for statement in &statements {
         let text = statement_text(statement);
         match backend.execute(&mut session, statement).await {
-            Ok(result) => {
+            Ok(mut result) => {
+                // The engine lists its own settings; the server's are known here.
+                if let StatementResult::Properties(rows) = &mut result {
+                    rows.extend(
+                        state
+                            .config()
+                            .describe()
+                            .into_iter()
+                            .map(|(name, value)| (name, "SERVER".to_owned(), value)),
+                    );
+                }
                 entities.push(entity_of(statement, text, result, backend, kafka_timeout).await?)
             }
             Err(error) => return Err(ApiError::from_engine(error, text, entities)),

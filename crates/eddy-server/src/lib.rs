@@ -54,6 +54,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use eddy_common::config::ConfigError;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, EngineBackend};
@@ -150,6 +151,86 @@ impl Default for ServerConfig {
             headless: false,
             inserts_stream_max_in_flight_rows: DEFAULT_INSERTS_STREAM_MAX_IN_FLIGHT_ROWS,
         }
+    }
+}
+
+/// Prefix of the server's settings (`eddy.server.max_request_bytes`, ...), which `eddy server
+/// --set` takes beside the engine's and `SHOW PROPERTIES` over REST lists.
+pub const SERVER_SETTING_PREFIX: &str = "eddy.server.";
+
+impl ServerConfig {
+    /// Whether `name` names a server setting (`eddy.server.<limit>`, the `eddy.` optional).
+    pub fn is_server_setting(name: &str) -> bool {
+        name.strip_prefix("eddy.")
+            .unwrap_or(name)
+            .starts_with("server.")
+    }
+
+    /// The server's limits as settings (name, value), in the form [`Self::set`] takes.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        [
+            ("max_request_bytes", self.max_request_bytes.to_string()),
+            (
+                "keepalive_interval_ms",
+                self.keepalive_interval_ms.to_string(),
+            ),
+            ("max_push_queries", self.max_push_queries.to_string()),
+            (
+                "kafka_check_timeout_ms",
+                self.kafka_check_timeout_ms.to_string(),
+            ),
+            (
+                "inserts_stream_max_in_flight_rows",
+                self.inserts_stream_max_in_flight_rows.to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (format!("{SERVER_SETTING_PREFIX}{name}"), value))
+        .collect()
+    }
+
+    /// Sets the limit `name` (as [`Self::describe`] names it, `eddy.` prefix optional) from its
+    /// text form. Fails on an unknown name and on anything but a whole number above 0: each of
+    /// these at 0 would refuse every request of its kind.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let key = name.strip_prefix("eddy.").unwrap_or(name);
+        let Some(limit) = key.strip_prefix("server.") else {
+            return Err(ConfigError::UnknownSetting {
+                name: name.to_owned(),
+            });
+        };
+        let positive = value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::InvalidValue {
+                name: format!("{SERVER_SETTING_PREFIX}{limit}"),
+                value: value.to_owned(),
+                expected: "a whole number above 0",
+            });
+        let size = |n: u64| {
+            usize::try_from(n).map_err(|_| ConfigError::InvalidValue {
+                name: format!("{SERVER_SETTING_PREFIX}{limit}"),
+                value: value.to_owned(),
+                expected: "a smaller whole number",
+            })
+        };
+        match limit {
+            "max_request_bytes" => self.max_request_bytes = size(positive?)?,
+            "keepalive_interval_ms" => self.keepalive_interval_ms = positive?,
+            "max_push_queries" => self.max_push_queries = size(positive?)?,
+            "kafka_check_timeout_ms" => self.kafka_check_timeout_ms = positive?,
+            "inserts_stream_max_in_flight_rows" => {
+                self.inserts_stream_max_in_flight_rows = size(positive?)?
+            }
+            _ => {
+                return Err(ConfigError::UnknownSetting {
+                    name: format!("{SERVER_SETTING_PREFIX}{limit}"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::{AppState, Backend, ServerConfig, app};
+use crate::{AppState, Backend, DEFAULT_MAX_REQUEST_BYTES, ServerConfig, app};
 
 /// Answers statements with canned results, and records the session each ran in.
 #[derive(Default)]
@@ -72,6 +72,14 @@ impl Backend for Fake {
                 value_format: "JSON".into(),
                 window: None,
             }])),
+            Statement::Show {
+                target: ShowTarget::Properties,
+                ..
+            } => Ok(StatementResult::Properties(vec![(
+                "eddy.max_batch_records".into(),
+                "SERVER".into(),
+                "16384".into(),
+            )])),
             Statement::Describe { name, .. } if name == "S" => {
                 Ok(StatementResult::Description(Box::new(SourceDescription {
                     name: "S".into(),
@@ -445,6 +453,95 @@ async fn streams_properties_become_session_properties() {
         body["statementText"],
         "SET 'auto.offset.reset'='sometimes';"
     );
+}
+
+/// `SHOW PROPERTIES` over REST lists the REST server's limits after the engine's settings, with
+/// the values in force.
+#[tokio::test]
+async fn show_properties_lists_the_servers_limits() {
+    let mut config = ServerConfig::default();
+    config
+        .set("eddy.server.inserts_stream_max_in_flight_rows", "7")
+        .expect("a valid setting");
+    let response = fake_app(Arc::new(Fake::default()), config)
+        .oneshot(
+            Request::post("/ksql")
+                .header(CONTENT_TYPE, "application/vnd.ksql.v1+json")
+                .body(Body::from(json!({"ksql": "SHOW PROPERTIES;"}).to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("the router answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    let properties = body[0]["properties"].as_array().expect("properties");
+    let value_of = |name: &str| {
+        properties
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| (p["scope"].clone(), p["value"].clone()))
+    };
+    assert_eq!(
+        value_of("eddy.max_batch_records"),
+        Some((json!("SERVER"), json!("16384")))
+    );
+    assert_eq!(
+        value_of("eddy.server.inserts_stream_max_in_flight_rows"),
+        Some((json!("SERVER"), json!("7")))
+    );
+    assert_eq!(
+        value_of("eddy.server.max_request_bytes"),
+        Some((
+            json!("SERVER"),
+            json!(DEFAULT_MAX_REQUEST_BYTES.to_string())
+        ))
+    );
+}
+
+/// Every limit `describe` lists can be set to its own value, by its full name or without
+/// `eddy.`; zero, words and unknown names are refused by name.
+#[test]
+fn server_settings_are_set_by_name_and_checked() {
+    let defaults = ServerConfig::default();
+    let mut config = ServerConfig::default();
+    let described = defaults.describe();
+    assert_eq!(described.len(), 5);
+    for (name, value) in &described {
+        assert!(ServerConfig::is_server_setting(name), "{name}");
+        config.set(name, value).expect("its own value");
+    }
+    assert_eq!(config.describe(), described);
+    config
+        .set("server.max_push_queries", "3")
+        .expect("without eddy.");
+    assert_eq!(config.max_push_queries, 3);
+    config
+        .set("eddy.server.max_request_bytes", "2048")
+        .expect("a size");
+    assert_eq!(config.max_request_bytes, 2048);
+    for (name, value) in [
+        ("eddy.server.keepalive_interval_ms", "0"),
+        ("eddy.server.kafka_check_timeout_ms", "soon"),
+    ] {
+        let error = config.set(name, value).expect_err("refused").to_string();
+        assert!(error.contains(name) && error.contains("above 0"), "{error}");
+    }
+    let error = config
+        .set("eddy.server.max_sockets", "1")
+        .expect_err("unknown")
+        .to_string();
+    assert!(
+        error.contains("unknown setting \"eddy.server.max_sockets\""),
+        "{error}"
+    );
+    assert!(!ServerConfig::is_server_setting("eddy.max_batch_records"));
+    assert!(!ServerConfig::is_server_setting("max_batch_records"));
 }
 
 #[tokio::test]

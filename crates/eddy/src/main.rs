@@ -59,7 +59,8 @@ struct Cli {
     service_id: String,
     /// Set an engine limit, by the name `SHOW PROPERTIES` prints (the `eddy.` prefix is
     /// optional), e.g. `--set eddy.max_batch_records=8192`; repeatable, applied after the other
-    /// options (`SHOW PROPERTIES` lists them; docs/architecture.md, "Limits").
+    /// options (`SHOW PROPERTIES` lists them; docs/architecture.md, "Limits"). `eddy server` also
+    /// takes the REST server's limits, `eddy.server.*` (e.g. `eddy.server.max_request_bytes`).
     #[arg(long = "set", value_name = "NAME=VALUE", global = true)]
     settings: Vec<String>,
     #[command(subcommand)]
@@ -111,9 +112,10 @@ enum Command {
         )]
         tls_key_file: Option<PathBuf>,
         /// Most push queries and PRINTs streaming to clients at once; more are refused until
-        /// one ends (ksqlDB's ksql.max.push.queries).
-        #[arg(long, value_name = "N", default_value_t = eddy_server::DEFAULT_MAX_PUSH_QUERIES)]
-        max_push_queries: usize,
+        /// one ends (ksqlDB's ksql.max.push.queries). The same as `--set
+        /// eddy.server.max_push_queries=N`, which it overrides. Default 100.
+        #[arg(long, value_name = "N")]
+        max_push_queries: Option<usize>,
     },
     /// The shell on a running Eddy (or ksqlDB) server, over its REST API.
     Cli {
@@ -248,9 +250,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         state_dir: cli.data_dir.join("state"),
         ..EngineConfig::default()
     };
+    let (server_settings, engine_settings) = split_settings(&cli.settings);
     engine_config
-        .apply_assignments(cli.settings.iter().map(String::as_str))
+        .apply_assignments(engine_settings)
         .context("--set")?;
+    let mut server_config = eddy_server::ServerConfig::default();
+    for (name, value) in &server_settings {
+        server_config.set(name, value).context("--set")?;
+    }
+    if !server_settings.is_empty() && !matches!(cli.command, Some(Command::Server { .. })) {
+        bail!(
+            "--set {}: the REST server's settings apply to `eddy server` only",
+            server_settings[0].0
+        );
+    }
     match cli.command {
         None => shell(cli.kafka, &cli.data_dir, cli.broker_port, engine_config)
             .await
@@ -281,7 +294,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 tls: tls_cert_file
                     .zip(tls_key_file)
                     .map(|(cert, key)| eddy_server::TlsOptions::new(cert, key)),
-                max_push_queries,
+                config: eddy_server::ServerConfig {
+                    max_push_queries: max_push_queries.unwrap_or(server_config.max_push_queries),
+                    ..server_config
+                },
             },
         )
         .await
@@ -406,7 +422,7 @@ async fn server(
         basic_auth,
         queries_file,
         tls,
-        max_push_queries,
+        config: server_config,
     } = options;
     // Loaded before anything starts, so that a wrong certificate or key fails at once.
     let tls = tls
@@ -464,8 +480,7 @@ async fn server(
         advertised_listener: Some(address.to_string()),
         basic_auth,
         headless: queries.is_some(),
-        max_push_queries,
-        ..eddy_server::ServerConfig::default()
+        ..server_config
     };
     let state = eddy_server::AppState::for_engine(engine.clone(), config);
     let outcome = match &tls {
@@ -485,7 +500,24 @@ struct ServerOptions {
     queries_file: Option<PathBuf>,
     /// HTTPS: the certificate and key files.
     tls: Option<eddy_server::TlsOptions>,
-    max_push_queries: usize,
+    /// The server's limits (`--set eddy.server.*`, `--max-push-queries`).
+    config: eddy_server::ServerConfig,
+}
+
+/// Splits `--set` assignments into the REST server's settings, as (name, value), and the
+/// engine's, as given. An assignment without `=` is left to the engine's, which refuses it.
+fn split_settings(settings: &[String]) -> (Vec<(&str, &str)>, Vec<&str>) {
+    let mut server = Vec::new();
+    let mut engine = Vec::new();
+    for assignment in settings {
+        match assignment.split_once('=') {
+            Some((name, value)) if eddy_server::ServerConfig::is_server_setting(name.trim()) => {
+                server.push((name.trim(), value.trim()));
+            }
+            _ => engine.push(assignment.as_str()),
+        }
+    }
+    (server, engine)
 }
 
 fn parse_basic_auth(credentials: &str) -> Result<eddy_server::BasicAuth, String> {
@@ -775,6 +807,35 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn server_settings_are_told_apart_from_the_engines() {
+        let settings: Vec<String> = [
+            "eddy.server.max_request_bytes=2048",
+            "eddy.max_batch_records = 8",
+            "server.max_push_queries= 3",
+            "no_equals_sign",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (server, engine) = split_settings(&settings);
+        assert_eq!(
+            server,
+            [
+                ("eddy.server.max_request_bytes", "2048"),
+                ("server.max_push_queries", "3")
+            ]
+        );
+        assert_eq!(engine, ["eddy.max_batch_records = 8", "no_equals_sign"]);
+        let cli = Cli::parse_from(["eddy", "server", "--max-push-queries", "4"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Server {
+                max_push_queries: Some(4),
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn cli_is_well_formed() {
