@@ -17,10 +17,11 @@ use crate::layout::{sink_layout, source_layout, timestamp_index};
 
 impl Engine {
     /// Whether a new persistent query with this plan re-keys in its one partition task (see
-    /// `QueryInfo::rekeys_in_task`): it aggregates a stream by a key other than the stream's,
-    /// and the stream has one partition, so a repartition topic would hold the same records in
-    /// the same one partition at the cost of writing and reading each of them once more. (A
-    /// table's changes go through the repartition writer, which retracts them.)
+    /// `QueryInfo::rekeys_in_task`): it aggregates a stream or table by a key other than its
+    /// own, and that input has one partition, so a repartition topic would hold the same records
+    /// in the same one partition at the cost of writing and reading each of them once more. (A
+    /// table's changes are then retracted in the task, by the upsert step its repartition writer
+    /// would run.)
     ///
     /// Or it joins, without join steps, streams that need re-keying, and each of them has one
     /// partition like the side it joins (see [`Self::join_rekeys_in_task`]).
@@ -38,7 +39,7 @@ impl Engine {
         let Some(aggregation) = &plan.aggregation else {
             return Ok(false);
         };
-        if !aggregation.repartition || aggregation.retractable {
+        if !aggregation.repartition {
             return Ok(false);
         }
         if plan.source.generator.is_some() {
@@ -276,6 +277,24 @@ impl Engine {
             )));
         }
         if !aggregation.repartition || rekeys_in_task {
+            // Over a table, the task retracts changed rows itself, keeping each key's
+            // contribution in a store of its own with its own changelog, as the repartition
+            // writer would.
+            let upsert = if aggregation.retractable {
+                let store = self
+                    .inner
+                    .state
+                    .store(&upsert_store_name(query_id))
+                    .map_err(|e| {
+                        EngineError::Internal(format!("state store of {query_id}: {e}"))
+                    })?;
+                let changelog =
+                    config.physical_topic(&config.query_topic(query_id, "upsert-changelog"));
+                self.create_changelog(&changelog, source_partitions).await?;
+                Some(UpsertSpec::new(store, Some(changelog), aggregation, false)?)
+            } else {
+                None
+            };
             let view_plan = Arc::new(plan);
             let sink_spec = sink_spec(&view_plan)?;
             let spec = QuerySpec {
@@ -290,7 +309,7 @@ impl Engine {
                 plan: Arc::clone(&view_plan),
                 state: Some(state.clone()),
                 single_task: false,
-                upsert: None,
+                upsert,
                 join: None,
                 aggregate_joined: None,
                 generator: view_plan.source.generator.clone(),

@@ -939,6 +939,73 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
     engine.shutdown().await;
 }
 
+/// Grouping a one-partition table by another column needs no repartition topic either: the task
+/// retracts a changed row's old contribution itself, and keeps the contributions in a store with
+/// its own changelog, so that after a restart a change still moves its row from one group to
+/// another exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_of_a_one_partition_table_retracts_in_its_task() {
+    let h = Harness::start().await;
+    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let count = "SELECT * FROM per_city;";
+    {
+        let engine = h.engine().await;
+        let mut session = Session::new();
+        for sql in [
+            "SET 'auto.offset.reset'='earliest';",
+            "CREATE TABLE users (id STRING PRIMARY KEY, city STRING) \
+             WITH (KAFKA_TOPIC='users', VALUE_FORMAT='JSON', PARTITIONS=1);",
+            "INSERT INTO users (id, city) VALUES ('u1', 'paris');",
+            "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
+            "INSERT INTO users (id, city) VALUES ('u3', 'rome');",
+        ] {
+            run(&engine, &mut session, sql).await;
+        }
+        let results = run(
+            &engine,
+            &mut session,
+            "CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM users GROUP BY city;",
+        )
+        .await;
+        let Some(StatementResult::Success {
+            query_id: Some(query_id),
+            ..
+        }) = results.last()
+        else {
+            panic!("CREATE TABLE gave {results:?}")
+        };
+        wait_for_rows(&engine, count, &["paris 2", "rome 1"]).await;
+        run(
+            &engine,
+            &mut session,
+            "INSERT INTO users (id, city) VALUES ('u2', 'rome');",
+        )
+        .await;
+        wait_for_rows(&engine, count, &["paris 1", "rome 2"]).await;
+        assert_eq!(repartition_topics(&connection).await, Vec::<String>::new());
+        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
+        let Some(StatementResult::Explain { text }) = results.last() else {
+            panic!("EXPLAIN gave {results:?}")
+        };
+        assert!(text.contains("without repartition topic"), "{text}");
+        engine.shutdown().await;
+    }
+    let engine = h.engine().await;
+    run(
+        &engine,
+        &mut Session::new(),
+        "INSERT INTO users (id, city) VALUES ('u3', 'paris');",
+    )
+    .await;
+    wait_for_rows(&engine, count, &["paris 2", "rome 1"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rows_of(&run(&engine, &mut Session::new(), count).await),
+        ["paris 2", "rome 1"]
+    );
+    engine.shutdown().await;
+}
+
 /// Runs the pull query `sql` until its rows (sorted texts) are `expected`, failing after WAIT.
 async fn wait_for_rows(engine: &Engine, sql: &str, expected: &[&str]) {
     let mut session = Session::new();

@@ -960,22 +960,51 @@ impl PartitionTask {
         aggregate
             .restore(state, &spec.connection, &self.metrics, &spec.query_id)
             .await?;
-        // The restored state covers the input below its source offset: that much is processed.
-        self.progress
-            .fetch_max(aggregate.next_source_offset(), Ordering::AcqRel);
         let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
         let aggregation = spec
             .plan
             .aggregation
             .as_ref()
             .ok_or_else(|| QueryError::Internal("an aggregation without aggregation".into()))?;
-        // A transient aggregation over a table turns the table's changes into signed rows itself.
+        // An aggregation over a table that re-keys in its task (a persistent one of one partition,
+        // or a transient one) turns the table's changes into signed rows itself.
         let upserter = match &spec.upsert {
             Some(upsert) => Some((
                 upsert,
                 Upserter::new(upsert, Arc::clone(&aggregation.input_schema))?,
             )),
             None => None,
+        };
+        // A persistent one keeps the contributions with their own changelog and source offset,
+        // committed after the aggregation's: the contributions may trail the state, never lead
+        // it. The task reads from the lower of the two; the records between rebuild the
+        // contributions, and the aggregation skips their rows by their origins.
+        let mut upsert_next_offset = None;
+        if let (Some((upsert, _)), true) = (&upserter, spec.persistent) {
+            let checkpoint = restore_partition(
+                &upsert.store,
+                self.partition,
+                upsert.changelog_topic.as_deref(),
+                &spec.connection,
+                &self.metrics,
+                &spec.query_id,
+            )
+            .await?;
+            upsert_next_offset = Some(checkpoint.source_offset.unwrap_or(0));
+        }
+        let resume_offset = |aggregate: &PartitionAggregate, upsert_next: Option<i64>| {
+            upsert_next.map_or(aggregate.next_source_offset(), |upsert| {
+                upsert.min(aggregate.next_source_offset())
+            })
+        };
+        // The restored state covers the input below its source offset: that much is processed.
+        self.progress.fetch_max(
+            resume_offset(&aggregate, upsert_next_offset),
+            Ordering::AcqRel,
+        );
+        let changelog_producer = match &spec.sink {
+            SinkSpec::Kafka { producer, .. } if spec.persistent => Some(producer),
+            _ => None,
         };
         let mut skipped = Vec::new();
         while let Some(raw) = receiver.recv().await {
@@ -987,10 +1016,11 @@ impl PartitionTask {
             // Records below the restored source offset are already counted in the state. (A
             // single task reads several partitions: its offsets are not one sequence, and the
             // origin offsets alone tell what was counted.)
+            let resume = resume_offset(&aggregate, upsert_next_offset);
             let batch = if spec.single_task {
                 batch
             } else {
-                skip_before(batch, aggregate.next_source_offset())?
+                skip_before(batch, resume)?
             };
             let signs = match aggregation.sign_column {
                 Some(column) => Some(sign_array(&batch, column)?),
@@ -1006,21 +1036,15 @@ impl PartitionTask {
                 }
                 None => None,
             };
+            let mut upsert_commit = None;
             if let Some((upsert, upserter)) = &upserter {
-                let upserted = upserter.apply(&upsert.store, &raw, &input, &skipped, None)?;
+                let from_offset = upsert_next_offset.map(|_| resume);
+                let upserted =
+                    upserter.apply(&upsert.store, &raw, &input, &skipped, from_offset)?;
                 self.report_rejected(&upserted.rejected).await;
-                commit_partition(
-                    &upsert.store,
-                    upserted.partition,
-                    None,
-                    None,
-                    &upserted.writes,
-                    last_offset + 1,
-                    timeout,
-                )
-                .await?;
                 input = upserted.rows;
                 signs = Some(upserted.signs);
+                upsert_commit = Some((upsert, upserted.partition, upserted.writes));
             }
             let applied = aggregate.apply(&input, signs.as_ref())?;
             if !self
@@ -1038,6 +1062,23 @@ impl PartitionTask {
                 .await?
             {
                 return Ok(()); // the client went away
+            }
+            // After the aggregation's commit, so that a crash between the two leaves the
+            // contributions behind the state (see `upsert_next_offset`).
+            if let Some((upsert, partition, writes)) = upsert_commit {
+                commit_partition(
+                    &upsert.store,
+                    partition,
+                    upsert.changelog_topic.as_deref(),
+                    changelog_producer,
+                    &writes,
+                    last_offset + 1,
+                    timeout,
+                )
+                .await?;
+                if let Some(next) = &mut upsert_next_offset {
+                    *next = last_offset + 1;
+                }
             }
             self.progress.store(last_offset + 1, Ordering::Release);
         }
