@@ -166,20 +166,10 @@ impl Engine {
                 right_reset,
             )
             .await?;
-        let store = self
-            .inner
-            .state
-            .store(query_id)
-            .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
-        let changelog = config.physical_topic(&config.query_topic(query_id, "changelog"));
-        self.create_changelog(&changelog, 1).await?;
         let source_topic = self.physical_topic(&step.plan.source);
-        let state = StateSpec {
-            store,
-            changelog_topic: Some(changelog),
-            limits: self.aggregate_limits(),
-            origin_topic: source_topic.clone(),
-        };
+        let state = self
+            .aggregation_state(query_id, 1, source_topic.clone())
+            .await?;
         let view_plan = Arc::new(plan);
         let joined = JoinedAggregation {
             plan: Arc::clone(&view_plan),
@@ -218,6 +208,55 @@ impl Engine {
         Ok(handle)
     }
 
+    /// The state of aggregation `query_id`: its store, and its changelog of `partitions`
+    /// (created if missing).
+    async fn aggregation_state(
+        &self,
+        query_id: &str,
+        partitions: i32,
+        origin_topic: String,
+    ) -> Result<StateSpec, EngineError> {
+        let config = &self.inner.config;
+        let store = self
+            .inner
+            .state
+            .store(query_id)
+            .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
+        let changelog = config.physical_topic(&config.query_topic(query_id, "changelog"));
+        self.create_changelog(&changelog, partitions).await?;
+        Ok(StateSpec {
+            store,
+            changelog_topic: Some(changelog),
+            limits: self.aggregate_limits(),
+            origin_topic,
+        })
+    }
+
+    /// The upsert step of aggregation `query_id` over a table (see [`UpsertSpec::new`] for
+    /// `signed_output`): its store, and its changelog of `partitions` (created if missing).
+    async fn upsert_spec(
+        &self,
+        query_id: &str,
+        partitions: i32,
+        aggregation: &eddy_planner::AggregationPlan,
+        signed_output: bool,
+    ) -> Result<UpsertSpec, EngineError> {
+        let config = &self.inner.config;
+        let store = self
+            .inner
+            .state
+            .store(&upsert_store_name(query_id))
+            .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
+        let changelog = config.physical_topic(&config.query_topic(query_id, "upsert-changelog"));
+        self.create_changelog(&changelog, partitions).await?;
+        Ok(UpsertSpec::new(
+            store,
+            Some(changelog),
+            aggregation,
+            signed_output,
+        )?)
+    }
+
     /// Starts an aggregation: (repartition writer →) aggregate with RocksDB state and changelog;
     /// with `rekeys_in_task`, without repartition writer (see [`Self::rekeys_in_task`]).
     pub(crate) async fn start_aggregation(
@@ -254,19 +293,9 @@ impl Engine {
                 partitions: sink.partitions,
             })
         };
-        let store = self
-            .inner
-            .state
-            .store(query_id)
-            .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
-        let changelog = config.physical_topic(&config.query_topic(query_id, "changelog"));
-        self.create_changelog(&changelog, source_partitions).await?;
-        let state = StateSpec {
-            store: store.clone(),
-            changelog_topic: Some(changelog),
-            limits: self.aggregate_limits(),
-            origin_topic: source_topic.clone(),
-        };
+        let state = self
+            .aggregation_state(query_id, source_partitions, source_topic.clone())
+            .await?;
         let group_id = config.query_group_id(query_id);
         if rekeys_in_task && source_partitions != 1 {
             return Err(EngineError::invalid(format!(
@@ -281,17 +310,10 @@ impl Engine {
             // contribution in a store of its own with its own changelog, as the repartition
             // writer would.
             let upsert = if aggregation.retractable {
-                let store = self
-                    .inner
-                    .state
-                    .store(&upsert_store_name(query_id))
-                    .map_err(|e| {
-                        EngineError::Internal(format!("state store of {query_id}: {e}"))
-                    })?;
-                let changelog =
-                    config.physical_topic(&config.query_topic(query_id, "upsert-changelog"));
-                self.create_changelog(&changelog, source_partitions).await?;
-                Some(UpsertSpec::new(store, Some(changelog), aggregation, false)?)
+                Some(
+                    self.upsert_spec(query_id, source_partitions, aggregation, false)
+                        .await?,
+                )
             } else {
                 None
             };
@@ -356,15 +378,10 @@ impl Engine {
         // Over a table, the writer remembers each key's contribution to retract it when the row
         // changes or is deleted; that memory is state too, with its own changelog.
         let upsert = if aggregation.retractable {
-            let store = self
-                .inner
-                .state
-                .store(&upsert_store_name(query_id))
-                .map_err(|e| EngineError::Internal(format!("state store of {query_id}: {e}")))?;
-            let changelog =
-                config.physical_topic(&config.query_topic(query_id, "upsert-changelog"));
-            self.create_changelog(&changelog, source_partitions).await?;
-            Some(UpsertSpec::new(store, Some(changelog), aggregation, true)?)
+            Some(
+                self.upsert_spec(query_id, source_partitions, aggregation, true)
+                    .await?,
+            )
         } else {
             None
         };

@@ -939,6 +939,36 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
     engine.shutdown().await;
 }
 
+/// Creates the one-partition table `users` (u1 and u2 in paris, u3 in rome) and `per_city`,
+/// their count by city, from the beginning; returns the query's id once both cities are counted.
+async fn users_per_city(engine: &Engine, session: &mut Session) -> String {
+    for sql in [
+        "SET 'auto.offset.reset'='earliest';",
+        "CREATE TABLE users (id STRING PRIMARY KEY, city STRING) \
+         WITH (KAFKA_TOPIC='users', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "INSERT INTO users (id, city) VALUES ('u1', 'paris');",
+        "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
+        "INSERT INTO users (id, city) VALUES ('u3', 'rome');",
+    ] {
+        run(engine, session, sql).await;
+    }
+    let results = run(
+        engine,
+        session,
+        "CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM users GROUP BY city;",
+    )
+    .await;
+    let Some(StatementResult::Success {
+        query_id: Some(query_id),
+        ..
+    }) = results.last()
+    else {
+        panic!("CREATE TABLE gave {results:?}")
+    };
+    wait_for_rows(engine, "SELECT * FROM per_city;", &["paris 2", "rome 1"]).await;
+    query_id.clone()
+}
+
 /// Grouping a one-partition table by another column needs no repartition topic either: the task
 /// retracts a changed row's old contribution itself, and keeps the contributions in a store with
 /// its own changelog, so that after a restart a change still moves its row from one group to
@@ -951,30 +981,7 @@ async fn an_aggregation_of_a_one_partition_table_retracts_in_its_task() {
     {
         let engine = h.engine().await;
         let mut session = Session::new();
-        for sql in [
-            "SET 'auto.offset.reset'='earliest';",
-            "CREATE TABLE users (id STRING PRIMARY KEY, city STRING) \
-             WITH (KAFKA_TOPIC='users', VALUE_FORMAT='JSON', PARTITIONS=1);",
-            "INSERT INTO users (id, city) VALUES ('u1', 'paris');",
-            "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
-            "INSERT INTO users (id, city) VALUES ('u3', 'rome');",
-        ] {
-            run(&engine, &mut session, sql).await;
-        }
-        let results = run(
-            &engine,
-            &mut session,
-            "CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM users GROUP BY city;",
-        )
-        .await;
-        let Some(StatementResult::Success {
-            query_id: Some(query_id),
-            ..
-        }) = results.last()
-        else {
-            panic!("CREATE TABLE gave {results:?}")
-        };
-        wait_for_rows(&engine, count, &["paris 2", "rome 1"]).await;
+        let query_id = users_per_city(&engine, &mut session).await;
         run(
             &engine,
             &mut session,
@@ -1016,31 +1023,7 @@ async fn an_aggregation_of_a_table_recovers_from_a_crash_between_its_commits() {
     let count = "SELECT * FROM per_city;";
     let engine = h.engine().await;
     let mut session = Session::new();
-    for sql in [
-        "SET 'auto.offset.reset'='earliest';",
-        "CREATE TABLE users (id STRING PRIMARY KEY, city STRING) \
-         WITH (KAFKA_TOPIC='users', VALUE_FORMAT='JSON', PARTITIONS=1);",
-        "INSERT INTO users (id, city) VALUES ('u1', 'paris');",
-        "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
-        "INSERT INTO users (id, city) VALUES ('u3', 'rome');",
-    ] {
-        run(&engine, &mut session, sql).await;
-    }
-    let results = run(
-        &engine,
-        &mut session,
-        "CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM users GROUP BY city;",
-    )
-    .await;
-    let Some(StatementResult::Success {
-        query_id: Some(query_id),
-        ..
-    }) = results.last()
-    else {
-        panic!("CREATE TABLE gave {results:?}")
-    };
-    let query_id = query_id.clone();
-    wait_for_rows(&engine, count, &["paris 2", "rome 1"]).await;
+    let query_id = users_per_city(&engine, &mut session).await;
     engine.shutdown().await;
     drop(engine);
     let open_state = || {
@@ -1049,7 +1032,7 @@ async fn an_aggregation_of_a_table_recovers_from_a_crash_between_its_commits() {
     };
     // The contributions after the first three records.
     let contributions = format!("{query_id}-upsert");
-    let saved: Vec<(Box<[u8]>, Box<[u8]>)> = {
+    let saved: Vec<_> = {
         let state = open_state();
         let store = state.store(&contributions).expect("store");
         assert_eq!(

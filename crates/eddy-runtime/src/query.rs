@@ -981,16 +981,7 @@ impl PartitionTask {
         // contributions, and the aggregation skips their rows by their origins.
         let mut upsert_next_offset = None;
         if let (Some((upsert, _)), true) = (&upserter, spec.persistent) {
-            let checkpoint = restore_partition(
-                &upsert.store,
-                self.partition,
-                upsert.changelog_topic.as_deref(),
-                &spec.connection,
-                &self.metrics,
-                &spec.query_id,
-            )
-            .await?;
-            upsert_next_offset = Some(checkpoint.source_offset.unwrap_or(0));
+            upsert_next_offset = Some(self.restore_upsert(upsert).await?);
         }
         let resume_offset = |aggregate: &PartitionAggregate, upsert_next: Option<i64>| {
             upsert_next.map_or(aggregate.next_source_offset(), |upsert| {
@@ -1171,6 +1162,21 @@ impl PartitionTask {
         Ok(true)
     }
 
+    /// Brings an upsert step's contributions up to the end of their changelog; returns the next
+    /// source offset they cover.
+    async fn restore_upsert(&self, upsert: &UpsertSpec) -> Result<i64, QueryError> {
+        let checkpoint = restore_partition(
+            &upsert.store,
+            self.partition,
+            upsert.changelog_topic.as_deref(),
+            &self.spec.connection,
+            &self.metrics,
+            &self.spec.query_id,
+        )
+        .await?;
+        Ok(checkpoint.source_offset.unwrap_or(0))
+    }
+
     /// Runs the writer of an aggregation over a table: restores the partition's contributions,
     /// then turns every batch of table records into signed rows for the repartition topic.
     async fn run_upsert_writer(
@@ -1186,16 +1192,7 @@ impl PartitionTask {
             .as_ref()
             .ok_or_else(|| QueryError::Internal("an upsert writer without its store".into()))?;
         let upserter = Upserter::new(upsert, Arc::clone(&spec.plan.output_schema))?;
-        let checkpoint = restore_partition(
-            &upsert.store,
-            self.partition,
-            upsert.changelog_topic.as_deref(),
-            &spec.connection,
-            &self.metrics,
-            &spec.query_id,
-        )
-        .await?;
-        let mut next_source_offset = checkpoint.source_offset.unwrap_or(0);
+        let mut next_source_offset = self.restore_upsert(upsert).await?;
         self.progress
             .fetch_max(next_source_offset, Ordering::AcqRel);
         let SinkSpec::Kafka {

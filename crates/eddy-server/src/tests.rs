@@ -264,6 +264,28 @@ async fn send_to(fake: Arc<Fake>, request: Request<Body>) -> (StatusCode, String
     (status, content_type, body)
 }
 
+/// Posts `body` to `/ksql` of a fresh app over a fake engine with `config`; returns the status
+/// and the JSON body.
+async fn post_ksql_with(config: ServerConfig, body: Value) -> (StatusCode, Value) {
+    let response = fake_app(Arc::new(Fake::default()), config)
+        .oneshot(
+            Request::post("/ksql")
+                .header(CONTENT_TYPE, "application/vnd.ksql.v1+json")
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("the router answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).expect("JSON body"))
+}
+
 async fn post(path: &str, body: Value) -> (StatusCode, Value) {
     let (status, _, body) = send_to(
         Arc::new(Fake::default()),
@@ -463,23 +485,8 @@ async fn show_properties_lists_the_servers_limits() {
     config
         .set("eddy.server.inserts_stream_max_in_flight_rows", "7")
         .expect("a valid setting");
-    let response = fake_app(Arc::new(Fake::default()), config)
-        .oneshot(
-            Request::post("/ksql")
-                .header(CONTENT_TYPE, "application/vnd.ksql.v1+json")
-                .body(Body::from(json!({"ksql": "SHOW PROPERTIES;"}).to_string()))
-                .expect("request"),
-        )
-        .await
-        .expect("the router answers");
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    let (status, body) = post_ksql_with(config, json!({"ksql": "SHOW PROPERTIES;"})).await;
+    assert_eq!(status, StatusCode::OK);
     let properties = body[0]["properties"].as_array().expect("properties");
     let value_of = |name: &str| {
         properties
@@ -609,22 +616,8 @@ async fn malformed_and_oversized_bodies_are_refused() {
         ..ServerConfig::default()
     };
     let ksql = format!("SHOW STREAMS; -- {}", "x".repeat(100));
-    let response = fake_app(Arc::new(Fake::default()), config)
-        .oneshot(
-            Request::post("/ksql")
-                .body(Body::from(json!({ "ksql": ksql }).to_string()))
-                .expect("request"),
-        )
-        .await
-        .expect("the router answers");
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    let (status, body) = post_ksql_with(config, json!({ "ksql": ksql })).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error_code"], 41300);
 }
 
