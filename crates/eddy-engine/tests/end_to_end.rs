@@ -998,18 +998,13 @@ async fn an_aggregation_of_a_one_partition_table_retracts_in_its_task() {
         engine.shutdown().await;
     }
     let engine = h.engine().await;
-    run(
+    insert_then_expect(
         &engine,
-        &mut Session::new(),
         "INSERT INTO users (id, city) VALUES ('u3', 'paris');",
+        count,
+        &["paris 2", "rome 1"],
     )
     .await;
-    wait_for_rows(&engine, count, &["paris 2", "rome 1"]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        rows_of(&run(&engine, &mut Session::new(), count).await),
-        ["paris 2", "rome 1"]
-    );
     engine.shutdown().await;
 }
 
@@ -1085,21 +1080,28 @@ async fn an_aggregation_of_a_table_recovers_from_a_crash_between_its_commits() {
     drop(consumer);
 
     let engine = h.engine().await;
-    run(
-        &engine,
-        &mut Session::new(),
-        "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
-    )
-    .await;
     // Counted twice, u2's move would leave rome at 3 (then 2); with u2 still in paris in the
     // contributions, its move back would leave paris at 1.
-    wait_for_rows(&engine, count, &["paris 2", "rome 1"]).await;
+    insert_then_expect(
+        &engine,
+        "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
+        count,
+        &["paris 2", "rome 1"],
+    )
+    .await;
+    engine.shutdown().await;
+}
+
+/// Runs `insert`, waits until the pull query `sql` gives `expected`, and checks that it still
+/// does a moment later (a row counted twice would show up then).
+async fn insert_then_expect(engine: &Engine, insert: &str, sql: &str, expected: &[&str]) {
+    run(engine, &mut Session::new(), insert).await;
+    wait_for_rows(engine, sql, expected).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        rows_of(&run(&engine, &mut Session::new(), count).await),
-        ["paris 2", "rome 1"]
+        rows_of(&run(engine, &mut Session::new(), sql).await),
+        expected
     );
-    engine.shutdown().await;
 }
 
 /// Runs the pull query `sql` until its rows (sorted texts) are `expected`, failing after WAIT.
@@ -1202,18 +1204,13 @@ async fn an_aggregation_in_its_join_task_counts_each_pair_once() {
         .expect("join changelog deleted");
     let engine = h.engine().await;
     // s1 and s2 are not counted again; s3 meets o1, which the join read again.
-    run(
+    insert_then_expect(
         &engine,
-        &mut Session::new(),
         "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s3', 'o1', 'tnt');",
+        count,
+        &["o1 2", "o2 1"],
     )
     .await;
-    wait_for_rows(&engine, count, &["o1 2", "o2 1"]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        rows_of(&run(&engine, &mut Session::new(), count).await),
-        ["o1 2", "o2 1"]
-    );
     engine.shutdown().await;
 }
 

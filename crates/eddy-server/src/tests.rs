@@ -243,7 +243,16 @@ fn fake_app(fake: Arc<Fake>, config: ServerConfig) -> axum::Router {
 
 /// Sends `request` to a fresh app over `fake`; returns status, content type and body.
 async fn send_to(fake: Arc<Fake>, request: Request<Body>) -> (StatusCode, String, Vec<u8>) {
-    let response = fake_app(fake, ServerConfig::default())
+    send_with(fake, ServerConfig::default(), request).await
+}
+
+/// [`send_to`] an app with `config`.
+async fn send_with(
+    fake: Arc<Fake>,
+    config: ServerConfig,
+    request: Request<Body>,
+) -> (StatusCode, String, Vec<u8>) {
+    let response = fake_app(fake, config)
         .oneshot(request)
         .await
         .expect("the router answers");
@@ -267,22 +276,15 @@ async fn send_to(fake: Arc<Fake>, request: Request<Body>) -> (StatusCode, String
 /// Posts `body` to `/ksql` of a fresh app over a fake engine with `config`; returns the status
 /// and the JSON body.
 async fn post_ksql_with(config: ServerConfig, body: Value) -> (StatusCode, Value) {
-    let response = fake_app(Arc::new(Fake::default()), config)
-        .oneshot(
-            Request::post("/ksql")
-                .header(CONTENT_TYPE, "application/vnd.ksql.v1+json")
-                .body(Body::from(body.to_string()))
-                .expect("request"),
-        )
-        .await
-        .expect("the router answers");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, _, body) = send_with(
+        Arc::new(Fake::default()),
+        config,
+        Request::post("/ksql")
+            .header(CONTENT_TYPE, "application/vnd.ksql.v1+json")
+            .body(Body::from(body.to_string()))
+            .expect("request"),
+    )
+    .await;
     (status, serde_json::from_slice(&body).expect("JSON body"))
 }
 
