@@ -1212,6 +1212,17 @@ async fn an_aggregation_in_its_join_task_counts_each_pair_once() {
     )
     .await;
     engine.shutdown().await;
+    drop(engine);
+    // Restarted with nothing new to read, a read-your-writes pull query answers at once.
+    let engine = h.engine().await;
+    let results = run(
+        &engine,
+        &mut Session::new(),
+        &format!("SET 'eddy.read_your_writes'='true'; {count}"),
+    )
+    .await;
+    assert_eq!(rows_of(&results), ["o1 2", "o2 1"]);
+    engine.shutdown().await;
 }
 
 /// Produces every (topic, key, value) record, in order, and waits until Kafka has them all.

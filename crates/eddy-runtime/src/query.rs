@@ -1945,6 +1945,12 @@ impl PartitionTask {
             Some((_, aggregate)) => Some(aggregate.joined_offsets()?),
             None => None,
         };
+        if let Some([counted_left, _]) = replay_until {
+            // The table holds the pairs of the left input below what the aggregation counted:
+            // read-your-writes (which trusts no committed offset of a stateful query) need not
+            // wait for a round that may never come when nothing new arrives.
+            self.progress.fetch_max(counted_left, Ordering::AcqRel);
+        }
         // Each side resumes at its stored next offset; a new query starts where it is told.
         let mut starts = [Offset::Beginning, Offset::Beginning];
         for (side, topic, reset) in [
