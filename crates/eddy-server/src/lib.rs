@@ -110,6 +110,12 @@ pub struct ServerConfig {
     /// many wait, the next row is read once the oldest is acknowledged. Default
     /// [`DEFAULT_INSERTS_STREAM_MAX_IN_FLIGHT_ROWS`].
     pub inserts_stream_max_in_flight_rows: usize,
+    /// Over HTTPS, the longest a connection's TLS handshake may take; `eddy server` copies it
+    /// into [`TlsOptions::handshake_timeout_ms`]. Default [`DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS`].
+    pub tls_handshake_timeout_ms: u64,
+    /// Over HTTPS, the most TLS handshakes in progress at once; `eddy server` copies it into
+    /// [`TlsOptions::max_pending_handshakes`]. Default [`DEFAULT_MAX_PENDING_TLS_HANDSHAKES`].
+    pub max_pending_tls_handshakes: usize,
 }
 
 /// The one user and password of HTTP basic authentication.
@@ -150,6 +156,8 @@ impl Default for ServerConfig {
             basic_auth: None,
             headless: false,
             inserts_stream_max_in_flight_rows: DEFAULT_INSERTS_STREAM_MAX_IN_FLIGHT_ROWS,
+            tls_handshake_timeout_ms: DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+            max_pending_tls_handshakes: DEFAULT_MAX_PENDING_TLS_HANDSHAKES,
         }
     }
 }
@@ -182,6 +190,14 @@ impl ServerConfig {
             (
                 "inserts_stream_max_in_flight_rows",
                 self.inserts_stream_max_in_flight_rows.to_string(),
+            ),
+            (
+                "tls_handshake_timeout_ms",
+                self.tls_handshake_timeout_ms.to_string(),
+            ),
+            (
+                "max_pending_tls_handshakes",
+                self.max_pending_tls_handshakes.to_string(),
             ),
         ]
         .into_iter()
@@ -224,6 +240,8 @@ impl ServerConfig {
             "inserts_stream_max_in_flight_rows" => {
                 self.inserts_stream_max_in_flight_rows = size(positive?)?
             }
+            "tls_handshake_timeout_ms" => self.tls_handshake_timeout_ms = positive?,
+            "max_pending_tls_handshakes" => self.max_pending_tls_handshakes = size(positive?)?,
             _ => {
                 return Err(ConfigError::UnknownSetting {
                     name: format!("{SERVER_SETTING_PREFIX}{limit}"),

@@ -520,7 +520,7 @@ fn server_settings_are_set_by_name_and_checked() {
     let defaults = ServerConfig::default();
     let mut config = ServerConfig::default();
     let described = defaults.describe();
-    assert_eq!(described.len(), 5);
+    assert_eq!(described.len(), 7);
     for (name, value) in &described {
         assert!(ServerConfig::is_server_setting(name), "{name}");
         config.set(name, value).expect("its own value");

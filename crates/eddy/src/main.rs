@@ -293,7 +293,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 queries_file,
                 tls: tls_cert_file
                     .zip(tls_key_file)
-                    .map(|(cert, key)| eddy_server::TlsOptions::new(cert, key)),
+                    .map(|(cert, key)| tls_options(cert, key, &server_config)),
                 config: eddy_server::ServerConfig {
                     max_push_queries: max_push_queries.unwrap_or(server_config.max_push_queries),
                     ..server_config
@@ -502,6 +502,19 @@ struct ServerOptions {
     tls: Option<eddy_server::TlsOptions>,
     /// The server's limits (`--set eddy.server.*`, `--max-push-queries`).
     config: eddy_server::ServerConfig,
+}
+
+/// HTTPS with the certificate chain and key files, under the server's handshake limits.
+fn tls_options(
+    cert: PathBuf,
+    key: PathBuf,
+    config: &eddy_server::ServerConfig,
+) -> eddy_server::TlsOptions {
+    eddy_server::TlsOptions {
+        handshake_timeout_ms: config.tls_handshake_timeout_ms,
+        max_pending_handshakes: config.max_pending_tls_handshakes,
+        ..eddy_server::TlsOptions::new(cert, key)
+    }
 }
 
 /// Splits `--set` assignments into the REST server's settings, as (name, value), and the
@@ -827,6 +840,18 @@ mod tests {
             ]
         );
         assert_eq!(engine, ["eddy.max_batch_records = 8", "no_equals_sign"]);
+        let mut config = eddy_server::ServerConfig::default();
+        config
+            .set("eddy.server.tls_handshake_timeout_ms", "2500")
+            .expect("a timeout");
+        config
+            .set("eddy.server.max_pending_tls_handshakes", "8")
+            .expect("a bound");
+        let tls = tls_options("c.pem".into(), "k.pem".into(), &config);
+        assert_eq!(
+            (tls.handshake_timeout_ms, tls.max_pending_handshakes),
+            (2500, 8)
+        );
         let cli = Cli::parse_from(["eddy", "server", "--max-push-queries", "4"]);
         assert!(matches!(
             cli.command,
