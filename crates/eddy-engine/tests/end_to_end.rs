@@ -778,28 +778,18 @@ async fn an_aggregation_of_a_one_partition_stream_rekeys_in_its_task() {
         ] {
             run(&engine, &mut session, sql).await;
         }
-        let results = run(
+        let query_id = create_query(
             &engine,
             &mut session,
             "CREATE TABLE per_page AS SELECT page, COUNT(*) AS n FROM clicks GROUP BY page;",
         )
         .await;
-        let Some(StatementResult::Success {
-            query_id: Some(query_id),
-            ..
-        }) = results.last()
-        else {
-            panic!("CREATE TABLE gave {results:?}")
-        };
         let topics = repartition_topics(&connection).await;
         assert!(
             topics.len() == 1 && topics[0].contains("WIDE_PER_PAGE"),
             "only the two-partition stream is repartitioned: {topics:?}"
         );
-        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
-        let Some(StatementResult::Explain { text }) = results.last() else {
-            panic!("EXPLAIN gave {results:?}")
-        };
+        let text = explain(&engine, &mut session, &query_id).await;
         assert!(text.contains("without repartition topic"), "{text}");
         assert_eq!(
             click_and_count(&engine, &[("u1", "/a"), ("u2", "/a"), ("u3", "/b")]).await,
@@ -868,27 +858,13 @@ async fn joins_of_one_partition_streams_rekey_in_their_task() {
         "CREATE TABLE shipped_items AS SELECT o.id, COUNT(*) AS shipments \
          FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id GROUP BY o.id;",
     ] {
-        let results = run(&engine, &mut session, sql).await;
-        let Some(StatementResult::Success {
-            query_id: Some(query_id),
-            ..
-        }) = results.last()
-        else {
-            panic!("{sql} gave {results:?}")
-        };
-        query_ids.push(query_id.clone());
+        query_ids.push(create_query(&engine, &mut session, sql).await);
     }
     for query_id in &query_ids {
-        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
-        let Some(StatementResult::Explain { text }) = results.last() else {
-            panic!("EXPLAIN gave {results:?}")
-        };
+        let text = explain(&engine, &mut session, query_id).await;
         assert!(text.contains("without repartition topic"), "{text}");
     }
-    let results = run(&engine, &mut session, &format!("EXPLAIN {};", query_ids[2])).await;
-    let Some(StatementResult::Explain { text }) = results.last() else {
-        panic!("EXPLAIN gave {results:?}")
-    };
+    let text = explain(&engine, &mut session, &query_ids[2]).await;
     assert!(text.contains("Its join steps 1 read inputs"), "{text}");
     assert_eq!(repartition_topics(&connection).await, Vec::<String>::new());
     // Keyed by the join column, as through a repartition topic.
@@ -952,21 +928,14 @@ async fn users_per_city(engine: &Engine, session: &mut Session) -> String {
     ] {
         run(engine, session, sql).await;
     }
-    let results = run(
+    let query_id = create_query(
         engine,
         session,
         "CREATE TABLE per_city AS SELECT city, COUNT(*) AS n FROM users GROUP BY city;",
     )
     .await;
-    let Some(StatementResult::Success {
-        query_id: Some(query_id),
-        ..
-    }) = results.last()
-    else {
-        panic!("CREATE TABLE gave {results:?}")
-    };
     wait_for_rows(engine, "SELECT * FROM per_city;", &["paris 2", "rome 1"]).await;
-    query_id.clone()
+    query_id
 }
 
 /// Grouping a one-partition table by another column needs no repartition topic either: the task
@@ -990,10 +959,7 @@ async fn an_aggregation_of_a_one_partition_table_retracts_in_its_task() {
         .await;
         wait_for_rows(&engine, count, &["paris 1", "rome 2"]).await;
         assert_eq!(repartition_topics(&connection).await, Vec::<String>::new());
-        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
-        let Some(StatementResult::Explain { text }) = results.last() else {
-            panic!("EXPLAIN gave {results:?}")
-        };
+        let text = explain(&engine, &mut session, &query_id).await;
         assert!(text.contains("without repartition topic"), "{text}");
         engine.shutdown().await;
     }
@@ -1104,6 +1070,28 @@ async fn insert_then_expect(engine: &Engine, insert: &str, sql: &str, expected: 
     );
 }
 
+/// Runs `sql`, a statement that creates a persistent query, and returns the query's id.
+async fn create_query(engine: &Engine, session: &mut Session, sql: &str) -> String {
+    let results = run(engine, session, sql).await;
+    let Some(StatementResult::Success {
+        query_id: Some(query_id),
+        ..
+    }) = results.last()
+    else {
+        panic!("{sql} gave {results:?}")
+    };
+    query_id.clone()
+}
+
+/// The text of `EXPLAIN query_id`.
+async fn explain(engine: &Engine, session: &mut Session, query_id: &str) -> String {
+    let results = run(engine, session, &format!("EXPLAIN {query_id};")).await;
+    let Some(StatementResult::Explain { text }) = results.last() else {
+        panic!("EXPLAIN gave {results:?}")
+    };
+    text.clone()
+}
+
 /// Runs the pull query `sql` until its rows (sorted texts) are `expected`, failing after WAIT.
 async fn wait_for_rows(engine: &Engine, sql: &str, expected: &[&str]) {
     let mut session = Session::new();
@@ -1150,25 +1138,15 @@ async fn an_aggregation_in_its_join_task_counts_each_pair_once() {
         ] {
             run(&engine, &mut session, sql).await;
         }
-        let results = run(
+        let query_id = create_query(
             &engine,
             &mut session,
             "CREATE TABLE shipments_per_order AS SELECT o.id, COUNT(*) AS n \
              FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id GROUP BY o.id;",
         )
         .await;
-        let Some(StatementResult::Success {
-            query_id: Some(query_id),
-            ..
-        }) = results.last()
-        else {
-            panic!("CREATE TABLE gave {results:?}")
-        };
         wait_for_rows(&engine, count, &["o1 1", "o2 1"]).await;
-        let results = run(&engine, &mut session, &format!("EXPLAIN {query_id};")).await;
-        let Some(StatementResult::Explain { text }) = results.last() else {
-            panic!("EXPLAIN gave {results:?}")
-        };
+        let text = explain(&engine, &mut session, &query_id).await;
         assert!(text.contains("Its aggregation runs in the task"), "{text}");
         let topics: Vec<String> = connection
             .topics()
@@ -1314,14 +1292,7 @@ async fn a_terminated_join_stops_without_reading_its_backlog() {
              FROM left_table l JOIN right_table r ON l.k = r.k;",
         ),
     ] {
-        let results = run(&engine, &mut session, sql).await;
-        let Some(StatementResult::Success {
-            query_id: Some(query_id),
-            ..
-        }) = results.last()
-        else {
-            panic!("{sql} gave {results:?}")
-        };
+        let query_id = create_query(&engine, &mut session, sql).await;
         let output = h.topic(output);
         let deadline = tokio::time::Instant::now() + WAIT;
         while records_on(&connection, &output).await == 0 {
