@@ -510,20 +510,26 @@ impl PartitionAggregate {
     /// The next offsets of a join's left and right inputs whose pairs this aggregation, run in
     /// the join's task, has counted (0 and 0 before the first).
     pub(crate) fn joined_offsets(&self) -> Result<[i64; 2], QueryError> {
-        let right = match self
+        let right = self
+            .stored_i64(JOINED_RIGHT_OFFSET_KEY, "right input offset")?
+            .unwrap_or(0);
+        Ok([self.next_source_offset, right])
+    }
+
+    /// The big-endian i64 stored under one of Eddy's own keys, if any; `what` names it in the
+    /// error when it is not 8 bytes.
+    fn stored_i64(&self, key: &[u8], what: &str) -> Result<Option<i64>, QueryError> {
+        let Some(bytes) = self
             .view
             .store
-            .get(self.partition, JOINED_RIGHT_OFFSET_KEY)
+            .get(self.partition, key)
             .map_err(state_error)?
-        {
-            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
-                .map(i64::from_be_bytes)
-                .map_err(|_| {
-                    QueryError::Internal("stored right input offset is not 8 bytes".into())
-                })?,
-            None => 0,
+        else {
+            return Ok(None);
         };
-        Ok([self.next_source_offset, right])
+        <[u8; 8]>::try_from(bytes.as_slice())
+            .map(|bytes| Some(i64::from_be_bytes(bytes)))
+            .map_err(|_| QueryError::Internal(format!("stored {what} is not 8 bytes")))
     }
 
     /// Brings the local store up to the end of the changelog partition and loads the checkpoint.
@@ -544,17 +550,9 @@ impl PartitionAggregate {
         )
         .await?;
         self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
-        self.stream_time = match self
-            .view
-            .store
-            .get(self.partition, STREAM_TIME_KEY)
-            .map_err(state_error)?
-        {
-            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
-                .map(i64::from_be_bytes)
-                .map_err(|_| QueryError::Internal("stored stream time is not 8 bytes".into()))?,
-            None => i64::MIN,
-        };
+        self.stream_time = self
+            .stored_i64(STREAM_TIME_KEY, "stream time")?
+            .unwrap_or(i64::MIN);
         self.load_origins()
     }
 
