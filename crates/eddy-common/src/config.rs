@@ -77,6 +77,14 @@ pub struct EngineConfig {
     /// default in Kafka and librdkafka); a single larger row makes a record of its own.
     /// Default 512 KiB.
     pub join_changelog_record_bytes: usize,
+    /// How long a persistent query that failed (its broker went away, a produce timed out, a
+    /// partition stalled) waits before it is restarted from its committed offsets; each failure
+    /// in a row doubles the wait, up to `query_retry_backoff_max_ms`. Default 1000 ms.
+    pub query_retry_backoff_initial_ms: u64,
+    /// Longest wait between two restarts of a failing persistent query; a query that has run
+    /// this long since its last restart counts its next failure as a first one again.
+    /// Default 60000 ms.
+    pub query_retry_backoff_max_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +114,8 @@ impl Default for EngineConfig {
             pull_query_max_rows: 1_000_000,
             read_your_writes_timeout_ms: 10_000,
             join_changelog_record_bytes: 512 << 10,
+            query_retry_backoff_initial_ms: 1_000,
+            query_retry_backoff_max_ms: 60_000,
         }
     }
 }
@@ -141,7 +151,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 24] = [
+        let settings: [(&str, String); 26] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -198,6 +208,14 @@ impl EngineConfig {
             (
                 "join_changelog_record_bytes",
                 self.join_changelog_record_bytes.to_string(),
+            ),
+            (
+                "query_retry_backoff_initial_ms",
+                self.query_retry_backoff_initial_ms.to_string(),
+            ),
+            (
+                "query_retry_backoff_max_ms",
+                self.query_retry_backoff_max_ms.to_string(),
             ),
         ];
         settings
@@ -267,6 +285,8 @@ impl EngineConfig {
             "pull_query_max_rows" => self.pull_query_max_rows = size(positive()?)?,
             "read_your_writes_timeout_ms" => self.read_your_writes_timeout_ms = positive()?,
             "join_changelog_record_bytes" => self.join_changelog_record_bytes = size(positive()?)?,
+            "query_retry_backoff_initial_ms" => self.query_retry_backoff_initial_ms = positive()?,
+            "query_retry_backoff_max_ms" => self.query_retry_backoff_max_ms = positive()?,
             _ => {
                 return Err(ConfigError::UnknownSetting {
                     name: name.to_owned(),
@@ -301,6 +321,16 @@ impl EngineConfig {
     /// Consumer group of a persistent query.
     pub fn query_group_id(&self, query_id: &str) -> String {
         format!("_eddy-{}-query-{}", self.service_id, query_id)
+    }
+
+    /// How long a persistent query waits before its restart after `failures` failures in a row
+    /// (1 for the first): `query_retry_backoff_initial_ms` doubled for each failure before this
+    /// one, at most `query_retry_backoff_max_ms`.
+    pub fn query_retry_backoff_ms(&self, failures: u32) -> u64 {
+        let doublings = failures.saturating_sub(1).min(63);
+        self.query_retry_backoff_initial_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.query_retry_backoff_max_ms.max(1))
     }
 }
 
@@ -367,6 +397,19 @@ mod tests {
         assert_eq!(config.state_dir, std::path::PathBuf::from("/var/lib/eddy"));
         let described: std::collections::HashMap<_, _> = config.describe().into_iter().collect();
         assert_eq!(described["eddy.max_batch_records"], "8192");
+    }
+
+    #[test]
+    fn the_restart_backoff_doubles_up_to_its_maximum() {
+        let config = EngineConfig {
+            query_retry_backoff_initial_ms: 500,
+            query_retry_backoff_max_ms: 3_000,
+            ..Default::default()
+        };
+        let waits: Vec<u64> = (1..=6).map(|n| config.query_retry_backoff_ms(n)).collect();
+        assert_eq!(waits, [500, 1_000, 2_000, 3_000, 3_000, 3_000]);
+        assert_eq!(config.query_retry_backoff_ms(u32::MAX), 3_000);
+        assert_eq!(config.query_retry_backoff_ms(0), 500);
     }
 
     #[test]

@@ -520,7 +520,7 @@ impl Engine {
             query: query.clone(),
         })
         .await?;
-        self.start_persistent_query(&query).await?;
+        self.start_recorded_query(&query).await?;
         info!(query = query_id, "persistent query created");
         Ok(StatementResult::Success {
             message: format!("created query with id {query_id}"),
@@ -602,7 +602,7 @@ impl Engine {
             query: query.clone(),
         })
         .await?;
-        self.start_persistent_query(&query).await?;
+        self.start_recorded_query(&query).await?;
         Ok(StatementResult::Success {
             message: format!("created query with id {query_id}"),
             query_id: Some(query_id),

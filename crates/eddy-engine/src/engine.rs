@@ -52,11 +52,18 @@ pub(crate) struct EngineInner {
     /// Where ended push queries go to be cleaned up (see `crate::transient`).
     pub(crate) janitor: Janitor,
     janitor_task: Mutex<Option<JoinHandle<()>>>,
+    /// Failed persistent queries on their way back (see `crate::restart`).
+    pub(crate) restarts: crate::restart::Restarts,
+    restart_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
-        for task in [&self.processing_log_task, &self.janitor_task] {
+        for task in [
+            &self.restart_task,
+            &self.processing_log_task,
+            &self.janitor_task,
+        ] {
             if let Ok(mut task) = task.lock()
                 && let Some(task) = task.take()
             {
@@ -128,6 +135,8 @@ impl Engine {
                 views: Mutex::new(HashMap::new()),
                 janitor,
                 janitor_task: Mutex::new(Some(janitor_task)),
+                restarts: Default::default(),
+                restart_task: Mutex::new(None),
             }),
         };
         let replayed = engine.replay_commands().await?;
@@ -141,8 +150,17 @@ impl Engine {
         let queries: Vec<QueryInfo> = engine.catalog().queries().cloned().collect();
         for query in queries {
             if let Err(error) = engine.start_persistent_query(&query).await {
-                warn!(query = query.id, %error, "cannot restart persistent query");
+                engine.schedule_restart(&query.id, error.to_string());
             }
+        }
+        let restart_task = crate::restart::start_restart_task(
+            Arc::downgrade(&engine.inner),
+            crate::restart::restart_check_interval(
+                engine.inner.config.query_retry_backoff_initial_ms,
+            ),
+        );
+        if let Ok(mut task) = engine.inner.restart_task.lock() {
+            *task = Some(restart_task);
         }
         Ok(engine)
     }
@@ -164,8 +182,16 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Status of a persistent query running on this server.
+    /// Status of a persistent query on this server: `Error` from its failure until it runs
+    /// again (see `crate::restart`), with when it is restarted.
     pub fn query_status(&self, id: &str) -> Option<QueryStatus> {
+        if let Some(restart) = self.restart_of(id)
+            && restart.retry_at.is_some()
+        {
+            return Some(QueryStatus::Error(
+                restart.describe(tokio::time::Instant::now()),
+            ));
+        }
         self.inner.queries.lock().ok()?.get(id).map(|q| q.status())
     }
 
@@ -272,6 +298,17 @@ impl Engine {
 
     /// Stops every query (committing their progress) and the processing log.
     pub async fn shutdown(&self) {
+        // First, so that no failed query is started again while the others stop.
+        let restart_task = self
+            .inner
+            .restart_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(task) = restart_task {
+            task.abort();
+            let _ = task.await;
+        }
         let handles: Vec<QueryHandle> = self
             .inner
             .queries

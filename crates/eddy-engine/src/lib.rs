@@ -20,6 +20,7 @@ mod materialize;
 mod offline;
 mod pull;
 mod queries;
+mod restart;
 mod result;
 mod transient;
 

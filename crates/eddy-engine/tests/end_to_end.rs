@@ -9,7 +9,7 @@ use std::time::Duration;
 use eddy_broker::{EmbeddedBroker, EmbeddedBrokerConfig};
 use eddy_common::config::EngineConfig;
 use eddy_engine::{Engine, Session, StatementResult};
-use eddy_runtime::KafkaConnection;
+use eddy_runtime::{KafkaConnection, QueryStatus};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -20,7 +20,9 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct Harness {
     _dir: tempfile::TempDir,
-    broker: EmbeddedBroker,
+    /// `None` while the broker is stopped ([`Harness::stop_broker`]).
+    broker: Option<EmbeddedBroker>,
+    bootstrap: String,
     service_id: String,
     prefix: String,
 }
@@ -38,7 +40,8 @@ impl Harness {
         let run = uuid::Uuid::new_v4().simple().to_string();
         Harness {
             _dir: dir,
-            broker,
+            bootstrap: broker.bootstrap_servers(),
+            broker: Some(broker),
             service_id: format!("svc{}", &run[..8]),
             prefix: format!("t{}_", &run[..8]),
         }
@@ -55,12 +58,35 @@ impl Harness {
     }
 
     async fn engine(&self) -> Engine {
-        Engine::start(
-            self.config(),
-            KafkaConnection::new(self.broker.bootstrap_servers()),
-        )
+        Engine::start(self.config(), KafkaConnection::new(self.bootstrap.clone()))
+            .await
+            .expect("engine starts")
+    }
+
+    /// Stops the broker, as an outage would: clients keep their connections' addresses.
+    async fn stop_broker(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown().await.expect("broker stops");
+        }
+    }
+
+    /// Starts the broker again on its port and data, after [`Harness::stop_broker`].
+    async fn restart_broker(&mut self) {
+        let port = self
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the broker's port");
+        let broker = EmbeddedBroker::start(EmbeddedBrokerConfig {
+            data_dir: self._dir.path().to_path_buf(),
+            port,
+            ..Default::default()
+        })
         .await
-        .expect("engine starts")
+        .expect("embedded broker restarts");
+        assert_eq!(broker.bootstrap_servers(), self.bootstrap);
+        self.broker = Some(broker);
     }
 
     fn topic(&self, logical: &str) -> String {
@@ -69,7 +95,7 @@ impl Harness {
 
     fn producer(&self) -> FutureProducer {
         ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            .set("bootstrap.servers", self.bootstrap.clone())
             .set("broker.address.family", "v4")
             .create()
             .expect("producer")
@@ -90,7 +116,7 @@ impl Harness {
     /// Reads `count` records of `topic` from the beginning (all partitions), failing after WAIT.
     async fn consume(&self, topic: &str, count: usize) -> Vec<(Option<String>, Option<String>)> {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            .set("bootstrap.servers", self.bootstrap.clone())
             .set("broker.address.family", "v4")
             .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
@@ -135,7 +161,7 @@ impl Harness {
 
     /// Asserts that no more than `count` records are on `topic` (waits briefly for stragglers).
     async fn assert_exactly(&self, topic: &str, count: usize) {
-        let connection = KafkaConnection::new(self.broker.bootstrap_servers());
+        let connection = KafkaConnection::new(self.bootstrap.clone());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let total: i64 = connection
             .watermarks(topic)
@@ -412,7 +438,7 @@ async fn kcat_fills_the_input_and_reads_back_the_csas_output() {
     let h = Harness::start().await;
     let engine = h.engine().await;
     let mut session = Session::new();
-    let bootstrap = h.broker.bootstrap_servers();
+    let bootstrap = h.bootstrap.clone();
     run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
     run(
         &engine,
@@ -625,7 +651,7 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
     let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
         panic!("expected a push query")
     };
-    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let connection = KafkaConnection::new(h.bootstrap.clone());
     let prefix = format!("_eddy-{}-query-{}-", h.service_id, push.query_id);
     let query_topics = |topics: Vec<eddy_runtime::TopicInfo>| -> Vec<String> {
         topics
@@ -764,7 +790,7 @@ async fn an_aggregation_of_a_one_partition_stream_rekeys_in_its_task() {
         .with_test_writer()
         .try_init();
     let h = Harness::start().await;
-    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let connection = KafkaConnection::new(h.bootstrap.clone());
     let query_id = {
         let engine = h.engine().await;
         let mut session = Session::new();
@@ -827,7 +853,7 @@ async fn records_of(h: &Harness, topic: &str, count: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_of_one_partition_streams_rekey_in_their_task() {
     let h = Harness::start().await;
-    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let connection = KafkaConnection::new(h.bootstrap.clone());
     let engine = h.engine().await;
     let mut session = Session::new();
     for sql in [
@@ -945,7 +971,7 @@ async fn users_per_city(engine: &Engine, session: &mut Session) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregation_of_a_one_partition_table_retracts_in_its_task() {
     let h = Harness::start().await;
-    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let connection = KafkaConnection::new(h.bootstrap.clone());
     let count = "SELECT * FROM per_city;";
     {
         let engine = h.engine().await;
@@ -1031,7 +1057,7 @@ async fn an_aggregation_of_a_table_recovers_from_a_crash_between_its_commits() {
         store.write(0, batch).expect("contributions rolled back");
     }
     let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", h.broker.bootstrap_servers())
+        .set("bootstrap.servers", h.bootstrap.clone())
         .set("group.id", h.config().query_group_id(&query_id))
         .set("enable.auto.commit", "false")
         .create()
@@ -1120,7 +1146,7 @@ async fn an_aggregation_in_its_join_task_counts_each_pair_once() {
         .with_test_writer()
         .try_init();
     let h = Harness::start().await;
-    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let connection = KafkaConnection::new(h.bootstrap.clone());
     let count = "SELECT * FROM shipments_per_order;";
     let query_id = {
         let engine = h.engine().await;
@@ -1245,13 +1271,13 @@ async fn a_terminated_join_stops_without_reading_its_backlog() {
     // Enough that reading them one by one takes longer than TERMINATE waits for a task (10 s).
     const RECORDS: usize = 3000;
     let h = Harness::start().await;
-    let connection = KafkaConnection::new(h.broker.bootstrap_servers());
+    let connection = KafkaConnection::new(h.bootstrap.clone());
     let engine = Engine::start(
         EngineConfig {
             max_batch_records: 1,
             ..h.config()
         },
-        KafkaConnection::new(h.broker.bootstrap_servers()),
+        KafkaConnection::new(h.bootstrap.clone()),
     )
     .await
     .expect("engine starts");
@@ -1332,7 +1358,7 @@ async fn a_batch_ends_at_its_byte_bound() {
             max_batch_bytes: 1,
             ..h.config()
         },
-        KafkaConnection::new(h.broker.bootstrap_servers()),
+        KafkaConnection::new(h.bootstrap.clone()),
     )
     .await
     .expect("engine starts");
@@ -1372,5 +1398,157 @@ async fn a_batch_ends_at_its_byte_bound() {
         query.batches_in, RECORDS as u64,
         "every record is over the byte bound, so each is a batch of its own"
     );
+    engine.shutdown().await;
+}
+
+/// The different records of `topic` once it holds at least `count` records, sorted.
+async fn distinct_records_of(h: &Harness, topic: &str, count: usize) -> Vec<String> {
+    let connection = KafkaConnection::new(h.bootstrap.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let total = loop {
+        let total: i64 = connection
+            .watermarks(&h.topic(topic))
+            .await
+            .map(|w| w.iter().map(|(low, high)| high - low).sum())
+            .unwrap_or(0);
+        if total as usize >= count {
+            break total as usize;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {total} of {count} records on {topic}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut records = records_of(h, topic, total).await;
+    records.dedup();
+    records
+}
+
+/// Waits until `done` holds, failing with `what` after WAIT.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Persistent queries outlive an outage of their broker. Those that fail while it is away (the
+/// stream-stream join's reads time out at once) are restarted from their committed offsets, with
+/// backoff, until the broker is back; their status says so meanwhile. Then every query goes on
+/// where it stopped: nothing lost, nothing read twice. Without the restarts the failed join would
+/// stay failed and never join the orders that come after the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_queries_restart_after_a_broker_outage() {
+    let mut h = Harness::start().await;
+    let engine = Engine::start(
+        EngineConfig {
+            kafka_request_timeout_ms: 2_000,
+            produce_timeout_ms: 2_000,
+            query_retry_backoff_initial_ms: 200,
+            query_retry_backoff_max_ms: 2_000,
+            ..h.config()
+        },
+        KafkaConnection::new(h.bootstrap.clone()),
+    )
+    .await
+    .expect("engine starts");
+    let mut session = Session::new();
+    for sql in [
+        "SET 'auto.offset.reset'='earliest';",
+        "CREATE STREAM orders (id STRING KEY, item STRING) \
+         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
+         WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "INSERT INTO orders (id, item) VALUES ('o1', 'apple');",
+        "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s1', 'o1', 'dhl');",
+    ] {
+        run(&engine, &mut session, sql).await;
+    }
+    let mut query_ids = Vec::new();
+    for sql in [
+        "CREATE STREAM ordered AS SELECT id, item FROM orders WHERE item <> 'none';",
+        "CREATE STREAM shipped AS SELECT o.id, o.item, s.carrier \
+         FROM orders o JOIN shipments s WITHIN 1 HOUR ON o.id = s.order_id;",
+        "CREATE TABLE items AS SELECT item, COUNT(*) AS n FROM orders GROUP BY item;",
+    ] {
+        query_ids.push(create_query(&engine, &mut session, sql).await);
+    }
+    assert_eq!(
+        records_of(&h, "ORDERED", 1).await,
+        [r#"o1 {"ITEM":"apple"}"#]
+    );
+    assert_eq!(
+        records_of(&h, "SHIPPED", 1).await,
+        [r#"o1 {"ITEM":"apple","CARRIER":"dhl"}"#]
+    );
+    let items = "SELECT item, n FROM items;";
+    wait_for_rows(&engine, items, &["apple 1"]).await;
+    // Every query has committed what it wrote (commit interval 100 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    h.stop_broker().await;
+    let failed = |engine: &Engine| {
+        query_ids
+            .iter()
+            .filter_map(|id| match engine.query_status(id) {
+                Some(QueryStatus::Error(message)) => Some(message),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_until("no query failed while the broker was away", || {
+        !failed(&engine).is_empty()
+    })
+    .await;
+    // Failing restarts back off while the broker is away; the status tells when the next is.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let messages = failed(&engine);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("times in a row; restart ")),
+        "{messages:?}"
+    );
+
+    h.restart_broker().await;
+    for sql in [
+        "INSERT INTO orders (id, item) VALUES ('o2', 'pear');",
+        "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s2', 'o2', 'ups');",
+    ] {
+        // The engine's producer reconnects on its own schedule.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Err(error) = engine.execute(&mut session, sql).await {
+            assert!(tokio::time::Instant::now() < deadline, "{sql}: {error}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Output is at least once: a record whose offset could not be committed before the broker
+    // went away, or before the rebalance that follows its return, is written again.
+    assert_eq!(
+        distinct_records_of(&h, "SHIPPED", 2).await,
+        [
+            r#"o1 {"ITEM":"apple","CARRIER":"dhl"}"#,
+            r#"o2 {"ITEM":"pear","CARRIER":"ups"}"#
+        ]
+    );
+    assert_eq!(
+        distinct_records_of(&h, "ORDERED", 2).await,
+        [r#"o1 {"ITEM":"apple"}"#, r#"o2 {"ITEM":"pear"}"#]
+    );
+    // A table's state is exact: each order counted once.
+    wait_for_rows(&engine, items, &["apple 1", "pear 1"]).await;
+    let statuses = || {
+        query_ids
+            .iter()
+            .map(|id| engine.query_status(id))
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while statuses().iter().any(|s| *s != Some(QueryStatus::Running)) {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", statuses());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     engine.shutdown().await;
 }

@@ -661,6 +661,10 @@ impl Driver {
                 _ = cancel.cancelled() => break Ok(()),
                 Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
                     match finished {
+                        // A persistent query's task ends by itself when its partition is
+                        // revoked (a rebalance: another server joined, or the broker came
+                        // back); the query goes on with the partitions it has.
+                        Ok(Ok(())) if spec.persistent => {}
                         Ok(Ok(())) => break Ok(()), // the sink went away (push query done)
                         Ok(Err(error)) => break Err(error),
                         Err(join_error) if join_error.is_cancelled() => {}
