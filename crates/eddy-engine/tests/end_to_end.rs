@@ -1552,3 +1552,101 @@ async fn persistent_queries_restart_after_a_broker_outage() {
     }
     engine.shutdown().await;
 }
+
+/// Inserts events `from..to` of `events`: keys `k0`..`k9`, which the murmur2 partitioner spreads
+/// over both partitions.
+async fn insert_events(engine: &Engine, from: usize, to: usize) {
+    let mut session = Session::new();
+    for n in from..to {
+        let sql = format!("INSERT INTO events (id, n) VALUES ('k{}', {n});", n % 10);
+        run(engine, &mut session, &sql).await;
+    }
+}
+
+/// The records of `copied` that events `0..count` give.
+fn copied_events(count: usize) -> Vec<String> {
+    let mut records: Vec<String> = (0..count)
+        .map(|n| format!(r#"k{} {{"N":{n}}}"#, n % 10))
+        .collect();
+    records.sort();
+    records
+}
+
+/// Two servers of one service share a query's partitions. When the second starts, the group
+/// rebalances: the first keeps running with the partitions it is given (a revoked partition's
+/// task ends, not the query), and the second processes the others. When the second stops, the
+/// first takes every partition back. No record is lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_of_one_service_share_a_querys_partitions_and_take_them_back() {
+    let h = Harness::start().await;
+    let first = h.engine().await;
+    let mut session = Session::new();
+    run(&first, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &first,
+        &mut session,
+        "CREATE STREAM events (id STRING KEY, n INT) \
+         WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON', PARTITIONS=2);",
+    )
+    .await;
+    let query_id = create_query(
+        &first,
+        &mut session,
+        "CREATE STREAM copied AS SELECT id, n FROM events;",
+    )
+    .await;
+    insert_events(&first, 0, 10).await;
+    assert_eq!(
+        distinct_records_of(&h, "COPIED", 10).await,
+        copied_events(10)
+    );
+
+    let second = Engine::start(
+        EngineConfig {
+            state_dir: h._dir.path().join("state-2"),
+            ..h.config()
+        },
+        KafkaConnection::new(h.bootstrap.clone()),
+    )
+    .await
+    .expect("second engine starts");
+    // Until the group has given the second server a partition, its query reads nothing.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut next = 10;
+    while second
+        .query_counts(&query_id)
+        .map_or(0, |(records_in, ..)| records_in)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second server never got a partition"
+        );
+        insert_events(&first, next, next + 10).await;
+        next += 10;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        distinct_records_of(&h, "COPIED", next).await,
+        copied_events(next)
+    );
+    assert_eq!(first.query_status(&query_id), Some(QueryStatus::Running));
+    let (first_in, ..) = first.query_counts(&query_id).expect("first server's query");
+
+    second.shutdown().await;
+    drop(second);
+    insert_events(&first, next, next + 10).await;
+    next += 10;
+    assert_eq!(
+        distinct_records_of(&h, "COPIED", next).await,
+        copied_events(next)
+    );
+    assert_eq!(first.query_status(&query_id), Some(QueryStatus::Running));
+    let (first_in_after, ..) = first.query_counts(&query_id).expect("first server's query");
+    // The first server read all ten of the last events: both partitions are back with it.
+    assert!(
+        first_in_after >= first_in + 10,
+        "{first_in} then {first_in_after}"
+    );
+    first.shutdown().await;
+}
