@@ -172,8 +172,10 @@ impl Engine {
     }
 
     /// Waits until the query that materializes `table` has processed every record its inputs held
-    /// when this was called (each query of a repartitioned chain in turn). With `target` (a
-    /// physical topic, partition and offset), the first query only waits for that record.
+    /// when this was called (each query of a repartitioned chain in turn, and the right side of a
+    /// join that reads it itself). With `target` (a physical topic, partition and offset), the
+    /// first input of the chain that reads that topic waits for that record only, and the inputs
+    /// before it not at all.
     async fn wait_for_inputs(
         &self,
         table: &str,
@@ -196,19 +198,29 @@ impl Engine {
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + timeout;
         let connection = &self.inner.connection;
+        let token_stage = match &target {
+            Some((topic, ..)) => Some(
+                chain
+                    .iter()
+                    .position(|progress| progress.topic == *topic)
+                    .ok_or_else(|| {
+                        EngineError::invalid(format!(
+                            "the read-after token is for topic \"{}\", which table \"{table}\" does not read",
+                            self.inner.config.logical_topic(topic).unwrap_or(topic)
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         for (stage, progress) in chain.into_iter().enumerate() {
             // A generated source has no topic and nothing "written before": nothing to wait for.
-            if progress.topic.is_empty() {
+            if progress.topic.is_empty() || token_stage.is_some_and(|token| stage < token) {
                 continue;
             }
             let mut watermarks = connection.watermarks(&progress.topic).await?;
-            if let (0, Some((topic, partition, offset))) = (stage, &target) {
-                if *topic != progress.topic {
-                    return Err(EngineError::invalid(format!(
-                        "the read-after token is for topic \"{}\", which table \"{table}\" does not read",
-                        self.inner.config.logical_topic(topic).unwrap_or(topic)
-                    )));
-                }
+            if let Some((_, partition, offset)) =
+                target.as_ref().filter(|_| Some(stage) == token_stage)
+            {
                 // Wait for the token's record only: every other partition counts as caught up.
                 for (p, (low, high)) in watermarks.iter_mut().enumerate() {
                     if p as i32 == *partition {

@@ -214,6 +214,9 @@ pub struct QueryHandle {
     cancel: CancellationToken,
     driver: Option<JoinHandle<()>>,
     progress: QueryProgress,
+    /// The right side's progress of a join that reads that side partition by partition itself
+    /// (two streams, two tables on their keys): a record written there changes the output too.
+    right_progress: Option<QueryProgress>,
     /// Queries that feed this one (the repartitioning half of an aggregation), owned by it.
     upstream: Vec<QueryHandle>,
 }
@@ -227,6 +230,7 @@ impl QueryHandle {
             .flat_map(QueryHandle::progress_chain)
             .collect();
         chain.push(self.progress.clone());
+        chain.extend(self.right_progress.clone());
         chain
     }
 
@@ -320,6 +324,25 @@ impl Drop for QueryHandle {
 /// Progress of one partition: the next offset whose input has been fully processed and whose
 /// output has been acknowledged.
 type Progress = Arc<AtomicI64>;
+
+/// Where a query's partition tasks publish how far they got, per partition: in its source topic,
+/// and in the right side of a join that reads that side itself.
+#[derive(Clone, Default)]
+struct ProgressRegistry {
+    source: Arc<Mutex<HashMap<i32, Progress>>>,
+    right: Arc<Mutex<HashMap<i32, Progress>>>,
+}
+
+impl ProgressRegistry {
+    /// Forgets a partition the query no longer has.
+    fn remove(&self, partition: i32) {
+        for registry in [&self.source, &self.right] {
+            if let Ok(mut registry) = registry.lock() {
+                registry.remove(&partition);
+            }
+        }
+    }
+}
 
 /// A read-only view of how far a query has processed each partition of its source topic.
 #[derive(Clone)]
@@ -428,7 +451,8 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         return Ok(start_generated_query(spec, generator));
     }
 
-    let progress: Arc<Mutex<HashMap<i32, Progress>>> = Arc::default();
+    let registry = ProgressRegistry::default();
+    let progress = Arc::clone(&registry.source);
     let revoked: Arc<Mutex<Vec<i32>>> = Arc::default();
     let assigned: Arc<Mutex<Vec<i32>>> = Arc::default();
     let context = QueryConsumerContext {
@@ -502,10 +526,20 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         stateful: spec.state.is_some() || spec.aggregate_joined.is_some(),
         partitions: Arc::clone(&progress),
     };
+    let right_progress = match (&spec.join, reports_right_progress(&spec)) {
+        (Some(join), true) => Some(QueryProgress {
+            topic: join.table_topic.clone(),
+            group_id: spec.group_id.clone(),
+            // The group commits no offset of this side: only what the tasks report counts.
+            stateful: true,
+            partitions: Arc::clone(&registry.right),
+        }),
+        _ => None,
+    };
     let driver = Driver {
         spec,
         consumer,
-        progress,
+        registry,
         revoked,
         assigned,
         metrics: Arc::clone(&metrics),
@@ -519,6 +553,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         cancel,
         driver: Some(handle),
         progress: query_progress,
+        right_progress,
         upstream: Vec::new(),
     })
 }
@@ -527,18 +562,18 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
 fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) -> QueryHandle {
     let metrics = Arc::new(QueryMetrics::new());
     let cancel = CancellationToken::new();
-    let progress: Arc<Mutex<HashMap<i32, Progress>>> = Arc::default();
+    let registry = ProgressRegistry::default();
     let query_id = spec.query_id.clone();
     let query_progress = QueryProgress {
         topic: String::new(),
         group_id: spec.group_id.clone(),
         stateful: spec.state.is_some(),
-        partitions: Arc::clone(&progress),
+        partitions: Arc::clone(&registry.source),
     };
     let driver = tokio::spawn(run_generated(
         Arc::new(spec),
         generator,
-        progress,
+        registry,
         Arc::clone(&metrics),
         cancel.clone(),
     ));
@@ -549,6 +584,7 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
         cancel,
         driver: Some(driver),
         progress: query_progress,
+        right_progress: None,
         upstream: Vec::new(),
     }
 }
@@ -558,13 +594,13 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
 async fn run_generated(
     spec: Arc<QuerySpec>,
     generator: eddy_catalog::Generator,
-    progress: Arc<Mutex<HashMap<i32, Progress>>>,
+    registry: ProgressRegistry,
     metrics: Arc<QueryMetrics>,
     cancel: CancellationToken,
 ) {
     let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
     let mut tasks: JoinSet<Result<(), QueryError>> = JoinSet::new();
-    worker_for(0, &spec, &mut workers, &mut tasks, &progress, &metrics);
+    worker_for(0, &spec, &mut workers, &mut tasks, &registry, &metrics);
     let Some(worker) = workers.remove(&0) else {
         metrics.set_status(QueryStatus::Error("no partition task".into()));
         return;
@@ -619,7 +655,7 @@ fn record_outcome(metrics: &QueryMetrics, query_id: &str, outcome: Result<(), Qu
 struct Driver {
     spec: QuerySpec,
     consumer: StreamConsumer<QueryConsumerContext>,
-    progress: Arc<Mutex<HashMap<i32, Progress>>>,
+    registry: ProgressRegistry,
     revoked: Arc<Mutex<Vec<i32>>>,
     assigned: Arc<Mutex<Vec<i32>>>,
     metrics: Arc<QueryMetrics>,
@@ -631,7 +667,7 @@ impl Driver {
         let Driver {
             spec,
             consumer,
-            progress,
+            registry,
             revoked,
             assigned,
             metrics,
@@ -692,7 +728,7 @@ impl Driver {
                     if limits.is_full(buffer.len(), buffer.payload_bytes()) {
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { partition };
-                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &metrics);
                         if worker.sender.send(batch).await.is_err() {
                             continue; // the task ended; join_next reports why
                         }
@@ -703,7 +739,7 @@ impl Driver {
                         if buffer.is_empty() { continue; }
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { *partition };
-                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &metrics);
                         let _ = worker.sender.send(batch).await;
                     }
                     let revoked_now: Vec<i32> = revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
@@ -712,7 +748,7 @@ impl Driver {
                         workers.remove(&partition);
                         buffers.remove(&partition);
                         committed.remove(&partition);
-                        if let Ok(mut progress) = progress.lock() { progress.remove(&partition); }
+                        registry.remove(partition);
                     }
                     let assigned_now: Vec<i32> = assigned.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
                     // A join that reads both sides itself needs the query's consumer only for
@@ -721,7 +757,7 @@ impl Driver {
                     for partition in assigned_now {
                         debug!(query = spec.query_id, partition, "partition assigned");
                         let task = if spec.single_task { 0 } else { partition };
-                        worker_for(task, &spec, &mut workers, &mut tasks, &progress, &metrics);
+                        worker_for(task, &spec, &mut workers, &mut tasks, &registry, &metrics);
                         if reads_both_sides(&spec) {
                             paused.add_partition(&spec.source_topic, partition);
                         }
@@ -788,6 +824,19 @@ impl Driver {
     }
 }
 
+/// A join whose partition task p reads partition p of its right side itself and reports how far
+/// it got there: a join of two streams, or of two tables on their keys (a foreign-key join reads
+/// every partition of its right table in every task).
+fn reports_right_progress(spec: &QuerySpec) -> bool {
+    spec.plan.join.as_ref().is_some_and(|join| {
+        join.stream_join.is_some()
+            || join
+                .left_table
+                .as_ref()
+                .is_some_and(|left| !left.foreign_key)
+    })
+}
+
 /// A join of two tables or two streams: its partition tasks read both sides with readers of
 /// their own, and the query's consumer only owns partitions and commits.
 fn reads_both_sides(spec: &QuerySpec) -> bool {
@@ -831,19 +880,26 @@ fn worker_for<'a>(
     spec: &Arc<QuerySpec>,
     workers: &'a mut HashMap<i32, PartitionWorker>,
     tasks: &mut JoinSet<Result<(), QueryError>>,
-    progress_registry: &Arc<Mutex<HashMap<i32, Progress>>>,
+    registry: &ProgressRegistry,
     metrics: &Arc<QueryMetrics>,
 ) -> &'a PartitionWorker {
     workers.entry(partition).or_insert_with(|| {
         let (sender, receiver) = mpsc::channel(spec.config.partition_queue_batches.max(1));
         let progress: Progress = Arc::new(AtomicI64::new(-1));
-        if let Ok(mut registry) = progress_registry.lock() {
-            registry.insert(partition, Arc::clone(&progress));
+        let right_progress: Progress = Arc::new(AtomicI64::new(-1));
+        for (registry, progress) in [
+            (&registry.source, &progress),
+            (&registry.right, &right_progress),
+        ] {
+            if let Ok(mut registry) = registry.lock() {
+                registry.insert(partition, Arc::clone(progress));
+            }
         }
         let task = PartitionTask {
             spec: Arc::clone(spec),
             partition,
             progress: Arc::clone(&progress),
+            right_progress,
             metrics: Arc::clone(metrics),
         };
         tasks.spawn(task.run(receiver));
@@ -863,6 +919,9 @@ struct PartitionTask {
     spec: Arc<QuerySpec>,
     partition: i32,
     progress: Progress,
+    /// The right side's next offset to process, for a join that reports it (see
+    /// `reports_right_progress`).
+    right_progress: Progress,
     metrics: Arc<QueryMetrics>,
 }
 
@@ -1654,6 +1713,9 @@ impl PartitionTask {
         // now gets a tombstone until both sides are caught up.
         let mut retract_unknown =
             !(left.restored() && right.restored()) && self.output_has_records().await?;
+        // What the right side's store holds is processed, though no round may come soon.
+        self.right_progress
+            .fetch_max(right.next_offset(), Ordering::AcqRel);
         let mut poll = self.table_join_poll();
         loop {
             tokio::select! {
@@ -1683,6 +1745,8 @@ impl PartitionTask {
             // is this task's own reader's.
             self.progress
                 .fetch_max(left.next_offset(), Ordering::AcqRel);
+            self.right_progress
+                .fetch_max(right.next_offset(), Ordering::AcqRel);
         }
     }
 
@@ -1949,11 +2013,13 @@ impl PartitionTask {
             Some((_, aggregate)) => Some(aggregate.joined_offsets()?),
             None => None,
         };
-        if let Some([counted_left, _]) = replay_until {
-            // The table holds the pairs of the left input below what the aggregation counted:
+        if let Some([counted_left, counted_right]) = replay_until {
+            // The table holds the pairs of the inputs below what the aggregation counted:
             // read-your-writes (which trusts no committed offset of a stateful query) need not
             // wait for a round that may never come when nothing new arrives.
             self.progress.fetch_max(counted_left, Ordering::AcqRel);
+            self.right_progress
+                .fetch_max(counted_right, Ordering::AcqRel);
         }
         // Each side resumes at its stored next offset; a new query starts where it is told.
         let mut starts = [Offset::Beginning, Offset::Beginning];
@@ -1995,6 +2061,10 @@ impl PartitionTask {
                 limits,
             )?,
         ];
+        // Where the right side resumes is processed (or, for a new query reading from the
+        // latest offset, never will be), though no round may come soon.
+        self.right_progress
+            .fetch_max(readers[1].next_offset(), Ordering::AcqRel);
         let format_error = |topic: &str, e: eddy_format::FormatError| QueryError::Format {
             topic: topic.to_owned(),
             message: e.to_string(),
@@ -2219,6 +2289,8 @@ impl PartitionTask {
                 )
                 .await?;
                 self.progress.store(next_offsets[0], Ordering::Release);
+                self.right_progress
+                    .store(next_offsets[1], Ordering::Release);
             }
         }
     }
