@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use thiserror::Error;
+use tracing::warn;
 
 use crate::query::QueryError;
 
@@ -477,16 +478,28 @@ fn future_record<'a>(
     record
 }
 
-/// A librdkafka client whose drop may block (a consumer's close waits for the broker), dropped on
-/// tokio's blocking pool instead of the async worker that lets go of it. An async worker blocked
-/// on the broker can stall the broker itself when it runs on the same workers (the embedded one):
-/// a terminated join that dropped its readers on both workers of a two-core machine waited for
-/// the broker forever.
+/// A librdkafka client whose drop may block (a consumer's close waits for the broker, without a
+/// bound), dropped on a thread of its own instead of the async worker that lets go of it. An async
+/// worker blocked on the broker can stall the broker itself when it runs on the same workers (the
+/// embedded one): a terminated join that dropped its readers on both workers of a two-core
+/// machine waited for the broker forever. Not tokio's blocking pool either: a runtime waits for
+/// its blocking tasks when it shuts down, and with the broker already gone the close never ends
+/// (a test that failed with queries running hung until its timeout). The thread ends when the
+/// close does, or with the process.
 pub struct OffWorkerDrop<T: Send + 'static>(Option<T>);
 
 impl<T: Send + 'static> OffWorkerDrop<T> {
     pub fn new(inner: T) -> Self {
         Self(Some(inner))
+    }
+
+    /// The client, for a caller that closes it where and when it chooses.
+    pub fn into_inner(mut self) -> T {
+        match self.0.take() {
+            Some(inner) => inner,
+            // Only `drop` and this take it out, and both consume the value.
+            None => unreachable!("an OffWorkerDrop is used after its drop"),
+        }
     }
 }
 
@@ -505,9 +518,12 @@ impl<T: Send + 'static> std::ops::Deref for OffWorkerDrop<T> {
 impl<T: Send + 'static> Drop for OffWorkerDrop<T> {
     fn drop(&mut self) {
         if let Some(inner) = self.0.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(inner))),
-                Err(_) => drop(inner),
+            let spawned = std::thread::Builder::new()
+                .name("eddy-client-close".into())
+                .spawn(move || drop(inner));
+            if let Err(error) = spawned {
+                // The closure, and the client with it, is gone with the failed spawn.
+                warn!(%error, "cannot start a thread to close a Kafka client; closed in place");
             }
         }
     }

@@ -30,7 +30,7 @@ use crate::aggregate::{
     commit_partition, commit_partition_with_local, restore_partition, split_rows,
 };
 use crate::join::{JoinSpec, TableSide};
-use crate::kafka::{KafkaConnection, KafkaError, PartitionReader};
+use crate::kafka::{KafkaConnection, KafkaError, OffWorkerDrop, PartitionReader};
 use crate::processing_log::{ErrorKind, ProcessingLog};
 use crate::stream_join::{Side, StreamJoiner};
 use crate::upsert::{Rejected, Rejection, UpsertSpec, Upserter};
@@ -403,25 +403,32 @@ impl ConsumerContext for QueryConsumerContext {
             return;
         };
         let mut commit = TopicPartitionList::new();
-        let Ok(progress) = self.progress.lock() else {
-            return;
-        };
-        let Ok(mut revoked) = self.revoked.lock() else {
-            return;
-        };
-        for element in partitions.elements() {
-            let partition = element.partition();
-            revoked.push(partition);
-            if let Some(next) = progress
-                .get(&partition)
-                .map(|p| p.load(Ordering::Acquire))
-                .filter(|n| *n >= 0)
-            {
-                let _ = commit.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+        {
+            let Ok(progress) = self.progress.lock() else {
+                return;
+            };
+            let Ok(mut revoked) = self.revoked.lock() else {
+                return;
+            };
+            for element in partitions.elements() {
+                let partition = element.partition();
+                revoked.push(partition);
+                if let Some(next) = progress
+                    .get(&partition)
+                    .map(|p| p.load(Ordering::Acquire))
+                    .filter(|n| *n >= 0)
+                {
+                    let _ =
+                        commit.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+                }
             }
         }
+        // Asynchronous: librdkafka finishes the revocation only once the commit is answered,
+        // without blocking this thread. A synchronous commit waits for the broker without a
+        // bound, and this callback also runs when the consumer is dropped (the query's task
+        // aborted): with the broker gone, that drop never returned.
         if commit.count() > 0
-            && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
+            && let Err(error) = consumer.commit(&commit, CommitMode::Async)
         {
             warn!(%error, "commit on revocation failed; records may be processed again");
         }
@@ -474,9 +481,13 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             "fetch.wait.max.ms",
             spec.config.max_batch_wait_ms.max(1).to_string(),
         );
-    let consumer: StreamConsumer<QueryConsumerContext> = config
-        .create_with_context(context)
-        .map_err(|e| KafkaError::client("consumer creation", e))?;
+    // Dropped off the async workers: when the query's task is aborted (its handle dropped), the
+    // consumer's close waits for the broker, without a bound.
+    let consumer: OffWorkerDrop<StreamConsumer<QueryConsumerContext>> = OffWorkerDrop::new(
+        config
+            .create_with_context(context)
+            .map_err(|e| KafkaError::client("consumer creation", e))?,
+    );
 
     if spec.persistent {
         consumer.subscribe(&[&spec.source_topic]).map_err(|e| {
@@ -654,7 +665,7 @@ fn record_outcome(metrics: &QueryMetrics, query_id: &str, outcome: Result<(), Qu
 
 struct Driver {
     spec: QuerySpec,
-    consumer: StreamConsumer<QueryConsumerContext>,
+    consumer: OffWorkerDrop<StreamConsumer<QueryConsumerContext>>,
     registry: ProgressRegistry,
     revoked: Arc<Mutex<Vec<i32>>>,
     assigned: Arc<Mutex<Vec<i32>>>,
@@ -794,31 +805,39 @@ impl Driver {
         }
         tasks.abort_all();
         // The last commit waits for the broker, and so does the consumer's close when it is
-        // dropped: both run on the blocking pool, not on an async worker (see `OffWorkerDrop`).
+        // dropped, both without a bound: they run on a thread of their own (see `OffWorkerDrop`),
+        // which the query waits for up to the request timeout.
         let persistent = spec.persistent;
         let topic = spec.source_topic.clone();
-        let finish = tokio::task::spawn_blocking(move || {
-            if persistent {
-                commit_progress(
-                    &consumer,
-                    &topic,
-                    &progress_of,
-                    &mut committed,
-                    CommitMode::Sync,
-                );
-            }
-            drop(consumer);
-        });
+        let consumer = consumer.into_inner();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let closing = std::thread::Builder::new()
+            .name("eddy-query-close".into())
+            .spawn(move || {
+                if persistent {
+                    commit_progress(
+                        &consumer,
+                        &topic,
+                        &progress_of,
+                        &mut committed,
+                        CommitMode::Sync,
+                    );
+                }
+                drop(consumer);
+                let _ = done.send(());
+            });
         let timeout = Duration::from_millis(spec.connection.request_timeout_ms.max(1000));
-        match tokio::time::timeout(timeout, finish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => warn!(query = spec.query_id, %error, "the last commit failed"),
-            Err(_) => warn!(
-                query = spec.query_id,
-                timeout_ms = timeout.as_millis() as u64,
-                "the last commit and the consumer's close did not finish in time; the query \
-                 may resume from its previous commit"
-            ),
+        match closing {
+            Err(error) => warn!(query = spec.query_id, %error, "the last commit failed"),
+            Ok(_) => match tokio::time::timeout(timeout, finished).await {
+                Ok(_) => {}
+                Err(_) => warn!(
+                    query = spec.query_id,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "the last commit and the consumer's close did not finish in time; the query \
+                     may resume from its previous commit"
+                ),
+            },
         }
         record_outcome(&metrics, &spec.query_id, outcome);
     }
