@@ -89,6 +89,13 @@ impl Harness {
         self.broker = Some(broker);
     }
 
+    /// An engine of this harness's service with `config` (built on [`Harness::config`]).
+    async fn engine_with(&self, config: EngineConfig) -> Engine {
+        Engine::start(config, KafkaConnection::new(self.bootstrap.clone()))
+            .await
+            .expect("engine starts")
+    }
+
     fn topic(&self, logical: &str) -> String {
         format!("{}{}", self.prefix, logical)
     }
@@ -1425,6 +1432,16 @@ async fn distinct_records_of(h: &Harness, topic: &str, count: usize) -> Vec<Stri
     records
 }
 
+/// From the beginning, the one-partition streams `orders` (keyed by order id) and `shipments`
+/// (keyed by shipment id, with the order's id).
+const ORDERS_AND_SHIPMENTS: [&str; 3] = [
+    "SET 'auto.offset.reset'='earliest';",
+    "CREATE STREAM orders (id STRING KEY, item STRING) \
+     WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
+    "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
+     WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
+];
+
 /// Waits until `done` holds, failing with `what` after WAIT.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -1442,28 +1459,20 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_queries_restart_after_a_broker_outage() {
     let mut h = Harness::start().await;
-    let engine = Engine::start(
-        EngineConfig {
+    let engine = h
+        .engine_with(EngineConfig {
             kafka_request_timeout_ms: 2_000,
             produce_timeout_ms: 2_000,
             query_retry_backoff_initial_ms: 200,
             query_retry_backoff_max_ms: 2_000,
             ..h.config()
-        },
-        KafkaConnection::new(h.bootstrap.clone()),
-    )
-    .await
-    .expect("engine starts");
+        })
+        .await;
     let mut session = Session::new();
-    for sql in [
-        "SET 'auto.offset.reset'='earliest';",
-        "CREATE STREAM orders (id STRING KEY, item STRING) \
-         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
-        "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
-         WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
+    for sql in ORDERS_AND_SHIPMENTS.into_iter().chain([
         "INSERT INTO orders (id, item) VALUES ('o1', 'apple');",
         "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s1', 'o1', 'dhl');",
-    ] {
+    ]) {
         run(&engine, &mut session, sql).await;
     }
     let mut query_ids = Vec::new();
@@ -1601,15 +1610,12 @@ async fn servers_of_one_service_share_a_querys_partitions_and_take_them_back() {
         copied_events(10)
     );
 
-    let second = Engine::start(
-        EngineConfig {
+    let second = h
+        .engine_with(EngineConfig {
             state_dir: h._dir.path().join("state-2"),
             ..h.config()
-        },
-        KafkaConnection::new(h.bootstrap.clone()),
-    )
-    .await
-    .expect("second engine starts");
+        })
+        .await;
     // Until the group has given the second server a partition, its query reads nothing.
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut next = 10;
@@ -1673,23 +1679,14 @@ fn read_after_token(results: &[StatementResult]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_waits_for_the_right_side_of_a_join() {
     let h = Harness::start().await;
-    let engine = Engine::start(
-        EngineConfig {
+    let engine = h
+        .engine_with(EngineConfig {
             table_join_poll_interval_ms: 3_000,
             ..h.config()
-        },
-        KafkaConnection::new(h.bootstrap.clone()),
-    )
-    .await
-    .expect("engine starts");
+        })
+        .await;
     let mut session = Session::new();
-    for sql in [
-        "SET 'auto.offset.reset'='earliest';",
-        "CREATE STREAM orders (id STRING KEY, item STRING) \
-         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
-        "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
-         WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
-    ] {
+    for sql in ORDERS_AND_SHIPMENTS {
         run(&engine, &mut session, sql).await;
     }
     create_query(
