@@ -194,16 +194,8 @@ impl Engine {
     /// Stops what is left of failed query `id` and starts it again, under the command lock.
     async fn restart_query(&self, id: &str) {
         let _guard = self.inner.command_lock.lock().await;
-        let failed = self
-            .inner
-            .queries
-            .lock()
-            .ok()
-            .and_then(|mut q| q.remove(id));
-        if let Some(failed) = failed {
-            // Its failed part has ended; this stops the rest (join steps, repartitioning).
-            failed.stop().await;
-        }
+        // Its failed part has ended; this stops the rest (join steps, repartitioning).
+        self.stop_persistent_query(id).await;
         let Some(info) = self.catalog().queries().find(|q| q.id == id).cloned() else {
             // Terminated or dropped meanwhile.
             if let Ok(mut restarts) = self.inner.restarts.lock() {

@@ -1158,17 +1158,12 @@ async fn an_aggregation_in_its_join_task_counts_each_pair_once() {
     let query_id = {
         let engine = h.engine().await;
         let mut session = Session::new();
-        for sql in [
-            "SET 'auto.offset.reset'='earliest';",
-            "CREATE STREAM orders (id STRING KEY, item STRING) \
-             WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=1);",
-            "CREATE STREAM shipments (shipment_id STRING KEY, order_id STRING, carrier STRING) \
-             WITH (KAFKA_TOPIC='shipments', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        for sql in ORDERS_AND_SHIPMENTS.into_iter().chain([
             "INSERT INTO orders (id, item) VALUES ('o1', 'apple');",
             "INSERT INTO orders (id, item) VALUES ('o2', 'pear');",
             "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s1', 'o1', 'dhl');",
             "INSERT INTO shipments (shipment_id, order_id, carrier) VALUES ('s2', 'o2', 'ups');",
-        ] {
+        ]) {
             run(&engine, &mut session, sql).await;
         }
         let query_id = create_query(
