@@ -48,7 +48,7 @@ pub(crate) struct EngineInner {
     pub(crate) state: eddy_state::StateStore,
     /// Table name → the materialization a running query keeps of it, for pull queries. Never held
     /// across `.await`.
-    pub(crate) views: Mutex<HashMap<String, Arc<eddy_runtime::MaterializedView>>>,
+    pub(crate) views: Mutex<HashMap<String, Arc<dyn eddy_runtime::PullView>>>,
     /// Where ended push queries go to be cleaned up (see `crate::transient`).
     pub(crate) janitor: Janitor,
     janitor_task: Mutex<Option<JoinHandle<()>>>,
@@ -569,7 +569,7 @@ impl Engine {
             self.start_aggregation(query_id, plan, sink, resets[0], rekeys_in_task)
                 .await?
         } else {
-            self.start_stateless(query_id, plan, sink, resets, None)
+            self.start_stateless(query_id, plan, sink, resets, None, true)
                 .await?
         };
         Ok(with_upstreams(handle, upstream, writers))
@@ -623,6 +623,7 @@ impl Engine {
                     &step.output,
                     resets,
                     transient.as_deref_mut(),
+                    false,
                 )
                 .await?;
             upstream = Some(with_upstreams(handle, upstream, writers));
@@ -995,7 +996,8 @@ impl Engine {
 
     /// Starts a query without aggregation that writes `sink`. With `transient`, it is a join
     /// step of a push query: it neither subscribes nor commits, and its join state has no
-    /// changelog and a store of the push query's.
+    /// changelog and a store of the push query's. With `materialize`, a persistent join of two
+    /// tables keeps the table's rows for pull queries (`JoinedTableView`).
     async fn start_stateless(
         &self,
         query_id: &str,
@@ -1003,10 +1005,11 @@ impl Engine {
         sink: &Source,
         [offset_reset, right_reset]: [OffsetReset; 2],
         transient: Option<&mut TransientResources>,
+        materialize: bool,
     ) -> Result<QueryHandle, EngineError> {
         let generator = plan.source.generator.clone();
         let persistent = transient.is_none();
-        let join = if persistent {
+        let mut join = if persistent {
             self.join_spec(
                 &plan,
                 &crate::materialize::join_store_name(query_id),
@@ -1024,6 +1027,28 @@ impl Engine {
             )
             .await?
         };
+        let plan = Arc::new(plan);
+        let view = match join.as_mut() {
+            Some(join)
+                if materialize
+                    && persistent
+                    && sink.kind == eddy_catalog::SourceKind::Table
+                    && join.left.is_some() =>
+            {
+                let store = self
+                    .inner
+                    .state
+                    .store(&crate::materialize::joined_rows_store_name(query_id))
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                let view = Arc::new(eddy_runtime::JoinedTableView::new(
+                    Arc::clone(&plan),
+                    store,
+                )?);
+                join.view = Some(Arc::clone(&view));
+                Some(view)
+            }
+            _ => None,
+        };
         let spec = QuerySpec {
             query_id: query_id.to_owned(),
             group_id: self.inner.config.query_group_id(query_id),
@@ -1039,7 +1064,7 @@ impl Engine {
                 layout: crate::layout::sink_layout(sink, &plan)?,
                 partitions: sink.partitions,
             },
-            plan: Arc::new(plan),
+            plan,
             state: None,
             single_task: false,
             upsert: None,
@@ -1051,7 +1076,15 @@ impl Engine {
             connection: self.inner.connection.clone(),
             processing_log: self.inner.processing_log.clone(),
         };
-        Ok(start_query(spec).await?)
+        let handle = start_query(spec).await?;
+        if let Some(view) = view {
+            self.inner
+                .views
+                .lock()
+                .map_err(|_| poisoned())?
+                .insert(sink.name.clone(), view);
+        }
+        Ok(handle)
     }
 
     /// Stops a persistent query on this server, committing its progress.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use eddy_catalog::{Source, SourceKind};
 use eddy_planner::StreamingPlan;
 use eddy_runtime::{
-    JoinedAggregation, MaterializedView, OffsetReset, QueryHandle, QuerySpec, SinkSpec, StateSpec,
-    UpsertSpec, start_query,
+    JoinedAggregation, MaterializedView, OffsetReset, PullView, QueryHandle, QuerySpec, SinkSpec,
+    StateSpec, UpsertSpec, start_query,
 };
 use tracing::info;
 
@@ -474,7 +474,7 @@ impl Engine {
             .views
             .lock()
             .map_err(|_| poisoned())?
-            .insert(sink.name.clone(), Arc::new(view));
+            .insert(sink.name.clone(), Arc::new(view) as Arc<dyn PullView>);
         Ok(())
     }
 
@@ -496,6 +496,7 @@ impl Engine {
             upsert_store_name(query_id),
             join_store_name(query_id),
             format!("{}-left", join_store_name(query_id)),
+            joined_rows_store_name(query_id),
         ]
         .into_iter()
         .chain(steps)
@@ -559,6 +560,7 @@ impl Engine {
             left,
             right_stream,
             changelog_topic,
+            view: None,
         }))
     }
 
@@ -570,7 +572,7 @@ impl Engine {
     }
 
     /// The materialization of `table` on this server, if a running query keeps one.
-    pub(crate) fn view(&self, table: &str) -> Option<Arc<MaterializedView>> {
+    pub(crate) fn view(&self, table: &str) -> Option<Arc<dyn PullView>> {
         self.inner.views.lock().ok()?.get(table).cloned()
     }
 }
@@ -584,4 +586,10 @@ pub(crate) fn upsert_store_name(query_id: &str) -> String {
 /// The store of a stream-table join query's table rows.
 pub(crate) fn join_store_name(query_id: &str) -> String {
     format!("{query_id}-join")
+}
+
+/// The store of the rows of a table that query `query_id` makes by joining two tables
+/// (`eddy_runtime::JoinedTableView`).
+pub(crate) fn joined_rows_store_name(query_id: &str) -> String {
+    format!("{query_id}-join-rows")
 }

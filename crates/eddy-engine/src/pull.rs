@@ -23,7 +23,7 @@ use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProvide
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use eddy_catalog::{ROWTIME, SourceKind};
-use eddy_runtime::MaterializedView;
+use eddy_runtime::PullView;
 use sqlparser::ast;
 
 use crate::engine::Engine;
@@ -378,7 +378,7 @@ fn pull_error(error: DataFusionError) -> EngineError {
 
 /// A materialized table as DataFusion sees it: its key and value columns, then `ROWTIME`.
 struct StateTable {
-    view: Arc<MaterializedView>,
+    view: Arc<dyn PullView>,
     schema: SchemaRef,
     /// Output columns of the view's plan, in table order.
     columns: Vec<usize>,
@@ -396,7 +396,7 @@ impl std::fmt::Debug for StateTable {
 }
 
 impl StateTable {
-    fn new(view: Arc<MaterializedView>, max_rows: usize) -> Result<Self, EngineError> {
+    fn new(view: Arc<dyn PullView>, max_rows: usize) -> Result<Self, EngineError> {
         let plan = view.plan();
         let mut columns: Vec<usize> = plan.key_columns.clone();
         columns.extend(&plan.value_columns);

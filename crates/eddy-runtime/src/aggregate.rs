@@ -378,6 +378,28 @@ impl MaterializedView {
     }
 }
 
+impl crate::table_view::PullView for MaterializedView {
+    fn plan(&self) -> &Arc<StreamingPlan> {
+        MaterializedView::plan(self)
+    }
+
+    fn store(&self) -> &Store {
+        MaterializedView::store(self)
+    }
+
+    fn window(&self) -> Option<&WindowSpec> {
+        MaterializedView::window(self)
+    }
+
+    fn encode_keys(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>, QueryError> {
+        MaterializedView::encode_keys(self, columns)
+    }
+
+    fn rows(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<RecordBatch, QueryError> {
+        MaterializedView::rows(self, entries)
+    }
+}
+
 /// Output rows of a set of groups.
 struct Evaluated {
     /// The rows that could be computed, in the plan's output schema.

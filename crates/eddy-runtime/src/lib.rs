@@ -22,6 +22,7 @@ mod print;
 mod processing_log;
 mod query;
 mod stream_join;
+mod table_view;
 mod upsert;
 mod window;
 
@@ -36,4 +37,5 @@ pub use query::{
     QuerySpec, QueryStatus, SinkSpec, start_query,
 };
 pub use stream_join::{MAX_JOIN_INDEX_ENTRIES_PER_ROUND, RightStreamSpec};
+pub use table_view::{JoinedTableView, PullView};
 pub use upsert::UpsertSpec;

@@ -534,7 +534,11 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     let query_progress = QueryProgress {
         topic: spec.source_topic.clone(),
         group_id: spec.group_id.clone(),
-        stateful: spec.state.is_some() || spec.aggregate_joined.is_some(),
+        // A join of tables keeping its rows for pull queries may be rebuilding them from the
+        // beginning of its inputs, whatever the group committed.
+        stateful: spec.state.is_some()
+            || spec.aggregate_joined.is_some()
+            || spec.join.as_ref().is_some_and(|join| join.view.is_some()),
         partitions: Arc::clone(&progress),
     };
     let right_progress = match (&spec.join, reports_right_progress(&spec)) {
@@ -1725,6 +1729,7 @@ impl PartitionTask {
                 spec.config.batch_limits(),
             )
         };
+        self.prepare_table_view(&[self.partition], &[self.partition])?;
         let mut left = open(true)?;
         let mut right = open(false)?;
         // A side read again from its beginning (its local state is gone) does not know which
@@ -1786,6 +1791,8 @@ impl PartitionTask {
         ) -> Result<Vec<(RecordBatch, RecordBatch)>, QueryError>,
     ) -> Result<bool, QueryError> {
         let spec = &self.spec;
+        let view = spec.join.as_ref().and_then(|join| join.view.as_deref());
+        let mut view_value = Vec::new();
         let high = side.high_watermark(&spec.connection).await?;
         loop {
             if receiver.is_closed() {
@@ -1802,6 +1809,7 @@ impl PartitionTask {
                 .prepare(&raw, &spec.processing_log, &spec.query_id)
                 .await?;
             if !prepared.changes.is_empty() {
+                let mut view_batch = eddy_state::StoreBatch::new();
                 for (rows, tombstones) in output(side, &mut prepared)? {
                     if !self
                         .deliver(&rows, Some(&tombstones), encoder.as_mut(), encoded)
@@ -1809,11 +1817,41 @@ impl PartitionTask {
                     {
                         return Ok(false);
                     }
+                    if let Some(view) = view {
+                        view.stage(&rows, &tombstones, &mut view_batch, &mut view_value)?;
+                    }
+                }
+                // The table's rows before the state that made them: a crash between the two
+                // makes the same rows again.
+                if let Some(view) = view {
+                    view.write(self.partition, view_batch)?;
                 }
             }
             side.write(prepared.batch)?;
         }
         Ok(true)
+    }
+
+    /// Makes partition p of a joined table's view ready before the task opens its sides (see
+    /// `JoinedTableView::prepare_partition`): without it, the sides' partitions (`sides`: store
+    /// partitions of the left and right stores) are cleared, to be read again from the start.
+    fn prepare_table_view(&self, left: &[i32], right: &[i32]) -> Result<(), QueryError> {
+        let Some(join) = self.spec.join.as_ref() else {
+            return Ok(());
+        };
+        let (Some(view), Some((_, _, left_store))) = (join.view.as_deref(), join.left.as_ref())
+        else {
+            return Ok(());
+        };
+        let sides = [(left_store, left.to_vec()), (&join.store, right.to_vec())];
+        if view.prepare_partition(self.partition, &sides)? {
+            info!(
+                query = self.spec.query_id,
+                partition = self.partition,
+                "the joined table's rows are not stored here: reading both tables from the beginning"
+            );
+        }
+        Ok(())
     }
 
     /// Whether the query's output topic has records already (a push query's has none).
@@ -1860,14 +1898,6 @@ impl PartitionTask {
             ));
         };
         let limits = spec.config.batch_limits();
-        let mut left = TableSide::open_left(
-            join_spec,
-            join,
-            self.partition,
-            &spec.group_id,
-            &spec.connection,
-            limits,
-        )?;
         let right_partitions = spec
             .connection
             .topic(&join_spec.table_topic)
@@ -1876,6 +1906,22 @@ impl PartitionTask {
             .ok_or_else(|| KafkaError::UnknownTopic {
                 topic: join_spec.table_topic.clone(),
             })?;
+        let copy_partitions = (0..right_partitions)
+            .filter_map(|right| {
+                i32::try_from(i64::from(self.partition) * i64::from(right_partitions))
+                    .ok()?
+                    .checked_add(right)
+            })
+            .collect::<Vec<_>>();
+        self.prepare_table_view(&[self.partition], &copy_partitions)?;
+        let mut left = TableSide::open_left(
+            join_spec,
+            join,
+            self.partition,
+            &spec.group_id,
+            &spec.connection,
+            limits,
+        )?;
         let mut copies = (0..right_partitions)
             .map(|right| {
                 TableSide::open_copy(

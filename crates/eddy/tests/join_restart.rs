@@ -72,6 +72,8 @@ SELECT user_id, page, name FROM enriched WHERE page = '/b' EMIT CHANGES LIMIT 1;
 SELECT user_id, page, amount FROM paid_clicks WHERE page = '/a' AND amount = 7 EMIT CHANGES LIMIT 1;
 SELECT visit_id, name FROM visit_names WHERE visit_id = 'v2' EMIT CHANGES LIMIT 1;
 SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
+SET 'eddy.read_your_writes'='true';
+SELECT id || '/pulled', name, amount FROM user_balances;
 ",
     )
     .await;
@@ -92,6 +94,52 @@ SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
         has_row(&stdout, &["u1", "/a", "7"]),
         "after restart\n{context}"
     );
+    // The table-table join keeps its rows for pull queries.
+    assert!(
+        has_row(&stdout, &["u1/pulled", "ann-2", "10"]),
+        "after restart\n{context}"
+    );
+    assert!(
+        has_row(&stdout, &["u2/pulled", "bob", "20"]),
+        "after restart\n{context}"
+    );
+
+    // The joined rows' store alone is gone (lost, or a server from before joined tables kept
+    // their rows): the join reads both tables again, and the pull query waits for it.
+    {
+        let state = eddy_state::StateStore::open(
+            &data_dir.join("state"),
+            &eddy_state::StateConfig::default(),
+        )
+        .expect("the stopped server's state opens");
+        let rows_stores: Vec<String> = state
+            .store_names()
+            .into_iter()
+            .filter(|name| name.ends_with("-join-rows"))
+            .collect();
+        assert_eq!(rows_stores.len(), 1, "stores: {:?}", state.store_names());
+        state
+            .drop_store(&rows_stores[0])
+            .expect("the joined rows' store is deleted");
+    }
+    let (stdout, stderr) = run_statements(
+        &bootstrap,
+        &data_dir,
+        SERVICE_ID,
+        "SET 'eddy.read_your_writes'='true';
+SELECT id || '/rebuilt', name, amount FROM user_balances;
+",
+    )
+    .await;
+    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        has_row(&stdout, &["u1/rebuilt", "ann-2", "10"]),
+        "after losing the joined rows\n{context}"
+    );
+    assert!(
+        has_row(&stdout, &["u2/rebuilt", "bob", "20"]),
+        "after losing the joined rows\n{context}"
+    );
 
     // Without local state, the table sides are read again from their topics: the next stream
     // records still find their rows, and the table-table join still knows u1 and u2; the
@@ -110,6 +158,8 @@ SELECT user_id, page, amount FROM paid_clicks WHERE page = '/a' AND amount = 11 
 SELECT user_id, page, name FROM enriched WHERE page = '/c' EMIT CHANGES LIMIT 1;
 SELECT visit_id, name FROM visit_names WHERE visit_id = 'v3' EMIT CHANGES LIMIT 1;
 SELECT id, name, amount FROM user_balances WHERE id = 'u1' AND amount IS NULL EMIT CHANGES LIMIT 1;
+SET 'eddy.read_your_writes'='true';
+SELECT id || '/after', name, amount FROM user_balances;
 ",
     )
     .await;
@@ -130,5 +180,13 @@ SELECT id, name, amount FROM user_balances WHERE id = 'u1' AND amount IS NULL EM
     assert!(
         has_row(&stdout, &["u1", "NULL", "NULL"]),
         "after losing state\n{context}"
+    );
+    assert!(
+        has_row(&stdout, &["u2/after", "bob", "20"]),
+        "after losing state\n{context}"
+    );
+    assert!(
+        !stdout.contains("u1/after"),
+        "u1's joined row is deleted\n{context}"
     );
 }
