@@ -214,8 +214,8 @@ pub struct QueryHandle {
     cancel: CancellationToken,
     driver: Option<JoinHandle<()>>,
     progress: QueryProgress,
-    /// The right side's progress of a join that reads that side partition by partition itself
-    /// (two streams, two tables on their keys): a record written there changes the output too.
+    /// The right side's progress of a join that reads that side itself (two streams, two
+    /// tables): a record written there changes the output too.
     right_progress: Option<QueryProgress>,
     /// Queries that feed this one (the repartitioning half of an aggregation), owned by it.
     upstream: Vec<QueryHandle>,
@@ -325,23 +325,38 @@ impl Drop for QueryHandle {
 /// output has been acknowledged.
 type Progress = Arc<AtomicI64>;
 
+/// How far the partition tasks of a join that reads its right side itself got there, by (task
+/// partition, right partition): task p of a foreign-key join reads every right partition (into
+/// copies of its own), task p of any other join right partition p.
+type RightProgress = Arc<Mutex<HashMap<(i32, i32), Progress>>>;
+
 /// Where a query's partition tasks publish how far they got, per partition: in its source topic,
 /// and in the right side of a join that reads that side itself.
 #[derive(Clone, Default)]
 struct ProgressRegistry {
     source: Arc<Mutex<HashMap<i32, Progress>>>,
-    right: Arc<Mutex<HashMap<i32, Progress>>>,
+    right: RightProgress,
 }
 
 impl ProgressRegistry {
-    /// Forgets a partition the query no longer has.
+    /// Forgets a partition the query no longer has, and its task's right-side progress.
     fn remove(&self, partition: i32) {
-        for registry in [&self.source, &self.right] {
-            if let Ok(mut registry) = registry.lock() {
-                registry.remove(&partition);
-            }
+        if let Ok(mut registry) = self.source.lock() {
+            registry.remove(&partition);
+        }
+        if let Ok(mut registry) = self.right.lock() {
+            registry.retain(|(task, _), _| *task != partition);
         }
     }
+}
+
+/// Where a [`QueryProgress`] reads its partitions' progress.
+#[derive(Clone)]
+enum ProgressSource {
+    /// One task per partition of the topic.
+    Partitions(Arc<Mutex<HashMap<i32, Progress>>>),
+    /// A join's right side: a partition counts as far as the task that is furthest behind in it.
+    Right(RightProgress),
 }
 
 /// A read-only view of how far a query has processed each partition of its source topic.
@@ -355,18 +370,36 @@ pub struct QueryProgress {
     /// True for an aggregation: its progress is set once its state is restored, and committed
     /// offsets say nothing about a state still being restored.
     pub stateful: bool,
-    partitions: Arc<Mutex<HashMap<i32, Progress>>>,
+    partitions: ProgressSource,
 }
 
 impl QueryProgress {
     /// The next offset of `partition` whose effects are visible (output acknowledged, state
     /// written); `None` before the query has processed anything there.
     pub fn processed(&self, partition: i32) -> Option<i64> {
-        let partitions = self.partitions.lock().ok()?;
-        partitions
-            .get(&partition)
-            .map(|p| p.load(Ordering::Acquire))
-            .filter(|next| *next >= 0)
+        match &self.partitions {
+            ProgressSource::Partitions(partitions) => partitions
+                .lock()
+                .ok()?
+                .get(&partition)
+                .map(|p| p.load(Ordering::Acquire))
+                .filter(|next| *next >= 0),
+            ProgressSource::Right(tasks) => {
+                let tasks = tasks.lock().ok()?;
+                let mut slowest: Option<i64> = None;
+                for ((_, right), progress) in tasks.iter() {
+                    if *right != partition {
+                        continue;
+                    }
+                    let next = progress.load(Ordering::Acquire);
+                    if next < 0 {
+                        return None;
+                    }
+                    slowest = Some(slowest.map_or(next, |s| s.min(next)));
+                }
+                slowest
+            }
+        }
     }
 }
 
@@ -539,7 +572,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         stateful: spec.state.is_some()
             || spec.aggregate_joined.is_some()
             || spec.join.as_ref().is_some_and(|join| join.view.is_some()),
-        partitions: Arc::clone(&progress),
+        partitions: ProgressSource::Partitions(Arc::clone(&progress)),
     };
     let right_progress = match (&spec.join, reports_right_progress(&spec)) {
         (Some(join), true) => Some(QueryProgress {
@@ -547,7 +580,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             group_id: spec.group_id.clone(),
             // The group commits no offset of this side: only what the tasks report counts.
             stateful: true,
-            partitions: Arc::clone(&registry.right),
+            partitions: ProgressSource::Right(Arc::clone(&registry.right)),
         }),
         _ => None,
     };
@@ -583,7 +616,7 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
         topic: String::new(),
         group_id: spec.group_id.clone(),
         stateful: spec.state.is_some(),
-        partitions: Arc::clone(&registry.source),
+        partitions: ProgressSource::Partitions(Arc::clone(&registry.source)),
     };
     let driver = tokio::spawn(run_generated(
         Arc::new(spec),
@@ -847,17 +880,21 @@ impl Driver {
     }
 }
 
-/// A join whose partition task p reads partition p of its right side itself and reports how far
-/// it got there: a join of two streams, or of two tables on their keys (a foreign-key join reads
-/// every partition of its right table in every task).
+/// A join whose partition tasks read its right side themselves and report how far they got
+/// there: a join of two streams or of two tables (task p reads right partition p, or, in a
+/// foreign-key join, every right partition).
 fn reports_right_progress(spec: &QuerySpec) -> bool {
-    spec.plan.join.as_ref().is_some_and(|join| {
-        join.stream_join.is_some()
-            || join
-                .left_table
-                .as_ref()
-                .is_some_and(|left| !left.foreign_key)
-    })
+    reads_both_sides(spec)
+}
+
+/// A join of two tables whose task p reads every partition of the right table (a foreign-key
+/// join, or a join on keys of tables partitioned differently): it reports its progress in each.
+fn reads_every_right_partition(spec: &QuerySpec) -> bool {
+    spec.plan
+        .join
+        .as_ref()
+        .and_then(|join| join.left_table.as_ref())
+        .is_some_and(|left| left.foreign_key)
 }
 
 /// A join of two tables or two streams: its partition tasks read both sides with readers of
@@ -910,19 +947,21 @@ fn worker_for<'a>(
         let (sender, receiver) = mpsc::channel(spec.config.partition_queue_batches.max(1));
         let progress: Progress = Arc::new(AtomicI64::new(-1));
         let right_progress: Progress = Arc::new(AtomicI64::new(-1));
-        for (registry, progress) in [
-            (&registry.source, &progress),
-            (&registry.right, &right_progress),
-        ] {
-            if let Ok(mut registry) = registry.lock() {
-                registry.insert(partition, Arc::clone(progress));
-            }
+        if let Ok(mut registry) = registry.source.lock() {
+            registry.insert(partition, Arc::clone(&progress));
+        }
+        // A task that reads every right partition registers its progress in each itself.
+        if !reads_every_right_partition(spec)
+            && let Ok(mut registry) = registry.right.lock()
+        {
+            registry.insert((partition, partition), Arc::clone(&right_progress));
         }
         let task = PartitionTask {
             spec: Arc::clone(spec),
             partition,
             progress: Arc::clone(&progress),
             right_progress,
+            right_registry: Arc::clone(&registry.right),
             metrics: Arc::clone(metrics),
         };
         tasks.spawn(task.run(receiver));
@@ -945,6 +984,8 @@ struct PartitionTask {
     /// The right side's next offset to process, for a join that reports it (see
     /// `reports_right_progress`).
     right_progress: Progress,
+    /// Where a task that reads every right partition reports its progress in each.
+    right_registry: RightProgress,
     metrics: Arc<QueryMetrics>,
 }
 
@@ -1934,6 +1975,17 @@ impl PartitionTask {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // What each copy holds is processed, though no round may come soon; the copy of right
+        // partition q counts for q's read-your-writes once every task's copy has it.
+        let copy_progress: Vec<Progress> = copies
+            .iter()
+            .map(|copy| Arc::new(AtomicI64::new(copy.next_offset())))
+            .collect();
+        if let Ok(mut registry) = self.right_registry.lock() {
+            for (right, progress) in (0..right_partitions).zip(&copy_progress) {
+                registry.insert((self.partition, right), Arc::clone(progress));
+            }
+        }
         // As for a primary-key join: a side read again from its beginning does not know which
         // keys joined before, so every key that does not join gets a tombstone until caught up.
         let mut retract_unknown = !(left.restored() && copies.iter().all(TableSide::restored))
@@ -1992,6 +2044,9 @@ impl PartitionTask {
             // is this task's own reader's.
             self.progress
                 .fetch_max(left.next_offset(), Ordering::AcqRel);
+            for (copy, progress) in copies.iter().zip(&copy_progress) {
+                progress.fetch_max(copy.next_offset(), Ordering::AcqRel);
+            }
         }
     }
 
