@@ -349,6 +349,11 @@ pub struct StreamingPlan {
     pub output_schema: SchemaRef,
     /// Output columns written to the record key, in key order.
     pub key_columns: Vec<usize>,
+    /// For a query without join or aggregation whose key columns are the source's key columns
+    /// (selected as they are, or renamed): the source column (in [`Source::arrow_schema`]) each
+    /// key column comes from, in key order. Empty otherwise. A query over a table writes a
+    /// tombstone for a source row it filters out, keyed from these.
+    pub key_sources: Vec<usize>,
     /// Output columns written to the record value, in order.
     pub value_columns: Vec<usize>,
     /// Output column holding the event time of each output record.
@@ -891,6 +896,7 @@ impl Planner {
         })?;
 
         let mut key_columns = Vec::new();
+        let mut key_sources = Vec::new();
         let mut key_output_names = Vec::new();
         if let Some(aggregation) = &aggregation {
             let keys = key_columns_of_aggregate(&logical, aggregation.group_count)?;
@@ -943,7 +949,15 @@ impl Planner {
                     keys_seen.push(column.name.as_str());
                     key_columns.push(i);
                     key_output_names.push(output_schema.field(i).name().clone());
+                    if join.is_none()
+                        && let Ok(index) = source.arrow_schema().index_of(&column.name)
+                    {
+                        key_sources.push(index);
+                    }
                 }
+            }
+            if key_sources.len() != key_columns.len() {
+                key_sources.clear();
             }
         }
         if join
@@ -997,6 +1011,7 @@ impl Planner {
             origin_numbering,
             output_schema,
             key_columns,
+            key_sources,
             value_columns,
             rowtime_column,
             sink_columns,

@@ -22,6 +22,7 @@ mod print;
 mod processing_log;
 mod query;
 mod stream_join;
+mod table_changes;
 mod table_view;
 mod upsert;
 mod window;

@@ -1050,16 +1050,41 @@ impl PartitionTask {
         if spec.join.is_some() {
             return self.run_join(receiver, decoder, encoder, encoded).await;
         }
+        // A table written from a table: deleted and filtered-out rows become tombstones (push
+        // queries show every change as it comes instead).
+        let table_changes = match &spec.sink {
+            SinkSpec::Kafka { .. } => crate::table_changes::TableChanges::of(&spec.plan)?,
+            SinkSpec::Channel { .. } => None,
+        };
         let mut skipped = Vec::new();
+        let mut deleted_offsets = std::collections::HashSet::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
                 continue;
             };
             skipped.clear();
             let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
-            let output = self.process(batch, &mut skipped).await;
+            let (output, tombstones) = match &table_changes {
+                Some(changes) => {
+                    deleted_offsets.clear();
+                    deleted_offsets.extend(
+                        raw.offsets()
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| raw.value(*i).is_none())
+                            .map(|(_, offset)| *offset),
+                    );
+                    let (rows, deleted) = changes.last_changes(&batch, &deleted_offsets)?;
+                    let failed_from = skipped.len();
+                    let output = self.process(rows.clone(), &mut skipped).await;
+                    let tombstones =
+                        changes.tombstones(&rows, &output, &skipped[failed_from..], &deleted)?;
+                    (output, Some(tombstones))
+                }
+                None => (self.process(batch, &mut skipped).await, None),
+            };
             if !self
-                .deliver(&output, None, encoder.as_mut(), &mut encoded)
+                .deliver(&output, tombstones.as_ref(), encoder.as_mut(), &mut encoded)
                 .await?
             {
                 return Ok(()); // the client went away
