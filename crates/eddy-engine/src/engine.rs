@@ -982,6 +982,7 @@ impl Engine {
                 upsert: None,
                 join: None,
                 aggregate_joined: None,
+                rows_view: None,
                 generator: None,
                 offset_reset: resets[side],
                 config: config.clone(),
@@ -996,8 +997,8 @@ impl Engine {
 
     /// Starts a query without aggregation that writes `sink`. With `transient`, it is a join
     /// step of a push query: it neither subscribes nor commits, and its join state has no
-    /// changelog and a store of the push query's. With `materialize`, a persistent join of two
-    /// tables keeps the table's rows for pull queries (`JoinedTableView`).
+    /// changelog and a store of the push query's. With `materialize`, a persistent query that
+    /// writes a table from tables keeps the table's rows for pull queries (`RowsView`).
     async fn start_stateless(
         &self,
         query_id: &str,
@@ -1009,7 +1010,7 @@ impl Engine {
     ) -> Result<QueryHandle, EngineError> {
         let generator = plan.source.generator.clone();
         let persistent = transient.is_none();
-        let mut join = if persistent {
+        let join = if persistent {
             self.join_spec(
                 &plan,
                 &crate::materialize::join_store_name(query_id),
@@ -1028,26 +1029,22 @@ impl Engine {
             .await?
         };
         let plan = Arc::new(plan);
-        let view = match join.as_mut() {
-            Some(join)
-                if materialize
-                    && persistent
-                    && sink.kind == eddy_catalog::SourceKind::Table
-                    && join.left.is_some() =>
-            {
-                let store = self
-                    .inner
-                    .state
-                    .store(&crate::materialize::joined_rows_store_name(query_id))
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                let view = Arc::new(eddy_runtime::JoinedTableView::new(
-                    Arc::clone(&plan),
-                    store,
-                )?);
-                join.view = Some(Arc::clone(&view));
-                Some(view)
-            }
-            _ => None,
+        let view = if materialize
+            && persistent
+            && sink.kind == eddy_catalog::SourceKind::Table
+            && eddy_runtime::keeps_table_rows(&plan)
+        {
+            let store = self
+                .inner
+                .state
+                .store(&crate::materialize::rows_store_name(query_id))
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            Some(Arc::new(eddy_runtime::RowsView::new(
+                Arc::clone(&plan),
+                store,
+            )?))
+        } else {
+            None
         };
         let spec = QuerySpec {
             query_id: query_id.to_owned(),
@@ -1070,6 +1067,7 @@ impl Engine {
             upsert: None,
             join,
             aggregate_joined: None,
+            rows_view: view.clone(),
             generator,
             offset_reset,
             config: self.inner.config.clone(),

@@ -197,6 +197,7 @@ impl Engine {
             upsert: None,
             join,
             aggregate_joined: Some(Arc::new(joined)),
+            rows_view: None,
             generator: None,
             offset_reset: left_reset,
             config: config.clone(),
@@ -334,6 +335,7 @@ impl Engine {
                 upsert,
                 join: None,
                 aggregate_joined: None,
+                rows_view: None,
                 generator: view_plan.source.generator.clone(),
                 sink: sink_spec,
                 offset_reset,
@@ -408,6 +410,7 @@ impl Engine {
             upsert,
             join: None,
             aggregate_joined: None,
+            rows_view: None,
             generator: plan.source.generator.clone(),
             offset_reset,
             config: config.clone(),
@@ -430,6 +433,7 @@ impl Engine {
             upsert: None,
             join: None,
             aggregate_joined: None,
+            rows_view: None,
             generator: None,
             sink: sink_spec(&reader)?,
             // Everything written to the internal topic belongs to this query.
@@ -496,7 +500,7 @@ impl Engine {
             upsert_store_name(query_id),
             join_store_name(query_id),
             format!("{}-left", join_store_name(query_id)),
-            joined_rows_store_name(query_id),
+            rows_store_name(query_id),
         ]
         .into_iter()
         .chain(steps)
@@ -560,7 +564,6 @@ impl Engine {
             left,
             right_stream,
             changelog_topic,
-            view: None,
         }))
     }
 
@@ -588,8 +591,8 @@ pub(crate) fn join_store_name(query_id: &str) -> String {
     format!("{query_id}-join")
 }
 
-/// The store of the rows of a table that query `query_id` makes by joining two tables
-/// (`eddy_runtime::JoinedTableView`).
-pub(crate) fn joined_rows_store_name(query_id: &str) -> String {
-    format!("{query_id}-join-rows")
+/// The store of the rows of a table that query `query_id` makes from tables
+/// (`eddy_runtime::RowsView`).
+pub(crate) fn rows_store_name(query_id: &str) -> String {
+    format!("{query_id}-rows")
 }

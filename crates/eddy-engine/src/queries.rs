@@ -173,6 +173,7 @@ impl Engine {
             upsert,
             join,
             aggregate_joined: None,
+            rows_view: None,
             generator: plan.source.generator.clone(),
             state,
             plan: Arc::new(plan),

@@ -43,8 +43,6 @@ pub struct JoinSpec {
     /// Changelog of the store, for joins whose state is not a topic already (stream-stream
     /// joins of persistent queries); partition p holds partition p's entries.
     pub changelog_topic: Option<String>,
-    /// The output rows of a persistent join of two tables, kept for pull queries.
-    pub view: Option<Arc<crate::table_view::JoinedTableView>>,
 }
 
 /// Changes of one batch of table records, per key (last change wins), in first-seen order:

@@ -38,5 +38,5 @@ pub use query::{
     QuerySpec, QueryStatus, SinkSpec, start_query,
 };
 pub use stream_join::{MAX_JOIN_INDEX_ENTRIES_PER_ROUND, RightStreamSpec};
-pub use table_view::{JoinedTableView, PullView};
+pub use table_view::{PullView, RowsView, keeps_table_rows};
 pub use upsert::UpsertSpec;

@@ -135,6 +135,9 @@ pub struct QuerySpec {
     pub upsert: Option<UpsertSpec>,
     /// The joined table of a stream-table join (the plan has the join itself).
     pub join: Option<JoinSpec>,
+    /// The output rows of a persistent query that writes a table from tables (a join of two
+    /// tables, or a query over one table without join or aggregation), kept for pull queries.
+    pub rows_view: Option<Arc<crate::table_view::RowsView>>,
     /// The plan is a stream-stream join whose output rows this aggregation folds in the join's
     /// own task, instead of a join step writing them to a topic that the aggregation reads back;
     /// `sink` is then the aggregation's table.
@@ -571,7 +574,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         // beginning of its inputs, whatever the group committed.
         stateful: spec.state.is_some()
             || spec.aggregate_joined.is_some()
-            || spec.join.as_ref().is_some_and(|join| join.view.is_some()),
+            || spec.rows_view.is_some(),
         partitions: ProgressSource::Partitions(Arc::clone(&progress)),
     };
     let right_progress = match (&spec.join, reports_right_progress(&spec)) {
@@ -1056,8 +1059,20 @@ impl PartitionTask {
             SinkSpec::Kafka { .. } => crate::table_changes::TableChanges::of(&spec.plan)?,
             SinkSpec::Channel { .. } => None,
         };
+        // Such a table keeps its rows for pull queries: first, what its rows lack of what the
+        // group committed.
+        let rows_view = spec.rows_view.as_deref().zip(table_changes.as_ref());
+        if let Some((view, changes)) = rows_view {
+            self.fill_rows_view(view, changes, &mut decoder).await?;
+            // What the rows hold is processed, though no record may come soon (read-your-writes
+            // trusts no committed offset of a query that keeps rows).
+            if let Some(next) = view.next_source_offset(self.partition)? {
+                self.progress.fetch_max(next, Ordering::AcqRel);
+            }
+        }
         let mut skipped = Vec::new();
         let mut deleted_offsets = std::collections::HashSet::new();
+        let mut view_value = Vec::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
                 continue;
@@ -1066,19 +1081,9 @@ impl PartitionTask {
             let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
             let (output, tombstones) = match &table_changes {
                 Some(changes) => {
-                    deleted_offsets.clear();
-                    deleted_offsets.extend(
-                        raw.offsets()
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| raw.value(*i).is_none())
-                            .map(|(_, offset)| *offset),
-                    );
-                    let (rows, deleted) = changes.last_changes(&batch, &deleted_offsets)?;
-                    let failed_from = skipped.len();
-                    let output = self.process(rows.clone(), &mut skipped).await;
-                    let tombstones =
-                        changes.tombstones(&rows, &output, &skipped[failed_from..], &deleted)?;
+                    let (output, tombstones) = self
+                        .table_changes(changes, &raw, &batch, &mut deleted_offsets, &mut skipped)
+                        .await?;
                     (output, Some(tombstones))
                 }
                 None => (self.process(batch, &mut skipped).await, None),
@@ -1089,7 +1094,107 @@ impl PartitionTask {
             {
                 return Ok(()); // the client went away
             }
+            // The table's rows, with the offset they reach, before the progress says so.
+            if let (Some((view, _)), Some(tombstones)) = (rows_view, &tombstones) {
+                let mut view_batch = eddy_state::StoreBatch::new();
+                view.stage(&output, tombstones, &mut view_batch, &mut view_value)?;
+                view_batch.set_source_offset(last_offset + 1);
+                view.write(self.partition, view_batch)?;
+            }
             self.progress.store(last_offset + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The output rows and tombstones of a batch of a table's changes (see `TableChanges`).
+    async fn table_changes(
+        &self,
+        changes: &crate::table_changes::TableChanges,
+        raw: &RawBatch,
+        batch: &RecordBatch,
+        deleted_offsets: &mut std::collections::HashSet<i64>,
+        skipped: &mut Vec<(i32, i64)>,
+    ) -> Result<(RecordBatch, RecordBatch), QueryError> {
+        deleted_offsets.clear();
+        deleted_offsets.extend(
+            raw.offsets()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| raw.value(*i).is_none())
+                .map(|(_, offset)| *offset),
+        );
+        let (rows, deleted) = changes.last_changes(batch, deleted_offsets)?;
+        let failed_from = skipped.len();
+        let output = self.process(rows.clone(), skipped).await;
+        let tombstones = changes.tombstones(&rows, &output, &skipped[failed_from..], &deleted)?;
+        Ok((output, tombstones))
+    }
+
+    /// Brings partition p of a table's rows (`view`) up to the offset the query's group committed,
+    /// when they are behind it (lost, or from before the table kept its rows): reads the table
+    /// from the rows' own next offset (the beginning when they have none) into the view only,
+    /// since the output was sent then. A new query (nothing committed) has nothing to fill.
+    /// Malformed records and failing rows met again are reported again.
+    async fn fill_rows_view(
+        &self,
+        view: &crate::table_view::RowsView,
+        changes: &crate::table_changes::TableChanges,
+        decoder: &mut RecordDecoder,
+    ) -> Result<(), QueryError> {
+        let spec = &self.spec;
+        let partitions = spec
+            .connection
+            .topic(&spec.source_topic)
+            .await?
+            .map(|t| t.partitions)
+            .ok_or_else(|| KafkaError::UnknownTopic {
+                topic: spec.source_topic.clone(),
+            })?;
+        let committed = spec
+            .connection
+            .committed_offsets(&spec.group_id, &spec.source_topic, partitions)
+            .await?;
+        let Some(target) = usize::try_from(self.partition)
+            .ok()
+            .and_then(|p| committed.get(p).copied().flatten())
+        else {
+            return Ok(());
+        };
+        let from = view.next_source_offset(self.partition)?;
+        if from.is_some_and(|from| from >= target) {
+            return Ok(());
+        }
+        info!(
+            query = spec.query_id,
+            partition = self.partition,
+            from = from.unwrap_or(0),
+            to = target,
+            "the table's rows are behind the query: reading its input again into them"
+        );
+        let mut reader = PartitionReader::open(
+            &spec.connection,
+            &format!("{}-rows", spec.group_id),
+            &spec.source_topic,
+            self.partition,
+            from.map_or(Offset::Beginning, Offset::Offset),
+            spec.config.batch_limits(),
+        )?;
+        let mut skipped = Vec::new();
+        let mut deleted_offsets = std::collections::HashSet::new();
+        let mut value = Vec::new();
+        while let Some(raw) = reader.read_batch(target).await? {
+            let Some(&last_offset) = raw.offsets().last() else {
+                continue;
+            };
+            skipped.clear();
+            let batch = self.decode_input(decoder, &raw, &mut skipped).await?;
+            let (output, tombstones) = self
+                .table_changes(changes, &raw, &batch, &mut deleted_offsets, &mut skipped)
+                .await?;
+            let mut view_batch = eddy_state::StoreBatch::new();
+            view.stage(&output, &tombstones, &mut view_batch, &mut value)?;
+            view_batch.set_source_offset(last_offset + 1);
+            view.write(self.partition, view_batch)?;
         }
         Ok(())
     }
@@ -1857,7 +1962,7 @@ impl PartitionTask {
         ) -> Result<Vec<(RecordBatch, RecordBatch)>, QueryError>,
     ) -> Result<bool, QueryError> {
         let spec = &self.spec;
-        let view = spec.join.as_ref().and_then(|join| join.view.as_deref());
+        let view = spec.rows_view.as_deref();
         let mut view_value = Vec::new();
         let high = side.high_watermark(&spec.connection).await?;
         loop {
@@ -1899,13 +2004,14 @@ impl PartitionTask {
     }
 
     /// Makes partition p of a joined table's view ready before the task opens its sides (see
-    /// `JoinedTableView::prepare_partition`): without it, the sides' partitions (`sides`: store
+    /// `RowsView::prepare_partition`): without it, the sides' partitions (`sides`: store
     /// partitions of the left and right stores) are cleared, to be read again from the start.
     fn prepare_table_view(&self, left: &[i32], right: &[i32]) -> Result<(), QueryError> {
         let Some(join) = self.spec.join.as_ref() else {
             return Ok(());
         };
-        let (Some(view), Some((_, _, left_store))) = (join.view.as_deref(), join.left.as_ref())
+        let (Some(view), Some((_, _, left_store))) =
+            (self.spec.rows_view.as_deref(), join.left.as_ref())
         else {
             return Ok(());
         };

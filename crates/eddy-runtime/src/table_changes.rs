@@ -42,12 +42,7 @@ impl TableChanges {
     /// The table semantics of `plan`, if it reads a table without join or aggregation and keys
     /// its output by the table's key columns.
     pub(crate) fn of(plan: &Arc<StreamingPlan>) -> Result<Option<Self>, QueryError> {
-        if plan.source.kind != SourceKind::Table
-            || plan.join.is_some()
-            || plan.aggregation.is_some()
-            || plan.key_sources.is_empty()
-            || plan.key_sources.len() != plan.key_columns.len()
-        {
+        if !is_table_projection(plan) {
             return Ok(None);
         }
         let input_schema = plan.source.arrow_schema();
@@ -198,6 +193,16 @@ impl TableChanges {
             .map(|&i| Arc::clone(batch.column(i)))
             .collect()
     }
+}
+
+/// Whether `plan` reads a table without join or aggregation and keys its output by the table's
+/// key columns: its output is a table keyed like its input.
+pub(crate) fn is_table_projection(plan: &StreamingPlan) -> bool {
+    plan.source.kind == SourceKind::Table
+        && plan.join.is_none()
+        && plan.aggregation.is_none()
+        && !plan.key_sources.is_empty()
+        && plan.key_sources.len() == plan.key_columns.len()
 }
 
 fn internal(error: impl std::fmt::Display) -> QueryError {

@@ -1,16 +1,20 @@
 //! What pull queries read: the current rows of a materialized table, in a RocksDB store.
 //!
 //! Two kinds of tables keep such a store. An aggregation's store holds each group's state, from
-//! which [`MaterializedView`](crate::MaterializedView) computes the rows. A join of two tables
-//! (`CREATE TABLE ... AS SELECT ... FROM t1 JOIN t2 ...`) keeps its output rows themselves in a
-//! [`JoinedTableView`]: the join's task writes every row and tombstone it sends to the table's
-//! topic into the store (partition = the task's partition) before it writes the side state that
-//! produced them, so the store is the compaction of what the task wrote, and as current as the
-//! join's progress, which read-your-writes waits on.
+//! which [`MaterializedView`](crate::MaterializedView) computes the rows. A table made from
+//! tables without aggregation (see [`keeps_table_rows`]) keeps its output rows themselves in a
+//! [`RowsView`]: the query's task writes every row and tombstone it sends to the table's topic
+//! into the store (partition = the task's partition), so the store is the compaction of what the
+//! task wrote, and as current as the query's progress, which read-your-writes waits on.
 //!
-//! A store whose partition was never written, or was lost, makes the join's task read both
-//! tables again from their beginnings (see [`JoinedTableView::prepare_partition`]): the joined
-//! rows cannot be told apart from the outputs without them.
+//! - A join of two tables writes the rows after sending them and before the side state that
+//!   produced them. A partition without the view's mark (never written, or lost) makes the task
+//!   read both tables again from their beginnings ([`RowsView::prepare_partition`]).
+//! - A query over one table (`CREATE TABLE t2 AS SELECT ... FROM t1 [WHERE ...]`) writes the rows
+//!   with its next source offset in the same write batch, after sending them and before its
+//!   progress. At start, a partition whose rows are behind what the query's group committed (lost,
+//!   or from before such tables were materialized) reads the table from there up to the committed
+//!   offset into the view only: nothing is sent again.
 
 use std::sync::Arc;
 
@@ -43,34 +47,44 @@ pub trait PullView: Send + Sync {
     fn rows(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<RecordBatch, QueryError>;
 }
 
-/// First byte of a stored joined row: the version of its encoding.
+/// Whether a persistent query with `plan` that writes a table keeps that table's rows in a
+/// [`RowsView`]: a join of two tables, or a query over one table without join or aggregation
+/// keyed by the table's key.
+pub fn keeps_table_rows(plan: &StreamingPlan) -> bool {
+    plan.join
+        .as_ref()
+        .is_some_and(|join| join.left_table.is_some())
+        || crate::table_changes::is_table_projection(plan)
+}
+
+/// First byte of a stored row: the version of its encoding.
 const ROW_FORMAT_VERSION: u8 = 1;
 
-/// The rows of a table made by joining two tables: output key (arrow-row bytes of the key
-/// columns) → the whole output row (a version byte, then arrow-row bytes of every output column).
-pub struct JoinedTableView {
+/// The rows of a table made from tables (see [`keeps_table_rows`]): output key (arrow-row bytes
+/// of the key columns) → the whole output row (a version byte, then arrow-row bytes of every
+/// output column).
+pub struct RowsView {
     plan: Arc<StreamingPlan>,
     store: Store,
     key_converter: RowConverter,
     row_converter: RowConverter,
 }
 
-impl std::fmt::Debug for JoinedTableView {
+impl std::fmt::Debug for RowsView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinedTableView")
+        f.debug_struct("RowsView")
             .field("store", &self.store.name())
             .finish()
     }
 }
 
-impl JoinedTableView {
-    /// The view of `plan`'s output rows (a join of two tables) in `store`.
+impl RowsView {
+    /// The view of `plan`'s output rows in `store`.
     pub fn new(plan: Arc<StreamingPlan>, store: Store) -> Result<Self, QueryError> {
         let schema = &plan.output_schema;
         let converter = |fields: Vec<SortField>| {
-            RowConverter::new(fields).map_err(|e| {
-                QueryError::Plan(format!("the joined table's rows cannot be stored: {e}"))
-            })
+            RowConverter::new(fields)
+                .map_err(|e| QueryError::Plan(format!("the table's rows cannot be stored: {e}")))
         };
         let key_converter = converter(
             plan.key_columns
@@ -121,7 +135,7 @@ impl JoinedTableView {
         Ok(true)
     }
 
-    /// Adds to `batch` the rows the join sends (`rows`, in the plan's output schema) and the
+    /// Adds to `batch` the rows the query sends (`rows`, in the plan's output schema) and the
     /// deletions of the keys it sends tombstones for (`tombstones`, same schema; only the key
     /// columns count), in that order, as the topic receives them.
     pub(crate) fn stage(
@@ -136,7 +150,7 @@ impl JoinedTableView {
             let values = self
                 .row_converter
                 .convert_columns(rows.columns())
-                .map_err(|e| QueryError::Internal(format!("joined row encoding: {e}")))?;
+                .map_err(|e| QueryError::Internal(format!("table row encoding: {e}")))?;
             for (key, row) in keys.iter().zip(values.iter()) {
                 value.clear();
                 value.push(ROW_FORMAT_VERSION);
@@ -150,6 +164,16 @@ impl JoinedTableView {
             }
         }
         Ok(())
+    }
+
+    /// The next source offset whose change partition `partition` does not hold (a view of a
+    /// query over one table); `None` when the partition was never written.
+    pub(crate) fn next_source_offset(&self, partition: i32) -> Result<Option<i64>, QueryError> {
+        Ok(self
+            .store
+            .checkpoint(partition)
+            .map_err(state)?
+            .source_offset)
     }
 
     /// Writes `batch` (from [`Self::stage`]) to partition `partition`.
@@ -169,11 +193,11 @@ impl JoinedTableView {
             .collect();
         self.key_converter
             .convert_columns(&columns)
-            .map_err(|e| QueryError::Internal(format!("joined row key encoding: {e}")))
+            .map_err(|e| QueryError::Internal(format!("table row key encoding: {e}")))
     }
 }
 
-impl PullView for JoinedTableView {
+impl PullView for RowsView {
     fn plan(&self) -> &Arc<StreamingPlan> {
         &self.plan
     }
@@ -190,7 +214,7 @@ impl PullView for JoinedTableView {
         let rows = self
             .key_converter
             .convert_columns(columns)
-            .map_err(|e| QueryError::Internal(format!("joined row key encoding: {e}")))?;
+            .map_err(|e| QueryError::Internal(format!("table row key encoding: {e}")))?;
         Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 
@@ -202,7 +226,7 @@ impl PullView for JoinedTableView {
                 Some((&ROW_FORMAT_VERSION, row)) => rows.push(parser.parse(row)),
                 _ => {
                     return Err(QueryError::Internal(format!(
-                        "stored joined row of {} has unknown format {}",
+                        "stored table row of {} has unknown format {}",
                         self.store.name(),
                         value.first().copied().unwrap_or(0)
                     )));
@@ -212,9 +236,9 @@ impl PullView for JoinedTableView {
         let columns = self
             .row_converter
             .convert_rows(rows)
-            .map_err(|e| QueryError::Internal(format!("joined row decoding: {e}")))?;
+            .map_err(|e| QueryError::Internal(format!("table row decoding: {e}")))?;
         RecordBatch::try_new(Arc::clone(&self.plan.output_schema), columns)
-            .map_err(|e| QueryError::Internal(format!("joined rows: {e}")))
+            .map_err(|e| QueryError::Internal(format!("table rows: {e}")))
     }
 }
 
@@ -311,7 +335,7 @@ mod tests {
         RecordBatch::try_new(Arc::clone(schema), columns).unwrap()
     }
 
-    fn stored(view: &JoinedTableView) -> String {
+    fn stored(view: &RowsView) -> String {
         let mut entries = Vec::new();
         for partition in view.store().partitions().unwrap() {
             for entry in view.store().scan(partition, None, None).unwrap() {
@@ -337,8 +361,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateStore::open(dir.path(), &StateConfig::default()).unwrap();
         let plan = users_with_balances().await;
-        let view =
-            JoinedTableView::new(Arc::clone(&plan), state.store("q-join-rows").unwrap()).unwrap();
+        let view = RowsView::new(Arc::clone(&plan), state.store("q-rows").unwrap()).unwrap();
         let none = output(&plan, &[]);
         let mut batch = StoreBatch::new();
         let mut value = Vec::new();
@@ -374,8 +397,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateStore::open(dir.path(), &StateConfig::default()).unwrap();
         let plan = users_with_balances().await;
-        let view =
-            JoinedTableView::new(Arc::clone(&plan), state.store("q-join-rows").unwrap()).unwrap();
+        let view = RowsView::new(Arc::clone(&plan), state.store("q-rows").unwrap()).unwrap();
         let left = state.store("q-join-left").unwrap();
         let right = state.store("q-join").unwrap();
         let side_state = |store: &Store, partition: i32| {

@@ -23,6 +23,7 @@ INSERT INTO balances (id, amount) VALUES ('u1', 10);
 CREATE STREAM enriched AS SELECT c.user_id, c.page, u.name FROM clicks c LEFT JOIN users u ON c.user_id = u.id;
 CREATE STREAM visit_names AS SELECT v.visit_id, v.user_id, u.name FROM visits v JOIN users u ON v.user_id = u.id;
 CREATE TABLE user_balances AS SELECT u.id, u.name, b.amount FROM users u JOIN balances b ON u.id = b.id;
+CREATE TABLE upper_names AS SELECT id, UCASE(name) AS name FROM users;
 CREATE STREAM paid_clicks AS SELECT c.user_id, c.page, p.amount FROM clicks c JOIN payments p WITHIN 1 HOUR ON c.user_id = p.user_id;
 INSERT INTO clicks (user_id, page) VALUES ('u1', '/a');
 INSERT INTO payments (user_id, amount) VALUES ('u1', 5);
@@ -74,6 +75,7 @@ SELECT visit_id, name FROM visit_names WHERE visit_id = 'v2' EMIT CHANGES LIMIT 
 SELECT id, name, amount FROM user_balances WHERE id = 'u2' EMIT CHANGES LIMIT 1;
 SET 'eddy.read_your_writes'='true';
 SELECT id || '/pulled', name, amount FROM user_balances;
+SELECT id || '/pulled', name FROM upper_names;
 ",
     )
     .await;
@@ -94,7 +96,11 @@ SELECT id || '/pulled', name, amount FROM user_balances;
         has_row(&stdout, &["u1", "/a", "7"]),
         "after restart\n{context}"
     );
-    // The table-table join keeps its rows for pull queries.
+    // The table-table join and the table from a table keep their rows for pull queries.
+    assert!(
+        has_row(&stdout, &["u1/pulled", "ANN-2"]),
+        "after restart\n{context}"
+    );
     assert!(
         has_row(&stdout, &["u1/pulled", "ann-2", "10"]),
         "after restart\n{context}"
@@ -104,8 +110,9 @@ SELECT id || '/pulled', name, amount FROM user_balances;
         "after restart\n{context}"
     );
 
-    // The joined rows' store alone is gone (lost, or a server from before joined tables kept
-    // their rows): the join reads both tables again, and the pull query waits for it.
+    // The rows' stores alone are gone (lost, or a server from before such tables kept their
+    // rows): the join reads both tables again, the other query its table up to what its group
+    // committed, and the pull queries wait for them.
     {
         let state = eddy_state::StateStore::open(
             &data_dir.join("state"),
@@ -115,12 +122,12 @@ SELECT id || '/pulled', name, amount FROM user_balances;
         let rows_stores: Vec<String> = state
             .store_names()
             .into_iter()
-            .filter(|name| name.ends_with("-join-rows"))
+            .filter(|name| name.ends_with("-rows"))
             .collect();
-        assert_eq!(rows_stores.len(), 1, "stores: {:?}", state.store_names());
-        state
-            .drop_store(&rows_stores[0])
-            .expect("the joined rows' store is deleted");
+        assert_eq!(rows_stores.len(), 2, "stores: {:?}", state.store_names());
+        for store in rows_stores {
+            state.drop_store(&store).expect("a rows store is deleted");
+        }
     }
     let (stdout, stderr) = run_statements(
         &bootstrap,
@@ -128,6 +135,7 @@ SELECT id || '/pulled', name, amount FROM user_balances;
         SERVICE_ID,
         "SET 'eddy.read_your_writes'='true';
 SELECT id || '/rebuilt', name, amount FROM user_balances;
+SELECT id || '/rebuilt', name FROM upper_names;
 ",
     )
     .await;
@@ -139,6 +147,10 @@ SELECT id || '/rebuilt', name, amount FROM user_balances;
     assert!(
         has_row(&stdout, &["u2/rebuilt", "bob", "20"]),
         "after losing the joined rows\n{context}"
+    );
+    assert!(
+        has_row(&stdout, &["u1/rebuilt", "ANN-2"]) && has_row(&stdout, &["u2/rebuilt", "BOB"]),
+        "after losing the rows of the table from a table\n{context}"
     );
 
     // Without local state, the table sides are read again from their topics: the next stream
