@@ -1123,7 +1123,18 @@ impl PartitionTask {
                 .filter(|(i, _)| raw.value(*i).is_none())
                 .map(|(_, offset)| *offset),
         );
-        let (rows, deleted) = changes.last_changes(batch, deleted_offsets)?;
+        let mut keyless = Vec::new();
+        let (rows, deleted) = changes.last_changes(batch, deleted_offsets, &mut keyless)?;
+        if !keyless.is_empty() {
+            let origins: Vec<(i32, i64)> = keyless.iter().map(|&o| (self.partition, o)).collect();
+            self.report_skipped_rows(
+                &origins,
+                ErrorKind::DeserializationError,
+                &self.spec.source_topic,
+                "a table record has no key: it changes no row and is skipped",
+            )
+            .await;
+        }
         let failed_from = skipped.len();
         let output = self.process(rows.clone(), skipped).await;
         let tombstones = changes.tombstones(&rows, &output, &skipped[failed_from..], &deleted)?;
@@ -1512,8 +1523,8 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// Counts and reports rows an aggregation skipped, by the (partition, offset) of the
-    /// `topic` records they came from.
+    /// Counts and reports rows a query skipped, by the (partition, offset) of the `topic`
+    /// records they came from.
     async fn report_skipped_rows(
         &self,
         origins: &[(i32, i64)],

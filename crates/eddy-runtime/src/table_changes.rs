@@ -8,7 +8,8 @@
 //! - a row that `WHERE` filters out gives a tombstone, as Kafka Streams' `KTable#filter` does:
 //!   the key may have had a row before, which no longer holds (a key that never had one gets a
 //!   harmless extra tombstone);
-//! - a row whose expressions fail is skipped and logged, as everywhere: its key keeps its row.
+//! - a row whose expressions fail is skipped and logged, as everywhere: its key keeps its row;
+//! - a record without a key (a NULL key column) changes no row: it is skipped and logged.
 //!
 //! Within a batch only each key's last change counts (as a table's changes per key do), so the
 //! rows and the tombstones sent for a batch concern distinct keys and their order does not
@@ -17,7 +18,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -81,11 +82,12 @@ impl TableChanges {
 
     /// Splits a decoded batch into the last change of each key, in input order: the rows to run
     /// through the query, and the deleted rows (offsets in `deleted_offsets`: records without a
-    /// value).
+    /// value). Records without a key are left out; their offsets are added to `keyless`.
     pub(crate) fn last_changes(
         &self,
         batch: &RecordBatch,
         deleted_offsets: &HashSet<i64>,
+        keyless: &mut Vec<i64>,
     ) -> Result<(RecordBatch, RecordBatch), QueryError> {
         let columns: Vec<ArrayRef> = self
             .input_key_columns
@@ -97,9 +99,14 @@ impl TableChanges {
             .convert_columns(&columns)
             .map_err(internal)?;
         let offsets = batch.column(self.offset_column).as_primitive::<Int64Type>();
+        let has_null_key = columns.iter().any(|c| c.null_count() > 0);
         let mut seen = HashSet::with_capacity(batch.num_rows());
         let (mut rows, mut deleted) = (Vec::new(), Vec::new());
         for i in (0..batch.num_rows()).rev() {
+            if has_null_key && columns.iter().any(|c| c.is_null(i)) {
+                keyless.push(offsets.value(i));
+                continue;
+            }
             if !seen.insert(keys.row(i)) {
                 continue;
             }
@@ -113,6 +120,7 @@ impl TableChanges {
             indices.reverse();
             take_record_batch(batch, &UInt32Array::from(indices)).map_err(internal)
         };
+        keyless.reverse();
         Ok((take(rows)?, take(deleted)?))
     }
 
@@ -324,7 +332,11 @@ mod tests {
             ("p5", Some(("eve", 25))), // passes now
         ]);
         let deleted_offsets = HashSet::from([3]);
-        let (rows, deleted) = changes.last_changes(&batch, &deleted_offsets).unwrap();
+        let mut keyless = Vec::new();
+        let (rows, deleted) = changes
+            .last_changes(&batch, &deleted_offsets, &mut keyless)
+            .unwrap();
+        assert!(keyless.is_empty());
         let offsets = |b: &RecordBatch| -> Vec<i64> {
             b.column(2).as_primitive::<Int64Type>().values().to_vec()
         };
@@ -353,6 +365,23 @@ mod tests {
             .tombstones(&rows, &without_p4, &[(0, 4)], &deleted)
             .unwrap();
         assert_eq!(keys(&plan, &tombstones), ["p1 deleted", "p3 deleted"]);
+    }
+
+    #[tokio::test]
+    async fn records_without_a_key_change_nothing() {
+        let plan = plan(r#"SELECT "ID", "NAME" FROM "PEOPLE""#).await;
+        let changes = TableChanges::of(&plan).unwrap().unwrap();
+        let batch = decoded(&[("p1", Some(("ann", 30))), ("p2", None)]);
+        let ids: ArrayRef = Arc::new(StringArray::from(vec![None, Some("p2")]));
+        let mut columns = batch.columns().to_vec();
+        columns[3] = ids;
+        let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        let mut keyless = Vec::new();
+        let (rows, deleted) = changes
+            .last_changes(&batch, &HashSet::from([1]), &mut keyless)
+            .unwrap();
+        assert_eq!((rows.num_rows(), deleted.num_rows()), (0, 1));
+        assert_eq!(keyless, [0]);
     }
 
     #[tokio::test]
