@@ -41,6 +41,12 @@ pub struct EngineConfig {
     pub push_query_max_rows: u64,
     /// How long a producer waits to fill a Kafka batch. Default 5 ms.
     pub producer_linger_ms: u64,
+    /// Whether the producer is idempotent (librdkafka's `enable.idempotence`): each partition's
+    /// records are written once and in the order sent, whatever the retries. Without it a retried
+    /// request can land after later ones, and a table's topic or a changelog then holds an older
+    /// row as a key's last. Turn it off only for a Kafka that refuses idempotent producers (an
+    /// ACL without `IDEMPOTENT_WRITE`, on Kafka before 2.8). Default true.
+    pub producer_idempotence: bool,
     /// Longest wait for a produced record to be acknowledged before the query reports a failure.
     /// Default 30000 ms.
     pub produce_timeout_ms: u64,
@@ -101,6 +107,7 @@ impl Default for EngineConfig {
             push_query_queue_batches: 16,
             push_query_max_rows: 0,
             producer_linger_ms: 5,
+            producer_idempotence: true,
             produce_timeout_ms: 30_000,
             kafka_request_timeout_ms: 30_000,
             processing_log_queue_records: 1024,
@@ -151,7 +158,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 26] = [
+        let settings: [(&str, String); 27] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -172,6 +179,10 @@ impl EngineConfig {
             ),
             ("push_query_max_rows", self.push_query_max_rows.to_string()),
             ("producer_linger_ms", self.producer_linger_ms.to_string()),
+            (
+                "producer_idempotence",
+                self.producer_idempotence.to_string(),
+            ),
             ("produce_timeout_ms", self.produce_timeout_ms.to_string()),
             (
                 "kafka_request_timeout_ms",
@@ -245,6 +256,11 @@ impl EngineConfig {
             n => Ok(n),
         };
         let size = |n: u64| usize::try_from(n).map_err(|_| invalid("a smaller whole number"));
+        let boolean = || match value.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(invalid("true or false")),
+        };
         let partitions = || {
             value
                 .trim()
@@ -269,6 +285,7 @@ impl EngineConfig {
             "push_query_queue_batches" => self.push_query_queue_batches = size(positive()?)?,
             "push_query_max_rows" => self.push_query_max_rows = count()?,
             "producer_linger_ms" => self.producer_linger_ms = count()?,
+            "producer_idempotence" => self.producer_idempotence = boolean()?,
             "produce_timeout_ms" => self.produce_timeout_ms = positive()?,
             "kafka_request_timeout_ms" => self.kafka_request_timeout_ms = positive()?,
             "processing_log_queue_records" => {
@@ -388,6 +405,8 @@ mod tests {
         let mut config = EngineConfig::default();
         config.set("eddy.max_batch_records", "8192").unwrap();
         config.set("max_batch_wait_ms", " 50 ").unwrap();
+        config.set("eddy.producer_idempotence", "FALSE").unwrap();
+        assert!(!config.producer_idempotence);
         config
             .apply_assignments(["eddy.commit_interval_ms = 250", "state_dir=/var/lib/eddy"])
             .unwrap();
@@ -445,6 +464,7 @@ mod tests {
         assert!(config.set("max_batch_wait_ms", "20ms").is_err());
         assert!(config.set("default_partitions", "-1").is_err());
         assert!(config.set("service_id", "").is_err());
+        assert!(config.set("producer_idempotence", "yes").is_err());
         assert!(config.apply_assignments(["max_batch_records"]).is_err());
         assert_eq!(
             config,

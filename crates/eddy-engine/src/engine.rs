@@ -13,7 +13,6 @@ use eddy_runtime::{
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -34,7 +33,8 @@ pub struct Engine {
 pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     pub(crate) connection: KafkaConnection,
-    pub(crate) producer: FutureProducer,
+    /// The producer every query and statement sends with (see `SharedProducer::get`).
+    pub(crate) producer: eddy_runtime::SharedProducer,
     pub(crate) planner: Planner,
     /// Never held across `.await`.
     pub(crate) catalog: RwLock<Catalog>,
@@ -82,7 +82,8 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         connection.request_timeout_ms = config.kafka_request_timeout_ms;
         connection.producer_linger_ms = config.producer_linger_ms;
-        let producer = connection.producer()?;
+        connection.producer_idempotence = config.producer_idempotence;
+        let producer = eddy_runtime::SharedProducer::new(connection.clone())?;
         let command_topic = config.command_topic();
         connection
             .create_topic(
@@ -96,8 +97,13 @@ impl Engine {
         connection
             .create_topic(&log_topic, 1, config.default_replicas, &[])
             .await?;
+        // The processing log's producer is its own and not idempotent: it never fails for good,
+        // and the order of its reports matters less than their arrival.
+        let mut log_connection = connection.clone();
+        log_connection.producer_idempotence = false;
+        let log_producer = log_connection.producer()?;
         let (processing_log, processing_log_task) = ProcessingLog::start(
-            producer.clone(),
+            log_producer,
             log_topic,
             config.processing_log_queue_records,
             config.processing_log_record_bytes,
@@ -402,7 +408,7 @@ impl Engine {
         self.inner
             .connection
             .produce_one(
-                &self.inner.producer,
+                &self.inner.producer.get()?,
                 &topic,
                 Some(0),
                 None,
@@ -972,7 +978,7 @@ impl Engine {
                 drop_tombstones: true,
                 sink: SinkSpec::Kafka {
                     topic: repartition_topic,
-                    producer: self.inner.producer.clone(),
+                    producer: self.inner.producer.get()?,
                     layout: crate::layout::sink_layout(&internal, &writer)?,
                     partitions: internal.partitions,
                 },
@@ -1057,7 +1063,7 @@ impl Engine {
             drop_tombstones: plan.source.kind == eddy_catalog::SourceKind::Stream,
             sink: SinkSpec::Kafka {
                 topic: self.physical_topic(sink),
-                producer: self.inner.producer.clone(),
+                producer: self.inner.producer.get()?,
                 layout: crate::layout::sink_layout(sink, &plan)?,
                 partitions: sink.partitions,
             },

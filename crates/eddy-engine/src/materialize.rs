@@ -187,7 +187,7 @@ impl Engine {
             drop_tombstones: true,
             sink: SinkSpec::Kafka {
                 topic: self.physical_topic(sink),
-                producer: self.inner.producer.clone(),
+                producer: self.inner.producer.get()?,
                 layout: sink_layout(sink, &view_plan)?,
                 partitions: sink.partitions,
             },
@@ -289,7 +289,7 @@ impl Engine {
         let sink_spec = |plan: &StreamingPlan| -> Result<SinkSpec, EngineError> {
             Ok(SinkSpec::Kafka {
                 topic: self.physical_topic(sink),
-                producer: self.inner.producer.clone(),
+                producer: self.inner.producer.get()?,
                 layout: sink_layout(sink, plan)?,
                 partitions: sink.partitions,
             })
@@ -400,7 +400,7 @@ impl Engine {
             drop_tombstones: true,
             sink: SinkSpec::Kafka {
                 topic: repartition_topic.clone(),
-                producer: self.inner.producer.clone(),
+                producer: self.inner.producer.get()?,
                 layout: sink_layout(&internal, &writer)?,
                 partitions: internal.partitions,
             },

@@ -290,7 +290,7 @@ impl Engine {
             .inner
             .connection
             .produce_one(
-                &self.inner.producer,
+                &self.inner.producer.get()?,
                 &row.topic,
                 None,
                 row.key.as_deref(),
@@ -312,7 +312,7 @@ impl Engine {
     ) -> Result<Option<RowDelivery>, EngineError> {
         let row = self.json_row_record(target, row_json)?;
         let sent = self.inner.connection.send_one(
-            &self.inner.producer,
+            &self.inner.producer.get()?,
             &row.topic,
             row.key.as_deref(),
             row.value.as_deref(),
@@ -416,7 +416,7 @@ impl Engine {
             .inner
             .connection
             .produce_one(
-                &self.inner.producer,
+                &self.inner.producer.get()?,
                 &topic,
                 None,
                 key.as_deref(),
@@ -447,7 +447,7 @@ impl Engine {
             .inner
             .connection
             .produce_one(
-                &self.inner.producer,
+                &self.inner.producer.get()?,
                 &physical,
                 partition,
                 key,

@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use thiserror::Error;
@@ -64,6 +64,9 @@ pub struct KafkaConnection {
     pub request_timeout_ms: u64,
     /// Producer `linger.ms`.
     pub producer_linger_ms: u64,
+    /// Producer `enable.idempotence`: each partition's records are written once and in order,
+    /// whatever the retries (without it, a retried request can land after later ones).
+    pub producer_idempotence: bool,
     /// Long-lived clients for watermark and committed-offset lookups, by consumer group (`""`
     /// for none): creating a client per lookup costs about 100 ms. Shared by clones.
     offset_clients: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
@@ -76,6 +79,7 @@ impl std::fmt::Debug for KafkaConnection {
             .field("properties", &self.properties)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("producer_linger_ms", &self.producer_linger_ms)
+            .field("producer_idempotence", &self.producer_idempotence)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +94,7 @@ impl KafkaConnection {
             properties: BTreeMap::new(),
             request_timeout_ms: 30_000,
             producer_linger_ms: 5,
+            producer_idempotence: true,
             offset_clients: Arc::default(),
         }
     }
@@ -149,13 +154,16 @@ impl KafkaConnection {
 
     /// A producer whose partitioner matches the Java client's (murmur2 of the key bytes), so records
     /// with the same key land in the same partition whether Eddy, ksqlDB or Kafka Streams wrote them.
+    /// Idempotent unless `producer_idempotence` is off: a table's topic or a changelog whose
+    /// records a retry reordered would hold an older row as a key's last.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
         let mut config = self.client_config();
         config
             .set("partitioner", "murmur2_random")
             .set("linger.ms", self.producer_linger_ms.to_string())
             .set("message.timeout.ms", self.request_timeout_ms.to_string())
-            .set("compression.type", "none");
+            .set("compression.type", "none")
+            .set("enable.idempotence", self.producer_idempotence.to_string());
         config
             .create()
             .map_err(|e| KafkaError::client("producer creation", e))
@@ -488,6 +496,54 @@ fn future_record<'a>(
 /// close does, or with the process.
 pub struct OffWorkerDrop<T: Send + 'static>(Option<T>);
 
+/// The producer shared by every query of an engine, replaced when it has failed for good.
+///
+/// An idempotent producer can meet a *fatal* error (the broker fenced its producer id, or lost
+/// track of its sequence numbers): it then fails every send for ever. [`Self::get`] hands out a
+/// new producer once the current one has, so that queries restarted after such a failure (and
+/// later statements) write again. Sends already under way on the old one fail and are retried
+/// by their query's restart; its clone is dropped with its last holder.
+pub struct SharedProducer {
+    connection: KafkaConnection,
+    current: std::sync::RwLock<FutureProducer>,
+}
+
+impl SharedProducer {
+    pub fn new(connection: KafkaConnection) -> Result<Self, KafkaError> {
+        let current = std::sync::RwLock::new(connection.producer()?);
+        Ok(Self {
+            connection,
+            current,
+        })
+    }
+
+    /// The producer to send with: the current one, or a new one if it met a fatal error.
+    pub fn get(&self) -> Result<FutureProducer, KafkaError> {
+        {
+            let current = self
+                .current
+                .read()
+                .map_err(|_| KafkaError::Internal("the producer lock is poisoned".into()))?;
+            if current.client().fatal_error().is_none() {
+                return Ok(current.clone());
+            }
+        }
+        let mut current = self
+            .current
+            .write()
+            .map_err(|_| KafkaError::Internal("the producer lock is poisoned".into()))?;
+        // Another caller may have replaced it meanwhile.
+        if let Some((code, reason)) = current.client().fatal_error() {
+            warn!(
+                ?code,
+                reason, "the producer failed for good (fatal error): replacing it"
+            );
+            *current = self.connection.producer()?;
+        }
+        Ok(current.clone())
+    }
+}
+
 impl<T: Send + 'static> OffWorkerDrop<T> {
     pub fn new(inner: T) -> Self {
         Self(Some(inner))
@@ -653,5 +709,42 @@ impl PartitionReader {
             list.find_partition(&self.topic, self.partition)
                 .and_then(|p| p.offset().to_raw())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::*;
+
+    #[test]
+    fn a_producer_that_failed_for_good_is_replaced() {
+        // Creating a producer needs no broker.
+        let shared = SharedProducer::new(KafkaConnection::new("127.0.0.1:1")).expect("producer");
+        let first = shared.get().expect("producer");
+        let again = shared.get().expect("producer");
+        assert_eq!(
+            first.client().native_ptr(),
+            again.client().native_ptr(),
+            "a healthy producer is shared"
+        );
+        let reason = CString::new("fenced by the test").expect("no NUL");
+        // SAFETY: the client pointer is alive (`first` holds it) and the reason a valid C string.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                first.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FENCED,
+                reason.as_ptr(),
+            );
+        }
+        assert!(first.client().fatal_error().is_some());
+        let replaced = shared.get().expect("a new producer");
+        assert_ne!(first.client().native_ptr(), replaced.client().native_ptr());
+        assert!(replaced.client().fatal_error().is_none());
+        assert_eq!(
+            replaced.client().native_ptr(),
+            shared.get().expect("producer").client().native_ptr()
+        );
     }
 }

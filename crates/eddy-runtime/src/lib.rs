@@ -30,7 +30,7 @@ mod window;
 pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
 pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, check_datagen_columns, generator_columns};
 pub use join::JoinSpec;
-pub use kafka::{KafkaConnection, KafkaError, OffWorkerDrop, TopicInfo};
+pub use kafka::{KafkaConnection, KafkaError, OffWorkerDrop, SharedProducer, TopicInfo};
 pub use print::{PrintOptions, PrintStream, print_topic};
 pub use processing_log::{ErrorKind, ProcessingLog, ProcessingLogEntry, processing_log_columns};
 pub use query::{
