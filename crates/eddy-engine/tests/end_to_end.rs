@@ -1665,6 +1665,16 @@ fn read_after_token(results: &[StatementResult]) -> String {
         .to_owned()
 }
 
+/// An engine whose joins that read both sides themselves look for new records only every 3 s,
+/// so that a read-your-writes test shows whether a pull query waits for them.
+async fn engine_with_slow_joins(h: &Harness) -> Engine {
+    h.engine_with(EngineConfig {
+        table_join_poll_interval_ms: 3_000,
+        ..h.config()
+    })
+    .await
+}
+
 /// Tables made by joining two tables answer pull queries, and read-your-writes waits for a
 /// write to either table: on their keys (task p reads right partition p) and on a foreign key
 /// (every task keeps a copy of every right partition; a right partition counts once every copy
@@ -1672,12 +1682,7 @@ fn read_after_token(results: &[StatementResult]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_queries_of_joined_tables_wait_for_writes_to_either_table() {
     let h = Harness::start().await;
-    let engine = h
-        .engine_with(EngineConfig {
-            table_join_poll_interval_ms: 3_000,
-            ..h.config()
-        })
-        .await;
+    let engine = engine_with_slow_joins(&h).await;
     let mut session = Session::new();
     for sql in [
         "SET 'auto.offset.reset'='earliest';",
@@ -1752,16 +1757,11 @@ async fn pull_queries_of_joined_tables_wait_for_writes_to_either_table() {
 /// stream of a stream-stream join is in the table that the next read-your-writes pull query
 /// reads, and in the one read with its read-after token, although the join looks at its sides
 /// only every 3 s here: before, only the left side was waited for, and the reads came back
-/// without the new rows. (Joins of tables: the next test.)
+/// without the new rows. (Joins of tables: the test before.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_waits_for_the_right_side_of_a_join() {
     let h = Harness::start().await;
-    let engine = h
-        .engine_with(EngineConfig {
-            table_join_poll_interval_ms: 3_000,
-            ..h.config()
-        })
-        .await;
+    let engine = engine_with_slow_joins(&h).await;
     let mut session = Session::new();
     for sql in ORDERS_AND_SHIPMENTS {
         run(&engine, &mut session, sql).await;

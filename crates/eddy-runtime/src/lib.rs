@@ -24,6 +24,8 @@ mod query;
 mod stream_join;
 mod table_changes;
 mod table_view;
+#[cfg(test)]
+mod test_support;
 mod upsert;
 mod window;
 

@@ -2014,9 +2014,9 @@ impl PartitionTask {
         Ok(true)
     }
 
-    /// Makes partition p of a joined table's view ready before the task opens its sides (see
-    /// `RowsView::prepare_partition`): without it, the sides' partitions (`sides`: store
-    /// partitions of the left and right stores) are cleared, to be read again from the start.
+    /// Makes partition p of a joined table's rows ready before the task opens its sides (see
+    /// `RowsView::prepare_partition`): without them, the sides' store partitions (`left` of the
+    /// left store, `right` of the right one) are cleared, to be read again from the start.
     fn prepare_table_view(&self, left: &[i32], right: &[i32]) -> Result<(), QueryError> {
         let Some(join) = self.spec.join.as_ref() else {
             return Ok(());

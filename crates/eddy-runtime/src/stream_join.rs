@@ -953,77 +953,34 @@ fn state_error(error: eddy_state::StateError) -> QueryError {
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
+    use eddy_catalog::{ColumnRole, Source, SourceKind};
     use eddy_common::types::SqlType;
-    use eddy_planner::{Clauses, Planner, StreamingPlan};
+    use eddy_planner::{Clauses, StreamingPlan};
     use eddy_state::{StateConfig, StateStore, StoreBatch};
 
     use super::*;
 
     fn stream(name: &str, key: &str, value: &str) -> Source {
-        let column = |name: &str, role| Column {
-            name: name.into(),
-            sql_type: SqlType::String,
-            role,
-        };
-        Source {
-            name: name.into(),
-            kind: SourceKind::Stream,
-            columns: vec![
-                column(key, ColumnRole::Key),
-                column(value, ColumnRole::Value),
-            ],
-            topic: name.to_lowercase(),
-            key_format: "KAFKA".into(),
-            value_format: "JSON".into(),
-            value_delimiter: None,
-            wrap_single_value: None,
-            timestamp_column: None,
-            timestamp_format: None,
-            partitions: 1,
-            written_by: None,
-            generator: None,
-            window: None,
-            sql: String::new(),
-        }
+        let columns = [
+            (key, SqlType::String, ColumnRole::Key),
+            (value, SqlType::String, ColumnRole::Value),
+        ];
+        crate::test_support::source(name, SourceKind::Stream, &columns, 1)
     }
 
     /// `ORDERS (ID KEY, ITEM) FULL OUTER JOIN SHIPMENTS (ORDER_ID KEY, CARRIER) WITHIN 10 ms,
     /// no grace`.
     async fn full_join() -> StreamingPlan {
-        let mut catalog = Catalog::new();
-        for source in [
+        let sql = r#"SELECT o."ID", o."ITEM", s."CARRIER" FROM "ORDERS" o FULL OUTER JOIN "SHIPMENTS" s ON o."ID" = s."ORDER_ID""#;
+        let sources = [
             stream("ORDERS", "ID", "ITEM"),
             stream("SHIPMENTS", "ORDER_ID", "CARRIER"),
-        ] {
-            catalog
-                .apply(Command::CreateSource {
-                    source,
-                    or_replace: false,
-                })
-                .unwrap();
-        }
-        let sql = r#"SELECT o."ID", o."ITEM", s."CARRIER" FROM "ORDERS" o FULL OUTER JOIN "SHIPMENTS" s ON o."ID" = s."ORDER_ID""#;
-        let query = match Parser::parse_sql(&GenericDialect {}, sql)
-            .unwrap()
-            .remove(0)
-        {
-            datafusion::sql::sqlparser::ast::Statement::Query(query) => *query,
-            other => panic!("not a query: {other}"),
+        ];
+        let clauses = Clauses {
+            within: Some(JoinWindow::new(10, 10, Some(0)).unwrap()),
+            ..Clauses::default()
         };
-        Planner::new()
-            .plan_select(
-                &query,
-                Clauses {
-                    within: Some(JoinWindow::new(10, 10, Some(0)).unwrap()),
-                    ..Clauses::default()
-                },
-                &catalog,
-            )
-            .await
-            .unwrap()
+        crate::test_support::plan(sql, sources, clauses).await
     }
 
     /// A decoded batch of one side: (key, value, event time), offsets from `first_offset`.

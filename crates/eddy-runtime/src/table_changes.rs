@@ -220,64 +220,23 @@ fn internal(error: impl std::fmt::Display) -> QueryError {
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::array::{Array, Int32Array, Int64Array, StringArray};
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source};
+    use eddy_catalog::{ColumnRole, Source};
     use eddy_common::types::SqlType;
-    use eddy_planner::{Clauses, Planner};
+    use eddy_planner::Clauses;
 
     use super::*;
 
     fn people() -> Source {
-        let column = |name: &str, sql_type, role| Column {
-            name: name.into(),
-            sql_type,
-            role,
-        };
-        Source {
-            name: "PEOPLE".into(),
-            kind: SourceKind::Table,
-            columns: vec![
-                column("ID", SqlType::String, ColumnRole::PrimaryKey),
-                column("NAME", SqlType::String, ColumnRole::Value),
-                column("AGE", SqlType::Int, ColumnRole::Value),
-            ],
-            topic: "people".into(),
-            key_format: "KAFKA".into(),
-            value_format: "JSON".into(),
-            value_delimiter: None,
-            wrap_single_value: None,
-            timestamp_column: None,
-            timestamp_format: None,
-            partitions: 1,
-            written_by: None,
-            generator: None,
-            window: None,
-            sql: String::new(),
-        }
+        let columns = [
+            ("ID", SqlType::String, ColumnRole::PrimaryKey),
+            ("NAME", SqlType::String, ColumnRole::Value),
+            ("AGE", SqlType::Int, ColumnRole::Value),
+        ];
+        crate::test_support::source("PEOPLE", SourceKind::Table, &columns, 1)
     }
 
     async fn plan(sql: &str) -> Arc<StreamingPlan> {
-        let mut catalog = Catalog::new();
-        catalog
-            .apply(Command::CreateSource {
-                source: people(),
-                or_replace: false,
-            })
-            .unwrap();
-        let query = match Parser::parse_sql(&GenericDialect {}, sql)
-            .unwrap()
-            .remove(0)
-        {
-            datafusion::sql::sqlparser::ast::Statement::Query(query) => *query,
-            other => panic!("not a query: {other}"),
-        };
-        Arc::new(
-            Planner::new()
-                .plan_select(&query, Clauses::default(), &catalog)
-                .await
-                .unwrap(),
-        )
+        Arc::new(crate::test_support::plan(sql, [people()], Clauses::default()).await)
     }
 
     /// Decoded records of PEOPLE: (id, name, age; None for a deleted row), offsets from 0.

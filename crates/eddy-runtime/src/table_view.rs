@@ -250,74 +250,32 @@ fn state(error: eddy_state::StateError) -> QueryError {
 mod tests {
     use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    use eddy_catalog::{Catalog, Column, ColumnRole, Command, Source, SourceKind};
+    use eddy_catalog::{ColumnRole, Source, SourceKind};
     use eddy_common::types::SqlType;
-    use eddy_planner::{Clauses, Planner};
+    use eddy_planner::Clauses;
     use eddy_state::{StateConfig, StateStore};
 
     use super::*;
 
     fn table(name: &str, value: &str, value_type: SqlType) -> Source {
-        let column = |name: &str, sql_type, role| Column {
-            name: name.into(),
-            sql_type,
-            role,
-        };
-        Source {
-            name: name.into(),
-            kind: SourceKind::Table,
-            columns: vec![
-                column("ID", SqlType::String, ColumnRole::Key),
-                column(value, value_type, ColumnRole::Value),
-            ],
-            topic: name.to_lowercase(),
-            key_format: "KAFKA".into(),
-            value_format: "JSON".into(),
-            value_delimiter: None,
-            wrap_single_value: None,
-            timestamp_column: None,
-            timestamp_format: None,
-            partitions: 2,
-            written_by: None,
-            generator: None,
-            window: None,
-            sql: String::new(),
-        }
+        let columns = [
+            ("ID", SqlType::String, ColumnRole::Key),
+            (value, value_type, ColumnRole::Value),
+        ];
+        crate::test_support::source(name, SourceKind::Table, &columns, 2)
     }
 
     /// `USERS (ID, NAME) JOIN BALANCES (ID, AMOUNT)` on their keys.
     async fn users_with_balances() -> Arc<StreamingPlan> {
-        let mut catalog = Catalog::new();
-        for source in [
+        let sql = r#"SELECT u."ID", u."NAME", b."AMOUNT" FROM "USERS" u JOIN "BALANCES" b ON u."ID" = b."ID""#;
+        let sources = [
             table("USERS", "NAME", SqlType::String),
             table("BALANCES", "AMOUNT", SqlType::Int),
-        ] {
-            catalog
-                .apply(Command::CreateSource {
-                    source,
-                    or_replace: false,
-                })
-                .unwrap();
-        }
-        let sql = r#"SELECT u."ID", u."NAME", b."AMOUNT" FROM "USERS" u JOIN "BALANCES" b ON u."ID" = b."ID""#;
-        let query = match Parser::parse_sql(&GenericDialect {}, sql)
-            .unwrap()
-            .remove(0)
-        {
-            datafusion::sql::sqlparser::ast::Statement::Query(query) => *query,
-            other => panic!("not a query: {other}"),
-        };
-        Arc::new(
-            Planner::new()
-                .plan_select(&query, Clauses::default(), &catalog)
-                .await
-                .unwrap(),
-        )
+        ];
+        Arc::new(crate::test_support::plan(sql, sources, Clauses::default()).await)
     }
 
-    /// Output rows of the plan: (id, name, amount), with ROWTIME `rowtime`.
+    /// Output rows of the plan: (id, name, amount), with ROWTIME 7.
     fn output(plan: &StreamingPlan, rows: &[(&str, Option<&str>, Option<i32>)]) -> RecordBatch {
         let schema = &plan.output_schema;
         let columns: Vec<ArrayRef> = schema
