@@ -1096,10 +1096,14 @@ impl PartitionTask {
             }
             // The table's rows, with the offset they reach, before the progress says so.
             if let (Some((view, _)), Some(tombstones)) = (rows_view, &tombstones) {
-                let mut view_batch = eddy_state::StoreBatch::new();
-                view.stage(&output, tombstones, &mut view_batch, &mut view_value)?;
-                view_batch.set_source_offset(last_offset + 1);
-                view.write(self.partition, view_batch)?;
+                let next = last_offset + 1;
+                view.write_batch_of_table(
+                    self.partition,
+                    &output,
+                    tombstones,
+                    next,
+                    &mut view_value,
+                )?;
             }
             self.progress.store(last_offset + 1, Ordering::Release);
         }
@@ -1202,10 +1206,8 @@ impl PartitionTask {
             let (output, tombstones) = self
                 .table_changes(changes, &raw, &batch, &mut deleted_offsets, &mut skipped)
                 .await?;
-            let mut view_batch = eddy_state::StoreBatch::new();
-            view.stage(&output, &tombstones, &mut view_batch, &mut value)?;
-            view_batch.set_source_offset(last_offset + 1);
-            view.write(self.partition, view_batch)?;
+            let next = last_offset + 1;
+            view.write_batch_of_table(self.partition, &output, &tombstones, next, &mut value)?;
         }
         Ok(())
     }

@@ -176,6 +176,23 @@ impl RowsView {
             .source_offset)
     }
 
+    /// Writes the rows and tombstones a query over one table sent for a batch (see
+    /// [`Self::stage`]) to partition `partition`, with the batch's next source offset in the same
+    /// write.
+    pub(crate) fn write_batch_of_table(
+        &self,
+        partition: i32,
+        rows: &RecordBatch,
+        tombstones: &RecordBatch,
+        next_source_offset: i64,
+        value: &mut Vec<u8>,
+    ) -> Result<(), QueryError> {
+        let mut batch = StoreBatch::new();
+        self.stage(rows, tombstones, &mut batch, value)?;
+        batch.set_source_offset(next_source_offset);
+        self.write(partition, batch)
+    }
+
     /// Writes `batch` (from [`Self::stage`]) to partition `partition`.
     pub(crate) fn write(&self, partition: i32, batch: StoreBatch) -> Result<(), QueryError> {
         self.store.write(partition, batch).map_err(state)
