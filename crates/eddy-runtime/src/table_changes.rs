@@ -137,7 +137,7 @@ impl TableChanges {
     ) -> Result<RecordBatch, QueryError> {
         let schema = &self.plan.output_schema;
         let deleted = self.as_tombstones(deleted)?;
-        if rows.num_rows() == output.num_rows() {
+        if rows.num_rows() == 0 {
             return Ok(deleted);
         }
         let candidates = self.as_tombstones(rows)?;
@@ -164,7 +164,8 @@ impl TableChanges {
     }
 
     /// Input rows as output tombstones: the key columns from the input's key columns they come
-    /// from, `ROWTIME` from the input's, every other column NULL.
+    /// from, `ROWTIME` from the input's, every other column NULL (the planner makes every output
+    /// column nullable).
     fn as_tombstones(&self, input: &RecordBatch) -> Result<RecordBatch, QueryError> {
         let schema = &self.plan.output_schema;
         let rows = input.num_rows();
