@@ -687,6 +687,13 @@ impl Engine {
                      have one partition each: the joined rows go to it without a topic.",
                 );
             }
+            if let Some(view) = self.view(&query.sink) {
+                text.push_str(&format!(
+                    "\nPull queries of {} read the copy this server keeps (store \"{}\").",
+                    query.sink,
+                    view.store().name()
+                ));
+            }
         }
         Ok(result)
     }
