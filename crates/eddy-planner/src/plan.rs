@@ -682,11 +682,8 @@ impl Planner {
         for read in std::iter::once(&source).chain(joined.as_ref().map(|(t, _)| t)) {
             if read.window.is_some() {
                 return Err(PlanError::unsupported(
-                    &format!(
-                        "continuous queries over the windowed table \"{}\"",
-                        read.name
-                    ),
-                    true,
+                    &format!("reading the windowed table \"{}\"", read.name),
+                    false,
                     Some("read it with pull queries, or aggregate the stream it is built from"),
                 ));
             }
