@@ -319,34 +319,16 @@ mod tests {
     use eddy_common::types::SqlType;
 
     fn stream(name: &str) -> Source {
-        Source {
+        let column = |name: &str, sql_type, role| Column {
             name: name.into(),
-            kind: SourceKind::Stream,
-            columns: vec![
-                Column {
-                    name: "ID".into(),
-                    sql_type: SqlType::String,
-                    role: ColumnRole::Key,
-                },
-                Column {
-                    name: "QTY".into(),
-                    sql_type: SqlType::Int,
-                    role: ColumnRole::Value,
-                },
-            ],
-            topic: name.to_lowercase(),
-            key_format: "KAFKA".into(),
-            value_format: "JSON".into(),
-            value_delimiter: None,
-            wrap_single_value: None,
-            timestamp_column: None,
-            timestamp_format: None,
-            partitions: 1,
-            written_by: None,
-            generator: None,
-            window: None,
-            sql: String::new(),
-        }
+            sql_type,
+            role,
+        };
+        let columns = vec![
+            column("ID", SqlType::String, ColumnRole::Key),
+            column("QTY", SqlType::Int, ColumnRole::Value),
+        ];
+        Source::json(name, SourceKind::Stream, columns, 1)
     }
 
     fn query(id: &str, source: &str, sink: &str) -> QueryInfo {

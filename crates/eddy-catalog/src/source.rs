@@ -117,6 +117,29 @@ pub struct Generator {
 }
 
 impl Source {
+    /// A source as `CREATE STREAM|TABLE name (columns) WITH (VALUE_FORMAT='JSON',
+    /// PARTITIONS=partitions)` declares it: on topic `name` in lower case, with KAFKA keys and
+    /// nothing else set. `columns` must list the key columns first.
+    pub fn json(name: &str, kind: SourceKind, columns: Vec<Column>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            columns,
+            topic: name.to_lowercase(),
+            key_format: "KAFKA".into(),
+            value_format: "JSON".into(),
+            value_delimiter: None,
+            wrap_single_value: None,
+            timestamp_column: None,
+            timestamp_format: None,
+            partitions,
+            written_by: None,
+            sql: String::new(),
+            generator: None,
+            window: None,
+        }
+    }
+
     pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| c.is_key())
     }

@@ -12,30 +12,15 @@ pub(crate) fn source(
     kind: SourceKind,
     columns: &[(&str, SqlType, ColumnRole)],
 ) -> Source {
-    Source {
-        name: name.into(),
-        kind,
-        columns: columns
-            .iter()
-            .map(|(name, sql_type, role)| Column {
-                name: (*name).into(),
-                sql_type: sql_type.clone(),
-                role: *role,
-            })
-            .collect(),
-        topic: name.to_lowercase(),
-        key_format: "KAFKA".into(),
-        value_format: "JSON".into(),
-        value_delimiter: None,
-        wrap_single_value: None,
-        timestamp_column: None,
-        timestamp_format: None,
-        partitions: 1,
-        written_by: None,
-        generator: None,
-        window: None,
-        sql: String::new(),
-    }
+    let columns = columns
+        .iter()
+        .map(|(name, sql_type, role)| Column {
+            name: (*name).into(),
+            sql_type: sql_type.clone(),
+            role: *role,
+        })
+        .collect();
+    Source::json(name, kind, columns, 1)
 }
 
 /// A catalog of `sources`.

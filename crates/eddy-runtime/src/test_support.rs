@@ -14,30 +14,15 @@ pub(crate) fn source(
     columns: &[(&str, SqlType, ColumnRole)],
     partitions: i32,
 ) -> Source {
-    Source {
-        name: name.into(),
-        kind,
-        columns: columns
-            .iter()
-            .map(|(name, sql_type, role)| Column {
-                name: (*name).into(),
-                sql_type: sql_type.clone(),
-                role: *role,
-            })
-            .collect(),
-        topic: name.to_lowercase(),
-        key_format: "KAFKA".into(),
-        value_format: "JSON".into(),
-        value_delimiter: None,
-        wrap_single_value: None,
-        timestamp_column: None,
-        timestamp_format: None,
-        partitions,
-        written_by: None,
-        generator: None,
-        window: None,
-        sql: String::new(),
-    }
+    let columns = columns
+        .iter()
+        .map(|(name, sql_type, role)| Column {
+            name: (*name).into(),
+            sql_type: sql_type.clone(),
+            role: *role,
+        })
+        .collect();
+    Source::json(name, kind, columns, partitions)
 }
 
 /// The plan of the query `sql` (names in upper case and quoted: it is not normalized) over a

@@ -188,34 +188,19 @@ impl Backend for Fake {
     fn catalog(&self) -> Catalog {
         let mut catalog = Catalog::new();
         for (name, kind) in [("S", SourceKind::Stream), ("T", SourceKind::Table)] {
-            catalog.replace_source(eddy_catalog::Source {
-                name: name.into(),
-                kind,
-                columns: vec![
-                    Column {
-                        name: "K".into(),
-                        sql_type: SqlType::String,
-                        role: ColumnRole::Key,
-                    },
-                    Column {
-                        name: "V".into(),
-                        sql_type: SqlType::BigInt,
-                        role: ColumnRole::Value,
-                    },
-                ],
-                topic: name.to_lowercase(),
-                key_format: "KAFKA".into(),
-                value_format: "JSON".into(),
-                value_delimiter: None,
-                wrap_single_value: None,
-                timestamp_column: None,
-                timestamp_format: None,
-                partitions: 1,
-                written_by: None,
-                sql: String::new(),
-                generator: None,
-                window: None,
-            });
+            let columns = vec![
+                Column {
+                    name: "K".into(),
+                    sql_type: SqlType::String,
+                    role: ColumnRole::Key,
+                },
+                Column {
+                    name: "V".into(),
+                    sql_type: SqlType::BigInt,
+                    role: ColumnRole::Value,
+                },
+            ];
+            catalog.replace_source(eddy_catalog::Source::json(name, kind, columns, 1));
         }
         catalog
     }
