@@ -13,14 +13,14 @@
 // limitations under the License.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     env,
     fmt::Debug,
     marker::PhantomData,
     ops::Deref,
     result,
     str::FromStr as _,
-    sync::{Arc, LazyLock, Mutex},
+    sync::{Arc, LazyLock, Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
 
@@ -229,13 +229,94 @@ pub(crate) struct ConnectionManager {
 
 pub(crate) struct PoolConnection {
     connection: Connection,
+    statements: StatementCache,
 }
 
 impl Debug for PoolConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolConnection")
             .field("connection", &self.connection)
-            .finish()
+            .finish_non_exhaustive()
+    }
+}
+
+/// Idle prepared statements kept per SQL cache key and connection. One is enough for sequential
+/// use; a second covers a statement nested in a loop over the same statement's rows. The number of
+/// keys is bounded by the SQL files of the cache, so the cache holds at most
+/// `IDLE_STATEMENTS_PER_KEY` times that many statements per connection.
+const IDLE_STATEMENTS_PER_KEY: usize = 2;
+
+/// Prepared statements of one connection, by SQL cache key (Eddy's patch: upstream 0.6.0 compiles
+/// every statement again for each use, which was most of the broker's CPU time).
+///
+/// A statement is checked out while it is in use, so no two callers step it at once, and it is
+/// reset before it goes back, so that an idle statement holds no read snapshot of the database
+/// open on its connection.
+#[derive(Default)]
+struct StatementCache {
+    idle: Mutex<HashMap<String, Vec<Statement>>>,
+}
+
+impl StatementCache {
+    fn check_out(&self, key: &str) -> Option<Statement> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(key)
+            .and_then(Vec::pop)
+    }
+
+    fn check_in(&self, key: &str, statement: Statement) {
+        statement.reset();
+
+        let surplus = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+
+            match idle.get_mut(key) {
+                Some(statements) if statements.len() >= IDLE_STATEMENTS_PER_KEY => Some(statement),
+                Some(statements) => {
+                    statements.push(statement);
+                    None
+                }
+                None => {
+                    _ = idle.insert(key.to_owned(), vec![statement]);
+                    None
+                }
+            }
+        };
+
+        // Finalized outside the lock.
+        drop(surplus);
+    }
+}
+
+/// Rows of a statement checked out of a connection's [`StatementCache`]; the statement goes back,
+/// reset, when the rows are dropped. A libsql row reads its columns from the statement, so no row
+/// may be used after its `CachedRows` is dropped: callers of [`PoolConnection::query_cached`] read
+/// each row in place.
+struct CachedRows<'a> {
+    rows: Option<Rows>,
+    statement: Option<Statement>,
+    key: &'a str,
+    cache: &'a StatementCache,
+}
+
+impl CachedRows<'_> {
+    async fn next(&mut self) -> result::Result<Option<Row>, libsql::Error> {
+        match self.rows.as_mut() {
+            Some(rows) => rows.next().await,
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for CachedRows<'_> {
+    fn drop(&mut self) {
+        drop(self.rows.take());
+
+        if let Some(statement) = self.statement.take() {
+            self.cache.check_in(self.key, statement);
+        }
     }
 }
 
@@ -305,7 +386,10 @@ impl PoolConnection {
     async fn new(connection: Connection) -> Result<Self> {
         Self::init(&connection).await?;
 
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            statements: StatementCache::default(),
+        })
     }
 
     #[instrument(skip(self))]
@@ -316,6 +400,58 @@ impl PoolConnection {
             .ok_or(libsql::Error::Misuse(format!("Unknown cache key: {}", key)))?;
 
         self.connection.prepare(sql).await
+    }
+
+    async fn checked_out_statement(&self, key: &str) -> Result<Statement, libsql::Error> {
+        match self.statements.check_out(key) {
+            Some(statement) => Ok(statement),
+            None => self.prepared_statement(key).await,
+        }
+    }
+
+    /// Like [`Self::query`], with the statement from the connection's cache; see [`CachedRows`]
+    /// for the one rule its callers keep.
+    #[instrument(skip_all)]
+    async fn query_cached<'a, P>(
+        &'a self,
+        sql: &'a str,
+        params: P,
+    ) -> result::Result<CachedRows<'a>, libsql::Error>
+    where
+        P: IntoParams,
+        P: Debug,
+    {
+        debug!(sql, ?params);
+
+        let start = SystemTime::now();
+
+        let statement = self.checked_out_statement(sql).await?;
+
+        let rows = statement
+            .query(params)
+            .await
+            .inspect(|rows| {
+                debug!(?rows);
+
+                SQL_DURATION.record(
+                    elapsed_millis(start),
+                    &[KeyValue::new("sql", sql.to_owned())],
+                );
+
+                SQL_REQUESTS.add(1, &[KeyValue::new("sql", sql.to_owned())]);
+            })
+            .inspect_err(|err| {
+                error!(?err, elapsed_millis = elapsed_millis(start));
+
+                SQL_ERROR.add(1, &self.attributes_for_error(Some(sql), err)[..]);
+            })?;
+
+        Ok(CachedRows {
+            rows: Some(rows),
+            statement: Some(statement),
+            key: sql,
+            cache: &self.statements,
+        })
     }
 
     fn attributes_for_error(&self, key: Option<&str>, error: &libsql::Error) -> Vec<KeyValue> {
@@ -405,11 +541,15 @@ impl PoolConnection {
         debug!(sql, ?params);
         let start = SystemTime::now();
 
-        let statement = self.prepared_statement(sql).await?;
+        let statement = self.checked_out_statement(sql).await?;
 
-        statement
-            .execute(params)
-            .await
+        let executed = statement.execute(params).await;
+
+        if executed.is_ok() {
+            self.statements.check_in(sql, statement);
+        }
+
+        executed
             .inspect(|rows| {
                 let elapsed_millis = elapsed_millis(start);
                 debug!(rows, elapsed_millis);
@@ -2348,7 +2488,7 @@ impl Storage for Delegate {
         let c = self.connection().await?;
 
         let mut records = c
-            .query(
+            .query_cached(
                 "record_fetch.sql",
                 (
                     self.cluster.as_str(),
@@ -2386,7 +2526,7 @@ impl Storage for Delegate {
                     );
 
                 let mut headers = c
-                    .query(
+                    .query_cached(
                         "header_fetch.sql",
                         (
                             self.cluster.as_str(),
@@ -2528,7 +2668,7 @@ impl Storage for Delegate {
                         );
 
                     let mut headers = c
-                        .query(
+                        .query_cached(
                             "header_fetch.sql",
                             (
                                 self.cluster.as_str(),
