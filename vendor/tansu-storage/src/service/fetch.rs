@@ -124,6 +124,17 @@ impl ApiKey for FetchService {
     const KEY: i16 = FetchRequest::KEY;
 }
 
+/// Whether any partition of `responses` carries a record batch (Eddy's patch).
+fn has_records(responses: &[FetchableTopicResponse]) -> bool {
+    responses.iter().any(|response| {
+        response.partitions.as_ref().is_some_and(|partitions| {
+            partitions
+                .iter()
+                .any(|partition| partition.records.is_some())
+        })
+    })
+}
+
 impl FetchService {
     #[allow(clippy::too_many_arguments)]
     async fn fetch_partition<G>(
@@ -336,6 +347,13 @@ impl FetchService {
                 }
 
                 bytes += u32::try_from(responses.byte_size())?;
+
+                // Eddy's patch: answer as soon as there are records and min_bytes of response, as
+                // Kafka does. 0.6.0 slept after every round, records or not, so each fetch that
+                // found records still waited half of max_wait (250 ms at librdkafka's default).
+                if bytes >= min_bytes && has_records(&responses) {
+                    break;
+                }
 
                 let now = Instant::now();
                 elapsed = now.duration_since(start);
