@@ -49,7 +49,7 @@ use nexmark::event::{Auction, Bid, Event, EventType, Person};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The Nexmark queries Eddy can express today, in its SQL, over the stream `bid`.
 pub const QUERIES: &[(&str, &str)] = &[
@@ -518,13 +518,22 @@ pub async fn run(
     sender.finish().await?;
     let produce_seconds = started.elapsed().as_secs_f64();
 
-    let raw_consume_seconds = raw_consume(connection, &[&bid_topic], bids.len()).await?;
+    let fetch_wait_ms = config.max_batch_wait_ms;
+    let raw_consume_seconds =
+        raw_consume(connection, fetch_wait_ms, &[&bid_topic], bids.len()).await?;
     let pipe_topic = config.physical_topic("nexmark_raw_pipe");
     connection
         .create_topic(&pipe_topic, bench.partitions, 1, &[])
         .await
         .context("cannot create the raw pipe's topic")?;
-    let raw_pipe_seconds = raw_pipe(connection, &bid_topic, &pipe_topic, bids.len()).await?;
+    let raw_pipe_seconds = raw_pipe(
+        connection,
+        fetch_wait_ms,
+        &bid_topic,
+        &pipe_topic,
+        bids.len(),
+    )
+    .await?;
 
     let arrow_bids = bids_batch(&bids)?;
     let raw_batches = raw_batches(&bids, &payloads);
@@ -636,7 +645,7 @@ pub async fn run(
                     records += count;
                 }
             }
-            let seconds = raw_consume(connection, &topics, records)
+            let seconds = raw_consume(connection, fetch_wait_ms, &topics, records)
                 .await
                 .with_context(|| format!("raw consume of {}", topics.join(", ")))?;
             raw_input_seconds.push((inputs, seconds));
@@ -1237,14 +1246,27 @@ fn raw_batches(bids: &[Bid], payloads: &[Vec<u8>]) -> Vec<RawBatch> {
         .collect()
 }
 
-/// Seconds librdkafka takes to read `records` records of `topics` from the beginning, all of their
-/// partitions assigned to one consumer (as a query reading several topics has them).
-async fn raw_consume(connection: &KafkaConnection, topics: &[&str], records: usize) -> Result<f64> {
-    let consumer: BaseConsumer = connection
-        .client_config()
-        .set("group.id", format!("{}-raw", topics.join("+")))
+/// The consumer settings a query's consumer has that bear on fetching (`fetch.wait.max.ms` is the
+/// engine's `max_batch_wait_ms`), so that the raw ceilings are measured as the engine reads.
+fn raw_client_config(connection: &KafkaConnection, fetch_wait_ms: u64) -> ClientConfig {
+    let mut config = connection.client_config();
+    config
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.max(1).to_string());
+    config
+}
+
+/// Seconds librdkafka takes to read `records` records of `topics` from the beginning, all of their
+/// partitions assigned to one consumer (as a query reading several topics has them).
+async fn raw_consume(
+    connection: &KafkaConnection,
+    fetch_wait_ms: u64,
+    topics: &[&str],
+    records: usize,
+) -> Result<f64> {
+    let consumer: BaseConsumer = raw_client_config(connection, fetch_wait_ms)
+        .set("group.id", format!("{}-raw", topics.join("+")))
         .create()
         .context("cannot create the raw consumer")?;
     let mut assignment = TopicPartitionList::new();
@@ -1281,15 +1303,13 @@ async fn raw_consume(connection: &KafkaConnection, topics: &[&str], records: usi
 /// every delivery acknowledged.
 async fn raw_pipe(
     connection: &KafkaConnection,
+    fetch_wait_ms: u64,
     input: &str,
     output: &str,
     records: usize,
 ) -> Result<f64> {
-    let consumer: rdkafka::consumer::StreamConsumer = connection
-        .client_config()
+    let consumer: rdkafka::consumer::StreamConsumer = raw_client_config(connection, fetch_wait_ms)
         .set("group.id", format!("{input}-raw-pipe"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
         .create()
         .context("cannot create the raw pipe's consumer")?;
     let partitions = connection
