@@ -476,6 +476,39 @@ struct PartitionWorker {
     progress: Progress,
 }
 
+/// Where a persistent query reset to `latest` starts at the earliest, per partition its group has
+/// no committed offset for: the high watermark read before it subscribes (the end it is reset to,
+/// resolved later, is there or further). Records below never reach it, so its progress counts
+/// them as processed once a task has the partition; without that, read-your-writes waited for a
+/// record the query was never going to read, until it timed out. Empty for `earliest`, for
+/// transient queries, and when the broker cannot tell (read-your-writes then waits for the
+/// query's first record there, as before).
+async fn start_floors(spec: &QuerySpec) -> HashMap<i32, i64> {
+    if !spec.persistent || spec.offset_reset != OffsetReset::Latest {
+        return HashMap::new();
+    }
+    let floors = async {
+        let watermarks = spec.connection.watermarks(&spec.source_topic).await?;
+        let committed = spec
+            .connection
+            .committed_offsets(&spec.group_id, &spec.source_topic, watermarks.len() as i32)
+            .await?;
+        Ok::<_, KafkaError>(
+            watermarks
+                .into_iter()
+                .zip(committed)
+                .enumerate()
+                .filter(|(_, (_, committed))| committed.is_none())
+                .map(|(partition, ((_, high), _))| (partition as i32, high))
+                .collect(),
+        )
+    };
+    floors.await.unwrap_or_else(|error| {
+        warn!(query = spec.query_id, %error, "cannot read where the query starts; read-your-writes waits for its first records");
+        HashMap::new()
+    })
+}
+
 /// Starts `spec` and returns its handle.
 pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
     // Validate the formats before anything runs, so a bad definition fails the statement.
@@ -525,6 +558,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             .map_err(|e| KafkaError::client("consumer creation", e))?,
     );
 
+    let start_floors = Arc::new(start_floors(&spec).await);
     if spec.persistent {
         consumer.subscribe(&[&spec.source_topic]).map_err(|e| {
             KafkaError::client(format!("subscription to \"{}\"", spec.source_topic), e)
@@ -591,6 +625,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         spec,
         consumer,
         registry,
+        start_floors,
         revoked,
         assigned,
         metrics: Arc::clone(&metrics),
@@ -651,7 +686,17 @@ async fn run_generated(
 ) {
     let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
     let mut tasks: JoinSet<Result<(), QueryError>> = JoinSet::new();
-    worker_for(0, &spec, &mut workers, &mut tasks, &registry, &metrics);
+    // A generated source has no topic, so nothing below a start.
+    let start_floors = HashMap::new();
+    worker_for(
+        0,
+        &spec,
+        &mut workers,
+        &mut tasks,
+        &registry,
+        &start_floors,
+        &metrics,
+    );
     let Some(worker) = workers.remove(&0) else {
         metrics.set_status(QueryStatus::Error("no partition task".into()));
         return;
@@ -707,6 +752,8 @@ struct Driver {
     spec: QuerySpec,
     consumer: OffWorkerDrop<StreamConsumer<QueryConsumerContext>>,
     registry: ProgressRegistry,
+    /// See [`start_floors`].
+    start_floors: Arc<HashMap<i32, i64>>,
     revoked: Arc<Mutex<Vec<i32>>>,
     assigned: Arc<Mutex<Vec<i32>>>,
     metrics: Arc<QueryMetrics>,
@@ -719,6 +766,7 @@ impl Driver {
             spec,
             consumer,
             registry,
+            start_floors,
             revoked,
             assigned,
             metrics,
@@ -779,7 +827,7 @@ impl Driver {
                     if limits.is_full(buffer.len(), buffer.payload_bytes()) {
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { partition };
-                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &metrics);
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_floors, &metrics);
                         if worker.sender.send(batch).await.is_err() {
                             continue; // the task ended; join_next reports why
                         }
@@ -790,7 +838,7 @@ impl Driver {
                         if buffer.is_empty() { continue; }
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { *partition };
-                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &metrics);
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_floors, &metrics);
                         let _ = worker.sender.send(batch).await;
                     }
                     let revoked_now: Vec<i32> = revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
@@ -808,7 +856,7 @@ impl Driver {
                     for partition in assigned_now {
                         debug!(query = spec.query_id, partition, "partition assigned");
                         let task = if spec.single_task { 0 } else { partition };
-                        worker_for(task, &spec, &mut workers, &mut tasks, &registry, &metrics);
+                        worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_floors, &metrics);
                         if reads_both_sides(&spec) {
                             paused.add_partition(&spec.source_topic, partition);
                         }
@@ -944,6 +992,7 @@ fn worker_for<'a>(
     workers: &'a mut HashMap<i32, PartitionWorker>,
     tasks: &mut JoinSet<Result<(), QueryError>>,
     registry: &ProgressRegistry,
+    start_floors: &HashMap<i32, i64>,
     metrics: &Arc<QueryMetrics>,
 ) -> &'a PartitionWorker {
     workers.entry(partition).or_insert_with(|| {
@@ -965,6 +1014,7 @@ fn worker_for<'a>(
             progress: Arc::clone(&progress),
             right_progress,
             right_registry: Arc::clone(&registry.right),
+            start_floor: start_floors.get(&partition).copied(),
             metrics: Arc::clone(metrics),
         };
         tasks.spawn(task.run(receiver));
@@ -989,10 +1039,22 @@ struct PartitionTask {
     right_progress: Progress,
     /// Where a task that reads every right partition reports its progress in each.
     right_registry: RightProgress,
+    /// The offset below which this partition's records will never reach the query (see
+    /// [`start_floors`]).
+    start_floor: Option<i64>,
     metrics: Arc<QueryMetrics>,
 }
 
 impl PartitionTask {
+    /// Counts the records below the partition's start floor as processed: they never reach a
+    /// query that started at the end of its input. Called once what the task restored is in its
+    /// progress, so that read-your-writes still waits for a restore.
+    fn skip_to_start_floor(&self) {
+        if let Some(floor) = self.start_floor {
+            self.progress.fetch_max(floor, Ordering::AcqRel);
+        }
+    }
+
     async fn run(self, mut receiver: mpsc::Receiver<RawBatch>) -> Result<(), QueryError> {
         let spec = &self.spec;
         let mut decoder =
@@ -1070,6 +1132,7 @@ impl PartitionTask {
                 self.progress.fetch_max(next, Ordering::AcqRel);
             }
         }
+        self.skip_to_start_floor();
         let mut skipped = Vec::new();
         let mut deleted_offsets = std::collections::HashSet::new();
         let mut view_value = Vec::new();
@@ -1263,6 +1326,7 @@ impl PartitionTask {
             resume_offset(&aggregate, upsert_next_offset),
             Ordering::AcqRel,
         );
+        self.skip_to_start_floor();
         let changelog_producer = match &spec.sink {
             SinkSpec::Kafka { producer, .. } if spec.persistent => Some(producer),
             _ => None,
@@ -1465,6 +1529,7 @@ impl PartitionTask {
         let mut next_source_offset = self.restore_upsert(upsert).await?;
         self.progress
             .fetch_max(next_source_offset, Ordering::AcqRel);
+        self.skip_to_start_floor();
         let SinkSpec::Kafka {
             topic, producer, ..
         } = &spec.sink
