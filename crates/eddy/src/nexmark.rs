@@ -29,6 +29,7 @@
 //!
 //! Output row counts of the engine and of DataFusion must agree, so every run also checks results.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1014,6 +1015,13 @@ struct Latency {
 /// Runs q0 over a new bid stream while bids arrive at `rate` per second for `seconds`, each with
 /// `date_time` = the wall-clock time it was sent; the latency of an output row is its arrival time
 /// at a consumer of the output topic minus that `date_time`.
+/// How long the latency run waits for its warm-up bids to come through q0_live (the query's
+/// group join included).
+const LATENCY_WARM_UP_SECONDS: u64 = 60;
+
+/// The `extra` of warm-up bids, which the latency consumer does not count.
+const LATENCY_WARM_UP_MARK: &str = "eddy-latency-warm-up";
+
 async fn measure_latency(
     engine: &Engine,
     session: &mut Session,
@@ -1040,9 +1048,6 @@ async fn measure_latency(
     .await?;
     let input = config.physical_topic("nexmark_bid_live");
     let output = config.physical_topic("Q0_LIVE");
-    // The query starts from the end of its (empty) input: wait until its consumer has joined,
-    // or the first bids would be missed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let consumer: BaseConsumer = connection
         .client_config()
@@ -1057,19 +1062,34 @@ async fn measure_latency(
     }
     consumer.assign(&assignment)?;
     let expected = rate as usize * seconds as usize;
+    // Output partitions a warm-up bid has come through: the query has joined its group and
+    // reads from the end of its input, and this consumer fetches, so that the timed bids measure
+    // the running pipeline, not its start.
+    let warmed_up: Arc<std::sync::Mutex<HashSet<i32>>> = Arc::default();
+    let warmed_up_seen = Arc::clone(&warmed_up);
     let collector = tokio::task::spawn_blocking(move || -> Result<Vec<i64>> {
         let mut latencies = Vec::with_capacity(expected);
-        let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 120);
+        let deadline = Instant::now()
+            + Duration::from_secs(LATENCY_WARM_UP_SECONDS + u64::from(seconds) + 120);
         while latencies.len() < expected && Instant::now() < deadline {
             let Some(message) = consumer.poll(Duration::from_millis(50)) else {
                 continue;
             };
             let message = message.context("latency consume")?;
             let arrived = wall_clock_ms();
-            let sent = message
+            let row = message
                 .payload()
-                .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok())
-                .and_then(|row| row.get("DATE_TIME").and_then(serde_json::Value::as_i64));
+                .and_then(|value| serde_json::from_slice::<serde_json::Value>(value).ok());
+            let extra = row
+                .as_ref()
+                .and_then(|row| row.get("EXTRA").and_then(serde_json::Value::as_str));
+            if extra == Some(LATENCY_WARM_UP_MARK) {
+                if let Ok(mut seen) = warmed_up_seen.lock() {
+                    seen.insert(message.partition());
+                }
+                continue;
+            }
+            let sent = row.and_then(|row| row.get("DATE_TIME").and_then(serde_json::Value::as_i64));
             if let Some(sent) = sent {
                 latencies.push(arrived - sent);
             }
@@ -1086,6 +1106,31 @@ async fn measure_latency(
         })
         .collect();
     let producer = connection.producer()?;
+    // Warm-up bids, one every 100 ms with keys that reach every partition, until one has come
+    // through each output partition.
+    let warm_up_deadline =
+        tokio::time::Instant::now() + Duration::from_secs(LATENCY_WARM_UP_SECONDS);
+    let mut warm_up = template[0].clone();
+    warm_up.extra = LATENCY_WARM_UP_MARK.to_owned();
+    let warm_up_value = serde_json::to_vec(&warm_up).context("cannot encode a bid")?;
+    for key in 0u64.. {
+        let seen = warmed_up.lock().map(|seen| seen.len()).unwrap_or(0);
+        if seen >= partitions.max(1) as usize {
+            break;
+        }
+        if tokio::time::Instant::now() > warm_up_deadline {
+            bail!(
+                "no warm-up bid came through q0_live within {LATENCY_WARM_UP_SECONDS} s \
+                 ({seen} of {partitions} partitions)"
+            );
+        }
+        let mut warm_up_sender = Sender::new(&producer);
+        warm_up_sender
+            .send(&input, &key.to_string(), &warm_up_value, wall_clock_ms())
+            .await?;
+        warm_up_sender.finish().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut sender = Sender::new(&producer);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let started = tokio::time::Instant::now();
