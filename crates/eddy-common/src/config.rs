@@ -23,7 +23,8 @@ pub struct EngineConfig {
     /// fill up only while a query catches up; this bounds what a partition's queue holds,
     /// `partition_queue_batches` times it, whatever the records' size. Default 4 MiB.
     pub max_batch_bytes: usize,
-    /// Longest a partially filled batch waits for more records before it is processed. Default 20 ms.
+    /// Longest a partially filled batch waits for more records before it is processed, and a
+    /// query's consumers' and join readers' `fetch.wait.max.ms`. Default 20 ms.
     pub max_batch_wait_ms: u64,
     /// How often a join of two tables, or of two streams, checks both sides for new records
     /// (besides whenever the query's consumer delivers): the longest a change waits to be
@@ -133,6 +134,7 @@ impl EngineConfig {
         BatchLimits {
             records: self.max_batch_records.max(1),
             bytes: self.max_batch_bytes.max(1),
+            wait_ms: self.max_batch_wait_ms.max(1),
         }
     }
 
@@ -353,11 +355,13 @@ impl EngineConfig {
 
 /// Where an input batch ends: at `records` records or once its keys and values hold `bytes`
 /// bytes, whichever comes first ([`EngineConfig::max_batch_records`],
-/// [`EngineConfig::max_batch_bytes`]).
+/// [`EngineConfig::max_batch_bytes`]); and how long a fetch for it waits for records
+/// ([`EngineConfig::max_batch_wait_ms`], the consumers' `fetch.wait.max.ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
     pub records: usize,
     pub bytes: usize,
+    pub wait_ms: u64,
 }
 
 impl BatchLimits {

@@ -625,6 +625,10 @@ impl PartitionReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
+            // As the query's own consumer: a fetch that finds nothing new returns within a
+            // batch's wait, so records written meanwhile are not held back by librdkafka's
+            // default 500 ms (a table join's right-side updates, a stream join's sides).
+            .set("fetch.wait.max.ms", limits.wait_ms.max(1).to_string())
             .create()
             .map_err(|e| KafkaError::client("partition reader creation", e))?;
         let mut assignment = TopicPartitionList::new();
