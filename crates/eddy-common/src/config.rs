@@ -449,6 +449,16 @@ mod tests {
     }
 
     #[test]
+    fn batch_limits_carry_the_batch_wait_that_readers_fetch_with() {
+        let limits = EngineConfig {
+            max_batch_wait_ms: 35,
+            ..Default::default()
+        }
+        .batch_limits();
+        assert_eq!(limits.wait_ms, 35);
+    }
+
+    #[test]
     fn set_refuses_what_would_break_the_engine() {
         let mut config = EngineConfig::default();
         assert_eq!(
