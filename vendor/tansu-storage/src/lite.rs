@@ -640,7 +640,9 @@ impl PoolConnection {
 
             Ok(row).inspect(|row| debug!(?row))
         } else {
-            panic!("more or less than one row");
+            // Eddy's patch: 0.6.0 panicked here, killing the task that served the request's
+            // connection; a fetch racing a topic's deletion found no watermark row.
+            Err(libsql::Error::QueryReturnedNoRows)
         }
     }
 }
@@ -2741,6 +2743,13 @@ impl Storage for Delegate {
                 ),
             )
             .await
+            .map_err(|err| match err {
+                // A partition without a watermark row is gone (or not created yet).
+                libsql::Error::QueryReturnedNoRows => {
+                    Error::Api(ErrorCode::UnknownTopicOrPartition)
+                }
+                err => err.into(),
+            })
             .inspect_err(|err| error!(?topition, ?err))?;
 
         let log_start = row
