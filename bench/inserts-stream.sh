@@ -6,13 +6,8 @@
 set -euo pipefail
 ROWS=${1:-50000}
 PORT=${PORT:-18090}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DIR=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$DIR"' EXIT
-"$ROOT/scripts/eddy" --data-dir "$DIR/data" --broker-port 0 server --listen "127.0.0.1:$PORT" >"$DIR/log" 2>&1 &
-SERVER=$!
+source "$(dirname "$0")/server.sh"
 URL="http://127.0.0.1:$PORT"
-for _ in $(seq 1 600); do curl -sf "$URL/healthcheck" >/dev/null && break; sleep 0.5; done
 curl -sf -X POST "$URL/ksql" -H 'Content-Type: application/vnd.ksql.v1+json' \
   -d "{\"ksql\":\"CREATE STREAM ev (id STRING KEY, n INT) WITH (KAFKA_TOPIC='ev', VALUE_FORMAT='JSON', PARTITIONS=1);\"}" >/dev/null
 python3 -c "

@@ -9,12 +9,7 @@
 set -euo pipefail
 UPDATES=${1:-60}
 PORT=${PORT:-18091}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DIR=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$DIR"' EXIT
-"${EDDY:-$ROOT/scripts/eddy}" --data-dir "$DIR/data" --broker-port 0 server --listen "127.0.0.1:$PORT" >"$DIR/log" 2>&1 &
-SERVER=$!
-for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/healthcheck" >/dev/null && break; sleep 0.5; done
+source "$(dirname "$0")/server.sh"
 python3 - "$PORT" "$UPDATES" <<'PY'
 import http.client, json, random, sys, threading, time
 
