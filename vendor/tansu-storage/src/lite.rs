@@ -747,22 +747,26 @@ impl Delegate {
 
             debug!(increment);
 
-            assert_eq!(
-                1,
-                connection
-                    .execute(
-                        "producer_detail_insert.sql",
-                        (
-                            self.cluster.as_str(),
-                            topition.topic(),
-                            topition.partition(),
-                            deflated.producer_id,
-                            deflated.producer_epoch,
-                            increment,
-                        ),
-                    )
-                    .await?
-            );
+            let inserted = connection
+                .execute(
+                    "producer_detail_insert.sql",
+                    (
+                        self.cluster.as_str(),
+                        topition.topic(),
+                        topition.partition(),
+                        deflated.producer_id,
+                        deflated.producer_epoch,
+                        increment,
+                    ),
+                )
+                .await?;
+
+            // Eddy's patch: 0.6.0 asserted this, and a failed assertion killed the task serving
+            // the producer's connection.
+            if inserted != 1 {
+                error!(?topition, deflated.producer_id, inserted, "producer detail not recorded");
+                return Err(Error::Api(ErrorCode::UnknownServerError));
+            }
 
             Ok(())
         } else {
@@ -2889,10 +2893,8 @@ impl Storage for Delegate {
 
             debug!(group_id, topic, partition, offset);
 
-            assert_eq!(
-                None,
-                results.insert(Topition::new(topic, partition), offset)
-            );
+            // Eddy's patch: a repeated row keeps its last offset (0.6.0 asserted there was none).
+            _ = results.insert(Topition::new(topic, partition), offset);
         }
 
         Ok(results).inspect(|_| {
@@ -2962,7 +2964,9 @@ impl Storage for Delegate {
                     )
                 })?;
 
-            assert_eq!(None, offsets.insert(topic.to_owned(), offset));
+            // Eddy's patch: a request may name a partition twice (0.6.0 asserted it did not,
+            // and a failed assertion killed the task serving the client's connection).
+            _ = offsets.insert(topic.to_owned(), offset);
         }
 
         Ok(offsets).inspect(|_| {
