@@ -246,6 +246,23 @@ impl Debug for PoolConnection {
 /// `IDLE_STATEMENTS_PER_KEY` times that many statements per connection.
 const IDLE_STATEMENTS_PER_KEY: usize = 2;
 
+/// Read-only requests served at once beside the one request that writes (Eddy's patch, see
+/// `ChannelRequestLayer::with_concurrent_reads`). In WAL mode a reader sees the last committed
+/// state and neither waits for the writer nor holds it up, so a fetch no longer queues behind a
+/// produce. Each request runs on a tokio worker while sqlite executes it, so more lanes than cores
+/// buy little.
+const CONCURRENT_READS: usize = 3;
+
+/// Pooled connections. A request holds one at a time (a fetch takes one for its watermark, returns
+/// it, then takes one for its records), so the writer and every read lane always find one; the
+/// other half is headroom. Upstream sized the pool by the machine's cores (4 per core).
+const POOL_CONNECTIONS: usize = 2 * (CONCURRENT_READS + 1);
+
+/// How long a statement waits for a lock held by another connection before failing with
+/// `SQLITE_BUSY`. Writes are served one at a time, so this covers only the rare moments a WAL reader
+/// must wait (another connection recovering or restarting the WAL); upstream set none.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Prepared statements of one connection, by SQL cache key (Eddy's patch: upstream 0.6.0 compiles
 /// every statement again for each use, which was most of the broker's CPU time).
 ///
@@ -375,6 +392,7 @@ impl PoolConnection {
     }
 
     async fn init(connection: &Connection) -> Result<()> {
+        connection.busy_timeout(BUSY_TIMEOUT)?;
         Self::journal_mode(connection).await?;
         Self::synchronous(connection).await?;
         Self::wal_autocheckpoint(connection).await?;
@@ -2077,6 +2095,7 @@ impl Builder<String, i32, Url, Url> {
                 pool: Pool::builder(ConnectionManager {
                     db: Arc::new(Mutex::new(db)),
                 })
+                .max_size(POOL_CONNECTIONS)
                 .build()?,
                 schemas: self.schemas,
                 lake: self.lake,
@@ -2085,6 +2104,7 @@ impl Builder<String, i32, Url, Url> {
 
             server.spawn(async move {
                 let server = ChannelRequestLayer::new(cancellation)
+                    .with_concurrent_reads(CONCURRENT_READS)
                     .into_layer(RequestStorageService::new(storage));
 
                 server.serve(Context::default(), receiver).await

@@ -40,7 +40,7 @@ mod txn;
 use std::{
     collections::BTreeMap,
     fmt::{self, Debug, Display, Formatter},
-    sync::LazyLock,
+    sync::{Arc, LazyLock},
     time::{Duration, SystemTime},
 };
 
@@ -85,9 +85,13 @@ use tansu_sans_io::{
     list_groups_response::ListedGroup, record::deflated,
     txn_offset_commit_response::TxnOffsetCommitResponseTopic,
 };
-use tokio::sync::{
-    mpsc::{self, error::SendError},
-    oneshot,
+use tokio::{
+    sync::{
+        Semaphore,
+        mpsc::{self, error::SendError},
+        oneshot,
+    },
+    task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, instrument};
@@ -203,6 +207,32 @@ pub enum Request {
         mechanism: ScramMechanism,
     },
     Ping,
+}
+
+impl Request {
+    /// Whether serving this request only reads storage (Eddy's patch). Such requests may be served
+    /// while a write is in progress, see [`ChannelRequestLayer::with_concurrent_reads`]; every
+    /// other request is served one at a time, in the order received, as in upstream tansu.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Brokers
+                | Self::Fetch { .. }
+                | Self::OffsetStage(_)
+                | Self::ListOffsets { .. }
+                | Self::CommittedOffsetTopitions(_)
+                | Self::OffsetFetch { .. }
+                | Self::Metadata(_)
+                | Self::DescribeConfig { .. }
+                | Self::DescribeTopicPartitions { .. }
+                | Self::ListGroups(_)
+                | Self::DescribeGroups { .. }
+                | Self::ClusterId
+                | Self::Node
+                | Self::AdvertisedListener
+                | Self::Ping
+        )
+    }
 }
 
 impl Display for Request {
@@ -1198,11 +1228,28 @@ impl Storage for RequestChannelService {
 #[derive(Clone, Debug, Default)]
 pub struct ChannelRequestLayer {
     cancellation: CancellationToken,
+    concurrent_reads: usize,
 }
 
 impl ChannelRequestLayer {
     pub fn new(cancellation: CancellationToken) -> Self {
-        Self { cancellation }
+        Self {
+            cancellation,
+            concurrent_reads: 0,
+        }
+    }
+
+    /// Serve up to `concurrent_reads` read-only requests ([`Request::is_read_only`]) at once, each
+    /// in a task of its own, beside the write being served (Eddy's patch). Writes are served by a
+    /// task of their own, one at a time, in the order received (at most `QUEUED_WRITES` waiting).
+    /// Only for a storage engine whose reads see a consistent committed state while a write is in
+    /// progress, such as sqlite in WAL mode with a connection per task. 0, the default, serves
+    /// every request in turn, as upstream does.
+    pub fn with_concurrent_reads(self, concurrent_reads: usize) -> Self {
+        Self {
+            concurrent_reads,
+            ..self
+        }
     }
 }
 
@@ -1213,6 +1260,7 @@ impl<S> Layer<S> for ChannelRequestLayer {
         Self::Service {
             inner,
             cancellation: self.cancellation.clone(),
+            concurrent_reads: self.concurrent_reads,
         }
     }
 }
@@ -1221,11 +1269,16 @@ impl<S> Layer<S> for ChannelRequestLayer {
 pub struct ChannelRequestService<S> {
     inner: S,
     cancellation: CancellationToken,
+    concurrent_reads: usize,
 }
+
+/// Writes accepted by [`ChannelRequestService`] while another write is being served (Eddy's patch).
+/// When as many wait, the service takes no further request until one is done.
+const QUEUED_WRITES: usize = 64;
 
 impl<S, State> Service<State, RequestReceiver> for ChannelRequestService<S>
 where
-    S: Service<State, Request, Response = Response, Error = Error>,
+    S: Service<State, Request, Response = Response, Error = Error> + Clone,
     State: Clone + Send + Sync + 'static,
 {
     type Response = ();
@@ -1236,16 +1289,46 @@ where
         ctx: Context<State>,
         mut req: RequestReceiver,
     ) -> Result<Self::Response, Self::Error> {
+        if self.concurrent_reads == 0 {
+            return serve_in_turn(&self.inner, ctx, req, &self.cancellation).await;
+        }
+
+        // Eddy's patch: writes are served in the order received by a task of their own, and each
+        // read-only request by a task of its own, at most `concurrent_reads` at once, so that reads
+        // use another core while a write holds one. A read waits for a lane, a write for room in
+        // the writer's queue, before the next request is taken. Returning aborts every task.
+        let (writes, queued_writes) = mpsc::channel(QUEUED_WRITES);
+        let mut writer = JoinSet::new();
+        _ = writer.spawn(serve_writes(self.inner.clone(), ctx.clone(), queued_writes));
+
+        let read_lanes = Arc::new(Semaphore::new(self.concurrent_reads));
+        let mut reads = JoinSet::new();
+
         loop {
             tokio::select! {
                 Some((request, tx)) = req.recv() => {
-                    self.inner
-                    .serve(ctx.clone(), request)
-                    .await
-                    .and_then(|response| {
-                        tx.send(response).map_err(|_unsent| Error::UnableToSend)
-                    })?
+                    if request.is_read_only() {
+                        let Ok(lane) = Arc::clone(&read_lanes).acquire_owned().await else {
+                            break;
+                        };
+                        let inner = self.inner.clone();
+                        let ctx = ctx.clone();
+                        _ = reads.spawn(async move {
+                            let response = inner.serve(ctx, request).await;
+                            drop(lane);
+                            // A requester that has gone is answered to no one, which is no reason
+                            // to stop serving the others.
+                            response.map(|response| _ = tx.send(response))
+                        });
+                    } else if writes.send((request, tx)).await.is_err() {
+                        // The writer has ended: its outcome is joined below.
+                        break;
+                    }
                 }
+
+                Some(read) = reads.join_next(), if !reads.is_empty() => joined(read)?,
+
+                Some(written) = writer.join_next() => return joined(written),
 
                 cancelled = self.cancellation.cancelled() => {
                     debug!(?cancelled);
@@ -1254,7 +1337,65 @@ where
             }
         }
 
-        Ok(())
+        drop(writes);
+        match writer.join_next().await {
+            Some(written) if !self.cancellation.is_cancelled() => joined(written),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Upstream's loop: every request in turn. Eddy's patch: a requester that has gone no longer
+/// stops the loop (upstream returned `UnableToSend`, which ended every client's storage).
+async fn serve_in_turn<S, State>(
+    inner: &S,
+    ctx: Context<State>,
+    mut req: RequestReceiver,
+    cancellation: &CancellationToken,
+) -> Result<()>
+where
+    S: Service<State, Request, Response = Response, Error = Error>,
+    State: Clone + Send + Sync + 'static,
+{
+    loop {
+        tokio::select! {
+            Some((request, tx)) = req.recv() => {
+                let response = inner.serve(ctx.clone(), request).await?;
+                _ = tx.send(response);
+            }
+
+            cancelled = cancellation.cancelled() => {
+                debug!(?cancelled);
+                break;
+            }
+        }
+    }
+
+    Ok(())
+}
+
+/// Serves the writes of [`ChannelRequestService`] one at a time, in the order received, until the
+/// queue closes or a write fails.
+async fn serve_writes<S, State>(inner: S, ctx: Context<State>, mut writes: RequestReceiver) -> Result<()>
+where
+    S: Service<State, Request, Response = Response, Error = Error>,
+    State: Clone + Send + Sync + 'static,
+{
+    while let Some((request, tx)) = writes.recv().await {
+        let response = inner.serve(ctx.clone(), request).await?;
+        _ = tx.send(response);
+    }
+    Ok(())
+}
+
+/// The outcome of a joined request task; a panic in one goes on as a panic of the service.
+fn joined(outcome: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match outcome {
+        Ok(served) => served,
+        Err(join_error) if join_error.is_panic() => {
+            std::panic::resume_unwind(join_error.into_panic())
+        }
+        Err(_cancelled) => Ok(()),
     }
 }
 
