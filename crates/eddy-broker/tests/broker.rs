@@ -777,3 +777,59 @@ async fn headers_round_trip_and_are_found_by_index() -> TestResult {
     stop(broker).await;
     Ok(())
 }
+
+/// A fetch returns records up to its byte budget, in order, and the next fetch goes on from there;
+/// a record larger than the whole budget still comes (as the first of its fetch), so that a
+/// consumer is never stuck behind it. tansu 0.6 returned nothing for such a record, for ever (the
+/// patched fetch of `vendor/tansu-storage`, fifth patch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_split_at_their_byte_budget_and_pass_a_larger_record() -> TestResult {
+    /// librdkafka's least `fetch.max.bytes`: small records need several fetches.
+    const FETCH_MAX_BYTES: usize = 1000;
+    let dir = TempDir::new()?;
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    let topic = unique("fetch-budget");
+    create_topic(&bootstrap, &topic, 1).await?;
+
+    let large = "x".repeat(8 * FETCH_MAX_BYTES);
+    let values: Vec<String> = (0..200)
+        .map(value)
+        .chain([large])
+        .chain((200..400).map(value))
+        .collect();
+    let producer: FutureProducer = client_config(&bootstrap)
+        .set("message.timeout.ms", WAIT.as_millis().to_string())
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()?;
+    for (i, value) in values.iter().enumerate() {
+        let record = FutureRecord::to(&topic)
+            .partition(0)
+            .key(value.as_str())
+            .payload(value);
+        timeout(WAIT, producer.send(record, WAIT))
+            .await?
+            .map_err(|(error, _message)| format!("producing record {i}: {error}"))?;
+    }
+
+    let consumer: StreamConsumer = client_config(&bootstrap)
+        .set("group.id", unique("group"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
+        .set("max.partition.fetch.bytes", FETCH_MAX_BYTES.to_string())
+        .set("message.max.bytes", FETCH_MAX_BYTES.to_string())
+        .set("receive.message.max.bytes", "1000000")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let received = receive(&consumer, values.len()).await?;
+    let expected: Vec<(String, String, i64)> = values
+        .iter()
+        .enumerate()
+        .map(|(offset, value)| (value.clone(), value.clone(), offset as i64))
+        .collect();
+    assert!(received == expected, "records out of order or changed");
+    drop(consumer);
+    stop(broker).await;
+    Ok(())
+}

@@ -2513,15 +2513,17 @@ impl Storage for Delegate {
 
         let c = self.connection().await?;
 
+        // Eddy's patch: the records in offset order, read until they reach `max_bytes`; dropping
+        // `records` then ends the scan. The first record is returned whatever its size, as Kafka
+        // does, so that a consumer is never stuck behind a record larger than its fetch.
         let mut records = c
             .query_cached(
-                "record_fetch.sql",
+                "record_fetch_in_order.sql",
                 (
                     self.cluster.as_str(),
                     topition.topic(),
                     topition.partition(),
                     offset,
-                    (max_bytes as i64),
                     high_watermark,
                 ),
             )
@@ -2531,6 +2533,8 @@ impl Storage for Delegate {
         let mut batches = vec![];
 
         if let Some(row) = records.next().await? {
+            let mut fetched_bytes = row.get::<i64>(5).inspect_err(|err| error!(?err))?;
+            let first_offset = row.get::<i64>(0).inspect_err(|err| error!(?err))?;
             let offset_delta = 0;
             let timestamp_delta = 0;
 
@@ -2558,7 +2562,7 @@ impl Storage for Delegate {
                             self.cluster.as_str(),
                             topition.topic(),
                             topition.partition(),
-                            offset,
+                            first_offset,
                         ),
                     )
                     .await?;
@@ -2618,6 +2622,11 @@ impl Storage for Delegate {
                 .last_offset_delta(offset_delta);
 
             while let Some(row) = records.next().await? {
+                fetched_bytes += row.get::<i64>(5).inspect_err(|err| error!(?err))?;
+                if fetched_bytes >= i64::from(max_bytes) {
+                    break;
+                }
+
                 let attributes = row
                     .get::<Option<i32>>(1)
                     .map(|attributes| attributes.unwrap_or(0))
