@@ -703,19 +703,21 @@ impl Engine {
         let mut steps: Vec<PlannedStep> = Vec::new();
         let mut step_outputs: Vec<String> = Vec::new();
         let mut sources: Vec<String> = Vec::new();
-        while let Some(step) = eddy_planner::first_join_step(&query, &catalog, &step_outputs)? {
+        while let Some(mut step) = eddy_planner::first_join_step(&query, &catalog, &step_outputs)? {
             let number = steps.len() + 1;
             let step_id = format!("{query_id}-JOIN-{number}");
             let clauses = eddy_planner::Clauses {
                 within: within.pop_front().flatten(),
                 ..Default::default()
             };
+            // The rest first: the step outputs only the columns the rest reads.
+            (query, partition_by) = step.rewrite(&query, &partition_by)?;
+            step.keep_only_columns_read_by(&query, &partition_by);
             let (plan, repartitions) = self
                 .plan_two_way(&step_id, &step.query, clauses, &catalog)
                 .await?;
             let output = self.step_output(query_id, number, &step, &plan);
             sources.extend(step.user_sources().map(str::to_owned));
-            (query, partition_by) = step.rewrite(&query, &partition_by)?;
             catalog.to_mut().replace_source(output.clone());
             step_outputs.push(output.name.clone());
             steps.push(PlannedStep {
@@ -748,8 +750,8 @@ impl Engine {
         })
     }
 
-    /// The source a join step writes: every column of both sides (named as the step's query
-    /// names them), in an internal topic of the statement's query with the join's partitions.
+    /// The source a join step writes: the columns of both sides that the rest of the statement
+    /// reads (named as the step's query names them), in an internal topic of the statement's query with the join's partitions.
     fn step_output(
         &self,
         query_id: &str,

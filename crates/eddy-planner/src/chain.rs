@@ -2,8 +2,8 @@
 //!
 //! The runtime joins two sources at a time, and aggregates one. A statement
 //! `FROM a JOIN b ON .. JOIN c ON ..` therefore runs as a chain, as in ksqlDB: a *join step*
-//! joins `a` and `b` and writes every column of both to an internal topic, and the rest of the
-//! statement reads that output in their place. The output is a source named `A JOIN B` (the
+//! joins `a` and `b` and writes the columns of both that the rest reads (and their keys) to an
+//! internal topic, and the rest of the statement reads that output in their place. The output is a source named `A JOIN B` (the
 //! sides' qualifiers) whose columns are named as `SELECT *` over a join names them (`A_X`,
 //! `B_Y`), and the statement is rewritten to read it: `a.x` and an unqualified `x` of `a` become
 //! `"A JOIN B"."A_X"`, `*` and `a.*` become those columns under their usual names. An
@@ -19,7 +19,7 @@
 //! The engine plans and starts the steps (each one an ordinary two-source join, repartitioned
 //! when its inputs are not co-partitioned) and the rewritten statement over their outputs.
 
-use std::ops::ControlFlow;
+use std::{collections::HashSet, ops::ControlFlow};
 
 use eddy_catalog::{Catalog, PSEUDO_COLUMNS, Source};
 use sqlparser::ast::{
@@ -68,7 +68,8 @@ impl StepSide {
 /// The first join of a statement that must run as a step of its own.
 #[derive(Debug, Clone)]
 pub struct JoinStep {
-    /// `SELECT a.k AS A_K, ..., b.y AS B_Y FROM a JOIN b ON ...`: every column of both sides.
+    /// `SELECT a.k AS A_K, ..., b.y AS B_Y FROM a JOIN b ON ...`: every column of both sides,
+    /// until [`Self::keep_only_columns_read_by`] drops those the rest does not read.
     pub query: ast::Query,
     /// Name of the step's output in the rewritten statement (`A JOIN B`).
     pub output_name: String,
@@ -165,6 +166,64 @@ impl JoinStep {
             .iter()
             .filter(|side| !side.step_output)
             .map(|side| side.source.name.as_str())
+    }
+
+    /// Drops from the step's output the value columns that `rest` (this step's [`Self::rewrite`]
+    /// of the statement) and its `partition_by` never read. A join stores the rows of both sides
+    /// as it outputs them, in its state and its changelog, so a column nobody reads costs a write
+    /// per row (Nexmark's q4 wrote every bid's `extra` padding to its join's changelog). The key
+    /// columns and timestamp column of both sides, and the columns of the join's `ON`, stay.
+    pub fn keep_only_columns_read_by(&mut self, rest: &ast::Query, partition_by: &[ast::Expr]) {
+        let mut read: HashSet<String> = HashSet::new();
+        let mut note_read = |expr: &ast::Expr| {
+            if let ast::Expr::CompoundIdentifier(parts) = expr
+                && let [qualifier, column] = parts.as_slice()
+                && qualifier.value == self.output_name
+            {
+                read.insert(column.value.clone());
+            }
+            ControlFlow::<()>::Continue(())
+        };
+        let _ = ast::visit_expressions(rest, &mut note_read);
+        for expr in partition_by {
+            let _ = ast::visit_expressions(expr, &mut note_read);
+        }
+        for side in &self.sides {
+            let kept = side
+                .source
+                .key_columns()
+                .map(|column| column.name.as_str())
+                .chain(side.source.timestamp_column.as_deref());
+            read.extend(kept.map(|column| side.output_column(column)));
+        }
+        let SetExpr::Select(select) = self.query.body.as_mut() else {
+            return;
+        };
+        // The ON clause: every expression of the step but its projection.
+        let projection = std::mem::take(&mut select.projection);
+        let mut on_columns = Vec::new();
+        let _ = ast::visit_expressions(&self.query, |expr| {
+            let parts = match expr {
+                ast::Expr::CompoundIdentifier(parts) => parts.as_slice(),
+                ast::Expr::Identifier(ident) => std::slice::from_ref(ident),
+                _ => return ControlFlow::<()>::Continue(()),
+            };
+            if let Ok(Some(output)) = self.resolve(parts) {
+                on_columns.push(output);
+            }
+            ControlFlow::Continue(())
+        });
+        read.extend(on_columns);
+        let SetExpr::Select(select) = self.query.body.as_mut() else {
+            return;
+        };
+        select.projection = projection
+            .into_iter()
+            .filter(|item| match item {
+                SelectItem::ExprWithAlias { alias, .. } => read.contains(&alias.value),
+                _ => true,
+            })
+            .collect();
     }
 
     /// `query` (and its `PARTITION BY` expressions) rewritten to read this step's output in
@@ -448,6 +507,29 @@ mod tests {
         assert_eq!(
             step.user_sources().collect::<Vec<_>>(),
             ["ORDERS", "CUSTOMERS"]
+        );
+    }
+
+    /// The step of `sql`, pruned to what the rest of `sql` reads.
+    fn pruned_step(sql: &str) -> String {
+        let mut step = step(sql).unwrap().expect("a step");
+        let (rest, partition_by) = step.rewrite(&query(sql), &[]).unwrap();
+        step.keep_only_columns_read_by(&rest, &partition_by);
+        step.query.to_string()
+    }
+
+    #[test]
+    fn the_step_outputs_only_the_columns_the_rest_reads_and_its_keys() {
+        // O.ID: key; O.CID: ON; O.IID: the later join's ON; O.QTY: WHERE; C.ID: key and ON.
+        // C.NAME is read by nothing after the step.
+        assert_eq!(
+            pruned_step(&format!("SELECT O.ID, I.PRICE {THREE_WAY} WHERE O.QTY > 1")),
+            r#"SELECT "O"."ID" AS "O_ID", "O"."CID" AS "O_CID", "O"."IID" AS "O_IID", "O"."QTY" AS "O_QTY", "C"."ID" AS "C_ID" FROM ORDERS O JOIN CUSTOMERS C ON O.CID = C.ID"#
+        );
+        // A wildcard reads every column of its sides.
+        assert_eq!(
+            pruned_step(&format!("SELECT C.*, I.PRICE {THREE_WAY}")),
+            r#"SELECT "O"."ID" AS "O_ID", "O"."CID" AS "O_CID", "O"."IID" AS "O_IID", "C"."ID" AS "C_ID", "C"."NAME" AS "C_NAME" FROM ORDERS O JOIN CUSTOMERS C ON O.CID = C.ID"#
         );
     }
 
