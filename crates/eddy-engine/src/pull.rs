@@ -160,6 +160,7 @@ impl Engine {
             });
         }
         let state = ctx.state();
+        eddy_planner::Planner::reject_aggregates_in_group_by(&query, &state)?;
         let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
         let plan = state
             .statement_to_plan(statement)

@@ -842,6 +842,7 @@ impl Planner {
             )?;
         }
         let state = ctx.state();
+        Self::reject_aggregates_in_group_by(&query, &state)?;
         let statement = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
         let logical = state
             .statement_to_plan(statement)
@@ -1046,6 +1047,67 @@ impl Planner {
     /// pull queries: full SQL executed by DataFusion over tables the caller registers.
     pub fn pull_state(&self) -> Result<SessionState, PlanError> {
         self.isolated_state(&self.state)
+    }
+
+    /// Refuses a `GROUP BY` over an aggregate function, named there or by its position in the
+    /// select list (`GROUP BY 1`), as Postgres does. DataFusion's own error for it is an internal
+    /// one ("schema contains duplicate unqualified field name", "physical plan does not support
+    /// logical expression AggregateFunction").
+    pub fn reject_aggregates_in_group_by(
+        query: &ast::Query,
+        state: &SessionState,
+    ) -> Result<(), PlanError> {
+        let ast::SetExpr::Select(select) = query.body.as_ref() else {
+            return Ok(());
+        };
+        let GroupByExpr::Expressions(exprs, _) = &select.group_by else {
+            return Ok(());
+        };
+        let aggregates = state.aggregate_functions();
+        let aggregate_in = |expr: &ast::Expr| {
+            let mut found = None;
+            let _ = ast::visit_expressions(expr, |e| {
+                if let ast::Expr::Function(function) = e
+                    && aggregates.contains_key(&function.name.to_string().to_lowercase())
+                {
+                    found = Some(e.to_string());
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+            found
+        };
+        for expr in exprs {
+            let grouped = match expr {
+                ast::Expr::Value(value) => match &value.value {
+                    ast::Value::Number(position, _) => position
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|position| position.checked_sub(1))
+                        .and_then(|index| select.projection.get(index))
+                        .and_then(|item| match item {
+                            ast::SelectItem::UnnamedExpr(expr)
+                            | ast::SelectItem::ExprWithAlias { expr, .. } => Some(expr),
+                            _ => None,
+                        }),
+                    _ => None,
+                },
+                other => Some(other),
+            };
+            if let Some(aggregate) = grouped.and_then(aggregate_in) {
+                let start = ast::Spanned::span(expr).start;
+                let at = if start.line > 0 {
+                    format!(" at line {}, column {}", start.line, start.column)
+                } else {
+                    String::new()
+                };
+                return Err(PlanError::Invalid(format!(
+                    "aggregate functions are not allowed in GROUP BY{at}: {aggregate}\n\
+                     hint: group by the columns the aggregate reads, or drop it from GROUP BY"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Evaluates constant expressions (the `VALUES` of an `INSERT`) into a one-row batch.
