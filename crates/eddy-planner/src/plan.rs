@@ -820,6 +820,21 @@ impl Planner {
             type_integer_literals(having);
         }
         if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+            // A bare number would group every row by that constant: say what was meant instead.
+            if let Some(position) = exprs.iter().find_map(|expr| match expr {
+                ast::Expr::Value(value) if matches!(value.value, ast::Value::Number(..)) => {
+                    Some(value.to_string())
+                }
+                _ => None,
+            }) {
+                return Err(PlanError::Unsupported {
+                    feature: format!("GROUP BY by position (GROUP BY {position})"),
+                    plural: false,
+                    hint: Some(
+                        "name the expression: GROUP BY column_or_expression, and select it".into(),
+                    ),
+                });
+            }
             exprs.iter_mut().for_each(type_integer_literals);
         }
 
