@@ -559,6 +559,41 @@ async fn push_queries_start_at_the_latest_offset_by_default() {
     engine.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_query_reads_the_first_record_written_after_it_started() {
+    // Its end is fixed when the statement returns. librdkafka, assigned the logical end by a new
+    // consumer, looked it up 500 ms later, after the record below: it was never read.
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM beats (v INT) WITH (KAFKA_TOPIC='beats', PARTITIONS=2);",
+    )
+    .await;
+    let input = h.topic("beats");
+    h.produce(&input, Some("a"), r#"{"v":1}"#).await;
+    let results = run(
+        &engine,
+        &mut session,
+        "SELECT v FROM beats EMIT CHANGES LIMIT 1;",
+    )
+    .await;
+    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
+        panic!("expected a push query")
+    };
+    h.produce(&input, Some("b"), r#"{"v":2}"#).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), push.next_batch())
+        .await
+        .expect("the record written after the push query started arrives")
+        .expect("a row");
+    let v =
+        datafusion::arrow::util::display::array_value_to_string(batch.column(0), 0).expect("cell");
+    assert_eq!(v, "2");
+    engine.shutdown().await;
+}
+
 /// The count in the one-row result of `SELECT COUNT(*) ...`.
 fn count_of(results: &[StatementResult]) -> i64 {
     use eddy_engine::arrow::array::AsArray;

@@ -94,7 +94,7 @@ const FK_INDEX: u8 = 0xFF;
 
 impl TableSide {
     /// Opens partition `partition` of the (right) table: reads where the store left off.
-    pub(crate) fn open(
+    pub(crate) async fn open(
         spec: &JoinSpec,
         plan: &JoinPlan,
         partition: i32,
@@ -118,11 +118,12 @@ impl TableSide {
             connection,
             limits,
         )
+        .await
     }
 
     /// Opens the copy that task `task` of a foreign-key join keeps of partition `right` (of
     /// `right_count`) of the right table, at store partition `task * right_count + right`.
-    pub(crate) fn open_copy(
+    pub(crate) async fn open_copy(
         spec: &JoinSpec,
         plan: &JoinPlan,
         (task, right, right_count): (i32, i32, i32),
@@ -156,10 +157,11 @@ impl TableSide {
             connection,
             limits,
         )
+        .await
     }
 
     /// Opens partition `partition` of the left table of a table-table join.
-    pub(crate) fn open_left(
+    pub(crate) async fn open_left(
         spec: &JoinSpec,
         plan: &JoinPlan,
         partition: i32,
@@ -188,9 +190,10 @@ impl TableSide {
             connection,
             limits,
         )
+        .await
     }
 
-    fn open_side(
+    async fn open_side(
         side: SideSpec<'_>,
         plan: &JoinPlan,
         (partition, store_partition): (i32, i32),
@@ -242,7 +245,8 @@ impl TableSide {
             partition,
             start,
             limits,
-        )?;
+        )
+        .await?;
         Ok(Self {
             topic: side.topic.to_owned(),
             partition,

@@ -349,13 +349,63 @@ impl KafkaConnection {
     /// The high watermark of one partition (one offsets request, no metadata request): what a
     /// join reads its table up to before each stream batch.
     pub async fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        Ok(self.partition_watermarks(topic, partition).await?.1)
+    }
+
+    /// The offset a reader assigned `start` begins at: the offset itself, or the partition's low
+    /// (`Offset::Beginning`) or high (`Offset::End`) watermark now.
+    ///
+    /// Readers are assigned concrete offsets. A consumer assigned a logical one asks the broker
+    /// for it only once it knows the partition's leader, and a new consumer does not know it yet:
+    /// librdkafka then retries the lookup after a fixed 500 ms. That delayed every first read of
+    /// a join's side by half a second, and a push query reading from the end missed the records
+    /// written in that half second, as the end was looked up only then.
+    pub async fn start_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: Offset,
+    ) -> Result<i64, KafkaError> {
+        match start {
+            Offset::Offset(offset) => Ok(offset),
+            Offset::Beginning => Ok(self.partition_watermarks(topic, partition).await?.0),
+            Offset::End => Ok(self.partition_watermarks(topic, partition).await?.1),
+            other => Err(KafkaError::Internal(format!(
+                "a reader starts at an offset, the beginning or the end, not {other:?}"
+            ))),
+        }
+    }
+
+    /// An assignment of every partition of `topic` (it has `partitions`) at the offsets
+    /// `start` resolves to now (see [`Self::start_offset`]).
+    pub async fn assignment_from(
+        &self,
+        topic: &str,
+        partitions: i32,
+        start: Offset,
+    ) -> Result<TopicPartitionList, KafkaError> {
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            let offset = self.start_offset(topic, partition, start).await?;
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .map_err(|e| KafkaError::client("assignment", e))?;
+        }
+        Ok(assignment)
+    }
+
+    /// Low and high watermarks of one partition (one offsets request).
+    async fn partition_watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, i64), KafkaError> {
         let consumer = self.offset_client("")?;
         let timeout = self.timeout();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             consumer
                 .fetch_watermarks(&topic, partition, Timeout::After(timeout))
-                .map(|(_, high)| high)
                 .map_err(|e| {
                     KafkaError::client(
                         format!("watermarks of \"{topic}\" partition {partition}"),
@@ -601,8 +651,9 @@ pub(crate) struct PartitionReader {
 }
 
 impl PartitionReader {
-    /// Reads partition `partition` of `topic` from `start`: an offset, or the beginning.
-    pub(crate) fn open(
+    /// Reads partition `partition` of `topic` from `start`: an offset, or the beginning (the
+    /// low watermark now, see [`KafkaConnection::start_offset`]).
+    pub(crate) async fn open(
         connection: &KafkaConnection,
         group_id: &str,
         topic: &str,
@@ -612,7 +663,7 @@ impl PartitionReader {
     ) -> Result<Self, KafkaError> {
         let next_offset = match start {
             Offset::Offset(offset) => offset,
-            Offset::Beginning => 0,
+            Offset::Beginning => connection.start_offset(topic, partition, start).await?,
             other => {
                 return Err(KafkaError::Internal(format!(
                     "a partition reader starts at an offset or the beginning, not {other:?}"
@@ -633,7 +684,7 @@ impl PartitionReader {
             .map_err(|e| KafkaError::client("partition reader creation", e))?;
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(topic, partition, start)
+            .add_partition_offset(topic, partition, Offset::Offset(next_offset))
             .map_err(|e| KafkaError::client("partition reader assignment", e))?;
         consumer
             .assign(&assignment)

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,17 +60,14 @@ pub async fn print_topic(
     };
     let consumer =
         connection.consumer(&format!("_eddy-print-{}", std::process::id()), "earliest")?;
-    let mut assignment = TopicPartitionList::new();
     let start = if options.from_beginning {
         Offset::Beginning
     } else {
         Offset::End
     };
-    for partition in 0..info.partitions {
-        assignment
-            .add_partition_offset(&options.topic, partition, start)
-            .map_err(|e| KafkaError::client("assignment", e))?;
-    }
+    let assignment = connection
+        .assignment_from(&options.topic, info.partitions, start)
+        .await?;
     consumer
         .assign(&assignment)
         .map_err(|e| KafkaError::client("assignment", e))?;

@@ -575,12 +575,12 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             OffsetReset::Earliest => Offset::Beginning,
             OffsetReset::Latest => Offset::End,
         };
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..info.partitions {
-            assignment
-                .add_partition_offset(&spec.source_topic, partition, offset)
-                .map_err(|e| KafkaError::client("assignment", e))?;
-        }
+        // Where "latest" is is fixed now, before the statement returns: every record written
+        // after it is read.
+        let assignment = spec
+            .connection
+            .assignment_from(&spec.source_topic, info.partitions, offset)
+            .await?;
         consumer
             .assign(&assignment)
             .map_err(|e| KafkaError::client("assignment", e))?;
@@ -1256,7 +1256,8 @@ impl PartitionTask {
             self.partition,
             from.map_or(Offset::Beginning, Offset::Offset),
             spec.config.batch_limits(),
-        )?;
+        )
+        .await?;
         let mut skipped = Vec::new();
         let mut deleted_offsets = std::collections::HashSet::new();
         let mut value = Vec::new();
@@ -1909,7 +1910,8 @@ impl PartitionTask {
             &spec.group_id,
             &spec.connection,
             spec.config.batch_limits(),
-        )?;
+        )
+        .await?;
         table
             .catch_up(&spec.connection, &spec.processing_log, &spec.query_id)
             .await?;
@@ -1963,24 +1965,27 @@ impl PartitionTask {
                 "a join started without its tables".into(),
             ));
         };
-        let open = |left: bool| {
-            let open = if left {
-                TableSide::open_left
-            } else {
-                TableSide::open
-            };
-            open(
-                join_spec,
-                join,
-                self.partition,
-                &spec.group_id,
-                &spec.connection,
-                spec.config.batch_limits(),
-            )
-        };
+        let limits = spec.config.batch_limits();
+        let (group_id, connection) = (&spec.group_id, &spec.connection);
         self.prepare_table_view(&[self.partition], &[self.partition])?;
-        let mut left = open(true)?;
-        let mut right = open(false)?;
+        let mut left = TableSide::open_left(
+            join_spec,
+            join,
+            self.partition,
+            group_id,
+            connection,
+            limits,
+        )
+        .await?;
+        let mut right = TableSide::open(
+            join_spec,
+            join,
+            self.partition,
+            group_id,
+            connection,
+            limits,
+        )
+        .await?;
         // A side read again from its beginning (its local state is gone) does not know which
         // keys joined before; if the output already has records, every key that does not join
         // now gets a tombstone until both sides are caught up.
@@ -2171,9 +2176,11 @@ impl PartitionTask {
             &spec.group_id,
             &spec.connection,
             limits,
-        )?;
-        let mut copies = (0..right_partitions)
-            .map(|right| {
+        )
+        .await?;
+        let mut copies = Vec::with_capacity(usize::try_from(right_partitions).unwrap_or(0));
+        for right in 0..right_partitions {
+            copies.push(
                 TableSide::open_copy(
                     join_spec,
                     join,
@@ -2182,8 +2189,9 @@ impl PartitionTask {
                     &spec.connection,
                     limits,
                 )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                .await?,
+            );
+        }
         // What each copy holds is processed, though no round may come soon; the copy of right
         // partition q counts for q's read-your-writes once every task's copy has it.
         let copy_progress: Vec<Progress> = copies
@@ -2380,7 +2388,8 @@ impl PartitionTask {
                 self.partition,
                 left_start,
                 limits,
-            )?,
+            )
+            .await?,
             PartitionReader::open(
                 &spec.connection,
                 &format!("{}-right", spec.group_id),
@@ -2388,7 +2397,8 @@ impl PartitionTask {
                 self.partition,
                 right_start,
                 limits,
-            )?,
+            )
+            .await?,
         ];
         // Where the right side resumes is processed (or, for a new query reading from the
         // latest offset, never will be), though no round may come soon.

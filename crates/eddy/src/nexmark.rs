@@ -1314,6 +1314,7 @@ async fn raw_consume(
         .set("group.id", format!("{}-raw", topics.join("+")))
         .create()
         .context("cannot create the raw consumer")?;
+    // Concrete offsets, as the engine's readers have (see `KafkaConnection::start_offset`).
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
         let partitions = connection
@@ -1321,8 +1322,12 @@ async fn raw_consume(
             .await?
             .with_context(|| format!("the topic {topic} is gone"))?
             .partitions;
-        for partition in 0..partitions {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        for element in connection
+            .assignment_from(topic, partitions, Offset::Beginning)
+            .await?
+            .elements()
+        {
+            assignment.add_partition_offset(topic, element.partition(), element.offset())?;
         }
     }
     consumer.assign(&assignment)?;
@@ -1362,10 +1367,9 @@ async fn raw_pipe(
         .await?
         .context("the bid topic is gone")?
         .partitions;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(input, partition, Offset::Beginning)?;
-    }
+    let assignment = connection
+        .assignment_from(input, partitions, Offset::Beginning)
+        .await?;
     consumer.assign(&assignment)?;
     let producer = connection.producer()?;
     let mut sender = Sender::new(&producer);
