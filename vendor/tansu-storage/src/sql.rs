@@ -124,7 +124,15 @@ pub(crate) static SQL: LazyLock<Cache> = LazyLock::new(|| {
             include_sql!("sql/header_delete_by_topic.sql"),
         ),
         ("header_fetch.sql", include_sql!("sql/header_fetch.sql")),
+        (
+            "header_fetch_range.sql",
+            include_sql!("sql/header_fetch_range.sql"),
+        ),
         ("header_insert.sql", include_sql!("sql/header_insert.sql")),
+        (
+            "header_insert_by_topition.sql",
+            include_sql!("sql/header_insert_by_topition.sql"),
+        ),
         (
             "list_earliest_offset.sql",
             include_sql!("sql/list_earliest_offset.sql"),
@@ -197,6 +205,10 @@ pub(crate) static SQL: LazyLock<Cache> = LazyLock::new(|| {
         ),
         ("record_fetch_pg.sql", include_sql!("pg/record_fetch.sql")),
         ("record_insert.sql", include_sql!("sql/record_insert.sql")),
+        (
+            "record_insert_by_topition.sql",
+            include_sql!("sql/record_insert_by_topition.sql"),
+        ),
         (
             "register_broker.sql",
             include_sql!("sql/register_broker.sql"),
@@ -384,6 +396,10 @@ pub(crate) static SQL: LazyLock<Cache> = LazyLock::new(|| {
         (
             "watermark_select_no_update.sql",
             include_sql!("sql/watermark_select_no_update.sql"),
+        ),
+        (
+            "watermark_select_with_topition.sql",
+            include_sql!("sql/watermark_select_with_topition.sql"),
         ),
         (
             "watermark_select_stable.sql",
