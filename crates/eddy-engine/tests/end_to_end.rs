@@ -188,6 +188,14 @@ async fn run(engine: &Engine, session: &mut Session, sql: &str) -> Vec<Statement
         .unwrap_or_else(|e| panic!("{sql}\nfailed: {e}"))
 }
 
+/// Starts the push query `sql` (its statement has returned when this does).
+async fn push_query(engine: &Engine, session: &mut Session, sql: &str) -> eddy_engine::PushQuery {
+    match run(engine, session, sql).await.into_iter().next() {
+        Some(StatementResult::Push(push)) => push,
+        other => panic!("expected a push query from {sql}, got {other:?}"),
+    }
+}
+
 fn json(text: &Option<String>) -> BTreeMap<String, Value> {
     serde_json::from_str(text.as_deref().expect("a value")).expect("JSON value")
 }
@@ -268,15 +276,12 @@ async fn malformed_records_are_skipped_and_reported_in_the_processing_log() {
     assert_eq!(json(&records[1].1)["TEMP"], Value::from(23));
 
     // The processing log is a stream like any other.
-    let results = run(
+    let mut push = push_query(
         &engine,
         &mut session,
         "SELECT source_topic, source_partition, source_offset, error_type FROM eddy_processing_log EMIT CHANGES LIMIT 2;",
     )
     .await;
-    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
-        panic!("expected a push query")
-    };
     let mut rows = Vec::new();
     while rows.len() < 2 {
         let batch = tokio::time::timeout(WAIT, push.next_batch())
@@ -529,15 +534,12 @@ async fn push_queries_start_at_the_latest_offset_by_default() {
     .await;
     let input = h.topic("ticks");
     h.produce(&input, None, r#"{"v":1}"#).await;
-    let results = run(
+    let mut push = push_query(
         &engine,
         &mut session,
         "SELECT v FROM ticks EMIT CHANGES LIMIT 1;",
     )
     .await;
-    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
-        panic!("expected a push query")
-    };
     // The query is subscribed once it has been assigned its partitions; keep producing newer
     // records until one arrives, and check it is never the old one.
     let mut next = 2;
@@ -574,15 +576,12 @@ async fn a_push_query_reads_the_first_record_written_after_it_started() {
     .await;
     let input = h.topic("beats");
     h.produce(&input, Some("a"), r#"{"v":1}"#).await;
-    let results = run(
+    let mut push = push_query(
         &engine,
         &mut session,
         "SELECT v FROM beats EMIT CHANGES LIMIT 1;",
     )
     .await;
-    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
-        panic!("expected a push query")
-    };
     h.produce(&input, Some("b"), r#"{"v":2}"#).await;
     let batch = tokio::time::timeout(Duration::from_secs(10), push.next_batch())
         .await
@@ -682,7 +681,7 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
     ] {
         run(&engine, &mut session, sql).await;
     }
-    let results = run(
+    let mut push = push_query(
         &engine,
         &mut session,
         "SELECT o.order_id, c.name, i.price * o.qty AS total FROM orders o \
@@ -690,9 +689,6 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
          EMIT CHANGES LIMIT 2;",
     )
     .await;
-    let Some(StatementResult::Push(mut push)) = results.into_iter().next() else {
-        panic!("expected a push query")
-    };
     let connection = KafkaConnection::new(h.bootstrap.clone());
     let prefix = format!("_eddy-{}-query-{}-", h.service_id, push.query_id);
     let query_topics = |topics: Vec<eddy_runtime::TopicInfo>| -> Vec<String> {
