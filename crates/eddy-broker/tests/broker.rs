@@ -530,6 +530,20 @@ async fn read_all(
     Ok(receive(&consumer, usize::try_from(high - low)?).await?)
 }
 
+/// The headers of `message` as (key, value) in their order; none when it has none.
+fn headers_of(message: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -686,7 +700,7 @@ async fn a_fixed_free_port_is_used() -> TestResult {
 /// headers). Every third record has none, so a fetch matches headers to their records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_round_trip_and_are_found_by_index() -> TestResult {
-    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    use rdkafka::message::{Header, OwnedHeaders};
 
     let dir = TempDir::new()?;
     let topic = unique("headers");
@@ -729,15 +743,7 @@ async fn headers_round_trip_and_are_found_by_index() -> TestResult {
     consumer.assign(&partitions)?;
     for i in 0..RECORDS {
         let message = timeout(WAIT, consumer.recv()).await??;
-        let found: Vec<(String, Option<Vec<u8>>)> = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let found = headers_of(&message);
         let want = if i % 3 == 2 {
             Vec::new()
         } else {
@@ -839,6 +845,105 @@ async fn fetches_split_at_their_byte_budget_and_pass_a_larger_record() -> TestRe
         .map(|(offset, value)| (value.clone(), value.clone(), offset as i64))
         .collect();
     assert!(received == expected, "records out of order or changed");
+    drop(consumer);
+    stop(broker).await;
+    Ok(())
+}
+
+/// Records produced together reach the broker as batches of many records, which the SQLite
+/// engine inserts several rows per statement (the patched produce of `vendor/tansu-storage`,
+/// eighth patch). Every record must keep its own offset, key, value, timestamp and headers,
+/// including absent keys and values, across the chunk boundaries of a batch (64, 32, ... rows)
+/// and in the remainder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_one_batch_keep_their_offsets_fields_and_headers() -> TestResult {
+    use rdkafka::message::{Header, OwnedHeaders};
+    /// 3 * 64 + 32 + 16 + 8 + 4 + 2 + 1 in one batch: every statement size.
+    const BATCHED: usize = 255;
+    const BASE_TIMESTAMP_MS: i64 = 1_700_000_000_000;
+    let dir = TempDir::new()?;
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    let topic = unique("batched");
+    create_topic(&bootstrap, &topic, 1).await?;
+
+    let has_key = |i: usize| i % 5 != 0;
+    let has_value = |i: usize| i % 7 != 0;
+    let trace = |i: usize| (i % 3 == 0).then(|| format!("trace-{i}"));
+    // The records wait in the producer until `linger.ms` ends, so they leave as one request
+    // (or very few), each with many records.
+    let producer: FutureProducer = client_config(&bootstrap)
+        .set("message.timeout.ms", WAIT.as_millis().to_string())
+        .set("linger.ms", "200")
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()?;
+    let mut deliveries = Vec::with_capacity(BATCHED);
+    for i in 0..BATCHED {
+        let (key, value) = (key(i), value(i));
+        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(&topic)
+            .partition(0)
+            .timestamp(BASE_TIMESTAMP_MS + i as i64);
+        if has_key(i) {
+            record = record.key(key.as_str());
+        }
+        if has_value(i) {
+            record = record.payload(value.as_str());
+        }
+        let header = trace(i);
+        if let Some(trace) = &header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "trace",
+                value: Some(trace.as_bytes()),
+            }));
+        }
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(error, _record)| format!("queueing record {i}: {error}"))?,
+        );
+    }
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        let delivery = timeout(WAIT, delivery)
+            .await??
+            .map_err(|(error, _message)| format!("producing record {i}: {error}"))?;
+        assert_eq!(
+            (delivery.partition, delivery.offset),
+            (0, i as i64),
+            "where record {i} landed"
+        );
+    }
+
+    let consumer: StreamConsumer = client_config(&bootstrap)
+        .set("group.id", unique("unused"))
+        .create()?;
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(&topic, 0, Offset::Offset(0))?;
+    consumer.assign(&partitions)?;
+    for i in 0..BATCHED {
+        let message = timeout(WAIT, consumer.recv()).await??;
+        assert_eq!(message.offset(), i as i64);
+        assert_eq!(
+            message.key(),
+            has_key(i).then(|| key(i)).as_deref().map(str::as_bytes),
+            "key of offset {i}"
+        );
+        assert_eq!(
+            message.payload(),
+            has_value(i).then(|| value(i)).as_deref().map(str::as_bytes),
+            "value of offset {i}"
+        );
+        assert_eq!(
+            message.timestamp().to_millis(),
+            Some(BASE_TIMESTAMP_MS + i as i64),
+            "timestamp of offset {i}"
+        );
+        let headers = headers_of(&message);
+        let want: Vec<(String, Option<Vec<u8>>)> = trace(i)
+            .map(|trace| ("trace".to_owned(), Some(trace.into_bytes())))
+            .into_iter()
+            .collect();
+        assert_eq!(headers, want, "headers of offset {i}");
+    }
     drop(consumer);
     stop(broker).await;
     Ok(())

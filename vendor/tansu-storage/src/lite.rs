@@ -30,7 +30,10 @@ use crate::{
     RequestChannelService, RequestStorageService, Result, ScramCredential, Storage, TopicId,
     Topition, TxnAddPartitionsRequest, TxnAddPartitionsResponse, TxnOffsetCommitRequest, TxnState,
     UpdateError, Version, bounded_channel,
-    sql::{Cache, default_hash, idempotent_sequence_check, remove_comments},
+    sql::{
+        Cache, RECORD_INSERT_COLUMNS, default_hash, idempotent_sequence_check,
+        record_insert_statement, remove_comments,
+    },
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -451,10 +454,7 @@ impl PoolConnection {
             .inspect(|rows| {
                 debug!(?rows);
 
-                SQL_DURATION.record(
-                    elapsed_millis(start),
-                    &[KeyValue::new("sql", sql)],
-                );
+                SQL_DURATION.record(elapsed_millis(start), &[KeyValue::new("sql", sql)]);
 
                 SQL_REQUESTS.add(1, &[KeyValue::new("sql", sql)]);
             })
@@ -536,10 +536,7 @@ impl PoolConnection {
             .inspect(|rows| {
                 debug!(?rows);
 
-                SQL_DURATION.record(
-                    elapsed_millis(start),
-                    &[KeyValue::new("sql", sql)],
-                );
+                SQL_DURATION.record(elapsed_millis(start), &[KeyValue::new("sql", sql)]);
 
                 SQL_REQUESTS.add(1, &[KeyValue::new("sql", sql)]);
             })
@@ -583,7 +580,11 @@ impl PoolConnection {
     }
 
     #[instrument(skip_all)]
-    async fn query_opt<P>(&self, sql: &'static str, params: P) -> result::Result<Option<Row>, libsql::Error>
+    async fn query_opt<P>(
+        &self,
+        sql: &'static str,
+        params: P,
+    ) -> result::Result<Option<Row>, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -782,7 +783,10 @@ impl Delegate {
             // Eddy's patch: 0.6.0 asserted this, and a failed assertion killed the task serving
             // the producer's connection.
             if inserted != 1 {
-                error!(?topition, deflated.producer_id, inserted, "producer detail not recorded");
+                error!(
+                    ?topition,
+                    deflated.producer_id, inserted, "producer detail not recorded"
+                );
                 return Err(Error::Api(ErrorCode::UnknownServerError));
             }
 
@@ -917,60 +921,72 @@ impl Delegate {
                     })
                     .inspect(|tansu_lake_sink| debug!(tansu_lake_sink))?)
         {
-            for (delta, record) in inflated.records.iter().enumerate() {
-                debug!(delta, elapsed = elapsed_millis(start));
+            // Eddy's patch: 0.6.0 inserted one record per statement; the records now go in
+            // chunks of RECORD_INSERT_ROWS, then each chunk's headers (their foreign key needs
+            // the records first).
+            let producer_id = transaction_id.map(|_| inflated.producer_id);
+            let producer_epoch = transaction_id.map(|_| inflated.producer_epoch);
+            let mut first_offset = high.unwrap_or_default();
+            let mut remaining = &inflated.records[..];
 
-                let delta = i64::try_from(delta)?;
-                let offset = high.unwrap_or_default() + delta;
-                let key = record.key.as_deref();
-                let value = record.value.as_deref();
+            while !remaining.is_empty() {
+                let (rows, key) = record_insert_statement(remaining.len());
+                let (chunk, rest) = remaining.split_at(rows);
+                let mut params = Vec::with_capacity(rows * RECORD_INSERT_COLUMNS);
 
-                debug!(?delta, ?offset);
-
-                _ = connection
-                    .execute(
-                        "record_insert_by_topition.sql",
-                        (
-                            topition_id,
-                            offset,
-                            inflated.attributes,
-                            if transaction_id.is_none() {
-                                None
-                            } else {
-                                Some(inflated.producer_id)
-                            },
-                            if transaction_id.is_none() {
-                                None
-                            } else {
-                                Some(inflated.producer_epoch)
-                            },
-                            inflated.base_timestamp + record.timestamp_delta,
-                            key,
-                            value,
-                        ),
-                    )
-                    .await
-                    .inspect_err(|err| error!(?err, ?topic, ?partition, ?offset, ?key, ?value))
-                    .map_err(unique_constraint(ErrorCode::UnknownServerError))?;
-
-                debug!(delta, after_record_insert = elapsed_millis(start));
-
-                for header in record.headers.iter().as_ref() {
-                    let key = header.key.as_deref();
-                    let value = header.value.as_deref();
-
-                    _ = connection
-                        .execute(
-                            "header_insert_by_topition.sql",
-                            (topition_id, offset, key, value),
-                        )
-                        .await
-                        .inspect_err(|err| {
-                            error!(?err, ?topic, ?partition, ?offset, ?key, ?value);
-                        });
+                for (offset, record) in (first_offset..).zip(chunk) {
+                    params.extend([
+                        Value::Integer(topition_id),
+                        Value::Integer(offset),
+                        Value::Integer(i64::from(inflated.attributes)),
+                        producer_id.map_or(Value::Null, |id| Value::Integer(id)),
+                        producer_epoch
+                            .map_or(Value::Null, |epoch| Value::Integer(i64::from(epoch))),
+                        Value::Integer(inflated.base_timestamp + record.timestamp_delta),
+                        record
+                            .key
+                            .as_deref()
+                            .map_or(Value::Null, |key| Value::Blob(key.to_vec())),
+                        record
+                            .value
+                            .as_deref()
+                            .map_or(Value::Null, |value| Value::Blob(value.to_vec())),
+                    ]);
                 }
 
-                debug!(delta, after_header_insert = elapsed_millis(start));
+                let last_offset = first_offset + i64::try_from(rows)? - 1;
+
+                _ = connection
+                    .execute(key, params)
+                    .await
+                    .inspect_err(|err| error!(?err, ?topic, ?partition, first_offset, last_offset))
+                    .map_err(unique_constraint(ErrorCode::UnknownServerError))?;
+
+                debug!(
+                    first_offset,
+                    rows,
+                    after_record_insert = elapsed_millis(start)
+                );
+
+                for (offset, record) in (first_offset..).zip(chunk) {
+                    for header in record.headers.iter().as_ref() {
+                        let key = header.key.as_deref();
+                        let value = header.value.as_deref();
+
+                        _ = connection
+                            .execute(
+                                "header_insert_by_topition.sql",
+                                (topition_id, offset, key, value),
+                            )
+                            .await
+                            .inspect_err(|err| {
+                                error!(?err, ?topic, ?partition, ?offset, ?key, ?value);
+                            });
+                    }
+                }
+
+                first_offset = last_offset + 1;
+                remaining = rest;
             }
 
             debug!(after_record_insert = elapsed_millis(start));
@@ -2635,9 +2651,7 @@ impl Storage for Delegate {
                     .value(record.value);
                 // A header of no fetched record cannot happen; skip it if it does.
                 while headers.next_if(|(at, _, _)| *at < record.offset).is_some() {}
-                while let Some((_, k, v)) =
-                    headers.next_if(|(at, _, _)| *at == record.offset)
-                {
+                while let Some((_, k, v)) = headers.next_if(|(at, _, _)| *at == record.offset) {
                     let mut header_builder = Header::builder();
                     if let Some(k) = k {
                         header_builder = header_builder.key(Bytes::from(k));

@@ -415,8 +415,66 @@ pub(crate) static SQL: LazyLock<Cache> = LazyLock::new(|| {
         ),
     ];
 
-    Cache::new(BTreeMap::from(mapping))
+    let mut cache = BTreeMap::from(mapping);
+
+    // Eddy's patch: the multi-row inserts of RECORD_INSERT_ROWS (one row is the file itself).
+    let head = include_sql!("sql/record_insert_rows_by_topition.sql");
+    for (rows, key) in RECORD_INSERT_ROWS {
+        if rows > 1 {
+            _ = cache.insert(key, record_insert_rows(&head, rows));
+        }
+    }
+
+    Cache::new(cache)
 });
+
+/// Eddy's patch: the statements that insert records by their partition's row id, by how many rows
+/// each inserts, largest first. A produce inserts a batch of `n` records with the largest that fits
+/// and so on down; with sizes that halve, that is at most one statement of each size below the
+/// largest, instead of one statement per record. SQLite's per-statement cost (reset, cursor
+/// set-up, halting the program) was most of the cost of a small insert.
+#[cfg(any(feature = "libsql", feature = "postgres", feature = "turso"))]
+pub(crate) const RECORD_INSERT_ROWS: [(usize, &str); 7] = [
+    (64, "record_insert_by_topition_64_rows.sql"),
+    (32, "record_insert_by_topition_32_rows.sql"),
+    (16, "record_insert_by_topition_16_rows.sql"),
+    (8, "record_insert_by_topition_8_rows.sql"),
+    (4, "record_insert_by_topition_4_rows.sql"),
+    (2, "record_insert_by_topition_2_rows.sql"),
+    (1, "record_insert_by_topition.sql"),
+];
+
+/// Eddy's patch: the columns bound per row by the statements of [`RECORD_INSERT_ROWS`].
+#[cfg(any(feature = "libsql", feature = "postgres", feature = "turso"))]
+pub(crate) const RECORD_INSERT_COLUMNS: usize = 8;
+
+/// Eddy's patch: `head` followed by `rows` tuples of [`RECORD_INSERT_COLUMNS`] parameters,
+/// numbered from `$1` on.
+#[cfg(any(feature = "libsql", feature = "postgres", feature = "turso"))]
+fn record_insert_rows(head: &str, rows: usize) -> String {
+    let tuples = (0..rows)
+        .map(|row| {
+            let parameters = (1..=RECORD_INSERT_COLUMNS)
+                .map(|column| format!("${}", row * RECORD_INSERT_COLUMNS + column))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({parameters})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{head} {tuples}")
+}
+
+/// Eddy's patch: the largest statement of [`RECORD_INSERT_ROWS`] that inserts no more than
+/// `records` rows, as its row count and key; `records` is at least 1.
+#[cfg(any(feature = "libsql", feature = "postgres", feature = "turso"))]
+pub(crate) fn record_insert_statement(records: usize) -> (usize, &'static str) {
+    RECORD_INSERT_ROWS
+        .iter()
+        .copied()
+        .find(|(rows, _)| *rows <= records)
+        .unwrap_or(RECORD_INSERT_ROWS[RECORD_INSERT_ROWS.len() - 1])
+}
 
 pub(crate) fn remove_comments(commented: &str) -> String {
     commented.lines().fold(String::new(), |uncommented, line| {
