@@ -948,3 +948,62 @@ async fn records_of_one_batch_keep_their_offsets_fields_and_headers() -> TestRes
     stop(broker).await;
     Ok(())
 }
+
+/// A produce's records reach the database file soon after their commit, although their pages are
+/// far fewer than the log size at which a commit checkpoints by itself: the engine's own task
+/// checkpoints the write-ahead log (the vendored tansu-storage's ninth patch). In WAL mode the
+/// database file grows only when a checkpoint copies pages into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_ahead_log_is_checkpointed_without_a_large_commit() -> TestResult {
+    /// 2 MiB in all: 512 pages of 4 KiB, below both SQLite's default automatic checkpoint (1000
+    /// pages) and the vendored engine's (10 000).
+    const RECORDS_PRODUCED: usize = 256;
+    const VALUE_BYTES: usize = 8 * 1024;
+    const PRODUCED_BYTES: u64 = (RECORDS_PRODUCED * VALUE_BYTES) as u64;
+    let dir = TempDir::new()?;
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    let topic = unique("checkpointed");
+    create_topic(&bootstrap, &topic, 1).await?;
+    let database = broker.database_path().to_owned();
+    let size_before = std::fs::metadata(&database)?.len();
+
+    let producer: FutureProducer = client_config(&bootstrap)
+        .set("message.timeout.ms", WAIT.as_millis().to_string())
+        .create()?;
+    let value = vec![b'v'; VALUE_BYTES];
+    let mut deliveries = Vec::with_capacity(RECORDS_PRODUCED);
+    for i in 0..RECORDS_PRODUCED {
+        let record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&topic).partition(0).payload(&value);
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(error, _record)| format!("queueing record {i}: {error}"))?,
+        );
+    }
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        timeout(WAIT, delivery)
+            .await??
+            .map_err(|(error, _message)| format!("producing record {i}: {error}"))?;
+    }
+
+    let grown = async {
+        loop {
+            let size = std::fs::metadata(&database)?.len();
+            if size >= size_before + PRODUCED_BYTES {
+                return Ok::<u64, std::io::Error>(size);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let size_after = timeout(WAIT, grown).await.map_err(|_| {
+        format!(
+            "the database file stayed below {size_before} + {PRODUCED_BYTES} bytes: the \
+             write-ahead log was not checkpointed"
+        )
+    })??;
+    eprintln!("database file grew from {size_before} to {size_after} bytes");
+    stop(broker).await;
+    Ok(())
+}
