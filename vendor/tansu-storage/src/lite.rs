@@ -2226,8 +2226,9 @@ async fn checkpoint_wal(connection: &Connection) -> Result<()> {
         (row.get::<i64>(0)?, row.get::<i64>(1)?, row.get::<i64>(2)?);
     debug!(busy, log_frames, checkpointed_frames);
 
-    // SQLite reports -1 frames when the connection is not in WAL mode.
-    if log_frames < 0 {
+    // -1 frames: either another checkpoint (a commit's own) holds the checkpoint lock, and SQLite
+    // says busy, which the next tick retries; or the connection is not in WAL mode.
+    if busy == 0 && log_frames < 0 {
         Err(Error::Message(
             "the checkpoint connection is not in WAL mode".into(),
         ))
