@@ -70,7 +70,17 @@ pub struct KafkaConnection {
     /// Long-lived clients for watermark and committed-offset lookups, by consumer group (`""`
     /// for none): creating a client per lookup costs about 100 ms. Shared by clones.
     offset_clients: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
+    /// The admin client, created on first use and shared by clones. rdkafka's admin client stops
+    /// its polling thread when dropped, which waits out that thread's 100 ms poll: a client per
+    /// request made every topic creation and deletion a tenth of a second slower, and blocked
+    /// the async worker that dropped it as long. The cached one is dropped in place (not on a
+    /// thread of its own like [`OffWorkerDrop`]), once, by [`Self::close_clients`] or the last
+    /// clone: its drop waits for no broker, and a drop still under way on another thread when
+    /// the process exits can crash it.
+    admin_client: Arc<Mutex<Option<SharedAdminClient>>>,
 }
+
+type SharedAdminClient = Arc<AdminClient<DefaultClientContext>>;
 
 impl std::fmt::Debug for KafkaConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,15 +106,23 @@ impl KafkaConnection {
             producer_linger_ms: 5,
             producer_idempotence: true,
             offset_clients: Arc::default(),
+            admin_client: Arc::default(),
         }
     }
 
-    /// Closes the cached offset clients (shared by every clone of this connection); later lookups
-    /// open new ones.
+    /// Closes the cached offset and admin clients (shared by every clone of this connection);
+    /// later requests open new ones.
     pub fn close_clients(&self) {
         if let Ok(mut clients) = self.offset_clients.lock() {
             clients.clear();
         }
+        // Taken out of the lock before it is dropped.
+        let admin = self
+            .admin_client
+            .lock()
+            .ok()
+            .and_then(|mut admin| admin.take());
+        drop(admin);
     }
 
     /// The cached offset client of `group` (`""`: no group), created on first use.
@@ -191,10 +209,22 @@ impl KafkaConnection {
             .map_err(|e| KafkaError::client("consumer creation", e))
     }
 
-    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-        self.client_config()
-            .create()
-            .map_err(|e| KafkaError::client("admin client creation", e))
+    /// The cached admin client, created on first use.
+    fn admin(&self) -> Result<SharedAdminClient, KafkaError> {
+        let mut cached = self
+            .admin_client
+            .lock()
+            .map_err(|_| KafkaError::Internal("admin client cache poisoned".into()))?;
+        if let Some(admin) = cached.as_ref() {
+            return Ok(Arc::clone(admin));
+        }
+        let admin: SharedAdminClient = Arc::new(
+            self.client_config()
+                .create()
+                .map_err(|e| KafkaError::client("admin client creation", e))?,
+        );
+        *cached = Some(Arc::clone(&admin));
+        Ok(admin)
     }
 
     fn admin_options(&self) -> AdminOptions {
@@ -772,6 +802,24 @@ mod tests {
     use std::ffi::CString;
 
     use super::*;
+
+    #[test]
+    fn clones_share_one_admin_client_until_the_clients_are_closed() {
+        // Creating an admin client needs no broker.
+        let connection = KafkaConnection::new("127.0.0.1:1");
+        let first = connection.admin().expect("admin client");
+        let from_clone = connection.clone().admin().expect("admin client");
+        assert!(
+            Arc::ptr_eq(&first, &from_clone),
+            "every request and clone uses the same admin client"
+        );
+        connection.close_clients();
+        let reopened = connection.admin().expect("admin client");
+        assert!(
+            !Arc::ptr_eq(&first, &reopened),
+            "closing the clients drops the cached admin client"
+        );
+    }
 
     #[test]
     fn a_producer_that_failed_for_good_is_replaced() {
