@@ -593,6 +593,106 @@ async fn a_push_query_reads_the_first_record_written_after_it_started() {
     engine.shutdown().await;
 }
 
+/// A new persistent query's statement commits where it starts (the end of its input for
+/// `latest`, the beginning for `earliest`) for its group before it returns. `latest` is then the
+/// end when the statement ran: a record written right after it is read. Before, the consumer
+/// reset to the end only once it had its partitions, after librdkafka's fixed 100 ms wait for
+/// a partition nothing was committed for, and missed such a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_query_starts_where_its_statement_ran() {
+    let h = Harness::start().await;
+    let input = h.topic("beats");
+    let connection = KafkaConnection::new(h.bootstrap.clone());
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM beats (v INT) WITH (KAFKA_TOPIC='beats', PARTITIONS=2);",
+    )
+    .await;
+    h.produce(&input, Some("a"), r#"{"v":1}"#).await;
+    let ends: Vec<Option<i64>> = connection
+        .watermarks(&input)
+        .await
+        .expect("watermarks")
+        .into_iter()
+        .map(|(_, high)| Some(high))
+        .collect();
+    // Created before, so that the record below is written as soon as the statement returns.
+    let producer = h.producer();
+    let query_id = create_query(
+        &engine,
+        &mut session,
+        "CREATE STREAM beats_out AS SELECT v FROM beats;",
+    )
+    .await;
+    let committed = connection
+        .committed_offsets(&h.config().query_group_id(&query_id), &input, 2)
+        .await
+        .expect("committed offsets");
+    producer
+        .send(
+            FutureRecord::<str, str>::to(&input)
+                .key("b")
+                .payload(r#"{"v":2}"#),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("produce");
+    assert_eq!(committed, ends, "latest: the input's end is committed");
+    let output = h.topic("BEATS_OUT");
+    let records = h.consume(&output, 1).await;
+    assert_eq!(json(&records[0].1)["V"], 2, "{records:?}");
+    h.assert_exactly(&output, 1).await;
+
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    let query_id = create_query(
+        &engine,
+        &mut session,
+        "CREATE STREAM beats_all AS SELECT v FROM beats;",
+    )
+    .await;
+    let committed = connection
+        .committed_offsets(&h.config().query_group_id(&query_id), &input, 2)
+        .await
+        .expect("committed offsets");
+    assert_eq!(
+        committed,
+        vec![Some(0), Some(0)],
+        "earliest: the input's beginning is committed"
+    );
+    h.consume(&h.topic("BEATS_ALL"), 2).await;
+    engine.shutdown().await;
+}
+
+/// A table written from a table keeps its rows for pull queries, and at start reads its input up
+/// to its group's committed offset into them when they are behind. A new one reset to `latest`
+/// has an offset committed (the one its start pinned) but has processed nothing: the rows written
+/// before it was created stay out of its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_table_of_a_table_keeps_no_rows_from_before_it_started() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    for sql in [
+        "CREATE TABLE users (id STRING PRIMARY KEY, city STRING) \
+         WITH (KAFKA_TOPIC='users', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        "INSERT INTO users (id, city) VALUES ('u1', 'paris');",
+        "CREATE TABLE parisians AS SELECT id, city FROM users WHERE city = 'paris';",
+    ] {
+        run(&engine, &mut session, sql).await;
+    }
+    insert_then_expect(
+        &engine,
+        "INSERT INTO users (id, city) VALUES ('u2', 'paris');",
+        "SELECT * FROM parisians;",
+        &["u2 paris"],
+    )
+    .await;
+    engine.shutdown().await;
+}
+
 /// The count in the one-row result of `SELECT COUNT(*) ...`.
 fn count_of(results: &[StatementResult]) -> i64 {
     use eddy_engine::arrow::array::AsArray;

@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use eddy_common::config::BatchLimits;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -458,24 +458,8 @@ impl KafkaConnection {
         let consumer = self.offset_client(group)?;
         let timeout = self.timeout();
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Option<i64>>, KafkaError> {
-            let mut list = TopicPartitionList::new();
-            for partition in 0..partitions {
-                list.add_partition(&topic, partition);
-            }
-            let committed = consumer
-                .committed_offsets(list, Timeout::After(timeout))
-                .map_err(|e| KafkaError::client(format!("committed offsets of \"{topic}\""), e))?;
-            Ok((0..partitions)
-                .map(|partition| {
-                    committed
-                        .find_partition(&topic, partition)
-                        .and_then(|element| match element.offset() {
-                            Offset::Offset(offset) => Some(offset),
-                            _ => None,
-                        })
-                })
-                .collect())
+        tokio::task::spawn_blocking(move || {
+            committed_offsets_of(&*consumer, &topic, partitions, timeout)
         })
         .await
         .map_err(|e| KafkaError::Internal(format!("offset task failed: {e}")))?
@@ -622,6 +606,51 @@ impl SharedProducer {
         }
         Ok(current.clone())
     }
+}
+
+/// The offsets the group of `consumer` has committed on each of `partitions` of `topic` (`None`:
+/// nothing committed), read without joining the group. Blocks for up to `timeout`.
+pub(crate) fn committed_offsets_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<Vec<Option<i64>>, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Timeout::After(timeout))
+        .map_err(|e| KafkaError::client(format!("committed offsets of \"{topic}\""), e))?;
+    Ok((0..partitions)
+        .map(|partition| {
+            committed
+                .find_partition(topic, partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                })
+        })
+        .collect())
+}
+
+/// Commits `offsets` (partition, next offset to read) of `topic` for the group of `consumer`,
+/// which need not have joined it: a commit of generation -1, as the group's own tools make, which
+/// Kafka accepts only while the group has no members. Blocks until the broker answers.
+pub(crate) fn commit_offsets_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for &(partition, offset) in offsets {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .map_err(|e| KafkaError::client("offset commit", e))?;
+    }
+    consumer
+        .commit(&list, CommitMode::Sync)
+        .map_err(|e| KafkaError::client(format!("offset commit of \"{topic}\""), e))
 }
 
 impl<T: Send + 'static> OffWorkerDrop<T> {

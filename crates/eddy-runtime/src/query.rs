@@ -476,37 +476,119 @@ struct PartitionWorker {
     progress: Progress,
 }
 
-/// Where a persistent query reset to `latest` starts at the earliest, per partition its group has
-/// no committed offset for: the high watermark read before it subscribes (the end it is reset to,
-/// resolved later, is there or further). Records below never reach it, so its progress counts
-/// them as processed once a task has the partition; without that, read-your-writes waited for a
-/// record the query was never going to read, until it timed out. Empty for `earliest`, for
-/// transient queries, and when the broker cannot tell (read-your-writes then waits for the
-/// query's first record there, as before).
-async fn start_floors(spec: &QuerySpec) -> HashMap<i32, i64> {
-    if !spec.persistent || spec.offset_reset != OffsetReset::Latest {
-        return HashMap::new();
+/// The consumer of a query's source topic, in the query's group.
+type QueryConsumer = OffWorkerDrop<StreamConsumer<QueryConsumerContext>>;
+
+/// Pins where a new persistent query starts, before its consumer subscribes, and returns the
+/// consumer with the start's offsets.
+///
+/// For each partition its group has no committed offset for, the query's reset target (the low
+/// watermark for `earliest`, the high one for `latest`, read now) is committed for the group, so
+/// that its consumer starts from a committed offset:
+/// - librdkafka (2.12, `rd_kafka_offset_reset`) waits a fixed 100 ms before it looks up the reset
+///   offset of a partition with no committed offset, which delayed every new query's first batch;
+/// - `latest` means the end of the input when the statement ran, not when the consumer got its
+///   partitions a few hundred milliseconds later: records written in between are read;
+/// - a query stopped before it processed anything resumes from that point on restart, instead of
+///   resetting to the end again and skipping what was written while it was down.
+///
+/// The query's own consumer reads and commits the offsets: it finds the group's coordinator,
+/// which it needs anyway to join (a client of its own for this took 60 ms on the embedded
+/// broker). A refused commit (Kafka refuses one while the group has members, as when another
+/// server runs the query) leaves the consumer to reset by itself, as before. Fails only when the
+/// broker does not answer within twice the request timeout: the consumer is then lost with the
+/// blocked call, and the query fails (and is started again like any failed query).
+async fn pin_start_offsets(
+    spec: &QuerySpec,
+    consumer: QueryConsumer,
+) -> Result<(QueryConsumer, StartOffsets), KafkaError> {
+    if !spec.persistent {
+        return Ok((consumer, StartOffsets::default()));
     }
-    let floors = async {
-        let watermarks = spec.connection.watermarks(&spec.source_topic).await?;
-        let committed = spec
-            .connection
-            .committed_offsets(&spec.group_id, &spec.source_topic, watermarks.len() as i32)
-            .await?;
-        Ok::<_, KafkaError>(
-            watermarks
-                .into_iter()
-                .zip(committed)
-                .enumerate()
-                .filter(|(_, (_, committed))| committed.is_none())
-                .map(|(partition, ((_, high), _))| (partition as i32, high))
-                .collect(),
-        )
+    let watermarks = match spec.connection.watermarks(&spec.source_topic).await {
+        Ok(watermarks) => watermarks,
+        Err(error) => {
+            warn!(query = spec.query_id, %error, "cannot read where the query starts; read-your-writes waits for its first records");
+            return Ok((consumer, StartOffsets::default()));
+        }
     };
-    floors.await.unwrap_or_else(|error| {
-        warn!(query = spec.query_id, %error, "cannot read where the query starts; read-your-writes waits for its first records");
-        HashMap::new()
-    })
+    let topic = spec.source_topic.clone();
+    let query_id = spec.query_id.clone();
+    let latest = spec.offset_reset == OffsetReset::Latest;
+    let timeout = Duration::from_millis(spec.connection.request_timeout_ms);
+    let pin = tokio::task::spawn_blocking(move || {
+        let start = pin_with(&consumer, &query_id, &topic, &watermarks, latest, timeout);
+        (consumer, start)
+    });
+    match tokio::time::timeout(timeout * 2, pin).await {
+        Ok(Ok(pinned)) => Ok(pinned),
+        Ok(Err(error)) => Err(KafkaError::Internal(format!(
+            "the task that pins where the query starts failed: {error}"
+        ))),
+        Err(_) => Err(KafkaError::Timeout {
+            operation: format!("offset commit of \"{}\"", spec.source_topic),
+            timeout_ms: spec.connection.request_timeout_ms * 2,
+        }),
+    }
+}
+
+/// The blocking part of [`pin_start_offsets`], given the input's watermarks by partition.
+fn pin_with(
+    consumer: &StreamConsumer<QueryConsumerContext>,
+    query_id: &str,
+    topic: &str,
+    watermarks: &[(i64, i64)],
+    latest: bool,
+    timeout: Duration,
+) -> StartOffsets {
+    let committed = match crate::kafka::committed_offsets_of(
+        consumer,
+        topic,
+        watermarks.len() as i32,
+        timeout,
+    ) {
+        Ok(committed) => committed,
+        Err(error) => {
+            warn!(query = query_id, %error, "cannot read where the query starts; read-your-writes waits for its first records");
+            return StartOffsets::default();
+        }
+    };
+    let targets: Vec<(i32, i64)> = watermarks
+        .iter()
+        .zip(committed)
+        .enumerate()
+        .filter(|(_, (_, committed))| committed.is_none())
+        .map(|(partition, (&(low, high), _))| (partition as i32, if latest { high } else { low }))
+        .collect();
+    let mut start = StartOffsets::default();
+    if targets.is_empty() {
+        return start;
+    }
+    match crate::kafka::commit_offsets_of(consumer, topic, &targets) {
+        Ok(()) => start.pinned = targets.iter().copied().collect(),
+        Err(error) => {
+            debug!(query = query_id, %error, "the query's start was not pinned; its consumer resets by itself");
+        }
+    }
+    if latest {
+        start.floors = targets.into_iter().collect();
+    }
+    start
+}
+
+/// Where a persistent query starts on the partitions its group had no committed offset for when
+/// it started (see [`pin_start_offsets`]), by partition.
+#[derive(Debug, Default)]
+struct StartOffsets {
+    /// For `latest`: the offset below which the partition's records never reach the query. Its
+    /// progress counts them as processed once a task has the partition; without that,
+    /// read-your-writes waited for a record the query was never going to read, until it timed
+    /// out. Empty for `earliest`, for transient queries, and when the broker cannot tell
+    /// (read-your-writes then waits for the query's first record there, as before).
+    floors: HashMap<i32, i64>,
+    /// The offsets this start committed for the group: while the group's committed offset is
+    /// still the one pinned, the query has processed nothing there.
+    pinned: HashMap<i32, i64>,
 }
 
 /// Starts `spec` and returns its handle.
@@ -552,13 +634,14 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         );
     // Dropped off the async workers: when the query's task is aborted (its handle dropped), the
     // consumer's close waits for the broker, without a bound.
-    let consumer: OffWorkerDrop<StreamConsumer<QueryConsumerContext>> = OffWorkerDrop::new(
+    let consumer: QueryConsumer = OffWorkerDrop::new(
         config
             .create_with_context(context)
             .map_err(|e| KafkaError::client("consumer creation", e))?,
     );
 
-    let start_floors = Arc::new(start_floors(&spec).await);
+    let (consumer, start_offsets) = pin_start_offsets(&spec, consumer).await?;
+    let start_offsets = Arc::new(start_offsets);
     if spec.persistent {
         consumer.subscribe(&[&spec.source_topic]).map_err(|e| {
             KafkaError::client(format!("subscription to \"{}\"", spec.source_topic), e)
@@ -625,7 +708,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         spec,
         consumer,
         registry,
-        start_floors,
+        start_offsets,
         revoked,
         assigned,
         metrics: Arc::clone(&metrics),
@@ -687,14 +770,14 @@ async fn run_generated(
     let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
     let mut tasks: JoinSet<Result<(), QueryError>> = JoinSet::new();
     // A generated source has no topic, so nothing below a start.
-    let start_floors = HashMap::new();
+    let start_offsets = StartOffsets::default();
     worker_for(
         0,
         &spec,
         &mut workers,
         &mut tasks,
         &registry,
-        &start_floors,
+        &start_offsets,
         &metrics,
     );
     let Some(worker) = workers.remove(&0) else {
@@ -750,10 +833,10 @@ fn record_outcome(metrics: &QueryMetrics, query_id: &str, outcome: Result<(), Qu
 
 struct Driver {
     spec: QuerySpec,
-    consumer: OffWorkerDrop<StreamConsumer<QueryConsumerContext>>,
+    consumer: QueryConsumer,
     registry: ProgressRegistry,
-    /// See [`start_floors`].
-    start_floors: Arc<HashMap<i32, i64>>,
+    /// See [`pin_start_offsets`].
+    start_offsets: Arc<StartOffsets>,
     revoked: Arc<Mutex<Vec<i32>>>,
     assigned: Arc<Mutex<Vec<i32>>>,
     metrics: Arc<QueryMetrics>,
@@ -766,7 +849,7 @@ impl Driver {
             spec,
             consumer,
             registry,
-            start_floors,
+            start_offsets,
             revoked,
             assigned,
             metrics,
@@ -827,7 +910,7 @@ impl Driver {
                     if limits.is_full(buffer.len(), buffer.payload_bytes()) {
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { partition };
-                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_floors, &metrics);
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_offsets, &metrics);
                         if worker.sender.send(batch).await.is_err() {
                             continue; // the task ended; join_next reports why
                         }
@@ -838,7 +921,7 @@ impl Driver {
                         if buffer.is_empty() { continue; }
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { *partition };
-                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_floors, &metrics);
+                        let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_offsets, &metrics);
                         let _ = worker.sender.send(batch).await;
                     }
                     let revoked_now: Vec<i32> = revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
@@ -856,7 +939,7 @@ impl Driver {
                     for partition in assigned_now {
                         debug!(query = spec.query_id, partition, "partition assigned");
                         let task = if spec.single_task { 0 } else { partition };
-                        worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_floors, &metrics);
+                        worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_offsets, &metrics);
                         if reads_both_sides(&spec) {
                             paused.add_partition(&spec.source_topic, partition);
                         }
@@ -992,7 +1075,7 @@ fn worker_for<'a>(
     workers: &'a mut HashMap<i32, PartitionWorker>,
     tasks: &mut JoinSet<Result<(), QueryError>>,
     registry: &ProgressRegistry,
-    start_floors: &HashMap<i32, i64>,
+    start_offsets: &StartOffsets,
     metrics: &Arc<QueryMetrics>,
 ) -> &'a PartitionWorker {
     workers.entry(partition).or_insert_with(|| {
@@ -1014,7 +1097,8 @@ fn worker_for<'a>(
             progress: Arc::clone(&progress),
             right_progress,
             right_registry: Arc::clone(&registry.right),
-            start_floor: start_floors.get(&partition).copied(),
+            start_floor: start_offsets.floors.get(&partition).copied(),
+            pinned_start: start_offsets.pinned.get(&partition).copied(),
             metrics: Arc::clone(metrics),
         };
         tasks.spawn(task.run(receiver));
@@ -1040,8 +1124,11 @@ struct PartitionTask {
     /// Where a task that reads every right partition reports its progress in each.
     right_registry: RightProgress,
     /// The offset below which this partition's records will never reach the query (see
-    /// [`start_floors`]).
+    /// [`pin_start_offsets`]).
     start_floor: Option<i64>,
+    /// The offset this start of the query committed for the partition, if it did (see
+    /// [`pin_start_offsets`]).
+    pinned_start: Option<i64>,
     metrics: Arc<QueryMetrics>,
 }
 
@@ -1211,7 +1298,8 @@ impl PartitionTask {
     /// Brings partition p of a table's rows (`view`) up to the offset the query's group committed,
     /// when they are behind it (lost, or from before the table kept its rows): reads the table
     /// from the rows' own next offset (the beginning when they have none) into the view only,
-    /// since the output was sent then. A new query (nothing committed) has nothing to fill.
+    /// since the output was sent then. A new query (nothing committed, or only the offset its start
+    /// pinned: see [`pin_start_offsets`]) has nothing to fill.
     /// Malformed records and failing rows met again are reported again.
     async fn fill_rows_view(
         &self,
@@ -1238,6 +1326,10 @@ impl PartitionTask {
         else {
             return Ok(());
         };
+        // Committed when this start pinned where the query starts, not after processing.
+        if self.pinned_start == Some(target) {
+            return Ok(());
+        }
         let from = view.next_source_offset(self.partition)?;
         if from.is_some_and(|from| from >= target) {
             return Ok(());
