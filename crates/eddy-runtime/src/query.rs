@@ -911,8 +911,9 @@ impl Driver {
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { partition };
                         let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_offsets, &metrics);
-                        if worker.sender.send(batch).await.is_err() {
-                            continue; // the task ended; join_next reports why
+                        if !hand_over(&worker.sender, batch, &cancel).await {
+                            continue; // the task ended (join_next reports why), or the query is
+                            // cancelled
                         }
                     }
                 }
@@ -922,7 +923,7 @@ impl Driver {
                         let batch = std::mem::replace(buffer, RawBatch::with_capacity(max_batch, batch_bytes));
                         let task = if spec.single_task { 0 } else { *partition };
                         let worker = worker_for(task, &spec, &mut workers, &mut tasks, &registry, &start_offsets, &metrics);
-                        let _ = worker.sender.send(batch).await;
+                        hand_over(&worker.sender, batch, &cancel).await;
                     }
                     let revoked_now: Vec<i32> = revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
                     for partition in revoked_now {
@@ -1066,6 +1067,23 @@ fn commit_progress(
     match consumer.commit(&list, mode) {
         Ok(()) => committed.extend(advanced),
         Err(error) => warn!(%error, topic, "offset commit failed; will retry"),
+    }
+}
+
+/// Queues `batch` for a partition task; false if the task has ended or the query is cancelled
+/// first. The wait for room must not outlast a cancellation: a join that reads both of its
+/// inputs itself drains its queue only between rounds, so a queue filled before the join paused
+/// the query's consumer stayed full until the join had read its whole backlog, and the query did
+/// not stop for that long.
+async fn hand_over(
+    sender: &mpsc::Sender<RawBatch>,
+    batch: RawBatch,
+    cancel: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        sent = sender.send(batch) => sent.is_ok(),
     }
 }
 
