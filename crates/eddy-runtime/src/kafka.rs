@@ -94,6 +94,16 @@ impl std::fmt::Debug for KafkaConnection {
     }
 }
 
+/// librdkafka's `reconnect.backoff.ms` for every client: the first wait before connecting to a
+/// broker again (doubled at each failure up to `reconnect.backoff.max.ms`, 10 s), instead of
+/// librdkafka's 100 ms. librdkafka also spaces connections it opens for a request (such as the
+/// lookup of a group's coordinator) by half of it. A new client drops its bootstrap connection as
+/// soon as the metadata names the brokers; a coordinator lookup in flight on that connection
+/// fails, and the next one waited out those 50 ms: about one new consumer in two, on the
+/// embedded broker, took 50 ms longer to find its group (docs/benchmarks.md, "Connections
+/// tried again sooner").
+pub const RECONNECT_BACKOFF_MS: u64 = 10;
+
 /// Most cached offset clients; the cache is emptied when it would grow beyond.
 const MAX_OFFSET_CLIENTS: usize = 64;
 
@@ -156,13 +166,14 @@ impl KafkaConnection {
         Duration::from_millis(self.request_timeout_ms)
     }
 
-    /// Base configuration shared by every client.
+    /// Base configuration shared by every client; [`Self::properties`] override it.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("broker.address.family", "v4")
             .set("socket.timeout.ms", self.request_timeout_ms.to_string())
+            .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS.to_string())
             .set("log_level", "4");
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -831,6 +842,22 @@ mod tests {
     use std::ffi::CString;
 
     use super::*;
+
+    #[test]
+    fn clients_reconnect_after_the_short_backoff_unless_a_property_says_otherwise() {
+        let mut connection = KafkaConnection::new("127.0.0.1:1");
+        assert_eq!(
+            connection.client_config().get("reconnect.backoff.ms"),
+            Some(RECONNECT_BACKOFF_MS.to_string().as_str())
+        );
+        connection
+            .properties
+            .insert("reconnect.backoff.ms".into(), "250".into());
+        assert_eq!(
+            connection.client_config().get("reconnect.backoff.ms"),
+            Some("250")
+        );
+    }
 
     #[test]
     fn clones_share_one_admin_client_until_the_clients_are_closed() {
