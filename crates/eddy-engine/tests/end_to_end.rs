@@ -627,10 +627,7 @@ async fn a_new_query_starts_where_its_statement_ran() {
         "CREATE STREAM beats_out AS SELECT v FROM beats;",
     )
     .await;
-    let committed = connection
-        .committed_offsets(&h.config().query_group_id(&query_id), &input, 2)
-        .await
-        .expect("committed offsets");
+    let committed = committed_by_query(&h, &connection, &query_id, &input).await;
     producer
         .send(
             FutureRecord::<str, str>::to(&input)
@@ -653,10 +650,7 @@ async fn a_new_query_starts_where_its_statement_ran() {
         "CREATE STREAM beats_all AS SELECT v FROM beats;",
     )
     .await;
-    let committed = connection
-        .committed_offsets(&h.config().query_group_id(&query_id), &input, 2)
-        .await
-        .expect("committed offsets");
+    let committed = committed_by_query(&h, &connection, &query_id, &input).await;
     assert_eq!(
         committed,
         vec![Some(0), Some(0)],
@@ -664,6 +658,28 @@ async fn a_new_query_starts_where_its_statement_ran() {
     );
     h.consume(&h.topic("BEATS_ALL"), 2).await;
     engine.shutdown().await;
+}
+
+/// What the group of persistent query `query_id` has committed on each partition of `topic`.
+async fn committed_by_query(
+    h: &Harness,
+    connection: &KafkaConnection,
+    query_id: &str,
+    topic: &str,
+) -> Vec<Option<i64>> {
+    let partitions = connection
+        .watermarks(topic)
+        .await
+        .expect("watermarks")
+        .len();
+    connection
+        .committed_offsets(
+            &h.config().query_group_id(query_id),
+            topic,
+            partitions as i32,
+        )
+        .await
+        .expect("committed offsets")
 }
 
 /// A table written from a table keeps its rows for pull queries, and at start reads its input up
