@@ -33,6 +33,12 @@ pub struct EngineConfig {
     /// Batches queued between a query's consumer and one partition's task; when full, the consumer
     /// stops polling (back-pressure). Default 4.
     pub partition_queue_batches: usize,
+    /// Batches of output a partition task of a query that writes a stream may have sent and not
+    /// yet seen acknowledged while it processes the next ones (1: each batch waits for its own).
+    /// Progress, and so the committed offset, only covers batches acknowledged in full and in
+    /// order. More than 2 gained nothing more against a broker of its own, and lost against the
+    /// embedded broker on two cores (docs/benchmarks.md, "Batches in flight"). Default 2.
+    pub max_batches_in_flight: usize,
     /// How often a persistent query commits the offsets whose output has been acknowledged. Default 1000 ms.
     pub commit_interval_ms: u64,
     /// Batches of rows buffered for a push-query client before the query waits for it. Default 16.
@@ -104,6 +110,7 @@ impl Default for EngineConfig {
             max_batch_wait_ms: 20,
             table_join_poll_interval_ms: 100,
             partition_queue_batches: 4,
+            max_batches_in_flight: 2,
             commit_interval_ms: 1000,
             push_query_queue_batches: 16,
             push_query_max_rows: 0,
@@ -160,7 +167,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 27] = [
+        let settings: [(&str, String); 28] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -173,6 +180,10 @@ impl EngineConfig {
             (
                 "partition_queue_batches",
                 self.partition_queue_batches.to_string(),
+            ),
+            (
+                "max_batches_in_flight",
+                self.max_batches_in_flight.to_string(),
             ),
             ("commit_interval_ms", self.commit_interval_ms.to_string()),
             (
@@ -283,6 +294,7 @@ impl EngineConfig {
             "max_batch_wait_ms" => self.max_batch_wait_ms = positive()?,
             "table_join_poll_interval_ms" => self.table_join_poll_interval_ms = positive()?,
             "partition_queue_batches" => self.partition_queue_batches = size(positive()?)?,
+            "max_batches_in_flight" => self.max_batches_in_flight = size(positive()?)?,
             "commit_interval_ms" => self.commit_interval_ms = positive()?,
             "push_query_queue_batches" => self.push_query_queue_batches = size(positive()?)?,
             "push_query_max_rows" => self.push_query_max_rows = count()?,

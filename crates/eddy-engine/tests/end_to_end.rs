@@ -1550,6 +1550,80 @@ async fn a_batch_ends_at_its_byte_bound() {
     engine.shutdown().await;
 }
 
+/// A query that writes a stream sends its next batches while the broker acknowledges earlier
+/// ones (`max_batches_in_flight`). With batches of 5 records and 3 of them in flight, 300 records
+/// come out once each and in order, the records counted out are those acknowledged, and the
+/// query's group commits the input's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_come_out_once_in_order_and_are_committed() {
+    const RECORDS: usize = 300;
+    let h = Harness::start().await;
+    let engine = h
+        .engine_with(EngineConfig {
+            max_batch_records: 5,
+            max_batches_in_flight: 3,
+            ..h.config()
+        })
+        .await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM flights_in (k STRING KEY, v INT) \
+         WITH (KAFKA_TOPIC='flights_in', VALUE_FORMAT='JSON', PARTITIONS=1);",
+    )
+    .await;
+    let input = h.topic("flights_in");
+    produce_all(
+        &h.producer(),
+        (0..RECORDS).map(|i| (input.clone(), format!("k{i}"), format!(r#"{{"V":{i}}}"#))),
+    )
+    .await;
+    let query_id = create_query(
+        &engine,
+        &mut session,
+        "CREATE STREAM flights_out AS SELECT k, v * 2 AS twice FROM flights_in;",
+    )
+    .await;
+    let output = h.topic("FLIGHTS_OUT");
+    let twice: Vec<i64> = h
+        .consume(&output, RECORDS)
+        .await
+        .iter()
+        .map(|(_, value)| json(value)["TWICE"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        twice,
+        (0..RECORDS as i64).map(|i| 2 * i).collect::<Vec<_>>()
+    );
+    h.assert_exactly(&output, RECORDS).await;
+    let connection = KafkaConnection::new(h.bootstrap.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let committed = committed_by_query(&h, &connection, &query_id, &input).await;
+        if committed == [Some(RECORDS as i64)] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the query's group committed {committed:?}, not the input's end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = engine.query_metrics(Duration::from_secs(5)).await;
+    let query = metrics
+        .iter()
+        .find(|m| m.sink == "FLIGHTS_OUT")
+        .unwrap_or_else(|| panic!("no metrics for FLIGHTS_OUT: {metrics:?}"));
+    assert_eq!(query.records_out, RECORDS as u64);
+    assert!(
+        query.batches_in >= (RECORDS / 5) as u64,
+        "batches of at most 5 records: {query:?}"
+    );
+    engine.shutdown().await;
+}
+
 /// The different records of `topic` once it holds at least `count` records, sorted.
 async fn distinct_records_of(h: &Harness, topic: &str, count: usize) -> Vec<String> {
     let connection = KafkaConnection::new(h.bootstrap.clone());

@@ -1124,6 +1124,15 @@ fn worker_for<'a>(
     })
 }
 
+/// Buffers a partition task reuses from batch to batch (see `PartitionTask::transform`).
+#[derive(Default)]
+struct BatchInputs {
+    /// The partition and offset of each input record the batch skipped.
+    skipped: Vec<(i32, i64)>,
+    /// The offsets of the batch's tombstones, for a table of a table.
+    deleted_offsets: std::collections::HashSet<i64>,
+}
+
 /// Where decoded input records come from: their topic and how their event time is found.
 struct InputSide<'a> {
     topic: &'a str,
@@ -1238,24 +1247,20 @@ impl PartitionTask {
             }
         }
         self.skip_to_start_floor();
-        let mut skipped = Vec::new();
-        let mut deleted_offsets = std::collections::HashSet::new();
+        let mut inputs = BatchInputs::default();
+        if rows_view.is_none() && matches!(spec.sink, SinkSpec::Kafka { .. }) {
+            return self
+                .run_writing(receiver, decoder, encoder, encoded, table_changes.as_ref())
+                .await;
+        }
         let mut view_value = Vec::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
                 continue;
             };
-            skipped.clear();
-            let batch = self.decode_input(&mut decoder, &raw, &mut skipped).await?;
-            let (output, tombstones) = match &table_changes {
-                Some(changes) => {
-                    let (output, tombstones) = self
-                        .table_changes(changes, &raw, &batch, &mut deleted_offsets, &mut skipped)
-                        .await?;
-                    (output, Some(tombstones))
-                }
-                None => (self.process(batch, &mut skipped).await, None),
-            };
+            let (output, tombstones) = self
+                .transform(&raw, &mut decoder, table_changes.as_ref(), &mut inputs)
+                .await?;
             if !self
                 .deliver(&output, tombstones.as_ref(), encoder.as_mut(), &mut encoded)
                 .await?
@@ -1276,6 +1281,94 @@ impl PartitionTask {
             self.progress.store(last_offset + 1, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// The loop of a query that writes a Kafka topic and keeps no rows. While the broker
+    /// acknowledges one batch's output the task processes the next ones, up to
+    /// `max_batches_in_flight` batches sent and not yet acknowledged: waiting for each batch's
+    /// acknowledgements before the next left the task idle for a produce round trip per batch,
+    /// and the broker idle while the task worked. A batch's offsets count as processed once its
+    /// output and that of every batch before it are acknowledged, so the committed offsets and
+    /// read-your-writes mean what they did.
+    async fn run_writing(
+        &self,
+        mut receiver: mpsc::Receiver<RawBatch>,
+        mut decoder: RecordDecoder,
+        mut encoder: Option<RecordEncoder>,
+        mut encoded: EncodedBatch,
+        table_changes: Option<&crate::table_changes::TableChanges>,
+    ) -> Result<(), QueryError> {
+        let SinkSpec::Kafka { topic, .. } = &self.spec.sink else {
+            return Err(QueryError::Internal(
+                "a writing task without a topic".into(),
+            ));
+        };
+        let mut in_flight = BatchesInFlight::new(self.spec.config.max_batches_in_flight);
+        let mut inputs = BatchInputs::default();
+        let mut input_open = true;
+        while input_open || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                settled = in_flight.settle_oldest(topic), if !in_flight.is_empty() => {
+                    if let Some((records, next_offset)) = settled? {
+                        self.metrics.records_out.fetch_add(records, Ordering::Relaxed);
+                        self.progress.store(next_offset, Ordering::Release);
+                    }
+                }
+                raw = receiver.recv(), if input_open && in_flight.has_room() => {
+                    let Some(raw) = raw else {
+                        input_open = false; // stopping: what is in flight is still awaited
+                        continue;
+                    };
+                    let Some(&last_offset) = raw.offsets().last() else {
+                        continue;
+                    };
+                    let (output, tombstones) = self
+                        .transform(&raw, &mut decoder, table_changes, &mut inputs)
+                        .await?;
+                    let mut deliveries = Deliveries::default();
+                    self.send_as(
+                        &self.spec.plan,
+                        &output,
+                        tombstones.as_ref(),
+                        encoder.as_mut(),
+                        &mut encoded,
+                        &mut deliveries,
+                    )
+                    .await?;
+                    in_flight.push(deliveries, last_offset + 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a batch and runs the query's stages over it: the output rows and, for a table
+    /// of a table, the tombstones (see `TableChanges`).
+    async fn transform(
+        &self,
+        raw: &RawBatch,
+        decoder: &mut RecordDecoder,
+        table_changes: Option<&crate::table_changes::TableChanges>,
+        inputs: &mut BatchInputs,
+    ) -> Result<(RecordBatch, Option<RecordBatch>), QueryError> {
+        inputs.skipped.clear();
+        let batch = self.decode_input(decoder, raw, &mut inputs.skipped).await?;
+        Ok(match table_changes {
+            Some(changes) => {
+                let (output, tombstones) = self
+                    .table_changes(
+                        changes,
+                        raw,
+                        &batch,
+                        &mut inputs.deleted_offsets,
+                        &mut inputs.skipped,
+                    )
+                    .await?;
+                (output, Some(tombstones))
+            }
+            None => (self.process(batch, &mut inputs.skipped).await, None),
+        })
     }
 
     /// The output rows and tombstones of a batch of a table's changes (see `TableChanges`).
@@ -1671,6 +1764,7 @@ impl PartitionTask {
             )?;
             self.report_rejected(&upserted.rejected).await;
             if upserted.rows.num_rows() > 0 {
+                let mut deliveries = Deliveries::default();
                 self.produce(
                     &spec.plan,
                     topic,
@@ -1679,11 +1773,13 @@ impl PartitionTask {
                     &mut encoded,
                     &upserted.rows,
                     false,
+                    &mut deliveries,
                 )
                 .await?;
+                deliveries.settle(topic).await?;
                 self.metrics
                     .records_out
-                    .fetch_add(upserted.rows.num_rows() as u64, Ordering::Relaxed);
+                    .fetch_add(deliveries.records, Ordering::Relaxed);
             }
             commit_partition(
                 &upsert.store,
@@ -2897,35 +2993,62 @@ impl PartitionTask {
         if output.num_rows() == 0 && tombstones.is_none() {
             return Ok(true);
         }
-        match (&self.spec.sink, encoder) {
-            (
-                SinkSpec::Kafka {
-                    topic, producer, ..
-                },
-                Some(encoder),
-            ) => {
-                if output.num_rows() > 0 {
-                    self.produce(plan, topic, producer, encoder, encoded, output, false)
-                        .await?;
-                }
-                if let Some(tombstones) = tombstones {
-                    self.produce(plan, topic, producer, encoder, encoded, tombstones, true)
-                        .await?;
-                }
+        match &self.spec.sink {
+            SinkSpec::Kafka { topic, .. } => {
+                let mut deliveries = Deliveries::default();
+                self.send_as(plan, output, tombstones, encoder, encoded, &mut deliveries)
+                    .await?;
+                deliveries.settle(topic).await?;
+                self.metrics
+                    .records_out
+                    .fetch_add(deliveries.records, Ordering::Relaxed);
             }
-            (SinkSpec::Channel { sender }, _) => {
+            SinkSpec::Channel { sender } => {
                 if output.num_rows() > 0 && sender.send(output.clone()).await.is_err() {
                     return Ok(false);
                 }
+                self.metrics
+                    .records_out
+                    .fetch_add(output.num_rows() as u64, Ordering::Relaxed);
             }
-            _ => return Err(QueryError::Internal("sink without encoder".into())),
         }
-        let tombstone_count = tombstones.map_or(0, |t| t.num_rows());
-        self.metrics.records_out.fetch_add(
-            (output.num_rows() + tombstone_count) as u64,
-            Ordering::Relaxed,
-        );
         Ok(true)
+    }
+
+    /// Sends output rows and tombstones of `plan` to the query's Kafka sink without waiting for
+    /// their acknowledgements, which join `deliveries`.
+    async fn send_as(
+        &self,
+        plan: &StreamingPlan,
+        output: &RecordBatch,
+        tombstones: Option<&RecordBatch>,
+        encoder: Option<&mut RecordEncoder>,
+        encoded: &mut EncodedBatch,
+        deliveries: &mut Deliveries,
+    ) -> Result<(), QueryError> {
+        let tombstones = tombstones.filter(|t| t.num_rows() > 0);
+        let (
+            SinkSpec::Kafka {
+                topic, producer, ..
+            },
+            Some(encoder),
+        ) = (&self.spec.sink, encoder)
+        else {
+            return Err(QueryError::Internal("sink without encoder".into()));
+        };
+        if output.num_rows() > 0 {
+            self.produce(
+                plan, topic, producer, encoder, encoded, output, false, deliveries,
+            )
+            .await?;
+        }
+        if let Some(tombstones) = tombstones {
+            self.produce(
+                plan, topic, producer, encoder, encoded, tombstones, true, deliveries,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2938,6 +3061,7 @@ impl PartitionTask {
         encoded: &mut EncodedBatch,
         output: &RecordBatch,
         tombstones: bool,
+        deliveries: &mut Deliveries,
     ) -> Result<(), QueryError> {
         encoded.clear();
         encoder
@@ -2968,8 +3092,6 @@ impl PartitionTask {
         };
         let timeout = Duration::from_millis(self.spec.config.produce_timeout_ms);
         let deadline = Instant::now() + timeout;
-        let mut pending: std::collections::VecDeque<DeliveryFuture> =
-            std::collections::VecDeque::new();
         for row in 0..encoded.len() {
             let timestamp = rowtimes
                 .as_ref()
@@ -2992,7 +3114,8 @@ impl PartitionTask {
                 }
                 match producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push_back(delivery);
+                        deliveries.pending.push_back(delivery);
+                        deliveries.records += 1;
                         break;
                     }
                     Err((
@@ -3006,9 +3129,9 @@ impl PartitionTask {
                                 message: "producer queue stayed full".into(),
                             });
                         }
-                        match pending.pop_front() {
-                            Some(oldest) => await_delivery(topic, oldest).await?,
-                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        if !deliveries.settle_oldest(topic).await? {
+                            // The queue holds other batches' records: they are on their way.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
                     Err((error, _)) => {
@@ -3020,10 +3143,108 @@ impl PartitionTask {
                 }
             }
         }
-        for delivery in pending {
-            await_delivery(topic, delivery).await?;
-        }
         Ok(())
+    }
+}
+
+/// What a produced record's [`DeliveryFuture`] yields.
+type Acknowledgement = Result<
+    rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
+>;
+
+/// The acknowledgements a partition task still waits for, oldest first, and how many records
+/// they are for. Generic over the acknowledgement's future for its tests.
+struct Deliveries<F = DeliveryFuture> {
+    pending: std::collections::VecDeque<F>,
+    records: u64,
+}
+
+impl<F> Default for Deliveries<F> {
+    fn default() -> Self {
+        Self {
+            pending: std::collections::VecDeque::new(),
+            records: 0,
+        }
+    }
+}
+
+impl<F> Deliveries<F>
+where
+    F: std::future::Future<Output = Acknowledgement> + Unpin,
+{
+    /// Waits for every pending acknowledgement. Cancel-safe: an acknowledgement leaves the queue
+    /// only once it has arrived, so a dropped call leaves the rest to the next.
+    async fn settle(&mut self, topic: &str) -> Result<(), QueryError> {
+        while self.settle_oldest(topic).await? {}
+        Ok(())
+    }
+
+    /// Waits for the oldest pending acknowledgement; false if none is pending. Cancel-safe.
+    async fn settle_oldest(&mut self, topic: &str) -> Result<bool, QueryError> {
+        let Some(oldest) = self.pending.front_mut() else {
+            return Ok(false);
+        };
+        let outcome = oldest.await;
+        self.pending.pop_front();
+        match outcome {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err((error, _))) => Err(QueryError::Produce {
+                topic: topic.to_owned(),
+                message: error.to_string(),
+            }),
+            Err(_) => Err(QueryError::Produce {
+                topic: topic.to_owned(),
+                message: "the producer was closed".into(),
+            }),
+        }
+    }
+}
+
+/// The batches a partition task has sent and not yet seen acknowledged in full, oldest first,
+/// each with the offset that follows it (see `PartitionTask::run_writing`).
+struct BatchesInFlight<F = DeliveryFuture> {
+    batches: std::collections::VecDeque<(Deliveries<F>, i64)>,
+    most: usize,
+}
+
+impl<F> BatchesInFlight<F>
+where
+    F: std::future::Future<Output = Acknowledgement> + Unpin,
+{
+    /// Room for `most` batches (at least one).
+    fn new(most: usize) -> Self {
+        let most = most.max(1);
+        Self {
+            batches: std::collections::VecDeque::with_capacity(most),
+            most,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    fn has_room(&self) -> bool {
+        self.batches.len() < self.most
+    }
+
+    fn push(&mut self, deliveries: Deliveries<F>, next_offset: i64) {
+        self.batches.push_back((deliveries, next_offset));
+    }
+
+    /// Waits until the oldest batch is acknowledged in full and removes it: its record count
+    /// and next offset; `None` when no batch is in flight. Cancel-safe: the batch stays first
+    /// until every acknowledgement of it has arrived.
+    async fn settle_oldest(&mut self, topic: &str) -> Result<Option<(u64, i64)>, QueryError> {
+        let Some((deliveries, _)) = self.batches.front_mut() else {
+            return Ok(None);
+        };
+        deliveries.settle(topic).await?;
+        Ok(self
+            .batches
+            .pop_front()
+            .map(|(deliveries, next_offset)| (deliveries.records, next_offset)))
     }
 }
 
@@ -3300,16 +3521,117 @@ fn drop_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch, QueryEr
         .map_err(|e| QueryError::Internal(format!("dropping tombstones: {e}")))
 }
 
-async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<(), QueryError> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _))) => Err(QueryError::Produce {
-            topic: topic.to_owned(),
-            message: error.to_string(),
-        }),
-        Err(_) => Err(QueryError::Produce {
-            topic: topic.to_owned(),
-            message: "the producer was closed".into(),
-        }),
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use futures::channel::oneshot;
+    use rdkafka::Timestamp;
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
+
+    use super::*;
+
+    type Acknowledger = oneshot::Sender<OwnedDeliveryResult>;
+
+    /// A batch of `records` sent records and what acknowledges each.
+    fn sent(
+        records: usize,
+    ) -> (
+        Deliveries<oneshot::Receiver<OwnedDeliveryResult>>,
+        Vec<Acknowledger>,
+    ) {
+        let mut deliveries = Deliveries::default();
+        let mut acknowledgers = Vec::new();
+        for _ in 0..records {
+            let (acknowledger, delivery) = oneshot::channel();
+            deliveries.pending.push_back(delivery);
+            deliveries.records += 1;
+            acknowledgers.push(acknowledger);
+        }
+        (deliveries, acknowledgers)
+    }
+
+    fn acknowledge(acknowledger: Acknowledger) {
+        let delivered = Delivery {
+            partition: 0,
+            offset: 0,
+            timestamp: Timestamp::NotAvailable,
+        };
+        assert!(
+            acknowledger.send(Ok(delivered)).is_ok(),
+            "the batch is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_settled_only_once_it_and_every_batch_before_it_are_acknowledged() {
+        let mut in_flight = BatchesInFlight::new(2);
+        let (first, first_acknowledgers) = sent(2);
+        let (second, second_acknowledgers) = sent(1);
+        in_flight.push(first, 10);
+        assert!(in_flight.has_room());
+        in_flight.push(second, 20);
+        assert!(!in_flight.has_room(), "two batches in flight at most");
+
+        second_acknowledgers.into_iter().for_each(acknowledge);
+        let mut first_acknowledgers = first_acknowledgers.into_iter();
+        first_acknowledgers.next().into_iter().for_each(acknowledge);
+        // Each attempt is dropped unfinished, as `run_writing`'s select drops it when a batch
+        // arrives; the acknowledgement it took must not be forgotten, nor the one it waits for.
+        for _ in 0..2 {
+            assert!(
+                in_flight.settle_oldest("out").now_or_never().is_none(),
+                "the first batch still waits for one acknowledgement"
+            );
+        }
+        first_acknowledgers.for_each(acknowledge);
+        assert_eq!(
+            in_flight.settle_oldest("out").await.ok(),
+            Some(Some((2, 10)))
+        );
+        assert!(in_flight.has_room());
+        assert_eq!(
+            in_flight.settle_oldest("out").await.ok(),
+            Some(Some((1, 20)))
+        );
+        assert!(in_flight.is_empty());
+        assert_eq!(in_flight.settle_oldest("out").await.ok(), Some(None));
+    }
+
+    #[tokio::test]
+    async fn a_refused_or_abandoned_record_fails_its_batch_naming_the_topic() {
+        let (mut deliveries, acknowledgers) = sent(2);
+        let mut acknowledgers = acknowledgers.into_iter();
+        acknowledgers.next().into_iter().for_each(acknowledge);
+        let refused = OwnedMessage::new(
+            None,
+            None,
+            "out".into(),
+            Timestamp::NotAvailable,
+            0,
+            -1,
+            None,
+        );
+        if let Some(acknowledger) = acknowledgers.next() {
+            let error = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+            assert!(acknowledger.send(Err((error, refused))).is_ok());
+        }
+        match deliveries.settle("out").await {
+            Err(QueryError::Produce { topic, message }) => {
+                assert_eq!(topic, "out");
+                assert!(message.contains("too large"), "{message}");
+            }
+            other => panic!("expected a produce error, got {other:?}"),
+        }
+
+        let (mut deliveries, acknowledgers) = sent(1);
+        drop(acknowledgers); // the producer went away
+        match deliveries.settle("out").await {
+            Err(QueryError::Produce { message, .. }) => {
+                assert_eq!(message, "the producer was closed");
+            }
+            other => panic!("expected a produce error, got {other:?}"),
+        }
     }
 }
