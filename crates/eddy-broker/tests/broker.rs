@@ -867,9 +867,9 @@ async fn records_of_one_batch_keep_their_offsets_fields_and_headers() -> TestRes
     let topic = unique("batched");
     create_topic(&bootstrap, &topic, 1).await?;
 
-    let has_key = |i: usize| i % 5 != 0;
-    let has_value = |i: usize| i % 7 != 0;
-    let trace = |i: usize| (i % 3 == 0).then(|| format!("trace-{i}"));
+    let has_key = |i: usize| !i.is_multiple_of(5);
+    let has_value = |i: usize| !i.is_multiple_of(7);
+    let trace = |i: usize| i.is_multiple_of(3).then(|| format!("trace-{i}"));
     // The records wait in the producer until `linger.ms` ends, so they leave as one request
     // (or very few), each with many records.
     let producer: FutureProducer = client_config(&bootstrap)
