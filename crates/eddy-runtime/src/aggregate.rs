@@ -421,8 +421,11 @@ struct Folded {
     deleted: Vec<bool>,
     /// Windows the batch created: (group, window end); they are indexed to close and expire.
     new_windows: Vec<(usize, i64)>,
-    /// Further store writes (index entries of merged-away sessions).
+    /// Further store writes (close index entries of merged-away sessions).
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Further store writes the changelog does not carry (expiry index entries of merged-away
+    /// sessions).
+    local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// (origin partition, source offset) of the rows every window of which had closed.
     late: Vec<(i32, i64)>,
 }
@@ -454,6 +457,9 @@ pub(crate) struct Applied {
     pub keep: BooleanArray,
     /// Store key → new stored state (`None`: the group is gone).
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Store writes the changelog does not carry: the windows' expiry index, which a restore
+    /// derives from the windows' keys ([`expiry_entry_of`]).
+    pub local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// (origin partition, origin offset) of the input rows dropped because a group key column
     /// was NULL.
     pub null_keys: Vec<(i32, i64)>,
@@ -562,6 +568,11 @@ impl PartitionAggregate {
         metrics: &QueryMetrics,
         query_id: &str,
     ) -> Result<(), QueryError> {
+        let window = aggregation_of(&self.view.plan)?
+            .window
+            .as_ref()
+            .map(|window| window.spec);
+        let expiry_entry = |key: &[u8]| window.as_ref().and_then(|w| expiry_entry_of(w, key));
         let checkpoint = restore_partition(
             &self.view.store,
             self.partition,
@@ -569,6 +580,7 @@ impl PartitionAggregate {
             connection,
             metrics,
             query_id,
+            Some(&expiry_entry),
         )
         .await?;
         self.next_source_offset = checkpoint.source_offset.unwrap_or(0);
@@ -621,6 +633,7 @@ impl PartitionAggregate {
             deleted,
             new_windows,
             writes: folded_writes,
+            local_writes,
             late,
         } = folded;
         let view = &self.view;
@@ -648,6 +661,7 @@ impl PartitionAggregate {
             rows: rows_out,
             keep,
             writes,
+            local_writes,
             null_keys,
             failed_groups: failed.into_iter().map(|(_, reason)| reason).collect(),
             late,
@@ -762,8 +776,8 @@ impl PartitionAggregate {
             states,
             rowtimes,
             new_windows,
-            writes: Vec::new(),
             late,
+            ..Folded::default()
         })
     }
 
@@ -921,14 +935,13 @@ impl PartitionAggregate {
                     folded.states.push(old_state);
                     folded.rowtimes.push(old_rowtime);
                     folded.deleted.push(true);
-                    for (index, wanted) in [
-                        (crate::window::WindowIndex::Expiry, true),
-                        (crate::window::WindowIndex::Close, emit_final),
-                    ] {
-                        if wanted {
-                            let due = index.due_time(spec, *old_end);
-                            folded.writes.push((index.entry(due, old_key), None));
-                        }
+                    let expiry = crate::window::WindowIndex::Expiry;
+                    let due = expiry.due_time(spec, *old_end);
+                    folded.local_writes.push((expiry.entry(due, old_key), None));
+                    if emit_final {
+                        let close = crate::window::WindowIndex::Close;
+                        let due = close.due_time(spec, *old_end);
+                        folded.writes.push((close.entry(due, old_key), None));
                     }
                 }
                 let group = folded.keys.len();
@@ -995,7 +1008,7 @@ impl PartitionAggregate {
                 expiring.push(key.clone());
             } else {
                 applied
-                    .writes
+                    .local_writes
                     .push((WindowIndex::Expiry.entry(due, key), Some(Vec::new())));
             }
         }
@@ -1076,7 +1089,7 @@ impl PartitionAggregate {
             for due in
                 WindowIndex::Expiry.due(&self.view.store, self.partition, stream_time, room)?
             {
-                applied.writes.push((due.entry, None));
+                applied.local_writes.push((due.entry, None));
                 if !gone.contains(due.key.as_slice()) {
                     expiring.push(due.key);
                 }
@@ -1290,15 +1303,18 @@ impl PartitionAggregate {
         spec: &StateSpec,
         producer: Option<&FutureProducer>,
         writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        local_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         next_source_offset: i64,
         timeout: Duration,
     ) -> Result<(), QueryError> {
-        commit_partition(
+        commit_partition_with_local(
             &self.view.store,
             self.partition,
             spec.changelog_topic.as_deref(),
             producer,
             &writes,
+            &local_writes,
+            &[],
             next_source_offset,
             timeout,
         )
@@ -1376,9 +1392,26 @@ pub(crate) async fn commit_partition_with_local(
     store.write(partition, batch).map_err(state_error)
 }
 
+/// The key of the store entry a restore derives from a changelog record's key, if any: put
+/// (with an empty value) with the record, deleted with its tombstone.
+pub(crate) type DerivedEntry<'a> = &'a (dyn Fn(&[u8]) -> Option<Vec<u8>> + Sync);
+
+/// The expiry index entry of the window whose store key is `key`: the changelog does not carry
+/// the index, a restore derives it from each window it restores. `None` for the partition's own
+/// entries (keys starting with `0xFF`).
+pub(crate) fn expiry_entry_of(spec: &WindowSpec, key: &[u8]) -> Option<Vec<u8>> {
+    if key.first() == Some(&0xFF) {
+        return None;
+    }
+    let (_, _, end) = crate::window::split_key(spec, key)?;
+    let index = crate::window::WindowIndex::Expiry;
+    Some(index.entry(index.due_time(spec, end), key))
+}
+
 /// Brings partition `partition` of `store` up to the end of its changelog partition (from the
 /// position the store last applied, or from the beginning when the local state is gone) and
-/// returns its checkpoint. Progress goes to the query's restore metrics and the log.
+/// returns its checkpoint. Progress goes to the query's restore metrics and the log. `derived`
+/// gives the entries the changelog does not carry (see [`DerivedEntry`]).
 pub(crate) async fn restore_partition(
     store: &Store,
     partition: i32,
@@ -1386,6 +1419,7 @@ pub(crate) async fn restore_partition(
     connection: &KafkaConnection,
     metrics: &QueryMetrics,
     query_id: &str,
+    derived: Option<DerivedEntry<'_>>,
 ) -> Result<Checkpoint, QueryError> {
     let checkpoint = store.checkpoint(partition).map_err(state_error)?;
     let Some(changelog_topic) = changelog_topic else {
@@ -1456,8 +1490,18 @@ pub(crate) async fn restore_partition(
                 bytes.copy_from_slice(value);
                 batch.set_source_offset(i64::from_be_bytes(bytes));
             }
-            (Some(key), Some(value)) => batch.put(key, value),
-            (Some(key), None) => batch.delete(key),
+            (Some(key), Some(value)) => {
+                batch.put(key, value);
+                if let Some(entry) = derived.and_then(|derive| derive(key)) {
+                    batch.put(&entry, &[]);
+                }
+            }
+            (Some(key), None) => {
+                batch.delete(key);
+                if let Some(entry) = derived.and_then(|derive| derive(key)) {
+                    batch.delete(&entry);
+                }
+            }
             (None, _) => warn!(
                 query = query_id,
                 partition,
@@ -1565,20 +1609,9 @@ impl<'a> Deliveries<'a> {
     }
 
     async fn await_one(&mut self, delivery: DeliveryFuture) -> Result<(), QueryError> {
-        match delivery.await {
-            Ok(Ok(delivered)) => {
-                self.last_offset = Some(self.last_offset.unwrap_or(-1).max(delivered.offset));
-                Ok(())
-            }
-            Ok(Err((error, _))) => Err(QueryError::Produce {
-                topic: self.topic.to_owned(),
-                message: error.to_string(),
-            }),
-            Err(_) => Err(QueryError::Produce {
-                topic: self.topic.to_owned(),
-                message: "the producer was closed".into(),
-            }),
-        }
+        let offset = crate::query::acknowledged(self.topic, delivery.await)?;
+        self.last_offset = Some(self.last_offset.unwrap_or(-1).max(offset));
+        Ok(())
     }
 
     /// Waits for every acknowledgement; returns the largest offset written.

@@ -1326,7 +1326,7 @@ impl PartitionTask {
                     let (output, tombstones) = self
                         .transform(&raw, &mut decoder, table_changes, &mut inputs)
                         .await?;
-                    let mut deliveries = Deliveries::default();
+                    let mut deliveries = Acknowledgements::default();
                     self.send_as(
                         &self.spec.plan,
                         &output,
@@ -1693,6 +1693,7 @@ impl PartitionTask {
                 state,
                 changelog_producer,
                 applied.writes,
+                applied.local_writes,
                 next_offsets[0],
                 Duration::from_millis(spec.config.produce_timeout_ms),
             )
@@ -1710,6 +1711,7 @@ impl PartitionTask {
             &self.spec.connection,
             &self.metrics,
             &self.spec.query_id,
+            None,
         )
         .await?;
         Ok(checkpoint.source_offset.unwrap_or(0))
@@ -1764,7 +1766,7 @@ impl PartitionTask {
             )?;
             self.report_rejected(&upserted.rejected).await;
             if upserted.rows.num_rows() > 0 {
-                let mut deliveries = Deliveries::default();
+                let mut deliveries = Acknowledgements::default();
                 self.produce(
                     &spec.plan,
                     topic,
@@ -2509,6 +2511,7 @@ impl PartitionTask {
             &spec.connection,
             &self.metrics,
             &spec.query_id,
+            None,
         )
         .await?;
         let mut joiner = StreamJoiner::open(
@@ -2995,7 +2998,7 @@ impl PartitionTask {
         }
         match &self.spec.sink {
             SinkSpec::Kafka { topic, .. } => {
-                let mut deliveries = Deliveries::default();
+                let mut deliveries = Acknowledgements::default();
                 self.send_as(plan, output, tombstones, encoder, encoded, &mut deliveries)
                     .await?;
                 deliveries.settle(topic).await?;
@@ -3024,7 +3027,7 @@ impl PartitionTask {
         tombstones: Option<&RecordBatch>,
         encoder: Option<&mut RecordEncoder>,
         encoded: &mut EncodedBatch,
-        deliveries: &mut Deliveries,
+        deliveries: &mut Acknowledgements,
     ) -> Result<(), QueryError> {
         let tombstones = tombstones.filter(|t| t.num_rows() > 0);
         let (
@@ -3061,7 +3064,7 @@ impl PartitionTask {
         encoded: &mut EncodedBatch,
         output: &RecordBatch,
         tombstones: bool,
-        deliveries: &mut Deliveries,
+        deliveries: &mut Acknowledgements,
     ) -> Result<(), QueryError> {
         encoded.clear();
         encoder
@@ -3148,19 +3151,19 @@ impl PartitionTask {
 }
 
 /// What a produced record's [`DeliveryFuture`] yields.
-type Acknowledgement = Result<
+pub(crate) type Acknowledgement = Result<
     rdkafka::producer::future_producer::OwnedDeliveryResult,
     futures::channel::oneshot::Canceled,
 >;
 
 /// The acknowledgements a partition task still waits for, oldest first, and how many records
 /// they are for. Generic over the acknowledgement's future for its tests.
-struct Deliveries<F = DeliveryFuture> {
+struct Acknowledgements<F = DeliveryFuture> {
     pending: std::collections::VecDeque<F>,
     records: u64,
 }
 
-impl<F> Default for Deliveries<F> {
+impl<F> Default for Acknowledgements<F> {
     fn default() -> Self {
         Self {
             pending: std::collections::VecDeque::new(),
@@ -3169,7 +3172,7 @@ impl<F> Default for Deliveries<F> {
     }
 }
 
-impl<F> Deliveries<F>
+impl<F> Acknowledgements<F>
 where
     F: std::future::Future<Output = Acknowledgement> + Unpin,
 {
@@ -3187,24 +3190,30 @@ where
         };
         let outcome = oldest.await;
         self.pending.pop_front();
-        match outcome {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err((error, _))) => Err(QueryError::Produce {
-                topic: topic.to_owned(),
-                message: error.to_string(),
-            }),
-            Err(_) => Err(QueryError::Produce {
-                topic: topic.to_owned(),
-                message: "the producer was closed".into(),
-            }),
-        }
+        acknowledged(topic, outcome).map(|_| true)
+    }
+}
+
+/// The offset a produced record was written at, from its acknowledgement, or the produce error
+/// naming `topic`.
+pub(crate) fn acknowledged(topic: &str, outcome: Acknowledgement) -> Result<i64, QueryError> {
+    match outcome {
+        Ok(Ok(delivered)) => Ok(delivered.offset),
+        Ok(Err((error, _))) => Err(QueryError::Produce {
+            topic: topic.to_owned(),
+            message: error.to_string(),
+        }),
+        Err(_) => Err(QueryError::Produce {
+            topic: topic.to_owned(),
+            message: "the producer was closed".into(),
+        }),
     }
 }
 
 /// The batches a partition task has sent and not yet seen acknowledged in full, oldest first,
 /// each with the offset that follows it (see `PartitionTask::run_writing`).
 struct BatchesInFlight<F = DeliveryFuture> {
-    batches: std::collections::VecDeque<(Deliveries<F>, i64)>,
+    batches: std::collections::VecDeque<(Acknowledgements<F>, i64)>,
     most: usize,
 }
 
@@ -3229,7 +3238,7 @@ where
         self.batches.len() < self.most
     }
 
-    fn push(&mut self, deliveries: Deliveries<F>, next_offset: i64) {
+    fn push(&mut self, deliveries: Acknowledgements<F>, next_offset: i64) {
         self.batches.push_back((deliveries, next_offset));
     }
 
@@ -3538,10 +3547,10 @@ mod tests {
     fn sent(
         records: usize,
     ) -> (
-        Deliveries<oneshot::Receiver<OwnedDeliveryResult>>,
+        Acknowledgements<oneshot::Receiver<OwnedDeliveryResult>>,
         Vec<Acknowledger>,
     ) {
-        let mut deliveries = Deliveries::default();
+        let mut deliveries = Acknowledgements::default();
         let mut acknowledgers = Vec::new();
         for _ in 0..records {
             let (acknowledger, delivery) = oneshot::channel();

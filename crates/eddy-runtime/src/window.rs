@@ -6,13 +6,16 @@
 //! seek), each as [`ordered_time_bytes`]. Arrow-row bytes are prefix-free, so the group key's
 //! bytes are a prefix of exactly its windows' keys: one prefix scan reads a key's windows.
 //!
-//! Besides the groups, a partition keeps (keys starting with `0xFF`, in the store and its
-//! changelog like every state write):
+//! Besides the groups, a partition keeps (keys starting with `0xFF`):
 //!
 //! - its **stream time**, the largest event time it has seen;
 //! - the **close index** `0xFF c [close time] [group key]` of windows an `EMIT FINAL` query has not
 //!   emitted yet;
 //! - the **expiry index** `0xFF x [expiry time] [group key]` of every window it keeps.
+//!
+//! The stream time and the close index go to the changelog like every state write; the expiry
+//! index stays local, and a restore derives it from the windows' keys
+//! (`aggregate::expiry_entry_of`).
 //!
 //! Both indexes are ordered by time, so a batch finds the windows that closed or expired with a
 //! range scan from the start that stops at the first one still open.

@@ -557,5 +557,18 @@ SELECT who, ws, n FROM final_rows EMIT CHANGES LIMIT 7;
         );
     }
 
+    // The changelogs hold the windows, not the expiry index: a restore derives the index from
+    // the windows it restores (the third run's expiries above depend on it).
+    for query in ["CTAS_PER_MINUTE_1", "CTAS_SESSIONS_2", "CTAS_FINALS_3"] {
+        let changelog = format!("_eddy-{SERVICE_ID}-query-{query}-changelog");
+        let records = read_topic(&connection, &changelog, &format!("changelog-{query}")).await;
+        assert!(!records.is_empty(), "{changelog} is empty");
+        let index_entries = records
+            .iter()
+            .filter(|(key, _)| key.as_deref().is_some_and(|k| k.starts_with(b"\xffx")))
+            .count();
+        assert_eq!(index_entries, 0, "{changelog} holds expiry index entries");
+    }
+
     broker.shutdown().await.expect("the embedded broker stops");
 }
