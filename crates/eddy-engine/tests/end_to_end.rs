@@ -1512,21 +1512,8 @@ async fn a_batch_ends_at_its_byte_bound() {
     .await
     .expect("engine starts");
     let mut session = Session::new();
-    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
-    run(
-        &engine,
-        &mut session,
-        "CREATE STREAM bounded_in (k STRING KEY, v INT) \
-         WITH (KAFKA_TOPIC='bounded_in', VALUE_FORMAT='JSON', PARTITIONS=1);",
-    )
-    .await;
     // The whole backlog is in the topic before the query starts, so it could be one batch.
-    let topic = h.topic("bounded_in");
-    produce_all(
-        &h.producer(),
-        (0..RECORDS).map(|i| (topic.clone(), format!("k{i}"), format!(r#"{{"V":{i}}}"#))),
-    )
-    .await;
+    numbered_stream(&h, &engine, &mut session, "bounded_in", RECORDS).await;
     run(
         &engine,
         &mut session,
@@ -1537,17 +1524,50 @@ async fn a_batch_ends_at_its_byte_bound() {
         h.consume(&h.topic("BOUNDED_OUT"), RECORDS).await.len(),
         RECORDS
     );
-    let metrics = engine.query_metrics(Duration::from_secs(5)).await;
-    let query = metrics
-        .iter()
-        .find(|m| m.sink == "BOUNDED_OUT")
-        .unwrap_or_else(|| panic!("no metrics for BOUNDED_OUT: {metrics:?}"));
+    let query = metrics_of(&engine, "BOUNDED_OUT").await;
     assert_eq!(query.records_in, RECORDS as u64);
     assert_eq!(
         query.batches_in, RECORDS as u64,
         "every record is over the byte bound, so each is a batch of its own"
     );
     engine.shutdown().await;
+}
+
+/// From the earliest offsets on, the one-partition JSON stream `name` (`k STRING KEY, v INT`)
+/// holding `records` records `k<i>`: `{"V": i}`; its topic.
+async fn numbered_stream(
+    h: &Harness,
+    engine: &Engine,
+    session: &mut Session,
+    name: &str,
+    records: usize,
+) -> String {
+    run(engine, session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        engine,
+        session,
+        &format!(
+            "CREATE STREAM {name} (k STRING KEY, v INT) \
+             WITH (KAFKA_TOPIC='{name}', VALUE_FORMAT='JSON', PARTITIONS=1);"
+        ),
+    )
+    .await;
+    let topic = h.topic(name);
+    produce_all(
+        &h.producer(),
+        (0..records).map(|i| (topic.clone(), format!("k{i}"), format!(r#"{{"V":{i}}}"#))),
+    )
+    .await;
+    topic
+}
+
+/// The metrics of the persistent query writing `sink`.
+async fn metrics_of(engine: &Engine, sink: &str) -> eddy_engine::QueryMetricsSnapshot {
+    let metrics = engine.query_metrics(Duration::from_secs(5)).await;
+    metrics
+        .into_iter()
+        .find(|m| m.sink == sink)
+        .unwrap_or_else(|| panic!("no metrics for {sink}"))
 }
 
 /// A query that writes a stream sends its next batches while the broker acknowledges earlier
@@ -1566,20 +1586,7 @@ async fn batches_in_flight_come_out_once_in_order_and_are_committed() {
         })
         .await;
     let mut session = Session::new();
-    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
-    run(
-        &engine,
-        &mut session,
-        "CREATE STREAM flights_in (k STRING KEY, v INT) \
-         WITH (KAFKA_TOPIC='flights_in', VALUE_FORMAT='JSON', PARTITIONS=1);",
-    )
-    .await;
-    let input = h.topic("flights_in");
-    produce_all(
-        &h.producer(),
-        (0..RECORDS).map(|i| (input.clone(), format!("k{i}"), format!(r#"{{"V":{i}}}"#))),
-    )
-    .await;
+    let input = numbered_stream(&h, &engine, &mut session, "flights_in", RECORDS).await;
     let query_id = create_query(
         &engine,
         &mut session,
@@ -1611,11 +1618,7 @@ async fn batches_in_flight_come_out_once_in_order_and_are_committed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = engine.query_metrics(Duration::from_secs(5)).await;
-    let query = metrics
-        .iter()
-        .find(|m| m.sink == "FLIGHTS_OUT")
-        .unwrap_or_else(|| panic!("no metrics for FLIGHTS_OUT: {metrics:?}"));
+    let query = metrics_of(&engine, "FLIGHTS_OUT").await;
     assert_eq!(query.records_out, RECORDS as u64);
     assert!(
         query.batches_in >= (RECORDS / 5) as u64,
