@@ -794,6 +794,64 @@ async fn headers_round_trip_and_are_found_by_index() -> TestResult {
     Ok(())
 }
 
+/// A produce whose headers cannot be stored fails as a whole: nothing of it is kept, and the
+/// next produce takes its offsets (tansu 0.6 logged the failed header insert and acknowledged
+/// the record without its headers; the patched `vendor/tansu-storage`, tenth patch). The
+/// failure is made with a trigger on the broker's header table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_whose_headers_fail_keeps_nothing() -> TestResult {
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    let dir = TempDir::new()?;
+    let topic = unique("header_failure");
+    let broker = start(dir.path()).await;
+    let bootstrap = broker.bootstrap_servers();
+    create_topic(&bootstrap, &topic, 1).await?;
+    produce(&bootstrap, &topic, 0..1).await?;
+
+    let database = libsql::Builder::new_local(broker.database_path())
+        .build()
+        .await?;
+    let connection = database.connect()?;
+    connection
+        .execute(
+            "create trigger eddy_test_refuse_headers before insert on header \
+             begin select raise(abort, 'headers refused by the test'); end",
+            (),
+        )
+        .await?;
+
+    let producer: FutureProducer = client_config(&bootstrap)
+        .set("message.timeout.ms", "5000")
+        .set("retries", "0")
+        .create()?;
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "trace",
+        value: Some(b"t".as_slice()),
+    });
+    let record = FutureRecord::to(&topic)
+        .partition(0)
+        .key("with-headers")
+        .payload("refused")
+        .headers(headers);
+    let outcome = timeout(WAIT, producer.send(record, WAIT)).await?;
+    assert!(
+        outcome.is_err(),
+        "a record whose headers were not stored was acknowledged: {outcome:?}"
+    );
+    assert_eq!(watermarks(&bootstrap, &topic).await?, (0, 1));
+
+    connection
+        .execute("drop trigger eddy_test_refuse_headers", ())
+        .await?;
+    drop(connection);
+    drop(database);
+    produce(&bootstrap, &topic, 1..2).await?;
+    assert_eq!(read_all(&bootstrap, &topic).await?, expected(0..2));
+    stop(broker).await;
+    Ok(())
+}
+
 /// A fetch returns records up to its byte budget, in order, and the next fetch goes on from there;
 /// a record larger than the whole budget still comes (as the first of its fetch), so that a
 /// consumer is never stuck behind it. tansu 0.6 returned nothing for such a record, for ever (the

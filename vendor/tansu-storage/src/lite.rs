@@ -992,6 +992,9 @@ impl Delegate {
                         let key = header.key.as_deref();
                         let value = header.value.as_deref();
 
+                        // Eddy's patch: 0.6.0 logged a failed header insert and went on, so
+                        // the produce succeeded with the record's headers missing. It now
+                        // fails, and the transaction (records included) is rolled back.
                         _ = connection
                             .execute(
                                 "header_insert_by_topition.sql",
@@ -1000,7 +1003,8 @@ impl Delegate {
                             .await
                             .inspect_err(|err| {
                                 error!(?err, ?topic, ?partition, ?offset, ?key, ?value);
-                            });
+                            })
+                            .map_err(unique_constraint(ErrorCode::UnknownServerError))?;
                     }
                 }
 
