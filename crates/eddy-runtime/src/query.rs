@@ -1247,12 +1247,12 @@ impl PartitionTask {
             }
         }
         self.skip_to_start_floor();
-        let mut inputs = BatchInputs::default();
         if rows_view.is_none() && matches!(spec.sink, SinkSpec::Kafka { .. }) {
             return self
                 .run_writing(receiver, decoder, encoder, encoded, table_changes.as_ref())
                 .await;
         }
+        let mut inputs = BatchInputs::default();
         let mut view_value = Vec::new();
         while let Some(raw) = receiver.recv().await {
             let Some(&last_offset) = raw.offsets().last() else {
