@@ -1533,6 +1533,59 @@ async fn a_batch_ends_at_its_byte_bound() {
     engine.shutdown().await;
 }
 
+/// Watermarks and start offsets of every partition of a topic come from two offsets requests
+/// (earliest, latest) for all partitions: each partition gets its own, and an empty one has 0 for
+/// both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_and_assignments_cover_every_partition() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM spread (v INT) WITH (KAFKA_TOPIC='spread', VALUE_FORMAT='JSON', PARTITIONS=3);",
+    )
+    .await;
+    let topic = h.topic("spread");
+    let producer = h.producer();
+    for (partition, records) in [(0, 2), (2, 5)] {
+        for i in 0..records {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(&topic)
+                        .partition(partition)
+                        .payload(&format!(r#"{{"V":{i}}}"#)),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce");
+        }
+    }
+    let connection = KafkaConnection::new(h.bootstrap.clone());
+    assert_eq!(
+        connection.watermarks(&topic).await.expect("watermarks"),
+        vec![(0, 2), (0, 0), (0, 5)]
+    );
+    for (start, expected) in [(Offset::End, [2, 0, 5]), (Offset::Beginning, [0, 0, 0])] {
+        let assignment = connection
+            .assignment_from(&topic, 3, start)
+            .await
+            .expect("assignment");
+        let offsets: Vec<(i32, Offset)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect();
+        let wanted: Vec<(i32, Offset)> = (0..3)
+            .zip(expected)
+            .map(|(p, o)| (p, Offset::Offset(o)))
+            .collect();
+        assert_eq!(offsets, wanted, "assignment from {start:?}");
+    }
+    engine.shutdown().await;
+}
+
 /// From the earliest offsets on, the one-partition JSON stream `name` (`k STRING KEY, v INT`)
 /// holding `records` records `k<i>`: `{"V": i}`; its topic.
 async fn numbered_stream(

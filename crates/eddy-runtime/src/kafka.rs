@@ -366,22 +366,59 @@ impl KafkaConnection {
             .ok_or_else(|| KafkaError::UnknownTopic {
                 topic: topic.to_owned(),
             })?;
+        self.partitions_watermarks(topic, info.partitions).await
+    }
+
+    /// Low and high watermarks of partitions `0..partitions` of `topic`, with two offsets
+    /// requests whatever the number of partitions (the earliest offsets of all, then the
+    /// latest), where one lookup per partition made two requests each, one after the other.
+    async fn partitions_watermarks(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<(i64, i64)>, KafkaError> {
         let consumer = self.offset_client("")?;
         let timeout = self.timeout();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>, KafkaError> {
-            (0..info.partitions)
-                .map(|p| {
-                    consumer
-                        .fetch_watermarks(&topic, p, Timeout::After(timeout))
-                        .map_err(|e| {
-                            KafkaError::client(
-                                format!("watermarks of \"{topic}\" partition {p}"),
-                                e,
-                            )
-                        })
-                })
-                .collect()
+            let context = || format!("watermarks of \"{topic}\"");
+            let offsets_at = |start: Offset| -> Result<Vec<i64>, KafkaError> {
+                let mut request = TopicPartitionList::new();
+                for partition in 0..partitions {
+                    request
+                        .add_partition_offset(&topic, partition, start)
+                        .map_err(|e| KafkaError::client(context(), e))?;
+                }
+                // A timestamp of -2 (`Beginning`) or -1 (`End`) asks for the earliest or the
+                // latest offset, as Kafka's ListOffsets defines them.
+                let answer = consumer
+                    .offsets_for_times(request, Timeout::After(timeout))
+                    .map_err(|e| KafkaError::client(context(), e))?;
+                (0..partitions)
+                    .map(|partition| {
+                        let element =
+                            answer.find_partition(&topic, partition).ok_or_else(|| {
+                                KafkaError::Internal(format!(
+                                    "{}: no answer for partition {partition}",
+                                    context()
+                                ))
+                            })?;
+                        element.error().map_err(|e| {
+                            KafkaError::client(format!("{} partition {partition}", context()), e)
+                        })?;
+                        match element.offset() {
+                            Offset::Offset(offset) => Ok(offset),
+                            other => Err(KafkaError::Internal(format!(
+                                "{} partition {partition}: the broker answered {other:?}",
+                                context()
+                            ))),
+                        }
+                    })
+                    .collect()
+            };
+            let lows = offsets_at(Offset::Beginning)?;
+            let highs = offsets_at(Offset::End)?;
+            Ok(lows.into_iter().zip(highs).collect())
         })
         .await
         .map_err(|e| KafkaError::Internal(format!("watermark task failed: {e}")))?
@@ -425,9 +462,22 @@ impl KafkaConnection {
         partitions: i32,
         start: Offset,
     ) -> Result<TopicPartitionList, KafkaError> {
+        let offsets: Vec<i64> = match start {
+            Offset::Offset(offset) => vec![offset; usize::try_from(partitions).unwrap_or(0)],
+            Offset::Beginning | Offset::End => self
+                .partitions_watermarks(topic, partitions)
+                .await?
+                .into_iter()
+                .map(|(low, high)| if start == Offset::End { high } else { low })
+                .collect(),
+            other => {
+                return Err(KafkaError::Internal(format!(
+                    "a reader starts at an offset, the beginning or the end, not {other:?}"
+                )));
+            }
+        };
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            let offset = self.start_offset(topic, partition, start).await?;
+        for (partition, offset) in (0..partitions).zip(offsets) {
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(offset))
                 .map_err(|e| KafkaError::client("assignment", e))?;
