@@ -369,59 +369,68 @@ impl KafkaConnection {
         self.partitions_watermarks(topic, info.partitions).await
     }
 
-    /// Low and high watermarks of partitions `0..partitions` of `topic`, with two offsets
-    /// requests whatever the number of partitions (the earliest offsets of all, then the
-    /// latest), where one lookup per partition made two requests each, one after the other.
+    /// Low and high watermarks of partitions `0..partitions` of `topic`: two offsets requests
+    /// whatever the number of partitions (see [`Self::offsets_at`]).
     async fn partitions_watermarks(
         &self,
         topic: &str,
         partitions: i32,
     ) -> Result<Vec<(i64, i64)>, KafkaError> {
+        let lows = self
+            .offsets_at(topic, partitions, Offset::Beginning)
+            .await?;
+        let highs = self.offsets_at(topic, partitions, Offset::End).await?;
+        Ok(lows.into_iter().zip(highs).collect())
+    }
+
+    /// The earliest (`Offset::Beginning`) or latest (`Offset::End`) offset of each of the
+    /// partitions `0..partitions` of `topic`, in one offsets request for all of them, where a
+    /// lookup per partition made one request each, one after the other.
+    async fn offsets_at(
+        &self,
+        topic: &str,
+        partitions: i32,
+        start: Offset,
+    ) -> Result<Vec<i64>, KafkaError> {
         let consumer = self.offset_client("")?;
         let timeout = self.timeout();
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Vec<(i64, i64)>, KafkaError> {
-            let context = || format!("watermarks of \"{topic}\"");
-            let offsets_at = |start: Offset| -> Result<Vec<i64>, KafkaError> {
-                let mut request = TopicPartitionList::new();
-                for partition in 0..partitions {
-                    request
-                        .add_partition_offset(&topic, partition, start)
-                        .map_err(|e| KafkaError::client(context(), e))?;
-                }
-                // A timestamp of -2 (`Beginning`) or -1 (`End`) asks for the earliest or the
-                // latest offset, as Kafka's ListOffsets defines them.
-                let answer = consumer
-                    .offsets_for_times(request, Timeout::After(timeout))
+        tokio::task::spawn_blocking(move || -> Result<Vec<i64>, KafkaError> {
+            let context = || format!("{start:?} offsets of \"{topic}\"");
+            let mut request = TopicPartitionList::new();
+            for partition in 0..partitions {
+                request
+                    .add_partition_offset(&topic, partition, start)
                     .map_err(|e| KafkaError::client(context(), e))?;
-                (0..partitions)
-                    .map(|partition| {
-                        let element =
-                            answer.find_partition(&topic, partition).ok_or_else(|| {
-                                KafkaError::Internal(format!(
-                                    "{}: no answer for partition {partition}",
-                                    context()
-                                ))
-                            })?;
-                        element.error().map_err(|e| {
-                            KafkaError::client(format!("{} partition {partition}", context()), e)
-                        })?;
-                        match element.offset() {
-                            Offset::Offset(offset) => Ok(offset),
-                            other => Err(KafkaError::Internal(format!(
-                                "{} partition {partition}: the broker answered {other:?}",
-                                context()
-                            ))),
-                        }
-                    })
-                    .collect()
-            };
-            let lows = offsets_at(Offset::Beginning)?;
-            let highs = offsets_at(Offset::End)?;
-            Ok(lows.into_iter().zip(highs).collect())
+            }
+            // A timestamp of -2 (`Beginning`) or -1 (`End`) asks for the earliest or the latest
+            // offset, as Kafka's ListOffsets defines them.
+            let answer = consumer
+                .offsets_for_times(request, Timeout::After(timeout))
+                .map_err(|e| KafkaError::client(context(), e))?;
+            (0..partitions)
+                .map(|partition| {
+                    let element = answer.find_partition(&topic, partition).ok_or_else(|| {
+                        KafkaError::Internal(format!(
+                            "{}: no answer for partition {partition}",
+                            context()
+                        ))
+                    })?;
+                    element.error().map_err(|e| {
+                        KafkaError::client(format!("{} partition {partition}", context()), e)
+                    })?;
+                    match element.offset() {
+                        Offset::Offset(offset) => Ok(offset),
+                        other => Err(KafkaError::Internal(format!(
+                            "{} partition {partition}: the broker answered {other:?}",
+                            context()
+                        ))),
+                    }
+                })
+                .collect()
         })
         .await
-        .map_err(|e| KafkaError::Internal(format!("watermark task failed: {e}")))?
+        .map_err(|e| KafkaError::Internal(format!("offsets task failed: {e}")))?
     }
 
     /// The high watermark of one partition (one offsets request, no metadata request): what a
@@ -448,9 +457,7 @@ impl KafkaConnection {
             Offset::Offset(offset) => Ok(offset),
             Offset::Beginning => Ok(self.partition_watermarks(topic, partition).await?.0),
             Offset::End => Ok(self.partition_watermarks(topic, partition).await?.1),
-            other => Err(KafkaError::Internal(format!(
-                "a reader starts at an offset, the beginning or the end, not {other:?}"
-            ))),
+            other => Err(unsupported_start(other)),
         }
     }
 
@@ -464,17 +471,8 @@ impl KafkaConnection {
     ) -> Result<TopicPartitionList, KafkaError> {
         let offsets: Vec<i64> = match start {
             Offset::Offset(offset) => vec![offset; usize::try_from(partitions).unwrap_or(0)],
-            Offset::Beginning | Offset::End => self
-                .partitions_watermarks(topic, partitions)
-                .await?
-                .into_iter()
-                .map(|(low, high)| if start == Offset::End { high } else { low })
-                .collect(),
-            other => {
-                return Err(KafkaError::Internal(format!(
-                    "a reader starts at an offset, the beginning or the end, not {other:?}"
-                )));
-            }
+            Offset::Beginning | Offset::End => self.offsets_at(topic, partitions, start).await?,
+            other => return Err(unsupported_start(other)),
         };
         let mut assignment = TopicPartitionList::new();
         for (partition, offset) in (0..partitions).zip(offsets) {
@@ -885,6 +883,13 @@ impl PartitionReader {
                 .and_then(|p| p.offset().to_raw())
         })
     }
+}
+
+/// A reader's start that is none of an offset, the beginning or the end.
+fn unsupported_start(start: Offset) -> KafkaError {
+    KafkaError::Internal(format!(
+        "a reader starts at an offset, the beginning or the end, not {start:?}"
+    ))
 }
 
 #[cfg(test)]
