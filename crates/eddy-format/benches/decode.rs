@@ -1,4 +1,5 @@
-//! Decoding and encoding throughput: 100k small JSON records (5 fields) per iteration.
+//! Decoding and encoding throughput, 100k JSON records per iteration: small records (5 fields)
+//! and Nexmark bids (7 fields, about 240 bytes, the records `eddy bench nexmark` reads).
 //!
 //! `cargo bench -p eddy-format --bench decode`; criterion reports elements/s = records/s.
 
@@ -92,5 +93,89 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The bid stream of `eddy bench nexmark`: `auction, bidder, price, channel, url, date_time,
+/// extra`, no key.
+fn bid_layout() -> SourceLayout {
+    let values = vec![
+        Field::new("AUCTION", DataType::Int64, true),
+        Field::new("BIDDER", DataType::Int64, true),
+        Field::new("PRICE", DataType::Int64, true),
+        Field::new("CHANNEL", DataType::Utf8, true),
+        Field::new("URL", DataType::Utf8, true),
+        Field::new("DATE_TIME", DataType::Int64, true),
+        Field::new("EXTRA", DataType::Utf8, true),
+    ];
+    match SourceLayout::new(Vec::new(), values, Format::None, Format::JSON) {
+        Ok(layout) => layout,
+        Err(e) => panic!("bid layout: {e}"),
+    }
+}
+
+/// Bids shaped like the `nexmark` crate's (serde_json of its `Bid`): a channel name, a URL of
+/// about 70 bytes and an `extra` of 54-82 lowercase letters.
+fn bid_batch() -> RawBatch {
+    let channels = ["Google", "Facebook", "Baidu", "Apple", "channel-4711"];
+    let mut raw = RawBatch::with_capacity(RECORDS, RECORDS * 250);
+    let mut value = String::new();
+    let mut extra = String::new();
+    for i in 0..RECORDS {
+        extra.clear();
+        for j in 0..54 + i % 29 {
+            extra.push(char::from(b'a' + ((i * 7 + j * 13) % 26) as u8));
+        }
+        value.clear();
+        use std::fmt::Write;
+        let _ = write!(
+            value,
+            r#"{{"auction":{},"bidder":{},"price":{},"channel":"{}","url":"https://www.nexmark.com/qvx/yhj/lwc/item.htm?query=1&channel_id={}","date_time":{},"extra":"{extra}"}}"#,
+            1000 + i / 10,
+            1000 + i % 977,
+            100 + (i * 7919) % 1_000_000,
+            channels[i % channels.len()],
+            (i * 31) % 1_000_000_000,
+            1_436_918_400_000i64 + i as i64,
+        );
+        raw.push(None, Some(value.as_bytes()), i as i64, 0, i as i64);
+    }
+    raw
+}
+
+fn bench_bids(c: &mut Criterion) {
+    let layout = bid_layout();
+    let raw = bid_batch();
+    let mut decoder = match RecordDecoder::new(&layout) {
+        Ok(d) => d,
+        Err(e) => panic!("decoder: {e}"),
+    };
+    let mut group = c.benchmark_group("json");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    group.sample_size(20);
+    group.bench_function("decode_100k_bids", |b| {
+        b.iter(|| {
+            let decoded = decoder.decode(black_box(&raw));
+            black_box(decoded.map(|d| d.batch.num_rows()))
+        })
+    });
+
+    let batch = match decoder.decode(&raw) {
+        Ok(d) => d.batch,
+        Err(e) => panic!("decode: {e}"),
+    };
+    let mut encoder = match RecordEncoder::new(&layout) {
+        Ok(e) => e,
+        Err(e) => panic!("encoder: {e}"),
+    };
+    let mut out = EncodedBatch::new();
+    // Columns 0-2 are ROWTIME, ROWPARTITION and ROWOFFSET.
+    group.bench_function("encode_100k_bids", |b| {
+        b.iter(|| {
+            out.clear();
+            let r = encoder.encode(black_box(&batch), &[], &[3, 4, 5, 6, 7, 8, 9], &mut out);
+            black_box((r.is_ok(), out.len()))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_bids);
 criterion_main!(benches);

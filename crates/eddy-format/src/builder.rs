@@ -21,14 +21,16 @@ use crate::types::Kind;
 /// Per-record working memory, cleared (not freed) between records.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    /// UTF-8 text of STRING slots.
-    pub text: Vec<u8>,
+    /// Text of STRING slots.
+    pub text: String,
     /// Bytes of BYTES slots.
     pub bin: Vec<u8>,
     /// Values of nested slots.
     pub nodes: Vec<Node>,
-    /// Unescaped JSON field names.
-    pub key: Vec<u8>,
+    /// An unescaped JSON field name.
+    pub name: String,
+    /// DELIMITED fields unquoted from `""` escapes.
+    pub unquoted: Vec<u8>,
 }
 
 impl Scratch {
@@ -36,7 +38,8 @@ impl Scratch {
         self.text.clear();
         self.bin.clear();
         self.nodes.clear();
-        self.key.clear();
+        self.name.clear();
+        self.unquoted.clear();
     }
 }
 
@@ -225,7 +228,7 @@ impl ColumnBuilder {
     /// builder (impossible when the slot came from coercing to this column's kind) appends NULL,
     /// keeping every column the same length.
     #[inline]
-    fn append_scalar(&mut self, slot: Slot, text: &[u8], bin: &[u8]) {
+    fn append_scalar(&mut self, slot: Slot, text: &str, bin: &[u8]) {
         match (self, slot) {
             (ColumnBuilder::Boolean(b), Slot::Bool(v)) => b.append_value(v),
             (ColumnBuilder::Int32(b), Slot::I32(v)) => b.append_value(v),
@@ -235,15 +238,10 @@ impl ColumnBuilder {
             (ColumnBuilder::Timestamp(b), Slot::I64(v)) => b.append_value(v),
             (ColumnBuilder::Float64(b), Slot::F64(v)) => b.append_value(v),
             (ColumnBuilder::Decimal(b), Slot::I128(v)) => b.append_value(v),
-            (ColumnBuilder::Utf8(b), Slot::Text(start, end)) => {
-                match text
-                    .get(start..end)
-                    .and_then(|t| std::str::from_utf8(t).ok())
-                {
-                    Some(s) => b.append_value(s),
-                    None => b.append_null(),
-                }
-            }
+            (ColumnBuilder::Utf8(b), Slot::Text(start, end)) => match text.get(start..end) {
+                Some(s) => b.append_value(s),
+                None => b.append_null(),
+            },
             (ColumnBuilder::Binary(b), Slot::Bin(start, end)) => match bin.get(start..end) {
                 Some(v) => b.append_value(v),
                 None => b.append_null(),
@@ -397,7 +395,7 @@ pub(crate) fn check_node(
     kind: &Kind,
     nullable: bool,
     node: &Node,
-    junk: &mut Vec<u8>,
+    junk: &mut Scratch,
 ) -> Result<(), String> {
     junk.clear();
     let leaf = |r: Result<Slot, Detail>, found: Found<'_>| {
@@ -409,9 +407,9 @@ pub(crate) fn check_node(
         Node::Null => Err(format!(
             ": expected {kind}, found null (the field is NOT NULL)"
         )),
-        Node::Bool(b) => leaf(coerce_bool(kind, *b, junk), Found::Bool(*b)),
-        Node::Number(n) => leaf(coerce_number(kind, n, junk), Found::Number(n)),
-        Node::Text(s) => leaf(coerce_text(kind, s, junk), Found::Text(s)),
+        Node::Bool(b) => leaf(coerce_bool(kind, *b, &mut junk.text), Found::Bool(*b)),
+        Node::Number(n) => leaf(coerce_number(kind, n, &mut junk.text), Found::Number(n)),
+        Node::Text(s) => leaf(coerce_text(kind, s, &mut junk.bin), Found::Text(s)),
         Node::Array(items) => match kind {
             Kind::Array {
                 item,
@@ -438,7 +436,7 @@ pub(crate) fn check_node(
             } => {
                 for (k, v) in members {
                     junk.clear();
-                    coerce_text(key, k, junk).map_err(|d| {
+                    coerce_text(key, k, &mut junk.bin).map_err(|d| {
                         format!("[{}]: key {}", echo(k), mismatch(key, Found::Text(k), d))
                     })?;
                     check_node(value, *value_nullable, v, junk)

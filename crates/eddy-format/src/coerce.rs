@@ -130,7 +130,7 @@ fn int_error(e: std::num::ParseIntError) -> Detail {
 
 /// A JSON number (its text, already checked against the JSON grammar) into a column of `kind`.
 /// Text for a STRING column is appended to `text`.
-pub(crate) fn coerce_number(kind: &Kind, num: &str, text: &mut Vec<u8>) -> Result<Slot, Detail> {
+pub(crate) fn coerce_number(kind: &Kind, num: &str, text: &mut String) -> Result<Slot, Detail> {
     match kind {
         Kind::Int | Kind::Date => {
             integral(num, i64::from(i32::MIN), i64::from(i32::MAX)).map(|v| Slot::I32(v as i32))
@@ -146,7 +146,7 @@ pub(crate) fn coerce_number(kind: &Kind, num: &str, text: &mut Vec<u8>) -> Resul
         }
         Kind::String => {
             let start = text.len();
-            text.extend_from_slice(num.as_bytes());
+            text.push_str(num);
             Ok(Slot::Text(start, text.len()))
         }
         Kind::Boolean
@@ -157,8 +157,36 @@ pub(crate) fn coerce_number(kind: &Kind, num: &str, text: &mut Vec<u8>) -> Resul
     }
 }
 
+/// The value of `num` when it is at most 18 digits with an optional `-`: the usual JSON integer,
+/// which cannot overflow an `i64`, read in one pass. `None` for anything else.
+#[inline]
+fn short_integer(num: &str) -> Option<i64> {
+    let (negative, digits) = match num.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        all => (false, all),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i64::from(b - b'0');
+    }
+    Some(if negative { -value } else { value })
+}
+
 /// An integer-valued JSON number within `[min, max]`. `1.0` and `1e3` are accepted, `1.5` is not.
 fn integral(num: &str, min: i64, max: i64) -> Result<i64, Detail> {
+    if let Some(v) = short_integer(num) {
+        return if v < min || v > max {
+            Err(Detail::OutOfRange)
+        } else {
+            Ok(v)
+        };
+    }
     let is_integer = !num.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'));
     let v = if is_integer {
         num.parse::<i64>().map_err(int_error)?
@@ -184,12 +212,12 @@ fn integral(num: &str, min: i64, max: i64) -> Result<i64, Detail> {
 }
 
 /// A JSON boolean into a column of `kind`.
-pub(crate) fn coerce_bool(kind: &Kind, b: bool, text: &mut Vec<u8>) -> Result<Slot, Detail> {
+pub(crate) fn coerce_bool(kind: &Kind, b: bool, text: &mut String) -> Result<Slot, Detail> {
     match kind {
         Kind::Boolean => Ok(Slot::Bool(b)),
         Kind::String => {
             let start = text.len();
-            text.extend_from_slice(if b { b"true" } else { b"false" });
+            text.push_str(if b { "true" } else { "false" });
             Ok(Slot::Text(start, text.len()))
         }
         _ => Err(Detail::WrongType),
@@ -396,7 +424,7 @@ mod tests {
 
     #[test]
     fn numbers_into_integers() {
-        let mut t = Vec::new();
+        let mut t = String::new();
         assert_eq!(coerce_number(&Kind::Int, "1", &mut t), Ok(Slot::I32(1)));
         assert_eq!(coerce_number(&Kind::Int, "1.0", &mut t), Ok(Slot::I32(1)));
         assert_eq!(
@@ -443,6 +471,32 @@ mod tests {
             coerce_number(&Kind::String, "1.5", &mut t),
             Ok(Slot::Text(0, 3))
         );
+        // The one-pass path (up to 18 digits) and its edges.
+        assert_eq!(
+            coerce_number(&Kind::BigInt, "999999999999999999", &mut t),
+            Ok(Slot::I64(999_999_999_999_999_999))
+        );
+        assert_eq!(
+            coerce_number(&Kind::BigInt, "-999999999999999999", &mut t),
+            Ok(Slot::I64(-999_999_999_999_999_999))
+        );
+        assert_eq!(
+            coerce_number(&Kind::BigInt, "-9223372036854775808", &mut t),
+            Ok(Slot::I64(i64::MIN))
+        );
+        assert_eq!(coerce_number(&Kind::BigInt, "-0", &mut t), Ok(Slot::I64(0)));
+        assert_eq!(
+            coerce_number(&Kind::Int, "2147483647", &mut t),
+            Ok(Slot::I32(i32::MAX))
+        );
+        assert_eq!(
+            coerce_number(&Kind::Int, "-2147483649", &mut t),
+            Err(Detail::OutOfRange)
+        );
+        assert_eq!(short_integer("12a"), None);
+        assert_eq!(short_integer("-"), None);
+        assert_eq!(short_integer("1234567890123456789"), None);
+        assert_eq!(short_integer("-123"), Some(-123));
     }
 
     #[test]

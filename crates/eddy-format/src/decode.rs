@@ -243,7 +243,7 @@ impl RecordDecoder {
                     columns,
                     slots,
                     &mut self.scratch,
-                    &mut self.tmp.text,
+                    &mut self.tmp,
                 ),
                 Format::Delimited { delimiter } => decode_delimited(
                     bytes,
@@ -330,17 +330,17 @@ fn decode_kafka(
             bytes.try_into().map_err(|_| wrong_length(8))?,
         )),
         Kind::String => {
-            if let Err(e) = std::str::from_utf8(bytes) {
-                return Err(PartError::Field(
+            let text = std::str::from_utf8(bytes).map_err(|e| {
+                PartError::Field(
                     0,
                     format!(
                         "expected STRING, found invalid UTF-8 at byte {}",
                         e.valid_up_to()
                     ),
-                ));
-            }
+                )
+            })?;
             let start = scratch.text.len();
-            scratch.text.extend_from_slice(bytes);
+            scratch.text.push_str(text);
             Slot::Text(start, scratch.text.len())
         }
         Kind::Bytes => {
@@ -365,9 +365,9 @@ fn decode_json(
     columns: &[Column],
     slots: &mut [Slot],
     scratch: &mut Scratch,
-    junk: &mut Vec<u8>,
+    junk: &mut Scratch,
 ) -> Result<(), PartError> {
-    let mut p = Parser::new(bytes);
+    let mut p = Parser::new(bytes)?;
     if !wrap {
         if let (Some(column), Some(slot)) = (columns.first(), slots.first_mut()) {
             *slot = json_value(&mut p, column, scratch, junk).map_err(|e| e.at(0))?;
@@ -398,16 +398,15 @@ fn decode_json(
     if p.begin_object()? {
         return Ok(p.finish()?);
     }
-    let input = p.input();
     let mut hint = 0;
     loop {
         let key = p.member_key()?;
-        let name: &[u8] = if key.escaped {
-            scratch.key.clear();
-            p.unescape_into(key, &mut scratch.key)?;
-            &scratch.key
+        let name: &str = if key.escaped {
+            scratch.name.clear();
+            p.unescape_into(key, &mut scratch.name)?;
+            &scratch.name
         } else {
-            &input[key.start..key.end]
+            p.raw_text(key)
         };
         match find_column(columns, name, hint) {
             Some(i) => {
@@ -428,11 +427,8 @@ fn decode_json(
 /// The column a JSON field name refers to; tries `hint` (the column after the last match) first,
 /// since producers usually write fields in column order.
 #[inline]
-fn find_column(columns: &[Column], name: &[u8], hint: usize) -> Option<usize> {
-    let matches = |c: &Column| {
-        (c.name.len() == name.len() && c.name.as_bytes().eq_ignore_ascii_case(name))
-            || (!name.is_ascii() && std::str::from_utf8(name).is_ok_and(|n| c.matches(n)))
-    };
+fn find_column(columns: &[Column], name: &str, hint: usize) -> Option<usize> {
+    let matches = |c: &Column| c.matches(name);
     if columns.get(hint).is_some_and(matches) {
         return Some(hint);
     }
@@ -465,7 +461,7 @@ fn json_value(
     p: &mut Parser<'_>,
     column: &Column,
     scratch: &mut Scratch,
-    junk: &mut Vec<u8>,
+    junk: &mut Scratch,
 ) -> Result<Slot, ValueError> {
     let kind = &column.kind;
     let type_error =
@@ -480,8 +476,7 @@ fn json_value(
                 return Ok(Slot::Text(start, end));
             }
             let Scratch { text, bin, .. } = scratch;
-            let value = std::str::from_utf8(&text[start..end])
-                .map_err(|_| p.error("invalid UTF-8 in string"))?;
+            let value = text.get(start..end).unwrap_or_default();
             let slot =
                 coerce_text(kind, value, bin).map_err(|d| type_error(Found::Text(value), d))?;
             text.truncate(start);
@@ -552,7 +547,7 @@ fn decode_delimited(
     if columns.is_empty() {
         return Ok(());
     }
-    split_delimited(bytes, delimiter, fields, &mut scratch.key)?;
+    split_delimited(bytes, delimiter, fields, &mut scratch.unquoted)?;
     if fields.len() != columns.len() {
         return Err(PartError::Part(format!(
             "expected {} fields, found {}",
@@ -563,7 +558,7 @@ fn decode_delimited(
     for (i, ((field, column), slot)) in fields.iter().zip(columns).zip(slots.iter_mut()).enumerate()
     {
         let raw = if field.in_scratch {
-            &scratch.key[field.start..field.end]
+            &scratch.unquoted[field.start..field.end]
         } else {
             &bytes[field.start..field.end]
         };
@@ -581,7 +576,7 @@ fn decode_delimited(
         *slot = match coerce_text(&column.kind, text, &mut scratch.bin) {
             Ok(Slot::SameText) => {
                 let start = scratch.text.len();
-                scratch.text.extend_from_slice(raw);
+                scratch.text.push_str(text);
                 Slot::Text(start, scratch.text.len())
             }
             Ok(slot) => slot,

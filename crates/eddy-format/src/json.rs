@@ -2,6 +2,10 @@
 //! positions for errors, keeps numbers as their text (so DECIMAL and BIGINT values are exact), and
 //! allocates nothing for scalars: strings are either borrowed from the input or unescaped into a
 //! caller's reusable buffer. Nested values become a [`Node`] tree.
+//!
+//! The record is checked to be UTF-8 once, as a whole, when the parser is made; every string
+//! and number is then a slice of that text, so no value is checked again. String contents are
+//! scanned eight bytes at a time ([`first_special`]) for the bytes that end or escape them.
 
 use std::fmt;
 
@@ -33,8 +37,7 @@ pub(crate) enum Node {
     Object(Vec<(Box<str>, Node)>),
 }
 
-/// A string token: `input[start..end]` between the quotes, already checked to be valid UTF-8 with
-/// valid escapes.
+/// A string token: `input[start..end]` between the quotes, with valid escapes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawStr {
     pub start: usize,
@@ -43,17 +46,36 @@ pub(crate) struct RawStr {
 }
 
 pub(crate) struct Parser<'a> {
+    /// The record, checked to be UTF-8.
+    text: &'a str,
+    /// `text` as bytes.
     input: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Parser<'a> {
-    pub(crate) fn new(input: &'a [u8]) -> Self {
-        Self { input, pos: 0 }
+    /// A parser at the start of `input`; fails at the first byte that is not UTF-8.
+    pub(crate) fn new(input: &'a [u8]) -> Result<Self, SyntaxError> {
+        // simdutf8 checks a whole record faster than `std::str::from_utf8`; std's error says
+        // where the first bad byte is.
+        let text = simdutf8::basic::from_utf8(input).map_err(|_| SyntaxError {
+            pos: std::str::from_utf8(input)
+                .err()
+                .map_or(0, |e| e.valid_up_to()),
+            msg: "invalid UTF-8",
+        })?;
+        Ok(Self {
+            text,
+            input,
+            pos: 0,
+        })
     }
 
-    pub(crate) fn input(&self) -> &'a [u8] {
-        self.input
+    /// The content of a string token, escapes as written.
+    #[inline]
+    pub(crate) fn raw_text(&self, s: RawStr) -> &'a str {
+        // Both ends are next to a quote, an ASCII byte, so they are character boundaries.
+        self.text.get(s.start..s.end).unwrap_or_default()
     }
 
     pub(crate) fn error(&self, msg: &'static str) -> SyntaxError {
@@ -135,17 +157,14 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Reads a string token starting at its opening quote; checks escapes and UTF-8.
+    /// Reads a string token starting at its opening quote; checks its escapes.
     pub(crate) fn string(&mut self) -> Result<RawStr, SyntaxError> {
         self.bump();
         let start = self.pos;
         let mut escaped = false;
         loop {
             let rest = self.input.get(self.pos..).unwrap_or_default();
-            let run = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
-            let Some(run) = run else {
+            let Some(run) = first_special(rest) else {
                 self.pos = self.input.len();
                 return Err(self.error("EOF while parsing a string"));
             };
@@ -182,12 +201,6 @@ impl<'a> Parser<'a> {
         }
         let end = self.pos;
         self.bump();
-        if let Err(e) = std::str::from_utf8(&self.input[start..end]) {
-            return Err(SyntaxError {
-                pos: start + e.valid_up_to(),
-                msg: "invalid UTF-8 in string",
-            });
-        }
         Ok(RawStr {
             start,
             end,
@@ -196,19 +209,21 @@ impl<'a> Parser<'a> {
     }
 
     /// Appends the content of a string token to `out`, unescaped.
-    pub(crate) fn unescape_into(&self, s: RawStr, out: &mut Vec<u8>) -> Result<(), SyntaxError> {
-        let raw = &self.input[s.start..s.end];
+    pub(crate) fn unescape_into(&self, s: RawStr, out: &mut String) -> Result<(), SyntaxError> {
+        let text = self.raw_text(s);
         if !s.escaped {
-            out.extend_from_slice(raw);
+            out.push_str(text);
             return Ok(());
         }
+        let raw = text.as_bytes();
         let mut i = 0;
         while i < raw.len() {
+            // Slices start after an escape and end at a backslash: character boundaries.
             let Some(next) = raw[i..].iter().position(|&b| b == b'\\') else {
-                out.extend_from_slice(&raw[i..]);
+                out.push_str(text.get(i..).unwrap_or_default());
                 break;
             };
-            out.extend_from_slice(&raw[i..i + next]);
+            out.push_str(text.get(i..i + next).unwrap_or_default());
             i += next + 1;
             let at = s.start + i;
             let err = |msg| SyntaxError { pos: at, msg };
@@ -241,13 +256,12 @@ impl<'a> Parser<'a> {
                     };
                     let ch =
                         char::from_u32(code).ok_or_else(|| err("invalid unicode code point"))?;
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    out.push(ch);
                     continue;
                 }
                 _ => return Err(err("invalid escape")),
             };
-            out.push(simple);
+            out.push(char::from(simple));
         }
         Ok(())
     }
@@ -289,7 +303,10 @@ impl<'a> Parser<'a> {
                 return Err(self.error("invalid number"));
             }
         }
-        std::str::from_utf8(&input[start..self.pos]).map_err(|_| self.error("invalid number"))
+        // A number is ASCII, so both ends are character boundaries.
+        self.text
+            .get(start..self.pos)
+            .ok_or_else(|| self.error("invalid number"))
     }
 
     /// Reads `true`, `false` or `null` (whichever `lit` is).
@@ -384,14 +401,9 @@ impl<'a> Parser<'a> {
 
     fn owned_string(&mut self) -> Result<Box<str>, SyntaxError> {
         let s = self.string()?;
-        let mut out = Vec::with_capacity(s.end - s.start);
+        let mut out = String::with_capacity(s.end - s.start);
         self.unescape_into(s, &mut out)?;
-        String::from_utf8(out)
-            .map(String::into_boxed_str)
-            .map_err(|_| SyntaxError {
-                pos: s.start,
-                msg: "invalid UTF-8 in string",
-            })
+        Ok(out.into_boxed_str())
     }
 
     /// Parses one value of any type into a tree.
@@ -445,77 +457,150 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// The value of the four hex digits at `raw[at..]`.
 fn hex4(raw: &[u8], at: usize) -> Option<u32> {
-    let h = raw.get(at..at + 4)?;
-    let s = std::str::from_utf8(h).ok()?;
-    u32::from_str_radix(s, 16).ok()
+    raw.get(at..at + 4)?.iter().try_fold(0u32, |value, &b| {
+        let digit = char::from(b).to_digit(16)?;
+        Some(value << 4 | digit)
+    })
 }
 
-/// Bytes that must be escaped inside a JSON string.
-#[inline]
+/// Bytes that must be escaped inside a JSON string (what [`first_special`] finds).
+#[cfg(test)]
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+/// Every byte of a word set to 1.
+const ONES: u64 = u64::from_ne_bytes([1; 8]);
+/// The high bit of every byte of a word.
+const HIGHS: u64 = ONES * 0x80;
+
+/// The index of the first byte of `bytes` that ends or escapes a JSON string's content: `"`, `\`
+/// or a control character. Reads eight bytes at a time as a little-endian word `w` and marks,
+/// without branching per byte, the bytes that are one of those: `x - 1` borrows into a byte's high
+/// bit only where the byte was 0 (or a borrow came from a lower byte that was), so
+/// `(x - ONES) & !x & HIGHS` marks the lowest zero byte of `x` exactly; with `x = w ^ (ONES * b)`
+/// that is the first byte equal to `b`, and `(w - ONES * 0x20) & !w & HIGHS` marks the first byte
+/// below 0x20. The lowest mark of the three is the answer.
+#[inline]
+pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
+    #[inline]
+    fn marks(word: u64) -> u64 {
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(ONES * 0x20) & !word))
+            & HIGHS
+    }
+    let mut at = 0;
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let found = marks(u64::from_le_bytes(word));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    // The last bytes, padded with a byte that is not special.
+    let tail = words.remainder();
+    let mut word = [b' '; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    let found = marks(u64::from_le_bytes(word));
+    (found != 0).then(|| at + (found.trailing_zeros() / 8) as usize)
+}
+
+/// Where JSON text is written: the encoder's byte buffers, and the decoder's `String` scratch
+/// (a nested value read into a STRING column).
+pub(crate) trait JsonOut {
+    fn put_str(&mut self, s: &str);
+    fn put_ascii(&mut self, b: u8);
+}
+
+impl JsonOut for Vec<u8> {
+    #[inline]
+    fn put_str(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+    #[inline]
+    fn put_ascii(&mut self, b: u8) {
+        self.push(b);
+    }
+}
+
+impl JsonOut for String {
+    #[inline]
+    fn put_str(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    #[inline]
+    fn put_ascii(&mut self, b: u8) {
+        self.push(char::from(b));
+    }
+}
+
 /// Appends `s` as a quoted JSON string.
-pub(crate) fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
+pub(crate) fn write_string(out: &mut impl JsonOut, s: &str) {
+    out.put_ascii(b'"');
     let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !needs_escape(b) {
-            continue;
-        }
-        out.extend_from_slice(&bytes[run..i]);
-        run = i + 1;
+    while let Some(found) = first_special(&bytes[run..]) {
+        let at = run + found;
+        // `at` holds an ASCII byte, so both slices end on character boundaries.
+        out.put_str(s.get(run..at).unwrap_or_default());
+        run = at + 1;
+        let b = bytes[at];
         match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
+            b'"' => out.put_str("\\\""),
+            b'\\' => out.put_str("\\\\"),
+            b'\n' => out.put_str("\\n"),
+            b'\r' => out.put_str("\\r"),
+            b'\t' => out.put_str("\\t"),
+            0x08 => out.put_str("\\b"),
+            0x0c => out.put_str("\\f"),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
+                out.put_str("\\u00");
+                out.put_ascii(HEX[usize::from(b >> 4)]);
+                out.put_ascii(HEX[usize::from(b & 0xf)]);
             }
         }
     }
-    out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
+    out.put_str(s.get(run..).unwrap_or_default());
+    out.put_ascii(b'"');
 }
 
 /// Appends a node as JSON text (used to read an ARRAY or STRUCT into a STRING column).
-pub(crate) fn write_node(out: &mut Vec<u8>, node: &Node) {
+pub(crate) fn write_node(out: &mut impl JsonOut, node: &Node) {
     match node {
-        Node::Null => out.extend_from_slice(b"null"),
-        Node::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Node::Number(n) => out.extend_from_slice(n.as_bytes()),
+        Node::Null => out.put_str("null"),
+        Node::Bool(b) => out.put_str(if *b { "true" } else { "false" }),
+        Node::Number(n) => out.put_str(n),
         Node::Text(s) => write_string(out, s),
         Node::Array(items) => {
-            out.push(b'[');
+            out.put_ascii(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put_ascii(b',');
                 }
                 write_node(out, item);
             }
-            out.push(b']');
+            out.put_ascii(b']');
         }
         Node::Object(members) => {
-            out.push(b'{');
+            out.put_ascii(b'{');
             for (i, (k, v)) in members.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put_ascii(b',');
                 }
                 write_string(out, k);
-                out.push(b':');
+                out.put_ascii(b':');
                 write_node(out, v);
             }
-            out.push(b'}');
+            out.put_ascii(b'}');
         }
     }
 }
@@ -525,7 +610,7 @@ mod tests {
     use super::*;
 
     fn node(s: &str) -> Result<Node, SyntaxError> {
-        let mut p = Parser::new(s.as_bytes());
+        let mut p = Parser::new(s.as_bytes())?;
         let n = p.node(0)?;
         p.finish()?;
         Ok(n)
@@ -575,24 +660,30 @@ mod tests {
             "lone leading surrogate in hex escape"
         );
         assert_eq!(node(r#""\x""#).unwrap_err().msg, "invalid escape");
-        let mut p = Parser::new(b"\"\xff\"");
-        assert_eq!(p.node(0).unwrap_err().msg, "invalid UTF-8 in string");
+        let e = Parser::new(b"\"ab\xff\"").err();
+        assert_eq!(
+            e,
+            Some(SyntaxError {
+                pos: 3,
+                msg: "invalid UTF-8"
+            })
+        );
     }
 
     #[test]
     fn depth_is_limited() {
         let deep = "[".repeat(MAX_DEPTH + 1);
         assert_eq!(node(&deep).unwrap_err().msg, "recursion limit exceeded");
-        let mut p = Parser::new(deep.as_bytes());
+        let mut p = Parser::new(deep.as_bytes()).unwrap();
         assert_eq!(p.skip_value(0).unwrap_err().msg, "recursion limit exceeded");
     }
 
     #[test]
     fn skip_checks_syntax() {
-        let mut p = Parser::new(br#"{"a":[1,{"b":"c"}],"d":-0.5e-3} "#);
+        let mut p = Parser::new(br#"{"a":[1,{"b":"c"}],"d":-0.5e-3} "#).unwrap();
         p.skip_value(0).unwrap();
         p.finish().unwrap();
-        let mut p = Parser::new(br#"{"a" 1}"#);
+        let mut p = Parser::new(br#"{"a" 1}"#).unwrap();
         assert_eq!(
             p.skip_value(0).unwrap_err(),
             SyntaxError {
@@ -603,11 +694,80 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_first_special_byte_at_every_position() {
+        let naive = |b: &[u8]| b.iter().position(|&c| needs_escape(c));
+        // Plain bytes around each special byte, at every offset of a word and past it; the
+        // plain bytes include non-ASCII (UTF-8 of é and 😀) and the neighbours of the specials.
+        let fill: Vec<u8> = "aé😀!#[]~ \u{7f}".bytes().cycle().take(40).collect();
+        // Every length, so that the special byte is in a whole word or in the last bytes.
+        for len in 0..=fill.len() {
+            let plain = &fill[..len];
+            assert_eq!(first_special(plain), None, "length {len}");
+            for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                for at in 0..len {
+                    let mut bytes = plain.to_vec();
+                    bytes[at] = special;
+                    assert_eq!(
+                        first_special(&bytes),
+                        Some(at),
+                        "{special:#x} at {at} of {len}"
+                    );
+                    assert_eq!(first_special(&bytes), naive(&bytes));
+                    // Specials after the first (whose marks may be wrong) do not hide it.
+                    for later in at + 1..len {
+                        bytes[later] = [b'"', 0x00, b'\\'][later % 3];
+                    }
+                    assert_eq!(
+                        first_special(&bytes),
+                        Some(at),
+                        "{special:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert_eq!(first_special(b""), None);
+        assert_eq!(first_special(b"abc\""), Some(3));
+    }
+
+    #[test]
+    fn strings_are_slices_of_the_checked_text() {
+        let input =
+            "{\"name\":\"caf\u{e9} \u{1F600}, long enough to span words\",\"e\":\"a\\\"\\u00e9b\"}";
+        let mut p = Parser::new(input.as_bytes()).unwrap();
+        assert!(!p.begin_object().unwrap());
+        let key = p.member_key().unwrap();
+        assert_eq!(p.raw_text(key), "name");
+        let value = p.string().unwrap();
+        assert!(!value.escaped);
+        assert_eq!(
+            p.raw_text(value),
+            "caf\u{e9} \u{1F600}, long enough to span words"
+        );
+        assert!(p.next_member().unwrap());
+        p.member_key().unwrap();
+        let escaped = p.string().unwrap();
+        assert!(escaped.escaped);
+        let mut out = String::from("x");
+        p.unescape_into(escaped, &mut out).unwrap();
+        assert_eq!(out, "xa\"\u{e9}b");
+        assert!(!p.next_member().unwrap());
+        p.finish().unwrap();
+    }
+
+    #[test]
     fn writes_escaped_strings() {
         let mut out = Vec::new();
         write_string(&mut out, "a\"\\\n\u{1}é");
         assert_eq!(std::str::from_utf8(&out).unwrap(), r#""a\"\\\n\u0001é""#);
-        let mut p = Parser::new(&out);
+        let mut p = Parser::new(&out).unwrap();
         assert_eq!(p.node(0).unwrap(), Node::Text("a\"\\\n\u{1}é".into()));
+        // Escapes past the first word, and the same text written to a String.
+        let long = "0123456789abcdef\"0123456789\\tail é\u{8}";
+        let mut bytes = Vec::new();
+        write_string(&mut bytes, long);
+        let mut text = String::new();
+        write_string(&mut text, long);
+        assert_eq!(text.as_bytes(), &bytes[..]);
+        assert_eq!(text, r#""0123456789abcdef\"0123456789\\tail é\b""#);
     }
 }

@@ -331,7 +331,7 @@ fn json_malformed_records_report_byte_positions() {
     let d = RecordDecoder::new(&l).unwrap().decode(&raw).unwrap();
     assert_eq!(
         only_error(&d),
-        "value is not valid JSON at byte 7: invalid UTF-8 in string"
+        "value is not valid JSON at byte 7: invalid UTF-8"
     );
 }
 

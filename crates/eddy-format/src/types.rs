@@ -154,9 +154,12 @@ impl Column {
     }
 
     /// Whether a JSON field name refers to this column (case-insensitive, no allocation for ASCII).
+    /// The usual lowercase JSON name is compared whole first.
     #[inline]
     pub(crate) fn matches(&self, key: &str) -> bool {
-        if key.len() == self.name.len() && key.eq_ignore_ascii_case(&self.name) {
+        if key == self.folded
+            || (key.len() == self.name.len() && key.eq_ignore_ascii_case(&self.name))
+        {
             return true;
         }
         !key.is_ascii() && key.to_lowercase() == self.folded
