@@ -7,7 +7,9 @@
 //! - **DataFusion batch**: the query as one DataFusion batch job over Arrow data in memory — a
 //!   bound on what the SQL itself costs;
 //! - **engine only**: Eddy's per-batch work (JSON decode → stages → JSON encode) in memory, one
-//!   thread, no broker;
+//!   thread, no broker; the fastest of [`ENGINE_ONLY_PASSES`] passes, since one pass lasts a
+//!   fraction of a second and the embedded broker's own work beside it (it has just written the
+//!   raw pipe's topic) would otherwise decide the figure;
 //! - **generator → engine**: the query as a push query over a generated stream
 //!   (`CONNECTOR='nexmark'`): generating and JSON-encoding the events, the partition task's
 //!   decode and stages, rows handed to the client; the runtime without Kafka;
@@ -320,6 +322,9 @@ struct Sender<'a> {
 /// Unacknowledged records a loader keeps in flight.
 const MAX_IN_FLIGHT: usize = 50_000;
 
+/// Passes of the engine-only run over the bids; the fastest is reported.
+const ENGINE_ONLY_PASSES: usize = 3;
+
 impl<'a> Sender<'a> {
     fn new(producer: &'a rdkafka::producer::FutureProducer) -> Self {
         Self {
@@ -560,14 +565,17 @@ pub async fn run(
             .offline_query(sql)
             .await
             .with_context(|| format!("cannot plan {name}"))?;
-        let started = Instant::now();
-        let mut produced = 0;
-        for raw in &raw_batches {
-            produced += offline.run(raw)?;
-        }
-        let engine_seconds = started.elapsed().as_secs_f64();
-        if produced != expected {
-            bail!("{name}: the engine produced {produced} rows, DataFusion {expected}");
+        let mut engine_seconds = f64::INFINITY;
+        for _ in 0..ENGINE_ONLY_PASSES {
+            let started = Instant::now();
+            let mut produced = 0;
+            for raw in &raw_batches {
+                produced += offline.run(raw)?;
+            }
+            engine_seconds = engine_seconds.min(started.elapsed().as_secs_f64());
+            if produced != expected {
+                bail!("{name}: the engine produced {produced} rows, DataFusion {expected}");
+            }
         }
 
         // The runtime without Kafka: a push query over a generated stream of the same bids.
