@@ -51,8 +51,9 @@
 //! `CreateTopics`; produce with keys and values, in order; fetch; consumer groups with `subscribe`
 //! and committed offsets, also across a restart on the same data directory; records across a
 //! restart; `DeleteTopics` deleting one topic only and retention (both thanks to the workarounds
-//! below); kcat producing (`-P -K:`) and consuming (`-C -e`). A one-off probe (not kept as a test)
-//! also found:
+//! below); a consumer reading on after a topic it fetches is deleted (thanks to a patch of the
+//! vendored tansu-storage, see `vendor/README.md`: unpatched, librdkafka crashes the process); kcat
+//! producing (`-P -K:`) and consuming (`-C -e`). A one-off probe (not kept as a test) also found:
 //!
 //! - Works: several partitions, librdkafka's default partitioner spreading keys over them;
 //!   headers; producer (create-time) timestamps, stored as given (no log-append time); null keys

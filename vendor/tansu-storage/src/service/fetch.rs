@@ -19,7 +19,7 @@ use tansu_sans_io::{
     ApiKey, ErrorCode, FetchRequest, FetchResponse, IsolationLevel,
     fetch_request::{FetchPartition, FetchTopic},
     fetch_response::{
-        EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId,
+        EpochEndOffset, FetchableTopicResponse, PartitionData, SnapshotId,
     },
     metadata_response::MetadataResponseTopic,
     record::deflated::{Batch, Frame},
@@ -238,9 +238,11 @@ impl FetchService {
                             .diverging_epoch(Some(
                                 EpochEndOffset::default().epoch(-1).end_offset(-1),
                             ))
-                            .current_leader(Some(
-                                LeaderIdAndEpoch::default().leader_id(0).leader_epoch(0),
-                            ))
+                            // Eddy's patch: no current leader. Kafka names one only with
+                            // NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH (KIP-951), and
+                            // librdkafka 2.12, which speaks Fetch v12 (topic names, no ids) to
+                            // tansu, looked such a leader's topic up by a null name: SIGSEGV.
+                            .current_leader(None)
                             .snapshot_id(Some(SnapshotId::default().end_offset(-1).epoch(-1)))
                             .aborted_transactions(Some([].into()))
                             .preferred_read_replica(Some(-1))
@@ -430,7 +432,8 @@ where
             .throttle_time_ms(Some(0))
             .error_code(Some(ErrorCode::None.into()))
             .session_id(Some(0))
-            .node_endpoints(Some([].into()))
+            // Eddy's patch: Kafka sends the endpoints of the leaders it names, so none here.
+            .node_endpoints(None)
             .responses(responses))
         .inspect(|r| debug!(?r))
     }
