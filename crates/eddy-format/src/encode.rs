@@ -4,9 +4,10 @@
 
 use arrow::array::{
     Array, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array,
-    Int32Array, Int64Array, ListArray, MapArray, StringArray, StructArray, Time32MillisecondArray,
+    Int32Array, Int64Array, ListArray, MapArray, StringArray, Time32MillisecondArray,
     TimestampMillisecondArray,
 };
+use arrow::buffer::NullBuffer;
 use arrow::record_batch::RecordBatch;
 
 use crate::buffer::{ByteColumn, EncodedBatch};
@@ -131,8 +132,16 @@ fn readers<'a>(
         .collect()
 }
 
-/// A column of the batch, downcast once per batch.
-enum Reader<'a> {
+/// A column of the batch, downcast once per batch, with its nulls looked up once too: the null
+/// check of every value is then a test of the validity bitmap, without a dispatch on the type.
+struct Reader<'a> {
+    /// The validity bitmap; `None` when the column has no nulls.
+    nulls: Option<&'a NullBuffer>,
+    values: Values<'a>,
+}
+
+/// The values of a column, by type.
+enum Values<'a> {
     Boolean(&'a BooleanArray),
     Int32(&'a Int32Array),
     Int64(&'a Int64Array),
@@ -146,7 +155,7 @@ enum Reader<'a> {
     List(&'a ListArray, Box<Reader<'a>>),
     Map(&'a MapArray, Box<Reader<'a>>, Box<Reader<'a>>),
     /// With each field's `"name":` prefix.
-    Struct(&'a StructArray, Vec<(Vec<u8>, Reader<'a>)>),
+    Struct(Vec<(Vec<u8>, Reader<'a>)>),
 }
 
 impl<'a> Reader<'a> {
@@ -154,24 +163,24 @@ impl<'a> Reader<'a> {
         if Kind::from_arrow(array.data_type()).as_ref() != Some(kind) && !kind.is_nested() {
             return None;
         }
-        Some(match kind {
-            Kind::Boolean => Reader::Boolean(array.as_boolean_opt()?),
-            Kind::Int => Reader::Int32(array.as_primitive_opt()?),
-            Kind::BigInt => Reader::Int64(array.as_primitive_opt()?),
-            Kind::Double => Reader::Float64(array.as_primitive_opt()?),
-            Kind::Decimal { .. } => Reader::Decimal(array.as_primitive_opt()?),
-            Kind::String => Reader::Utf8(array.as_string_opt()?),
-            Kind::Bytes => Reader::Binary(array.as_binary_opt()?),
-            Kind::Date => Reader::Date32(array.as_primitive_opt()?),
-            Kind::Time => Reader::Time32(array.as_primitive_opt()?),
-            Kind::Timestamp => Reader::Timestamp(array.as_primitive_opt()?),
+        let values = match kind {
+            Kind::Boolean => Values::Boolean(array.as_boolean_opt()?),
+            Kind::Int => Values::Int32(array.as_primitive_opt()?),
+            Kind::BigInt => Values::Int64(array.as_primitive_opt()?),
+            Kind::Double => Values::Float64(array.as_primitive_opt()?),
+            Kind::Decimal { .. } => Values::Decimal(array.as_primitive_opt()?),
+            Kind::String => Values::Utf8(array.as_string_opt()?),
+            Kind::Bytes => Values::Binary(array.as_binary_opt()?),
+            Kind::Date => Values::Date32(array.as_primitive_opt()?),
+            Kind::Time => Values::Time32(array.as_primitive_opt()?),
+            Kind::Timestamp => Values::Timestamp(array.as_primitive_opt()?),
             Kind::Array { kind, .. } => {
                 let list = array.as_list_opt::<i32>()?;
-                Reader::List(list, Box::new(Reader::new(list.values().as_ref(), kind)?))
+                Values::List(list, Box::new(Reader::new(list.values().as_ref(), kind)?))
             }
             Kind::Map { key, value, .. } => {
                 let map = array.as_map_opt()?;
-                Reader::Map(
+                Values::Map(
                     map,
                     Box::new(Reader::new(map.keys().as_ref(), key)?),
                     Box::new(Reader::new(map.values().as_ref(), value)?),
@@ -190,28 +199,16 @@ impl<'a> Reader<'a> {
                     .zip(prefixes)
                     .map(|((c, k), prefix)| Some((prefix, Reader::new(c.as_ref(), k)?)))
                     .collect::<Option<Vec<_>>>()?;
-                Reader::Struct(s, children)
+                Values::Struct(children)
             }
-        })
+        };
+        let nulls = array.nulls().filter(|nulls| nulls.null_count() > 0);
+        Some(Reader { nulls, values })
     }
 
     #[inline]
     fn is_null(&self, row: usize) -> bool {
-        match self {
-            Reader::Boolean(a) => a.is_null(row),
-            Reader::Int32(a) => a.is_null(row),
-            Reader::Int64(a) => a.is_null(row),
-            Reader::Float64(a) => a.is_null(row),
-            Reader::Decimal(a) => a.is_null(row),
-            Reader::Utf8(a) => a.is_null(row),
-            Reader::Binary(a) => a.is_null(row),
-            Reader::Date32(a) => a.is_null(row),
-            Reader::Time32(a) => a.is_null(row),
-            Reader::Timestamp(a) => a.is_null(row),
-            Reader::List(a, _) => a.is_null(row),
-            Reader::Map(a, _, _) => a.is_null(row),
-            Reader::Struct(a, _) => a.is_null(row),
-        }
+        self.nulls.is_some_and(|nulls| nulls.is_null(row))
     }
 }
 
@@ -273,12 +270,12 @@ fn encode_part(
 }
 
 fn write_kafka(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
-    match r {
-        Reader::Int32(a) => out.extend_from_slice(&a.value(row).to_be_bytes()),
-        Reader::Int64(a) => out.extend_from_slice(&a.value(row).to_be_bytes()),
-        Reader::Float64(a) => out.extend_from_slice(&a.value(row).to_be_bytes()),
-        Reader::Utf8(a) => out.extend_from_slice(a.value(row).as_bytes()),
-        Reader::Binary(a) => out.extend_from_slice(a.value(row)),
+    match &r.values {
+        Values::Int32(a) => out.extend_from_slice(&a.value(row).to_be_bytes()),
+        Values::Int64(a) => out.extend_from_slice(&a.value(row).to_be_bytes()),
+        Values::Float64(a) => out.extend_from_slice(&a.value(row).to_be_bytes()),
+        Values::Utf8(a) => out.extend_from_slice(a.value(row).as_bytes()),
+        Values::Binary(a) => out.extend_from_slice(a.value(row)),
         // Other types are rejected when the encoder is built.
         _ => write_text(out, r, row),
     }
@@ -286,18 +283,18 @@ fn write_kafka(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
 
 /// Writes a non-null scalar as text (DELIMITED fields, JSON map keys).
 fn write_text(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
-    match r {
-        Reader::Boolean(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
-        Reader::Int32(a) => write_int(out, a.value(row)),
-        Reader::Int64(a) => write_int(out, a.value(row)),
-        Reader::Float64(a) => write_f64(out, a.value(row)),
-        Reader::Decimal(a) => write_decimal(out, a.value(row), a.scale()),
-        Reader::Utf8(a) => out.extend_from_slice(a.value(row).as_bytes()),
-        Reader::Binary(a) => write_base64(out, a.value(row)),
-        Reader::Date32(a) => write_int(out, a.value(row)),
-        Reader::Time32(a) => write_int(out, a.value(row)),
-        Reader::Timestamp(a) => write_int(out, a.value(row)),
-        Reader::List(..) | Reader::Map(..) | Reader::Struct(..) => write_json(out, r, row),
+    match &r.values {
+        Values::Boolean(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
+        Values::Int32(a) => write_int(out, a.value(row)),
+        Values::Int64(a) => write_int(out, a.value(row)),
+        Values::Float64(a) => write_f64(out, a.value(row)),
+        Values::Decimal(a) => write_decimal(out, a.value(row), a.scale()),
+        Values::Utf8(a) => out.extend_from_slice(a.value(row).as_bytes()),
+        Values::Binary(a) => write_base64(out, a.value(row)),
+        Values::Date32(a) => write_int(out, a.value(row)),
+        Values::Time32(a) => write_int(out, a.value(row)),
+        Values::Timestamp(a) => write_int(out, a.value(row)),
+        Values::List(..) | Values::Map(..) | Values::Struct(..) => write_json(out, r, row),
     }
 }
 
@@ -308,7 +305,8 @@ fn write_delimited(out: &mut Vec<u8>, r: &Reader<'_>, row: usize, delimiter: u8)
     let start = out.len();
     write_text(out, r, row);
     let written = &out[start..];
-    let needs_quotes = (written.is_empty() && matches!(r, Reader::Utf8(_) | Reader::Binary(_)))
+    let needs_quotes = (written.is_empty()
+        && matches!(r.values, Values::Utf8(_) | Values::Binary(_)))
         || written
             .iter()
             .any(|&b| b == delimiter || b == b'"' || b == b'\n' || b == b'\r');
@@ -330,19 +328,19 @@ fn write_json(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
         out.extend_from_slice(b"null");
         return;
     }
-    match r {
-        Reader::Float64(a) if !a.value(row).is_finite() => {
+    match &r.values {
+        Values::Float64(a) if !a.value(row).is_finite() => {
             out.push(b'"');
             write_f64(out, a.value(row));
             out.push(b'"');
         }
-        Reader::Utf8(a) => write_string(out, a.value(row)),
-        Reader::Binary(a) => {
+        Values::Utf8(a) => write_string(out, a.value(row)),
+        Values::Binary(a) => {
             out.push(b'"');
             write_base64(out, a.value(row));
             out.push(b'"');
         }
-        Reader::List(a, child) => {
+        Values::List(a, child) => {
             out.push(b'[');
             for (n, i) in child_range(a.value_offsets(), row).enumerate() {
                 if n > 0 {
@@ -352,17 +350,17 @@ fn write_json(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
             }
             out.push(b']');
         }
-        Reader::Map(a, keys, values) => {
+        Values::Map(a, keys, values) => {
             out.push(b'{');
             for (n, i) in child_range(a.value_offsets(), row).enumerate() {
                 if n > 0 {
                     out.push(b',');
                 }
-                match &**keys {
-                    Reader::Utf8(k) => write_string(out, k.value(i)),
-                    k => {
+                match &keys.values {
+                    Values::Utf8(k) => write_string(out, k.value(i)),
+                    _ => {
                         out.push(b'"');
-                        write_text(out, k, i);
+                        write_text(out, keys, i);
                         out.push(b'"');
                     }
                 }
@@ -371,7 +369,7 @@ fn write_json(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
             }
             out.push(b'}');
         }
-        Reader::Struct(_, children) => {
+        Values::Struct(children) => {
             out.push(b'{');
             for (prefix, child) in children {
                 out.extend_from_slice(prefix);
@@ -379,6 +377,6 @@ fn write_json(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
             }
             out.push(b'}');
         }
-        scalar => write_text(out, scalar, row),
+        _ => write_text(out, r, row),
     }
 }
