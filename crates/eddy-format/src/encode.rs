@@ -281,20 +281,14 @@ fn write_kafka(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
     }
 }
 
-/// Writes a non-null scalar as text (DELIMITED fields, JSON map keys).
+/// Writes a non-null value as text (DELIMITED fields, JSON map keys): strings and bytes without
+/// quotes, doubles as digits or `NaN`/`Infinity`, anything else as its JSON text.
 fn write_text(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
     match &r.values {
-        Values::Boolean(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
-        Values::Int32(a) => write_int(out, a.value(row)),
-        Values::Int64(a) => write_int(out, a.value(row)),
         Values::Float64(a) => write_f64(out, a.value(row)),
-        Values::Decimal(a) => write_decimal(out, a.value(row), a.scale()),
         Values::Utf8(a) => out.extend_from_slice(a.value(row).as_bytes()),
         Values::Binary(a) => write_base64(out, a.value(row)),
-        Values::Date32(a) => write_int(out, a.value(row)),
-        Values::Time32(a) => write_int(out, a.value(row)),
-        Values::Timestamp(a) => write_int(out, a.value(row)),
-        Values::List(..) | Values::Map(..) | Values::Struct(..) => write_json(out, r, row),
+        _ => write_json(out, r, row),
     }
 }
 
@@ -377,6 +371,13 @@ fn write_json(out: &mut Vec<u8>, r: &Reader<'_>, row: usize) {
             }
             out.push(b'}');
         }
-        _ => write_text(out, r, row),
+        Values::Float64(a) => write_f64(out, a.value(row)),
+        Values::Boolean(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
+        Values::Int32(a) => write_int(out, a.value(row)),
+        Values::Int64(a) => write_int(out, a.value(row)),
+        Values::Decimal(a) => write_decimal(out, a.value(row), a.scale()),
+        Values::Date32(a) => write_int(out, a.value(row)),
+        Values::Time32(a) => write_int(out, a.value(row)),
+        Values::Timestamp(a) => write_int(out, a.value(row)),
     }
 }
