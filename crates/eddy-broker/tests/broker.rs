@@ -551,22 +551,32 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Creates `doomed` and `kept`, one partition each, and writes records 0..10 to `doomed`.
+async fn create_topics_with_records(bootstrap: &str, doomed: &str, kept: &str) -> TestResult {
+    create_topic(bootstrap, doomed, 1).await?;
+    create_topic(bootstrap, kept, 1).await?;
+    produce(bootstrap, doomed, 0..10).await
+}
+
+async fn delete_topic(bootstrap: &str, topic: &str) -> TestResult {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(WAIT));
+    for result in timeout(WAIT, admin.delete_topics(&[topic], &options)).await?? {
+        result.map_err(|(name, code)| format!("deleting {name}: {code}"))?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_topic_keeps_the_others() -> TestResult {
     let dir = TempDir::new()?;
     let broker = start(dir.path()).await;
     let bootstrap = broker.bootstrap_servers();
     let (doomed, kept) = (unique("doomed"), unique("kept"));
-    create_topic(&bootstrap, &doomed, 1).await?;
-    create_topic(&bootstrap, &kept, 1).await?;
-    produce(&bootstrap, &doomed, 0..10).await?;
+    create_topics_with_records(&bootstrap, &doomed, &kept).await?;
     produce(&bootstrap, &kept, 0..10).await?;
 
-    let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap).create()?;
-    let options = AdminOptions::new().operation_timeout(Some(WAIT));
-    for result in timeout(WAIT, admin.delete_topics(&[&doomed], &options)).await?? {
-        result.map_err(|(name, code)| format!("deleting {name}: {code}"))?;
-    }
+    delete_topic(&bootstrap, &doomed).await?;
 
     let consumer: BaseConsumer = client_config(&bootstrap).create()?;
     let metadata =
@@ -594,9 +604,7 @@ async fn a_consumer_of_a_deleted_topic_reads_on() -> TestResult {
     let broker = start(dir.path()).await;
     let bootstrap = broker.bootstrap_servers();
     let (doomed, kept) = (unique("doomed"), unique("kept"));
-    create_topic(&bootstrap, &doomed, 1).await?;
-    create_topic(&bootstrap, &kept, 1).await?;
-    produce(&bootstrap, &doomed, 0..10).await?;
+    create_topics_with_records(&bootstrap, &doomed, &kept).await?;
 
     // Assigned, without a group, as Eddy's readers of a partition are. No periodic metadata
     // refresh, so that only the answer to a fetch of the deleted topic tells the consumer it is gone:
@@ -611,11 +619,7 @@ async fn a_consumer_of_a_deleted_topic_reads_on() -> TestResult {
     consumer.assign(&partitions)?;
     assert_eq!(receive(&consumer, 10).await?, expected(0..10));
 
-    let admin: AdminClient<DefaultClientContext> = client_config(&bootstrap).create()?;
-    let options = AdminOptions::new().operation_timeout(Some(WAIT));
-    for result in timeout(WAIT, admin.delete_topics(&[&doomed], &options)).await?? {
-        result.map_err(|(name, code)| format!("deleting {name}: {code}"))?;
-    }
+    delete_topic(&bootstrap, &doomed).await?;
 
     // The consumer goes on fetching the deleted partition, beside the other, until a fetch tells
     // it the topic is gone (its metadata is not refreshed meanwhile, see above); then reads on.
