@@ -5,7 +5,8 @@
 //!
 //! The record is checked to be UTF-8 once, as a whole, when the parser is made; every string
 //! and number is then a slice of that text, so no value is checked again. String contents are
-//! scanned eight bytes at a time ([`first_special`]) for the bytes that end or escape them.
+//! scanned eight bytes at a time ([`first_special`]) for the bytes that end or escape them; the
+//! writer tests sixteen at a time first ([`first_special_in_blocks`]).
 
 use std::fmt;
 
@@ -466,7 +467,7 @@ fn hex4(raw: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Bytes that must be escaped inside a JSON string (what [`first_special`] finds).
-#[cfg(test)]
+#[inline]
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
@@ -475,6 +476,30 @@ fn needs_escape(b: u8) -> bool {
 const ONES: u64 = u64::from_ne_bytes([1; 8]);
 /// The high bit of every byte of a word.
 const HIGHS: u64 = ONES * 0x80;
+
+/// Bytes [`first_special_in_blocks`] tests at once.
+const SPECIAL_BLOCK: usize = 16;
+
+/// [`first_special`] for a string of its own (the encoder's), where the end is no closer than
+/// the string's length: tests [`SPECIAL_BLOCK`] bytes at once with a loop free of branches,
+/// which the compiler turns into a few vector compares (SSE2, part of every x86-64), and hands
+/// the block that has one, and the last bytes, to [`first_special`]. The parser keeps to
+/// [`first_special`] word by word: the rest of its record is long, but most of its strings (field
+/// names, short values) end within a word, where a block's test would only add to the cost
+/// (callgrind, decoding bids: +2 % instructions with blocks; encoding them: −8 %).
+#[inline(always)]
+pub(crate) fn first_special_in_blocks(bytes: &[u8]) -> Option<usize> {
+    let mut blocks = bytes.chunks_exact(SPECIAL_BLOCK);
+    let mut at = 0;
+    for block in &mut blocks {
+        let any = block.iter().fold(false, |any, &b| any | needs_escape(b));
+        if any {
+            return first_special(block).map(|i| at + i);
+        }
+        at += SPECIAL_BLOCK;
+    }
+    first_special(blocks.remainder()).map(|i| at + i)
+}
 
 /// The index of the first byte of `bytes` that ends or escapes a JSON string's content: `"`, `\`
 /// or a control character. Reads eight bytes at a time as a little-endian word `w` and marks,
@@ -547,7 +572,7 @@ pub(crate) fn write_string(out: &mut impl JsonOut, s: &str) {
     out.put_ascii(b'"');
     let bytes = s.as_bytes();
     let mut run = 0;
-    while let Some(found) = first_special(&bytes[run..]) {
+    while let Some(found) = first_special_in_blocks(&bytes[run..]) {
         let at = run + found;
         // `at` holds an ASCII byte, so both slices end on character boundaries.
         out.put_str(s.get(run..at).unwrap_or_default());
@@ -696,9 +721,18 @@ mod tests {
     #[test]
     fn finds_the_first_special_byte_at_every_position() {
         let naive = |b: &[u8]| b.iter().position(|&c| needs_escape(c));
+        for first_special in [first_special, first_special_in_blocks] {
+            finds_the_first_special_byte_with(first_special, naive);
+        }
+    }
+
+    fn finds_the_first_special_byte_with(
+        first_special: fn(&[u8]) -> Option<usize>,
+        naive: impl Fn(&[u8]) -> Option<usize>,
+    ) {
         // Plain bytes around each special byte, at every offset of a word and past it; the
         // plain bytes include non-ASCII (UTF-8 of é and 😀) and the neighbours of the specials.
-        let fill: Vec<u8> = "aé😀!#[]~ \u{7f}".bytes().cycle().take(40).collect();
+        let fill: Vec<u8> = "aé😀!#[]~ \u{7f}".bytes().cycle().take(56).collect();
         // Every length, so that the special byte is in a whole word or in the last bytes.
         for len in 0..=fill.len() {
             let plain = &fill[..len];
