@@ -488,7 +488,7 @@ const SPECIAL_BLOCK: usize = 16;
 /// names, short values) end within a word, where a block's test would only add to the cost
 /// (callgrind, decoding bids: +2 % instructions with blocks; encoding them: −8 %).
 #[inline(always)]
-pub(crate) fn first_special_in_blocks(bytes: &[u8]) -> Option<usize> {
+fn first_special_in_blocks(bytes: &[u8]) -> Option<usize> {
     let mut blocks = bytes.chunks_exact(SPECIAL_BLOCK);
     let mut at = 0;
     for block in &mut blocks {
