@@ -205,19 +205,28 @@ impl ColumnBuilder {
         }
     }
 
-    /// Appends a decoded slot; text and bytes slots point into `scratch`, nested ones into its nodes.
+    /// Appends a decoded slot; text and bytes slots point into `scratch` (input slots into
+    /// `input`, the record part it was decoded from), nested ones into its nodes.
     #[inline]
     pub(crate) fn append_slot(
         &mut self,
         kind: &Kind,
         slot: Slot,
         scratch: &Scratch,
+        input: &str,
         tmp: &mut Scratch,
     ) {
         if let Slot::Nested(i) = slot {
             match scratch.nodes.get(i) {
                 Some(node) => self.append_node(kind, node, tmp),
                 None => self.append_null(),
+            }
+            return;
+        }
+        if let (ColumnBuilder::Utf8(b), Slot::Input(start, end)) = (&mut *self, slot) {
+            match input.get(start..end) {
+                Some(s) => b.append_value(s),
+                None => b.append_null(),
             }
             return;
         }

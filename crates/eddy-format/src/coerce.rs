@@ -11,7 +11,7 @@ use crate::error::echo;
 use crate::types::{Kind, MS_PER_DAY};
 
 /// One decoded scalar column value of the row being decoded. Strings and bytes live in the row's
-/// scratch buffers; nested values in its node list.
+/// scratch buffers, or in the record itself; nested values in its node list.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Slot {
     Null,
@@ -22,6 +22,10 @@ pub(crate) enum Slot {
     I128(i128),
     /// UTF-8 text at `text[start..end]` of the row scratch.
     Text(usize, usize),
+    /// UTF-8 text at `[start..end]` of the record part (key or value) the column belongs to, as
+    /// the format checked it: a string without escapes is taken from the record, not copied
+    /// into the scratch first.
+    Input(usize, usize),
     /// Bytes at `bin[start..end]` of the row scratch.
     Bin(usize, usize),
     /// Index in the row scratch's nested nodes.
@@ -131,12 +135,28 @@ fn int_error(e: std::num::ParseIntError) -> Detail {
 /// A JSON number (its text, already checked against the JSON grammar) into a column of `kind`.
 /// Text for a STRING column is appended to `text`.
 pub(crate) fn coerce_number(kind: &Kind, num: &str, text: &mut String) -> Result<Slot, Detail> {
+    coerce_read_number(kind, num, short_integer(num), text)
+}
+
+/// [`coerce_number`] of a number whose reader also gave `short`, its value when it is a short
+/// integer (what [`short_integer`] gives), so that its digits are not read twice.
+pub(crate) fn coerce_read_number(
+    kind: &Kind,
+    num: &str,
+    short: Option<i64>,
+    text: &mut String,
+) -> Result<Slot, Detail> {
+    let integral = |min, max| match short {
+        Some(v) if v < min || v > max => Err(Detail::OutOfRange),
+        Some(v) => Ok(v),
+        None => integral(num, min, max),
+    };
     match kind {
         Kind::Int | Kind::Date => {
-            integral(num, i64::from(i32::MIN), i64::from(i32::MAX)).map(|v| Slot::I32(v as i32))
+            integral(i64::from(i32::MIN), i64::from(i32::MAX)).map(|v| Slot::I32(v as i32))
         }
-        Kind::Time => integral(num, 0, i64::from(MS_PER_DAY) - 1).map(|v| Slot::I32(v as i32)),
-        Kind::BigInt | Kind::Timestamp => integral(num, i64::MIN, i64::MAX).map(Slot::I64),
+        Kind::Time => integral(0, i64::from(MS_PER_DAY) - 1).map(|v| Slot::I32(v as i32)),
+        Kind::BigInt | Kind::Timestamp => integral(i64::MIN, i64::MAX).map(Slot::I64),
         Kind::Double => num
             .parse::<f64>()
             .map(Slot::F64)
@@ -160,7 +180,7 @@ pub(crate) fn coerce_number(kind: &Kind, num: &str, text: &mut String) -> Result
 /// The value of `num` when it is at most 18 digits with an optional `-`: the usual JSON integer,
 /// which cannot overflow an `i64`, read in one pass. `None` for anything else.
 #[inline]
-fn short_integer(num: &str) -> Option<i64> {
+pub(crate) fn short_integer(num: &str) -> Option<i64> {
     let (negative, digits) = match num.as_bytes() {
         [b'-', rest @ ..] => (true, rest),
         all => (false, all),

@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::buffer::RawBatch;
 use crate::builder::{ColumnBuilder, Scratch, check_node};
-use crate::coerce::{Detail, Found, Slot, coerce_bool, coerce_number, coerce_text, mismatch};
+use crate::coerce::{Detail, Found, Slot, coerce_bool, coerce_read_number, coerce_text, mismatch};
 use crate::error::{FormatError, RecordError, RecordPart};
 use crate::format::Format;
 use crate::json::{Parser, SyntaxError};
@@ -219,7 +219,9 @@ impl RecordDecoder {
                 value_slots,
             ),
         ];
-        for (part, format, bytes, columns, slots) in parts {
+        // Each part's bytes as the format checked them to be UTF-8: `Slot::Input` points into them.
+        let mut texts = [""; 2];
+        for ((part, format, bytes, columns, slots), text) in parts.into_iter().zip(&mut texts) {
             let Some(bytes) = bytes else {
                 // No key, or no value (a tombstone): every column of the part is NULL, which a
                 // NOT NULL column cannot hold.
@@ -235,7 +237,7 @@ impl RecordDecoder {
                 continue;
             };
             let result = match format {
-                Format::None => Ok(()),
+                Format::None => Ok(""),
                 Format::Kafka => decode_kafka(bytes, columns, slots, &mut self.scratch),
                 Format::Json { wrap_single_value } => decode_json(
                     bytes,
@@ -252,9 +254,10 @@ impl RecordDecoder {
                     slots,
                     &mut self.scratch,
                     &mut self.delimited_fields,
-                ),
+                )
+                .map(|()| ""),
             };
-            result.map_err(|e| (part, e.describe(part, format, columns)))?;
+            *text = result.map_err(|e| (part, e.describe(part, format, columns)))?;
             if let Some((column, _)) = columns
                 .iter()
                 .zip(slots.iter())
@@ -269,10 +272,20 @@ impl RecordDecoder {
                 ));
             }
         }
-        for ((builder, column), slot) in
-            self.builders.iter_mut().zip(&self.columns).zip(&self.slots)
+        let [key_text, value_text] = texts;
+        for (i, ((builder, column), slot)) in self
+            .builders
+            .iter_mut()
+            .zip(&self.columns)
+            .zip(&self.slots)
+            .enumerate()
         {
-            builder.append_slot(&column.kind, *slot, &self.scratch, &mut self.tmp);
+            let input = if i < self.key_count {
+                key_text
+            } else {
+                value_text
+            };
+            builder.append_slot(&column.kind, *slot, &self.scratch, input, &mut self.tmp);
         }
         Ok(())
     }
@@ -299,16 +312,17 @@ impl RecordDecoder {
     }
 }
 
-/// KAFKA: the bytes are the single column's value.
-fn decode_kafka(
-    bytes: &[u8],
+/// KAFKA: the bytes are the single column's value. Returns them as text when they are a STRING's.
+fn decode_kafka<'b>(
+    bytes: &'b [u8],
     columns: &[Column],
     slots: &mut [Slot],
     scratch: &mut Scratch,
-) -> Result<(), PartError> {
+) -> Result<&'b str, PartError> {
     let (Some(column), Some(slot)) = (columns.first(), slots.first_mut()) else {
-        return Ok(());
+        return Ok("");
     };
+    let mut checked = "";
     let wrong_length = |width| {
         PartError::Field(
             0,
@@ -339,9 +353,8 @@ fn decode_kafka(
                     ),
                 )
             })?;
-            let start = scratch.text.len();
-            scratch.text.push_str(text);
-            Slot::Text(start, scratch.text.len())
+            checked = text;
+            Slot::Input(0, text.len())
         }
         Kind::Bytes => {
             let start = scratch.bin.len();
@@ -355,31 +368,35 @@ fn decode_kafka(
             )));
         }
     };
-    Ok(())
+    Ok(checked)
 }
 
-/// JSON: an object of fields, or (unwrapped) the single column's value.
-fn decode_json(
-    bytes: &[u8],
+/// JSON: an object of fields, or (unwrapped) the single column's value. Returns the record as
+/// the text the parser checked.
+fn decode_json<'b>(
+    bytes: &'b [u8],
     wrap: bool,
     columns: &[Column],
     slots: &mut [Slot],
     scratch: &mut Scratch,
     junk: &mut Scratch,
-) -> Result<(), PartError> {
+) -> Result<&'b str, PartError> {
     let mut p = Parser::new(bytes)?;
+    let text = p.text();
     if !wrap {
         if let (Some(column), Some(slot)) = (columns.first(), slots.first_mut()) {
             *slot = json_value(&mut p, column, scratch, junk).map_err(|e| e.at(0))?;
         }
-        return Ok(p.finish()?);
+        p.finish()?;
+        return Ok(text);
     }
     match p.peek() {
         Some(b'{') => {}
         Some(b'n') => {
             // A JSON null record: every column NULL.
             p.literal(b"null")?;
-            return Ok(p.finish()?);
+            p.finish()?;
+            return Ok(text);
         }
         Some(b) => {
             let found = match b {
@@ -396,7 +413,8 @@ fn decode_json(
         None => return Err(p.error("EOF while parsing a value").into()),
     }
     if p.begin_object()? {
-        return Ok(p.finish()?);
+        p.finish()?;
+        return Ok(text);
     }
     let mut hint = 0;
     loop {
@@ -421,7 +439,8 @@ fn decode_json(
             break;
         }
     }
-    Ok(p.finish()?)
+    p.finish()?;
+    Ok(text)
 }
 
 /// The column a JSON field name refers to; tries `hint` (the column after the last match) first,
@@ -469,6 +488,15 @@ fn json_value(
     match p.peek() {
         Some(b'"') => {
             let s = p.string()?;
+            if !s.escaped {
+                // Taken from the record as it is: no copy into the scratch.
+                if *kind == Kind::String {
+                    return Ok(Slot::Input(s.start, s.end));
+                }
+                let value = p.raw_text(s);
+                return coerce_text(kind, value, &mut scratch.bin)
+                    .map_err(|d| type_error(Found::Text(value), d));
+            }
             let start = scratch.text.len();
             p.unescape_into(s, &mut scratch.text)?;
             let end = scratch.text.len();
@@ -483,8 +511,9 @@ fn json_value(
             Ok(slot)
         }
         Some(b'-' | b'0'..=b'9') => {
-            let n = p.number()?;
-            coerce_number(kind, n, &mut scratch.text).map_err(|d| type_error(Found::Number(n), d))
+            let (n, short) = p.number_and_integer()?;
+            coerce_read_number(kind, n, short, &mut scratch.text)
+                .map_err(|d| type_error(Found::Number(n), d))
         }
         Some(b't') => {
             p.literal(b"true")?;

@@ -72,6 +72,11 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// The whole input, checked to be UTF-8.
+    pub(crate) fn text(&self) -> &'a str {
+        self.text
+    }
+
     /// The content of a string token, escapes as written.
     #[inline]
     pub(crate) fn raw_text(&self, s: RawStr) -> &'a str {
@@ -265,6 +270,44 @@ impl<'a> Parser<'a> {
             out.push(char::from(simple));
         }
         Ok(())
+    }
+
+    /// Reads a number token, checking the JSON grammar; returns its text and, when it is a short
+    /// integer (at most 18 digits after an optional `-`, see `coerce::short_integer`), its value,
+    /// read in the same pass over its digits.
+    pub(crate) fn number_and_integer(&mut self) -> Result<(&'a str, Option<i64>), SyntaxError> {
+        const MOST_DIGITS: usize = 18;
+        let input = self.input;
+        let start = self.pos;
+        let first_digit = start + usize::from(input.get(start) == Some(&b'-'));
+        let mut at = first_digit;
+        let mut value: i64 = 0;
+        if input.get(at) == Some(&b'0') {
+            // A leading zero is the whole integer part.
+            at += 1;
+        } else {
+            while let Some(&b) = input.get(at).filter(|b| b.is_ascii_digit()) {
+                if at - first_digit == MOST_DIGITS {
+                    break;
+                }
+                value = value * 10 + i64::from(b - b'0');
+                at += 1;
+            }
+        }
+        let after = input.get(at);
+        let plain = at > first_digit
+            && !matches!(after, Some(b'.' | b'e' | b'E'))
+            && !(at - first_digit == MOST_DIGITS && after.is_some_and(u8::is_ascii_digit));
+        if !plain {
+            return self.number().map(|text| (text, None));
+        }
+        self.pos = at;
+        // Digits and `-` are ASCII, so both ends are character boundaries.
+        let text = self
+            .text
+            .get(start..at)
+            .ok_or_else(|| self.error("invalid number"))?;
+        Ok((text, Some(if first_digit > start { -value } else { value })))
     }
 
     /// Reads a number token, checking the JSON grammar, and returns its text.
@@ -639,6 +682,43 @@ mod tests {
         let n = p.node(0)?;
         p.finish()?;
         Ok(n)
+    }
+
+    #[test]
+    fn a_number_read_with_its_integer_reads_as_a_number_does() {
+        let tokens = [
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "123456789012345678",
+            "-999999999999999999",
+            "1234567890123456789",
+            "9223372036854775808",
+            "1.5",
+            "-2.0",
+            "1e3",
+            "1E+2",
+            "01",
+            "-01",
+            "-",
+            "-a",
+            "12a",
+            "",
+        ];
+        for token in tokens {
+            for end in ["", ",", "}", " "] {
+                let input = format!("{token}{end}");
+                let mut fused = Parser::new(input.as_bytes()).unwrap();
+                let mut plain = Parser::new(input.as_bytes()).unwrap();
+                let read = fused.number_and_integer();
+                assert_eq!(read.map(|(text, _)| text), plain.number(), "{input:?}");
+                assert_eq!(fused.pos, plain.pos, "{input:?}");
+                if let Ok((text, integer)) = read {
+                    assert_eq!(integer, crate::coerce::short_integer(text), "{input:?}");
+                }
+            }
+        }
     }
 
     #[test]
