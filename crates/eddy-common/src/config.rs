@@ -60,7 +60,7 @@ pub struct EngineConfig {
     /// Longest wait for a Kafka admin, metadata or command-topic operation. Default 30000 ms.
     pub kafka_request_timeout_ms: u64,
     /// Records the processing log may hold in memory before the queries that report errors wait for
-    /// it. Default 1024.
+    /// it; its writer keeps as many again sent to the topic and not yet acknowledged. Default 1024.
     pub processing_log_queue_records: usize,
     /// Bytes of a malformed record copied into its processing-log entry. Default 1024.
     pub processing_log_record_bytes: usize,

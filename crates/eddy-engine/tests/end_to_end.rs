@@ -318,6 +318,60 @@ async fn malformed_records_are_skipped_and_reported_in_the_processing_log() {
     engine.shutdown().await;
 }
 
+/// A burst of bad records is logged in a few produce round trips, not one per record: with a
+/// 300 ms linger and a queue of 50 entries, writing one entry at a time would take 150 s for
+/// these 500 records (and hold the query up for most of it), far over `WAIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_malformed_records_is_logged_without_a_round_trip_each() {
+    const BAD_RECORDS: usize = 500;
+    let h = Harness::start().await;
+    let engine = h
+        .engine_with(EngineConfig {
+            producer_linger_ms: 300,
+            processing_log_queue_records: 50,
+            ..h.config()
+        })
+        .await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(&engine, &mut session, "CREATE STREAM readings (sensor STRING KEY, temp INT) WITH (KAFKA_TOPIC='readings', PARTITIONS=1);").await;
+    let input = h.topic("readings");
+    // Not JSON (no closing brace), then one good record.
+    let mut values: Vec<String> = (0..BAD_RECORDS)
+        .map(|i| format!(r#"{{"temp": {i}"#))
+        .collect();
+    values.push(r#"{"temp": 21}"#.to_owned());
+    let producer = h.producer();
+    let mut deliveries = Vec::new();
+    for value in &values {
+        let record = FutureRecord::<str, str>::to(&input)
+            .key("s1")
+            .payload(value);
+        deliveries.push(producer.send(record, Duration::from_secs(30)));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("produce");
+    }
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM copy AS SELECT * FROM readings;",
+    )
+    .await;
+    let records = h.consume(&h.topic("COPY"), 1).await;
+    assert_eq!(json(&records[0].1)["TEMP"], Value::from(21));
+    let logged = h
+        .consume(&h.config().processing_log_topic(), BAD_RECORDS)
+        .await;
+    let mut offsets: Vec<i64> = logged
+        .iter()
+        .map(|(_, value)| json(value)["SOURCE_OFFSET"].as_i64().expect("an offset"))
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..BAD_RECORDS as i64).collect::<Vec<_>>());
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_restores_the_catalog_and_resumes_without_loss() {
     let h = Harness::start().await;

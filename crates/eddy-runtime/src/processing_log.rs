@@ -3,16 +3,23 @@
 //! Every record a query cannot process (bad bytes, a failing expression, an output it cannot
 //! serialize) becomes one JSON entry on the processing-log topic, which the engine exposes as the
 //! stream `EDDY_PROCESSING_LOG`. Queries report through a bounded queue: when the log cannot keep up,
-//! reporting queries wait rather than lose entries.
+//! reporting queries wait rather than lose entries. The writer keeps up to as many entries being
+//! written as the queue holds, so a burst of bad records costs a few produce round trips, not
+//! one per record.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_catalog::{Column, ColumnRole};
 use eddy_common::types::SqlType;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -80,45 +87,26 @@ pub struct ProcessingLog {
 
 impl ProcessingLog {
     /// Starts the writer. The returned handle owns the writer task; it ends when every
-    /// [`ProcessingLog`] clone is dropped.
+    /// [`ProcessingLog`] clone is dropped, once the entries it holds are written. At most
+    /// `queue_records` entries wait in the queue, and as many again are being written.
     pub fn start(
         producer: FutureProducer,
         topic: String,
         queue_records: usize,
         record_bytes: usize,
     ) -> (Self, JoinHandle<()>) {
-        let (sender, mut receiver) = mpsc::channel::<ProcessingLogEntry>(queue_records.max(1));
+        let queue_records = queue_records.max(1);
+        let (sender, receiver) = mpsc::channel::<ProcessingLogEntry>(queue_records);
         let written = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
-        let (written_by_task, failed_by_task) = (Arc::clone(&written), Arc::clone(&failed));
-        let task = tokio::spawn(async move {
-            while let Some(entry) = receiver.recv().await {
-                let payload = match serde_json::to_vec(&entry) {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        warn!(%error, "cannot serialize a processing-log entry");
-                        failed_by_task.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
-                    .payload(payload.as_slice())
-                    .timestamp(entry.time);
-                match producer
-                    .send(record, Timeout::After(std::time::Duration::from_secs(30)))
-                    .await
-                {
-                    Ok(_) => {
-                        written_by_task.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err((error, _)) => {
-                        failed_by_task.fetch_add(1, Ordering::Relaxed);
-                        warn!(%error, query = entry.query_id, "cannot write to the processing log: {}", entry.message);
-                    }
-                }
-            }
-            debug!("processing log writer stopped");
-        });
+        let writer = Writer {
+            producer,
+            topic,
+            most_in_flight: queue_records,
+            written: Arc::clone(&written),
+            failed: Arc::clone(&failed),
+        };
+        let task = tokio::spawn(writer.run(receiver));
         (
             Self {
                 sender,
@@ -171,6 +159,111 @@ impl ProcessingLog {
     /// Entries that could not be written.
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// How long the writer waits for an entry's acknowledgement before it counts it as failed.
+const ENTRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the writer waits before it offers an entry again to a producer whose queue is full
+/// while none of its own entries is in flight.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// The task that writes the queued entries to the processing-log topic.
+struct Writer {
+    producer: FutureProducer,
+    topic: String,
+    /// Most entries sent and not yet acknowledged.
+    most_in_flight: usize,
+    written: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+/// An entry's query and message, for the warning when it cannot be written.
+type Sent = (String, String);
+
+/// The acknowledgement of an entry sent.
+type Acknowledgement = Pin<Box<dyn Future<Output = (Result<(), String>, Sent)> + Send>>;
+
+impl Writer {
+    async fn run(self, mut receiver: mpsc::Receiver<ProcessingLogEntry>) {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                entry = receiver.recv(), if open && in_flight.len() < self.most_in_flight => {
+                    match entry {
+                        Some(entry) => self.send(entry, &mut in_flight).await,
+                        None => open = false,
+                    }
+                }
+                Some(outcome) = in_flight.next(), if !in_flight.is_empty() => self.settle(outcome),
+            }
+        }
+        debug!("processing log writer stopped");
+    }
+
+    /// Hands `entry` to the producer, its acknowledgement to `in_flight`; while the producer's
+    /// queue is full, settles the oldest acknowledgements first.
+    async fn send(
+        &self,
+        entry: ProcessingLogEntry,
+        in_flight: &mut FuturesUnordered<Acknowledgement>,
+    ) {
+        let payload = match serde_json::to_vec(&entry) {
+            Ok(payload) => payload,
+            Err(error) => {
+                warn!(%error, "cannot serialize a processing-log entry");
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + ENTRY_TIMEOUT;
+        loop {
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .payload(payload.as_slice())
+                .timestamp(entry.time);
+            let error = match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    let sent = (entry.query_id, entry.message);
+                    in_flight.push(Box::pin(async move {
+                        let outcome = match tokio::time::timeout_at(deadline, delivery).await {
+                            Ok(Ok(Ok(_))) => Ok(()),
+                            Ok(Ok(Err((error, _)))) => Err(error.to_string()),
+                            Ok(Err(_)) => Err("the producer went away".to_owned()),
+                            Err(_) => Err("no acknowledgement in time".to_owned()),
+                        };
+                        (outcome, sent)
+                    }));
+                    return;
+                }
+                Err((error, _)) => error,
+            };
+            let queue_full = matches!(
+                error,
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+            );
+            if !queue_full || tokio::time::Instant::now() >= deadline {
+                self.settle((Err(error.to_string()), (entry.query_id, entry.message)));
+                return;
+            }
+            match in_flight.next().await {
+                Some(outcome) => self.settle(outcome),
+                None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
+            }
+        }
+    }
+
+    fn settle(&self, (outcome, (query_id, message)): (Result<(), String>, Sent)) {
+        match outcome {
+            Ok(()) => {
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(%error, query = query_id, "cannot write to the processing log: {message}");
+            }
+        }
     }
 }
 
