@@ -204,7 +204,8 @@ impl Writer {
     }
 
     /// Hands `entry` to the producer, its acknowledgement to `in_flight`; while the producer's
-    /// queue is full, settles the oldest acknowledgements first.
+    /// queue is full, settles acknowledgements as they come back, then tries again (until the
+    /// entry's timeout).
     async fn send(
         &self,
         entry: ProcessingLogEntry,
