@@ -153,6 +153,10 @@ const DATABASE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often [`EmbeddedBroker::shutdown`] checks whether the database is closed.
 const DATABASE_CLOSE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
+/// How long [`EmbeddedBroker::shutdown`] lets the write-ahead log stay before it opens a probe
+/// connection of its own, and again between probes (see [`close_leftover_wal`]).
+const DATABASE_CLOSE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How often [`EmbeddedBroker::start`] tries to connect while the broker starts.
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -404,12 +408,24 @@ impl EmbeddedBroker {
     /// runtime. tansu offers no way to await that, but sqlite shows it: when the last connection
     /// to a database in WAL mode closes, sqlite checkpoints the write-ahead log into the database
     /// and deletes the `-wal` file.
+    ///
+    /// Not always, though: a closing connection deletes the log only if no other connection holds
+    /// the database, so two of tansu's connections closed at the same moment on two threads can
+    /// each see the other and both leave it. Once the log has stayed for
+    /// [`DATABASE_CLOSE_PROBE_INTERVAL`], a probe connection is opened and closed
+    /// ([`close_leftover_wal`]): when tansu's connections are all gone, the probe's close is the
+    /// last and deletes the log; while one is open, the probe changes nothing.
     async fn wait_until_database_closed(&self) {
-        let mut wal = self.database_path.clone().into_os_string();
-        wal.push("-wal");
-        let wal = PathBuf::from(wal);
+        let wal = wal_path(&self.database_path);
         let closed = async {
+            let mut next_probe = Instant::now() + DATABASE_CLOSE_PROBE_INTERVAL;
             while tokio::fs::try_exists(&wal).await.unwrap_or(false) {
+                if Instant::now() >= next_probe {
+                    if let Err(error) = close_leftover_wal(&self.database_path).await {
+                        debug!(%error, "probing whether the broker's database is closed failed");
+                    }
+                    next_probe = Instant::now() + DATABASE_CLOSE_PROBE_INTERVAL;
+                }
                 sleep(DATABASE_CLOSE_POLL_INTERVAL).await;
             }
         };
@@ -602,6 +618,28 @@ async fn fix_storage(database_path: &Path) -> Result<(), libsql::Error> {
     Ok(())
 }
 
+/// The path of the write-ahead log sqlite keeps beside the database at `database_path`.
+fn wal_path(database_path: &Path) -> PathBuf {
+    let mut wal = database_path.to_owned().into_os_string();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// Opens a connection to the database, reads from it and closes it, so that a write-ahead log left
+/// by connections that are all closed is checkpointed into the database and deleted, as sqlite does
+/// when the last connection closes. While another connection is open the log stays.
+///
+/// The read matters: a connection opens the log only at its first read, and closes (checkpoints
+/// and deletes) only a log it has opened.
+async fn close_leftover_wal(database_path: &Path) -> Result<(), libsql::Error> {
+    let database = libsql::Builder::new_local(database_path).build().await?;
+    let connection = database.connect()?;
+    connection.busy_timeout(FIX_STORAGE_BUSY_TIMEOUT)?;
+    let mut rows = connection.query("PRAGMA schema_version", ()).await?;
+    while rows.next().await?.is_some() {}
+    Ok(())
+}
+
 /// Classifies how the serve task ended during startup.
 fn launch_error(outcome: Result<Result<(), tansu_broker::Error>, JoinError>) -> Launch {
     match outcome {
@@ -723,6 +761,93 @@ mod tests {
         assert_eq!(url.as_str(), "sqlite:////var/lib/eddy/tansu.db");
         assert_eq!(url.path(), "//var/lib/eddy/tansu.db");
         assert_eq!(url.domain(), None);
+        Ok(())
+    }
+
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// A database in WAL mode, at `dir/tansu.db`, with 100 rows in its write-ahead log and no
+    /// connection open: what two connections that closed at the same moment leave. It is made by
+    /// copying the files of a database whose connection is still open.
+    async fn database_with_a_leftover_wal(dir: &Path) -> TestResult {
+        let source = tempfile::TempDir::new()?;
+        let source_path = source.path().join(DATABASE_FILE_NAME);
+        let database = libsql::Builder::new_local(&source_path).build().await?;
+        let connection = database.connect()?;
+        // Keep every row in the log: no checkpoint, neither automatic nor on close.
+        connection
+            .query("PRAGMA journal_mode = WAL", ())
+            .await?
+            .next()
+            .await?;
+        connection
+            .query("PRAGMA wal_autocheckpoint = 0", ())
+            .await?
+            .next()
+            .await?;
+        connection
+            .execute_batch(
+                "create table t (id integer primary key);
+                 with recursive n(i) as (select 1 union all select i + 1 from n where i < 100)
+                 insert into t select i from n;",
+            )
+            .await?;
+        for name in [DATABASE_FILE_NAME, "tansu.db-wal"] {
+            std::fs::copy(source.path().join(name), dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    async fn rows_in(database_path: &Path) -> Result<i64, libsql::Error> {
+        let database = libsql::Builder::new_local(database_path).build().await?;
+        let connection = database.connect()?;
+        let mut rows = connection.query("select count(*) from t", ()).await?;
+        match rows.next().await? {
+            Some(row) => row.get::<i64>(0),
+            None => Ok(-1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_deletes_a_wal_no_connection_holds_and_keeps_its_rows() -> TestResult {
+        let dir = tempfile::TempDir::new()?;
+        let database_path = dir.path().join(DATABASE_FILE_NAME);
+        database_with_a_leftover_wal(dir.path()).await?;
+        let wal = wal_path(&database_path);
+        assert!(wal.exists());
+
+        close_leftover_wal(&database_path).await?;
+        assert!(
+            !wal.exists(),
+            "the probe's close is the last and deletes the log"
+        );
+        assert_eq!(rows_in(&database_path).await?, 100);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_probe_leaves_the_wal_of_a_database_another_connection_holds() -> TestResult {
+        let dir = tempfile::TempDir::new()?;
+        let database_path = dir.path().join(DATABASE_FILE_NAME);
+        database_with_a_leftover_wal(dir.path()).await?;
+        let wal = wal_path(&database_path);
+
+        let database = libsql::Builder::new_local(&database_path).build().await?;
+        let holder = database.connect()?;
+        holder
+            .query("select count(*) from t", ())
+            .await?
+            .next()
+            .await?;
+        close_leftover_wal(&database_path).await?;
+        assert!(wal.exists(), "an open connection keeps the log");
+
+        drop(holder);
+        drop(database);
+        assert!(
+            !wal.exists(),
+            "the holder's close is the last and deletes the log"
+        );
         Ok(())
     }
 
