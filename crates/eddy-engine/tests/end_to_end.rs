@@ -1734,28 +1734,37 @@ async fn batches_in_flight_come_out_once_in_order_and_are_committed() {
     engine.shutdown().await;
 }
 
-/// The different records of `topic` once it holds at least `count` records, sorted.
+/// The different records of `topic`, sorted, once at least `count` of them are different.
+///
+/// A query hands a partition over at least once: records a server wrote after its last commit are
+/// written again by the server that takes the partition. So the topic can hold `count` records
+/// before it holds `count` different ones, and only the different ones say whether every input
+/// made it.
 async fn distinct_records_of(h: &Harness, topic: &str, count: usize) -> Vec<String> {
     let connection = KafkaConnection::new(h.bootstrap.clone());
     let deadline = tokio::time::Instant::now() + WAIT;
-    let total = loop {
+    loop {
         let total: i64 = connection
             .watermarks(&h.topic(topic))
             .await
             .map(|w| w.iter().map(|(low, high)| high - low).sum())
             .unwrap_or(0);
+        let mut different = None;
         if total as usize >= count {
-            break total as usize;
+            let mut records = records_of(h, topic, total as usize).await;
+            records.dedup();
+            if records.len() >= count {
+                return records;
+            }
+            different = Some(records.len());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "only {total} of {count} records on {topic}"
+            "{total} records on {topic}, {}, not {count} different ones",
+            different.map_or("not read".to_owned(), |n| format!("{n} of them different"))
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut records = records_of(h, topic, total).await;
-    records.dedup();
-    records
+    }
 }
 
 /// From the beginning, the one-partition streams `orders` (keyed by order id) and `shipments`
