@@ -1668,6 +1668,151 @@ async fn numbered_stream(
     topic
 }
 
+/// Streams `auctions` (`id STRING KEY, seller STRING, ts BIGINT`, one a second from 0) and
+/// `bids` (`auction STRING KEY, price INT, ts BIGINT`, `bids_per_auction` in each auction's first
+/// second, the price numbering all bids), event time `ts`, one partition each, read from the
+/// earliest offsets and written before the join `priced` of bids and auctions `WITHIN 1 SECOND`
+/// without grace starts; its id, and the records it should write, sorted.
+async fn auctions_and_their_bids(
+    h: &Harness,
+    engine: &Engine,
+    auctions: usize,
+    bids_per_auction: usize,
+) -> (String, Vec<String>) {
+    let mut session = Session::new();
+    for sql in [
+        "SET 'auto.offset.reset'='earliest';",
+        "CREATE STREAM auctions (id STRING KEY, seller STRING, ts BIGINT) \
+         WITH (KAFKA_TOPIC='auctions', VALUE_FORMAT='JSON', PARTITIONS=1, TIMESTAMP='ts');",
+        "CREATE STREAM bids (auction STRING KEY, price INT, ts BIGINT) \
+         WITH (KAFKA_TOPIC='bids', VALUE_FORMAT='JSON', PARTITIONS=1, TIMESTAMP='ts');",
+    ] {
+        run(engine, &mut session, sql).await;
+    }
+    let (auctions_topic, bids_topic) = (h.topic("auctions"), h.topic("bids"));
+    produce_all(
+        &h.producer(),
+        (0..auctions).map(|a| {
+            (
+                auctions_topic.clone(),
+                format!("a{a}"),
+                format!(r#"{{"SELLER":"s{a}","TS":{}}}"#, a * 1000),
+            )
+        }),
+    )
+    .await;
+    produce_all(
+        &h.producer(),
+        (0..auctions * bids_per_auction).map(|b| {
+            let auction = b / bids_per_auction;
+            let ts = auction * 1000 + (b % bids_per_auction) * 900 / bids_per_auction;
+            (
+                bids_topic.clone(),
+                format!("a{auction}"),
+                format!(r#"{{"PRICE":{b},"TS":{ts}}}"#),
+            )
+        }),
+    )
+    .await;
+    let query_id = create_query(
+        engine,
+        &mut session,
+        "CREATE STREAM priced AS SELECT b.auction, b.price, a.seller \
+         FROM bids b JOIN auctions a WITHIN 1 SECOND GRACE PERIOD 0 SECONDS \
+         ON b.auction = a.id;",
+    )
+    .await;
+    let mut expected: Vec<String> = (0..auctions * bids_per_auction)
+        .map(|b| {
+            let auction = b / bids_per_auction;
+            format!(r#"a{auction} {{"PRICE":{b},"SELLER":"s{auction}"}}"#)
+        })
+        .collect();
+    expected.sort();
+    (query_id, expected)
+}
+
+/// An engine reading batches of at most 5 records.
+async fn engine_of_small_batches(h: &Harness) -> Engine {
+    h.engine_with(EngineConfig {
+        max_batch_records: 5,
+        ..h.config()
+    })
+    .await
+}
+
+/// A stream-stream join over a backlog follows event time, not offsets. The auctions (one a
+/// second) and their bids (ten in each auction's first second) are written before the join
+/// starts, and it reads them in batches of 5: a batch of auctions spans 5 s of event time, a batch
+/// of bids half a second. A join that took each round's batches whole ran the stream time 4 s
+/// ahead of the bids it had read, and dropped most of the rest as late (`WITHIN 1 SECOND`, no
+/// grace); a join that stops each round where its bids run out pairs every bid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_join_over_a_backlog_pairs_records_in_event_time_order() {
+    const AUCTIONS: usize = 10;
+    const BIDS_PER_AUCTION: usize = 10;
+    let h = Harness::start().await;
+    let engine = engine_of_small_batches(&h).await;
+    let (_, expected) = auctions_and_their_bids(&h, &engine, AUCTIONS, BIDS_PER_AUCTION).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let query = metrics_of(&engine, "PRICED").await;
+        assert_eq!(
+            query.records_skipped, 0,
+            "no bid or auction is late or malformed: {query:?}"
+        );
+        if query.records_in as usize == AUCTIONS * (1 + BIDS_PER_AUCTION) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the join read only part of its backlog: {query:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(records_of(&h, "PRICED", expected.len()).await, expected);
+    h.assert_exactly(&h.topic("PRICED"), expected.len()).await;
+    engine.shutdown().await;
+}
+
+/// A stream-stream join stopped in the middle of its backlog, with auctions read but waiting for
+/// the bids to catch up with their event time, stores the offset of the first auction waiting,
+/// not the reader's: restarted, it reads those auctions again and pairs every bid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_join_stopped_in_its_backlog_resumes_at_the_first_record_waiting() {
+    const AUCTIONS: usize = 100;
+    const BIDS_PER_AUCTION: usize = 10;
+    let h = Harness::start().await;
+    let engine = engine_of_small_batches(&h).await;
+    let (query_id, expected) =
+        auctions_and_their_bids(&h, &engine, AUCTIONS, BIDS_PER_AUCTION).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics_of(&engine, "PRICED").await.records_out < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the join wrote nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.shutdown().await;
+    drop(engine);
+    let connection = KafkaConnection::new(h.bootstrap.clone());
+    let written = records_on(&connection, &h.topic("PRICED")).await;
+    assert!(
+        (written as usize) < expected.len() / 2,
+        "{query_id} stopped in its backlog, not after {written} records"
+    );
+
+    let engine = engine_of_small_batches(&h).await;
+    assert_eq!(
+        distinct_records_of(&h, "PRICED", expected.len()).await,
+        expected,
+        "after a restart of {query_id}"
+    );
+    assert_eq!(metrics_of(&engine, "PRICED").await.records_skipped, 0);
+    engine.shutdown().await;
+}
+
 /// The metrics of the persistent query writing `sink`.
 async fn metrics_of(engine: &Engine, sink: &str) -> eddy_engine::QueryMetricsSnapshot {
     let metrics = engine.query_metrics(Duration::from_secs(5)).await;

@@ -2651,6 +2651,14 @@ impl PartitionTask {
         );
         let mut skipped = Vec::new();
         let mut highs = [-1i64; 2];
+        // Rows read and decoded but not processed yet: a round takes each side only up to where
+        // a side with records not read yet runs out (`round_cut`), and the rest waits here. A
+        // side is read again only once its rows waiting are processed, so this holds at most a
+        // batch per side.
+        let mut waiting: [Option<RecordBatch>; 2] = [None, None];
+        // Each side's next offset after the rows processed so far: what a round stores and
+        // commits, where a restart resumes (rows waiting are read again then).
+        let mut processed = [readers[0].next_offset(), readers[1].next_offset()];
         loop {
             tokio::select! {
                 raw = receiver.recv() => if raw.is_none() { return Ok(()) },
@@ -2662,9 +2670,9 @@ impl PartitionTask {
                     // state and next offsets are written whole) instead of reading the backlog.
                     return Ok(());
                 }
-                if replay_until.is_some_and(|counted| {
-                    readers[0].next_offset() >= counted[0] && readers[1].next_offset() >= counted[1]
-                }) {
+                if replay_until
+                    .is_some_and(|counted| processed[0] >= counted[0] && processed[1] >= counted[1])
+                {
                     replay_until = None;
                 }
                 // While replaying, no side is read past what the aggregation counted, so every
@@ -2674,65 +2682,70 @@ impl PartitionTask {
                     Some(counted) => high.min(counted[side]),
                     None => high,
                 };
-                let mut decoded = Vec::with_capacity(2);
                 let mut read_any = false;
                 for side in [Side::Left, Side::Right] {
                     let s = side as usize;
+                    if waiting[s].as_ref().is_some_and(|rows| rows.num_rows() > 0) {
+                        continue;
+                    }
                     // A side is read up to the high watermark last asked for; a new one is asked
                     // for only once the reader has caught up with it (one request per round
                     // trip to the end of the partition, not one per batch).
                     if readers[s].next_offset() >= highs[s] {
                         highs[s] = readers[s].high_watermark(&spec.connection).await?;
                     }
-                    let raw = readers[s].read_batch(limit(s, highs[s])).await?;
-                    skipped.clear();
-                    let batch = match raw {
-                        Some(raw) => {
-                            read_any = true;
+                    if let Some(raw) = readers[s].read_batch(limit(s, highs[s])).await? {
+                        read_any = true;
+                        skipped.clear();
+                        waiting[s] = Some(
                             self.decode_side(&mut decoders[s], &raw, &mut skipped, &sides[s])
-                                .await?
-                        }
-                        None => RecordBatch::new_empty(Arc::clone(decoders[s].schema())),
-                    };
-                    decoded.push(batch);
+                                .await?,
+                        );
+                    }
                 }
-                // A side read to its end may have grown while the other side was read: read it
-                // again, so that records written before the other side's are not joined after
-                // them (a side found empty would otherwise let the other side's later records
-                // advance the stream time past its own, which would then be late). Kafka Streams
-                // keeps the same rule: a task does not run ahead of an input that has data. A
-                // round holds at most two batches of `max_batch_records` per side.
+                // A side read to its end may have grown while the other side was read: ask
+                // again, so that the round does not run the other side past records of this one
+                // that are written but not read (their stream time would make them late).
                 for side in [Side::Left, Side::Right] {
                     let s = side as usize;
-                    if readers[s].next_offset() < highs[s] {
-                        continue; // stopped at the batch size: more comes next round anyway
-                    }
-                    highs[s] = readers[s].high_watermark(&spec.connection).await?;
-                    let Some(raw) = readers[s].read_batch(limit(s, highs[s])).await? else {
-                        continue;
-                    };
-                    read_any = true;
-                    skipped.clear();
-                    let more = self
-                        .decode_side(&mut decoders[s], &raw, &mut skipped, &sides[s])
-                        .await?;
-                    if let Some(first) = decoded.get_mut(s) {
-                        *first = datafusion::arrow::compute::concat_batches(
-                            &first.schema(),
-                            [&*first, &more],
-                        )
-                        .map_err(|e| QueryError::Internal(format!("join round batches: {e}")))?;
+                    if readers[s].next_offset() >= highs[s] {
+                        highs[s] = readers[s].high_watermark(&spec.connection).await?;
                     }
                 }
-                if !read_any {
+                let more_unread = [0, 1].map(|s| readers[s].next_offset() < limit(s, highs[s]));
+                let [left_read, right_read] = [0, 1].map(|s| {
+                    waiting[s]
+                        .take()
+                        .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(decoders[s].schema())))
+                });
+                let [left_taken, right_taken] =
+                    crate::stream_join::round_cut(&left_read, &right_read, more_unread)?;
+                if !read_any && left_taken + right_taken == 0 && !more_unread.contains(&true) {
                     break;
                 }
-                let right_decoded = decoded
+                let mut next_offsets = [0i64; 2];
+                let mut round_rows = Vec::with_capacity(2);
+                for (s, (read, taken)) in [(left_read, left_taken), (right_read, right_taken)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let rest = read.slice(taken, read.num_rows() - taken);
+                    next_offsets[s] = match rest.column(2).as_primitive_opt::<Int64Type>() {
+                        Some(offsets) if !offsets.is_empty() => offsets.value(0),
+                        _ => readers[s].next_offset(),
+                    };
+                    if rest.num_rows() > 0 {
+                        waiting[s] = Some(rest);
+                    }
+                    round_rows.push(read.slice(0, taken));
+                }
+                processed = next_offsets;
+                let right_decoded = round_rows
                     .pop()
-                    .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(decoders[1].schema())));
-                let left_decoded = decoded
+                    .ok_or_else(|| QueryError::Internal("lost the right rows read".into()))?;
+                let left_decoded = round_rows
                     .pop()
-                    .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(decoders[0].schema())));
+                    .ok_or_else(|| QueryError::Internal("lost the left rows read".into()))?;
                 let [left_in_time, right_in_time] =
                     joiner.advance(&left_decoded, &right_decoded)?;
                 debug!(
@@ -2740,8 +2753,8 @@ impl PartitionTask {
                     partition = self.partition,
                     left_rows = left_decoded.num_rows(),
                     right_rows = right_decoded.num_rows(),
-                    left_next_offset = readers[0].next_offset(),
-                    right_next_offset = readers[1].next_offset(),
+                    left_next_offset = next_offsets[0],
+                    right_next_offset = next_offsets[1],
                     stream_time = joiner.stream_time(),
                     "stream join round"
                 );
@@ -2800,7 +2813,6 @@ impl PartitionTask {
                 let left_rows = kept
                     .pop()
                     .ok_or_else(|| QueryError::Internal("lost the left rows".into()))?;
-                let next_offsets = [readers[0].next_offset(), readers[1].next_offset()];
                 let round = joiner.round(join, left_rows, right_rows, next_offsets)?;
                 let output = self.join_stream_pairs(join, &round).await?;
                 let delivered = match &mut joined_aggregate {

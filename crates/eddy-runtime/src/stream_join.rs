@@ -3,7 +3,10 @@
 //!
 //! Each partition task reads partition p of both streams (they are co-partitioned by the join
 //! key, see `eddy-planner`'s `join`) with readers of its own, and works in *rounds*: a batch of
-//! each side, read up to the high watermarks it has at that moment. A round
+//! each side, read up to the high watermarks it has at that moment. A round takes each side's
+//! rows only up to where a side with records not read yet runs out ([`round_cut`]); the other
+//! side's rows after that point wait for the next round, and the next offsets stored with the
+//! round are those of the first rows waiting. A round
 //!
 //! 1. advances the stream time (the largest event time read from either side) over both batches
 //!    in the order Kafka Streams would process them (the side whose next record is older first)
@@ -43,7 +46,9 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -103,6 +108,56 @@ impl Side {
     fn is_left(self) -> bool {
         self == Side::Left
     }
+}
+
+/// How many rows of each side's decoded batch (column 0 is `ROWTIME`, each side in offset
+/// order) a round takes: the rows Kafka Streams would process, in the order of
+/// [`StreamJoiner::advance`], before it needs a record not read yet.
+///
+/// `more_unread[side]` says whether the side's partition holds records after its batch. When
+/// such a side's batch runs out, the round ends there: its next record may be older than the
+/// other side's next rows, which wait for the next round, so that the stream time does not pass
+/// records of this side not yet read. (Over a backlog, the batch of a sparse side, such as
+/// auctions beside their bids, spans far more event time than the other's; taking it whole made
+/// the other side's next records late.) A side read to its end does not hold the other back:
+/// its next record is not written yet, and Kafka Streams does not wait for it either
+/// (`max.task.idle.ms` 0).
+pub(crate) fn round_cut(
+    left: &RecordBatch,
+    right: &RecordBatch,
+    more_unread: [bool; 2],
+) -> Result<[usize; 2], QueryError> {
+    let (left_times, right_times) = (row_times(left)?, row_times(right)?);
+    let (mut l, mut r) = (0, 0);
+    loop {
+        let (left_done, right_done) = (l == left_times.len(), r == right_times.len());
+        if (left_done && right_done)
+            || (left_done && more_unread[Side::Left as usize])
+            || (right_done && more_unread[Side::Right as usize])
+        {
+            return Ok([l, r]);
+        }
+        if left_is_next(left_times, right_times, l, r) {
+            l += 1;
+        } else {
+            r += 1;
+        }
+    }
+}
+
+/// A decoded batch's `ROWTIME` (column 0).
+fn row_times(batch: &RecordBatch) -> Result<&Int64Array, QueryError> {
+    batch
+        .column(0)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| QueryError::Internal("ROWTIME is not BIGINT".into()))
+}
+
+/// Whether, with `l` left rows and `r` right rows processed (not both sides done), the next
+/// record processed is the left one: the side whose next record is older goes first, the left
+/// on a tie.
+fn left_is_next(left_times: &Int64Array, right_times: &Int64Array, l: usize, r: usize) -> bool {
+    r >= right_times.len() || (l < left_times.len() && left_times.value(l) <= right_times.value(r))
 }
 
 /// What one round produces: the pairs to join (indices into each side's candidate rows, NULL for
@@ -233,22 +288,14 @@ impl StreamJoiner {
         left: &RecordBatch,
         right: &RecordBatch,
     ) -> Result<[BooleanArray; 2], QueryError> {
-        let times = |batch: &RecordBatch| {
-            batch
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .cloned()
-                .ok_or_else(|| QueryError::Internal("ROWTIME is not BIGINT".into()))
-        };
-        let (left_times, right_times) = (times(left)?, times(right)?);
+        let (left_times, right_times) = (row_times(left)?, row_times(right)?);
         let mut in_time = [
             Vec::with_capacity(left_times.len()),
             Vec::with_capacity(right_times.len()),
         ];
         let (mut l, mut r) = (0, 0);
         while l < left_times.len() || r < right_times.len() {
-            let take_left = r >= right_times.len()
-                || (l < left_times.len() && left_times.value(l) <= right_times.value(r));
+            let take_left = left_is_next(left_times, right_times, l, r);
             let (side, time) = if take_left {
                 l += 1;
                 (Side::Left, left_times.value(l - 1))
@@ -998,6 +1045,70 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// A decoded batch holding only event times, enough for [`round_cut`].
+    fn times(times: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter([(
+            "ROWTIME",
+            Arc::new(Int64Array::from(times.to_vec())) as ArrayRef,
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_round_ends_where_a_side_with_unread_records_runs_out() {
+        // Bids every millisecond beside auctions every 50: the auctions' batch spans more event
+        // time than the bids', so the round stops at the last bid read; the auctions after it wait.
+        let bids = times(&(1..=10).collect::<Vec<_>>());
+        let auctions = times(&[1, 50, 100]);
+        assert_eq!(round_cut(&bids, &auctions, [true, true]).unwrap(), [10, 1]);
+        // The same the other way round: the right side runs out first.
+        assert_eq!(round_cut(&auctions, &bids, [true, true]).unwrap(), [1, 10]);
+        // A tie goes to the left, as in `advance`.
+        assert_eq!(
+            round_cut(&times(&[5]), &times(&[5]), [true, true]).unwrap(),
+            [1, 0]
+        );
+        // A side whose batch is empty but whose partition is not holds everything back.
+        assert_eq!(
+            round_cut(&times(&[]), &auctions, [true, true]).unwrap(),
+            [0, 0]
+        );
+    }
+
+    #[test]
+    fn a_side_read_to_its_end_does_not_hold_the_other_back() {
+        let bids = times(&(1..=10).collect::<Vec<_>>());
+        let auctions = times(&[1, 50, 100]);
+        assert_eq!(round_cut(&bids, &auctions, [false, true]).unwrap(), [10, 3]);
+        assert_eq!(
+            round_cut(&bids, &auctions, [false, false]).unwrap(),
+            [10, 3]
+        );
+        assert_eq!(
+            round_cut(&times(&[]), &auctions, [false, true]).unwrap(),
+            [0, 3]
+        );
+        // The side with unread records still stops the round once its own batch runs out.
+        assert_eq!(
+            round_cut(&times(&[60, 70]), &auctions, [false, true]).unwrap(),
+            [2, 3]
+        );
+        assert_eq!(
+            round_cut(&times(&[200]), &auctions, [true, false]).unwrap(),
+            [1, 3]
+        );
+    }
+
+    #[test]
+    fn a_round_takes_rows_in_the_order_advance_processes_them() {
+        // Out of order within a side: the cut follows the same merge as `advance`, each side in
+        // offset order, so the left's 3 (after its 20) goes before the right's 25, and the left's
+        // 30 waits once the right has run out.
+        let left = times(&[10, 20, 3, 30]);
+        let right = times(&[15, 25]);
+        assert_eq!(round_cut(&left, &right, [true, true]).unwrap(), [3, 2]);
     }
 
     struct Fixture {
