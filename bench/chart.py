@@ -39,7 +39,7 @@ def main() -> None:
     axes.set_xticks(range(len(queries)), queries)
     axes.set_ylabel("events per second")
     axes.set_title(
-        "Nexmark, 184 000 bids, embedded broker with nine patches, 2 cores, 2026-12-07 (higher is better)"
+        "Nexmark, 1 000 000 bids, embedded broker, 2 cores, 2026-12-07 (higher is better)"
     )
     # Head room above the tallest bar for a one-line legend.
     tallest = max(float(r["events_per_second"]) for r in rows)
