@@ -131,10 +131,9 @@ pub(crate) fn round_cut(
     let (mut l, mut r) = (0, 0);
     loop {
         let (left_done, right_done) = (l == left_times.len(), r == right_times.len());
-        if (left_done && right_done)
-            || (left_done && more_unread[Side::Left as usize])
-            || (right_done && more_unread[Side::Right as usize])
-        {
+        let waits_for_left = left_done && more_unread[Side::Left as usize];
+        let waits_for_right = right_done && more_unread[Side::Right as usize];
+        if (left_done && right_done) || waits_for_left || waits_for_right {
             return Ok([l, r]);
         }
         if left_is_next(left_times, right_times, l, r) {
