@@ -774,7 +774,8 @@ mod tests {
         let source_path = source.path().join(DATABASE_FILE_NAME);
         let database = libsql::Builder::new_local(&source_path).build().await?;
         let connection = database.connect()?;
-        // Keep every row in the log: no checkpoint, neither automatic nor on close.
+        // Keep every row in the log: no automatic checkpoint. (The one at close comes after the
+        // copy below.)
         connection
             .query("PRAGMA journal_mode = WAL", ())
             .await?
