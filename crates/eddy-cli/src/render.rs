@@ -343,6 +343,8 @@ pub async fn stream_print<W: Write, F: Future>(
 }
 
 /// The layout of a streamed push-query table: fixed column widths chosen before the first row.
+/// A value longer than its column is wrapped onto as many lines as it needs, inside the column,
+/// as ksqlDB's CLI does, so the grid stays whole.
 #[derive(Debug, Clone)]
 pub struct PushTable {
     names: Vec<String>,
@@ -385,13 +387,27 @@ impl PushTable {
         line
     }
 
-    /// One row of already formatted cells.
+    /// One row of already formatted cells: one line, or more when a cell is longer than its
+    /// column (without a final newline).
     pub fn line(&self, cells: &[String]) -> String {
-        let mut line = String::from("|");
-        for (cell, width) in cells.iter().zip(&self.widths) {
-            line.push_str(&format!(" {cell:<width$} |"));
+        let pieces: Vec<Vec<&str>> = cells
+            .iter()
+            .zip(&self.widths)
+            .map(|(cell, &width)| wrap(cell, width))
+            .collect();
+        let height = pieces.iter().map(Vec::len).max().unwrap_or(1);
+        let mut text = String::new();
+        for line in 0..height {
+            if line > 0 {
+                text.push('\n');
+            }
+            text.push('|');
+            for (cell, width) in pieces.iter().zip(&self.widths) {
+                let piece = cell.get(line).copied().unwrap_or("");
+                text.push_str(&format!(" {piece:<width$} |"));
+            }
         }
-        line
+        text
     }
 
     /// The rule, the column names and the rule under them.
@@ -419,6 +435,24 @@ impl PushTable {
 }
 
 /// A width that fits most values of a type, so that streamed rows usually stay aligned.
+/// `cell` cut into pieces of at most `width` characters (one piece when it fits).
+fn wrap(cell: &str, width: usize) -> Vec<&str> {
+    let width = width.max(1);
+    let mut pieces = Vec::with_capacity(cell.len() / width + 1);
+    let mut rest = cell;
+    while rest.chars().count() > width {
+        let cut = rest
+            .char_indices()
+            .nth(width)
+            .map_or(rest.len(), |(index, _)| index);
+        let (piece, after) = rest.split_at(cut);
+        pieces.push(piece);
+        rest = after;
+    }
+    pieces.push(rest);
+    pieces
+}
+
 fn typical_width(data_type: &DataType) -> usize {
     match data_type {
         DataType::Boolean => 5,
@@ -672,6 +706,33 @@ Type                : TABLE
             table.footer(),
             "+--------+--------------+------------+-------+"
         );
+    }
+
+    #[test]
+    fn a_push_table_wraps_a_long_value_inside_its_column() {
+        let table = PushTable::with_names(vec!["ID".into(), "NOTE".into()], 4);
+        let line = table.line(&["k1".into(), "a value of 22 letters".into()]);
+        assert_eq!(
+            line,
+            "| k1   | a va |\n\
+             |      | lue  |\n\
+             |      | of 2 |\n\
+             |      | 2 le |\n\
+             |      | tter |\n\
+             |      | s    |"
+        );
+        let rule = table.footer();
+        assert!(
+            line.lines().all(|l| l.len() == rule.len()),
+            "every line is as wide as the rule: {line}"
+        );
+        // Characters, not bytes: a multi-byte value is cut between characters.
+        assert_eq!(
+            table.line(&["ü".repeat(6), "ok".into()]),
+            "| üüüü | ok   |\n| üü   |      |"
+        );
+        // A value that fits stays on one line.
+        assert_eq!(table.line(&["k1".into(), "fits".into()]), "| k1   | fits |");
     }
 
     #[test]
