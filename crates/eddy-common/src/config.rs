@@ -57,7 +57,8 @@ pub struct EngineConfig {
     /// Longest wait for a produced record to be acknowledged before the query reports a failure.
     /// Default 30000 ms.
     pub produce_timeout_ms: u64,
-    /// Longest wait for a Kafka admin, metadata or command-topic operation. Default 30000 ms.
+    /// Longest wait for a Kafka admin, metadata or command-topic operation, and at shutdown for
+    /// the clean-up of push queries that just ended. Default 30000 ms.
     pub kafka_request_timeout_ms: u64,
     /// Records the processing log may hold in memory before the queries that report errors wait for
     /// it; its writer keeps as many again sent to the topic and not yet acknowledged. Default 1024.

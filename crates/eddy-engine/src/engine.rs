@@ -51,7 +51,7 @@ pub(crate) struct EngineInner {
     pub(crate) views: Mutex<HashMap<String, Arc<dyn eddy_runtime::PullView>>>,
     /// Where ended push queries go to be cleaned up (see `crate::transient`).
     pub(crate) janitor: Janitor,
-    janitor_task: Mutex<Option<JoinHandle<()>>>,
+    janitor_task: Mutex<Option<crate::transient::JanitorTask>>,
     /// Failed persistent queries on their way back (see `crate::restart`).
     pub(crate) restarts: crate::restart::Restarts,
     restart_task: Mutex<Option<JoinHandle<()>>>,
@@ -59,16 +59,17 @@ pub(crate) struct EngineInner {
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
-        for task in [
-            &self.restart_task,
-            &self.processing_log_task,
-            &self.janitor_task,
-        ] {
+        for task in [&self.restart_task, &self.processing_log_task] {
             if let Ok(mut task) = task.lock()
                 && let Some(task) = task.take()
             {
                 task.abort();
             }
+        }
+        if let Ok(mut janitor) = self.janitor_task.lock()
+            && let Some(janitor) = janitor.take()
+        {
+            janitor.abort();
         }
     }
 }
@@ -324,15 +325,30 @@ impl Engine {
         for handle in handles {
             handle.stop().await;
         }
+        // Push queries that ended are still being stopped by the clean-up task: let it finish
+        // them (bounded), so that their consumers are closed before the caller stops a broker.
+        // Push queries still open belong to their clients; their state goes at the next start.
+        let janitor = self
+            .inner
+            .janitor_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(janitor) = janitor {
+            let timeout = Duration::from_millis(self.inner.config.kafka_request_timeout_ms);
+            janitor.finish(timeout).await;
+        }
         // The processing log's task owns a producer clone: end it now, so that no Kafka client of
-        // this engine outlives the call but the engine's own producer. Push queries still open
-        // are cut off with the clean-up task; their state goes at the next start.
-        for task in [&self.inner.processing_log_task, &self.inner.janitor_task] {
-            let task = task.lock().ok().and_then(|mut t| t.take());
-            if let Some(task) = task {
-                task.abort();
-                let _ = task.await;
-            }
+        // this engine outlives the call but the engine's own producer.
+        let task = self
+            .inner
+            .processing_log_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
         }
         self.inner.connection.close_clients();
     }

@@ -13,9 +13,16 @@
 //! query's tasks are cancelled at once and its stores are left to the next start of the server
 //! (which drops every `transient-` store). Topics of push queries a crash interrupted are left:
 //! other servers of the service may be using topics of the same form.
+//!
+//! When the engine shuts down ([`JanitorTask::finish`]) the task takes no more queries and
+//! finishes the clean-ups under way and those queued, so that their queries' Kafka clients are
+//! closed before the caller stops the broker; aborting it instead dropped those queries' handles,
+//! and their consumers closed later against a broker that was gone.
+
+use std::time::Duration;
 
 use eddy_runtime::{KafkaConnection, QueryHandle};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
@@ -40,13 +47,14 @@ pub(crate) struct Janitor {
 }
 
 impl Janitor {
-    /// Starts the clean-up task; it ends when every `Janitor` clone is dropped, or when the
-    /// returned handle is aborted.
+    /// Starts the clean-up task; it ends when every `Janitor` clone is dropped, when it is told
+    /// to finish, or when it is aborted (see [`JanitorTask`]).
     pub(crate) fn start(
         state: eddy_state::StateStore,
         connection: KafkaConnection,
-    ) -> (Self, JoinHandle<()>) {
+    ) -> (Self, JanitorTask) {
         let (sender, mut retired) = mpsc::channel::<Retired>(RETIRING_PUSH_QUERIES_MAX);
+        let (finish, mut finishing) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             // Owned here: aborting this task aborts the clean-ups under way.
             let mut cleaning = JoinSet::new();
@@ -57,11 +65,19 @@ impl Janitor {
                         cleaning.spawn(clean_up(state.clone(), connection.clone(), query));
                     }
                     Some(_) = cleaning.join_next(), if !cleaning.is_empty() => {}
+                    // Told to finish, or its `JanitorTask` is gone.
+                    _ = &mut finishing => {
+                        retired.close();
+                        while let Ok(query) = retired.try_recv() {
+                            cleaning.spawn(clean_up(state.clone(), connection.clone(), query));
+                        }
+                        break;
+                    }
                 }
             }
             while cleaning.join_next().await.is_some() {}
         });
-        (Self { sender }, task)
+        (Self { sender }, JanitorTask { task, finish })
     }
 
     /// The resources of a new push query, empty so far: the query is cleaned up when the value
@@ -74,6 +90,36 @@ impl Janitor {
             topics: Vec::new(),
             janitor: self.clone(),
         }
+    }
+}
+
+/// The clean-up task of an engine, with the means to end it.
+pub(crate) struct JanitorTask {
+    task: JoinHandle<()>,
+    finish: oneshot::Sender<()>,
+}
+
+impl JanitorTask {
+    /// Ends the task once the clean-ups under way and those queued are done (their queries
+    /// stopped, their stores dropped, their topics deleted), waiting at most `timeout`; what is
+    /// left then is aborted. Push queries whose clients still hold them are not among those.
+    pub(crate) async fn finish(self, timeout: Duration) {
+        // Fails only when the task has ended already.
+        let _ = self.finish.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "ended push queries were not cleaned up in time; the rest is left to the next start"
+            );
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Aborts the task and the clean-ups under way at once.
+    pub(crate) fn abort(&self) {
+        self.task.abort();
     }
 }
 

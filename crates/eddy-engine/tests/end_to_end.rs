@@ -827,55 +827,38 @@ async fn a_read_after_token_lets_another_session_read_what_one_wrote() {
     engine.shutdown().await;
 }
 
-/// A push query over three sources runs as a chain of queries with internal topics and state of
-/// its own; when it ends (here at its LIMIT), all of it goes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_ends() {
-    let h = Harness::start().await;
-    let engine = h.engine().await;
+/// Orders of two customers for two items, the tables of both, and a push query joining all three
+/// (a chain of two joins, with internal topics and state of its own) that ends after its two rows.
+const ORDERS_CUSTOMERS_ITEMS: [&str; 10] = [
+    "SET 'auto.offset.reset'='earliest';",
+    "CREATE STREAM orders (order_id STRING KEY, customer_id STRING, item_id STRING, qty INT) \
+     WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=2);",
+    "CREATE TABLE customers (id STRING PRIMARY KEY, name STRING) \
+     WITH (KAFKA_TOPIC='customers', VALUE_FORMAT='JSON', PARTITIONS=2);",
+    "CREATE TABLE items (id STRING PRIMARY KEY, price INT) \
+     WITH (KAFKA_TOPIC='items', VALUE_FORMAT='JSON', PARTITIONS=3);",
+    "INSERT INTO customers (id, name) VALUES ('c1', 'ann');",
+    "INSERT INTO customers (id, name) VALUES ('c2', 'bob');",
+    "INSERT INTO items (id, price) VALUES ('apple', 3);",
+    "INSERT INTO items (id, price) VALUES ('pear', 5);",
+    "INSERT INTO orders (order_id, customer_id, item_id, qty) VALUES ('o1', 'c1', 'apple', 2);",
+    "INSERT INTO orders (order_id, customer_id, item_id, qty) VALUES ('o2', 'c2', 'pear', 1);",
+];
+const ORDERS_WITH_NAMES_AND_TOTALS: &str = "SELECT o.order_id, c.name, i.price * o.qty AS total \
+     FROM orders o JOIN customers c ON o.customer_id = c.id JOIN items i ON o.item_id = i.id \
+     EMIT CHANGES LIMIT 2;";
+
+/// Runs [`ORDERS_CUSTOMERS_ITEMS`] and starts [`ORDERS_WITH_NAMES_AND_TOTALS`].
+async fn push_query_over_a_join_chain(engine: &Engine) -> eddy_engine::PushQuery {
     let mut session = Session::new();
-    for sql in [
-        "SET 'auto.offset.reset'='earliest';",
-        "CREATE STREAM orders (order_id STRING KEY, customer_id STRING, item_id STRING, qty INT) \
-         WITH (KAFKA_TOPIC='orders', VALUE_FORMAT='JSON', PARTITIONS=2);",
-        "CREATE TABLE customers (id STRING PRIMARY KEY, name STRING) \
-         WITH (KAFKA_TOPIC='customers', VALUE_FORMAT='JSON', PARTITIONS=2);",
-        "CREATE TABLE items (id STRING PRIMARY KEY, price INT) \
-         WITH (KAFKA_TOPIC='items', VALUE_FORMAT='JSON', PARTITIONS=3);",
-        "INSERT INTO customers (id, name) VALUES ('c1', 'ann');",
-        "INSERT INTO customers (id, name) VALUES ('c2', 'bob');",
-        "INSERT INTO items (id, price) VALUES ('apple', 3);",
-        "INSERT INTO items (id, price) VALUES ('pear', 5);",
-        "INSERT INTO orders (order_id, customer_id, item_id, qty) VALUES ('o1', 'c1', 'apple', 2);",
-        "INSERT INTO orders (order_id, customer_id, item_id, qty) VALUES ('o2', 'c2', 'pear', 1);",
-    ] {
-        run(&engine, &mut session, sql).await;
+    for sql in ORDERS_CUSTOMERS_ITEMS {
+        run(engine, &mut session, sql).await;
     }
-    let mut push = push_query(
-        &engine,
-        &mut session,
-        "SELECT o.order_id, c.name, i.price * o.qty AS total FROM orders o \
-         JOIN customers c ON o.customer_id = c.id JOIN items i ON o.item_id = i.id \
-         EMIT CHANGES LIMIT 2;",
-    )
-    .await;
-    let connection = KafkaConnection::new(h.bootstrap.clone());
-    let prefix = format!("_eddy-{}-query-{}-", h.service_id, push.query_id);
-    let query_topics = |topics: Vec<eddy_runtime::TopicInfo>| -> Vec<String> {
-        topics
-            .into_iter()
-            .map(|t| t.name)
-            .filter(|name| name.contains(&prefix))
-            .collect()
-    };
-    // Both joins repartition their left side, and the first writes the second's input.
-    let mut topics = query_topics(connection.topics().await.expect("topics"));
-    topics.sort();
-    assert_eq!(
-        topics.len(),
-        3,
-        "the first join's output and both joins' repartition topics: {topics:?}"
-    );
+    push_query(engine, &mut session, ORDERS_WITH_NAMES_AND_TOTALS).await
+}
+
+/// Reads the two rows of [`ORDERS_WITH_NAMES_AND_TOTALS`] and checks that the query ends there.
+async fn read_orders_with_names_and_totals(push: &mut eddy_engine::PushQuery) {
     let mut rows = Vec::new();
     while rows.len() < 2 {
         let batch = tokio::time::timeout(WAIT, push.next_batch())
@@ -887,10 +870,43 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
     rows.sort();
     assert_eq!(rows, ["o1 ann 6", "o2 bob 5"]);
     assert!(push.next_batch().await.is_none(), "LIMIT 2 ends the query");
+}
+
+/// The internal topics of push query `query_id`.
+async fn topics_of_push_query(h: &Harness, query_id: &str) -> Vec<String> {
+    let prefix = format!("_eddy-{}-query-{}-", h.service_id, query_id);
+    let mut topics: Vec<String> = KafkaConnection::new(h.bootstrap.clone())
+        .topics()
+        .await
+        .expect("topics")
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|name| name.contains(&prefix))
+        .collect();
+    topics.sort();
+    topics
+}
+
+/// A push query over three sources runs as a chain of queries with internal topics and state of
+/// its own; when it ends (here at its LIMIT), all of it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_ends() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut push = push_query_over_a_join_chain(&engine).await;
+    let query_id = push.query_id.clone();
+    // Both joins repartition their left side, and the first writes the second's input.
+    let topics = topics_of_push_query(&h, &query_id).await;
+    assert_eq!(
+        topics.len(),
+        3,
+        "the first join's output and both joins' repartition topics: {topics:?}"
+    );
+    read_orders_with_names_and_totals(&mut push).await;
     drop(push);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let left = query_topics(connection.topics().await.expect("topics"));
+        let left = topics_of_push_query(&h, &query_id).await;
         if left.is_empty() {
             break;
         }
@@ -925,6 +941,28 @@ async fn a_push_query_over_a_join_chain_removes_its_topics_and_state_when_it_end
     assert!(
         transient.is_empty(),
         "stores of the ended push query: {transient:?}"
+    );
+}
+
+/// A push query that ends right before the engine shuts down is still cleaned up: shutdown lets
+/// the clean-up task finish stopping its queries and deleting its topics, so that their consumers
+/// are closed before a broker stopped next (the REPL stops its embedded broker right after). It
+/// aborted the task instead, and the query's consumers closed later, against a broker that was
+/// gone (librdkafka logged "Connection refused" at the REPL's exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_cleaning_up_a_push_query_that_just_ended() {
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut push = push_query_over_a_join_chain(&engine).await;
+    let query_id = push.query_id.clone();
+    assert_eq!(topics_of_push_query(&h, &query_id).await.len(), 3);
+    read_orders_with_names_and_totals(&mut push).await;
+    drop(push);
+    engine.shutdown().await;
+    assert_eq!(
+        topics_of_push_query(&h, &query_id).await,
+        Vec::<String>::new(),
+        "the ended push query's topics are deleted before shutdown returns"
     );
 }
 
