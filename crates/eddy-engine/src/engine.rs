@@ -57,6 +57,16 @@ pub(crate) struct EngineInner {
     restart_task: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Takes the task out of `slot`, if it is still there, aborts it and waits until it has ended.
+async fn abort_and_wait(slot: &Mutex<Option<JoinHandle<()>>>) {
+    // The guard is dropped at the end of this statement, before the wait.
+    let task = slot.lock().ok().and_then(|mut task| task.take());
+    if let Some(task) = task {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
 impl Drop for EngineInner {
     fn drop(&mut self) {
         for task in [&self.restart_task, &self.processing_log_task] {
@@ -306,16 +316,7 @@ impl Engine {
     /// Stops every query (committing their progress) and the processing log.
     pub async fn shutdown(&self) {
         // First, so that no failed query is started again while the others stop.
-        let restart_task = self
-            .inner
-            .restart_task
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
-        if let Some(task) = restart_task {
-            task.abort();
-            let _ = task.await;
-        }
+        abort_and_wait(&self.inner.restart_task).await;
         let handles: Vec<QueryHandle> = self
             .inner
             .queries
@@ -340,16 +341,7 @@ impl Engine {
         }
         // The processing log's task owns a producer clone: end it now, so that no Kafka client of
         // this engine outlives the call but the engine's own producer.
-        let task = self
-            .inner
-            .processing_log_task
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
+        abort_and_wait(&self.inner.processing_log_task).await;
         self.inner.connection.close_clients();
     }
 
