@@ -2720,9 +2720,6 @@ impl PartitionTask {
                 });
                 let [left_taken, right_taken] =
                     crate::stream_join::round_cut(&left_read, &right_read, more_unread)?;
-                if !read_any && left_taken + right_taken == 0 && !more_unread.contains(&true) {
-                    break;
-                }
                 let mut next_offsets = [0i64; 2];
                 let mut round_rows = Vec::with_capacity(2);
                 for (s, (read, taken)) in [(left_read, left_taken), (right_read, right_taken)]
@@ -2738,6 +2735,14 @@ impl PartitionTask {
                         waiting[s] = Some(rest);
                     }
                     round_rows.push(read.slice(0, taken));
+                }
+                if !read_any && left_taken + right_taken == 0 {
+                    if more_unread.contains(&true) {
+                        // A side with records written since it was read holds the round back:
+                        // read them first rather than commit a round of nothing.
+                        continue;
+                    }
+                    break;
                 }
                 processed = next_offsets;
                 let right_decoded = round_rows
