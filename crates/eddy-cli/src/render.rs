@@ -435,21 +435,18 @@ impl PushTable {
 }
 
 /// A width that fits most values of a type, so that streamed rows usually stay aligned.
-/// `cell` cut into pieces of at most `width` characters (one piece when it fits).
+/// `cell` cut into pieces of at most `width` characters (one piece when it fits), in one pass.
 fn wrap(cell: &str, width: usize) -> Vec<&str> {
     let width = width.max(1);
     let mut pieces = Vec::with_capacity(cell.len() / width + 1);
-    let mut rest = cell;
-    while rest.chars().count() > width {
-        let cut = rest
-            .char_indices()
-            .nth(width)
-            .map_or(rest.len(), |(index, _)| index);
-        let (piece, after) = rest.split_at(cut);
-        pieces.push(piece);
-        rest = after;
+    let mut start = 0;
+    for (count, (index, _)) in cell.char_indices().enumerate() {
+        if count > 0 && count % width == 0 {
+            pieces.push(&cell[start..index]);
+            start = index;
+        }
     }
-    pieces.push(rest);
+    pieces.push(&cell[start..]);
     pieces
 }
 
