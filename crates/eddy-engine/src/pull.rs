@@ -173,10 +173,10 @@ impl Engine {
     }
 
     /// Waits until the query that materializes `table` has processed every record its inputs held
-    /// when this was called (each query of a repartitioned chain in turn, and the right side of a
-    /// join that reads it itself). With `target` (a physical topic, partition and offset), the
-    /// first input of the chain that reads that topic waits for that record only, and the inputs
-    /// before it not at all.
+    /// when this was called (each query of a repartitioned chain in turn, the right side of a
+    /// join that reads it itself, and every event a generated source had made). With `target` (a
+    /// physical topic, partition and offset), the first input of the chain that reads that topic
+    /// waits for that record only, and the inputs before it not at all.
     async fn wait_for_inputs(
         &self,
         table: &str,
@@ -214,8 +214,15 @@ impl Engine {
             None => None,
         };
         for (stage, progress) in chain.into_iter().enumerate() {
-            // A generated source has no topic and nothing "written before": nothing to wait for.
-            if progress.topic.is_empty() || token_stage.is_some_and(|token| stage < token) {
+            if token_stage.is_some_and(|token| stage < token) {
+                continue;
+            }
+            if progress.topic.is_empty() {
+                // A generated source (one partition, no topic): what its generator has handed
+                // to the query so far is what a high watermark is to a topic.
+                if let Some(high) = progress.generated().filter(|high| *high > 0) {
+                    wait_until_processed(&progress, 0, high, deadline, table, timeout).await?;
+                }
                 continue;
             }
             let mut watermarks = connection.watermarks(&progress.topic).await?;
@@ -246,22 +253,36 @@ impl Engine {
                 if high <= low || committed.is_some_and(|c| c >= high) {
                     continue;
                 }
-                while progress.processed(partition).is_none_or(|next| next < high) {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(EngineError::invalid_with_hint(
-                            format!(
-                                "table \"{table}\" did not catch up with its input within {} ms",
-                                timeout.as_millis()
-                            ),
-                            "the query may be failing or far behind; see DESCRIBE EXTENDED, or SET 'eddy.read_your_writes_timeout_ms'",
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                wait_until_processed(&progress, partition, high, deadline, table, timeout).await?;
             }
         }
         Ok(())
     }
+}
+
+/// Waits until `progress` has processed `partition` up to (not including) offset `high`, failing
+/// at `deadline` (`timeout` after the wait for `table` began).
+async fn wait_until_processed(
+    progress: &eddy_runtime::QueryProgress,
+    partition: i32,
+    high: i64,
+    deadline: tokio::time::Instant,
+    table: &str,
+    timeout: Duration,
+) -> Result<(), EngineError> {
+    while progress.processed(partition).is_none_or(|next| next < high) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(EngineError::invalid_with_hint(
+                format!(
+                    "table \"{table}\" did not catch up with its input within {} ms",
+                    timeout.as_millis()
+                ),
+                "the query may be failing or far behind; see DESCRIBE EXTENDED, or SET 'eddy.read_your_writes_timeout_ms'",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// The table a (possibly qualified) name refers to: its last part.

@@ -14,6 +14,8 @@
 //! wall-clock time of generation.
 
 use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use eddy_catalog::{Column, ColumnRole, Generator};
@@ -191,12 +193,14 @@ fn event_type(generator: &Generator) -> Result<EventType, QueryError> {
 
 /// Generates the records of `generator` in batches of at most `batch_records`, at its rate, and
 /// sends them to a partition task until `max_events` are sent, the task goes away, or the query
-/// is cancelled. Returns the number of events sent.
+/// is cancelled. Returns the number of events sent; `sent` follows it as batches go (the next
+/// offset the task will be handed is `sent`), for read-your-writes to know what to wait for.
 pub(crate) async fn run_generator(
     generator: Generator,
     columns: Vec<Column>,
     batch_records: usize,
     sender: mpsc::Sender<RawBatch>,
+    sent: Arc<AtomicI64>,
 ) -> Result<u64, QueryError> {
     let datagen = generator.connector.eq_ignore_ascii_case("datagen");
     let mut events = if datagen {
@@ -213,7 +217,8 @@ pub(crate) async fn run_generator(
     let mut next: u64 = 0;
     let mut value = Vec::with_capacity(512);
     let mut key = Vec::with_capacity(32);
-    while next < max_events {
+    let mut exhausted = false;
+    while next < max_events && !exhausted {
         let mut count = batch_records.min(max_events - next);
         if let Some(rate) = generator.events_per_second.filter(|r| *r > 0) {
             // Send what is due now (at least one event), then wait for the next one's time.
@@ -262,6 +267,7 @@ pub(crate) async fn run_generator(
                 continue;
             };
             let Some(event) = events.next() else {
+                exhausted = true;
                 break;
             };
             let (id, timestamp) = match &event {
@@ -278,10 +284,12 @@ pub(crate) async fn run_generator(
             let _ = write!(key, "{id}");
             raw.push(Some(&key), Some(&value), timestamp as i64, 0, offset as i64);
         }
-        next += count;
-        if sender.send(raw).await.is_err() {
+        let records = raw.len() as u64;
+        if records > 0 && sender.send(raw).await.is_err() {
             break; // the partition task ended (its client went away, or it failed)
         }
+        next += records;
+        sent.store(next as i64, Ordering::Release);
     }
     Ok(next)
 }
@@ -301,12 +309,23 @@ mod tests {
 
     async fn collect(generator: Generator, batch: usize) -> Vec<RawBatch> {
         let (sender, mut receiver) = mpsc::channel(4);
-        let task = tokio::spawn(run_generator(generator, Vec::new(), batch, sender));
+        let sent = Arc::new(AtomicI64::new(0));
+        let task = tokio::spawn(run_generator(
+            generator,
+            Vec::new(),
+            batch,
+            sender,
+            Arc::clone(&sent),
+        ));
         let mut batches = Vec::new();
         while let Some(raw) = receiver.recv().await {
             batches.push(raw);
         }
-        task.await.unwrap().unwrap();
+        let events = task.await.unwrap().unwrap();
+        // What the generator says it sent is every record received, and no more.
+        let received: usize = batches.iter().map(RawBatch::len).sum();
+        assert_eq!(events as usize, received);
+        assert_eq!(sent.load(Ordering::Acquire) as usize, received);
         batches
     }
 
@@ -396,6 +415,7 @@ mod tests {
                 columns.clone(),
                 10,
                 sender,
+                Arc::new(AtomicI64::new(0)),
             ));
             async move {
                 let mut batches = Vec::new();

@@ -365,7 +365,7 @@ enum ProgressSource {
 /// A read-only view of how far a query has processed each partition of its source topic.
 #[derive(Clone)]
 pub struct QueryProgress {
-    /// Physical source topic.
+    /// Physical source topic; empty for a generated source.
     pub topic: String,
     /// Consumer group whose committed offsets tell how far the query got before this process
     /// (a partition with nothing new to process has no progress in memory).
@@ -374,9 +374,20 @@ pub struct QueryProgress {
     /// offsets say nothing about a state still being restored.
     pub stateful: bool,
     partitions: ProgressSource,
+    /// For a generated source: the next offset its generator has handed to the query (what a
+    /// topic's high watermark is to a Kafka source).
+    generated: Option<Arc<AtomicI64>>,
 }
 
 impl QueryProgress {
+    /// For a generated source (one partition, 0): how many events its generator has handed to
+    /// the query so far. `None` for a source read from Kafka.
+    pub fn generated(&self) -> Option<i64> {
+        self.generated
+            .as_ref()
+            .map(|generated| generated.load(Ordering::Acquire))
+    }
+
     /// The next offset of `partition` whose effects are visible (output acknowledged, state
     /// written); `None` before the query has processed anything there.
     pub fn processed(&self, partition: i32) -> Option<i64> {
@@ -693,6 +704,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             || spec.aggregate_joined.is_some()
             || spec.rows_view.is_some(),
         partitions: ProgressSource::Partitions(Arc::clone(&progress)),
+        generated: None,
     };
     let right_progress = match (&spec.join, reports_right_progress(&spec)) {
         (Some(join), true) => Some(QueryProgress {
@@ -701,6 +713,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
             // The group commits no offset of this side: only what the tasks report counts.
             stateful: true,
             partitions: ProgressSource::Right(Arc::clone(&registry.right)),
+            generated: None,
         }),
         _ => None,
     };
@@ -733,15 +746,18 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
     let cancel = CancellationToken::new();
     let registry = ProgressRegistry::default();
     let query_id = spec.query_id.clone();
+    let generated = Arc::new(AtomicI64::new(0));
     let query_progress = QueryProgress {
         topic: String::new(),
         group_id: spec.group_id.clone(),
         stateful: spec.state.is_some(),
         partitions: ProgressSource::Partitions(Arc::clone(&registry.source)),
+        generated: Some(Arc::clone(&generated)),
     };
     let driver = tokio::spawn(run_generated(
         Arc::new(spec),
         generator,
+        generated,
         registry,
         Arc::clone(&metrics),
         cancel.clone(),
@@ -763,6 +779,7 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
 async fn run_generated(
     spec: Arc<QuerySpec>,
     generator: eddy_catalog::Generator,
+    generated: Arc<AtomicI64>,
     registry: ProgressRegistry,
     metrics: Arc<QueryMetrics>,
     cancel: CancellationToken,
@@ -790,6 +807,7 @@ async fn run_generated(
         spec.plan.source.columns.clone(),
         spec.config.max_batch_records,
         worker.sender,
+        generated,
     );
     tokio::pin!(generation);
     let mut generating = true;
