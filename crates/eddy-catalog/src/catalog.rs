@@ -16,6 +16,10 @@ pub enum QueryKind {
     CreateTableAsSelect,
     /// `INSERT INTO ... SELECT`
     InsertInto,
+    /// The query that keeps the rows of a `CREATE SOURCE TABLE` for pull queries: it reads the
+    /// table's topic into the table's store and writes no topic. It lives and dies with its table
+    /// (`DROP TABLE` stops it; `TERMINATE` refuses it).
+    CreateSourceTable,
 }
 
 impl QueryKind {
@@ -25,6 +29,7 @@ impl QueryKind {
             QueryKind::CreateStreamAsSelect => "CSAS",
             QueryKind::CreateTableAsSelect => "CTAS",
             QueryKind::InsertInto => "INSERTQUERY",
+            QueryKind::CreateSourceTable => "CST",
         }
     }
 }
@@ -64,6 +69,18 @@ pub struct QueryInfo {
     /// Absent (false) in queries recorded before, which keep their step's output topic.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aggregates_in_join_task: bool,
+}
+
+impl QueryInfo {
+    /// The streams and tables whose records the query reads: its `sources`, and for the query of
+    /// a source table the table itself (which `sources` leaves out, or the query would keep its
+    /// own table from being dropped).
+    pub fn inputs(&self) -> Vec<String> {
+        match self.kind {
+            QueryKind::CreateSourceTable => vec![self.sink.clone()],
+            _ => self.sources.clone(),
+        }
+    }
 }
 
 /// One change to the catalog, as stored (JSON) in the command topic.

@@ -101,6 +101,10 @@ pub struct Source {
     /// its records carry windowed keys, and it has the pseudo-columns `WINDOWSTART` and `WINDOWEND`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<eddy_common::window::WindowSpec>,
+    /// Created with `CREATE SOURCE STREAM|TABLE`: read-only, so `INSERT` into it and
+    /// `DROP ... DELETE TOPIC` of it are refused (its topic belongs to someone else).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// A built-in source of generated records.
@@ -137,6 +141,7 @@ impl Source {
             sql: String::new(),
             generator: None,
             window: None,
+            read_only: false,
         }
     }
 

@@ -109,6 +109,7 @@ pub const KEYWORDS: &[&str] = &[
     "SET",
     "SHOW",
     "SIZE",
+    "SOURCE",
     "SPOOL",
     "STREAM",
     "STREAMS",

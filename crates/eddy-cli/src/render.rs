@@ -181,6 +181,9 @@ fn describe(description: &SourceDescription) -> String {
     };
     line(&mut out, "Name", &description.name);
     line(&mut out, "Type", description.kind.keyword());
+    if description.read_only {
+        line(&mut out, "Read-only", "yes (CREATE SOURCE)");
+    }
     if description.extended {
         line(
             &mut out,
@@ -600,6 +603,7 @@ mod tests {
         SourceDescription {
             name: "USERS".into(),
             kind: SourceKind::Table,
+            read_only: false,
             columns: vec![
                 column("ID", SqlType::String, ColumnRole::PrimaryKey),
                 column("AGE", SqlType::Int, ColumnRole::Value),

@@ -296,6 +296,9 @@ pub async fn result_rows(
                 };
                 let mut add = |label: &str, value: String| rows.push(vec![label.to_owned(), value]);
                 add("Type", d.kind.keyword().to_owned());
+                if d.read_only {
+                    add("Read-only", "true".to_owned());
+                }
                 add("Kafka topic", d.topic.clone());
                 add("Partitions", d.partitions.to_string());
                 add("Key format", d.key_format.clone());

@@ -146,10 +146,14 @@ impl Engine {
         name: String,
         columns: Vec<DeclaredColumn>,
         properties: Properties,
-        or_replace: bool,
-        if_not_exists: bool,
+        options: CreateOptions,
         sql: &str,
     ) -> Result<StatementResult, EngineError> {
+        let CreateOptions {
+            read_only,
+            or_replace,
+            if_not_exists,
+        } = options;
         if let Some(existing) = self.catalog().source(&name) {
             if if_not_exists {
                 return Ok(StatementResult::Success {
@@ -164,10 +168,19 @@ impl Engine {
                 }
                 .into());
             }
+            // A source table's query keeps the rows of the table as it was declared.
+            if (existing.read_only || read_only) && existing.kind == SourceKind::Table {
+                return Err(EngineError::invalid_with_hint(
+                    format!(
+                        "CREATE OR REPLACE cannot change table \"{name}\": a query keeps the rows of a SOURCE table as it was declared"
+                    ),
+                    format!("drop the table first: DROP TABLE {name}"),
+                ));
+            }
         }
         if properties.get("CONNECTOR").is_some() {
             return self
-                .create_generated_source(kind, name, columns, properties, or_replace, sql)
+                .create_generated_source(kind, name, columns, properties, options, sql)
                 .await;
         }
         for property in GENERATOR_PROPERTIES {
@@ -220,6 +233,7 @@ impl Engine {
             generator: None,
             window: None,
             sql: sql.to_owned(),
+            read_only,
         };
         check_timestamp(&source)?;
         check_formats(&source)?;
@@ -261,11 +275,85 @@ impl Engine {
                 partitions
             }
         };
+        if read_only && kind == SourceKind::Table {
+            return self.create_source_table(source, sql).await;
+        }
         self.submit(Command::CreateSource { source, or_replace })
             .await?;
         Ok(StatementResult::Success {
             message: format!("{} \"{name}\" created", kind.noun()),
             query_id: None,
+        })
+    }
+
+    /// Stops and forgets the query that keeps the rows of source table `source`, before the
+    /// table goes. Other queries that read the table keep it from being dropped, as for any
+    /// table, and then nothing is stopped.
+    async fn stop_source_table_queries(&self, source: &Source) -> Result<(), EngineError> {
+        let catalog = self.catalog();
+        let readers = catalog.readers_of(&source.name);
+        if !readers.is_empty() {
+            return Err(eddy_catalog::CatalogError::SourceInUse {
+                name: source.name.clone(),
+                kind: source.kind,
+                queries: readers,
+            }
+            .into());
+        }
+        let keepers = catalog.writers_of(&source.name).into_iter().filter(|id| {
+            catalog
+                .query(id)
+                .is_some_and(|q| q.kind == QueryKind::CreateSourceTable)
+        });
+        for id in keepers {
+            self.submit(Command::TerminateQuery { id: id.clone() })
+                .await?;
+            self.stop_persistent_query(&id).await;
+            self.drop_view(&source.name, &id);
+        }
+        Ok(())
+    }
+
+    /// `CREATE SOURCE TABLE`: the read-only table, and the query that keeps its rows for pull
+    /// queries (as ksqlDB does): it reads the table's topic from the beginning into the table's
+    /// store and writes no topic.
+    async fn create_source_table(
+        &self,
+        mut source: Source,
+        sql: &str,
+    ) -> Result<StatementResult, EngineError> {
+        let name = source.name.clone();
+        let query_id = self
+            .catalog()
+            .next_query_id(QueryKind::CreateSourceTable, &name);
+        source.written_by = Some(query_id.clone());
+        let query = QueryInfo {
+            id: query_id.clone(),
+            kind: QueryKind::CreateSourceTable,
+            sql: sql.to_owned(),
+            sink: name.clone(),
+            // It reads its own table: as a reader it would keep the table from being dropped.
+            sources: Vec::new(),
+            // The rows are the whole topic, whatever the session says.
+            properties: [("auto.offset.reset".to_owned(), "earliest".to_owned())].into(),
+            rekeys_in_task: false,
+            steps_rekeying_in_task: Vec::new(),
+            aggregates_in_join_task: false,
+        };
+        self.submit(Command::CreateSource {
+            source,
+            or_replace: false,
+        })
+        .await?;
+        self.submit(Command::StartQuery {
+            query: query.clone(),
+        })
+        .await?;
+        self.start_recorded_query(&query).await?;
+        info!(query = query_id, table = name, "source table materialized");
+        Ok(StatementResult::Success {
+            message: format!("table \"{name}\" created; query {query_id} keeps its rows"),
+            query_id: Some(query_id),
         })
     }
 
@@ -278,9 +366,10 @@ impl Engine {
         name: String,
         columns: Vec<DeclaredColumn>,
         properties: Properties,
-        or_replace: bool,
+        options: CreateOptions,
         sql: &str,
     ) -> Result<StatementResult, EngineError> {
+        let or_replace = options.or_replace;
         if kind == SourceKind::Table {
             return Err(EngineError::invalid_with_hint(
                 format!("table \"{name}\" cannot have a CONNECTOR"),
@@ -379,6 +468,7 @@ impl Engine {
             sql: sql.to_owned(),
             generator: Some(generator),
             window: None,
+            read_only: options.read_only,
         };
         self.submit(Command::CreateSource { source, or_replace })
             .await?;
@@ -470,6 +560,7 @@ impl Engine {
         };
         let query_id = catalog.next_query_id(query_kind, &name);
         let sink = Source {
+            read_only: false,
             name: name.clone(),
             kind,
             columns,
@@ -539,7 +630,7 @@ impl Engine {
     ) -> Result<StatementResult, EngineError> {
         let catalog = self.catalog();
         let sink = catalog.require_source(target)?.clone();
-        refuse_generated_target(&sink)?;
+        refuse_write_target(&sink)?;
         if sink.kind != SourceKind::Stream {
             return Err(EngineError::invalid(format!(
                 "INSERT INTO requires a stream; \"{target}\" is a table"
@@ -646,6 +737,21 @@ impl Engine {
                 "the processing log stream cannot be dropped",
             ));
         }
+        if delete_topic && source.read_only {
+            return Err(EngineError::invalid_with_hint(
+                format!(
+                    "{} \"{name}\" is read-only: DELETE TOPIC would delete the topic it reads",
+                    kind.noun()
+                ),
+                format!(
+                    "drop it without DELETE TOPIC: DROP {} {name}",
+                    kind.keyword()
+                ),
+            ));
+        }
+        if source.read_only {
+            self.stop_source_table_queries(&source).await?;
+        }
         self.submit(Command::DropSource {
             name: name.to_owned(),
         })
@@ -673,10 +779,32 @@ impl Engine {
 
     /// `TERMINATE id` / `TERMINATE ALL`.
     pub(crate) async fn terminate(&self, id: Option<&str>) -> Result<StatementResult, EngineError> {
+        let catalog = self.catalog();
         let ids: Vec<String> = match id {
-            Some(id) => vec![id.to_uppercase()],
-            None => self.catalog().queries().map(|q| q.id.clone()).collect(),
+            Some(id) => {
+                let id = id.to_uppercase();
+                if let Some(query) = catalog
+                    .query(&id)
+                    .filter(|q| q.kind == QueryKind::CreateSourceTable)
+                {
+                    return Err(EngineError::invalid_with_hint(
+                        format!(
+                            "query \"{id}\" keeps the rows of source table \"{}\" and stops only with it",
+                            query.sink
+                        ),
+                        format!("drop the table: DROP TABLE {}", query.sink),
+                    ));
+                }
+                vec![id]
+            }
+            // Every query a statement made; source tables keep theirs.
+            None => catalog
+                .queries()
+                .filter(|q| q.kind != QueryKind::CreateSourceTable)
+                .map(|q| q.id.clone())
+                .collect(),
         };
+
         for id in &ids {
             let sink = self.catalog().query(id).map(|q| q.sink.clone());
             self.submit(Command::TerminateQuery { id: id.clone() })
@@ -812,15 +940,38 @@ pub(crate) fn sink_columns(
     Ok(columns)
 }
 
-/// Rows cannot be written into a generated stream: it has no topic.
-pub(crate) fn refuse_generated_target(source: &Source) -> Result<(), EngineError> {
-    match &source.generator {
-        Some(generator) => Err(EngineError::invalid(format!(
+/// How `CREATE [OR REPLACE] [SOURCE] STREAM|TABLE [IF NOT EXISTS]` was spelled.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CreateOptions {
+    /// `SOURCE`: the new stream or table is read-only.
+    pub read_only: bool,
+    pub or_replace: bool,
+    pub if_not_exists: bool,
+}
+
+/// Rows cannot be written into a generated stream (it has no topic) nor into a read-only one
+/// (`CREATE SOURCE`).
+pub(crate) fn refuse_write_target(source: &Source) -> Result<(), EngineError> {
+    if let Some(generator) = &source.generator {
+        return Err(EngineError::invalid(format!(
             "stream \"{}\" is generated by the {} connector: it has no topic to write into",
             source.name, generator.connector
-        ))),
-        None => Ok(()),
+        )));
     }
+    if source.read_only {
+        let keyword = source.kind.keyword();
+        return Err(EngineError::invalid_with_hint(
+            format!(
+                "{} \"{}\" is read-only: it was created with CREATE SOURCE {keyword}",
+                source.kind.noun(),
+                source.name
+            ),
+            format!(
+                "to write into its topic, declare the topic again with CREATE {keyword} (without SOURCE)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The `TIMESTAMP` column must exist and hold a time: BIGINT or INT epoch milliseconds, a

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use eddy_catalog::{Catalog, Command, QueryInfo, Source};
+use eddy_catalog::{Catalog, Command, QueryInfo, QueryKind, Source};
 use eddy_common::config::EngineConfig;
 use eddy_planner::Planner;
 use eddy_runtime::{
@@ -437,6 +437,7 @@ impl Engine {
             return Ok(());
         }
         let source = Source {
+            read_only: false,
             name: PROCESSING_LOG_STREAM.to_owned(),
             kind: eddy_catalog::SourceKind::Stream,
             columns: eddy_runtime::processing_log_columns(),
@@ -474,7 +475,7 @@ impl Engine {
         &self,
         query: &QueryInfo,
     ) -> Result<(), EngineError> {
-        let statements = eddy_sql::parse_statements(&query.sql)?;
+        let statements = eddy_sql::parse_statements(&query_select_text(query))?;
         let statement = statements
             .into_iter()
             .next()
@@ -769,6 +770,7 @@ impl Engine {
     ) -> Source {
         let key_count = plan.sink_columns.iter().filter(|c| c.is_key()).count();
         Source {
+            read_only: false,
             name: step.output_name.clone(),
             // A join of two tables is a table; any join of a stream is a stream.
             kind: plan.source.kind,
@@ -908,6 +910,7 @@ impl Engine {
         let config = &self.inner.config;
         let table = catalog.require_source(table)?;
         let internal = Source {
+            read_only: false,
             name: stream.to_owned(),
             kind: eddy_catalog::SourceKind::Stream,
             columns: writer.sink_columns.clone(),
@@ -1071,11 +1074,23 @@ impl Engine {
             timestamp_column: crate::layout::timestamp_index(&plan.source),
             timestamp_format: crate::layout::timestamp_format(&plan.source)?,
             drop_tombstones: plan.source.kind == eddy_catalog::SourceKind::Stream,
-            sink: SinkSpec::Kafka {
-                topic: self.physical_topic(sink),
-                producer: self.inner.producer.get()?,
-                layout: crate::layout::sink_layout(sink, &plan)?,
-                partitions: sink.partitions,
+            // Only the query that keeps a source table's rows writes a read-only table; its
+            // topic is the one it reads.
+            sink: if sink.read_only {
+                if view.is_none() {
+                    return Err(EngineError::Internal(format!(
+                        "the query of source table \"{}\" keeps no rows",
+                        sink.name
+                    )));
+                }
+                SinkSpec::View
+            } else {
+                SinkSpec::Kafka {
+                    topic: self.physical_topic(sink),
+                    producer: self.inner.producer.get()?,
+                    layout: crate::layout::sink_layout(sink, &plan)?,
+                    partitions: sink.partitions,
+                }
             },
             plan,
             state: None,
@@ -1117,6 +1132,17 @@ impl Engine {
     /// Properties in force for a new query: the session's, over the defaults.
     pub(crate) fn query_properties(&self, session: &crate::Session) -> BTreeMap<String, String> {
         session.properties.clone()
+    }
+}
+
+/// The statement whose SELECT a persistent query runs: the one that created it, except for a
+/// source table's query, which reads its table whole (its CREATE SOURCE TABLE has no SELECT).
+pub(crate) fn query_select_text(query: &QueryInfo) -> String {
+    match query.kind {
+        QueryKind::CreateSourceTable => {
+            format!("SELECT * FROM `{}`;", query.sink.replace('`', "``"))
+        }
+        _ => query.sql.clone(),
     }
 }
 

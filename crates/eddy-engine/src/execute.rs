@@ -121,6 +121,7 @@ impl Engine {
             Statement::CreateSource {
                 kind,
                 name,
+                read_only,
                 or_replace,
                 if_not_exists,
                 columns,
@@ -146,8 +147,11 @@ impl Engine {
                     name.clone(),
                     columns,
                     properties,
-                    *or_replace,
-                    *if_not_exists,
+                    crate::ddl::CreateOptions {
+                        read_only: *read_only,
+                        or_replace: *or_replace,
+                        if_not_exists: *if_not_exists,
+                    },
                     sql,
                 )
                 .await

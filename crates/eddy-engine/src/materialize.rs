@@ -352,6 +352,7 @@ impl Engine {
         // keyed by the group key, so each key's state lives in exactly one partition task.
         let repartition_logical = config.query_topic(query_id, "repartition");
         let internal = Source {
+            read_only: false,
             name: format!("{query_id}_REPARTITION"),
             kind: SourceKind::Stream,
             columns: plan.repartition_columns()?,

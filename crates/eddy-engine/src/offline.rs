@@ -44,6 +44,7 @@ impl Engine {
             ));
         }
         let sink = Source {
+            read_only: false,
             name: "OFFLINE_SINK".into(),
             kind: SourceKind::Stream,
             columns: crate::ddl::sink_columns(SourceKind::Stream, &plan)?,

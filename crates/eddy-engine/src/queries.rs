@@ -203,7 +203,7 @@ impl Engine {
         values: &[ast::Expr],
     ) -> Result<StatementResult, EngineError> {
         let source = self.catalog().require_source(target)?.clone();
-        crate::ddl::refuse_generated_target(&source)?;
+        crate::ddl::refuse_write_target(&source)?;
         let names: Vec<String> = if columns.is_empty() {
             source
                 .key_columns()
@@ -324,7 +324,7 @@ impl Engine {
     /// A JSON row of `target` checked and encoded as its Kafka record.
     fn json_row_record(&self, target: &str, row_json: &[u8]) -> Result<EncodedRow, EngineError> {
         let source = self.catalog().require_source(target)?.clone();
-        crate::ddl::refuse_generated_target(&source)?;
+        crate::ddl::refuse_write_target(&source)?;
         let row: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(row_json)
             .map_err(|e| {
                 EngineError::invalid(format!("a row must be a JSON object of column values: {e}"))
@@ -545,7 +545,7 @@ impl Engine {
                     None => "NOT RUNNING".into(),
                 },
                 sink: q.sink.clone(),
-                sources: q.sources.clone(),
+                sources: q.inputs(),
                 sql: q.sql.clone(),
             })
             .collect();
@@ -572,6 +572,7 @@ impl Engine {
         Ok(StatementResult::Description(Box::new(SourceDescription {
             name: source.name.clone(),
             kind: source.kind,
+            read_only: source.read_only,
             columns: source.columns.clone(),
             // A generated stream has no topic: say what makes its records instead.
             topic: match &source.generator {
@@ -645,7 +646,7 @@ impl Engine {
                 suggestion: None,
             })
         })?;
-        let statements = eddy_sql::parse_statements(&query.sql)?;
+        let statements = eddy_sql::parse_statements(&crate::engine::query_select_text(&query))?;
         let statement = statements
             .first()
             .ok_or_else(|| EngineError::Internal("empty query text".into()))?;

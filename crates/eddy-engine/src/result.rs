@@ -102,6 +102,8 @@ pub struct QuerySummary {
 pub struct SourceDescription {
     pub name: String,
     pub kind: SourceKind,
+    /// Created with `CREATE SOURCE`: nothing may write into it.
+    pub read_only: bool,
     pub columns: Vec<Column>,
     pub topic: String,
     pub key_format: String,

@@ -93,6 +93,9 @@ pub enum SinkSpec {
     },
     /// A client (push queries): batches of output rows in arrival order.
     Channel { sender: mpsc::Sender<RecordBatch> },
+    /// Nothing outside the query: its rows go only to its `rows_view` (the query that keeps a
+    /// read-only `CREATE SOURCE TABLE`'s rows for pull queries; its topic is someone else's).
+    View,
 }
 
 /// The aggregation of a stream-stream join's output rows, run in the join's partition task (see
@@ -1201,7 +1204,7 @@ impl PartitionTask {
                     message: e.to_string(),
                 })?)
             }
-            SinkSpec::Channel { .. } => None,
+            SinkSpec::Channel { .. } | SinkSpec::View => None,
         };
         let mut encoded = EncodedBatch::new();
         debug!(
@@ -1250,9 +1253,18 @@ impl PartitionTask {
         // A table written from a table: deleted and filtered-out rows become tombstones (push
         // queries show every change as it comes instead).
         let table_changes = match &spec.sink {
-            SinkSpec::Kafka { .. } => crate::table_changes::TableChanges::of(&spec.plan)?,
+            SinkSpec::Kafka { .. } | SinkSpec::View => {
+                crate::table_changes::TableChanges::of(&spec.plan)?
+            }
             SinkSpec::Channel { .. } => None,
         };
+        if matches!(spec.sink, SinkSpec::View)
+            && (table_changes.is_none() || spec.rows_view.is_none())
+        {
+            return Err(QueryError::Internal(
+                "a query that only keeps rows must read a table into a rows view".into(),
+            ));
+        }
         // Such a table keeps its rows for pull queries: first, what its rows lack of what the
         // group committed.
         let rows_view = spec.rows_view.as_deref().zip(table_changes.as_ref());
@@ -1704,7 +1716,7 @@ impl PartitionTask {
         }
         let changelog_producer = match &spec.sink {
             SinkSpec::Kafka { producer, .. } => Some(producer),
-            SinkSpec::Channel { .. } => None,
+            SinkSpec::Channel { .. } | SinkSpec::View => None,
         };
         aggregate
             .commit(
@@ -2345,7 +2357,7 @@ impl PartitionTask {
                 .await?
                 .iter()
                 .any(|&(_, high)| high > 0),
-            SinkSpec::Channel { .. } => false,
+            SinkSpec::Channel { .. } | SinkSpec::View => false,
         })
     }
 
@@ -2657,7 +2669,7 @@ impl PartitionTask {
         ];
         let changelog_producer = match &spec.sink {
             SinkSpec::Kafka { producer, .. } => Some(producer.clone()),
-            SinkSpec::Channel { .. } => None,
+            SinkSpec::Channel { .. } | SinkSpec::View => None,
         };
         let timeout = Duration::from_millis(spec.config.produce_timeout_ms);
         let mut poll = self.table_join_poll();
@@ -3048,6 +3060,13 @@ impl PartitionTask {
                 self.metrics
                     .records_out
                     .fetch_add(output.num_rows() as u64, Ordering::Relaxed);
+            }
+            // The caller writes the rows into the view: they count as the query's output.
+            SinkSpec::View => {
+                let removed = tombstones.map_or(0, RecordBatch::num_rows);
+                self.metrics
+                    .records_out
+                    .fetch_add((output.num_rows() + removed) as u64, Ordering::Relaxed);
             }
         }
         Ok(true)

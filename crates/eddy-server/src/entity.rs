@@ -411,7 +411,7 @@ pub async fn entity_of(
                     statement_text: query.map_or(text, |q| q.sql.clone()),
                     window_type: None,
                     fields: Vec::new(),
-                    sources: query.map(|q| q.sources.clone()).unwrap_or_default(),
+                    sources: query.map(|q| q.inputs()).unwrap_or_default(),
                     sinks: query.map(|q| vec![q.sink.clone()]).unwrap_or_default(),
                     topology: String::new(),
                     execution_plan: plan,

@@ -84,6 +84,7 @@ impl Backend for Fake {
                 Ok(StatementResult::Description(Box::new(SourceDescription {
                     name: "S".into(),
                     kind: SourceKind::Stream,
+                    read_only: false,
                     columns: vec![
                         Column {
                             name: "K".into(),

@@ -95,10 +95,12 @@ pub enum ShowTarget {
 /// A statement of the dialect.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
-    /// `CREATE [OR REPLACE] STREAM|TABLE [IF NOT EXISTS] name (columns) WITH (...)`.
+    /// `CREATE [OR REPLACE] [SOURCE] STREAM|TABLE [IF NOT EXISTS] name (columns) WITH (...)`.
     CreateSource {
         kind: SourceKind,
         name: String,
+        /// `SOURCE`: the stream or table is read-only (no `INSERT`, no `DROP ... DELETE TOPIC`).
+        read_only: bool,
         or_replace: bool,
         if_not_exists: bool,
         columns: Vec<ColumnDef>,

@@ -342,6 +342,8 @@ impl Cursor {
     fn create(&mut self) -> Result<Statement, ParseError> {
         self.expect_keyword("CREATE")?;
         let or_replace = self.eat_keywords(&["OR", "REPLACE"]);
+        let source_at = self.location();
+        let read_only = self.eat_keyword("SOURCE");
         let kind = self.source_kind()?;
         let if_not_exists = self.eat_keywords(&["IF", "NOT", "EXISTS"]);
         let name = self.identifier(&format!(
@@ -363,6 +365,15 @@ impl Cursor {
             Vec::new()
         };
         if self.eat_keyword("AS") {
+            if read_only {
+                return Err(ParseError::at(
+                    source_at,
+                    "CREATE SOURCE cannot be used with AS SELECT: a SOURCE stream or table is \
+                     read-only, and a query writes the result of AS SELECT; use CREATE STREAM or \
+                     CREATE TABLE ... AS SELECT"
+                        .to_owned(),
+                ));
+            }
             if let Some(_columns) = columns {
                 return Err(self.error(
                     "no column list in CREATE ... AS SELECT (the query defines the columns)",
@@ -382,6 +393,7 @@ impl Cursor {
         Ok(Statement::CreateSource {
             kind,
             name,
+            read_only,
             or_replace,
             if_not_exists,
             columns,

@@ -34,6 +34,7 @@ fn create_stream_with_every_type_and_key() {
     let Statement::CreateSource {
         kind,
         name,
+        read_only,
         or_replace,
         if_not_exists,
         columns,
@@ -43,8 +44,8 @@ fn create_stream_with_every_type_and_key() {
         panic!("{statement:?}")
     };
     assert_eq!(
-        (kind, name.as_str(), or_replace, if_not_exists),
-        (SourceKind::Stream, "ORDERS", false, true)
+        (kind, name.as_str(), read_only, or_replace, if_not_exists),
+        (SourceKind::Stream, "ORDERS", false, false, true)
     );
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
@@ -112,6 +113,40 @@ fn create_table_requires_primary_key_spelling() {
     assert!(e.message.contains("PRIMARY KEY"), "{e}");
     let e = error("CREATE STREAM s (id BIGINT PRIMARY KEY) WITH (KAFKA_TOPIC='u');");
     assert!(e.message.contains("KEY columns"), "{e}");
+}
+
+#[test]
+fn create_source_makes_a_read_only_stream_or_table_and_refuses_as_select() {
+    for (sql, want_kind) in [
+        (
+            "CREATE SOURCE TABLE users (id BIGINT PRIMARY KEY, name STRING) WITH (KAFKA_TOPIC='u');",
+            SourceKind::Table,
+        ),
+        (
+            "create or replace source stream clicks (page string) with (kafka_topic='c');",
+            SourceKind::Stream,
+        ),
+    ] {
+        let Statement::CreateSource {
+            kind, read_only, ..
+        } = one(sql)
+        else {
+            panic!("{sql}")
+        };
+        assert_eq!((kind, read_only), (want_kind, true), "{sql}");
+    }
+    let Statement::CreateSource { read_only, .. } =
+        one("CREATE TABLE users (id BIGINT PRIMARY KEY) WITH (KAFKA_TOPIC='u');")
+    else {
+        panic!()
+    };
+    assert!(!read_only);
+    // The error points at SOURCE, the word that makes AS SELECT impossible.
+    let e = error("CREATE SOURCE TABLE t AS SELECT * FROM users;");
+    assert_eq!((e.line, e.column), (1, 8), "{e}");
+    assert!(e.message.contains("read-only"), "{e}");
+    let e = error("CREATE SOURCE VIEW v (id INT) WITH (KAFKA_TOPIC='v');");
+    assert!(e.message.contains("expected STREAM or TABLE"), "{e}");
 }
 
 #[test]
