@@ -99,6 +99,12 @@ pub struct EngineConfig {
     /// this long since its last restart counts its next failure as a first one again.
     /// Default 60000 ms.
     pub query_retry_backoff_max_ms: u64,
+    /// Longest a stopping query (TERMINATE, DROP, shutdown) waits for its partition tasks to
+    /// finish the batches queued and in flight; tasks still running then are aborted, and what
+    /// they had not acknowledged is processed again when the query next starts. The stop then
+    /// waits up to `kafka_request_timeout_ms` more for the last commit and the consumer's close.
+    /// Default 10000 ms.
+    pub query_stop_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -132,6 +138,7 @@ impl Default for EngineConfig {
             join_changelog_record_bytes: 512 << 10,
             query_retry_backoff_initial_ms: 1_000,
             query_retry_backoff_max_ms: 60_000,
+            query_stop_timeout_ms: 10_000,
         }
     }
 }
@@ -168,7 +175,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 28] = [
+        let settings: [(&str, String); 29] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -241,6 +248,10 @@ impl EngineConfig {
             (
                 "query_retry_backoff_max_ms",
                 self.query_retry_backoff_max_ms.to_string(),
+            ),
+            (
+                "query_stop_timeout_ms",
+                self.query_stop_timeout_ms.to_string(),
             ),
         ];
         settings
@@ -319,6 +330,7 @@ impl EngineConfig {
             "join_changelog_record_bytes" => self.join_changelog_record_bytes = size(positive()?)?,
             "query_retry_backoff_initial_ms" => self.query_retry_backoff_initial_ms = positive()?,
             "query_retry_backoff_max_ms" => self.query_retry_backoff_max_ms = positive()?,
+            "query_stop_timeout_ms" => self.query_stop_timeout_ms = positive()?,
             _ => {
                 return Err(ConfigError::UnknownSetting {
                     name: name.to_owned(),

@@ -225,6 +225,20 @@ pub struct QueryHandle {
     right_progress: Option<QueryProgress>,
     /// Queries that feed this one (the repartitioning half of an aggregation), owned by it.
     upstream: Vec<QueryHandle>,
+    /// Longest [`Self::stop`] waits for the query to end (see [`stop_timeout`]).
+    stop_timeout: Duration,
+}
+
+/// How long stopping a query of `spec` may take: its partition tasks' drain
+/// (`query_stop_timeout_ms`), then its last commit and its consumer's close (the request
+/// timeout), and a second of slack.
+fn stop_timeout(spec: &QuerySpec) -> Duration {
+    Duration::from_millis(
+        spec.config
+            .query_stop_timeout_ms
+            .saturating_add(spec.connection.request_timeout_ms.max(1000))
+            .saturating_add(1000),
+    )
 }
 
 impl QueryHandle {
@@ -260,13 +274,14 @@ impl QueryHandle {
         }
         self.cancel.cancel();
         if let Some(driver) = self.driver.take()
-            && tokio::time::timeout(Duration::from_secs(30), driver)
+            && tokio::time::timeout(self.stop_timeout, driver)
                 .await
                 .is_err()
         {
             warn!(
                 query = self.query_id,
-                "query did not stop within 30 s; aborted"
+                timeout_ms = self.stop_timeout.as_millis() as u64,
+                "query did not stop in time; aborted"
             );
         }
     }
@@ -730,6 +745,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         metrics: Arc::clone(&metrics),
         cancel: cancel.clone(),
     };
+    let stop_timeout = stop_timeout(&driver.spec);
     let handle = tokio::spawn(driver.run());
     info!(query = query_id, "query started");
     Ok(QueryHandle {
@@ -740,6 +756,7 @@ pub async fn start_query(spec: QuerySpec) -> Result<QueryHandle, QueryError> {
         progress: query_progress,
         right_progress,
         upstream: Vec::new(),
+        stop_timeout,
     })
 }
 
@@ -757,6 +774,7 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
         partitions: ProgressSource::Partitions(Arc::clone(&registry.source)),
         generated: Some(Arc::clone(&generated)),
     };
+    let stop_timeout = stop_timeout(&spec);
     let driver = tokio::spawn(run_generated(
         Arc::new(spec),
         generator,
@@ -774,6 +792,7 @@ fn start_generated_query(spec: QuerySpec, generator: eddy_catalog::Generator) ->
         progress: query_progress,
         right_progress: None,
         upstream: Vec::new(),
+        stop_timeout,
     }
 }
 
@@ -986,13 +1005,15 @@ impl Driver {
             .collect();
         if outcome.is_ok() && cancel.is_cancelled() {
             let drain = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout(Duration::from_secs(10), drain)
+            let timeout_ms = spec.config.query_stop_timeout_ms;
+            if tokio::time::timeout(Duration::from_millis(timeout_ms), drain)
                 .await
                 .is_err()
             {
                 warn!(
                     query = spec.query_id,
-                    "partition tasks did not finish within 10 s"
+                    timeout_ms,
+                    "partition tasks did not finish their batches in time (query_stop_timeout_ms); aborted"
                 );
             }
         }
