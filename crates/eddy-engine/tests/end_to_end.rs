@@ -2428,3 +2428,69 @@ async fn a_source_table_keeps_its_rows_through_restarts_and_the_loss_of_local_st
     // Two rows and a tombstone written, by the test alone.
     h.assert_exactly(&users, 4).await;
 }
+
+/// Counts the errors the embedded broker (tansu) logs.
+struct BrokerErrors(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BrokerErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if *metadata.level() == tracing::Level::ERROR && metadata.target().starts_with("tansu") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A server that starts again finds its command topic, its processing log and its queries'
+/// internal topics there: it leaves them alone instead of asking to create them again, which
+/// the broker refused with an error in its log for each (a dozen lines at every restart of a
+/// server with a few queries). Needs its own process for the log (nextest runs each test so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_does_not_ask_to_create_the_topics_it_has() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tracing_subscriber::registry()
+        .with(BrokerErrors(std::sync::Arc::clone(&errors)))
+        .try_init()
+        .expect("this test's process has no other log subscriber (run it with cargo nextest)");
+    let h = Harness::start().await;
+    {
+        let engine = h.engine().await;
+        let mut session = Session::new();
+        run(
+            &engine,
+            &mut session,
+            "CREATE STREAM clicks (user_id STRING KEY, page STRING) \
+             WITH (KAFKA_TOPIC='clicks', VALUE_FORMAT='JSON', PARTITIONS=1);",
+        )
+        .await;
+        // Its changelog topic is one more that the restart finds.
+        run(
+            &engine,
+            &mut session,
+            "CREATE TABLE per_page AS SELECT page, COUNT(*) AS n FROM clicks GROUP BY page;",
+        )
+        .await;
+        engine.shutdown().await;
+    }
+    let before = errors.load(std::sync::atomic::Ordering::SeqCst);
+    let engine = h.engine().await;
+    wait_until("the table's query runs again", || {
+        engine.catalog().queries().count() == 1
+    })
+    .await;
+    let results = run(
+        &engine,
+        &mut Session::new(),
+        "SET 'eddy.read_your_writes'='true'; SELECT * FROM per_page;",
+    )
+    .await;
+    assert!(rows_of(&results).is_empty());
+    engine.shutdown().await;
+    assert_eq!(
+        errors.load(std::sync::atomic::Ordering::SeqCst) - before,
+        0,
+        "the broker logged errors while the server started again"
+    );
+}

@@ -252,6 +252,12 @@ impl KafkaConnection {
         replicas: i32,
         config: &[(&str, &str)],
     ) -> Result<bool, KafkaError> {
+        // An existing topic is left alone without asking to create it: a broker logs a refused
+        // creation as an error (the embedded one did at every start, for the command topic and
+        // every query's internal topics). A topic created in between is still refused below.
+        if self.topic(name).await?.is_some() {
+            return Ok(false);
+        }
         let admin = self.admin()?;
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
         for (key, value) in config {
