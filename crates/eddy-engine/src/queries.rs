@@ -485,7 +485,6 @@ impl Engine {
                 interval: interval.unwrap_or(1),
                 limit,
                 queue_lines: 1024,
-                stop_at_end: false,
             },
         )
         .await?;

@@ -24,8 +24,6 @@ pub struct PrintOptions {
     pub limit: Option<u64>,
     /// Lines buffered for a slow client before reading pauses.
     pub queue_lines: usize,
-    /// When reading from the beginning, stop at the end of the topic as it was when PRINT started.
-    pub stop_at_end: bool,
 }
 
 /// A running `PRINT`: lines arrive on `lines`; dropping it stops the reader.
@@ -53,11 +51,6 @@ pub async fn print_topic(
         .ok_or_else(|| KafkaError::UnknownTopic {
             topic: options.display_topic.clone(),
         })?;
-    let end_offsets = if options.stop_at_end {
-        Some(connection.watermarks(&options.topic).await?)
-    } else {
-        None
-    };
     let consumer =
         connection.consumer(&format!("_eddy-print-{}", std::process::id()), "earliest")?;
     let start = if options.from_beginning {
@@ -85,15 +78,7 @@ pub async fn print_topic(
         }
         let mut seen = 0u64;
         let mut printed = 0u64;
-        let mut remaining: Option<Vec<bool>> = end_offsets
-            .as_ref()
-            .map(|ends| ends.iter().map(|(low, high)| high > low).collect());
         loop {
-            if let Some(remaining) = &remaining
-                && remaining.iter().all(|r| !r)
-            {
-                return;
-            }
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
                 message = consumer.recv() => message,
@@ -106,15 +91,6 @@ pub async fn print_topic(
                 }
             };
             let partition = message.partition();
-            if let (Some(remaining), Some(ends)) = (remaining.as_mut(), end_offsets.as_ref())
-                && let (Some(flag), Some((_, high))) = (
-                    remaining.get_mut(partition as usize),
-                    ends.get(partition as usize),
-                )
-                && message.offset() + 1 >= *high
-            {
-                *flag = false;
-            }
             seen += 1;
             if !(seen - 1).is_multiple_of(options.interval.max(1)) {
                 continue;
