@@ -314,6 +314,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Records a new `source` and the `query` that writes it in the command topic, then starts
+    /// the query.
+    async fn record_source_and_query(
+        &self,
+        source: Source,
+        query: &QueryInfo,
+    ) -> Result<(), EngineError> {
+        self.submit(Command::CreateSource {
+            source,
+            or_replace: false,
+        })
+        .await?;
+        self.submit(Command::StartQuery {
+            query: query.clone(),
+        })
+        .await?;
+        self.start_recorded_query(query).await
+    }
+
     /// `CREATE SOURCE TABLE`: the read-only table, and the query that keeps its rows for pull
     /// queries (as ksqlDB does): it reads the table's topic from the beginning into the table's
     /// store and writes no topic.
@@ -340,16 +359,7 @@ impl Engine {
             steps_rekeying_in_task: Vec::new(),
             aggregates_in_join_task: false,
         };
-        self.submit(Command::CreateSource {
-            source,
-            or_replace: false,
-        })
-        .await?;
-        self.submit(Command::StartQuery {
-            query: query.clone(),
-        })
-        .await?;
-        self.start_recorded_query(&query).await?;
+        self.record_source_and_query(source, &query).await?;
         info!(query = query_id, table = name, "source table materialized");
         Ok(StatementResult::Success {
             message: format!("table \"{name}\" created; query {query_id} keeps its rows"),
@@ -602,16 +612,7 @@ impl Engine {
             steps_rekeying_in_task: self.steps_rekeying_in_task(&planned).await?,
             aggregates_in_join_task: self.aggregates_in_join_task(&planned).await?,
         };
-        self.submit(Command::CreateSource {
-            source: sink,
-            or_replace: false,
-        })
-        .await?;
-        self.submit(Command::StartQuery {
-            query: query.clone(),
-        })
-        .await?;
-        self.start_recorded_query(&query).await?;
+        self.record_source_and_query(sink, &query).await?;
         info!(query = query_id, "persistent query created");
         Ok(StatementResult::Success {
             message: format!("created query with id {query_id}"),
