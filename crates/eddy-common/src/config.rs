@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub commit_interval_ms: u64,
     /// Batches of rows buffered for a push-query client before the query waits for it. Default 16.
     pub push_query_queue_batches: usize,
+    /// Lines of a `PRINT` buffered for a slow client before it stops reading the topic. Default 1024.
+    pub print_queue_lines: usize,
     /// Records a push query or `PRINT` may return when it has no `LIMIT`; further rows are dropped
     /// with a notice only when the client stops reading. Default unlimited (0).
     pub push_query_max_rows: u64,
@@ -120,6 +122,7 @@ impl Default for EngineConfig {
             max_batches_in_flight: 2,
             commit_interval_ms: 1000,
             push_query_queue_batches: 16,
+            print_queue_lines: 1024,
             push_query_max_rows: 0,
             producer_linger_ms: 5,
             producer_idempotence: true,
@@ -175,7 +178,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 29] = [
+        let settings: [(&str, String); 30] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -198,6 +201,7 @@ impl EngineConfig {
                 "push_query_queue_batches",
                 self.push_query_queue_batches.to_string(),
             ),
+            ("print_queue_lines", self.print_queue_lines.to_string()),
             ("push_query_max_rows", self.push_query_max_rows.to_string()),
             ("producer_linger_ms", self.producer_linger_ms.to_string()),
             (
@@ -309,6 +313,7 @@ impl EngineConfig {
             "max_batches_in_flight" => self.max_batches_in_flight = size(positive()?)?,
             "commit_interval_ms" => self.commit_interval_ms = positive()?,
             "push_query_queue_batches" => self.push_query_queue_batches = size(positive()?)?,
+            "print_queue_lines" => self.print_queue_lines = size(positive()?)?,
             "push_query_max_rows" => self.push_query_max_rows = count()?,
             "producer_linger_ms" => self.producer_linger_ms = count()?,
             "producer_idempotence" => self.producer_idempotence = boolean()?,

@@ -484,7 +484,7 @@ impl Engine {
                 from_beginning,
                 interval: interval.unwrap_or(1),
                 limit,
-                queue_lines: 1024,
+                queue_lines: self.inner.config.print_queue_lines,
             },
         )
         .await?;

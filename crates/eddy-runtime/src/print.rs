@@ -78,6 +78,7 @@ pub async fn print_topic(
         }
         let mut seen = 0u64;
         let mut printed = 0u64;
+        let mut last_error: Option<String> = None;
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -85,11 +86,18 @@ pub async fn print_topic(
             };
             let message = match message {
                 Ok(message) => message,
-                Err(_) => {
+                Err(error) => {
+                    // Kept reading (a broker that restarts comes back), but said once per error.
+                    let error = error.to_string();
+                    if last_error.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(topic = options.display_topic, %error, "PRINT cannot read; trying again");
+                        last_error = Some(error);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            last_error = None;
             let partition = message.partition();
             seen += 1;
             if !(seen - 1).is_multiple_of(options.interval.max(1)) {
