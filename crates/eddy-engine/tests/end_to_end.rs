@@ -2429,14 +2429,40 @@ async fn a_source_table_keeps_its_rows_through_restarts_and_the_loss_of_local_st
     h.assert_exactly(&users, 4).await;
 }
 
-/// Counts the errors the embedded broker (tansu) logs.
-struct BrokerErrors(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+/// Counts the log events of one level from the modules whose path starts with `target`.
+struct LoggedEvents {
+    level: tracing::Level,
+    target: &'static str,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BrokerErrors {
+impl LoggedEvents {
+    /// Installs a counter of `level` events from `target` as this process's only log subscriber
+    /// (nextest runs each test in a process of its own), and returns the count.
+    fn install(
+        level: tracing::Level,
+        target: &'static str,
+    ) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tracing_subscriber::registry()
+            .with(LoggedEvents {
+                level,
+                target,
+                count: std::sync::Arc::clone(&count),
+            })
+            .try_init()
+            .expect("this test's process has no other log subscriber (run it with cargo nextest)");
+        count
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoggedEvents {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let metadata = event.metadata();
-        if *metadata.level() == tracing::Level::ERROR && metadata.target().starts_with("tansu") {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if *metadata.level() == self.level && metadata.target().starts_with(self.target) {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -2447,13 +2473,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BrokerErrors {
 /// server with a few queries). Needs its own process for the log (nextest runs each test so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_does_not_ask_to_create_the_topics_it_has() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tracing_subscriber::registry()
-        .with(BrokerErrors(std::sync::Arc::clone(&errors)))
-        .try_init()
-        .expect("this test's process has no other log subscriber (run it with cargo nextest)");
+    let errors = LoggedEvents::install(tracing::Level::ERROR, "tansu");
     let h = Harness::start().await;
     {
         let engine = h.engine().await;
@@ -2493,4 +2513,45 @@ async fn a_restarted_server_does_not_ask_to_create_the_topics_it_has() {
         0,
         "the broker logged errors while the server started again"
     );
+}
+
+/// A `PRINT` whose broker goes away keeps trying (a broker that restarts comes back), and says
+/// so in the server's log once for each error it meets, not at every try (10 a second).
+/// Before, it said nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_print_that_cannot_read_says_so_in_the_log() {
+    let warnings = LoggedEvents::install(tracing::Level::WARN, "eddy_runtime::print");
+    let mut h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM notes (body STRING) WITH (KAFKA_TOPIC='notes', VALUE_FORMAT='JSON', PARTITIONS=1);",
+    )
+    .await;
+    let Some(StatementResult::Print(mut print)) =
+        run(&engine, &mut session, "PRINT 'notes' FROM BEGINNING;")
+            .await
+            .pop()
+    else {
+        panic!("PRINT gave no print result")
+    };
+    let header = tokio::time::timeout(WAIT, print.next_line())
+        .await
+        .expect("the header")
+        .expect("a header line");
+    assert!(header.starts_with("Topic: notes"), "{header}");
+    h.stop_broker().await;
+    wait_until("PRINT logs that it cannot read", || {
+        warnings.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    // About 30 tries in 3 s, meeting the same few errors of librdkafka (logging every try gave 30).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logged = warnings.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(logged <= 5, "PRINT logged {logged} warnings for one outage");
+    drop(print);
+    h.restart_broker().await;
+    engine.shutdown().await;
 }

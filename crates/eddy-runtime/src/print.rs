@@ -1,5 +1,6 @@
 //! `PRINT topic`: raw records of any topic as text lines, for looking at what is really there.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::Offset;
@@ -10,6 +11,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{KafkaConnection, KafkaError};
+
+/// Distinct read errors a `PRINT` remembers having logged during one outage.
+const PRINT_ERRORS_REMEMBERED: usize = 16;
 
 /// What `PRINT` reads.
 #[derive(Debug, Clone)]
@@ -78,7 +82,8 @@ pub async fn print_topic(
         }
         let mut seen = 0u64;
         let mut printed = 0u64;
-        let mut last_error: Option<String> = None;
+        // The errors of the current outage, each logged once (librdkafka alternates between a few).
+        let mut errors_logged: HashSet<String> = HashSet::new();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -89,15 +94,18 @@ pub async fn print_topic(
                 Err(error) => {
                     // Kept reading (a broker that restarts comes back), but said once per error.
                     let error = error.to_string();
-                    if last_error.as_deref() != Some(error.as_str()) {
+                    if !errors_logged.contains(&error) {
                         tracing::warn!(topic = options.display_topic, %error, "PRINT cannot read; trying again");
-                        last_error = Some(error);
+                        if errors_logged.len() >= PRINT_ERRORS_REMEMBERED {
+                            errors_logged.clear();
+                        }
+                        errors_logged.insert(error);
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            last_error = None;
+            errors_logged.clear();
             let partition = message.partition();
             seen += 1;
             if !(seen - 1).is_multiple_of(options.interval.max(1)) {
