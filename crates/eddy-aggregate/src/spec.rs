@@ -31,6 +31,10 @@ pub struct AggregateLimits {
     /// and retracting a value that was never counted changes nothing). Default 1,000,000. Eddy
     /// counts exactly, unlike ksqlDB's HyperLogLog estimate, so the state grows with the values.
     pub count_distinct_max_values: usize,
+    /// Most bytes of one group's stored state (a RocksDB value and a changelog record, with its
+    /// key). This crate does not enforce it: the operator that stores states skips an update
+    /// that would exceed it. Default 8 MiB.
+    pub state_max_bytes: usize,
 }
 
 impl Default for AggregateLimits {
@@ -38,6 +42,7 @@ impl Default for AggregateLimits {
         AggregateLimits {
             collection_max_entries: 1000,
             count_distinct_max_values: 1_000_000,
+            state_max_bytes: 8 << 20,
         }
     }
 }

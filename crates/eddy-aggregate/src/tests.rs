@@ -2149,6 +2149,7 @@ fn merge_distinct_collections_respect_their_limits() {
     let limits = AggregateLimits {
         collection_max_entries: 3,
         count_distinct_max_values: 3,
+        ..AggregateLimits::default()
     };
     let t = Some(DataType::Utf8);
     let specs = || {
@@ -2230,6 +2231,7 @@ fn merging_at_the_limits_never_grows_a_state_past_them() {
     let limits = AggregateLimits {
         collection_max_entries: 3,
         count_distinct_max_values: 4,
+        ..AggregateLimits::default()
     };
     let t = Some(DataType::Utf8);
     let specs = || {

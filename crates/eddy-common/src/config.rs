@@ -93,6 +93,13 @@ pub struct EngineConfig {
     /// default in Kafka and librdkafka); a single larger row makes a record of its own.
     /// Default 512 KiB.
     pub join_changelog_record_bytes: usize,
+    /// Largest record Eddy writes to a state's changelog, and so the largest stored state of one
+    /// group of an aggregation (`COUNT_DISTINCT`, `COLLECT_SET`, `HISTOGRAM` and `TOPK` keep
+    /// values). Changelog topics are created with this `max.message.bytes`, and Eddy's producers
+    /// accept records this large. A group whose state would grow past it is not updated: the
+    /// batch's rows of that group are skipped and reported to the processing log
+    /// (`STATE_TOO_LARGE`). Default 8 MiB (Kafka's topic default is 1 MB).
+    pub state_record_max_bytes: usize,
     /// How long a persistent query that failed (its broker went away, a produce timed out, a
     /// partition stalled) waits before it is restarted from its committed offsets; each failure
     /// in a row doubles the wait, up to `query_retry_backoff_max_ms`. Default 1000 ms.
@@ -139,6 +146,7 @@ impl Default for EngineConfig {
             pull_query_max_rows: 1_000_000,
             read_your_writes_timeout_ms: 10_000,
             join_changelog_record_bytes: 512 << 10,
+            state_record_max_bytes: 8 << 20,
             query_retry_backoff_initial_ms: 1_000,
             query_retry_backoff_max_ms: 60_000,
             query_stop_timeout_ms: 10_000,
@@ -178,7 +186,7 @@ impl EngineConfig {
 
     /// Every setting as `(eddy.<name>, value)`, for `SHOW PROPERTIES`.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let settings: [(&str, String); 30] = [
+        let settings: [(&str, String); 31] = [
             ("service_id", self.service_id.clone()),
             ("topic_prefix", self.topic_prefix.clone()),
             ("max_batch_records", self.max_batch_records.to_string()),
@@ -244,6 +252,10 @@ impl EngineConfig {
             (
                 "join_changelog_record_bytes",
                 self.join_changelog_record_bytes.to_string(),
+            ),
+            (
+                "state_record_max_bytes",
+                self.state_record_max_bytes.to_string(),
             ),
             (
                 "query_retry_backoff_initial_ms",
@@ -333,6 +345,7 @@ impl EngineConfig {
             "pull_query_max_rows" => self.pull_query_max_rows = size(positive()?)?,
             "read_your_writes_timeout_ms" => self.read_your_writes_timeout_ms = positive()?,
             "join_changelog_record_bytes" => self.join_changelog_record_bytes = size(positive()?)?,
+            "state_record_max_bytes" => self.state_record_max_bytes = size(positive()?)?,
             "query_retry_backoff_initial_ms" => self.query_retry_backoff_initial_ms = positive()?,
             "query_retry_backoff_max_ms" => self.query_retry_backoff_max_ms = positive()?,
             "query_stop_timeout_ms" => self.query_stop_timeout_ms = positive()?,

@@ -93,6 +93,11 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         connection.request_timeout_ms = config.kafka_request_timeout_ms;
         connection.producer_linger_ms = config.producer_linger_ms;
+        // A state record of `state_record_max_bytes` goes out with its key and the framing of
+        // its record batch.
+        connection.producer_message_max_bytes = config
+            .state_record_max_bytes
+            .saturating_add(eddy_runtime::RECORD_FRAMING_BYTES);
         connection.producer_idempotence = config.producer_idempotence;
         let producer = eddy_runtime::SharedProducer::new(connection.clone())?;
         let command_topic = config.command_topic();

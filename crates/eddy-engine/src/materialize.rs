@@ -453,16 +453,24 @@ impl Engine {
         Ok(handle)
     }
 
-    /// Creates the compacted changelog topic `topic` (physical name) of a query's state.
+    /// Creates the compacted changelog topic `topic` (physical name) of a query's state, taking
+    /// records of up to `state_record_max_bytes` (Kafka's default is 1 MB).
     async fn create_changelog(&self, topic: &str, partitions: i32) -> Result<(), EngineError> {
         let config = &self.inner.config;
+        let max_message_bytes = config
+            .state_record_max_bytes
+            .saturating_add(eddy_runtime::RECORD_FRAMING_BYTES)
+            .to_string();
         self.inner
             .connection
             .create_topic(
                 topic,
                 partitions,
                 config.default_replicas,
-                &[("cleanup.policy", "compact")],
+                &[
+                    ("cleanup.policy", "compact"),
+                    ("max.message.bytes", &max_message_bytes),
+                ],
             )
             .await?;
         Ok(())
@@ -571,6 +579,7 @@ impl Engine {
     pub(crate) fn aggregate_limits(&self) -> eddy_aggregate::AggregateLimits {
         eddy_aggregate::AggregateLimits {
             collection_max_entries: self.inner.config.collection_max_entries,
+            state_max_bytes: self.inner.config.state_record_max_bytes,
             ..Default::default()
         }
     }

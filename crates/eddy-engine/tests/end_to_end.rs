@@ -2555,3 +2555,118 @@ async fn a_print_that_cannot_read_says_so_in_the_log() {
     h.restart_broker().await;
     engine.shutdown().await;
 }
+
+/// `count` distinct values of 40 characters for key `key` of `topic`, as `{"V": ...}` records.
+fn distinct_values(
+    topic: &str,
+    key: &str,
+    from: usize,
+    count: usize,
+) -> Vec<(String, String, String)> {
+    (from..from + count)
+        .map(|i| {
+            (
+                topic.to_owned(),
+                key.to_owned(),
+                format!(r#"{{"V": "value-{i:034}"}}"#),
+            )
+        })
+        .collect()
+}
+
+/// A group whose state outgrows `state_record_max_bytes` (here 4 KiB: a few dozen distinct
+/// values) is not updated: its rows of that batch are reported to the processing log as
+/// `STATE_TOO_LARGE` and dropped, it keeps the counts it had, and the query goes on with the
+/// other groups. Before, the changelog refused the record and the query failed and restarted
+/// for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_state_outgrows_its_record_is_skipped_and_reported() {
+    let h = Harness::start().await;
+    let engine = h
+        .engine_with(EngineConfig {
+            state_record_max_bytes: 4096,
+            ..h.config()
+        })
+        .await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM vals (k STRING KEY, v STRING) WITH (KAFKA_TOPIC='vals', PARTITIONS=1);",
+    )
+    .await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE TABLE distinct_vals AS SELECT k, COUNT_DISTINCT(v) AS n, COUNT(*) AS c FROM vals GROUP BY k;",
+    )
+    .await;
+    let input = h.topic("vals");
+    let producer = h.producer();
+    produce_all(&producer, distinct_values(&input, "big", 0, 10)).await;
+    let counts = "SET 'eddy.read_your_writes'='true'; SELECT k, n, c FROM distinct_vals;";
+    wait_for_rows(&engine, counts, &["big 10 10"]).await;
+
+    // 200 values more: about 10 KiB of state, in one batch or a few.
+    produce_all(&producer, distinct_values(&input, "big", 10, 200)).await;
+    produce_all(&producer, distinct_values(&input, "small", 0, 3)).await;
+    wait_for_rows(&engine, counts, &["big 10 10", "small 3 3"]).await;
+    let logged = h.consume(&h.config().processing_log_topic(), 1).await;
+    let entry = json(&logged[0].1);
+    assert_eq!(
+        entry["ERROR_TYPE"],
+        Value::from("STATE_TOO_LARGE"),
+        "{entry:?}"
+    );
+    assert_eq!(
+        entry["SOURCE_TOPIC"],
+        Value::from(input.clone()),
+        "{entry:?}"
+    );
+    let message = entry["MESSAGE"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("state_record_max_bytes (4096)"),
+        "{message}"
+    );
+
+    // The query still runs: a new value of the small group is counted.
+    produce_all(&producer, distinct_values(&input, "small", 3, 1)).await;
+    wait_for_rows(&engine, counts, &["big 10 10", "small 4 4"]).await;
+    engine.shutdown().await;
+}
+
+/// A group's state may be larger than librdkafka's and Kafka's default largest record (1 MB):
+/// 30 000 distinct values of 40 characters make a state of about 2 MB, which the changelog
+/// (created with `max.message.bytes` = `state_record_max_bytes`, 8 MiB) and Eddy's producers
+/// take. Before, the changelog's producer refused it (`MessageSizeTooLarge`) and the query
+/// failed and restarted for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_state_larger_than_a_megabyte_goes_to_its_changelog() {
+    const VALUES: usize = 30_000;
+    let h = Harness::start().await;
+    let engine = h.engine().await;
+    let mut session = Session::new();
+    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE STREAM vals (k STRING KEY, v STRING) WITH (KAFKA_TOPIC='vals', PARTITIONS=1);",
+    )
+    .await;
+    let input = h.topic("vals");
+    produce_all(&h.producer(), distinct_values(&input, "all", 0, VALUES)).await;
+    run(
+        &engine,
+        &mut session,
+        "CREATE TABLE distinct_vals AS SELECT k, COUNT_DISTINCT(v) AS n FROM vals GROUP BY k;",
+    )
+    .await;
+    wait_for_rows(
+        &engine,
+        "SET 'eddy.read_your_writes'='true'; SELECT k, n FROM distinct_vals;",
+        &[&format!("all {VALUES}")],
+    )
+    .await;
+    engine.shutdown().await;
+}

@@ -60,6 +60,10 @@ pub(crate) const JOINED_RIGHT_OFFSET_KEY: &[u8] = b"\xffjoined_right_offset";
 /// Group keys are arrow-row encoded and start below this byte; Eddy's own keys start with it.
 pub const RESERVED_KEY_BYTE: u8 = 0xFF;
 
+/// Bytes a record takes beyond its key and value in a produce request (record batch header,
+/// record framing), counted against a topic's `max.message.bytes`.
+pub const RECORD_FRAMING_BYTES: usize = 1024;
+
 /// Format version of a stored group: `[version][event time i64 BE][eddy-aggregate state]`.
 const STATE_FORMAT_VERSION: u8 = 1;
 
@@ -86,6 +90,8 @@ pub struct MaterializedView {
     key_converter: RowConverter,
     store: Store,
     window: Option<WindowPlan>,
+    /// Largest stored group (key, state and record framing); see [`AggregateLimits`].
+    state_max_bytes: usize,
 }
 
 /// Where each aggregate call of the plan gets its value.
@@ -174,6 +180,7 @@ impl MaterializedView {
             key_converter,
             store,
             window,
+            state_max_bytes: limits.state_max_bytes,
         })
     }
 
@@ -466,6 +473,9 @@ pub(crate) struct Applied {
     /// Groups whose output row could not be computed, with the reason: their state is updated,
     /// their row is not written.
     pub failed_groups: Vec<String>,
+    /// Groups whose new state was larger than `state_record_max_bytes`, with the reason: they
+    /// kept their previous state and their rows of the batch were dropped.
+    pub too_large_groups: Vec<String>,
     /// (origin partition, source offset) of the rows a windowed aggregation dropped because
     /// every window they fall in had closed.
     pub late: Vec<(i32, i64)>,
@@ -628,14 +638,52 @@ impl PartitionAggregate {
         };
         let Folded {
             keys,
-            states,
-            rowtimes,
-            deleted,
+            mut states,
+            mut rowtimes,
+            mut deleted,
             new_windows,
             writes: folded_writes,
             local_writes,
             late,
         } = folded;
+        let mut writes = Vec::with_capacity(keys.len() + folded_writes.len());
+        let mut too_large = Vec::new();
+        let mut buffer = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if deleted[i] {
+                writes.push((key.clone(), None));
+                continue;
+            }
+            self.view.encode(rowtimes[i], &states[i], &mut buffer);
+            let record_bytes = key.len() + buffer.len() + RECORD_FRAMING_BYTES;
+            if record_bytes <= self.view.state_max_bytes {
+                writes.push((key.clone(), Some(buffer.clone())));
+                continue;
+            }
+            // The new state cannot be stored (nor logged): the group keeps the state it had
+            // before this batch, or stays absent if it is new, and the batch's rows of it are
+            // dropped.
+            let (old_states, old_rowtimes, existed) = self.load_states(&[key.as_slice()])?;
+            too_large.push(format!(
+                "the state of a group would grow to {record_bytes} bytes, more than \
+                 state_record_max_bytes ({}): the batch's rows of that group are dropped and \
+                 it keeps its previous state",
+                self.view.state_max_bytes
+            ));
+            if let (Some(state), Some(rowtime), Some(true)) = (
+                old_states.into_iter().next(),
+                old_rowtimes.first(),
+                existed.first(),
+            ) {
+                self.view.encode(*rowtime, &state, &mut buffer);
+                writes.push((key.clone(), Some(buffer.clone())));
+                states[i] = state;
+                rowtimes[i] = *rowtime;
+            } else {
+                writes.push((key.clone(), None));
+                deleted[i] = true;
+            }
+        }
         let view = &self.view;
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let Evaluated {
@@ -643,18 +691,6 @@ impl PartitionAggregate {
             keep,
             failed,
         } = view.evaluate(&key_refs, &states, &rowtimes, &deleted)?;
-        let mut writes = Vec::with_capacity(keys.len() + folded_writes.len());
-        let mut buffer = Vec::new();
-        for ((key, state), (&rowtime, &gone)) in
-            keys.iter().zip(&states).zip(rowtimes.iter().zip(&deleted))
-        {
-            if gone {
-                writes.push((key.clone(), None));
-            } else {
-                view.encode(rowtime, state, &mut buffer);
-                writes.push((key.clone(), Some(buffer.clone())));
-            }
-        }
         writes.extend(folded_writes);
         writes.extend(origin_writes);
         let mut applied = Applied {
@@ -664,6 +700,7 @@ impl PartitionAggregate {
             local_writes,
             null_keys,
             failed_groups: failed.into_iter().map(|(_, reason)| reason).collect(),
+            too_large_groups: too_large,
             late,
         };
         if let Some(window) = &aggregation.window {

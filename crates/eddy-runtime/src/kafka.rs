@@ -54,6 +54,12 @@ pub struct TopicInfo {
     pub replicas: i32,
 }
 
+/// librdkafka's default `message.max.bytes`, the least a producer is given.
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest `message.max.bytes` librdkafka accepts.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES_LIMIT: usize = 1_000_000_000;
+
 /// How to reach Kafka: bootstrap servers plus any extra librdkafka properties (e.g. security).
 #[derive(Clone)]
 pub struct KafkaConnection {
@@ -64,6 +70,10 @@ pub struct KafkaConnection {
     pub request_timeout_ms: u64,
     /// Producer `linger.ms`.
     pub producer_linger_ms: u64,
+    /// Producer `message.max.bytes`: the largest record (and produce request) a producer
+    /// sends; librdkafka's default is 1 000 000. The engine raises it to fit its largest state
+    /// record (`state_record_max_bytes`).
+    pub producer_message_max_bytes: usize,
     /// Producer `enable.idempotence`: each partition's records are written once and in order,
     /// whatever the retries (without it, a retried request can land after later ones).
     pub producer_idempotence: bool,
@@ -89,6 +99,10 @@ impl std::fmt::Debug for KafkaConnection {
             .field("properties", &self.properties)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("producer_linger_ms", &self.producer_linger_ms)
+            .field(
+                "producer_message_max_bytes",
+                &self.producer_message_max_bytes,
+            )
             .field("producer_idempotence", &self.producer_idempotence)
             .finish_non_exhaustive()
     }
@@ -114,6 +128,7 @@ impl KafkaConnection {
             properties: BTreeMap::new(),
             request_timeout_ms: 30_000,
             producer_linger_ms: 5,
+            producer_message_max_bytes: LIBRDKAFKA_MESSAGE_MAX_BYTES,
             producer_idempotence: true,
             offset_clients: Arc::default(),
             admin_client: Arc::default(),
@@ -190,6 +205,15 @@ impl KafkaConnection {
         config
             .set("partitioner", "murmur2_random")
             .set("linger.ms", self.producer_linger_ms.to_string())
+            .set(
+                "message.max.bytes",
+                self.producer_message_max_bytes
+                    .clamp(
+                        LIBRDKAFKA_MESSAGE_MAX_BYTES,
+                        LIBRDKAFKA_MESSAGE_MAX_BYTES_LIMIT,
+                    )
+                    .to_string(),
+            )
             .set("message.timeout.ms", self.request_timeout_ms.to_string())
             .set("compression.type", "none")
             .set("enable.idempotence", self.producer_idempotence.to_string());

@@ -29,7 +29,7 @@ mod test_support;
 mod upsert;
 mod window;
 
-pub use aggregate::{MaterializedView, RESERVED_KEY_BYTE, StateSpec};
+pub use aggregate::{MaterializedView, RECORD_FRAMING_BYTES, RESERVED_KEY_BYTE, StateSpec};
 pub use generator::{CONNECTORS, NEXMARK_EVENT_TYPES, check_datagen_columns, generator_columns};
 pub use join::JoinSpec;
 pub use kafka::{KafkaConnection, KafkaError, OffWorkerDrop, SharedProducer, TopicInfo};

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     /// A record arrived after every window it belongs to had closed (its event time is older
     /// than the stream time minus the grace period): a windowed aggregation dropped it.
     LateRecord,
+    /// A group's aggregation state would have grown past `state_record_max_bytes`: the batch's
+    /// rows of that group were dropped and the group kept its previous state.
+    StateTooLarge,
 }
 
 /// One processing-log entry; field names are the columns of `EDDY_PROCESSING_LOG`.

@@ -1712,6 +1712,20 @@ impl PartitionTask {
                 )
                 .await;
         }
+        for reason in &applied.too_large_groups {
+            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
+            spec.processing_log
+                .report(
+                    &spec.query_id,
+                    ErrorKind::StateTooLarge,
+                    &spec.source_topic,
+                    self.partition,
+                    last_offset,
+                    reason.clone(),
+                    None,
+                )
+                .await;
+        }
         let (rows, tombstones) = split_rows(&applied)?;
         debug!(
             query = spec.query_id,
