@@ -3,11 +3,11 @@
 Usage: python nexmark.py QUERY --bootstrap HOST:PORT --topic PREFIXbid [--expected N] [--verify]
 (--expected, the bids to process, is required by the stateless queries only)
 
-Stateless queries (q0, q1, q2): read the bid topic from the earliest offset with a fresh consumer
+Stateless queries (q0, q1, q2, q14, q21, q22): read the bid topic from the earliest offset with a fresh consumer
 group, apply the query with a StreamingDataFrame, write the result rows as JSON to a fresh output
 topic, stop once N bids were processed, and print one JSON line with the timings.
 
-Stateful queries (q3, q4, q5, q7, q8): read PREFIXperson, PREFIXauction and/or PREFIXbid from the
+Stateful queries (q3, q4, q5, q7, q8, q11, q15, q16, q17): read PREFIXperson, PREFIXauction and/or PREFIXbid from the
 earliest offsets, run until no message arrived for --idle-stop seconds, check the output topic
 against the same query computed in plain Python over the inputs, and print one JSON line.
 """
@@ -19,6 +19,7 @@ CPU_START = time.process_time()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -32,6 +33,10 @@ from quixstreams.models import TopicConfig  # noqa: E402
 #   q0: SELECT auction, bidder, price, date_time, extra FROM bid
 #   q1: SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid
 #   q2: SELECT auction, price FROM bid WHERE auction % 123 = 0
+#   q14: a price in euros, the time of day of the bid and the c's in its `extra`, for prices
+#        between 1 and 50 million
+#   q21: the channel id, from the channel's name or from the URL's `channel_id=` parameter
+#   q22: the first three directories of the URL
 
 
 def q0(sdf):
@@ -63,11 +68,85 @@ def q2(sdf):
     return sdf.apply(lambda b: {"auction": b["auction"], "price": b["price"]})
 
 
-QUERIES = {"q0": q0, "q1": q1, "q2": q2}
+def q14_row(b):
+    price = 0.908 * b["price"]
+    if not 1_000_000 < price < 50_000_000:
+        return None
+    hour = (b["date_time"] // 3_600_000) % 24
+    if 8 <= hour <= 18:
+        time_type = "dayTime"
+    elif hour <= 6 or hour >= 20:
+        time_type = "nightTime"
+    else:
+        time_type = "otherTime"
+    return {
+        "auction": b["auction"],
+        "bidder": b["bidder"],
+        "price": price,
+        "bid_time_type": time_type,
+        "date_time": b["date_time"],
+        "extra": b["extra"],
+        "c_counts": b["extra"].count("c"),
+    }
+
+
+def q14(sdf):
+    return sdf.apply(q14_row).filter(lambda r: r is not None)
+
+
+CHANNEL_IDS = {"apple": "0", "google": "1", "facebook": "2", "baidu": "3"}
+CHANNEL_ID_IN_URL = re.compile(r"(&|^)channel_id=([^&]*)")
+
+
+def q21_row(b):
+    found = CHANNEL_ID_IN_URL.search(b["url"])
+    in_url = found.group(2) if found else None
+    channel = b["channel"].lower()
+    if in_url is None and channel not in CHANNEL_IDS:
+        return None
+    return {
+        "auction": b["auction"],
+        "bidder": b["bidder"],
+        "price": b["price"],
+        "channel": b["channel"],
+        "channel_id": CHANNEL_IDS.get(channel, in_url),
+    }
+
+
+def q21(sdf):
+    return sdf.apply(q21_row).filter(lambda r: r is not None)
+
+
+def q22_row(b):
+    # SQL's split_part(url, '/', n): the n-th piece (1-based), '' past the last
+    parts = b["url"].split("/")
+    piece = lambda n: parts[n - 1] if n <= len(parts) else ""  # noqa: E731
+    return {
+        "auction": b["auction"],
+        "bidder": b["bidder"],
+        "price": b["price"],
+        "channel": b["channel"],
+        "dir1": piece(4),
+        "dir2": piece(5),
+        "dir3": piece(6),
+    }
+
+
+def q22(sdf):
+    return sdf.apply(q22_row)
+
+
+QUERIES = {"q0": q0, "q1": q1, "q2": q2, "q14": q14, "q21": q21, "q22": q22}
 
 
 def expected_row(query, bid):
     """The row a query yields for one bid, or None: the reference for --verify."""
+    if query == "q14":
+        return q14_row(bid)
+    if query == "q21":
+        return q21_row(bid)
+    if query == "q22":
+        return q22_row(bid)
     if query == "q2":
         if bid["auction"] % 123 != 0:
             return None
@@ -133,7 +212,7 @@ def topic_size(bootstrap, topic):
         consumer.close()
 
 
-# --- The stateful queries (q3, q4, q5, q7, q8), as Eddy defines them (STATEFUL_QUERIES in
+# --- The stateful queries (q3, q4, q5, q7, q8, q11, q15, q16, q17), as Eddy defines them (STATEFUL_QUERIES in
 # crates/eddy/src/nexmark.rs). Each has a builder (the quixstreams dataframe), a reference (the
 # result computed in plain Python from the input topics) and a reader (the result as the output
 # topic holds it, comparable with the reference). Where Eddy repartitions an input (the bid stream
@@ -236,6 +315,105 @@ def build_q8(app, topics):
     )
 
 
+Q11_GAP_MS = 10_000
+DAY_MS = 86_400_000
+
+
+def price_ranks(b):
+    """A bid with its price range marked: rank columns hold 1 when the price is in the range,
+    else None, for Count."""
+    price = b["price"]
+    rank = 1 if price < 10_000 else 2 if price < 1_000_000 else 3
+    row = dict(b)
+    for r in (1, 2, 3):
+        row[f"r{r}"] = 1 if rank == r else None
+    return row
+
+
+def bid_statistics(bid, state):
+    """Eddy's q15/q16 columns of the bid's group (the key) and day, updated with the bid and
+    emitted. quixstreams has no COUNT(DISTINCT): the group's state marks each (day, bidder or
+    auction, price range) seen under a key of its own, so a bid costs a few state lookups
+    instead of reading and writing every value seen."""
+    day = bid["date_time"] // DAY_MS
+    rank = "rank1" if bid["price"] < 10_000 else "rank2" if bid["price"] < 1_000_000 else "rank3"
+    row = state.get(f"{day}:row") or dict.fromkeys(STATISTICS_COLUMNS["q15"], 0)
+    row["total_bids"] += 1
+    row[f"{rank}_bids"] += 1
+    for kind, value in (("bidders", bid["bidder"]), ("auctions", bid["auction"])):
+        for scope in ("total", rank):
+            seen = f"{day}:{scope}_{kind}:{value}"
+            if not state.exists(seen):
+                state.set(seen, 1)
+                row[f"{scope}_{kind}"] += 1
+    state.set(f"{day}:row", row)
+    return {"start": day * DAY_MS, **row}
+
+
+def build_q11(app, topics):
+    """Bids per bidder session (a gap of 10 s), every update emitted."""
+    from quixstreams.dataframe.windows import Count
+
+    bids = app.dataframe(topics["bid"]).group_by("bidder", name="q11-bid-by-bidder")
+    return bids.session_window(Q11_GAP_MS).agg(bid_count=Count()).current()
+
+
+def build_q15(app, topics):
+    """Bidding statistics per day (all bids under one key)."""
+    bids = app.dataframe(topics["bid"]).group_by(lambda b: "all", name="q15-bid-all")
+    return bids.apply(bid_statistics, stateful=True)
+
+
+def build_q16(app, topics):
+    """Bidding statistics per channel and day."""
+    bids = app.dataframe(topics["bid"]).group_by("channel", name="q16-bid-by-channel")
+    return bids.apply(bid_statistics, stateful=True)
+
+
+def build_q17(app, topics):
+    """Auction statistics per day: bids per price range, min, max, mean and sum of the price."""
+    from quixstreams.dataframe.windows import Count, Max, Mean, Min, Sum
+
+    bids = app.dataframe(topics["bid"]).apply(price_ranks)
+    bids = bids.group_by("auction", name="q17-bid-by-auction")
+    return bids.tumbling_window(DAY_MS).agg(
+        total_bids=Count(), rank1_bids=Count("r1"), rank2_bids=Count("r2"), rank3_bids=Count("r3"),
+        min_price=Min("price"), max_price=Max("price"), avg_price=Mean("price"), sum_price=Sum("price"),
+    ).current()
+
+
+# The columns of q15-q17 that the reference computes and the reader compares.
+STATISTICS_COLUMNS = {
+    "q15": ["total_bids", "rank1_bids", "rank2_bids", "rank3_bids", "total_bidders", "rank1_bidders",
+            "rank2_bidders", "rank3_bidders", "total_auctions", "rank1_auctions", "rank2_auctions",
+            "rank3_auctions"],
+    "q17": ["total_bids", "rank1_bids", "rank2_bids", "rank3_bids", "min_price", "max_price", "sum_price"],
+}
+STATISTICS_COLUMNS["q16"] = STATISTICS_COLUMNS["q15"]
+
+
+def statistics_reference(query, bids):
+    """q15-q17 in plain Python: (group key as the reader sees it, window start) -> columns."""
+    groups = {}
+    for b in map(price_ranks, bids):
+        key = {"q15": "all", "q16": b["channel"], "q17": b["auction"]}[query]
+        group = groups.setdefault((key, b["date_time"] - b["date_time"] % DAY_MS), [])
+        group.append(b)
+    result = {}
+    for group_key, rows in groups.items():
+        prices = [b["price"] for b in rows]
+        columns = {"total_bids": len(rows), "min_price": min(prices), "max_price": max(prices),
+                   "sum_price": sum(prices), "total_bidders": len({b["bidder"] for b in rows}),
+                   "total_auctions": len({b["auction"] for b in rows})}
+        for r in (1, 2, 3):
+            in_range = [b for b in rows if b[f"r{r}"]]
+            columns[f"rank{r}_bids"] = len(in_range)
+            columns[f"rank{r}_bidders"] = len({b["bidder"] for b in in_range})
+            columns[f"rank{r}_auctions"] = len({b["auction"] for b in in_range})
+        result[group_key] = tuple(columns[c] for c in STATISTICS_COLUMNS[query])
+    return result
+
+
 def windows_of(time_ms, size_ms, advance_ms):
     """The starts of the windows (epoch-aligned, `advance_ms` apart) that contain `time_ms`."""
     last = time_ms - time_ms % advance_ms
@@ -291,6 +469,21 @@ def reference(query, inputs):
                 if abs(a["date_time"] - p["date_time"]) <= Q8_WITHIN_MS:
                     rows.append((p["id"], p["name"], a["reserve"]))
         return sorted(rows)
+    if query == "q11":
+        # quixstreams' sessions: a bid at least one gap after its session's last starts another
+        sessions, last = {}, {}
+        for b in bids:
+            bidder, t = b["bidder"], b["date_time"]
+            session = last.get(bidder)
+            if session is None or t >= session[1] + Q11_GAP_MS:
+                start, end = t, t
+            else:
+                start, end = session[0], max(session[1], t)
+            last[bidder] = (start, end)
+            sessions[(bidder, start)] = sessions.get((bidder, start), 0) + 1
+        return sessions
+    if query in STATISTICS_COLUMNS:
+        return statistics_reference(query, bids)
     raise ValueError(query)
 
 
@@ -303,7 +496,12 @@ def result_of(query, records):
     latest = {}
     for key, value in records:
         row = json.loads(value)
-        if query == "q4":
+        if query == "q11":
+            latest[(json.loads(key), row["start"])] = row["bid_count"]
+        elif query in STATISTICS_COLUMNS:
+            columns = tuple(row[c] for c in STATISTICS_COLUMNS[query])
+            latest[(json.loads(key), row["start"])] = columns
+        elif query == "q4":
             latest[row["category"]] = row["avg_final"]
         else:
             column = "value" if query == "q5" else "price"
@@ -324,6 +522,10 @@ STATEFUL = {
     "q5": (build_q5, ("bid",)),
     "q7": (build_q7, ("bid",)),
     "q8": (build_q8, ("person", "auction")),
+    "q11": (build_q11, ("bid",)),
+    "q15": (build_q15, ("bid",)),
+    "q16": (build_q16, ("bid",)),
+    "q17": (build_q17, ("bid",)),
 }
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Nexmark with quixstreams over the events `eddy bench load-nexmark` writes: the stateless q0, q1, q2
-# and the stateful q3, q4, q5, q7, q8 (joins, windows, aggregations), as Eddy defines them.
+# Nexmark with quixstreams over the events `eddy bench load-nexmark` writes: the stateless q0, q1, q2,
+# q14, q21, q22 and the stateful q3, q4, q5, q7, q8, q11, q15, q16, q17 (joins, windows, sessions,
+# aggregations), as Eddy defines them.
 #
 #   EVENTS=200000 bench/peers/quixstreams/run.sh
 #
 # Environment:
 #   EVENTS        Nexmark events to load (about 92% are bids)        [200000]
-#   QUERIES       queries to run, space-separated                    [q0 q1 q2 q3 q4 q5 q7 q8]
+#   QUERIES       queries to run, space-separated                    [all of them]
 #   BOOTSTRAP     an existing Kafka (HOST:PORT); without it a temporary embedded broker is started
 #   BROKER_PORT   port of the temporary broker                       [a free one]
 #   EDDY          the eddy binary [release build if it has load-nexmark, else the debug build]
@@ -20,7 +21,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 EVENTS="${EVENTS:-200000}"
-QUERIES="${QUERIES:-q0 q1 q2 q3 q4 q5 q7 q8}"
+QUERIES="${QUERIES:-q0 q1 q2 q14 q21 q22 q3 q4 q5 q7 q8 q11 q15 q16 q17}"
 VENV="${VENV:-$HOME/.cache/eddy-peers/quixstreams-venv}"
 VERIFY="${VERIFY:-1}"
 QUERY_TIMEOUT="${QUERY_TIMEOUT:-900}"
