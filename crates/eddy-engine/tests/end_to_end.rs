@@ -2556,6 +2556,19 @@ async fn a_print_that_cannot_read_says_so_in_the_log() {
     engine.shutdown().await;
 }
 
+/// A session reading from the earliest offsets, and the stream `vals (k STRING KEY, v STRING)`.
+async fn values_stream(engine: &Engine) -> Session {
+    let mut session = Session::new();
+    run(engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
+    run(
+        engine,
+        &mut session,
+        "CREATE STREAM vals (k STRING KEY, v STRING) WITH (KAFKA_TOPIC='vals', PARTITIONS=1);",
+    )
+    .await;
+    session
+}
+
 /// `count` distinct values of 40 characters for key `key` of `topic`, as `{"V": ...}` records.
 fn distinct_values(
     topic: &str,
@@ -2588,14 +2601,7 @@ async fn a_group_whose_state_outgrows_its_record_is_skipped_and_reported() {
             ..h.config()
         })
         .await;
-    let mut session = Session::new();
-    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
-    run(
-        &engine,
-        &mut session,
-        "CREATE STREAM vals (k STRING KEY, v STRING) WITH (KAFKA_TOPIC='vals', PARTITIONS=1);",
-    )
-    .await;
+    let mut session = values_stream(&engine).await;
     run(
         &engine,
         &mut session,
@@ -2646,14 +2652,7 @@ async fn a_group_state_larger_than_a_megabyte_goes_to_its_changelog() {
     const VALUES: usize = 30_000;
     let h = Harness::start().await;
     let engine = h.engine().await;
-    let mut session = Session::new();
-    run(&engine, &mut session, "SET 'auto.offset.reset'='earliest';").await;
-    run(
-        &engine,
-        &mut session,
-        "CREATE STREAM vals (k STRING KEY, v STRING) WITH (KAFKA_TOPIC='vals', PARTITIONS=1);",
-    )
-    .await;
+    let mut session = values_stream(&engine).await;
     let input = h.topic("vals");
     produce_all(&h.producer(), distinct_values(&input, "all", 0, VALUES)).await;
     run(

@@ -1698,30 +1698,26 @@ impl PartitionTask {
              older than the stream time minus the grace period), so it is dropped",
         )
         .await;
-        for reason in &applied.failed_groups {
+        let failed_groups = applied.failed_groups.iter().map(|reason| {
+            (
+                ErrorKind::ExpressionError,
+                format!("the table row of a group could not be computed: {reason}"),
+            )
+        });
+        let too_large_groups = applied
+            .too_large_groups
+            .iter()
+            .map(|reason| (ErrorKind::StateTooLarge, reason.clone()));
+        for (kind, message) in failed_groups.chain(too_large_groups) {
             self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
             spec.processing_log
                 .report(
                     &spec.query_id,
-                    ErrorKind::ExpressionError,
+                    kind,
                     &spec.source_topic,
                     self.partition,
                     last_offset,
-                    format!("the table row of a group could not be computed: {reason}"),
-                    None,
-                )
-                .await;
-        }
-        for reason in &applied.too_large_groups {
-            self.metrics.records_skipped.fetch_add(1, Ordering::Relaxed);
-            spec.processing_log
-                .report(
-                    &spec.query_id,
-                    ErrorKind::StateTooLarge,
-                    &spec.source_topic,
-                    self.partition,
-                    last_offset,
-                    reason.clone(),
+                    message,
                     None,
                 )
                 .await;
