@@ -17,14 +17,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def main() -> None:
     rows = list(csv.DictReader(open(ROOT / "bench" / "nexmark-results.csv")))
-    queries = sorted({row["query"] for row in rows})
+    # q0, q1, q2, ... q22 in numeric order
+    queries = sorted({row["query"] for row in rows}, key=lambda q: int(q[1:]))
     series = []
     for row in rows:
         label = f'{row["system"]} ({row["measure"]})'
         if label not in series:
             series.append(label)
     width = 0.8 / len(series)
-    figure, axes = plt.subplots(figsize=(10, 4.5))
+    figure, axes = plt.subplots(figsize=(14, 4.5))
     for i, label in enumerate(series):
         values = []
         for query in queries:
