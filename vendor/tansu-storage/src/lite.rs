@@ -1338,7 +1338,7 @@ impl Delegate {
         let tx = pc.transaction().await?;
 
         let compacted = pc
-            .execute("policy_compact.sql", [self.cluster.as_str()])
+            .execute("lite/policy_compact.sql", [self.cluster.as_str()])
             .await? as u64;
 
         tx.commit()
