@@ -515,11 +515,12 @@ async fn watermarks(
         .expect("fetch_watermarks panicked")
 }
 
-/// Reads all of partition 0 of `topic` from its beginning, without a consumer group.
-async fn read_all(
+/// A consumer assigned partition 0 of `topic` from its low watermark, without a consumer group,
+/// with that partition's low and high watermarks.
+async fn reader_from_start(
     bootstrap: &str,
     topic: &str,
-) -> Result<Vec<(String, String, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(StreamConsumer, i64, i64), Box<dyn std::error::Error + Send + Sync>> {
     let (low, high) = watermarks(bootstrap, topic).await?;
     let consumer: StreamConsumer = client_config(bootstrap)
         .set("group.id", unique("unused"))
@@ -527,6 +528,15 @@ async fn read_all(
     let mut partitions = TopicPartitionList::new();
     partitions.add_partition_offset(topic, 0, Offset::Offset(low))?;
     consumer.assign(&partitions)?;
+    Ok((consumer, low, high))
+}
+
+/// Reads all of partition 0 of `topic` from its beginning, without a consumer group.
+async fn read_all(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<Vec<(String, String, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let (consumer, low, high) = reader_from_start(bootstrap, topic).await?;
     Ok(receive(&consumer, usize::try_from(high - low)?).await?)
 }
 
@@ -700,13 +710,7 @@ async fn read_to_end(
     bootstrap: &str,
     topic: &str,
 ) -> Result<Vec<(String, String, i64)>, Box<dyn std::error::Error + Send + Sync>> {
-    let (low, high) = watermarks(bootstrap, topic).await?;
-    let consumer: StreamConsumer = client_config(bootstrap)
-        .set("group.id", unique("unused"))
-        .create()?;
-    let mut partitions = TopicPartitionList::new();
-    partitions.add_partition_offset(topic, 0, Offset::Offset(low))?;
-    consumer.assign(&partitions)?;
+    let (consumer, _, high) = reader_from_start(bootstrap, topic).await?;
     let mut records = Vec::new();
     while records
         .last()
