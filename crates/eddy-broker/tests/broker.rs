@@ -141,6 +141,17 @@ fn consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer, rdkafka::err
         .create()
 }
 
+/// A record as (key, value, offset), `""` for an absent key or value.
+fn record_of(message: &impl Message) -> (String, String, i64) {
+    let text =
+        |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+    (
+        text(message.key()),
+        text(message.payload()),
+        message.offset(),
+    )
+}
+
 /// Receives `count` records from a subscribed `consumer`: (key, value, offset).
 async fn receive(
     consumer: &StreamConsumer,
@@ -152,13 +163,7 @@ async fn receive(
             .await
             .map_err(|_| format!("timed out after {} of {count} records", received.len()))?
             .map_err(|error| format!("consuming: {error}"))?;
-        let text =
-            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
-        received.push((
-            text(message.key()),
-            text(message.payload()),
-            message.offset(),
-        ));
+        received.push(record_of(&message));
     }
     Ok(received)
 }
@@ -717,13 +722,7 @@ async fn read_to_end(
         .is_none_or(|(_, _, offset)| offset + 1 < high)
     {
         let message = timeout(WAIT, consumer.recv()).await??;
-        let text =
-            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
-        records.push((
-            text(message.key()),
-            text(message.payload()),
-            message.offset(),
-        ));
+        records.push(record_of(&message));
     }
     Ok(records)
 }

@@ -1064,48 +1064,68 @@ async fn run_stateful(
     })
 }
 
-/// Waits (at most 600 s) until a read-your-writes pull query counts `rows` rows in `table`; fails
-/// if it counts more, or never gets there.
-async fn wait_for_table_rows(engine: &Engine, table: &str, rows: usize) -> Result<()> {
+/// Runs the pull query `sql` on `table` with read-your-writes every 200 ms until `check` says its
+/// batches are the result wanted (`Ok(true)`) or fails (`Err`), at most 600 s; `describe` says
+/// what the table holds when that runs out. A read-your-writes that gives up while the table is far
+/// behind is asked again.
+async fn wait_for_pull_query(
+    engine: &Engine,
+    table: &str,
+    sql: &str,
+    mut check: impl FnMut(&[RecordBatch]) -> Result<bool>,
+    describe: impl Fn() -> String,
+) -> Result<()> {
     let mut session = Session::new();
     execute(engine, &mut session, "SET 'eddy.read_your_writes'='true';").await?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut last = 0;
     loop {
-        let counted = match engine
-            .execute(&mut session, &format!("SELECT COUNT(*) AS n FROM {table};"))
-            .await
-        {
+        match engine.execute(&mut session, sql).await {
             Ok(mut results) => match results.pop() {
-                Some(eddy_engine::StatementResult::Rows { batches, .. }) => batches
-                    .iter()
-                    .find(|b| b.num_rows() > 0)
-                    .and_then(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<Int64Array>()
-                            .map(|counts| counts.value(0))
-                    })
-                    .unwrap_or(0)
-                    as usize,
+                Some(eddy_engine::StatementResult::Rows { batches, .. }) => {
+                    if check(&batches)? {
+                        return Ok(());
+                    }
+                }
                 _ => bail!("the pull query on {table} gave no rows"),
             },
-            // Read-your-writes gives up after its timeout while the table is far behind: ask again.
-            Err(error) if error.to_string().contains("did not catch up") => last,
-            Err(error) => return Err(error).context("counting the table's rows"),
-        };
-        last = counted;
-        if counted == rows {
-            return Ok(());
-        }
-        if counted > rows {
-            bail!("{table} has {counted} rows, DataFusion {rows}");
+            Err(error) if error.to_string().contains("did not catch up") => {}
+            Err(error) => return Err(error).with_context(|| format!("reading {table}")),
         }
         if Instant::now() > deadline {
-            bail!("{table} has {counted} of {rows} rows after 600 s");
+            bail!("after 600 s, {}", describe());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits (at most 600 s) until a read-your-writes pull query counts `rows` rows in `table`; fails
+/// if it counts more, or never gets there.
+async fn wait_for_table_rows(engine: &Engine, table: &str, rows: usize) -> Result<()> {
+    let counted = std::cell::Cell::new(0usize);
+    wait_for_pull_query(
+        engine,
+        table,
+        &format!("SELECT COUNT(*) AS n FROM {table};"),
+        |batches| {
+            let n = batches
+                .iter()
+                .find(|b| b.num_rows() > 0)
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .map(|counts| counts.value(0))
+                })
+                .unwrap_or(0) as usize;
+            counted.set(n);
+            if n > rows {
+                bail!("{table} has {n} rows, DataFusion {rows}");
+            }
+            Ok(n == rows)
+        },
+        || format!("{table} has {} of {rows} rows", counted.get()),
+    )
+    .await
 }
 
 /// Column `key` (as BIGINT) and column `value` (as DOUBLE) of `batches`, sorted by key.
@@ -1142,40 +1162,25 @@ async fn wait_for_table_values(
     value: &str,
     expected: &[(i64, f64)],
 ) -> Result<()> {
-    let mut session = Session::new();
-    execute(engine, &mut session, "SET 'eddy.read_your_writes'='true';").await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
-    loop {
-        let found = match engine
-            .execute(
-                &mut session,
-                &format!("SELECT {key}, {value} FROM {table};"),
-            )
-            .await
-        {
-            Ok(mut results) => match results.pop() {
-                Some(eddy_engine::StatementResult::Rows { batches, .. }) => {
-                    key_values(&batches, 0, 1)?
-                }
-                _ => bail!("the pull query on {table} gave no rows"),
-            },
-            Err(error) if error.to_string().contains("did not catch up") => Vec::new(),
-            Err(error) => return Err(error).context("reading the table's rows"),
-        };
-        let matches = found.len() == expected.len()
-            && found
-                .iter()
-                .zip(expected)
-                .all(|((k, v), (ek, ev))| k == ek && close(*v, *ev));
-        if matches {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{table} has {found:?} after 600 s; DataFusion: {expected:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let found = std::cell::RefCell::new(Vec::new());
+    wait_for_pull_query(
+        engine,
+        table,
+        &format!("SELECT {key}, {value} FROM {table};"),
+        |batches| {
+            let rows = key_values(batches, 0, 1)?;
+            let matches = rows.len() == expected.len()
+                && rows
+                    .iter()
+                    .zip(expected)
+                    .all(|((k, v), (ek, ev))| k == ek && close(*v, *ev));
+            *found.borrow_mut() = rows;
+            Ok(matches)
+        },
+        || format!("{table} has {:?}; DataFusion: {expected:?}", found.borrow()),
+    )
+    .await
 }
 
 /// The row count of `batches`, then the sum of each of `columns` (looked up by name,
@@ -1208,56 +1213,47 @@ fn totals(batches: &[RecordBatch], columns: &[&str]) -> Result<Vec<i64>> {
 }
 
 /// Waits (at most 600 s) until a read-your-writes pull query of `table` gives the row count and
-/// the sums of `columns` in `expected` (see [`totals`]); fails if it never gets there.
+/// the sums of `columns` in `expected` (see [`totals`]).
 async fn wait_for_table_totals(
     engine: &Engine,
     table: &str,
     columns: &[&str],
     expected: &[i64],
 ) -> Result<()> {
-    let mut session = Session::new();
-    execute(engine, &mut session, "SET 'eddy.read_your_writes'='true';").await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
     let mut select = "SELECT COUNT(*) AS n".to_owned();
     for column in columns {
         let _ = write!(select, ", SUM({column}) AS {column}");
     }
     let _ = write!(select, " FROM {table};");
-    let mut found = Vec::new();
-    loop {
-        match engine.execute(&mut session, &select).await {
-            Ok(mut results) => match results.pop() {
-                Some(eddy_engine::StatementResult::Rows { batches, .. }) => {
-                    let mut values = Vec::with_capacity(expected.len());
-                    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-                        for column in batch.columns() {
-                            let column =
-                                datafusion::arrow::compute::cast(column, &DataType::Int64)?;
-                            let Some(column) = column.as_any().downcast_ref::<Int64Array>() else {
-                                bail!("a total of {table} is not an integer");
-                            };
-                            values.push(column.value(0));
-                        }
-                    }
-                    found = values;
+    let found = std::cell::RefCell::new(Vec::new());
+    wait_for_pull_query(
+        engine,
+        table,
+        &select,
+        |batches| {
+            let mut values = Vec::with_capacity(expected.len());
+            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+                for column in batch.columns() {
+                    let column = datafusion::arrow::compute::cast(column, &DataType::Int64)?;
+                    let Some(column) = column.as_any().downcast_ref::<Int64Array>() else {
+                        bail!("a total of {table} is not an integer");
+                    };
+                    values.push(column.value(0));
                 }
-                _ => bail!("the pull query on {table} gave no rows"),
-            },
-            // Read-your-writes gives up after its timeout while the table is far behind: ask again.
-            Err(error) if error.to_string().contains("did not catch up") => {}
-            Err(error) => return Err(error).context("totalling the table's rows"),
-        }
-        if found == expected {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{table}'s row count and sums of {} are {found:?} after 600 s; DataFusion: {expected:?}",
-                columns.join(", ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            }
+            let matches = values == expected;
+            *found.borrow_mut() = values;
+            Ok(matches)
+        },
+        || {
+            format!(
+                "{table}'s row count and sums of {} are {:?}; DataFusion: {expected:?}",
+                columns.join(", "),
+                found.borrow()
+            )
+        },
+    )
+    .await
 }
 
 async fn execute(engine: &Engine, session: &mut Session, sql: &str) -> Result<()> {
